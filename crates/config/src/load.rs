@@ -1,0 +1,239 @@
+//! Reading the configuration directory: which files count, and turning their text into a
+//! [`Snapshot`].
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use meshd_policy::{ValidationContext, meta::DEFAULT_ROOT_NAMESPACE};
+
+use crate::document::load_document;
+use crate::problem::Problem;
+use crate::snapshot::{LoadError, Snapshot};
+use crate::yaml::{Pos, Value, parse_documents};
+
+/// Files larger than this are rejected unread: far beyond any real policy set, small enough that
+/// a stray log file cannot exhaust memory.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// How deep subdirectories are followed.
+const MAX_DEPTH: usize = 16;
+
+/// Settings a load depends on.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The mesh root namespace (Istio's `rootNamespace`).
+    pub root_namespace: String,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
+        }
+    }
+}
+
+/// True for names meshd reads: `*.yaml` / `*.yml`, not hidden, not an editor's or package
+/// manager's dropping.
+pub fn is_config_file_name(name: &OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    if is_ignored_name(name) {
+        return false;
+    }
+    name.ends_with(".yaml") || name.ends_with(".yml")
+}
+
+/// Hidden entries (including Kubernetes' `..data` links and `.#` lock files) and droppings.
+fn is_ignored_name(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".tmp")
+        || name.contains(".dpkg-")
+}
+
+/// Loads every configuration file under `dir` (subdirectories included, symlinks followed)
+/// into one snapshot, or returns every problem found.
+pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Snapshot, LoadError> {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    let mut visited = HashSet::new();
+    collect(dir, 0, &mut visited, &mut files, &mut problems);
+    let mut loader = Loader::new(options);
+    loader.problems = problems;
+    for file in files {
+        match read_text(&file) {
+            Ok(text) => loader.add(&file, &text),
+            Err(problem) => {
+                loader.snapshot.files += 1;
+                loader.problems.push(problem);
+            }
+        }
+    }
+    loader.finish()
+}
+
+/// Loads one text as if it were a file called `name` (tests, benchmarks, stdin).
+pub fn load_str(name: &str, text: &str, options: &LoadOptions) -> Result<Snapshot, LoadError> {
+    let mut loader = Loader::new(options);
+    loader.add(Path::new(name), text);
+    loader.finish()
+}
+
+fn collect(
+    dir: &Path,
+    depth: usize,
+    visited: &mut HashSet<PathBuf>,
+    files: &mut Vec<PathBuf>,
+    problems: &mut Vec<Problem>,
+) {
+    // Symlinked directories are followed; the canonical path stops loops.
+    if let Ok(canonical) = fs::canonicalize(dir) {
+        if !visited.insert(canonical) {
+            return;
+        }
+    }
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            problems.push(Problem::file_error(
+                dir,
+                None,
+                format!("cannot read directory: {e}"),
+            ));
+            return;
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        if name.to_str().is_none_or(is_ignored_name) {
+            continue;
+        }
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                if depth + 1 >= MAX_DEPTH {
+                    problems.push(Problem::file_error(
+                        &path,
+                        None,
+                        format!("directory nested deeper than {MAX_DEPTH} levels is not read"),
+                    ));
+                } else {
+                    collect(&path, depth + 1, visited, files, problems);
+                }
+            }
+            Ok(_) if is_config_file_name(name) => files.push(path),
+            Ok(_) => {}
+            Err(e) if is_config_file_name(name) => {
+                problems.push(Problem::file_error(
+                    &path,
+                    None,
+                    format!("cannot read: {e}"),
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, Problem> {
+    let size = fs::metadata(path)
+        .map_err(|e| Problem::file_error(path, None, format!("cannot read: {e}")))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err(Problem::file_error(
+            path,
+            None,
+            format!("file is {size} bytes, more than the {MAX_FILE_BYTES} meshd reads"),
+        ));
+    }
+    let bytes =
+        fs::read(path).map_err(|e| Problem::file_error(path, None, format!("cannot read: {e}")))?;
+    match String::from_utf8(bytes) {
+        Ok(mut text) => {
+            if text.starts_with('\u{feff}') {
+                text.remove(0);
+            }
+            Ok(text)
+        }
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+            let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let col = String::from_utf8_lossy(&valid[line_start..])
+                .chars()
+                .count()
+                + 1;
+            Err(Problem::file_error(
+                path,
+                Some(Pos { line, col }),
+                "not valid UTF-8: YAML files must be UTF-8 text",
+            ))
+        }
+    }
+}
+
+struct Loader {
+    ctx: ValidationContext,
+    snapshot: Snapshot,
+    problems: Vec<Problem>,
+}
+
+impl Loader {
+    fn new(options: &LoadOptions) -> Self {
+        Loader {
+            ctx: ValidationContext {
+                root_namespace: options.root_namespace.clone(),
+            },
+            snapshot: Snapshot {
+                root_namespace: options.root_namespace.clone(),
+                ..Snapshot::default()
+            },
+            problems: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, file: &Path, text: &str) {
+        self.snapshot.files += 1;
+        let (documents, syntax) = parse_documents(text);
+        for root in &documents {
+            if root.value == Value::Null {
+                continue; // an empty document, e.g. after a trailing `---`
+            }
+            let (resource, problems) = load_document(file, root, &self.ctx);
+            let has_errors = problems.iter().any(Problem::is_error);
+            self.problems.extend(problems);
+            if let (Some(resource), false) = (resource, has_errors) {
+                self.snapshot.push(resource, file.to_path_buf(), root.pos);
+            }
+        }
+        if let Some(e) = syntax {
+            self.problems.push(Problem::file_error(
+                file,
+                Some(e.pos),
+                format!("YAML syntax error: {}", e.message),
+            ));
+        }
+    }
+
+    fn finish(mut self) -> Result<Snapshot, LoadError> {
+        let cross = self.snapshot.cross_check();
+        self.problems.extend(cross);
+        self.problems
+            .sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+        if self.problems.iter().any(Problem::is_error) {
+            Err(LoadError {
+                problems: self.problems,
+            })
+        } else {
+            self.snapshot.warnings = self.problems;
+            Ok(self.snapshot)
+        }
+    }
+}
