@@ -44,6 +44,34 @@ pub fn placeholder_server_name() -> ServerName<'static> {
     ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into())
 }
 
+/// Runs the client handshake on `io` (TCP or any byte stream) with a [`client_config`].
+///
+/// On failure, [`Error::from_io`] recovers which rule rejected the server.
+pub async fn connect<IO>(
+    config: Arc<rustls::ClientConfig>,
+    io: IO,
+) -> std::io::Result<tokio_rustls::client::TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio_rustls::TlsConnector::from(config)
+        .connect(placeholder_server_name(), io)
+        .await
+}
+
+/// Runs the server handshake on `io` with a [`server_config`].
+///
+/// On failure, [`Error::from_io`] recovers which rule rejected the client.
+pub async fn accept<IO>(
+    config: Arc<rustls::ServerConfig>,
+    io: IO,
+) -> std::io::Result<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio_rustls::TlsAcceptor::from(config).accept(io).await
+}
+
 /// The peer's SPIFFE ID after a completed handshake (pass a `ServerConnection`,
 /// `ClientConnection`, or `tls_stream.get_ref().1`).
 ///
