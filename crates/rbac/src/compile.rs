@@ -1,0 +1,270 @@
+//! From AuthorizationPolicy rules to matchers: istiod's conversion, with meshd's fail-closed
+//! choices for L7 attributes (decisions M1, M2, M6 of `istio-l4-authorization.md` §11).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use meshd_policy::authz::{Condition, Operation, Rule, Source};
+use meshd_policy::values::{
+    StringPattern, WhenKey, parse_ip_block, parse_port, split_service_account,
+};
+use meshd_policy::{Action, AuthorizationPolicy};
+
+use crate::connection::Connection;
+
+/// One `from` source, `to` operation or `when` condition, compiled: every set field must hold.
+/// A matcher with no field set matches every connection; meshd only produces one for an L7-only
+/// part of a DENY rule, which fails closed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Matcher {
+    principals: Vec<StringPattern>,
+    not_principals: Vec<StringPattern>,
+    namespaces: Vec<StringPattern>,
+    not_namespaces: Vec<StringPattern>,
+    service_accounts: Vec<(String, String)>,
+    not_service_accounts: Vec<(String, String)>,
+    trust_domains: Vec<StringPattern>,
+    not_trust_domains: Vec<StringPattern>,
+    source_ips: Vec<IpNet>,
+    not_source_ips: Vec<IpNet>,
+    destination_ips: Vec<IpNet>,
+    not_destination_ips: Vec<IpNet>,
+    ports: Vec<u16>,
+    not_ports: Vec<u16>,
+}
+
+/// A positive list holds when empty or when any value hits; a negative one when no value hits.
+fn check<T>(positive: &[T], negative: &[T], hit: impl Fn(&T) -> bool) -> bool {
+    (positive.is_empty() || positive.iter().any(&hit)) && !negative.iter().any(hit)
+}
+
+fn contains(nets: &IpNet, ip: &IpAddr) -> bool {
+    nets.contains(ip)
+}
+
+impl Matcher {
+    pub(crate) fn matches(&self, conn: &Connection) -> bool {
+        let principal = conn.principal();
+        let peer = conn.peer.as_ref();
+        let namespace = peer.map_or("", |p| p.namespace());
+        let trust_domain = peer.map_or("", |p| p.trust_domain());
+        let source_ip = conn.source_ip.to_canonical();
+        let destination_ip = conn.destination.ip.to_canonical();
+        check(&self.ports, &self.not_ports, |p| {
+            *p == conn.destination.port
+        }) && check(&self.principals, &self.not_principals, |p| {
+            p.matches(principal)
+        }) && check(&self.namespaces, &self.not_namespaces, |p| {
+            p.matches(namespace)
+        }) && check(
+            &self.service_accounts,
+            &self.not_service_accounts,
+            |(ns, sa)| peer.is_some_and(|p| p.namespace() == ns && p.service_account() == sa),
+        ) && check(&self.trust_domains, &self.not_trust_domains, |p| {
+            p.matches(trust_domain)
+        }) && check(&self.source_ips, &self.not_source_ips, |n| {
+            contains(n, &source_ip)
+        }) && check(&self.destination_ips, &self.not_destination_ips, |n| {
+            contains(n, &destination_ip)
+        })
+    }
+
+    /// The destination ports this matcher can match, if it restricts them positively.
+    fn required_ports(&self) -> Option<&[u16]> {
+        (!self.ports.is_empty()).then_some(self.ports.as_slice())
+    }
+}
+
+/// A rule: every clause must match. No clause at all matches everything (`rules: [{}]`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct CompiledRule {
+    /// Each clause matches when any of its matchers does.
+    clauses: Vec<Vec<Matcher>>,
+}
+
+impl CompiledRule {
+    pub(crate) fn matches(&self, conn: &Connection) -> bool {
+        self.clauses
+            .iter()
+            .all(|clause| clause.iter().any(|m| m.matches(conn)))
+    }
+
+    /// The ports the rule can match, when some clause restricts them in every matcher.
+    pub(crate) fn required_ports(&self) -> Option<Vec<u16>> {
+        self.clauses.iter().find_map(|clause| {
+            let mut ports = Vec::new();
+            for matcher in clause {
+                ports.extend_from_slice(matcher.required_ports()?);
+            }
+            ports.sort_unstable();
+            ports.dedup();
+            Some(ports)
+        })
+    }
+}
+
+/// Compiles a policy's rules. ALLOW (and AUDIT) rules that use L7 attributes are dropped, as
+/// ztunnel drops them; DENY and CUSTOM rules keep their L4 parts and their L7-only parts match
+/// everything (meshd's fail-closed choice, where ztunnel fails open).
+pub(crate) fn compile_rules(policy: &AuthorizationPolicy) -> Vec<CompiledRule> {
+    let action = policy.spec.action();
+    let namespace = policy.metadata.namespace();
+    let drop_l7_rules = matches!(action, Action::Allow | Action::Audit);
+    policy
+        .spec
+        .rules
+        .iter()
+        .flatten()
+        .filter(|rule| !(drop_l7_rules && rule_has_l7(rule)))
+        .map(|rule| compile_rule(rule, namespace))
+        .collect()
+}
+
+fn compile_rule(rule: &Rule, namespace: &str) -> CompiledRule {
+    let mut clauses = Vec::new();
+    if let Some(from) = &rule.from {
+        clauses.push(
+            from.iter()
+                .filter_map(|f| f.source.as_ref())
+                .map(|s| source_matcher(s, namespace))
+                .collect(),
+        );
+    }
+    if let Some(to) = &rule.to {
+        clauses.push(
+            to.iter()
+                .filter_map(|t| t.operation.as_ref())
+                .map(operation_matcher)
+                .collect(),
+        );
+    }
+    for condition in rule.when.iter().flatten() {
+        clauses.push(vec![condition_matcher(condition)]);
+    }
+    CompiledRule { clauses }
+}
+
+fn patterns(values: &Option<Vec<String>>) -> Vec<StringPattern> {
+    values
+        .iter()
+        .flatten()
+        .map(|v| StringPattern::parse(v))
+        .collect()
+}
+
+/// Values that do not parse were rejected by validation; they are skipped here.
+fn nets(values: &Option<Vec<String>>) -> Vec<IpNet> {
+    values
+        .iter()
+        .flatten()
+        .filter_map(|v| parse_ip_block(v).ok())
+        .collect()
+}
+
+fn ports(values: &Option<Vec<String>>) -> Vec<u16> {
+    values
+        .iter()
+        .flatten()
+        .filter_map(|v| parse_port(v).ok())
+        .collect()
+}
+
+fn service_accounts(values: &Option<Vec<String>>, namespace: &str) -> Vec<(String, String)> {
+    values
+        .iter()
+        .flatten()
+        .map(|v| {
+            let (ns, sa) = split_service_account(v, namespace);
+            (ns.to_string(), sa.to_string())
+        })
+        .collect()
+}
+
+fn source_matcher(source: &Source, namespace: &str) -> Matcher {
+    Matcher {
+        principals: patterns(&source.principals),
+        not_principals: patterns(&source.not_principals),
+        namespaces: patterns(&source.namespaces),
+        not_namespaces: patterns(&source.not_namespaces),
+        service_accounts: service_accounts(&source.service_accounts, namespace),
+        not_service_accounts: service_accounts(&source.not_service_accounts, namespace),
+        trust_domains: patterns(&source.trust_domains),
+        not_trust_domains: patterns(&source.not_trust_domains),
+        source_ips: nets(&source.ip_blocks),
+        not_source_ips: nets(&source.not_ip_blocks),
+        ..Matcher::default()
+    }
+}
+
+fn operation_matcher(operation: &Operation) -> Matcher {
+    Matcher {
+        ports: ports(&operation.ports),
+        not_ports: ports(&operation.not_ports),
+        ..Matcher::default()
+    }
+}
+
+fn condition_matcher(condition: &Condition) -> Matcher {
+    let key = WhenKey::parse(condition.key.as_deref().unwrap_or_default());
+    let (values, not_values) = (&condition.values, &condition.not_values);
+    match key {
+        WhenKey::SourceIp => Matcher {
+            source_ips: nets(values),
+            not_source_ips: nets(not_values),
+            ..Matcher::default()
+        },
+        WhenKey::SourceNamespace => Matcher {
+            namespaces: patterns(values),
+            not_namespaces: patterns(not_values),
+            ..Matcher::default()
+        },
+        WhenKey::SourcePrincipal => Matcher {
+            principals: patterns(values),
+            not_principals: patterns(not_values),
+            ..Matcher::default()
+        },
+        WhenKey::DestinationIp => Matcher {
+            destination_ips: nets(values),
+            not_destination_ips: nets(not_values),
+            ..Matcher::default()
+        },
+        WhenKey::DestinationPort => Matcher {
+            ports: ports(values),
+            not_ports: ports(not_values),
+            ..Matcher::default()
+        },
+        // Reached only in DENY/CUSTOM/… rules: an L7 condition matches everything.
+        WhenKey::Layer7(_) => Matcher::default(),
+    }
+}
+
+/// True when the rule uses any attribute meshd cannot evaluate at L4.
+pub(crate) fn rule_has_l7(rule: &Rule) -> bool {
+    use meshd_policy::values::{L7_OPERATION_FIELDS, L7_SOURCE_FIELDS};
+    let l7_source = rule
+        .from
+        .iter()
+        .flatten()
+        .filter_map(|f| f.source.as_ref())
+        .any(|s| {
+            s.fields()
+                .iter()
+                .any(|(name, values)| values.is_some() && L7_SOURCE_FIELDS.contains(name))
+        });
+    let l7_operation = rule
+        .to
+        .iter()
+        .flatten()
+        .filter_map(|t| t.operation.as_ref())
+        .any(|o| {
+            o.fields()
+                .iter()
+                .any(|(name, values)| values.is_some() && L7_OPERATION_FIELDS.contains(name))
+        });
+    let l7_condition = rule
+        .when
+        .iter()
+        .flatten()
+        .any(|c| !WhenKey::parse(c.key.as_deref().unwrap_or_default()).is_l4());
+    l7_source || l7_operation || l7_condition
+}

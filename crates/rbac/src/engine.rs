@@ -1,0 +1,304 @@
+//! The compiled, indexed policy set and the decision procedure.
+//!
+//! Policies are indexed by scope (mesh-wide, namespace, selector label) and, within a scope, by
+//! action and by the destination ports their rules can match. A decision only looks at the
+//! destination's namespace, the mesh-wide policies and the selector buckets of the
+//! destination's own labels, so its cost does not grow with policies elsewhere.
+
+use std::collections::HashMap;
+
+use meshd_policy::authz::Labels;
+use meshd_policy::meta::DRY_RUN_ANNOTATION;
+use meshd_policy::{Action, AuthorizationPolicy, PeerAuthentication};
+
+use crate::PolicyKey;
+use crate::compile::{CompiledRule, compile_rules};
+use crate::connection::Connection;
+use crate::decision::{Decision, Reason};
+use crate::peer_authn::{EffectiveMode, PeerAuthnIndex};
+
+#[derive(Debug, Clone)]
+struct CompiledPolicy {
+    key: PolicyKey,
+    action: Action,
+    /// Empty for namespace-wide and mesh-wide policies.
+    selector: Labels,
+    rules: Vec<CompiledRule>,
+}
+
+impl CompiledPolicy {
+    fn selects(&self, labels: &Labels) -> bool {
+        self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    fn matches(&self, conn: &Connection) -> bool {
+        self.rules.iter().any(|rule| rule.matches(conn))
+    }
+
+    /// The ports any of its rules can match, if every rule restricts them.
+    fn required_ports(&self) -> Option<Vec<u16>> {
+        let mut ports = Vec::new();
+        for rule in &self.rules {
+            ports.extend(rule.required_ports()?);
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        Some(ports)
+    }
+}
+
+/// Policy indices that can match a destination port.
+#[derive(Debug, Clone, Default)]
+struct PortIndex {
+    any_port: Vec<u32>,
+    by_port: HashMap<u16, Vec<u32>>,
+}
+
+impl PortIndex {
+    fn insert(&mut self, index: u32, policy: &CompiledPolicy) {
+        match policy.required_ports() {
+            Some(ports) => {
+                for port in ports {
+                    self.by_port.entry(port).or_default().push(index);
+                }
+            }
+            None => self.any_port.push(index),
+        }
+    }
+
+    fn candidates(&self, port: u16) -> impl Iterator<Item = u32> + '_ {
+        self.any_port
+            .iter()
+            .chain(self.by_port.get(&port).into_iter().flatten())
+            .copied()
+    }
+}
+
+/// The policies of one scope, split by what they can do to a decision.
+#[derive(Debug, Clone, Default)]
+struct Bucket {
+    /// DENY and CUSTOM.
+    deny: PortIndex,
+    /// ALLOW, for matching.
+    allow: PortIndex,
+    /// Every ALLOW, to know whether one applies at all (whatever the port).
+    allow_all: Vec<u32>,
+    /// AUDIT and dry-run policies: evaluated for reporting only.
+    report: Vec<(u32, bool)>,
+}
+
+/// Selector policies by their first label, so a workload only meets those that could select it.
+#[derive(Debug, Clone, Default)]
+struct SelectorIndex(HashMap<String, HashMap<String, Bucket>>);
+
+impl SelectorIndex {
+    fn bucket(&mut self, selector: &Labels) -> &mut Bucket {
+        let (k, v) = selector
+            .iter()
+            .next()
+            .map_or(("", ""), |(k, v)| (k.as_str(), v.as_str()));
+        self.0
+            .entry(k.to_string())
+            .or_default()
+            .entry(v.to_string())
+            .or_default()
+    }
+
+    fn buckets<'a>(&'a self, labels: &'a Labels) -> impl Iterator<Item = &'a Bucket> + 'a {
+        labels
+            .iter()
+            .filter_map(|(k, v)| self.0.get(k.as_str()).and_then(|m| m.get(v.as_str())))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct NamespaceIndex {
+    wide: Bucket,
+    selected: SelectorIndex,
+}
+
+/// A compiled snapshot of AuthorizationPolicies and PeerAuthentications.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    policies: Vec<CompiledPolicy>,
+    global: Bucket,
+    root_selected: SelectorIndex,
+    namespaces: HashMap<String, NamespaceIndex>,
+    peer_authn: PeerAuthnIndex,
+    skipped: Vec<PolicyKey>,
+}
+
+impl Engine {
+    /// Compiles validated policies. `targetRef(s)` policies are kept aside as skipped
+    /// (waypoint-only); dry-run policies are evaluated for reporting only.
+    pub fn compile<'a>(
+        policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
+        peer_authentications: impl IntoIterator<Item = &'a PeerAuthentication>,
+        root_namespace: &str,
+    ) -> Self {
+        let mut engine = Engine {
+            peer_authn: PeerAuthnIndex::build(peer_authentications, root_namespace),
+            ..Engine::default()
+        };
+        let mut sorted: Vec<&AuthorizationPolicy> = policies.into_iter().collect();
+        // Index order is key order, so reports do not depend on file order.
+        sorted.sort_by(|a, b| {
+            (a.metadata.namespace(), a.metadata.name())
+                .cmp(&(b.metadata.namespace(), b.metadata.name()))
+        });
+        for policy in sorted {
+            let key = PolicyKey::new(policy.metadata.namespace(), policy.metadata.name());
+            if policy.spec.has_target_refs() {
+                engine.skipped.push(key);
+                continue;
+            }
+            let dry_run = policy
+                .metadata
+                .annotations
+                .get(DRY_RUN_ANNOTATION)
+                .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "TRUE" | "true" | "True"));
+            let compiled = CompiledPolicy {
+                key,
+                action: policy.spec.action(),
+                selector: policy
+                    .spec
+                    .selector
+                    .as_ref()
+                    .map(|s| s.match_labels.clone())
+                    .unwrap_or_default(),
+                rules: compile_rules(policy),
+            };
+            let ns = policy.metadata.namespace();
+            let bucket = match (ns == root_namespace, compiled.selector.is_empty()) {
+                (true, true) => &mut engine.global,
+                (true, false) => engine.root_selected.bucket(&compiled.selector),
+                (false, true) => &mut engine.namespaces.entry(ns.to_string()).or_default().wide,
+                (false, false) => engine
+                    .namespaces
+                    .entry(ns.to_string())
+                    .or_default()
+                    .selected
+                    .bucket(&compiled.selector),
+            };
+            let index = u32::try_from(engine.policies.len()).unwrap_or(u32::MAX);
+            match (compiled.action, dry_run) {
+                (Action::Audit, _) | (_, true) => bucket.report.push((index, dry_run)),
+                (Action::Deny | Action::Custom, false) => bucket.deny.insert(index, &compiled),
+                (Action::Allow, false) => {
+                    bucket.allow.insert(index, &compiled);
+                    bucket.allow_all.push(index);
+                }
+            }
+            engine.policies.push(compiled);
+        }
+        engine
+    }
+
+    /// Policies loaded but not enforced because they use `targetRef(s)`.
+    pub fn skipped(&self) -> &[PolicyKey] {
+        &self.skipped
+    }
+
+    /// How many policies are enforced or reported.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// True when no policy is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// The effective PeerAuthentication mode of a destination port.
+    pub fn mtls_mode(&self, namespace: &str, labels: &Labels, port: u16) -> EffectiveMode {
+        self.peer_authn.effective(namespace, labels, port)
+    }
+
+    /// Decides one connection: PeerAuthentication and DENY (and CUSTOM) first, then ALLOW.
+    pub fn decide(&self, conn: &Connection) -> Decision {
+        let dst = &conn.destination;
+        let mut decision = Decision {
+            reason: Reason::NoAllowPolicies,
+            audited: Vec::new(),
+            dry_run: Vec::new(),
+        };
+        if conn.peer.is_none() {
+            let mode = self
+                .peer_authn
+                .effective(&dst.namespace, &dst.labels, dst.port);
+            if let (true, Some(source)) = (mode.strict, mode.source) {
+                decision.reason = Reason::PlaintextRefused {
+                    peer_authentication: source,
+                    port: dst.port,
+                };
+                return decision;
+            }
+        }
+        let ns = self.namespaces.get(&dst.namespace);
+        // (bucket, whether its policies need a selector check)
+        let scopes: Vec<(&Bucket, bool)> = std::iter::once((&self.global, false))
+            .chain(ns.map(|n| (&n.wide, false)))
+            .chain(
+                ns.into_iter()
+                    .flat_map(|n| n.selected.buckets(&dst.labels))
+                    .map(|b| (b, true)),
+            )
+            .chain(self.root_selected.buckets(&dst.labels).map(|b| (b, true)))
+            .collect();
+        let applies = |index: u32, check: bool| {
+            let policy = &self.policies[index as usize];
+            (!check || policy.selects(&dst.labels)).then_some(policy)
+        };
+
+        self.report(&scopes, conn, &mut decision);
+        for (bucket, check) in &scopes {
+            for index in bucket.deny.candidates(dst.port) {
+                if let Some(policy) = applies(index, *check).filter(|p| p.matches(conn)) {
+                    decision.reason = match policy.action {
+                        Action::Custom => Reason::CustomDenied(policy.key.clone()),
+                        _ => Reason::Denied(policy.key.clone()),
+                    };
+                    return decision;
+                }
+            }
+        }
+        let mut any_allow = false;
+        for (bucket, check) in &scopes {
+            for index in bucket.allow.candidates(dst.port) {
+                if let Some(policy) = applies(index, *check) {
+                    any_allow = true;
+                    if policy.matches(conn) {
+                        decision.reason = Reason::Allowed(policy.key.clone());
+                        return decision;
+                    }
+                }
+            }
+            any_allow = any_allow
+                || bucket
+                    .allow_all
+                    .iter()
+                    .any(|i| applies(*i, *check).is_some());
+        }
+        if any_allow {
+            decision.reason = Reason::NotAllowed;
+        }
+        decision
+    }
+
+    fn report(&self, scopes: &[(&Bucket, bool)], conn: &Connection, decision: &mut Decision) {
+        for (bucket, check) in scopes {
+            for (index, dry_run) in &bucket.report {
+                let policy = &self.policies[*index as usize];
+                if (*check && !policy.selects(&conn.destination.labels)) || !policy.matches(conn) {
+                    continue;
+                }
+                match (dry_run, policy.action) {
+                    (false, _) => decision.audited.push(policy.key.clone()),
+                    (true, action) => decision
+                        .dry_run
+                        .push((policy.key.clone(), action == Action::Allow)),
+                }
+            }
+        }
+    }
+}
