@@ -1,1 +1,69 @@
-fn main() {}
+//! `meshd`: the node proxy's command line. Parses flags and wires the library crates; every
+//! behaviour lives in a crate under `crates/`.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod authz;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use meshd_policy::meta::DEFAULT_ROOT_NAMESPACE;
+
+/// meshd: Istio ambient's L4 secure overlay (HBONE, SPIFFE identities, AuthorizationPolicy) for
+/// VMs and bare metal.
+#[derive(Debug, Parser)]
+#[command(name = "meshd", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load a configuration directory exactly as the daemon does and report every problem.
+    Validate(ValidateArgs),
+    /// Authorization dry-runs against a configuration directory.
+    #[command(subcommand)]
+    Authz(AuthzCommand),
+}
+
+/// Options shared by commands that load a configuration directory.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// The mesh root namespace: its policies apply mesh-wide.
+    #[arg(long, env = "MESHD_ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    /// The configuration directory (*.yaml / *.yml, subdirectories included).
+    dir: PathBuf,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthzCommand {
+    /// Decide connections: JSON Lines in (stdin or --input), one JSON decision per line out; or
+    /// one connection described with --from/--to.
+    Check(authz::CheckArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(&args.dir, &args.config.root_namespace),
+        Command::Authz(AuthzCommand::Check(args)) => authz::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
