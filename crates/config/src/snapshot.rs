@@ -195,17 +195,32 @@ impl Snapshot {
 
     /// A one-line summary of what was loaded.
     pub fn summary(&self) -> String {
-        let warnings = self.warnings.len();
         format!(
-            "{} AuthorizationPolicies, {} PeerAuthentications, {} WorkloadEntries, {} ServiceEntries from {} files ({warnings} warning{})",
-            self.authorization_policies.len(),
-            self.peer_authentications.len(),
-            self.workload_entries.len(),
-            self.service_entries.len(),
-            self.files,
-            if warnings == 1 { "" } else { "s" },
+            "{}, {}, {}, {} from {} ({})",
+            count(
+                self.authorization_policies.len(),
+                "AuthorizationPolicy",
+                "AuthorizationPolicies"
+            ),
+            count(
+                self.peer_authentications.len(),
+                "PeerAuthentication",
+                "PeerAuthentications"
+            ),
+            count(
+                self.workload_entries.len(),
+                "WorkloadEntry",
+                "WorkloadEntries"
+            ),
+            count(self.service_entries.len(), "ServiceEntry", "ServiceEntries"),
+            count(self.files, "file", "files"),
+            count(self.warnings.len(), "warning", "warnings"),
         )
     }
+}
+
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn error(

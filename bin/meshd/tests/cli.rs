@@ -1,0 +1,200 @@
+//! The `meshd` binary as an operator runs it: real processes, real files, exit codes and output.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tempfile::TempDir;
+
+fn meshd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meshd"))
+}
+
+fn example_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/mesh")
+}
+
+fn run(cmd: &mut Command, stdin: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meshd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("meshd runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn validate_accepts_the_example_config_with_a_summary() {
+    let out = run(meshd().arg("validate").arg(example_config()), "");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.trim_end().ends_with(
+            "OK: 3 AuthorizationPolicies, 1 PeerAuthentication, 2 WorkloadEntries, 1 ServiceEntry from 6 files (0 warnings)"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn validate_prints_every_problem_and_exits_1() {
+    let dir = TempDir::new().expect("tempdir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: x}\nspec:\n  action: DENY\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: b, namespace: x}\nspec:\n  mtls: {mode: DISABLE}\n  portLevelMtls: {'80': {mode: STRICT}}\n",
+    )
+    .expect("write");
+    let out = run(meshd().arg("validate").arg(dir.path()), "");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = stdout(&out).replace(&format!("{}/", dir.path().display()), "");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[..3],
+        [
+            "a.yaml:4:1: AuthorizationPolicy/x/a: spec: DENY action without `rules` is meaningless: add an empty rule `{}` if it should deny every connection",
+            "b.yaml:5:10: warning: PeerAuthentication/x/b: spec.mtls.mode: DISABLE acts as PERMISSIVE in meshd: mTLS between meshd instances cannot be turned off, and plaintext is accepted",
+            "b.yaml:6:3: PeerAuthentication/x/b: spec.portLevelMtls: mesh/namespace peer authentication cannot have port level mTLS: portLevelMtls requires a selector with labels",
+        ]
+    );
+    assert!(
+        lines[3].ends_with("INVALID: 2 errors, 1 warning; the configuration would be rejected"),
+        "{text}"
+    );
+}
+
+const BATCH: &str = r#"{"source":{"principal":"cluster.local/ns/shop/sa/web","ip":"127.0.0.1"},"destination":{"namespace":"shop","labels":{"app":"db"},"ip":"127.0.0.2","port":5432}}
+{"source":{"principal":null,"ip":"127.0.0.1"},"destination":{"namespace":"shop","labels":{"app":"db"},"ip":"127.0.0.2","port":5432}}
+not json
+
+{"source":{"principal":"cluster.local/ns/shop/sa/db","ip":"127.0.0.2"},"destination":{"namespace":"shop","labels":{"app":"db"},"ip":"127.0.0.2","port":5432}}
+{"source":{"principal":"not-a-principal","ip":"127.0.0.2"},"destination":{"namespace":"shop","labels":{},"ip":"127.0.0.2","port":1}}
+{"source":{"ip":"203.0.113.9","principal":"cluster.local/ns/frontend/sa/ui"},"destination":{"namespace":"elsewhere","ip":"10.0.0.9","port":80}}
+"#;
+
+#[test]
+fn authz_check_batch_answers_each_line_in_order() {
+    let out = run(
+        meshd()
+            .args(["authz", "check", "--config-dir"])
+            .arg(example_config()),
+        BATCH,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "malformed lines make the exit non-zero: {out:?}"
+    );
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each output line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[0]["decision"], "allow");
+    assert_eq!(lines[0]["policy"], "shop/db-allow-web");
+    assert_eq!(lines[1]["decision"], "deny");
+    assert_eq!(lines[1]["policy"], "shop/strict");
+    assert_eq!(
+        lines[1]["reason"],
+        "plaintext refused: PeerAuthentication shop/strict requires mTLS (STRICT) on port 5432"
+    );
+    assert!(
+        lines[2]["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("line 3: "),
+        "{:?}",
+        lines[2]
+    );
+    assert_eq!(lines[3]["decision"], "deny");
+    assert_eq!(lines[3]["policy"], serde_json::Value::Null);
+    assert!(
+        lines[4]["error"]
+            .as_str()
+            .expect("error")
+            .contains("not-a-principal"),
+        "{:?}",
+        lines[4]
+    );
+    assert_eq!(lines[5]["decision"], "deny");
+    assert_eq!(lines[5]["policy"], "istio-system/deny-blocked-range");
+}
+
+#[test]
+fn authz_check_reads_an_input_file() {
+    let dir = TempDir::new().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, BATCH.lines().next().expect("line")).expect("write");
+    let out = run(
+        meshd()
+            .args(["authz", "check", "--config-dir"])
+            .arg(example_config())
+            .arg("--input")
+            .arg(&input),
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout(&out).contains(r#""decision":"allow""#));
+}
+
+#[test]
+fn authz_check_human_form() {
+    let out = run(
+        meshd()
+            .args(["authz", "check", "--config-dir"])
+            .arg(example_config())
+            .args([
+                "--from",
+                "cluster.local/ns/frontend/sa/ui",
+                "--to",
+                "shop/web:8080",
+            ]),
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        stdout(&out).trim(),
+        "ALLOW: cluster.local/ns/frontend/sa/ui -> shop/web:8080 (policy shop/web-allow): allowed by ALLOW policy shop/web-allow"
+    );
+    let out = run(
+        meshd()
+            .args(["authz", "check", "--config-dir"])
+            .arg(example_config())
+            .args(["--to", "shop/web:8080"]),
+        "",
+    );
+    assert!(
+        stdout(&out).starts_with("DENY: plaintext -> shop/web:8080 (policy shop/strict)"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn authz_check_refuses_an_invalid_directory() {
+    let dir = TempDir::new().expect("tempdir");
+    std::fs::write(dir.path().join("bad.yaml"), "kind: Nope\n").expect("write");
+    let out = run(
+        meshd()
+            .args(["authz", "check", "--config-dir"])
+            .arg(dir.path()),
+        BATCH,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stdout(&out).is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kind \"Nope\""));
+}
