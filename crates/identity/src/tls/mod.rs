@@ -17,6 +17,9 @@ use crate::{Error, SpiffeId};
 mod client;
 mod server;
 
+/// The rustls this crate is built on, so dependents name the same version's types.
+pub use rustls;
+
 pub use client::client_config;
 pub use server::server_config;
 
