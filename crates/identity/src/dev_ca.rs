@@ -227,6 +227,20 @@ impl DevCa {
     }
 }
 
+impl DevCa {
+    /// Loads the CA in `ca_dir`, issues an SVID and writes it to `out_dir` in the
+    /// spiffe-helper layout: `meshd ca issue` in one call.
+    pub fn issue_from(
+        ca_dir: &Path,
+        namespace: &str,
+        service_account: &str,
+        ttl: Duration,
+        out_dir: &Path,
+    ) -> Result<IssuedSvid, Error> {
+        DevCa::load(ca_dir)?.issue_to_dir(namespace, service_account, ttl, out_dir)
+    }
+}
+
 impl IssuedSvid {
     /// Writes the three spiffe-helper files into `dir` (created if missing), each replaced by
     /// an atomic rename so a watching meshd never reads half a file.

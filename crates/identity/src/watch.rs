@@ -436,3 +436,40 @@ impl ExpiryAlarm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ttl: Duration) -> CredentialSet {
+        let ca = DevCa::generate("cluster.local").unwrap();
+        ca.issue("ns", "sa", ttl).unwrap().credential_set().unwrap()
+    }
+
+    #[test]
+    fn expiry_alarm_warns_once_then_waits_for_expiry() {
+        // 1 h SVID, warn 2 h ahead: the warning is due at once, then the next alarm is expiry.
+        let set = set(Duration::from_secs(3600));
+        let mut alarm = ExpiryAlarm::new(Some(Duration::from_secs(7200)));
+        let first = alarm.next_deadline(&set).unwrap();
+        assert!(first <= Instant::now());
+        alarm.fire(&set);
+        assert!(alarm.warned && !alarm.expired);
+        let next = alarm.next_deadline(&set).unwrap();
+        assert!(next > Instant::now() + Duration::from_secs(3500));
+
+        // A rotated set re-arms the warning.
+        let rotated = self::set(Duration::from_secs(3600));
+        assert!(alarm.next_deadline(&rotated).unwrap() <= Instant::now());
+        assert!(!alarm.warned);
+    }
+
+    #[test]
+    fn default_warning_is_a_quarter_of_the_lifetime() {
+        let set = set(Duration::from_secs(4 * 3600));
+        let alarm = ExpiryAlarm::new(None);
+        let creds = set.credentials();
+        let lifetime = creds.not_after() - creds.not_before();
+        assert_eq!(alarm.warn_at(&set), creds.not_after() - lifetime / 4);
+    }
+}
