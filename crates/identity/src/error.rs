@@ -121,6 +121,13 @@ pub enum Error {
         uri: String,
     },
 
+    /// The leaf's SPIFFE ID has no path, i.e. names a trust domain rather than a workload.
+    #[error("SPIFFE ID {id} names a trust domain, not a workload (an SVID's ID needs a path)")]
+    NoWorkloadPath {
+        /// The ID found.
+        id: String,
+    },
+
     /// The leaf is a CA certificate (basicConstraints CA:true), which may not identify a workload.
     #[error("leaf certificate is a CA (basicConstraints CA:true)")]
     LeafIsCa,
@@ -210,9 +217,6 @@ impl Error {
             rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
                 other.0.downcast_ref::<Error>().cloned()
             }
-            rustls::Error::General(msg) => Some(Error::Untrusted {
-                reason: msg.clone(),
-            }),
             _ => None,
         }
     }

@@ -29,7 +29,8 @@
 //! - it has more than one URI SAN: [`Error::MultipleUriSans`] (the X509-SVID spec says exactly
 //!   one; ztunnel accepts several and takes the first, meshd is strict);
 //! - its URI SAN is not a `spiffe://` URI: [`Error::NotSpiffeUri`], or not a valid SPIFFE ID:
-//!   [`Error::InvalidSpiffeId`];
+//!   [`Error::InvalidSpiffeId`], or an ID without a path (a trust domain, not a workload):
+//!   [`Error::NoWorkloadPath`];
 //! - its trust domain has no bundle: [`Error::UntrustedTrustDomain`] (by default only the local
 //!   trust domain has one);
 //! - it is outside its validity period: [`Error::Expired`], [`Error::NotYetValid`];

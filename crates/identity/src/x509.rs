@@ -66,6 +66,10 @@ pub fn inspect_leaf(der: &CertificateDer<'_>) -> Result<LeafInfo, Error> {
         });
     }
     let id = SpiffeId::new(uri)?;
+    // X509-SVID spec: a leaf's ID must have a non-root path; `spiffe://td` is the trust domain.
+    if id.path().is_empty() {
+        return Err(Error::NoWorkloadPath { id: id.to_string() });
+    }
 
     let validity = cert.validity();
     Ok(LeafInfo {

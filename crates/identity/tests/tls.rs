@@ -199,6 +199,21 @@ async fn non_spiffe_uri() {
 }
 
 #[tokio::test]
+async fn trust_domain_id_as_leaf() {
+    // `spiffe://cluster.local` names the trust domain itself; no workload may hold it.
+    let ca = Ca::new("root");
+    let leaf = ca.issue(&LeafSpec::svid("spiffe://cluster.local"));
+    rejected_both_ways(
+        &ca,
+        &leaf,
+        Error::NoWorkloadPath {
+            id: "spiffe://cluster.local".into(),
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn leaf_is_ca() {
     // A CA certificate may not be a workload identity.
     let ca = Ca::new("root");
