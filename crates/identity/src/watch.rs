@@ -149,14 +149,15 @@ impl Drop for IdentityManager {
 }
 
 fn start_files(source: FilesSource, options: ManagerOptions) -> Result<IdentityManager, Error> {
+    // Watch before the first read, so a change landing in between is not missed.
+    let reload = Arc::new(Notify::new());
+    let watcher = watch_dirs(&source.watch_dirs(), options.debounce, reload.clone())?;
     let raw = source.read()?;
     let mut last_seen = raw.fingerprint();
     let set = source.validate(raw)?;
     log_loaded(&set, "loaded identity");
     let (tx, rx) = watch::channel(Arc::new(set));
     let stats = Arc::new(RotationStats::default());
-    let reload = Arc::new(Notify::new());
-    let watcher = watch_dirs(&source.watch_dirs(), options.debounce, reload.clone())?;
 
     let task_stats = stats.clone();
     let task_reload = reload.clone();
