@@ -4,6 +4,7 @@
 #![deny(rust_2018_idioms)]
 
 mod authz;
+mod ca;
 mod validate;
 
 use std::path::PathBuf;
@@ -28,6 +29,9 @@ enum Command {
     /// Authorization dry-runs against a configuration directory.
     #[command(subcommand)]
     Authz(AuthzCommand),
+    /// The built-in development CA (for trying meshd; production uses real certificates).
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
 }
 
 /// Options shared by commands that load a configuration directory.
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args.dir, &args.config.root_namespace),
         Command::Authz(AuthzCommand::Check(args)) => authz::run(&args),
+        Command::Ca(command) => ca::run(&command),
     };
     match result {
         Ok(code) => code,

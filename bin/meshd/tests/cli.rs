@@ -198,3 +198,49 @@ fn authz_check_refuses_an_invalid_directory() {
     assert!(stdout(&out).is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kind \"Nope\""));
 }
+
+#[test]
+fn ca_init_then_issue_writes_a_loadable_svid() {
+    let dir = TempDir::new().expect("tempdir");
+    let ca = dir.path().join("ca");
+    let out = run(
+        meshd()
+            .args(["ca", "init", "--trust-domain", "example.org", "--out"])
+            .arg(&ca),
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let svid = dir.path().join("web");
+    let out = run(
+        meshd()
+            .args(["ca", "issue", "--ca"])
+            .arg(&ca)
+            .args([
+                "--namespace",
+                "shop",
+                "--service-account",
+                "web",
+                "--ttl",
+                "1h",
+                "--out",
+            ])
+            .arg(&svid),
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let cert = std::fs::read(svid.join("svid.pem")).expect("svid.pem");
+    let key = std::fs::read(svid.join("svid_key.pem")).expect("svid_key.pem");
+    let credentials =
+        meshd_identity::Credentials::from_pem(&cert, &key).expect("issued SVID loads");
+    assert_eq!(
+        credentials.id().to_string(),
+        "spiffe://example.org/ns/shop/sa/web"
+    );
+    // The CA is never overwritten.
+    let again = run(meshd().args(["ca", "init", "--out"]).arg(&ca), "");
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("ca-key.pem"),
+        "{again:?}"
+    );
+}
