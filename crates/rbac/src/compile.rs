@@ -73,6 +73,56 @@ impl Matcher {
     fn required_ports(&self) -> Option<&[u16]> {
         (!self.ports.is_empty()).then_some(self.ports.as_slice())
     }
+
+    /// The peer namespaces this matcher can match, if exact principals, exact namespaces or
+    /// service accounts pin them (a plaintext peer has none, so it matches none of these).
+    fn required_namespaces(&self) -> Option<Vec<&str>> {
+        fn exact(patterns: &[StringPattern]) -> Option<Vec<&str>> {
+            patterns
+                .iter()
+                .map(|p| match p {
+                    StringPattern::Exact(s) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect()
+        }
+        if !self.principals.is_empty() {
+            if let Some(principals) = exact(&self.principals) {
+                return principals.iter().map(|p| principal_namespace(p)).collect();
+            }
+        }
+        if !self.namespaces.is_empty() {
+            if let Some(namespaces) = exact(&self.namespaces) {
+                return Some(namespaces);
+            }
+        }
+        if !self.service_accounts.is_empty() {
+            return Some(
+                self.service_accounts
+                    .iter()
+                    .map(|(ns, _)| ns.as_str())
+                    .collect(),
+            );
+        }
+        None
+    }
+}
+
+/// The namespace of an exact principal `<td>/ns/<ns>/sa/<sa>`; other shapes match no peer, and
+/// the empty namespace (which no mTLS peer has) keeps them out of every real bucket.
+fn principal_namespace(principal: &str) -> Option<&str> {
+    let mut parts = principal.split('/');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some(_), Some("ns"), Some(ns), Some("sa"), Some(_), None) => Some(ns),
+        _ => Some(""),
+    }
 }
 
 /// A rule: every clause must match. No clause at all matches everything (`rules: [{}]`).
@@ -96,9 +146,23 @@ impl CompiledRule {
             for matcher in clause {
                 ports.extend_from_slice(matcher.required_ports()?);
             }
-            ports.sort_unstable();
-            ports.dedup();
             Some(ports)
+        })
+    }
+
+    /// The peer namespaces the rule can match, when some clause pins them in every matcher.
+    pub(crate) fn required_namespaces(&self) -> Option<Vec<String>> {
+        self.clauses.iter().find_map(|clause| {
+            let mut namespaces = Vec::new();
+            for matcher in clause {
+                namespaces.extend(
+                    matcher
+                        .required_namespaces()?
+                        .into_iter()
+                        .map(str::to_string),
+                );
+            }
+            Some(namespaces)
         })
     }
 }

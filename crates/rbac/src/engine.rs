@@ -5,13 +5,17 @@
 //! destination's namespace, the mesh-wide policies and the selector buckets of the
 //! destination's own labels, so its cost does not grow with policies elsewhere.
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
 
 use meshd_policy::authz::Labels;
 use meshd_policy::meta::DRY_RUN_ANNOTATION;
 use meshd_policy::{Action, AuthorizationPolicy, PeerAuthentication};
 
 use crate::PolicyKey;
+
+/// Index maps are keyed by configuration values and hashed on every decision: foldhash is several
+/// times faster than SipHash on short keys, and its per-process seed keeps it unpredictable.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 use crate::compile::{CompiledRule, compile_rules};
 use crate::connection::Connection;
 use crate::decision::{Decision, Reason};
@@ -45,31 +49,77 @@ impl CompiledPolicy {
         ports.dedup();
         Some(ports)
     }
+
+    /// The peer namespaces any of its rules can match, if every rule pins them.
+    fn required_namespaces(&self) -> Option<Vec<String>> {
+        let mut namespaces = Vec::new();
+        for rule in &self.rules {
+            namespaces.extend(rule.required_namespaces()?);
+        }
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        Some(namespaces)
+    }
 }
 
-/// Policy indices that can match a destination port.
+/// Policy indices by what every one of their rules requires: a destination port and/or a peer
+/// namespace. Each policy sits in exactly one list that can hold a given connection, so
+/// candidates never repeat.
 #[derive(Debug, Clone, Default)]
-struct PortIndex {
-    any_port: Vec<u32>,
+struct CandidateIndex {
+    any: Vec<u32>,
     by_port: HashMap<u16, Vec<u32>>,
+    by_namespace: HashMap<String, Vec<u32>>,
+    by_port_namespace: HashMap<u16, HashMap<String, Vec<u32>>>,
 }
 
-impl PortIndex {
-    fn insert(&mut self, index: u32, policy: &CompiledPolicy) {
-        match policy.required_ports() {
-            Some(ports) => {
+impl CandidateIndex {
+    fn insert(&mut self, index: u32, policy: &CompiledPolicy, indexed: bool) {
+        if policy.rules.is_empty() {
+            return; // matches nothing: an allow-nothing ALLOW only counts as applying
+        }
+        if !indexed {
+            self.any.push(index);
+            return;
+        }
+        match (policy.required_ports(), policy.required_namespaces()) {
+            (Some(ports), Some(namespaces)) => {
+                for port in ports {
+                    let by_namespace = self.by_port_namespace.entry(port).or_default();
+                    for namespace in &namespaces {
+                        by_namespace
+                            .entry(namespace.clone())
+                            .or_default()
+                            .push(index);
+                    }
+                }
+            }
+            (Some(ports), None) => {
                 for port in ports {
                     self.by_port.entry(port).or_default().push(index);
                 }
             }
-            None => self.any_port.push(index),
+            (None, Some(namespaces)) => {
+                for namespace in namespaces {
+                    self.by_namespace.entry(namespace).or_default().push(index);
+                }
+            }
+            (None, None) => self.any.push(index),
         }
     }
 
-    fn candidates(&self, port: u16) -> impl Iterator<Item = u32> + '_ {
-        self.any_port
+    fn candidates<'a>(
+        &'a self,
+        port: u16,
+        peer_namespace: Option<&str>,
+    ) -> impl Iterator<Item = u32> + 'a {
+        let by_namespace = peer_namespace.and_then(|ns| self.by_namespace.get(ns));
+        let by_both = peer_namespace.and_then(|ns| self.by_port_namespace.get(&port)?.get(ns));
+        self.any
             .iter()
             .chain(self.by_port.get(&port).into_iter().flatten())
+            .chain(by_namespace.into_iter().flatten())
+            .chain(by_both.into_iter().flatten())
             .copied()
     }
 }
@@ -78,9 +128,9 @@ impl PortIndex {
 #[derive(Debug, Clone, Default)]
 struct Bucket {
     /// DENY and CUSTOM.
-    deny: PortIndex,
+    deny: CandidateIndex,
     /// ALLOW, for matching.
-    allow: PortIndex,
+    allow: CandidateIndex,
     /// Every ALLOW, to know whether one applies at all (whatever the port).
     allow_all: Vec<u32>,
     /// AUDIT and dry-run policies: evaluated for reporting only.
@@ -136,6 +186,26 @@ impl Engine {
         peer_authentications: impl IntoIterator<Item = &'a PeerAuthentication>,
         root_namespace: &str,
     ) -> Self {
+        Self::compile_with(policies, peer_authentications, root_namespace, true)
+    }
+
+    /// Like [`Engine::compile`] but every policy of a scope is a candidate for every
+    /// connection: the oracle tests compare the index against.
+    #[doc(hidden)]
+    pub fn compile_unindexed<'a>(
+        policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
+        peer_authentications: impl IntoIterator<Item = &'a PeerAuthentication>,
+        root_namespace: &str,
+    ) -> Self {
+        Self::compile_with(policies, peer_authentications, root_namespace, false)
+    }
+
+    fn compile_with<'a>(
+        policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
+        peer_authentications: impl IntoIterator<Item = &'a PeerAuthentication>,
+        root_namespace: &str,
+        indexed: bool,
+    ) -> Self {
         let mut engine = Engine {
             peer_authn: PeerAuthnIndex::build(peer_authentications, root_namespace),
             ..Engine::default()
@@ -183,9 +253,11 @@ impl Engine {
             let index = u32::try_from(engine.policies.len()).unwrap_or(u32::MAX);
             match (compiled.action, dry_run) {
                 (Action::Audit, _) | (_, true) => bucket.report.push((index, dry_run)),
-                (Action::Deny | Action::Custom, false) => bucket.deny.insert(index, &compiled),
+                (Action::Deny | Action::Custom, false) => {
+                    bucket.deny.insert(index, &compiled, indexed)
+                }
                 (Action::Allow, false) => {
-                    bucket.allow.insert(index, &compiled);
+                    bucket.allow.insert(index, &compiled, indexed);
                     bucket.allow_all.push(index);
                 }
             }
@@ -234,26 +306,28 @@ impl Engine {
                 return decision;
             }
         }
+        let peer_namespace = conn.peer.as_ref().map(|p| p.namespace());
         let ns = self.namespaces.get(&dst.namespace);
-        // (bucket, whether its policies need a selector check)
-        let scopes: Vec<(&Bucket, bool)> = std::iter::once((&self.global, false))
-            .chain(ns.map(|n| (&n.wide, false)))
-            .chain(
-                ns.into_iter()
-                    .flat_map(|n| n.selected.buckets(&dst.labels))
-                    .map(|b| (b, true)),
-            )
-            .chain(self.root_selected.buckets(&dst.labels).map(|b| (b, true)))
-            .collect();
+        // (bucket, whether its policies need a selector check), in reporting order.
+        let scopes = || {
+            std::iter::once((&self.global, false))
+                .chain(ns.map(|n| (&n.wide, false)))
+                .chain(
+                    ns.into_iter()
+                        .flat_map(|n| n.selected.buckets(&dst.labels))
+                        .map(|b| (b, true)),
+                )
+                .chain(self.root_selected.buckets(&dst.labels).map(|b| (b, true)))
+        };
         let applies = |index: u32, check: bool| {
             let policy = &self.policies[index as usize];
             (!check || policy.selects(&dst.labels)).then_some(policy)
         };
 
-        self.report(&scopes, conn, &mut decision);
-        for (bucket, check) in &scopes {
-            for index in bucket.deny.candidates(dst.port) {
-                if let Some(policy) = applies(index, *check).filter(|p| p.matches(conn)) {
+        self.report(scopes(), conn, &mut decision);
+        for (bucket, check) in scopes() {
+            for index in bucket.deny.candidates(dst.port, peer_namespace) {
+                if let Some(policy) = applies(index, check).filter(|p| p.matches(conn)) {
                     decision.reason = match policy.action {
                         Action::Custom => Reason::CustomDenied(policy.key.clone()),
                         _ => Reason::Denied(policy.key.clone()),
@@ -263,9 +337,9 @@ impl Engine {
             }
         }
         let mut any_allow = false;
-        for (bucket, check) in &scopes {
-            for index in bucket.allow.candidates(dst.port) {
-                if let Some(policy) = applies(index, *check) {
+        for (bucket, check) in scopes() {
+            for index in bucket.allow.candidates(dst.port, peer_namespace) {
+                if let Some(policy) = applies(index, check) {
                     any_allow = true;
                     if policy.matches(conn) {
                         decision.reason = Reason::Allowed(policy.key.clone());
@@ -277,7 +351,7 @@ impl Engine {
                 || bucket
                     .allow_all
                     .iter()
-                    .any(|i| applies(*i, *check).is_some());
+                    .any(|i| applies(*i, check).is_some());
         }
         if any_allow {
             decision.reason = Reason::NotAllowed;
@@ -285,11 +359,16 @@ impl Engine {
         decision
     }
 
-    fn report(&self, scopes: &[(&Bucket, bool)], conn: &Connection, decision: &mut Decision) {
+    fn report<'a>(
+        &self,
+        scopes: impl Iterator<Item = (&'a Bucket, bool)>,
+        conn: &Connection,
+        decision: &mut Decision,
+    ) {
         for (bucket, check) in scopes {
             for (index, dry_run) in &bucket.report {
                 let policy = &self.policies[*index as usize];
-                if (*check && !policy.selects(&conn.destination.labels)) || !policy.matches(conn) {
+                if (check && !policy.selects(&conn.destination.labels)) || !policy.matches(conn) {
                     continue;
                 }
                 match (dry_run, policy.action) {

@@ -3,7 +3,7 @@
 mod support;
 
 use proptest::prelude::*;
-use support::{conn, engine};
+use support::{conn, engine, unindexed_engine};
 
 const NAMESPACES: [&str; 3] = ["frontend", "backend", "ops"];
 const ACCOUNTS: [&str; 3] = ["web", "api", "job"];
@@ -113,5 +113,17 @@ proptest! {
         let backward = engine(&reversed.join("---\n"), "istio-system");
         let c = conn(&principal, &ip, &format!("app/app=web@10.0.0.2:{port}"));
         prop_assert_eq!(forward.decide(&c), backward.decide(&c));
+    }
+
+    /// The candidate index is an optimisation only: decisions equal those of evaluating every
+    /// policy.
+    #[test]
+    fn the_index_never_changes_a_decision(set in policies(), (principal, ip, port) in connection()) {
+        let yaml = render(&set).join("---\n");
+        let indexed = engine(&yaml, "istio-system");
+        let exhaustive = unindexed_engine(&yaml, "istio-system");
+        let c = conn(&principal, &ip, &format!("app/app=web@10.0.0.2:{port}"));
+        let (a, b) = (indexed.decide(&c), exhaustive.decide(&c));
+        prop_assert_eq!(a.allowed(), b.allowed(), "indexed {} vs exhaustive {}", a, b);
     }
 }

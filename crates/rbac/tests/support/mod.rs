@@ -19,6 +19,15 @@ pub fn engine(yaml: &str, root: &str) -> Engine {
     Engine::compile(snapshot.policies(), snapshot.peer_auths(), root)
 }
 
+/// Compiles policy YAML without the candidate index (every policy is evaluated).
+pub fn unindexed_engine(yaml: &str, root: &str) -> Engine {
+    let options = LoadOptions {
+        root_namespace: root.to_string(),
+    };
+    let snapshot = load_str("case.yaml", yaml, &options).expect("case YAML loads");
+    Engine::compile_unindexed(snapshot.policies(), snapshot.peer_auths(), root)
+}
+
 /// A connection: `from` is a principal or "" for plaintext; `to` is `ns/key=value,...@ip:port`.
 pub fn conn(from: &str, source_ip: &str, to: &str) -> Connection {
     let (target, addr) = to.split_once('@').expect("to has @");
