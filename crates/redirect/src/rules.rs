@@ -133,12 +133,10 @@ pub fn render(cfg: &RedirectConfig) -> String {
     let _ = writeln!(s, "delete table inet {TABLE_NAME}");
     let _ = writeln!(s, "table inet {TABLE_NAME} {{");
 
-    // Outbound: locally generated connections, NAT hook `output`.
+    // Outbound: locally generated connections, NAT hook `output`. Priority -100 is `dstnat`;
+    // nftables 1.0.6 (Debian 12) rejects the name on the output hook, so it is spelled out.
     let _ = writeln!(s, "\tchain output {{");
-    let _ = writeln!(
-        s,
-        "\t\ttype nat hook output priority dstnat; policy accept;"
-    );
+    let _ = writeln!(s, "\t\ttype nat hook output priority -100; policy accept;");
     let _ = writeln!(s, "\t\tmeta l4proto != tcp return");
     let _ = writeln!(s, "\t\t{mark} return");
     if cfg.capture_loopback {
@@ -165,7 +163,7 @@ pub fn render(cfg: &RedirectConfig) -> String {
         let _ = writeln!(s, "\tchain prerouting {{");
         let _ = writeln!(
             s,
-            "\t\ttype nat hook prerouting priority dstnat; policy accept;"
+            "\t\ttype nat hook prerouting priority -100; policy accept;"
         );
         let _ = writeln!(s, "\t\tmeta l4proto != tcp return");
         let _ = writeln!(s, "\t\t{mark} return");
@@ -227,7 +225,7 @@ mod tests {
         assert!(
             script.contains("table inet meshd {}\ndelete table inet meshd\ntable inet meshd {")
         );
-        assert!(script.contains("type nat hook output priority dstnat; policy accept;"));
+        assert!(script.contains("type nat hook output priority -100; policy accept;"));
         assert!(script.contains("meta mark & 0x00000fff == 0x00000539 return"));
         assert!(script.contains("oifname \"lo\" return"));
         assert!(script.contains("meta l4proto tcp redirect to :15001"));
@@ -273,7 +271,7 @@ mod tests {
         };
         let script = render(&cfg);
         let pre = &script[script.find("chain prerouting").unwrap()..];
-        assert!(pre.contains("type nat hook prerouting priority dstnat; policy accept;"));
+        assert!(pre.contains("type nat hook prerouting priority -100; policy accept;"));
         assert!(pre.contains("meta mark & 0x00000fff == 0x00000539 return"));
         assert!(pre.contains("iifname \"lo\" return"));
         assert!(
