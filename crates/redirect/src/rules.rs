@@ -169,6 +169,9 @@ pub fn render(cfg: &RedirectConfig) -> String {
         let _ = writeln!(s, "\t\t{mark} return");
         // Loopback traffic was generated here; the output chain already decided about it.
         let _ = writeln!(s, "\t\tiifname \"lo\" return");
+        // Only traffic addressed to this machine is inbound; packets it merely routes (e.g. for
+        // containers or VMs behind it) are not meshd's to capture.
+        let _ = writeln!(s, "\t\tfib daddr type != local return");
         let _ = writeln!(s, "\t\ttcp dport {} return", port_set(exempt));
         let _ = writeln!(s, "\t\tmeta l4proto tcp redirect to :{inbound}");
         let _ = writeln!(s, "\t}}");
@@ -274,6 +277,7 @@ mod tests {
         assert!(pre.contains("type nat hook prerouting priority -100; policy accept;"));
         assert!(pre.contains("meta mark & 0x00000fff == 0x00000539 return"));
         assert!(pre.contains("iifname \"lo\" return"));
+        assert!(pre.contains("fib daddr type != local return"));
         assert!(
             pre.contains("tcp dport { 22, 9090, 15001, 15006, 15008 } return"),
             "{pre}"
