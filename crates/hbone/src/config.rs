@@ -1,0 +1,245 @@
+//! Settings for the client (pool) and the server, with ztunnel's numbers as defaults.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// The HBONE port: ztunnel listens for mTLS HTTP/2 CONNECT on 15008 (and meshd serves QUIC on
+/// the same number over UDP).
+pub const DEFAULT_PORT: u16 = 15008;
+
+/// Initial per-stream receive window: 4 MiB, as ztunnel (`HTTP2_STREAM_WINDOW_SIZE`); large
+/// enough that one stream is not window-bound on a LAN (4 MiB / 0.2 ms RTT = 160 Gbit/s); see
+/// HBONE.md for the measurement behind keeping it.
+pub const DEFAULT_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Initial connection receive window: 16 MiB, 4x the stream window as ztunnel, so four busy
+/// streams cannot starve the others of connection-level credit.
+pub const DEFAULT_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Largest DATA frame we accept: 1 MiB, as ztunnel (`HTTP2_FRAME_SIZE`); fewer frame headers and
+/// wake-ups per byte than the 16 KiB HTTP/2 default.
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = 1024 * 1024;
+
+/// Header list limit the client accepts in responses: 16 KiB, as ztunnel's client.
+pub const DEFAULT_CLIENT_MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// Header list limit the server accepts in requests: 64 KiB, as ztunnel's server; larger
+/// requests are refused by h2 before they reach the service.
+pub const DEFAULT_SERVER_MAX_HEADER_LIST: u32 = 64 * 1024;
+
+/// Client send buffer per stream: the stream window, as ztunnel (the client side is the local
+/// application's, so buffering one window is what keeps the pipe full).
+pub const DEFAULT_CLIENT_SEND_BUFFER: usize = DEFAULT_STREAM_WINDOW as usize;
+
+/// Server send buffer per stream: 400 KiB, as ztunnel, bounding what an unread stream can pin.
+pub const DEFAULT_SERVER_SEND_BUFFER: usize = 400 * 1024;
+
+/// Streams the client multiplexes on one connection before opening another: 100, as ztunnel's
+/// `POOL_MAX_STREAMS_PER_CONNECTION` (ztunnel opens 10 connections for 1 000 tunnels).
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
+/// Concurrent streams the server allows per connection: 200, as ztunnel's server; above the
+/// client's 100 so a ztunnel client never meets REFUSED_STREAM.
+pub const DEFAULT_SERVER_MAX_CONCURRENT_STREAMS: u32 = 200;
+
+/// Connections the server holds at once (TLS handshakes included); beyond it new connections
+/// are closed immediately. ztunnel has no limit; 4 096 × at most 16 MiB of window per
+/// connection bounds memory while leaving room for a busy node.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// PING interval: 10 s, as ztunnel (`do_ping_pong`).
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// PING timeout: 20 s, as ztunnel; a peer silent that long is presumed dead.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// TCP connect timeout: 10 s, as ztunnel.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS + HTTP/2 handshake timeout, both sides: 10 s; bounds a client that connects and never
+/// finishes its handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Client pool: an unused connection is closed after 5 min, as ztunnel's
+/// `POOL_UNUSED_RELEASE_TIMEOUT`.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Server: a connection without streams is closed (GOAWAY) after 10 min, longer than the
+/// client's 5 so the client, which knows when it will reuse, normally closes first.
+pub const DEFAULT_SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// HTTP/2 parameters shared by both sides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// SETTINGS_INITIAL_WINDOW_SIZE: receive window per stream.
+    pub stream_window: u32,
+    /// Receive window of the whole connection (WINDOW_UPDATE on stream 0).
+    pub connection_window: u32,
+    /// SETTINGS_MAX_FRAME_SIZE we accept.
+    pub max_frame_size: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE we accept.
+    pub max_header_list_size: u32,
+    /// Bytes h2 may buffer per stream for sending before writes wait.
+    pub max_send_buffer: usize,
+}
+
+impl Http2Settings {
+    /// ztunnel's client settings.
+    pub fn client_default() -> Self {
+        Http2Settings {
+            stream_window: DEFAULT_STREAM_WINDOW,
+            connection_window: DEFAULT_CONNECTION_WINDOW,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            max_header_list_size: DEFAULT_CLIENT_MAX_HEADER_LIST,
+            max_send_buffer: DEFAULT_CLIENT_SEND_BUFFER,
+        }
+    }
+
+    /// ztunnel's server settings.
+    pub fn server_default() -> Self {
+        Http2Settings {
+            max_header_list_size: DEFAULT_SERVER_MAX_HEADER_LIST,
+            max_send_buffer: DEFAULT_SERVER_SEND_BUFFER,
+            ..Http2Settings::client_default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        // RFC 9113 §6.5.2: frame size between 16 KiB and 16 MiB - 1; windows at most 2^31 - 1.
+        if !(16_384..=16_777_215).contains(&self.max_frame_size) {
+            return Err(Error::Config(format!(
+                "max_frame_size {} is outside 16384..=16777215",
+                self.max_frame_size
+            )));
+        }
+        for (name, value) in [
+            ("stream_window", self.stream_window),
+            ("connection_window", self.connection_window),
+        ] {
+            if value == 0 || value > i32::MAX as u32 {
+                return Err(Error::Config(format!(
+                    "{name} {value} is outside 1..=2147483647"
+                )));
+            }
+        }
+        if self.max_send_buffer == 0 {
+            return Err(Error::Config("max_send_buffer must be above zero".into()));
+        }
+        Ok(())
+    }
+}
+
+/// HTTP/2 PING keepalive: both sides ping on this schedule and drop a peer that stops answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Time between PINGs (the first is sent one interval after the handshake).
+    pub interval: Duration,
+    /// How long to wait for the PONG before declaring the connection dead.
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            interval: DEFAULT_KEEPALIVE_INTERVAL,
+            timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+        }
+    }
+}
+
+/// Settings of the client side: the connection pool and the connections it opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// HTTP/2 windows and limits.
+    pub http2: Http2Settings,
+    /// PING schedule.
+    pub keepalive: Keepalive,
+    /// Streams per pooled connection before another connection is opened (further capped by
+    /// the server's SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// How long an unused pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// TLS + HTTP/2 handshake timeout.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            http2: Http2Settings::client_default(),
+            keepalive: Keepalive::default(),
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+impl ClientSettings {
+    /// Rejects settings that h2 would refuse or that would wedge the pool.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.http2.validate()?;
+        if self.max_streams_per_connection == 0 {
+            return Err(Error::Config(
+                "max_streams_per_connection must be above zero".into(),
+            ));
+        }
+        validate_keepalive(&self.keepalive)
+    }
+}
+
+/// Settings of the server side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// HTTP/2 windows and limits.
+    pub http2: Http2Settings,
+    /// PING schedule.
+    pub keepalive: Keepalive,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS announced to clients; extra streams are refused.
+    pub max_concurrent_streams: u32,
+    /// Connections held at once; further connections are closed on accept.
+    pub max_connections: usize,
+    /// TLS + HTTP/2 handshake timeout (a client that never finishes is dropped).
+    pub handshake_timeout: Duration,
+    /// A connection without open streams this long gets a GOAWAY.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            http2: Http2Settings::server_default(),
+            keepalive: Keepalive::default(),
+            max_concurrent_streams: DEFAULT_SERVER_MAX_CONCURRENT_STREAMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_SERVER_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Rejects settings that h2 would refuse or that would make the server refuse everything.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.http2.validate()?;
+        if self.max_concurrent_streams == 0 || self.max_connections == 0 {
+            return Err(Error::Config(
+                "max_concurrent_streams and max_connections must be above zero".into(),
+            ));
+        }
+        validate_keepalive(&self.keepalive)
+    }
+}
+
+fn validate_keepalive(k: &Keepalive) -> Result<(), Error> {
+    if k.interval.is_zero() || k.timeout.is_zero() {
+        return Err(Error::Config(
+            "keepalive interval and timeout must be above zero".into(),
+        ));
+    }
+    Ok(())
+}

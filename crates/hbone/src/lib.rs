@@ -1,0 +1,71 @@
+//! HBONE: the tunnel every byte between meshd nodes (and Istio ztunnels) travels in.
+//!
+//! # What this crate does
+//! - [`Client`] opens tunneled TCP connections: one HTTP/2 `CONNECT` stream per tunnel, over
+//!   pooled mutual-TLS connections to a peer's port 15008, verifying that the peer proves the
+//!   expected SPIFFE ID. The pool is keyed by (local identity, expected peer identity, peer
+//!   address), multiplexes up to a stream limit per connection, shares handshakes between
+//!   concurrent first requests, evicts broken connections and closes idle ones.
+//! - [`Server`] accepts mTLS connections, reads the client's SPIFFE ID, serves HTTP/2 within
+//!   limits (connections, streams per connection, header size, handshake and idle timeouts),
+//!   validates each `CONNECT` and hands an [`InboundRequest`] to a caller-supplied
+//!   `tower::Service`, which answers with a [`Decision`]: a handler for the accepted tunnel or a
+//!   [`Refusal`] with its status. Shutdown is graceful (GOAWAY, then a deadline).
+//! - [`TunnelStream`] is the tunnel as `AsyncRead + AsyncWrite`, with TCP half-close mapped to
+//!   END_STREAM and resets mapped both ways, ready for `tokio::io::copy_bidirectional`.
+//! - Both sides speak ztunnel's wire format (see `HBONE.md` at the repository root): TLS 1.3
+//!   with AES-GCM only, ALPN `h2`, no SNI, no resumption (all from meshd-identity's configs);
+//!   classic CONNECT with `:authority ip:port` and the `baggage`, `forwarded`, `traceparent`
+//!   headers; ztunnel's HTTP/2 windows and PING keepalive (10 s / 20 s).
+//! - With the `quic` feature (experimental), the same CONNECT semantics over HTTP/3 on QUIC.
+//!
+//! # What it does not do
+//! - No policy: whether a peer may reach a destination, and where to dial, is the caller's
+//!   service's decision; the transport only enforces that a tunnel targets the address it
+//!   arrived on (an open-relay guard, as ztunnel's `ip mismatch` check).
+//! - No upstream dialing, byte copying, metrics or access logs: the proxy composes those.
+//! - No hostname authorities, double HBONE (east-west gateways) or PROXY-protocol app tunnels.
+//!
+//! # Why the `h2` crate and not hyper
+//! ztunnel moved its data path from hyper to raw h2 (istio/ztunnel#990) and meshd follows for
+//! the same reasons: hyper hides the peer's SETTINGS, so a pool cannot see
+//! `max_concurrent_streams` and blocks instead of opening another connection; hyper's pool is
+//! keyed by authority only and cannot hold several HTTP/2 connections to one destination or key
+//! them by identity; and its CONNECT/upgrade path, built for general HTTP, had termination bugs.
+//! With h2 we own flow control (capacity reserved per write, released per read), PING, GOAWAY
+//! and the pool. Since h2 0.4.12 an authority-only request sends a classic CONNECT (no
+//! `:scheme`/`:path`).
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+mod client;
+mod config;
+mod error;
+pub mod headers;
+mod keepalive;
+mod pool;
+#[cfg(feature = "quic")]
+mod quic;
+mod server;
+mod service;
+mod stream;
+
+pub use client::{Client, Peer};
+pub use config::{
+    ClientSettings, DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_CLIENT_MAX_HEADER_LIST,
+    DEFAULT_CLIENT_SEND_BUFFER, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    DEFAULT_PORT, DEFAULT_SERVER_IDLE_TIMEOUT, DEFAULT_SERVER_MAX_CONCURRENT_STREAMS,
+    DEFAULT_SERVER_MAX_HEADER_LIST, DEFAULT_SERVER_SEND_BUFFER, DEFAULT_STREAM_WINDOW,
+    Http2Settings, Keepalive, ServerSettings,
+};
+pub use error::Error;
+pub use headers::{Forwarded, RequestHeaders, TraceParent};
+#[cfg(feature = "quic")]
+pub use quic::QuicServer;
+pub use server::{Server, ServerHandle};
+pub use service::{BoxError, Decision, InboundRequest, Refusal, TunnelHandler};
+pub use stream::{Transport, TunnelStream};

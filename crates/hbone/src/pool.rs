@@ -1,0 +1,349 @@
+//! The HTTP/2 connection pool behind [`Client`](crate::Client).
+//!
+//! Keyed by (local identity, expected peer identity, peer address), as ztunnel's
+//! `WorkloadKey` minus the source IP (meshd does not spoof sources). Per key: a list of
+//! connections, each with a slot counter capped at min(our stream limit, the server's
+//! SETTINGS_MAX_CONCURRENT_STREAMS), and an async dial lock so concurrent first requests wait
+//! for one handshake instead of each opening a connection.
+//!
+//! Each connection has a driver task that polls h2, runs the PING keepalive and closes the
+//! connection once it has been unused for the idle timeout. A connection that fails (keepalive,
+//! I/O error, GOAWAY) is marked closed before anything else, so it is never handed out again,
+//! and removed from the pool when its driver ends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use meshd_identity::{IdentityHandle, SpiffeId};
+
+use crate::client::{H2Connection, dial};
+use crate::{ClientSettings, Error, keepalive};
+
+/// Set in a connection's slot word once it must not take new streams.
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
+/// How long an idle-closed connection may take to say GOAWAY and close TLS cleanly.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The identity of a pooled connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    pub(crate) local: SpiffeId,
+    pub(crate) peer: SpiffeId,
+    pub(crate) addr: SocketAddr,
+}
+
+pub(crate) struct Pool {
+    identity: IdentityHandle,
+    settings: ClientSettings,
+    keys: Mutex<HashMap<PoolKey, Arc<KeyEntry>>>,
+    next_id: AtomicU64,
+    opened: AtomicU64,
+}
+
+struct KeyEntry {
+    // Held while dialing, so a burst to a new key opens one connection, not hundreds.
+    dial: tokio::sync::Mutex<()>,
+    conns: Mutex<Vec<Arc<PooledConn>>>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+struct PooledConn {
+    id: u64,
+    send: SendRequest<Bytes>,
+    state: Arc<ConnState>,
+}
+
+/// Stream accounting shared by the pool, the driver and every open stream's [`SlotGuard`].
+pub(crate) struct ConnState {
+    // Streams in use, plus the CLOSED bit.
+    slots: AtomicUsize,
+    limit: usize,
+    idle_since: Mutex<Instant>,
+}
+
+impl ConnState {
+    fn try_reserve(self: &Arc<Self>, peer_limit: usize) -> Option<SlotGuard> {
+        let limit = self.limit.min(peer_limit);
+        let mut current = self.slots.load(Ordering::Acquire);
+        loop {
+            if current & CLOSED != 0 || current >= limit {
+                return None;
+            }
+            match self.slots.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Some(SlotGuard {
+                        state: Arc::clone(self),
+                    });
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.slots.fetch_or(CLOSED, Ordering::AcqRel);
+    }
+
+    /// Closes the connection if it has no streams and has had none for `timeout`.
+    fn close_if_idle(&self, timeout: Duration) -> bool {
+        if lock(&self.idle_since).elapsed() < timeout {
+            return false;
+        }
+        self.slots
+            .compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// One stream's claim on a pooled connection; released when the tunnel is dropped.
+pub(crate) struct SlotGuard {
+    state: Arc<ConnState>,
+}
+
+impl SlotGuard {
+    /// Stops the connection from being handed out again (it failed under us).
+    pub(crate) fn mark_broken(&self) {
+        self.state.close();
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let before = self.state.slots.fetch_sub(1, Ordering::AcqRel);
+        if before & !CLOSED == 1 {
+            *lock(&self.state.idle_since) = Instant::now();
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(identity: IdentityHandle, settings: ClientSettings) -> Pool {
+        Pool {
+            identity,
+            settings,
+            keys: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    /// A slot on a connection for `key`: a reusable one if any has room, else a new one.
+    pub(crate) async fn checkout(
+        self: &Arc<Self>,
+        key: &PoolKey,
+    ) -> Result<(SendRequest<Bytes>, SlotGuard), Error> {
+        let entry = self.entry(key)?;
+        if let Some(found) = entry.reserve() {
+            return Ok(found);
+        }
+        let _dialing = entry.dial.lock().await;
+        // Whoever held the lock before us may have opened a connection with room.
+        if let Some(found) = entry.reserve() {
+            return Ok(found);
+        }
+        let (send, mut connection) = dial(key.addr, entry.tls.clone(), &self.settings).await?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnState {
+            slots: AtomicUsize::new(0),
+            limit: self.settings.max_streams_per_connection as usize,
+            idle_since: Mutex::new(Instant::now()),
+        });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let pings = connection.ping_pong();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(drive(
+            connection,
+            pings,
+            ready_tx,
+            Arc::clone(&state),
+            Arc::downgrade(self),
+            key.clone(),
+            id,
+            self.settings.clone(),
+        ));
+        // One PING round trip before first use: the server's SETTINGS precede its PONG, so
+        // the stream limit we read below is the server's and not our guess; and under TLS 1.3
+        // a server rejecting our certificate is only heard on this first read.
+        match tokio::time::timeout(self.settings.handshake_timeout, ready_rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(_)) => return Err(Error::Pool("connection task ended".into())),
+            Err(_) => {
+                state.close();
+                return Err(Error::Timeout {
+                    what: "http2 settings exchange",
+                    after: self.settings.handshake_timeout,
+                });
+            }
+        }
+        let conn = Arc::new(PooledConn { id, send, state });
+        let slot = conn
+            .state
+            .try_reserve(usize::MAX)
+            .ok_or_else(|| Error::Pool("new connection closed before its first stream".into()))?;
+        let send = conn.send.clone();
+        lock(&entry.conns).push(conn);
+        Ok((send, slot))
+    }
+
+    fn entry(&self, key: &PoolKey) -> Result<Arc<KeyEntry>, Error> {
+        let mut keys = lock(&self.keys);
+        if let Some(entry) = keys.get(key) {
+            return Ok(Arc::clone(entry));
+        }
+        let tls = meshd_identity::tls::client_config(&self.identity, &key.peer)?;
+        let entry = Arc::new(KeyEntry {
+            dial: tokio::sync::Mutex::new(()),
+            conns: Mutex::new(Vec::new()),
+            tls,
+        });
+        keys.insert(key.clone(), Arc::clone(&entry));
+        Ok(entry)
+    }
+
+    /// Drops a finished connection, and its key when nothing else refers to it.
+    fn remove(&self, key: &PoolKey, id: u64) {
+        let mut keys = lock(&self.keys);
+        let Some(entry) = keys.get(key) else {
+            return;
+        };
+        let empty = {
+            let mut conns = lock(&entry.conns);
+            conns.retain(|c| c.id != id);
+            conns.is_empty()
+        };
+        // Every handle to an entry is cloned under this lock, so a count of one means no
+        // checkout is between `entry()` and pushing a new connection.
+        if empty && Arc::strong_count(entry) == 1 {
+            keys.remove(key);
+        }
+    }
+
+    pub(crate) fn connection_count(&self) -> usize {
+        lock(&self.keys)
+            .values()
+            .map(|entry| lock(&entry.conns).len())
+            .sum()
+    }
+
+    pub(crate) fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+impl KeyEntry {
+    fn reserve(&self) -> Option<(SendRequest<Bytes>, SlotGuard)> {
+        let conns = lock(&self.conns);
+        conns.iter().find_map(|conn| {
+            let slot = conn
+                .state
+                .try_reserve(conn.send.current_max_send_streams())?;
+            Some((conn.send.clone(), slot))
+        })
+    }
+}
+
+/// Polls one pooled connection until it fails, its keepalive fails, or it has been idle.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
+async fn drive(
+    mut connection: H2Connection,
+    mut pings: Option<h2::PingPong>,
+    ready: tokio::sync::oneshot::Sender<Result<(), Error>>,
+    state: Arc<ConnState>,
+    pool: Weak<Pool>,
+    key: PoolKey,
+    id: u64,
+    settings: ClientSettings,
+) {
+    if let Some(p) = pings.as_mut() {
+        let warmup = tokio::select! {
+            pong = p.ping(h2::Ping::opaque()) => pong.map(|_| ()).map_err(|e| h2_error(key.addr, e)),
+            done = &mut connection => Err(match done {
+                Ok(()) => Error::H2("connection closed during setup".into()),
+                Err(e) => h2_error(key.addr, e),
+            }),
+        };
+        let failed = warmup.is_err();
+        if ready.send(warmup).is_err() || failed {
+            state.close();
+            return;
+        }
+    } else if ready.send(Ok(())).is_err() {
+        return;
+    }
+    let keepalive = async {
+        match pings {
+            Some(pings) => keepalive::run(pings, settings.keepalive).await,
+            None => keepalive::never().await,
+        }
+    };
+    tokio::pin!(keepalive);
+    // Checking a few times per timeout keeps an idle connection's lifetime within 25 % of it.
+    let period =
+        (settings.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let mut idle_check = tokio::time::interval(period);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            result = &mut connection => {
+                state.close();
+                if let Err(e) = result {
+                    tracing::debug!(peer = %key.addr, error = %e, "hbone connection failed");
+                }
+                break;
+            }
+            error = &mut keepalive => {
+                state.close();
+                tracing::warn!(peer = %key.addr, %error, "hbone keepalive failed; closing connection");
+                // Dropping the connection closes the socket; its streams see an error.
+                break;
+            }
+            _ = idle_check.tick() => {
+                if state.close_if_idle(settings.idle_timeout) {
+                    tracing::debug!(peer = %key.addr, "closing idle hbone connection");
+                    // Releasing the pool's SendRequest lets h2 send GOAWAY and close TLS once
+                    // no handle and no stream is left.
+                    if let Some(pool) = pool.upgrade() {
+                        pool.remove(&key, id);
+                    }
+                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut connection).await;
+                    return;
+                }
+            }
+        }
+    }
+    if let Some(pool) = pool.upgrade() {
+        pool.remove(&key, id);
+    }
+}
+
+/// An h2 connection error, as a TLS error when the peer rejected us with an alert.
+fn h2_error(addr: SocketAddr, e: h2::Error) -> Error {
+    match e.get_io() {
+        Some(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) =>
+        {
+            Error::tls(addr, io)
+        }
+        _ => Error::h2(&e),
+    }
+}
+
+/// Locks a std mutex, ignoring poisoning: the guarded data is counters and lists that stay
+/// consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,414 @@
+//! The server side: accept mTLS, serve HTTP/2, hand each CONNECT to the caller's service.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use http::{Request, Response, StatusCode};
+use meshd_identity::IdentityHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tower::Service;
+
+use crate::service::{BoxError, ConnectService, ConnectionInfo, decide};
+use crate::{Decision, Error, InboundRequest, ServerSettings, Transport, TunnelStream, keepalive};
+
+/// After the drain deadline, how long connections get to send their final GOAWAY and close.
+const FORCE_GRACE: Duration = Duration::from_secs(1);
+
+/// Where a server is in its life; every connection task watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Running,
+    /// Stop accepting, GOAWAY everyone, let open streams finish.
+    Draining,
+    /// The deadline passed: reset what is left.
+    Force,
+}
+
+/// An HBONE server: TLS and HTTP/2 settings plus the caller's CONNECT service.
+pub struct Server {
+    tls: Arc<rustls::ServerConfig>,
+    settings: Arc<ServerSettings>,
+    service: ConnectService,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server presenting `identity`'s current SVID and asking `service` about each CONNECT.
+    ///
+    /// The service is cloned per request (`oneshot`); a service error answers `503`.
+    pub fn new<S>(
+        identity: &IdentityHandle,
+        settings: ServerSettings,
+        service: S,
+    ) -> Result<Server, Error>
+    where
+        S: Service<InboundRequest, Response = Decision> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        settings.validate()?;
+        let service = tower::ServiceBuilder::new()
+            .map_err(Into::into)
+            .service(service);
+        Ok(Server {
+            tls: meshd_identity::tls::server_config(identity)?,
+            settings: Arc::new(settings),
+            service: ConnectService::new(service),
+        })
+    }
+
+    /// Starts serving HTTP/2 HBONE on `listener` in a background task.
+    pub fn spawn(self, listener: TcpListener) -> Result<ServerHandle, Error> {
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::Io(e.to_string()))?;
+        let (phase, watch_phase) = watch::channel(Phase::Running);
+        let active = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            self,
+            watch_phase,
+            Arc::clone(&active),
+        ));
+        Ok(ServerHandle {
+            local_addr,
+            phase,
+            task: Some(task),
+            active,
+        })
+    }
+
+    #[cfg(feature = "quic")]
+    pub(crate) fn parts(&self) -> (Arc<ServerSettings>, ConnectService) {
+        (Arc::clone(&self.settings), self.service.clone())
+    }
+}
+
+/// Controls a running server; dropping it stops the server abruptly, [`shutdown`] drains it.
+///
+/// [`shutdown`]: ServerHandle::shutdown
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    phase: watch::Sender<Phase>,
+    task: Option<JoinHandle<()>>,
+    active: Arc<AtomicUsize>,
+}
+
+impl ServerHandle {
+    #[cfg(feature = "quic")]
+    pub(crate) fn from_parts(
+        local_addr: SocketAddr,
+        phase: watch::Sender<Phase>,
+        task: JoinHandle<()>,
+        active: Arc<AtomicUsize>,
+    ) -> ServerHandle {
+        ServerHandle {
+            local_addr,
+            phase,
+            task: Some(task),
+            active,
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connections currently held (including ones still in their handshake).
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Graceful shutdown: stop accepting, send GOAWAY on every connection, let open streams
+    /// finish for up to `deadline`, then reset whatever is left and close.
+    pub async fn shutdown(mut self, deadline: Duration) {
+        let Some(mut task) = self.task.take() else {
+            return;
+        };
+        self.phase.send_replace(Phase::Draining);
+        if tokio::time::timeout(deadline, &mut task).await.is_ok() {
+            return;
+        }
+        self.phase.send_replace(Phase::Force);
+        if tokio::time::timeout(FORCE_GRACE, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            // Aborting the accept loop drops its JoinSet, which aborts every connection.
+            task.abort();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    server: Server,
+    mut phase: watch::Receiver<Phase>,
+    active: Arc<AtomicUsize>,
+) {
+    let limit = Arc::new(Semaphore::new(server.settings.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow() != Phase::Running {
+                    break;
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer_addr)) => {
+                    let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                        // Closing at once tells the client to go elsewhere or retry, where
+                        // queueing would hold its connect open for an unknown time.
+                        tracing::warn!(%peer_addr, "hbone connection limit reached; closing new connection");
+                        continue;
+                    };
+                    let counter = ActiveGuard::new(&active);
+                    let conn = ConnectionParts {
+                        tls: Arc::clone(&server.tls),
+                        settings: Arc::clone(&server.settings),
+                        service: server.service.clone(),
+                    };
+                    let phase = phase.clone();
+                    connections.spawn(async move {
+                        serve_connection(tcp, peer_addr, conn, phase).await;
+                        drop((permit, counter));
+                    });
+                }
+                Err(e) => {
+                    // Usually EMFILE/ENFILE: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "hbone accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Counts a live connection for [`ServerHandle::active_connections`].
+pub(crate) struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    pub(crate) fn new(active: &Arc<AtomicUsize>) -> ActiveGuard {
+        active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(Arc::clone(active))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits until the phase is at least `target` (or the server is gone).
+pub(crate) async fn reached(phase: &mut watch::Receiver<Phase>, target: Phase) {
+    let at_least = |p: &Phase| match target {
+        Phase::Running => true,
+        Phase::Draining => *p != Phase::Running,
+        Phase::Force => *p == Phase::Force,
+    };
+    // An error means the handle is gone, which only happens as the task is aborted.
+    let _ = phase.wait_for(at_least).await;
+}
+
+/// What one connection task needs from its server.
+struct ConnectionParts {
+    tls: Arc<rustls::ServerConfig>,
+    settings: Arc<ServerSettings>,
+    service: ConnectService,
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    server: ConnectionParts,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let settings = &server.settings;
+    let Ok(local_addr) = tcp.local_addr() else {
+        return;
+    };
+    crate::client::tune_socket(&tcp);
+    let handshake = async {
+        let tls = meshd_identity::tls::accept(Arc::clone(&server.tls), tcp)
+            .await
+            .map_err(|e| Error::tls(peer_addr, &e))?;
+        let peer_identity = meshd_identity::tls::peer_identity(tls.get_ref().1)?;
+        let conn = h2_builder(settings)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| Error::Http2Handshake {
+                addr: peer_addr,
+                reason: e.to_string(),
+            })?;
+        Ok::<_, Error>((peer_identity, conn))
+    };
+    let (peer_identity, mut conn) = tokio::select! {
+        result = tokio::time::timeout(settings.handshake_timeout, handshake) => match result {
+            Ok(Ok(done)) => done,
+            Ok(Err(error)) => {
+                tracing::warn!(src.addr = %peer_addr, %error, "hbone connection failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(src.addr = %peer_addr, "hbone handshake timed out");
+                return;
+            }
+        },
+        () = reached(&mut phase, Phase::Draining) => return,
+    };
+    let info = Arc::new(ConnectionInfo {
+        peer_identity,
+        peer_addr,
+        local_addr,
+        transport: Transport::H2,
+    });
+    let pings = conn.ping_pong();
+    let keepalive = async {
+        match pings {
+            Some(pings) => keepalive::run(pings, settings.keepalive).await,
+            None => keepalive::never().await,
+        }
+    };
+    tokio::pin!(keepalive);
+    let period =
+        (settings.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let mut idle_check = tokio::time::interval(period);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle_since = Instant::now();
+    let mut draining = false;
+    if *phase.borrow_and_update() != Phase::Running {
+        conn.graceful_shutdown();
+        draining = true;
+    }
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            changed = phase.changed() => {
+                // A closed channel means the handle is gone: treat it as the deadline.
+                let now = if changed.is_err() { Phase::Force } else { *phase.borrow_and_update() };
+                if now == Phase::Force {
+                    conn.abrupt_shutdown(Reason::NO_ERROR);
+                    streams.abort_all();
+                    break;
+                }
+                if now == Phase::Draining && !draining {
+                    // GOAWAY: in-flight streams continue, new ones are refused.
+                    conn.graceful_shutdown();
+                    draining = true;
+                }
+            }
+            error = &mut keepalive => {
+                tracing::warn!(src.addr = %peer_addr, %error, "hbone keepalive failed; closing connection");
+                conn.abrupt_shutdown(Reason::NO_ERROR);
+                streams.abort_all();
+                break;
+            }
+            Some(_) = streams.join_next(), if !streams.is_empty() => {
+                if streams.is_empty() {
+                    idle_since = Instant::now();
+                }
+            }
+            _ = idle_check.tick(), if !draining => {
+                if streams.is_empty() && idle_since.elapsed() >= settings.idle_timeout {
+                    tracing::debug!(src.addr = %peer_addr, "closing idle hbone connection");
+                    conn.graceful_shutdown();
+                    draining = true;
+                }
+            }
+            next = conn.accept() => match next {
+                Some(Ok((request, respond))) => {
+                    streams.spawn(serve_stream(request, respond, Arc::clone(&info), server.service.clone()));
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(src.addr = %peer_addr, %error, "hbone connection ended with an error");
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+    // Let h2 write its final frames and close TLS (close_notify) rather than vanishing.
+    let _ = tokio::time::timeout(FORCE_GRACE, poll_fn(|cx| conn.poll_closed(cx))).await;
+    drop(conn);
+    // Stream tasks end on their own once their connection is gone; a forced stop aborts them.
+    tokio::select! {
+        () = async { while streams.join_next().await.is_some() {} } => {}
+        () = reached(&mut phase, Phase::Force) => streams.abort_all(),
+    }
+}
+
+/// Answers one CONNECT stream.
+async fn serve_stream(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    info: Arc<ConnectionInfo>,
+    service: ConnectService,
+) {
+    let (parts, body) = request.into_parts();
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    let decision = decide(service, &info, &parts.method, authority, &parts.headers);
+    // A client that gives up (RST_STREAM) while the service dials cancels the dial.
+    let decision = tokio::select! {
+        decision = decision => decision,
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+    };
+    match decision {
+        Err(status) => {
+            // END_STREAM on the response head; h2 follows with RST_STREAM(NO_ERROR) for the
+            // unread request side, as ztunnel's wire trace shows.
+            let _ = respond.send_response(response(status), true);
+        }
+        Ok(handler) => match respond.send_response(response(StatusCode::OK), false) {
+            Ok(send) => handler.run(TunnelStream::h2(send, body, None)).await,
+            Err(error) => {
+                tracing::debug!(src.addr = %info.peer_addr, %error, "client went away before the 200");
+            }
+        },
+    }
+}
+
+fn response(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response
+}
+
+fn h2_builder(settings: &ServerSettings) -> h2::server::Builder {
+    let h = &settings.http2;
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(h.stream_window)
+        .initial_connection_window_size(h.connection_window)
+        .max_frame_size(h.max_frame_size)
+        .max_header_list_size(h.max_header_list_size)
+        .max_send_buffer_size(h.max_send_buffer)
+        .max_concurrent_streams(settings.max_concurrent_streams);
+    builder
+}

@@ -1,0 +1,171 @@
+//! What the server hands the caller for each CONNECT, and what it expects back.
+//!
+//! The transport validates what it can judge alone (method, authority syntax, that the
+//! authority names the address the tunnel arrived on) and asks the caller's `tower::Service`
+//! about the rest. The service answers with a [`Decision`]: refuse with a status, or accept with
+//! a handler that receives the [`TunnelStream`] once the `200` has been sent. The proxy dials
+//! the upstream *inside* its service future, before answering, so the client gets `503` rather
+//! than a `200` followed by a dead tunnel when the destination is unreachable (as ztunnel).
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use http::{HeaderMap, Method, StatusCode};
+use meshd_identity::SpiffeId;
+use tower::ServiceExt;
+use tower::util::BoxCloneService;
+
+use crate::headers::{RequestHeaders, canonical, parse_authority};
+use crate::{Transport, TunnelStream};
+
+/// A boxed error from the caller's service.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The service type the server stores: any caller service, boxed once at construction.
+pub(crate) type ConnectService = BoxCloneService<InboundRequest, Decision, BoxError>;
+
+/// One validated CONNECT, as the proxy's service sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundRequest {
+    /// The client's SPIFFE ID, from its verified certificate.
+    pub peer_identity: SpiffeId,
+    /// The client's socket address (the peer proxy, not the application).
+    pub peer_addr: SocketAddr,
+    /// The local address the TLS connection arrived on; `authority.ip()` equals its IP.
+    pub local_addr: SocketAddr,
+    /// The destination from `:authority`; the proxy dials it (ztunnel dials
+    /// `<arrival ip>:<authority port>`, the same address after the IP check).
+    pub authority: SocketAddr,
+    /// `baggage`, `forwarded` and `traceparent`, when present and well-formed.
+    pub headers: RequestHeaders,
+    /// Which transport carried the request.
+    pub transport: Transport,
+}
+
+/// The service's answer to an [`InboundRequest`].
+pub enum Decision {
+    /// Send `200` and run the handler on the tunnel.
+    Accept(TunnelHandler),
+    /// Send the refusal's status and end the stream.
+    Refuse(Refusal),
+}
+
+impl Decision {
+    /// Accept the tunnel and run `handler` on it (typically `copy_bidirectional` with the
+    /// upstream connection the service already opened).
+    pub fn accept<F, Fut>(handler: F) -> Decision
+    where
+        F: FnOnce(TunnelStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Decision::Accept(TunnelHandler(Box::new(move |stream| {
+            Box::pin(handler(stream))
+        })))
+    }
+
+    /// Refuse with `refusal`'s status.
+    pub fn refuse(refusal: Refusal) -> Decision {
+        Decision::Refuse(refusal)
+    }
+}
+
+impl fmt::Debug for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Accept(_) => f.write_str("Accept"),
+            Decision::Refuse(r) => f.debug_tuple("Refuse").field(r).finish(),
+        }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// What runs on an accepted tunnel; built by [`Decision::accept`].
+pub struct TunnelHandler(Box<dyn FnOnce(TunnelStream) -> BoxFuture + Send>);
+
+impl TunnelHandler {
+    pub(crate) async fn run(self, stream: TunnelStream) {
+        (self.0)(stream).await
+    }
+}
+
+/// Why a tunnel is refused; each maps to the status ztunnel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Authorization policy denied the connection: `401` (ztunnel never sends 403).
+    Denied,
+    /// The destination could not be reached or is not served here: `503`.
+    Unreachable,
+    /// The request is unusable: `400`.
+    BadRequest,
+    /// Any other status of the caller's choosing; a 1xx/2xx code is sent as `503` since it
+    /// would read as success.
+    Status(StatusCode),
+}
+
+impl Refusal {
+    /// The status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Denied => StatusCode::UNAUTHORIZED,
+            Refusal::Unreachable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::BadRequest => StatusCode::BAD_REQUEST,
+            Refusal::Status(s) if s.is_informational() || s.is_success() => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Refusal::Status(s) => *s,
+        }
+    }
+}
+
+/// The facts of one accepted HBONE connection, shared by its streams.
+#[derive(Debug)]
+pub(crate) struct ConnectionInfo {
+    pub(crate) peer_identity: SpiffeId,
+    pub(crate) peer_addr: SocketAddr,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) transport: Transport,
+}
+
+/// Validates a CONNECT and asks the service; `Err` is the status to refuse with.
+pub(crate) async fn decide(
+    service: ConnectService,
+    info: &ConnectionInfo,
+    method: &Method,
+    authority: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<TunnelHandler, StatusCode> {
+    if method != Method::CONNECT {
+        tracing::debug!(peer = %info.peer_addr, %method, "refusing non-CONNECT request");
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let Some(authority) = authority.and_then(parse_authority) else {
+        tracing::debug!(peer = %info.peer_addr, ?authority, "refusing CONNECT without a valid ip:port authority");
+        return Err(StatusCode::BAD_REQUEST);
+    };
+    let local_ip = canonical(info.local_addr.ip());
+    if authority.ip() != local_ip {
+        // A tunnel may only lead to the address it was addressed to; otherwise any client
+        // could use this node as an open relay to other hosts.
+        tracing::info!(peer = %info.peer_addr, "ip mismatch: {local_ip} != {}", authority.ip());
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let request = InboundRequest {
+        peer_identity: info.peer_identity.clone(),
+        peer_addr: info.peer_addr,
+        local_addr: info.local_addr,
+        authority,
+        headers: RequestHeaders::from_headers(headers),
+        transport: info.transport,
+    };
+    match service.oneshot(request).await {
+        Ok(Decision::Accept(handler)) => Ok(handler),
+        Ok(Decision::Refuse(refusal)) => Err(refusal.status()),
+        Err(error) => {
+            tracing::warn!(peer = %info.peer_addr, %authority, %error, "connect service failed");
+            Err(StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
+}
