@@ -328,17 +328,17 @@ async fn drive(
     }
 }
 
-/// An h2 connection error, as a TLS error when the peer rejected us with an alert.
+/// An error during connection setup. An I/O error there is almost always the server's TLS
+/// alert rejecting our certificate (TLS 1.3 delivers it on the client's first read); h2 keeps
+/// only its text, so it is reported as a TLS error without the typed identity cause.
 fn h2_error(addr: SocketAddr, e: h2::Error) -> Error {
     match e.get_io() {
-        Some(io)
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) =>
-        {
-            Error::tls(addr, io)
-        }
-        _ => Error::h2(&e),
+        Some(io) => Error::Tls {
+            addr,
+            identity: meshd_identity::Error::from_io(io),
+            reason: io.to_string(),
+        },
+        None => Error::h2(&e),
     }
 }
 
