@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v ip >/dev/null || need_apt+=(iproute2)
+# Traffic-capture tests install nftables rules inside network namespaces they create.
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 if ((${#need_apt[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

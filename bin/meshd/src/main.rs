@@ -5,6 +5,8 @@
 
 mod authz;
 mod ca;
+mod redirect;
+mod run;
 mod validate;
 
 use std::path::PathBuf;
@@ -24,6 +26,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the node proxy (the default configuration is a dev setup: see config/meshd.yaml).
+    Run(run::RunArgs),
+    /// Install, remove or show the nftables rules that capture traffic into meshd.
+    #[command(subcommand)]
+    Redirect(redirect::RedirectCommand),
     /// Load a configuration directory exactly as the daemon does and report every problem.
     Validate(ValidateArgs),
     /// Authorization dry-runs against a configuration directory.
@@ -60,6 +67,8 @@ enum AuthzCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run::run(&args),
+        Command::Redirect(command) => redirect::run(&command),
         Command::Validate(args) => validate::run(&args.dir, &args.config.root_namespace),
         Command::Authz(AuthzCommand::Check(args)) => authz::run(&args),
         Command::Ca(command) => ca::run(&command),

@@ -41,7 +41,7 @@ fn validate_accepts_the_example_config_with_a_summary() {
     let text = stdout(&out);
     assert!(
         text.trim_end().ends_with(
-            "OK: 3 AuthorizationPolicies, 1 PeerAuthentication, 2 WorkloadEntries, 1 ServiceEntry from 6 files (0 warnings)"
+            "OK: 3 AuthorizationPolicies, 1 PeerAuthentication, 2 WorkloadEntries, 2 ServiceEntries from 6 files (0 warnings)"
         ),
         "{text}"
     );

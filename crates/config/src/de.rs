@@ -287,6 +287,18 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DeError> {
+        if let Value::Map(entries) = &self.0.value {
+            // Externally tagged: `variant: {fields}`, one entry only.
+            return match entries.as_slice() {
+                [(key, value)] => visitor
+                    .visit_enum(EnumAccess { key, value })
+                    .map_err(|e: DeError| e.at(self.0.pos)),
+                _ => Err(DeError::new(
+                    format!("expected exactly one of: {}", _variants.join(", ")),
+                    self.0.pos,
+                )),
+            };
+        }
         let text = self.string()?;
         visitor
             .visit_enum(text.into_deserializer())
@@ -299,6 +311,74 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
 
     serde::forward_to_deserialize_any! {
         i128 u128 f32 f64 char bytes byte_buf unit_struct newtype_struct tuple tuple_struct
+    }
+}
+
+struct EnumAccess<'a> {
+    key: &'a Node,
+    value: &'a Node,
+}
+
+impl<'de, 'a> de::EnumAccess<'de> for EnumAccess<'a> {
+    type Error = DeError;
+    type Variant = VariantAccess<'a>;
+
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self::Variant), DeError> {
+        let name = self.key.as_key().unwrap_or_default().to_string();
+        let variant = seed
+            .deserialize(NodeDe(self.key))
+            .map_err(|e| e.at(self.key.pos).within(Segment::Field(name.clone())))?;
+        Ok((
+            variant,
+            VariantAccess {
+                name,
+                value: self.value,
+            },
+        ))
+    }
+}
+
+struct VariantAccess<'a> {
+    name: String,
+    value: &'a Node,
+}
+
+impl<'de, 'a> de::VariantAccess<'de> for VariantAccess<'a> {
+    type Error = DeError;
+
+    fn unit_variant(self) -> Result<(), DeError> {
+        match &self.value.value {
+            Value::Null => Ok(()),
+            _ => {
+                Err(DeError::new("expected no value", self.value.pos)
+                    .within(Segment::Field(self.name)))
+            }
+        }
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, DeError> {
+        let name = self.name;
+        seed.deserialize(NodeDe(self.value))
+            .map_err(|e| e.at(self.value.pos).within(Segment::Field(name)))
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+        let name = self.name;
+        de::Deserializer::deserialize_seq(NodeDe(self.value), visitor)
+            .map_err(|e| e.within(Segment::Field(name)))
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        let name = self.name;
+        de::Deserializer::deserialize_map(NodeDe(self.value), visitor)
+            .map_err(|e| e.within(Segment::Field(name)))
     }
 }
 

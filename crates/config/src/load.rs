@@ -237,3 +237,46 @@ impl Loader {
         }
     }
 }
+
+/// Types a single-document YAML file (the daemon's own configuration) with the same positioned,
+/// strict deserializer as the manifests; errors name the file, line, column and field.
+pub fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Problem> {
+    let text = read_text(path)?;
+    parse_text(path, &text)
+}
+
+/// [`parse_file`] on text already read; `path` names it in errors.
+pub fn parse_text<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, Problem> {
+    let (documents, syntax) = parse_documents(text);
+    if let Some(e) = syntax {
+        return Err(Problem::file_error(
+            path,
+            Some(e.pos),
+            format!("YAML syntax error: {}", e.message),
+        ));
+    }
+    let empty = crate::yaml::Node {
+        value: Value::Map(Vec::new()),
+        pos: Pos { line: 1, col: 1 },
+    };
+    let root = match documents.as_slice() {
+        [] => &empty,
+        [one] if one.value == Value::Null => &empty,
+        [one] => one,
+        _ => {
+            return Err(Problem::file_error(
+                path,
+                None,
+                "expected a single YAML document",
+            ));
+        }
+    };
+    crate::de::from_node(root).map_err(|e| Problem {
+        severity: meshd_policy::Severity::Error,
+        file: path.to_path_buf(),
+        pos: e.pos,
+        resource: None,
+        path: e.path,
+        message: e.message,
+    })
+}

@@ -54,7 +54,7 @@ fn example_configuration_loads_cleanly() {
     assert_eq!(snapshot.authorization_policies.len(), 3);
     assert_eq!(snapshot.peer_authentications.len(), 1);
     assert_eq!(snapshot.workload_entries.len(), 2);
-    assert_eq!(snapshot.service_entries.len(), 1);
+    assert_eq!(snapshot.service_entries.len(), 2);
     assert!(snapshot.warnings.is_empty(), "{:?}", snapshot.warnings);
 }
 

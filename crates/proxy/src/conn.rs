@@ -1,0 +1,168 @@
+//! What travels through a connection stack: the connection's facts ([`ConnCtx`]) and its
+//! downstream side, which each stage may answer or refuse ([`Downstream`]).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::record::{Direction, RecordHandle};
+use crate::state::ProxyState;
+
+/// Any bidirectional byte stream.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// A boxed byte stream.
+pub type BoxIo = Box<dyn Io>;
+
+/// Why a connection is refused; each downstream kind maps it to its own signal (an HBONE
+/// status, a SOCKS5 reply code, or closing a plain TCP connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The destination is not one this meshd serves (HBONE 400).
+    BadDestination,
+    /// An authorization policy denied it (HBONE 401).
+    Denied,
+    /// A plugin's limit refused it (HBONE 429).
+    Limited,
+    /// The destination could not be reached (HBONE 503).
+    Unreachable,
+}
+
+impl Refusal {
+    /// The HTTP status an HBONE server answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Refusal::BadDestination => 400,
+            Refusal::Denied => 401,
+            Refusal::Limited => 429,
+            Refusal::Unreachable => 503,
+        }
+    }
+}
+
+/// The downstream side of a connection before it is answered.
+pub trait Downstream: Send + 'static {
+    /// Answers positively (HBONE 200, SOCKS5 success) and yields the byte stream.
+    fn accept(self: Box<Self>) -> BoxFuture<'static, io::Result<BoxIo>>;
+    /// Refuses; the downstream peer sees the refusal its protocol allows.
+    fn refuse(self: Box<Self>, refusal: Refusal) -> BoxFuture<'static, ()>;
+}
+
+impl Downstream for TcpStream {
+    fn accept(self: Box<Self>) -> BoxFuture<'static, io::Result<BoxIo>> {
+        Box::pin(async move { Ok(self as BoxIo) })
+    }
+
+    fn refuse(self: Box<Self>, _refusal: Refusal) -> BoxFuture<'static, ()> {
+        // Plain TCP has no way to say why: the application sees the connection closed.
+        Box::pin(async move { drop(self) })
+    }
+}
+
+/// Where an outbound connection asked to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An address (transparent capture's original destination, SOCKS5 by IP).
+    Addr(SocketAddr),
+    /// A host name and port (SOCKS5 by name, explicit listeners).
+    Host(String, u16),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Addr(a) => write!(f, "{a}"),
+            Target::Host(h, p) => write!(f, "{h}:{p}"),
+        }
+    }
+}
+
+/// Where a connection is sent once resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// Plain TCP to this address (a local workload, or a destination outside the mesh).
+    Direct(SocketAddr),
+    /// An HBONE tunnel through the destination's meshd.
+    Tunnel(TunnelRequest),
+}
+
+/// What an HBONE tunnel is opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelRequest {
+    /// The peer meshd's HBONE address (`<workload ip>:15008`).
+    pub peer: SocketAddr,
+    /// The SPIFFE ID the peer must present: the destination workload's.
+    pub identity: String,
+    /// The CONNECT authority: the workload's address and target port.
+    pub authority: SocketAddr,
+    /// The service host name, when the destination was a service (`forwarded: ...;host=`).
+    pub service_host: Option<String>,
+    /// The application's address (`forwarded: for=`).
+    pub client: SocketAddr,
+    /// The trace id (`traceparent`).
+    pub trace_id: String,
+}
+
+/// The facts of one connection, filled in as it moves through the stack.
+#[derive(Clone)]
+pub struct ConnCtx {
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// The downstream peer's address.
+    pub source: SocketAddr,
+    /// The authenticated peer principal (inbound HBONE); `None` for plaintext.
+    pub peer: Option<String>,
+    /// Where the connection is for.
+    pub target: Target,
+    /// Trace id shared with the peer meshd.
+    pub trace_id: String,
+    /// The configuration in force when the connection was accepted.
+    pub state: Arc<ProxyState>,
+    /// Later configurations, for re-checking long-lived connections.
+    pub updates: watch::Receiver<Arc<ProxyState>>,
+    /// The record layers fill in.
+    pub record: RecordHandle,
+    /// Where to connect, once a stage has decided.
+    pub upstream: Option<Upstream>,
+}
+
+impl fmt::Debug for ConnCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnCtx")
+            .field("direction", &self.direction)
+            .field("source", &self.source)
+            .field("peer", &self.peer)
+            .field("target", &self.target)
+            .field("trace_id", &self.trace_id)
+            .finish()
+    }
+}
+
+/// A connection moving through a stack.
+pub struct Conn {
+    /// Its facts.
+    pub ctx: ConnCtx,
+    /// Its downstream side.
+    pub downstream: Box<dyn Downstream>,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.ctx.fmt(f)
+    }
+}
+
+impl Conn {
+    /// Refuses the connection and returns the error that ends its stack.
+    pub async fn refuse(self, refusal: Refusal, error: crate::ProxyError) -> crate::ProxyError {
+        self.downstream.refuse(refusal).await;
+        error
+    }
+}

@@ -1,0 +1,77 @@
+//! How the terminal stage reaches upstreams: plain TCP from sockets carrying meshd's mark, and
+//! HBONE tunnels from a pooled client.
+
+use std::io;
+use std::net::SocketAddr;
+
+use futures::future::BoxFuture;
+use meshd_hbone::{Client, Forwarded, Peer, RequestHeaders, TraceParent};
+use meshd_identity::SpiffeId;
+use tokio::net::TcpStream;
+
+use crate::conn::{BoxIo, TunnelRequest};
+use crate::layers::connect::{CONNECT_TIMEOUT, Connector, TunnelError};
+
+/// The connector `meshd run` uses.
+#[derive(Clone)]
+pub struct MeshConnector {
+    client: Client,
+    mark: Option<u32>,
+}
+
+impl MeshConnector {
+    /// Tunnels through `client`; plain connections carry `mark` (None: unmarked, for setups
+    /// without traffic capture, where nothing could loop).
+    pub fn new(client: Client, mark: Option<u32>) -> Self {
+        MeshConnector { client, mark }
+    }
+}
+
+impl Connector for MeshConnector {
+    fn direct(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>> {
+        let mark = self.mark;
+        Box::pin(async move {
+            let stream = match mark {
+                Some(mark) => meshd_redirect::connect_marked(addr, mark, CONNECT_TIMEOUT).await?,
+                None => {
+                    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                        .await
+                        .map_err(|_| {
+                            io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("connect to {addr} timed out"),
+                            )
+                        })??;
+                    stream.set_nodelay(true)?;
+                    stream
+                }
+            };
+            Ok(Box::new(stream) as BoxIo)
+        })
+    }
+
+    fn tunnel(&self, request: TunnelRequest) -> BoxFuture<'static, Result<BoxIo, TunnelError>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let identity =
+                SpiffeId::new(&request.identity).map_err(|e| TunnelError::Failed(e.to_string()))?;
+            let namespace = identity.namespace().map(str::to_string);
+            let headers = RequestHeaders {
+                baggage: namespace.map(|ns| format!("k8s.namespace.name={ns}")),
+                forwarded: Some(Forwarded {
+                    client: request.client,
+                    host: request.service_host,
+                }),
+                traceparent: request.trace_id.parse::<TraceParent>().ok(),
+            };
+            let peer = Peer::new(identity, request.peer);
+            match client.connect(&peer, request.authority, headers).await {
+                Ok(stream) => Ok(Box::new(stream) as BoxIo),
+                Err(e) => match e.http_status() {
+                    Some(status) => Err(TunnelError::Status(status.as_u16())),
+                    None => Err(TunnelError::Failed(e.to_string())),
+                },
+            }
+        })
+    }
+}

@@ -1,0 +1,68 @@
+//! Why a proxied connection ended without success.
+
+use std::io;
+use std::net::SocketAddr;
+
+use crate::registry::ResolveError;
+
+/// The error a connection stack ends with; its Display is what access logs print.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The destination is not a local workload (inbound) or is meshd itself: meshd is never
+    /// an open proxy.
+    #[error("destination {0} is not a workload this meshd serves")]
+    BadDestination(String),
+    /// An authorization policy (or STRICT PeerAuthentication) denied the connection.
+    #[error("connection denied: {reason}")]
+    Denied {
+        /// The deciding policy, `namespace/name`.
+        policy: Option<String>,
+        /// The engine's reason.
+        reason: String,
+    },
+    /// A new configuration denied an established connection, which was closed.
+    #[error("connection closed due to policy change: {reason}")]
+    ClosedByPolicyChange {
+        /// The deciding policy of the new configuration.
+        policy: Option<String>,
+        /// The engine's reason.
+        reason: String,
+    },
+    /// A plugin refused the connection.
+    #[error("connection refused by plugin {plugin}: {reason}")]
+    Limited {
+        /// The plugin's name.
+        plugin: &'static str,
+        /// Which limit.
+        reason: String,
+    },
+    /// The destination could not be resolved.
+    #[error("cannot resolve destination: {0}")]
+    Resolve(#[from] ResolveError),
+    /// Connecting upstream failed.
+    #[error("connection to {addr} failed: {source}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The peer meshd answered the tunnel request with an HTTP status other than 200.
+    #[error("peer meshd refused the tunnel with HTTP status {0}")]
+    TunnelStatus(u16),
+    /// Establishing the tunnel failed (TLS, identity, HTTP/2).
+    #[error("tunnel to {addr} failed: {reason}")]
+    Tunnel {
+        /// The peer meshd.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Answering the downstream side failed.
+    #[error("downstream failed: {0}")]
+    Downstream(io::Error),
+    /// Copying bytes failed after the connection was established.
+    #[error("copy failed: {0}")]
+    Copy(io::Error),
+}

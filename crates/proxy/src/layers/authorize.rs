@@ -1,0 +1,175 @@
+//! Inbound authorization: the destination must be a local workload, and the policy engine must
+//! allow the connection. Allowed connections stay watched: when a new configuration denies
+//! them, they are closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use meshd_rbac::{Connection, Destination, Peer};
+use tower::{Layer, Service};
+
+use crate::conn::{Conn, ConnCtx, Refusal, Target, Upstream};
+use crate::error::ProxyError;
+use crate::record::Verdict;
+use crate::state::ProxyState;
+
+/// Adds [`Authorize`].
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizeLayer;
+
+impl<S> Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+
+    fn layer(&self, inner: S) -> Authorize<S> {
+        Authorize { inner }
+    }
+}
+
+/// See [`AuthorizeLayer`].
+#[derive(Debug, Clone)]
+pub struct Authorize<S> {
+    inner: S,
+}
+
+/// The facts a decision is made on, kept to re-decide under later configurations.
+#[derive(Debug, Clone)]
+struct Facts {
+    source: SocketAddr,
+    peer: Option<String>,
+    destination: SocketAddr,
+}
+
+/// Decides one connection under one configuration: the destination workload and verdict, or
+/// the refusal and error.
+fn decide(state: &ProxyState, facts: &Facts, ctx: &ConnCtx) -> Result<(), (Refusal, ProxyError)> {
+    let Some(workload) = state.registry.local_workload(facts.destination) else {
+        return Err((
+            Refusal::BadDestination,
+            ProxyError::BadDestination(facts.destination.to_string()),
+        ));
+    };
+    ctx.record.update(|r| {
+        r.destination_workload = Some(workload.key.clone());
+        r.destination_identity = Some(state.spiffe_id(workload));
+    });
+    let peer = match facts.peer.as_deref().map(Peer::from_principal).transpose() {
+        Ok(peer) => peer,
+        Err(e) => {
+            // An identity outside Istio's form can match no principal or namespace: fail closed.
+            let reason = format!("peer identity is not an Istio workload identity: {e}");
+            ctx.record.update(|r| {
+                r.verdict = Some(Verdict {
+                    allowed: false,
+                    policy: None,
+                    reason: reason.clone(),
+                })
+            });
+            return Err((
+                Refusal::Denied,
+                ProxyError::Denied {
+                    policy: None,
+                    reason,
+                },
+            ));
+        }
+    };
+    let connection = Connection {
+        peer,
+        source_ip: facts.source.ip(),
+        destination: Destination {
+            namespace: workload.namespace.clone(),
+            labels: workload.labels.clone(),
+            ip: facts.destination.ip(),
+            port: facts.destination.port(),
+        },
+    };
+    let decision = state.engine.decide(&connection);
+    let policy = decision.policy().map(ToString::to_string);
+    let reason = decision.to_string();
+    ctx.record.update(|r| {
+        r.verdict = Some(Verdict {
+            allowed: decision.allowed(),
+            policy: policy.clone(),
+            reason: reason.clone(),
+        })
+    });
+    if decision.allowed() {
+        Ok(())
+    } else {
+        tracing::info!(
+            target: "meshd::authz",
+            source = %facts.source,
+            peer = facts.peer.as_deref().unwrap_or("plaintext"),
+            destination = %facts.destination,
+            policy = policy.as_deref().unwrap_or("-"),
+            "connection denied: {reason}"
+        );
+        Err((Refusal::Denied, ProxyError::Denied { policy, reason }))
+    }
+}
+
+impl<S> Service<Conn> for Authorize<S>
+where
+    S: Service<Conn, Response = (), Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = ();
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<(), ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut conn: Conn) -> Self::Future {
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let Target::Addr(destination) = conn.ctx.target else {
+                let error = ProxyError::BadDestination(conn.ctx.target.to_string());
+                return Err(conn.refuse(Refusal::BadDestination, error).await);
+            };
+            let facts = Facts {
+                source: conn.ctx.source,
+                peer: conn.ctx.peer.clone(),
+                destination,
+            };
+            if let Err((refusal, error)) = decide(&conn.ctx.state, &facts, &conn.ctx) {
+                return Err(conn.refuse(refusal, error).await);
+            }
+            conn.ctx.upstream = Some(Upstream::Direct(destination));
+            let ctx = conn.ctx.clone();
+            let mut updates = conn.ctx.updates.clone();
+            let connection = inner.call(conn);
+            tokio::pin!(connection);
+            loop {
+                tokio::select! {
+                    result = &mut connection => return result,
+                    changed = updates.changed() => {
+                        if changed.is_err() {
+                            return connection.await; // no more configurations will come
+                        }
+                        let state: Arc<ProxyState> = updates.borrow_and_update().clone();
+                        if let Err((_, error)) = decide(&state, &facts, &ctx) {
+                            let (policy, reason) = match error {
+                                ProxyError::Denied { policy, reason } => (policy, reason),
+                                other => (None, other.to_string()),
+                            };
+                            tracing::info!(
+                                target: "meshd::authz",
+                                source = %facts.source,
+                                destination = %facts.destination,
+                                policy = policy.as_deref().unwrap_or("-"),
+                                generation = state.generation,
+                                "closing connection after a configuration change: {reason}"
+                            );
+                            // Dropping the stack's future closes both sides.
+                            return Err(ProxyError::ClosedByPolicyChange { policy, reason });
+                        }
+                    }
+                }
+            }
+        })
+    }
+}

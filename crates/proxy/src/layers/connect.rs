@@ -1,0 +1,119 @@
+//! The terminal stage of every stack: connect upstream, answer the downstream side, and copy
+//! bytes both ways until both sides are done.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tower::Service;
+
+use crate::conn::{BoxIo, Conn, Refusal, TunnelRequest, Upstream};
+use crate::error::ProxyError;
+
+/// How long a plain TCP connect may take, as ztunnel's connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TunnelError {
+    /// The peer meshd answered with this HTTP status.
+    #[error("HTTP status {0}")]
+    Status(u16),
+    /// Anything else (TCP, TLS, identity, HTTP/2).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Opens upstream connections. Plain connects must carry meshd's socket mark so traffic capture
+/// never loops them back into meshd.
+pub trait Connector: Send + Sync + 'static {
+    /// Plain TCP.
+    fn direct(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>>;
+    /// An HBONE tunnel.
+    fn tunnel(&self, request: TunnelRequest) -> BoxFuture<'static, Result<BoxIo, TunnelError>>;
+}
+
+/// The last service of a stack.
+#[derive(Clone)]
+pub struct Connect {
+    connector: Arc<dyn Connector>,
+}
+
+impl Connect {
+    /// Connects with `connector`.
+    pub fn new(connector: Arc<dyn Connector>) -> Self {
+        Connect { connector }
+    }
+}
+
+impl Service<Conn> for Connect {
+    type Response = ();
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<(), ProxyError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, conn: Conn) -> Self::Future {
+        let connector = self.connector.clone();
+        Box::pin(async move {
+            let Some(upstream) = conn.ctx.upstream.clone() else {
+                let error = ProxyError::BadDestination(conn.ctx.target.to_string());
+                return Err(conn.refuse(Refusal::BadDestination, error).await);
+            };
+            let mut upstream_io = match upstream {
+                Upstream::Direct(addr) => match connector.direct(addr).await {
+                    Ok(io) => io,
+                    Err(source) => {
+                        conn.ctx.state.registry.report_failure(addr);
+                        let error = ProxyError::Connect { addr, source };
+                        return Err(conn.refuse(Refusal::Unreachable, error).await);
+                    }
+                },
+                Upstream::Tunnel(request) => {
+                    let peer = request.peer;
+                    match connector.tunnel(request).await {
+                        Ok(io) => io,
+                        Err(TunnelError::Status(status)) => {
+                            let refusal = if status == 401 {
+                                Refusal::Denied
+                            } else {
+                                Refusal::Unreachable
+                            };
+                            return Err(conn
+                                .refuse(refusal, ProxyError::TunnelStatus(status))
+                                .await);
+                        }
+                        Err(TunnelError::Failed(reason)) => {
+                            conn.ctx.state.registry.report_failure(peer);
+                            let error = ProxyError::Tunnel { addr: peer, reason };
+                            return Err(conn.refuse(Refusal::Unreachable, error).await);
+                        }
+                    }
+                }
+            };
+            let record = conn.ctx.record.clone();
+            let mut downstream = conn
+                .downstream
+                .accept()
+                .await
+                .map_err(ProxyError::Downstream)?;
+            let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream_io).await;
+            match copied {
+                Ok((bytes_in, bytes_out)) => {
+                    record.update(|r| {
+                        r.bytes_in = bytes_in;
+                        r.bytes_out = bytes_out;
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(ProxyError::Copy(e)),
+            }
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! Outbound resolution: where does this connection go, and how (an HBONE tunnel to the
+//! destination's meshd, or plain TCP for destinations outside the mesh)?
+
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use tower::{Layer, Service};
+
+use crate::conn::{Conn, ConnCtx, Refusal, Target, TunnelRequest, Upstream};
+use crate::error::ProxyError;
+use crate::registry::{Protocol, ResolveError};
+
+/// Adds [`Resolve`].
+#[derive(Debug, Clone)]
+pub struct ResolveLayer {
+    hbone_port: u16,
+    own_ports: Vec<u16>,
+}
+
+impl ResolveLayer {
+    /// Peers' meshd listen for HBONE on `hbone_port`; `own_ports` are this meshd's listener
+    /// ports, which outbound connections may not loop back into.
+    pub fn new(hbone_port: u16, own_ports: Vec<u16>) -> Self {
+        ResolveLayer {
+            hbone_port,
+            own_ports,
+        }
+    }
+}
+
+impl<S> Layer<S> for ResolveLayer {
+    type Service = Resolve<S>;
+
+    fn layer(&self, inner: S) -> Resolve<S> {
+        Resolve {
+            inner,
+            config: self.clone(),
+        }
+    }
+}
+
+/// See [`ResolveLayer`].
+#[derive(Debug, Clone)]
+pub struct Resolve<S> {
+    inner: S,
+    config: ResolveLayer,
+}
+
+impl<S> Service<Conn> for Resolve<S>
+where
+    S: Service<Conn, Response = (), Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = ();
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<(), ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut conn: Conn) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            match upstream(&conn.ctx, &config).await {
+                Ok(upstream) => {
+                    conn.ctx.upstream = Some(upstream);
+                    inner.call(conn).await
+                }
+                Err((refusal, error)) => Err(conn.refuse(refusal, error).await),
+            }
+        })
+    }
+}
+
+async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Refusal, ProxyError)> {
+    let registry = &ctx.state.registry;
+    let resolved = match &ctx.target {
+        Target::Addr(addr) => registry.resolve_addr(*addr),
+        Target::Host(host, port) => match registry.resolve_host(host, *port) {
+            Err(ResolveError::UnknownHost(_)) => {
+                // Not a mesh host: resolve it like the application would have, and pass through.
+                let addr = tokio::net::lookup_host((host.as_str(), *port))
+                    .await
+                    .ok()
+                    .and_then(|mut addrs| addrs.next())
+                    .ok_or_else(|| {
+                        (
+                            Refusal::Unreachable,
+                            ProxyError::Resolve(ResolveError::UnknownHost(host.clone())),
+                        )
+                    })?;
+                registry.resolve_addr(addr)
+            }
+            other => other,
+        },
+    }
+    .map_err(|e| (Refusal::Unreachable, ProxyError::Resolve(e)))?;
+
+    let service = resolved.service.map(|i| registry.service(i));
+    let workload = resolved.workload.map(|i| registry.workload(i));
+    ctx.record.update(|r| {
+        r.destination_service = service.map(|s| s.key.clone());
+        r.destination_workload = workload.map(|w| w.key.clone());
+    });
+    match workload {
+        Some(w) if w.protocol == Protocol::Hbone => {
+            let identity = ctx.state.spiffe_id(w);
+            let peer = SocketAddr::new(w.address, config.hbone_port);
+            ctx.record.update(|r| {
+                r.destination_identity = Some(identity.clone());
+                r.upstream_addr = Some(peer);
+            });
+            Ok(Upstream::Tunnel(TunnelRequest {
+                peer,
+                identity,
+                authority: resolved.address,
+                service_host: service.and_then(|s| s.hosts.first().cloned()),
+                client: ctx.source,
+                trace_id: ctx.trace_id.clone(),
+            }))
+        }
+        _ => {
+            let addr = resolved.address;
+            let loops_back = addr.ip().is_loopback() || addr.ip().is_unspecified();
+            if loops_back && config.own_ports.contains(&addr.port()) {
+                return Err((
+                    Refusal::BadDestination,
+                    ProxyError::BadDestination(addr.to_string()),
+                ));
+            }
+            ctx.record.update(|r| r.upstream_addr = Some(addr));
+            Ok(Upstream::Direct(addr))
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! meshd's node proxy: identity, HBONE and the authorization engine composed into inbound and
+//! outbound connection stacks of tower layers.
+//!
+//! - [`registry`]: workloads and services from the configuration snapshot; which are local;
+//!   endpoint choice.
+//! - [`stack`]: the two stacks, layer by layer, in one place; [`layers`] holds the layers.
+//! - [`plugins`]: layers added by name from configuration (connection limit, rate limit,
+//!   access log), after authorization.
+//! - [`record`]: one record per connection, for metrics, access logs and admin.
+//! - [`runtime`]: binds the listeners (HBONE 15008, captured inbound 15006, captured outbound
+//!   15001, SOCKS5 15080, explicit listeners) and feeds connections to the stacks.
+//!
+//! It does not load files (meshd-config), decide policy (meshd-rbac), speak HBONE
+//! (meshd-hbone), manage certificates (meshd-identity) or install capture rules
+//! (meshd-redirect); it composes them.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod conn;
+pub mod connector;
+pub mod error;
+pub mod inbound;
+pub mod layers;
+pub mod plugins;
+pub mod record;
+pub mod registry;
+pub mod runtime;
+pub mod socks5;
+pub mod stack;
+pub mod state;
+
+pub use config::ProxyConfig;
+pub use error::ProxyError;
+pub use runtime::{BoundAddrs, Proxy, StartError, local_predicate};
+pub use state::ProxyState;

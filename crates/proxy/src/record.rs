@@ -1,0 +1,167 @@
+//! One record per connection: what metrics, access logs and the admin API consume.
+//!
+//! Layers fill the record as the connection meets them (identity, decision, upstream, bytes);
+//! the outermost layer stamps the duration and error and hands the finished record to every
+//! [`RecordSink`]. Sinks are called once per connection, off the data path's hot loop.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+/// Which way a connection goes through this meshd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Into a local workload.
+    Inbound,
+    /// From a local application out.
+    Outbound,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        })
+    }
+}
+
+/// The authorization outcome, when one was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// Allowed or not.
+    pub allowed: bool,
+    /// `namespace/name` of the deciding policy.
+    pub policy: Option<String>,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Everything known about one connection when it ends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnectionRecord {
+    /// The trace id (from `traceparent`), shared by both meshd instances of a tunnel.
+    pub id: String,
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// Where the connection came from.
+    pub source_addr: SocketAddr,
+    /// The authenticated source identity (inbound mTLS) or this meshd's (outbound).
+    pub source_identity: Option<String>,
+    /// The destination as asked for (original destination, CONNECT authority, SOCKS target).
+    pub destination: String,
+    /// The address actually connected to (a workload, or a peer meshd's HBONE port).
+    pub upstream_addr: Option<SocketAddr>,
+    /// The destination workload (`namespace/name`).
+    pub destination_workload: Option<String>,
+    /// The destination identity expected (outbound) or served (inbound).
+    pub destination_identity: Option<String>,
+    /// The service, when the destination was one (`namespace/name`).
+    pub destination_service: Option<String>,
+    /// The authorization outcome (inbound).
+    pub verdict: Option<Verdict>,
+    /// Bytes from the downstream side to the upstream side.
+    pub bytes_in: u64,
+    /// Bytes from the upstream side back to the downstream side.
+    pub bytes_out: u64,
+    /// When the connection was accepted.
+    #[serde(skip)]
+    pub started: SystemTime,
+    /// How long it lasted.
+    pub duration: Duration,
+    /// Why it failed or was refused, if it did.
+    pub error: Option<String>,
+}
+
+impl ConnectionRecord {
+    /// A record for a connection accepted now.
+    pub fn new(
+        id: String,
+        direction: Direction,
+        source_addr: SocketAddr,
+        destination: String,
+    ) -> Self {
+        ConnectionRecord {
+            id,
+            direction,
+            source_addr,
+            source_identity: None,
+            destination,
+            upstream_addr: None,
+            destination_workload: None,
+            destination_identity: None,
+            destination_service: None,
+            verdict: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            started: SystemTime::now(),
+            duration: Duration::ZERO,
+            error: None,
+        }
+    }
+}
+
+/// A shared, fillable record: layers update it while the connection runs.
+#[derive(Debug, Clone)]
+pub struct RecordHandle(Arc<Mutex<ConnectionRecord>>);
+
+impl RecordHandle {
+    /// Wraps a record.
+    pub fn new(record: ConnectionRecord) -> Self {
+        RecordHandle(Arc::new(Mutex::new(record)))
+    }
+
+    /// Updates the record.
+    pub fn update(&self, f: impl FnOnce(&mut ConnectionRecord)) {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard);
+    }
+
+    /// A copy of the record as it is now.
+    pub fn snapshot(&self) -> ConnectionRecord {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A consumer of connection records (metrics, access log, admin).
+pub trait RecordSink: Send + Sync + 'static {
+    /// A connection was accepted.
+    fn opened(&self, _record: &ConnectionRecord) {}
+    /// A connection ended; called exactly once per opened connection.
+    fn closed(&self, record: &ConnectionRecord);
+}
+
+/// Several sinks as one.
+#[derive(Clone, Default)]
+pub struct Sinks(Arc<Vec<Arc<dyn RecordSink>>>);
+
+impl Sinks {
+    /// From a list of sinks.
+    pub fn new(sinks: Vec<Arc<dyn RecordSink>>) -> Self {
+        Sinks(Arc::new(sinks))
+    }
+
+    /// Tells every sink a connection opened.
+    pub fn opened(&self, record: &ConnectionRecord) {
+        for sink in self.0.iter() {
+            sink.opened(record);
+        }
+    }
+
+    /// Tells every sink a connection closed.
+    pub fn closed(&self, record: &ConnectionRecord) {
+        for sink in self.0.iter() {
+            sink.closed(record);
+        }
+    }
+}
+
+impl fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sinks({})", self.0.len())
+    }
+}

@@ -1,0 +1,402 @@
+//! The workload registry: which workloads and services exist, where they are, which are local,
+//! built from a configuration snapshot.
+//!
+//! A WorkloadEntry is a workload on some machine; it is *local* when its address is one of this
+//! machine's (or it is named in the daemon configuration), and meshd serves inbound traffic only
+//! for local workloads. A ServiceEntry is a service: hosts and VIPs with ports, backed by
+//! endpoints (WorkloadEntries picked by `workloadSelector`, or inline `endpoints`).
+//!
+//! Balancing: a connection to a service picks one of its endpoints at random, weighted by the
+//! endpoint's `weight` (default 1), among those not marked unhealthy. An endpoint is marked
+//! unhealthy for [`EJECTION`] after a connection to it fails (passive outlier detection; meshd
+//! runs no active health checks). When every endpoint is marked, all are candidates again, so a
+//! service never becomes unreachable because of stale marks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use meshd_config::Snapshot;
+use meshd_policy::networking::{ServicePort, WorkloadEntrySpec};
+use meshd_policy::values::parse_ip_block;
+use rand::Rng;
+
+/// How long a failed endpoint is skipped.
+pub const EJECTION: Duration = Duration::from_secs(10);
+
+/// The annotation that marks a workload as outside the mesh (reached over plain TCP).
+pub const TUNNEL_ANNOTATION: &str = "meshd.io/tunnel";
+
+/// How a workload is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Through its machine's meshd, over HBONE (the default).
+    Hbone,
+    /// Directly over plain TCP: a workload without a meshd in front of it.
+    Tcp,
+}
+
+/// A workload, as the proxy needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// `namespace/name` of its WorkloadEntry (inline endpoints get `namespace/service#index`).
+    pub key: String,
+    /// Its namespace (part of its identity).
+    pub namespace: String,
+    /// Its address.
+    pub address: IpAddr,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its service account (`default` when unset, as Istio).
+    pub service_account: String,
+    /// Named ports.
+    pub ports: BTreeMap<String, u16>,
+    /// How it is reached.
+    pub protocol: Protocol,
+    /// Load-balancing weight.
+    pub weight: u32,
+}
+
+impl Workload {
+    /// The Istio principal of the workload for a trust domain.
+    pub fn principal(&self, trust_domain: &str) -> String {
+        format!(
+            "{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+
+    /// True when the workload accepts connections on `port`: any of its named ports, or any
+    /// port at all when it names none.
+    pub fn serves_port(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.values().any(|p| *p == port)
+    }
+}
+
+/// A service port and where it leads on each endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    /// The service port.
+    pub number: u16,
+    /// The port name (endpoints' named ports refer to it).
+    pub name: Option<String>,
+    /// The endpoint port when the endpoint does not name one.
+    pub target: Option<u16>,
+}
+
+/// A service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// `namespace/name` of its ServiceEntry.
+    pub key: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Host names.
+    pub hosts: Vec<String>,
+    /// Its VIPs (single addresses or CIDRs).
+    pub vips: Vec<ipnet::IpNet>,
+    /// Ports.
+    pub ports: Vec<Port>,
+    /// Indices into the registry's workloads.
+    endpoints: Vec<usize>,
+}
+
+/// Where a connection should go once the registry has looked at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The workload and port to reach; `None` for a destination outside the registry.
+    pub workload: Option<usize>,
+    /// The address to connect to (the workload's address and target port, or the original).
+    pub address: SocketAddr,
+    /// The service the connection was for, if any.
+    pub service: Option<usize>,
+}
+
+/// Why a destination cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// A known service without this port.
+    #[error("service {service} has no port {port}")]
+    NoSuchPort {
+        /// The service.
+        service: String,
+        /// The requested port.
+        port: u16,
+    },
+    /// A known service with no endpoint.
+    #[error("service {0} has no endpoints")]
+    NoEndpoints(String),
+    /// A host name nothing in the registry carries.
+    #[error("unknown host {0:?}")]
+    UnknownHost(String),
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Registry {
+    workloads: Vec<Workload>,
+    services: Vec<Service>,
+    by_address: HashMap<IpAddr, Vec<usize>>,
+    local: Vec<usize>,
+    unhealthy: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl Registry {
+    /// Builds the registry; `is_local` decides which workload addresses belong to this machine.
+    pub fn build(snapshot: &Snapshot, is_local: impl Fn(&Workload) -> bool) -> Self {
+        let mut registry = Registry::default();
+        for entry in &snapshot.workload_entries {
+            let meta = &entry.resource.metadata;
+            let tunnel = meta.annotations.get(TUNNEL_ANNOTATION).map(String::as_str);
+            let key = format!("{}/{}", meta.namespace(), meta.name());
+            if let Some(w) = workload(key, meta.namespace(), &entry.resource.spec, tunnel) {
+                registry.add_workload(w);
+            }
+        }
+        for entry in &snapshot.service_entries {
+            let meta = &entry.resource.metadata;
+            let spec = &entry.resource.spec;
+            let mut service = Service {
+                key: format!("{}/{}", meta.namespace(), meta.name()),
+                namespace: meta.namespace().to_string(),
+                name: meta.name().to_string(),
+                hosts: spec.hosts.clone(),
+                vips: spec
+                    .addresses
+                    .iter()
+                    .filter_map(|a| parse_ip_block(a).ok())
+                    .collect(),
+                ports: spec.ports.iter().filter_map(port).collect(),
+                endpoints: Vec::new(),
+            };
+            if let Some(selector) = &spec.workload_selector {
+                service.endpoints = (0..registry.workloads.len())
+                    .filter(|i| {
+                        let w = &registry.workloads[*i];
+                        w.namespace == service.namespace
+                            && !w.key.contains('#')
+                            && selector
+                                .labels
+                                .iter()
+                                .all(|(k, v)| w.labels.get(k) == Some(v))
+                    })
+                    .collect();
+            }
+            for (i, endpoint) in spec.endpoints.iter().flatten().enumerate() {
+                let key = format!("{}#{i}", service.key);
+                if let Some(w) = workload(key, &service.namespace, endpoint, None) {
+                    service.endpoints.push(registry.add_workload(w));
+                }
+            }
+            registry.services.push(service);
+        }
+        registry.local = (0..registry.workloads.len())
+            .filter(|i| is_local(&registry.workloads[*i]))
+            .collect();
+        registry
+    }
+
+    fn add_workload(&mut self, workload: Workload) -> usize {
+        let index = self.workloads.len();
+        self.by_address
+            .entry(workload.address)
+            .or_default()
+            .push(index);
+        self.workloads.push(workload);
+        index
+    }
+
+    /// Every workload.
+    pub fn workloads(&self) -> &[Workload] {
+        &self.workloads
+    }
+
+    /// A workload by index.
+    pub fn workload(&self, index: usize) -> &Workload {
+        &self.workloads[index]
+    }
+
+    /// Every service.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// A service by index.
+    pub fn service(&self, index: usize) -> &Service {
+        &self.services[index]
+    }
+
+    /// The local workload serving `addr` (address and port), if any: the only destinations
+    /// inbound traffic may reach.
+    pub fn local_workload(&self, addr: SocketAddr) -> Option<&Workload> {
+        self.local
+            .iter()
+            .map(|i| &self.workloads[*i])
+            .find(|w| w.address == addr.ip().to_canonical() && w.serves_port(addr.port()))
+    }
+
+    /// Local workloads.
+    pub fn local_workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.local.iter().map(|i| &self.workloads[*i])
+    }
+
+    /// Resolves an address: a service VIP picks an endpoint and maps the port; a workload
+    /// address is that workload; anything else passes through unchanged.
+    pub fn resolve_addr(&self, addr: SocketAddr) -> Result<Resolved, ResolveError> {
+        let ip = addr.ip().to_canonical();
+        if let Some(index) = self
+            .services
+            .iter()
+            .position(|s| s.vips.iter().any(|v| v.contains(&ip)))
+        {
+            return self.pick(index, addr.port());
+        }
+        let workload = self.by_address.get(&ip).and_then(|ws| ws.first().copied());
+        Ok(Resolved {
+            workload,
+            address: SocketAddr::new(ip, addr.port()),
+            service: None,
+        })
+    }
+
+    /// Resolves a host name: a service host (or `name.namespace`, Kubernetes-style) picks an
+    /// endpoint; a literal IP resolves as an address.
+    pub fn resolve_host(&self, host: &str, port: u16) -> Result<Resolved, ResolveError> {
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            return self.resolve_addr(SocketAddr::new(ip, port));
+        }
+        let index = self
+            .services
+            .iter()
+            .position(|s| {
+                s.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+                    || host.eq_ignore_ascii_case(&format!("{}.{}", s.name, s.namespace))
+            })
+            .ok_or_else(|| ResolveError::UnknownHost(host.to_string()))?;
+        self.pick(index, port)
+    }
+
+    fn pick(&self, index: usize, port: u16) -> Result<Resolved, ResolveError> {
+        let service = &self.services[index];
+        let service_port = service
+            .ports
+            .iter()
+            .find(|p| p.number == port)
+            .ok_or_else(|| ResolveError::NoSuchPort {
+                service: service.key.clone(),
+                port,
+            })?;
+        let candidates: Vec<(usize, SocketAddr)> = service
+            .endpoints
+            .iter()
+            .map(|i| {
+                (
+                    *i,
+                    SocketAddr::new(
+                        self.workloads[*i].address,
+                        target_port(&self.workloads[*i], service_port),
+                    ),
+                )
+            })
+            .collect();
+        let healthy: Vec<(usize, SocketAddr)> = {
+            let now = Instant::now();
+            let unhealthy = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner());
+            candidates
+                .iter()
+                .filter(|(_, a)| unhealthy.get(a).is_none_or(|until| *until <= now))
+                .copied()
+                .collect()
+        };
+        let pool = if healthy.is_empty() {
+            &candidates
+        } else {
+            &healthy
+        };
+        let total: u64 = pool
+            .iter()
+            .map(|(i, _)| u64::from(self.workloads[*i].weight.max(1)))
+            .sum();
+        if total == 0 {
+            return Err(ResolveError::NoEndpoints(service.key.clone()));
+        }
+        let mut ticket = rand::rng().random_range(0..total);
+        for (i, address) in pool {
+            let weight = u64::from(self.workloads[*i].weight.max(1));
+            if ticket < weight {
+                return Ok(Resolved {
+                    workload: Some(*i),
+                    address: *address,
+                    service: Some(index),
+                });
+            }
+            ticket -= weight;
+        }
+        Err(ResolveError::NoEndpoints(service.key.clone()))
+    }
+
+    /// Marks an endpoint address unhealthy after a failed connection.
+    pub fn report_failure(&self, address: SocketAddr) {
+        let mut unhealthy = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner());
+        unhealthy.insert(address, Instant::now() + EJECTION);
+    }
+}
+
+fn workload(
+    key: String,
+    namespace: &str,
+    spec: &WorkloadEntrySpec,
+    tunnel: Option<&str>,
+) -> Option<Workload> {
+    Some(Workload {
+        key,
+        namespace: namespace.to_string(),
+        address: spec
+            .address
+            .as_deref()?
+            .parse::<IpAddr>()
+            .ok()?
+            .to_canonical(),
+        labels: spec.labels.clone(),
+        service_account: spec
+            .service_account
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
+        ports: spec
+            .ports
+            .iter()
+            .filter_map(|(name, p)| Some((name.clone(), u16::try_from(*p).ok()?)))
+            .collect(),
+        protocol: match tunnel {
+            Some("none") | Some("tcp") | Some("TCP") => Protocol::Tcp,
+            _ => Protocol::Hbone,
+        },
+        weight: spec.weight.unwrap_or(1),
+    })
+}
+
+fn port(p: &ServicePort) -> Option<Port> {
+    Some(Port {
+        number: u16::try_from(p.number?).ok()?,
+        name: p.name.clone(),
+        target: p.target_port.and_then(|t| u16::try_from(t).ok()),
+    })
+}
+
+/// The endpoint port: its port named like the service port, else the service's targetPort,
+/// else the service port itself (Istio's order).
+fn target_port(workload: &Workload, port: &Port) -> u16 {
+    port.name
+        .as_ref()
+        .and_then(|n| workload.ports.get(n).copied())
+        .or(port.target)
+        .unwrap_or(port.number)
+}

@@ -1,0 +1,311 @@
+//! The running proxy: binds every listener, feeds accepted connections into the stacks, and
+//! stops accepting on shutdown.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshd_hbone::{Client, ClientSettings, Server, ServerHandle, ServerSettings, TraceParent};
+use meshd_identity::IdentityHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+use crate::config::ProxyConfig;
+use crate::conn::{Conn, ConnCtx, Downstream, Target};
+use crate::connector::MeshConnector;
+use crate::inbound::HboneInbound;
+use crate::layers::ConnService;
+use crate::layers::resolve::ResolveLayer;
+use crate::plugins::{PluginError, PluginRegistry};
+use crate::record::{ConnectionRecord, Direction, RecordHandle, Sinks};
+use crate::registry::Workload;
+use crate::socks5;
+use crate::stack::{self, Plugins};
+use crate::state::ProxyState;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// A plugin could not be built.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// An explicit listener's target is malformed.
+    #[error("listeners: {0}")]
+    Listener(String),
+    /// The HBONE transport refused its settings or identity.
+    #[error("HBONE: {0}")]
+    Hbone(#[from] meshd_hbone::Error),
+}
+
+/// The addresses the proxy listens on (ports resolved when 0 was asked for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundAddrs {
+    /// Inbound HBONE.
+    pub hbone: SocketAddr,
+    /// Captured inbound plaintext.
+    pub inbound_plaintext: Option<SocketAddr>,
+    /// Captured outbound.
+    pub outbound: Option<SocketAddr>,
+    /// SOCKS5.
+    pub socks5: Option<SocketAddr>,
+    /// Explicit listeners, in configuration order.
+    pub listeners: Vec<SocketAddr>,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    addrs: BoundAddrs,
+    hbone: ServerHandle,
+    tasks: JoinSet<()>,
+}
+
+/// Decides which workloads are on this machine.
+pub fn local_predicate(config: &ProxyConfig) -> impl Fn(&Workload) -> bool + Send + Sync + 'static {
+    let addresses: HashSet<IpAddr> = config
+        .local
+        .addresses
+        .iter()
+        .map(|a| a.to_canonical())
+        .collect();
+    let workloads: HashSet<String> = config.local.workloads.iter().cloned().collect();
+    let explicit = !addresses.is_empty() || !workloads.is_empty();
+    move |w: &Workload| {
+        if explicit {
+            addresses.contains(&w.address) || workloads.contains(&w.key)
+        } else {
+            // Only an address of this machine can be bound (without IP_FREEBIND).
+            std::net::TcpListener::bind((w.address, 0)).is_ok()
+        }
+    }
+}
+
+impl Proxy {
+    /// Binds every configured listener and starts serving.
+    pub async fn start(
+        config: &ProxyConfig,
+        identity: IdentityHandle,
+        states: watch::Receiver<Arc<ProxyState>>,
+        sinks: Sinks,
+        plugins: &PluginRegistry,
+    ) -> Result<Proxy, StartError> {
+        let plugin_layers = Plugins::new(plugins.build(&config.plugins)?);
+        let client = Client::new(identity.clone(), ClientSettings::default())?;
+        let connector = Arc::new(MeshConnector::new(client, config.socket_mark()));
+
+        let hbone_listener = bind(config.listen.hbone).await?;
+        let mut own_ports = vec![
+            hbone_listener
+                .local_addr()
+                .map(|a| a.port())
+                .unwrap_or(config.hbone_port),
+        ];
+        let inbound_plaintext = bind_optional(config.listen.inbound_plaintext).await?;
+        let outbound = bind_optional(config.listen.outbound).await?;
+        let socks = bind_optional(config.listen.socks5).await?;
+        let mut explicit = Vec::new();
+        for listener in &config.listeners {
+            let (host, port) = listener.target().map_err(StartError::Listener)?;
+            explicit.push((bind(listener.listen).await?, Target::Host(host, port)));
+        }
+        for l in [&inbound_plaintext, &outbound, &socks]
+            .into_iter()
+            .flatten()
+        {
+            own_ports.extend(l.local_addr().ok().map(|a| a.port()));
+        }
+
+        let inbound_stack = stack::inbound(sinks.clone(), plugin_layers.clone(), connector.clone());
+        let outbound_stack = stack::outbound(
+            sinks,
+            plugin_layers,
+            ResolveLayer::new(config.hbone_port, own_ports),
+            connector,
+        );
+        let addrs = BoundAddrs {
+            hbone: local_addr(&hbone_listener),
+            inbound_plaintext: inbound_plaintext.as_ref().map(local_addr),
+            outbound: outbound.as_ref().map(local_addr),
+            socks5: socks.as_ref().map(local_addr),
+            listeners: explicit.iter().map(|(l, _)| local_addr(l)).collect(),
+        };
+
+        let server = Server::new(
+            &identity,
+            ServerSettings::default(),
+            HboneInbound::new(inbound_stack.clone(), states.clone()),
+        )?;
+        let hbone = server.spawn(hbone_listener)?;
+        let local_identity = identity.current().id().to_string();
+        let mut tasks = JoinSet::new();
+        if let Some(listener) = inbound_plaintext {
+            let entry = Entry::new(Direction::Inbound, inbound_stack, states.clone(), None);
+            tasks.spawn(serve(listener, entry, Accepted::Captured));
+        }
+        if let Some(listener) = outbound {
+            let entry = Entry::new(
+                Direction::Outbound,
+                outbound_stack.clone(),
+                states.clone(),
+                Some(local_identity.clone()),
+            );
+            tasks.spawn(serve(listener, entry, Accepted::Captured));
+        }
+        if let Some(listener) = socks {
+            let entry = Entry::new(
+                Direction::Outbound,
+                outbound_stack.clone(),
+                states.clone(),
+                Some(local_identity.clone()),
+            );
+            tasks.spawn(serve(listener, entry, Accepted::Socks5));
+        }
+        for (listener, target) in explicit {
+            let entry = Entry::new(
+                Direction::Outbound,
+                outbound_stack.clone(),
+                states.clone(),
+                Some(local_identity.clone()),
+            );
+            tasks.spawn(serve(listener, entry, Accepted::Fixed(target)));
+        }
+        Ok(Proxy {
+            addrs,
+            hbone,
+            tasks,
+        })
+    }
+
+    /// Where the proxy listens.
+    pub fn addrs(&self) -> &BoundAddrs {
+        &self.addrs
+    }
+
+    /// Stops accepting everywhere; open HBONE streams get up to `deadline` to finish.
+    pub async fn shutdown(mut self, deadline: Duration) {
+        self.tasks.abort_all();
+        self.hbone.shutdown(deadline).await;
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn bind_optional(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, StartError> {
+    match addr {
+        Some(addr) => Ok(Some(bind(addr).await?)),
+        None => Ok(None),
+    }
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// How accepted connections on a listener find their target.
+#[derive(Clone)]
+enum Accepted {
+    /// Redirected by the capture rules: the original destination.
+    Captured,
+    /// A SOCKS5 request names it.
+    Socks5,
+    /// An explicit listener's configured target.
+    Fixed(Target),
+}
+
+/// What a listener needs to turn a socket into a [`Conn`].
+#[derive(Clone)]
+struct Entry {
+    direction: Direction,
+    stack: ConnService,
+    states: watch::Receiver<Arc<ProxyState>>,
+    source_identity: Option<String>,
+}
+
+impl Entry {
+    fn new(
+        direction: Direction,
+        stack: ConnService,
+        states: watch::Receiver<Arc<ProxyState>>,
+        source_identity: Option<String>,
+    ) -> Self {
+        Entry {
+            direction,
+            stack,
+            states,
+            source_identity,
+        }
+    }
+
+    async fn handle(self, stream: TcpStream, source: SocketAddr, accepted: Accepted) {
+        let _ = stream.set_nodelay(true);
+        let (target, downstream): (Target, Box<dyn Downstream>) = match accepted {
+            Accepted::Captured => match meshd_redirect::original_dst(&stream) {
+                Ok(dst) => (Target::Addr(dst), Box::new(stream)),
+                Err(e) => {
+                    tracing::warn!(%source, error = %e, "no original destination: was this connection redirected?");
+                    return;
+                }
+            },
+            Accepted::Socks5 => match socks5::handshake(stream).await {
+                Ok((request, target)) => (target, Box::new(request)),
+                Err(e) => {
+                    tracing::debug!(%source, error = %e, "SOCKS5 handshake failed");
+                    return;
+                }
+            },
+            Accepted::Fixed(target) => (target, Box::new(stream)),
+        };
+        let trace_id = TraceParent::random().to_string();
+        let mut record =
+            ConnectionRecord::new(trace_id.clone(), self.direction, source, target.to_string());
+        record.source_identity = self.source_identity.clone();
+        let conn = Conn {
+            ctx: ConnCtx {
+                direction: self.direction,
+                source,
+                peer: None,
+                target,
+                trace_id,
+                state: self.states.borrow().clone(),
+                updates: self.states.clone(),
+                record: RecordHandle::new(record),
+                upstream: None,
+            },
+            downstream,
+        };
+        let _ = self.stack.oneshot(conn).await;
+    }
+}
+
+async fn serve(listener: TcpListener, entry: Entry, accepted: Accepted) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, source)) => {
+                tokio::spawn(entry.clone().handle(stream, source, accepted.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The two connection stacks, each built in one function in the order a connection meets the
+//! layers. Plugins come after authorization, so none can bypass a deny.
+//!
+//! ```text
+//! inbound:  record → authorize (local workload? policy?) → plugins… → connect (dial, answer, copy)
+//! outbound: record → resolve (service/workload → HBONE or direct) → plugins… → connect
+//! ```
+
+use std::sync::Arc;
+
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceBuilder};
+
+use crate::layers::ConnService;
+use crate::layers::authorize::AuthorizeLayer;
+use crate::layers::connect::{Connect, Connector};
+use crate::layers::record::RecordLayer;
+use crate::layers::resolve::ResolveLayer;
+use crate::plugins::PluginLayer;
+use crate::record::Sinks;
+
+/// Stacks a list of plugin layers, first listed outermost.
+#[derive(Clone)]
+pub struct Plugins(Vec<PluginLayer>);
+
+impl Plugins {
+    /// The plugins, in configuration order.
+    pub fn new(layers: Vec<PluginLayer>) -> Self {
+        Plugins(layers)
+    }
+}
+
+impl Layer<ConnService> for Plugins {
+    type Service = ConnService;
+
+    fn layer(&self, inner: ConnService) -> ConnService {
+        self.0
+            .iter()
+            .rev()
+            .fold(inner, |service, plugin| plugin.layer(service))
+    }
+}
+
+/// The inbound stack: connections to local workloads (HBONE and captured plaintext).
+pub fn inbound(sinks: Sinks, plugins: Plugins, connector: Arc<dyn Connector>) -> ConnService {
+    let terminal = ServiceBuilder::new()
+        .layer(plugins)
+        .service(BoxCloneSyncService::new(Connect::new(connector)));
+    BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(RecordLayer::new(sinks))
+            .layer(AuthorizeLayer)
+            .service(terminal),
+    )
+}
+
+/// The outbound stack: connections from local applications (capture, SOCKS5, explicit
+/// listeners).
+pub fn outbound(
+    sinks: Sinks,
+    plugins: Plugins,
+    resolve: ResolveLayer,
+    connector: Arc<dyn Connector>,
+) -> ConnService {
+    let terminal = ServiceBuilder::new()
+        .layer(plugins)
+        .service(BoxCloneSyncService::new(Connect::new(connector)));
+    BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(RecordLayer::new(sinks))
+            .layer(resolve)
+            .service(terminal),
+    )
+}

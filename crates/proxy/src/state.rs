@@ -1,0 +1,46 @@
+//! The configuration a connection is handled under: registry and compiled policies, built
+//! together from one snapshot and swapped as a whole.
+
+use meshd_config::Snapshot;
+use meshd_rbac::Engine;
+
+use crate::registry::{Registry, Workload};
+
+/// Everything built from one configuration snapshot.
+#[derive(Debug)]
+pub struct ProxyState {
+    /// Workloads and services.
+    pub registry: Registry,
+    /// Compiled authorization.
+    pub engine: Engine,
+    /// The mesh trust domain: workload identities are `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    pub trust_domain: String,
+    /// Counts snapshots applied, for logs.
+    pub generation: u64,
+}
+
+impl ProxyState {
+    /// Builds the state for a snapshot.
+    pub fn build(
+        snapshot: &Snapshot,
+        trust_domain: &str,
+        generation: u64,
+        is_local: impl Fn(&Workload) -> bool,
+    ) -> Self {
+        ProxyState {
+            registry: Registry::build(snapshot, is_local),
+            engine: Engine::compile(
+                snapshot.policies(),
+                snapshot.peer_auths(),
+                &snapshot.root_namespace,
+            ),
+            trust_domain: trust_domain.to_string(),
+            generation,
+        }
+    }
+
+    /// The SPIFFE ID of a workload.
+    pub fn spiffe_id(&self, workload: &Workload) -> String {
+        format!("spiffe://{}", workload.principal(&self.trust_domain))
+    }
+}
