@@ -1,1 +1,231 @@
-//! Helpers for the end-to-end tests under `tests/`.
+//! Helpers for the end-to-end tests under `tests/`: the meshd binary as a child process, a
+//! shared development CA, echo servers.
+//!
+//! The tests start real `meshd run` processes, so the binary must be built: `cargo test
+//! --workspace` (the README's test command) builds it before any test runs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The `meshd` binary next to the test executable (`target/<profile>/meshd`).
+pub fn meshd_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("meshd");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p meshd), or run the suite with cargo test --workspace",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `meshd` with arguments and returns its stdout, failing the test on a non-zero exit.
+pub fn meshd(args: &[&str]) -> String {
+    let out = Command::new(meshd_bin())
+        .args(args)
+        .output()
+        .expect("run meshd");
+    assert!(out.status.success(), "meshd {args:?} failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `meshd run` child process, killed on drop; its stderr is collected for assertions.
+pub struct Meshd {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    /// The `meshd ready ...` line.
+    pub ready: String,
+}
+
+impl Meshd {
+    /// Starts `command` (a `meshd run` invocation) and waits for its ready line.
+    pub fn spawn(mut command: Command) -> Meshd {
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn meshd");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("meshd ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(ready) => Meshd {
+                child,
+                stderr,
+                ready,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "meshd did not become ready; stderr:\n{}",
+                    stderr.lock().expect("lock")
+                );
+            }
+        }
+    }
+
+    /// Starts `meshd run --config <config>`.
+    pub fn start(config: &Path) -> Meshd {
+        let mut command = Command::new(meshd_bin());
+        command.arg("run").arg("--config").arg(config);
+        Meshd::spawn(command)
+    }
+
+    /// Everything it logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// Waits until its log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.stderr();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "log never contained {needle:?}:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal (e.g. `HUP`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Meshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP echo server on `addr` (port 0 for any); each connection echoes until EOF.
+pub fn echo_server(addr: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind(addr).expect("bind echo server");
+    let local = listener.local_addr().expect("local addr");
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    local
+}
+
+/// Sends `message` on `stream` and reads the echo; `None` if the connection closed instead.
+pub fn echo_roundtrip(stream: &mut TcpStream, message: &[u8]) -> Option<Vec<u8>> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream.write_all(message).ok()?;
+    let mut got = vec![0u8; message.len()];
+    let mut read = 0;
+    while read < got.len() {
+        match stream.read(&mut got[read..]) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => read += n,
+        }
+    }
+    Some(got)
+}
+
+/// A temporary directory holding a dev CA (`ca/`) and whatever configuration a test writes.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// A new workspace with a CA for `cluster.local`.
+    pub fn new() -> Workspace {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        meshd(&[
+            "ca",
+            "init",
+            "--trust-domain",
+            "cluster.local",
+            "--out",
+            &dir.path().join("ca").display().to_string(),
+        ]);
+        Workspace { dir }
+    }
+
+    /// The workspace path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The CA directory.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    /// Writes a file (creating parent directories) and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Workspace::new()
+    }
+}

@@ -1,5 +1,6 @@
 //! `meshd run`: the node proxy.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only help a person at a terminal; journald and log files get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut config = match load_config(args.config.as_deref()) {
         Ok(config) => config,

@@ -1,0 +1,288 @@
+//! Two meshd processes on distinct loopback addresses, as two machines: an application on A
+//! reaches workloads on B through A's explicit listener or SOCKS5, over HBONE, and B enforces
+//! policy. Each test uses its own 127.10.N.0/24 so tests run in parallel.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meshd_integration::{Meshd, Workspace, echo_roundtrip, echo_server};
+
+struct Nodes {
+    ws: Workspace,
+    a: IpAddr,
+    b: IpAddr,
+    db_port: u16,
+    admin_port: u16,
+}
+
+impl Nodes {
+    /// Two machines 127.10.`net`.1 (web, identity shop/web) and .2 (db, identity shop/db), with
+    /// echo servers on two ports of db; only the first is allowed to web.
+    fn new(net: u8) -> Nodes {
+        let ws = Workspace::new();
+        let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
+        let db_port = echo_server(SocketAddr::new(b, 0)).port();
+        let admin_port = echo_server(SocketAddr::new(b, 0)).port();
+        ws.write(
+            "mesh/workloads.yaml",
+            &format!(
+                "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web, namespace: shop}}
+spec: {{address: {a}, serviceAccount: web, labels: {{app: web}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: db, namespace: shop}}
+spec:
+  address: {b}
+  serviceAccount: db
+  labels: {{app: db}}
+  ports: {{pg: {db_port}, admin: {admin_port}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: shop}}
+spec:
+  hosts: [db.shop.mesh.internal]
+  addresses: [240.240.{net}.10]
+  ports: [{{number: 5432, name: pg}}]
+  workloadSelector: {{labels: {{app: db}}}}
+"
+            ),
+        );
+        ws.write(
+            "mesh/policy.yaml",
+            &format!(
+                "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: db-allow-web, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: db}}}}
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/shop/sa/web]}}}}]
+    to: [{{operation: {{ports: ['{db_port}']}}}}]
+"
+            ),
+        );
+        Nodes {
+            ws,
+            a,
+            b,
+            db_port,
+            admin_port,
+        }
+    }
+
+    fn node_config(
+        &self,
+        name: &str,
+        sa: &str,
+        workload: &str,
+        ip: IpAddr,
+        extra: &str,
+    ) -> PathBuf {
+        self.ws.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "configDir: {mesh}
+identity:
+  devCa: {{dir: {ca}, namespace: shop, serviceAccount: {sa}}}
+local: {{workloads: [{workload}]}}
+listen:
+  hbone: {ip}:15008
+{extra}plugins:
+- name: access_log
+",
+                mesh = self.ws.path().join("mesh").display(),
+                ca = self.ws.ca().display(),
+            ),
+        )
+    }
+
+    fn start_b(&self) -> Meshd {
+        Meshd::start(&self.node_config("b", "db", "shop/db", self.b, ""))
+    }
+
+    fn start_a(&self) -> Meshd {
+        let extra = format!(
+            "  socks5: {a}:15080
+listeners:
+- {{listen: '{a}:16001', target: 'db.shop.mesh.internal:5432'}}
+- {{listen: '{a}:16002', target: '{b}:{admin}'}}
+",
+            a = self.a,
+            b = self.b,
+            admin = self.admin_port
+        );
+        Meshd::start(&self.node_config("a", "web", "shop/web", self.a, &extra))
+    }
+}
+
+#[test]
+fn explicit_listener_allowed_and_denied() {
+    let nodes = Nodes::new(1);
+    let b = nodes.start_b();
+    let a = nodes.start_a();
+
+    // Allowed: service host → db endpoint on B, through an HBONE tunnel.
+    let mut allowed = TcpStream::connect((nodes.a, 16001)).expect("connect listener");
+    assert_eq!(
+        echo_roundtrip(&mut allowed, b"through the mesh").as_deref(),
+        Some(&b"through the mesh"[..])
+    );
+    drop(allowed);
+
+    // Denied: the admin port is not allowed to web; B answers 401 and A closes the application's
+    // connection.
+    let mut denied = TcpStream::connect((nodes.a, 16002)).expect("connect listener");
+    assert_eq!(echo_roundtrip(&mut denied, b"let me in"), None);
+    let log_b = b.wait_for_log("connection denied");
+    assert!(
+        log_b.contains("ALLOW policies apply to the destination, but none matched"),
+        "{log_b}"
+    );
+    let log_a = a.wait_for_log("peer meshd refused the tunnel with HTTP status 401");
+    assert!(
+        log_a.contains(&format!("dst={}:{}", nodes.b, nodes.admin_port)),
+        "{log_a}"
+    );
+    // The allowed connection's records on both sides carry the deciding policy and bytes.
+    assert!(log_b.contains("policy=\"shop/db-allow-web\""), "{log_b}");
+}
+
+/// Performs a SOCKS5 CONNECT and returns the reply code and the stream.
+fn socks5_connect(proxy: SocketAddr, target: &[u8]) -> (u8, TcpStream) {
+    let mut stream = TcpStream::connect(proxy).expect("connect socks5");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(&[5, 1, 0]).expect("greeting");
+    let mut choice = [0u8; 2];
+    stream.read_exact(&mut choice).expect("method choice");
+    assert_eq!(choice, [5, 0]);
+    let mut request = vec![5, 1, 0];
+    request.extend_from_slice(target);
+    stream.write_all(&request).expect("request");
+    let mut reply = [0u8; 10];
+    stream.read_exact(&mut reply).expect("reply");
+    (reply[1], stream)
+}
+
+fn by_name(host: &str, port: u16) -> Vec<u8> {
+    let mut target = vec![3, host.len() as u8];
+    target.extend_from_slice(host.as_bytes());
+    target.extend_from_slice(&port.to_be_bytes());
+    target
+}
+
+fn by_ip(ip: IpAddr, port: u16) -> Vec<u8> {
+    let IpAddr::V4(v4) = ip else {
+        panic!("v4 only")
+    };
+    let mut target = vec![1];
+    target.extend_from_slice(&v4.octets());
+    target.extend_from_slice(&port.to_be_bytes());
+    target
+}
+
+#[test]
+fn socks5_by_name_and_by_ip() {
+    let nodes = Nodes::new(2);
+    let _b = nodes.start_b();
+    let _a = nodes.start_a();
+    let proxy = SocketAddr::new(nodes.a, 15080);
+
+    let (code, mut stream) = socks5_connect(proxy, &by_name("db.shop.mesh.internal", 5432));
+    assert_eq!(code, 0, "allowed by service host name");
+    assert_eq!(
+        echo_roundtrip(&mut stream, b"socks by name").as_deref(),
+        Some(&b"socks by name"[..])
+    );
+
+    let (code, mut stream) = socks5_connect(proxy, &by_ip(nodes.b, nodes.db_port));
+    assert_eq!(code, 0, "allowed by workload address");
+    assert_eq!(
+        echo_roundtrip(&mut stream, b"socks by ip").as_deref(),
+        Some(&b"socks by ip"[..])
+    );
+
+    let (code, _) = socks5_connect(proxy, &by_ip(nodes.b, nodes.admin_port));
+    assert_eq!(
+        code, 2,
+        "denied by policy: SOCKS5 'connection not allowed by ruleset'"
+    );
+
+    let (code, _) = socks5_connect(proxy, &by_name("nowhere.invalid", 80));
+    assert_eq!(code, 4, "unknown host: 'host unreachable'");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hbone_statuses_and_open_proxy_attempts() {
+    use meshd_hbone::{Client, ClientSettings, Peer, RequestHeaders};
+    use meshd_identity::{DevCaSource, IdentityManager, IdentitySource, SpiffeId};
+
+    let nodes = Nodes::new(3);
+    let _b = nodes.start_b();
+    let mut source = DevCaSource::new(nodes.ws.ca());
+    source.namespace = "shop".into();
+    source.service_account = "web".into();
+    let identity = IdentityManager::start(&IdentitySource::DevCa(source))
+        .await
+        .expect("identity");
+    let client = Client::new(identity.handle(), ClientSettings::default()).expect("client");
+    let peer = Peer::new(
+        SpiffeId::istio("cluster.local", "shop", "db").expect("id"),
+        SocketAddr::new(nodes.b, 15008),
+    );
+    let status = |result: Result<meshd_hbone::TunnelStream, meshd_hbone::Error>| match result {
+        Ok(_) => 200,
+        Err(e) => e.http_status().map_or(0, |s| s.as_u16()),
+    };
+
+    let allowed = client
+        .connect(
+            &peer,
+            SocketAddr::new(nodes.b, nodes.db_port),
+            RequestHeaders::default(),
+        )
+        .await;
+    assert_eq!(status(allowed), 200);
+    let denied = client
+        .connect(
+            &peer,
+            SocketAddr::new(nodes.b, nodes.admin_port),
+            RequestHeaders::default(),
+        )
+        .await;
+    assert_eq!(status(denied), 401, "a policy denial is 401");
+    // meshd is never an open proxy: a port no local workload serves, meshd's own HBONE port,
+    // and another machine's address are all refused.
+    let other_port = client
+        .connect(
+            &peer,
+            SocketAddr::new(nodes.b, 9),
+            RequestHeaders::default(),
+        )
+        .await;
+    assert_eq!(status(other_port), 400);
+    let own_port = client
+        .connect(
+            &peer,
+            SocketAddr::new(nodes.b, 15008),
+            RequestHeaders::default(),
+        )
+        .await;
+    assert_eq!(status(own_port), 400);
+    let elsewhere = client
+        .connect(
+            &peer,
+            SocketAddr::new(nodes.a, 22),
+            RequestHeaders::default(),
+        )
+        .await;
+    assert_eq!(status(elsewhere), 400);
+}
