@@ -143,7 +143,12 @@ impl Drop for Meshd {
 
 /// A TCP echo server on `addr` (port 0 for any); each connection echoes until EOF.
 pub fn echo_server(addr: SocketAddr) -> SocketAddr {
-    let listener = TcpListener::bind(addr).expect("bind echo server");
+    echo_on(TcpListener::bind(addr).expect("bind echo server"))
+}
+
+/// Serves echo on an already bound listener (e.g. one bound inside a network namespace: the
+/// socket stays in its namespace whatever thread serves it).
+pub fn echo_on(listener: TcpListener) -> SocketAddr {
     let local = listener.local_addr().expect("local addr");
     thread::spawn(move || {
         for stream in listener.incoming() {

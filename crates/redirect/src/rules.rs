@@ -146,6 +146,9 @@ pub fn render(cfg: &RedirectConfig) -> String {
     } else {
         let _ = writeln!(s, "\t\toifname \"lo\" return");
     }
+    // Tunnels to peers' HBONE port are meshd's own traffic even from unmarked sockets (the
+    // HBONE client's pool dials itself); capturing them would loop.
+    let _ = writeln!(s, "\t\ttcp dport {} return", cfg.hbone_port);
     let (v4, v6) = split_cidrs(&cfg.exclude_outbound_cidrs);
     if !v4.is_empty() {
         let _ = writeln!(s, "\t\tip daddr {} return", set(&v4));
