@@ -107,6 +107,13 @@ listen:
         Meshd::start(&self.node_config("b", "db", "shop/db", self.b, ""))
     }
 
+    fn start_b_with_plugin(&self, plugin: &str) -> Meshd {
+        let config = self.node_config("b", "db", "shop/db", self.b, "");
+        let text = std::fs::read_to_string(&config).expect("read config");
+        std::fs::write(&config, format!("{text}{plugin}")).expect("write config");
+        Meshd::start(&config)
+    }
+
     fn start_a(&self) -> Meshd {
         let extra = format!(
             "  socks5: {a}:15080
@@ -285,4 +292,97 @@ async fn hbone_statuses_and_open_proxy_attempts() {
         )
         .await;
     assert_eq!(status(elsewhere), 400);
+}
+
+#[test]
+fn a_reload_closes_connections_the_new_policy_denies_and_a_bad_file_changes_nothing() {
+    let nodes = Nodes::new(4);
+    let b = nodes.start_b();
+    let _a = nodes.start_a();
+    let mut established = TcpStream::connect((nodes.a, 16001)).expect("connect");
+    assert_eq!(
+        echo_roundtrip(&mut established, b"before").as_deref(),
+        Some(&b"before"[..])
+    );
+
+    // A broken file: B keeps the last good configuration and the connection.
+    nodes.ws.write("mesh/broken.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: shop}\nspec: {rulez: []}\n");
+    b.signal("HUP");
+    b.wait_for_log("reload rejected, keeping the previous configuration");
+    assert_eq!(
+        echo_roundtrip(&mut established, b"still here").as_deref(),
+        Some(&b"still here"[..])
+    );
+    std::fs::remove_file(nodes.ws.path().join("mesh/broken.yaml")).expect("remove");
+
+    // A policy that denies web: the established connection is closed.
+    nodes.ws.write(
+        "mesh/deny.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-web, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]}]\n",
+    );
+    b.signal("HUP");
+    b.wait_for_log("closing connection after a configuration change");
+    assert_eq!(echo_roundtrip(&mut established, b"after"), None);
+    let mut fresh = TcpStream::connect((nodes.a, 16001)).expect("connect");
+    assert_eq!(
+        echo_roundtrip(&mut fresh, b"new"),
+        None,
+        "new connections are denied too"
+    );
+    b.wait_for_log("denied by DENY policy shop/deny-web");
+}
+
+#[test]
+fn connection_limit_plugin_refuses_with_429() {
+    let nodes = Nodes::new(5);
+    let _b = nodes.start_b_with_plugin("- name: connection_limit\n  config: {maxPerSource: 1}\n");
+    let a = nodes.start_a();
+    let mut first = TcpStream::connect((nodes.a, 16001)).expect("connect");
+    assert_eq!(
+        echo_roundtrip(&mut first, b"one").as_deref(),
+        Some(&b"one"[..])
+    );
+    let mut second = TcpStream::connect((nodes.a, 16001)).expect("connect");
+    assert_eq!(echo_roundtrip(&mut second, b"two"), None);
+    a.wait_for_log("peer meshd refused the tunnel with HTTP status 429");
+    // The slot is released when the first connection ends.
+    drop(first);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect((nodes.a, 16001)).expect("connect");
+    assert_eq!(
+        echo_roundtrip(&mut third, b"three").as_deref(),
+        Some(&b"three"[..])
+    );
+}
+
+#[test]
+fn bad_startup_configuration_exits_78() {
+    let nodes = Nodes::new(6);
+    let config = nodes.node_config("bad", "db", "shop/db", nodes.b, "");
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(&config, format!("{text}- name: no_such_plugin\n")).expect("write");
+    let out = std::process::Command::new(meshd_integration::meshd_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run meshd");
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("plugins[1]: unknown plugin \"no_such_plugin\""),
+        "{stderr}"
+    );
+
+    std::fs::write(&config, format!("{text}listen: {{hbone: nowhere}}\n")).expect("write");
+    let out = std::process::Command::new(meshd_integration::meshd_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run meshd");
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.yaml:"),
+        "errors name the file and position: {stderr}"
+    );
 }
