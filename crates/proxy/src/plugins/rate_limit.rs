@@ -71,6 +71,12 @@ impl RateLimitLayer {
         }
     }
 
+    /// Admission decision for one new connection from `key` (exposed for tests).
+    #[doc(hidden)]
+    pub fn admit_for_test(&self, key: &str) -> bool {
+        self.admit(key.to_string())
+    }
+
     fn admit(&self, key: String) -> bool {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,142 @@
+//! The workload registry: service resolution, port mapping, balancing, local workloads.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use meshd_config::{LoadOptions, load_str};
+use meshd_proxy::registry::{Protocol, Registry, ResolveError};
+
+const YAML: &str = "
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: a, namespace: shop}
+spec: {address: 10.0.0.1, labels: {app: api}, ports: {http: 8080}, weight: 3, serviceAccount: api}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: b, namespace: shop}
+spec: {address: 10.0.0.2, labels: {app: api}, ports: {http: 9090}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: legacy
+  namespace: shop
+  annotations: {meshd.io/tunnel: none}
+spec: {address: 10.0.0.9, labels: {app: legacy}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: shop}
+spec:
+  hosts: [api.shop.internal]
+  addresses: [240.0.0.1]
+  ports: [{number: 80, name: http}, {number: 81, targetPort: 7000}]
+  workloadSelector: {labels: {app: api}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: shop}
+spec:
+  hosts: [ext.example]
+  ports: [{number: 443}]
+  endpoints: [{address: 192.0.2.10}]
+";
+
+fn registry(local: &[&str]) -> Registry {
+    let snapshot = load_str("r.yaml", YAML, &LoadOptions::default()).expect("loads");
+    let local: Vec<String> = local.iter().map(|s| s.to_string()).collect();
+    Registry::build(&snapshot, move |w| local.contains(&w.key))
+}
+
+#[test]
+fn service_ports_map_to_named_endpoint_ports_then_target_port() {
+    let r = registry(&[]);
+    for _ in 0..20 {
+        let resolved = r.resolve_host("api.shop.internal", 80).expect("resolves");
+        let w = r.workload(resolved.workload.expect("workload"));
+        let want = if w.key == "shop/a" { 8080 } else { 9090 };
+        assert_eq!(resolved.address, SocketAddr::new(w.address, want));
+        let by_target = r
+            .resolve_addr("240.0.0.1:81".parse().unwrap())
+            .expect("vip");
+        assert_eq!(by_target.address.port(), 7000);
+    }
+    // Kubernetes-style short name, and inline endpoints.
+    assert!(r.resolve_host("api.shop", 80).is_ok());
+    let ext = r.resolve_host("ext.example", 443).expect("ext");
+    assert_eq!(ext.address, "192.0.2.10:443".parse().unwrap());
+}
+
+#[test]
+fn unknown_ports_and_hosts_are_errors() {
+    let r = registry(&[]);
+    assert_eq!(
+        r.resolve_host("api.shop.internal", 8443),
+        Err(ResolveError::NoSuchPort {
+            service: "shop/api".into(),
+            port: 8443
+        })
+    );
+    assert_eq!(
+        r.resolve_host("nope.example", 1),
+        Err(ResolveError::UnknownHost("nope.example".into()))
+    );
+}
+
+#[test]
+fn balancing_follows_weights_and_skips_failed_endpoints() {
+    let r = registry(&[]);
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..4000 {
+        let resolved = r.resolve_host("api.shop.internal", 80).expect("resolves");
+        *counts
+            .entry(r.workload(resolved.workload.unwrap()).key.clone())
+            .or_default() += 1;
+    }
+    // Weight 3 against 1: about 3000 against 1000.
+    let (a, b) = (counts["shop/a"], counts["shop/b"]);
+    assert!(a > 2 * b && a < 4 * b, "a={a} b={b}");
+
+    r.report_failure("10.0.0.1:8080".parse().unwrap());
+    for _ in 0..50 {
+        let resolved = r.resolve_host("api.shop.internal", 80).expect("resolves");
+        assert_eq!(
+            r.workload(resolved.workload.unwrap()).key,
+            "shop/b",
+            "the failed endpoint is skipped"
+        );
+    }
+    r.report_failure("10.0.0.2:9090".parse().unwrap());
+    assert!(
+        r.resolve_host("api.shop.internal", 80).is_ok(),
+        "all failed: all are candidates again"
+    );
+}
+
+#[test]
+fn local_workloads_and_addresses() {
+    let r = registry(&["shop/a"]);
+    assert_eq!(
+        r.local_workload("10.0.0.1:8080".parse().unwrap())
+            .map(|w| w.key.as_str()),
+        Some("shop/a")
+    );
+    assert!(
+        r.local_workload("10.0.0.1:22".parse().unwrap()).is_none(),
+        "only its named ports"
+    );
+    assert!(
+        r.local_workload("10.0.0.2:9090".parse().unwrap()).is_none(),
+        "not local"
+    );
+    let direct = r
+        .resolve_addr("10.0.0.9:5000".parse().unwrap())
+        .expect("resolves");
+    assert_eq!(r.workload(direct.workload.unwrap()).protocol, Protocol::Tcp);
+    assert_eq!(r.workload(0).principal("td"), "td/ns/shop/sa/api");
+    let outside = r
+        .resolve_addr("198.51.100.1:443".parse().unwrap())
+        .expect("passthrough");
+    assert_eq!(outside.workload, None);
+}

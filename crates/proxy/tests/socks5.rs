@@ -1,0 +1,81 @@
+//! SOCKS5 handshakes against a real socket pair.
+
+use meshd_proxy::conn::{Downstream, Refusal, Target};
+use meshd_proxy::socks5::handshake;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    (client, server)
+}
+
+#[tokio::test]
+async fn connect_by_name_then_refused_by_policy() {
+    let (mut client, server) = pair().await;
+    let server = tokio::spawn(handshake(server));
+    client.write_all(&[5, 2, 2, 0]).await.unwrap();
+    let mut choice = [0u8; 2];
+    client.read_exact(&mut choice).await.unwrap();
+    assert_eq!(choice, [5, 0]);
+    client.write_all(&[5, 1, 0, 3, 7]).await.unwrap();
+    client.write_all(b"db.shop").await.unwrap();
+    client.write_all(&5432u16.to_be_bytes()).await.unwrap();
+    let (request, target) = server.await.unwrap().unwrap();
+    assert_eq!(target, Target::Host("db.shop".into(), 5432));
+    Box::new(request).refuse(Refusal::Denied).await;
+    let mut reply = [0u8; 10];
+    client.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 2, "connection not allowed by ruleset");
+}
+
+#[tokio::test]
+async fn connect_by_ipv6_then_accepted() {
+    let (mut client, server) = pair().await;
+    let server = tokio::spawn(handshake(server));
+    client.write_all(&[5, 1, 0]).await.unwrap();
+    let mut choice = [0u8; 2];
+    client.read_exact(&mut choice).await.unwrap();
+    let mut request = vec![5, 1, 0, 4];
+    request.extend_from_slice(&"::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    request.extend_from_slice(&80u16.to_be_bytes());
+    client.write_all(&request).await.unwrap();
+    let (request, target) = server.await.unwrap().unwrap();
+    assert_eq!(target, Target::Addr("[::1]:80".parse().unwrap()));
+    let mut io = Box::new(request).accept().await.unwrap();
+    let mut reply = [0u8; 10];
+    client.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 0);
+    client.write_all(b"hi").await.unwrap();
+    let mut got = [0u8; 2];
+    io.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"hi");
+}
+
+#[tokio::test]
+async fn rejects_auth_only_clients_and_other_commands() {
+    let (mut client, server) = pair().await;
+    let server = tokio::spawn(handshake(server));
+    client.write_all(&[5, 1, 2]).await.unwrap();
+    let mut choice = [0u8; 2];
+    client.read_exact(&mut choice).await.unwrap();
+    assert_eq!(choice, [5, 0xff]);
+    assert!(server.await.unwrap().is_err());
+
+    let (mut client, server) = pair().await;
+    let server = tokio::spawn(handshake(server));
+    client.write_all(&[5, 1, 0]).await.unwrap();
+    client.read_exact(&mut choice).await.unwrap();
+    client
+        .write_all(&[5, 2, 0, 1, 127, 0, 0, 1, 0, 80])
+        .await
+        .unwrap(); // BIND
+    let mut reply = [0u8; 10];
+    client.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 7, "command not supported");
+    assert!(server.await.unwrap().is_err());
+}
