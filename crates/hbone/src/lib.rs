@@ -17,7 +17,9 @@
 //!   with AES-GCM only, ALPN `h2`, no SNI, no resumption (all from meshd-identity's configs);
 //!   classic CONNECT with `:authority ip:port` and the `baggage`, `forwarded`, `traceparent`
 //!   headers; ztunnel's HTTP/2 windows and PING keepalive (10 s / 20 s).
-//! - With the `quic` feature (experimental), the same CONNECT semantics over HTTP/3 on QUIC.
+//! - With the `quic` feature (on by default, experimental, meshd-to-meshd only), the same
+//!   CONNECT semantics over HTTP/3 on QUIC: `Server::spawn_quic` on UDP, and
+//!   `Peer::with_transport(Transport::H3)` on the client. See `HBONE.md` §10 for its gaps.
 //!
 //! # What it does not do
 //! - No policy: whether a peer may reach a destination, and where to dial, is the caller's
@@ -64,8 +66,6 @@ pub use config::{
 };
 pub use error::Error;
 pub use headers::{Forwarded, RequestHeaders, TraceParent};
-#[cfg(feature = "quic")]
-pub use quic::QuicServer;
 pub use server::{Server, ServerHandle};
 pub use service::{BoxError, Decision, InboundRequest, Refusal, TunnelHandler};
 pub use stream::{Transport, TunnelStream};

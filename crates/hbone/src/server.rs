@@ -94,8 +94,14 @@ impl Server {
     }
 
     #[cfg(feature = "quic")]
-    pub(crate) fn parts(&self) -> (Arc<ServerSettings>, ConnectService) {
-        (Arc::clone(&self.settings), self.service.clone())
+    pub(crate) fn parts(
+        self,
+    ) -> (
+        Arc<rustls::ServerConfig>,
+        Arc<ServerSettings>,
+        ConnectService,
+    ) {
+        (self.tls, self.settings, self.service)
     }
 }
 

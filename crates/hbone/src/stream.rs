@@ -51,8 +51,9 @@ pub struct TunnelStream {
 
 enum Inner {
     H2(H2Io),
+    // Boxed: h3's stream halves are large, and HTTP/2 is the common case.
     #[cfg(feature = "quic")]
-    H3(crate::quic::H3Io),
+    H3(Box<crate::quic::H3Io>),
 }
 
 impl TunnelStream {
@@ -71,7 +72,7 @@ impl TunnelStream {
     #[cfg(feature = "quic")]
     pub(crate) fn h3(io: crate::quic::H3Io, slot: Option<SlotGuard>) -> Self {
         TunnelStream {
-            inner: Inner::H3(io),
+            inner: Inner::H3(Box::new(io)),
             _slot: slot,
         }
     }
