@@ -4,6 +4,9 @@
 //! captured on arrival and meets PeerAuthentication (STRICT refuses it, a PERMISSIVE port lets
 //! policy decide). The test fails, never skips, when it cannot create namespaces.
 
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! reaches workloads on B through A's explicit listener or SOCKS5, over HBONE, and B enforces
 //! policy. Each test uses its own 127.10.N.0/24 so tests run in parallel.
 
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -1,5 +1,8 @@
 //! The `meshd` binary as an operator runs it: real processes, real files, exit codes and output.
 
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -69,7 +69,7 @@ pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Snapshot, LoadError
             Ok(text) => loader.add(&file, &text),
             Err(problem) => {
                 loader.snapshot.files += 1;
-                loader.problems.push(problem);
+                loader.problems.push(*problem);
             }
         }
     }
@@ -91,10 +91,10 @@ fn collect(
     problems: &mut Vec<Problem>,
 ) {
     // Symlinked directories are followed; the canonical path stops loops.
-    if let Ok(canonical) = fs::canonicalize(dir) {
-        if !visited.insert(canonical) {
-            return;
-        }
+    if let Ok(canonical) = fs::canonicalize(dir)
+        && !visited.insert(canonical)
+    {
+        return;
     }
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -142,19 +142,19 @@ fn collect(
     }
 }
 
-fn read_text(path: &Path) -> Result<String, Problem> {
+fn read_text(path: &Path) -> Result<String, Box<Problem>> {
     let size = fs::metadata(path)
-        .map_err(|e| Problem::file_error(path, None, format!("cannot read: {e}")))?
+        .map_err(|e| Box::new(Problem::file_error(path, None, format!("cannot read: {e}"))))?
         .len();
     if size > MAX_FILE_BYTES {
-        return Err(Problem::file_error(
+        return Err(Box::new(Problem::file_error(
             path,
             None,
             format!("file is {size} bytes, more than the {MAX_FILE_BYTES} meshd reads"),
-        ));
+        )));
     }
-    let bytes =
-        fs::read(path).map_err(|e| Problem::file_error(path, None, format!("cannot read: {e}")))?;
+    let bytes = fs::read(path)
+        .map_err(|e| Box::new(Problem::file_error(path, None, format!("cannot read: {e}"))))?;
     match String::from_utf8(bytes) {
         Ok(mut text) => {
             if text.starts_with('\u{feff}') {
@@ -170,11 +170,11 @@ fn read_text(path: &Path) -> Result<String, Problem> {
                 .chars()
                 .count()
                 + 1;
-            Err(Problem::file_error(
+            Err(Box::new(Problem::file_error(
                 path,
                 Some(Pos { line, col }),
                 "not valid UTF-8: YAML files must be UTF-8 text",
-            ))
+            )))
         }
     }
 }
@@ -240,20 +240,23 @@ impl Loader {
 
 /// Types a single-document YAML file (the daemon's own configuration) with the same positioned,
 /// strict deserializer as the manifests; errors name the file, line, column and field.
-pub fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Problem> {
+pub fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Box<Problem>> {
     let text = read_text(path)?;
     parse_text(path, &text)
 }
 
 /// [`parse_file`] on text already read; `path` names it in errors.
-pub fn parse_text<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, Problem> {
+pub fn parse_text<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, Box<Problem>> {
     let (documents, syntax) = parse_documents(text);
     if let Some(e) = syntax {
-        return Err(Problem::file_error(
+        return Err(Box::new(Problem::file_error(
             path,
             Some(e.pos),
             format!("YAML syntax error: {}", e.message),
-        ));
+        )));
     }
     let empty = crate::yaml::Node {
         value: Value::Map(Vec::new()),
@@ -264,19 +267,21 @@ pub fn parse_text<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Re
         [one] if one.value == Value::Null => &empty,
         [one] => one,
         _ => {
-            return Err(Problem::file_error(
+            return Err(Box::new(Problem::file_error(
                 path,
                 None,
                 "expected a single YAML document",
-            ));
+            )));
         }
     };
-    crate::de::from_node(root).map_err(|e| Problem {
-        severity: meshd_policy::Severity::Error,
-        file: path.to_path_buf(),
-        pos: e.pos,
-        resource: None,
-        path: e.path,
-        message: e.message,
+    crate::de::from_node(root).map_err(|e| {
+        Box::new(Problem {
+            severity: meshd_policy::Severity::Error,
+            file: path.to_path_buf(),
+            pos: e.pos,
+            resource: None,
+            path: e.path,
+            message: e.message,
+        })
     })
 }

@@ -180,14 +180,14 @@ impl Snapshot {
                         .is_some_and(|s| !s.match_labels.is_empty() && s.matches(labels))
                 })
                 .collect();
-            if let [first, second, ..] = matching.as_slice() {
-                if first.resource.spec.selector != second.resource.spec.selector {
-                    let level = format!(
-                        "workload level for WorkloadEntry {ns}/{}",
-                        workload.resource.metadata.name()
-                    );
-                    problems.push(conflict(second, first, &level));
-                }
+            if let [first, second, ..] = matching.as_slice()
+                && first.resource.spec.selector != second.resource.spec.selector
+            {
+                let level = format!(
+                    "workload level for WorkloadEntry {ns}/{}",
+                    workload.resource.metadata.name()
+                );
+                problems.push(conflict(second, first, &level));
             }
         }
         problems

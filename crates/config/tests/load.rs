@@ -1,6 +1,9 @@
 //! The directory loader on real files: what is read, what is ignored, and how every kind of bad
 //! input is reported (file, line, column, resource, field).
 
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::path::Path;
 

@@ -1,6 +1,9 @@
 //! One case per validation rule (Istio's CRD schema and admission webhook, section 9 of
 //! `docs/istio-l4-authorization.md`), asserting the exact field and message.
 
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 use meshd_config::{LoadOptions, load_str};
 use meshd_policy::Severity;
 

@@ -1,5 +1,8 @@
 //! Plugin registry: names, configuration errors, and the rate limit's admission.
 
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 use meshd_proxy::plugins::{PluginError, PluginRegistry, PluginSpec, RateLimitLayer};
 
 fn spec(name: &str, config: serde_json::Value) -> PluginSpec {
@@ -47,8 +50,7 @@ fn configuration_errors_name_the_plugin_and_position() {
             "connection_limit",
             serde_json::json!({"maxPerSorce": 1}),
         )])
-        .err()
-        .expect("error");
+        .expect_err("error");
     assert!(
         err.to_string()
             .starts_with("plugins[0].config: connection_limit: unknown field `maxPerSorce`"),
@@ -59,8 +61,7 @@ fn configuration_errors_name_the_plugin_and_position() {
             "rate_limit",
             serde_json::json!({"connectionsPerSecond": 0}),
         )])
-        .err()
-        .expect("error");
+        .expect_err("error");
     assert!(
         err.to_string()
             .contains("connectionsPerSecond must be a positive number"),

@@ -1,5 +1,8 @@
 //! The workload registry: service resolution, port mapping, balancing, local workloads.
 
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 

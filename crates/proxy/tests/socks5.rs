@@ -1,5 +1,8 @@
 //! SOCKS5 handshakes against a real socket pair.
 
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 use meshd_proxy::conn::{Downstream, Refusal, Target};
 use meshd_proxy::socks5::handshake;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -86,15 +86,15 @@ impl Matcher {
                 })
                 .collect()
         }
-        if !self.principals.is_empty() {
-            if let Some(principals) = exact(&self.principals) {
-                return principals.iter().map(|p| principal_namespace(p)).collect();
-            }
+        if !self.principals.is_empty()
+            && let Some(principals) = exact(&self.principals)
+        {
+            return principals.iter().map(|p| principal_namespace(p)).collect();
         }
-        if !self.namespaces.is_empty() {
-            if let Some(namespaces) = exact(&self.namespaces) {
-                return Some(namespaces);
-            }
+        if !self.namespaces.is_empty()
+            && let Some(namespaces) = exact(&self.namespaces)
+        {
+            return Some(namespaces);
         }
         if !self.service_accounts.is_empty() {
             return Some(

@@ -1,5 +1,8 @@
 //! Laws of the engine, checked on generated policies and connections (proptest).
 
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use proptest::prelude::*;

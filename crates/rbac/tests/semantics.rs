@@ -4,6 +4,9 @@
 //! policy"; S-RBAC/S-ZST: ztunnel's matcher and decision order; S-CONV: istiod's conversion;
 //! M1..M12: meshd's own decisions in its §11).
 
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use support::{conn, engine, outcome};

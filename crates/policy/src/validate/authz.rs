@@ -454,10 +454,11 @@ fn l7_parts(rule: &Rule) -> Vec<String> {
         }
     }
     for condition in rule.when.iter().flatten() {
-        if let Some(key) = condition.key.as_deref() {
-            if !key.is_empty() && !WhenKey::parse(key).is_l4() {
-                found.push(format!("when {key}"));
-            }
+        if let Some(key) = condition.key.as_deref()
+            && !key.is_empty()
+            && !WhenKey::parse(key).is_l4()
+        {
+            found.push(format!("when {key}"));
         }
     }
     found.sort();

@@ -82,10 +82,10 @@ pub(crate) fn no_empty_values(values: &[String], path: &FieldPath, sink: &mut Si
 /// Istio's `ValidateIPs`.
 pub(crate) fn ip_blocks(values: &[String], path: &FieldPath, sink: &mut Sink) {
     for (i, v) in values.iter().enumerate() {
-        if !v.is_empty() {
-            if let Err(e) = parse_ip_block(v) {
-                sink.error(path.index(i), e);
-            }
+        if !v.is_empty()
+            && let Err(e) = parse_ip_block(v)
+        {
+            sink.error(path.index(i), e);
         }
     }
 }
@@ -93,10 +93,10 @@ pub(crate) fn ip_blocks(values: &[String], path: &FieldPath, sink: &mut Sink) {
 /// Istio's `ValidatePorts`.
 pub(crate) fn ports(values: &[String], path: &FieldPath, sink: &mut Sink) {
     for (i, v) in values.iter().enumerate() {
-        if !v.is_empty() {
-            if let Err(e) = parse_port(v) {
-                sink.error(path.index(i), e);
-            }
+        if !v.is_empty()
+            && let Err(e) = parse_port(v)
+        {
+            sink.error(path.index(i), e);
         }
     }
 }
@@ -116,10 +116,10 @@ pub(crate) fn service_accounts(values: &[String], path: &FieldPath, sink: &mut S
             sink.error(at, "service account longer than 320 characters");
         } else if v.matches('/').count() > 1 {
             sink.error(at, "service account must be `namespace/name` or `name`");
-        } else if let Some((ns, sa)) = v.split_once('/') {
-            if ns.is_empty() || sa.is_empty() {
-                sink.error(at, "service account must be `namespace/name` or `name`");
-            }
+        } else if let Some((ns, sa)) = v.split_once('/')
+            && (ns.is_empty() || sa.is_empty())
+        {
+            sink.error(at, "service account must be `namespace/name` or `name`");
         }
     }
 }

@@ -68,10 +68,10 @@ fn validate_meta(meta: &ObjectMeta, sink: &mut Sink) {
             }
         }
     }
-    if let Some(ns) = meta.namespace.as_deref() {
-        if let Err(e) = checks::dns1123_label(ns) {
-            sink.error(path.field("namespace"), e);
-        }
+    if let Some(ns) = meta.namespace.as_deref()
+        && let Err(e) = checks::dns1123_label(ns)
+    {
+        sink.error(path.field("namespace"), e);
     }
     checks::labels(&meta.labels, &path.field("labels"), sink);
 }

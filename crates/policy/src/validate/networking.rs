@@ -38,13 +38,13 @@ pub(super) fn validate_workload_entry(spec: &WorkloadEntrySpec, path: &FieldPath
         }
     }
     checks::labels(&spec.labels, &path.field("labels"), sink);
-    if let Some(sa) = spec.service_account.as_deref() {
-        if let Err(e) = checks::dns1123_subdomain(sa) {
-            sink.error(
-                path.field("serviceAccount"),
-                e.replace("name", "service account"),
-            );
-        }
+    if let Some(sa) = spec.service_account.as_deref()
+        && let Err(e) = checks::dns1123_subdomain(sa)
+    {
+        sink.error(
+            path.field("serviceAccount"),
+            e.replace("name", "service account"),
+        );
     }
 }
 
@@ -96,48 +96,46 @@ pub(super) fn validate_service_entry(spec: &ServiceEntrySpec, path: &FieldPath, 
                 }
             }
         }
-        if let Some(name) = port.name.as_deref() {
-            if !names.insert(name) {
-                sink.error(
-                    at.field("name"),
-                    format!("port name {name:?} is listed twice"),
-                );
-            }
-        }
-        if let Some(target) = port.target_port {
-            if !(1..=65535).contains(&target) {
-                sink.error(
-                    at.field("targetPort"),
-                    format!("port {target} must be in the range 1..65535"),
-                );
-            }
-        }
-        if let Some(protocol) = port.protocol.as_deref() {
-            if !PROTOCOLS.contains(&protocol.to_ascii_uppercase().as_str()) {
-                sink.error(
-                    at.field("protocol"),
-                    format!("unknown protocol {protocol:?}"),
-                );
-            }
-        }
-    }
-    if let Some(location) = spec.location.as_deref() {
-        if !matches!(location, "MESH_EXTERNAL" | "MESH_INTERNAL") {
+        if let Some(name) = port.name.as_deref()
+            && !names.insert(name)
+        {
             sink.error(
-                path.field("location"),
-                format!("unknown location {location:?}: want MESH_EXTERNAL or MESH_INTERNAL"),
+                at.field("name"),
+                format!("port name {name:?} is listed twice"),
+            );
+        }
+        if let Some(target) = port.target_port
+            && !(1..=65535).contains(&target)
+        {
+            sink.error(
+                at.field("targetPort"),
+                format!("port {target} must be in the range 1..65535"),
+            );
+        }
+        if let Some(protocol) = port.protocol.as_deref()
+            && !PROTOCOLS.contains(&protocol.to_ascii_uppercase().as_str())
+        {
+            sink.error(
+                at.field("protocol"),
+                format!("unknown protocol {protocol:?}"),
             );
         }
     }
-    if let Some(resolution) = spec.resolution.as_deref() {
-        if !matches!(resolution, "NONE" | "STATIC" | "DNS" | "DNS_ROUND_ROBIN") {
-            sink.error(
-                path.field("resolution"),
-                format!(
-                    "unknown resolution {resolution:?}: want NONE, STATIC, DNS or DNS_ROUND_ROBIN"
-                ),
-            );
-        }
+    if let Some(location) = spec.location.as_deref()
+        && !matches!(location, "MESH_EXTERNAL" | "MESH_INTERNAL")
+    {
+        sink.error(
+            path.field("location"),
+            format!("unknown location {location:?}: want MESH_EXTERNAL or MESH_INTERNAL"),
+        );
+    }
+    if let Some(resolution) = spec.resolution.as_deref()
+        && !matches!(resolution, "NONE" | "STATIC" | "DNS" | "DNS_ROUND_ROBIN")
+    {
+        sink.error(
+            path.field("resolution"),
+            format!("unknown resolution {resolution:?}: want NONE, STATIC, DNS or DNS_ROUND_ROBIN"),
+        );
     }
     if spec.endpoints.is_some() && spec.workload_selector.is_some() {
         sink.error(

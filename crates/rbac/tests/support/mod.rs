@@ -1,5 +1,7 @@
 //! Shared helpers for the rbac test suites: load YAML, build connections, assert decisions.
 
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
