@@ -389,3 +389,29 @@ fn bad_startup_configuration_exits_78() {
         "errors name the file and position: {stderr}"
     );
 }
+
+#[test]
+fn hbone_over_quic_when_the_workload_asks_for_it() {
+    let nodes = Nodes::new(7);
+    let workloads = nodes.ws.path().join("mesh/workloads.yaml");
+    let text = std::fs::read_to_string(&workloads).expect("read");
+    let text = text.replace(
+        "metadata: {name: db, namespace: shop}",
+        "metadata: {name: db, namespace: shop, annotations: {meshd.io/tunnel: quic}}",
+    );
+    std::fs::write(&workloads, text).expect("write");
+    let extra = format!("  hboneQuic: {}:15008\n", nodes.b);
+    let b = Meshd::start(&nodes.node_config("b", "db", "shop/db", nodes.b, &extra));
+    let a = nodes.start_a();
+    let mut stream = TcpStream::connect((nodes.a, 16001)).expect("connect");
+    assert_eq!(
+        echo_roundtrip(&mut stream, b"over quic").as_deref(),
+        Some(&b"over quic"[..])
+    );
+    drop(stream);
+    b.wait_for_log("policy=\"shop/db-allow-web\" transport=\"h3\"");
+    a.wait_for_log("transport=\"h3\"");
+    let mut denied = TcpStream::connect((nodes.a, 16002)).expect("connect");
+    assert_eq!(echo_roundtrip(&mut denied, b"no"), None);
+    a.wait_for_log("peer meshd refused the tunnel with HTTP status 401");
+}

@@ -93,6 +93,9 @@ pub struct Listen {
     /// Inbound HBONE (mTLS).
     #[serde(default = "default_hbone_listen")]
     pub hbone: SocketAddr,
+    /// Inbound HBONE over QUIC (UDP; experimental, meshd to meshd only); off unless set.
+    #[serde(default)]
+    pub hbone_quic: Option<SocketAddr>,
     /// Captured inbound plaintext (15006); off unless set.
     #[serde(default)]
     pub inbound_plaintext: Option<SocketAddr>,
@@ -108,6 +111,7 @@ impl Default for Listen {
     fn default() -> Self {
         Listen {
             hbone: default_hbone_listen(),
+            hbone_quic: None,
             inbound_plaintext: None,
             outbound: None,
             socks5: None,

@@ -108,6 +108,8 @@ pub struct TunnelRequest {
     pub client: SocketAddr,
     /// The trace id (`traceparent`).
     pub trace_id: String,
+    /// HBONE over HTTP/3 (QUIC) instead of HTTP/2.
+    pub quic: bool,
 }
 
 /// The facts of one connection, filled in as it moves through the stack.

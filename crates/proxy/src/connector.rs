@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use futures::future::BoxFuture;
-use meshd_hbone::{Client, Forwarded, Peer, RequestHeaders, TraceParent};
+use meshd_hbone::{Client, Forwarded, Peer, RequestHeaders, TraceParent, Transport};
 use meshd_identity::SpiffeId;
 use tokio::net::TcpStream;
 
@@ -64,7 +64,10 @@ impl Connector for MeshConnector {
                 }),
                 traceparent: request.trace_id.parse::<TraceParent>().ok(),
             };
-            let peer = Peer::new(identity, request.peer);
+            let mut peer = Peer::new(identity, request.peer);
+            if request.quic {
+                peer = peer.with_transport(Transport::H3);
+            }
             match client.connect(&peer, request.authority, headers).await {
                 Ok(stream) => Ok(Box::new(stream) as BoxIo),
                 Err(e) => match e.http_status() {

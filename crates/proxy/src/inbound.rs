@@ -56,6 +56,7 @@ impl Service<InboundRequest> for HboneInbound {
         );
         let record = RecordHandle::new(ConnectionRecord {
             source_identity: Some(request.peer_identity.to_string()),
+            transport: Some(transport_name(request.transport).to_string()),
             ..record
         });
         let conn = Conn {
@@ -85,6 +86,14 @@ impl Service<InboundRequest> for HboneInbound {
                 .await
                 .unwrap_or(Decision::refuse(meshd_hbone::Refusal::Unreachable)))
         })
+    }
+}
+
+/// `h2` or `h3`, as access logs print it.
+pub fn transport_name(transport: meshd_hbone::Transport) -> &'static str {
+    match transport {
+        meshd_hbone::Transport::H2 => "h2",
+        meshd_hbone::Transport::H3 => "h3",
     }
 }
 

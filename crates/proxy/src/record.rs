@@ -64,6 +64,8 @@ pub struct ConnectionRecord {
     pub destination_service: Option<String>,
     /// The authorization outcome (inbound).
     pub verdict: Option<Verdict>,
+    /// The HBONE transport (`h2`, or `h3` for QUIC), when the connection used a tunnel.
+    pub transport: Option<String>,
     /// Bytes from the downstream side to the upstream side.
     pub bytes_in: u64,
     /// Bytes from the upstream side back to the downstream side.
@@ -96,6 +98,7 @@ impl ConnectionRecord {
             destination_identity: None,
             destination_service: None,
             verdict: None,
+            transport: None,
             bytes_in: 0,
             bytes_out: 0,
             started: SystemTime::now(),

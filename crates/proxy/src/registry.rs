@@ -25,7 +25,8 @@ use rand::Rng;
 /// How long a failed endpoint is skipped.
 pub const EJECTION: Duration = Duration::from_secs(10);
 
-/// The annotation that marks a workload as outside the mesh (reached over plain TCP).
+/// The annotation that picks how a workload is reached: `none` (outside the mesh, plain TCP),
+/// `quic` (HBONE over HTTP/3), absent or anything else: HBONE over HTTP/2.
 pub const TUNNEL_ANNOTATION: &str = "meshd.io/tunnel";
 
 /// How a workload is reached.
@@ -33,6 +34,9 @@ pub const TUNNEL_ANNOTATION: &str = "meshd.io/tunnel";
 pub enum Protocol {
     /// Through its machine's meshd, over HBONE (the default).
     Hbone,
+    /// Through its machine's meshd, over HBONE on HTTP/3 (QUIC): experimental, meshd to meshd
+    /// only; chosen with the annotation `meshd.io/tunnel: quic`.
+    HboneQuic,
     /// Directly over plain TCP: a workload without a meshd in front of it.
     Tcp,
 }
@@ -377,6 +381,7 @@ fn workload(
             .collect(),
         protocol: match tunnel {
             Some("none") | Some("tcp") | Some("TCP") => Protocol::Tcp,
+            Some("quic") | Some("h3") => Protocol::HboneQuic,
             _ => Protocol::Hbone,
         },
         weight: spec.weight.unwrap_or(1),

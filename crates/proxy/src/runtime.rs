@@ -69,6 +69,7 @@ pub struct BoundAddrs {
 pub struct Proxy {
     addrs: BoundAddrs,
     hbone: ServerHandle,
+    hbone_quic: Option<ServerHandle>,
     tasks: JoinSet<()>,
 }
 
@@ -142,12 +143,20 @@ impl Proxy {
             listeners: explicit.iter().map(|(l, _)| local_addr(l)).collect(),
         };
 
-        let server = Server::new(
+        let inbound_service = HboneInbound::new(inbound_stack.clone(), states.clone());
+        let hbone = Server::new(
             &identity,
             ServerSettings::default(),
-            HboneInbound::new(inbound_stack.clone(), states.clone()),
-        )?;
-        let hbone = server.spawn(hbone_listener)?;
+            inbound_service.clone(),
+        )?
+        .spawn(hbone_listener)?;
+        let hbone_quic = match config.listen.hbone_quic {
+            Some(addr) => Some(
+                Server::new(&identity, ServerSettings::default(), inbound_service)?
+                    .spawn_quic(addr)?,
+            ),
+            None => None,
+        };
         let local_identity = identity.current().id().to_string();
         let mut tasks = JoinSet::new();
         if let Some(listener) = inbound_plaintext {
@@ -184,6 +193,7 @@ impl Proxy {
         Ok(Proxy {
             addrs,
             hbone,
+            hbone_quic,
             tasks,
         })
     }
@@ -196,6 +206,9 @@ impl Proxy {
     /// Stops accepting everywhere; open HBONE streams get up to `deadline` to finish.
     pub async fn shutdown(mut self, deadline: Duration) {
         self.tasks.abort_all();
+        if let Some(quic) = self.hbone_quic {
+            quic.shutdown(deadline).await;
+        }
         self.hbone.shutdown(deadline).await;
     }
 }

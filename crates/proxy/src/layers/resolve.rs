@@ -106,12 +106,14 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
         r.destination_workload = workload.map(|w| w.key.clone());
     });
     match workload {
-        Some(w) if w.protocol == Protocol::Hbone => {
+        Some(w) if w.protocol != Protocol::Tcp => {
             let identity = ctx.state.spiffe_id(w);
             let peer = SocketAddr::new(w.address, config.hbone_port);
+            let quic = w.protocol == Protocol::HboneQuic;
             ctx.record.update(|r| {
                 r.destination_identity = Some(identity.clone());
                 r.upstream_addr = Some(peer);
+                r.transport = Some(if quic { "h3" } else { "h2" }.to_string());
             });
             Ok(Upstream::Tunnel(TunnelRequest {
                 peer,
@@ -120,6 +122,7 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
                 service_host: service.and_then(|s| s.hosts.first().cloned()),
                 client: ctx.source,
                 trace_id: ctx.trace_id.clone(),
+                quic,
             }))
         }
         _ => {

@@ -107,6 +107,7 @@ fn log(r: &ConnectionRecord, json: bool) {
         dst.identity = r.destination_identity.as_deref().unwrap_or("-"),
         dst.service = r.destination_service.as_deref().unwrap_or("-"),
         policy = verdict.and_then(|v| v.policy.as_deref()).unwrap_or("-"),
+        transport = r.transport.as_deref().unwrap_or("-"),
         bytes_in = r.bytes_in,
         bytes_out = r.bytes_out,
         duration_ms = r.duration.as_millis() as u64,
