@@ -53,11 +53,12 @@ fn decide(c: &mut Criterion) {
     // Nobody allows team55/outsider on 8080 (team55's namespace is allowed, but not on that
     // policy's port); the allowed connection matches an exact-principal ALLOW.
     let denied = connection("cluster.local/ns/outsider/sa/nobody", [10, 200, 1, 1], 8080);
-    let cases: [(&str, usize, usize); 5] = [
+    let cases: [(&str, usize, usize); 6] = [
         ("10", 5, 5),
         ("100", 50, 50),
         ("1000", 500, 500),
         ("10000", 5000, 5000),
+        ("1000-applying", 1000, 0),
         ("1000-applying+10000-elsewhere", 1000, 10000),
     ];
     let baseline = Engine::compile([], [], "istio-system");
