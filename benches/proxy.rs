@@ -29,7 +29,9 @@ const B: [u8; 4] = [127, 20, 0, 2];
 /// Echoes everything back.
 async fn echo(listener: TcpListener) {
     loop {
-        let Ok((mut s, _)) = listener.accept().await else { continue };
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let _ = s.set_nodelay(true);
             let (mut r, mut w) = s.split();
@@ -41,7 +43,9 @@ async fn echo(listener: TcpListener) {
 /// Reads until EOF, then answers with one byte: a bulk sink with an end-of-transfer ack.
 async fn sink(listener: TcpListener) {
     loop {
-        let Ok((mut s, _)) = listener.accept().await else { continue };
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let mut buf = vec![0u8; 256 << 10];
             while let Ok(n) = s.read(&mut buf).await {
@@ -67,9 +71,16 @@ async fn setup() -> Setup {
     let dir = tempfile::TempDir::new().expect("tempdir");
     let ca = dir.path().join("ca");
     DevCa::init("cluster.local", &ca).expect("ca");
-    let echo_listener = TcpListener::bind(SocketAddr::from((B, 0))).await.expect("bind");
-    let sink_listener = TcpListener::bind(SocketAddr::from((B, 0))).await.expect("bind");
-    let (echo_addr, sink_addr) = (echo_listener.local_addr().expect("addr"), sink_listener.local_addr().expect("addr"));
+    let echo_listener = TcpListener::bind(SocketAddr::from((B, 0)))
+        .await
+        .expect("bind");
+    let sink_listener = TcpListener::bind(SocketAddr::from((B, 0)))
+        .await
+        .expect("bind");
+    let (echo_addr, sink_addr) = (
+        echo_listener.local_addr().expect("addr"),
+        sink_listener.local_addr().expect("addr"),
+    );
     tokio::spawn(echo(echo_listener));
     tokio::spawn(sink(sink_listener));
     let yaml = format!(
@@ -103,21 +114,35 @@ spec:
         let mut source = DevCaSource::new(&ca);
         source.namespace = "shop".into();
         source.service_account = sa.into();
-        let identity = IdentityManager::start(&IdentitySource::DevCa(source)).await.expect("identity");
+        let identity = IdentityManager::start(&IdentitySource::DevCa(source))
+            .await
+            .expect("identity");
         let mut config = ProxyConfig {
-            local: LocalWorkloads { addresses: vec![], workloads: vec![workload.into()] },
+            local: LocalWorkloads {
+                addresses: vec![],
+                workloads: vec![workload.into()],
+            },
             ..ProxyConfig::default()
         };
         config.listen.hbone = SocketAddr::from((ip, 15008));
         config.listeners = targets
             .iter()
-            .map(|t| ExplicitListener { listen: SocketAddr::from((ip, 0)), target: t.to_string() })
+            .map(|t| ExplicitListener {
+                listen: SocketAddr::from((ip, 0)),
+                target: t.to_string(),
+            })
             .collect();
         let state = ProxyState::build(&snapshot, "cluster.local", 1, local_predicate(&config));
         let (_tx, rx) = watch::channel(Arc::new(state));
-        let proxy = Proxy::start(&config, identity.handle(), rx, Sinks::default(), &PluginRegistry::builtin())
-            .await
-            .expect("proxy");
+        let proxy = Proxy::start(
+            &config,
+            identity.handle(),
+            rx,
+            Sinks::default(),
+            &PluginRegistry::builtin(),
+        )
+        .await
+        .expect("proxy");
         listeners = proxy.addrs().listeners.clone();
         std::mem::forget(identity); // keep renewal running for the whole run
         std::mem::forget(_tx);
@@ -157,22 +182,40 @@ fn benches(c: &mut Criterion) {
     let chunk = vec![0xa5u8; 256 << 10];
 
     let mut group = c.benchmark_group("proxy/throughput-64MiB");
-    group.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Bytes(BULK as u64));
-    group.bench_function("direct-tcp", |b| b.iter(|| rt.block_on(bulk(setup.direct_sink, &chunk))));
-    group.bench_function("meshd-to-meshd", |b| b.iter(|| rt.block_on(bulk(setup.mesh_sink, &chunk))));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Bytes(BULK as u64));
+    group.bench_function("direct-tcp", |b| {
+        b.iter(|| rt.block_on(bulk(setup.direct_sink, &chunk)))
+    });
+    group.bench_function("meshd-to-meshd", |b| {
+        b.iter(|| rt.block_on(bulk(setup.mesh_sink, &chunk)))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("proxy/roundtrip-1B");
-    let mut direct = rt.block_on(TcpStream::connect(setup.direct_echo)).expect("connect");
-    let mut mesh = rt.block_on(TcpStream::connect(setup.mesh_echo)).expect("connect");
+    let mut direct = rt
+        .block_on(TcpStream::connect(setup.direct_echo))
+        .expect("connect");
+    let mut mesh = rt
+        .block_on(TcpStream::connect(setup.mesh_echo))
+        .expect("connect");
     direct.set_nodelay(true).expect("nodelay");
     mesh.set_nodelay(true).expect("nodelay");
-    group.bench_function("direct-tcp", |b| b.iter(|| rt.block_on(roundtrip(black_box(&mut direct)))));
-    group.bench_function("meshd-to-meshd", |b| b.iter(|| rt.block_on(roundtrip(black_box(&mut mesh)))));
+    group.bench_function("direct-tcp", |b| {
+        b.iter(|| rt.block_on(roundtrip(black_box(&mut direct))))
+    });
+    group.bench_function("meshd-to-meshd", |b| {
+        b.iter(|| rt.block_on(roundtrip(black_box(&mut mesh))))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("proxy/connect-and-roundtrip");
-    for (name, addr) in [("direct-tcp", setup.direct_echo), ("meshd-to-meshd-warm-pool", setup.mesh_echo)] {
+    for (name, addr) in [
+        ("direct-tcp", setup.direct_echo),
+        ("meshd-to-meshd-warm-pool", setup.mesh_echo),
+    ] {
         group.bench_function(name, |b| {
             b.iter(|| {
                 rt.block_on(async {
