@@ -34,9 +34,11 @@ const BULK: usize = 64 << 20;
 const CHUNK: usize = 256 << 10;
 const STREAMS: usize = 16;
 
+/// Total time and iterations, per (group, bench), for the ratio summary.
+type Totals = BTreeMap<(&'static str, &'static str), (Duration, u64)>;
+
 /// Mean time per iteration, per (group, bench), for the ratio summary.
-static TOTALS: Mutex<BTreeMap<(&'static str, &'static str), (Duration, u64)>> =
-    Mutex::new(BTreeMap::new());
+static TOTALS: Mutex<Totals> = Mutex::new(BTreeMap::new());
 
 fn record(group: &'static str, bench: &'static str, elapsed: Duration, iters: u64) {
     if let Ok(mut totals) = TOTALS.lock() {

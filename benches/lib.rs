@@ -22,7 +22,7 @@ pub fn policy_yaml(applying: usize, elsewhere: usize) -> String {
 
 fn push_policy(out: &mut String, i: usize, namespace: &str) {
     let port = 8000 + i % 50;
-    let selector = if i % 3 == 0 {
+    let selector = if i.is_multiple_of(3) {
         "  selector: {matchLabels: {app: web}}\n"
     } else {
         ""
