@@ -195,13 +195,31 @@ async fn send_connect(
     ))
 }
 
+/// A TCP connection to `addr`, marked before connecting so not even the SYN is captured.
+async fn connect_tcp(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let Some(mark) = mark else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket2::SockRef::from(&socket).set_mark(mark)?;
+    socket.connect(addr).await
+}
+
 /// Opens TCP, then mTLS, then HTTP/2 to `addr`.
 pub(crate) async fn dial(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     settings: &ClientSettings,
 ) -> Result<(SendRequest<Bytes>, H2Connection), Error> {
-    let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
+    let tcp = match tokio::time::timeout(
+        settings.connect_timeout,
+        connect_tcp(addr, settings.socket_mark),
+    )
+    .await
+    {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             return Err(Error::Connect {

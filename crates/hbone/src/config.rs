@@ -164,6 +164,9 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// TLS + HTTP/2 handshake timeout.
     pub handshake_timeout: Duration,
+    /// `SO_MARK` for the TCP connections to peers, so traffic-capture rules exempt them (as
+    /// ztunnel marks its sockets 1337); `None` leaves them unmarked.
+    pub socket_mark: Option<u32>,
 }
 
 impl Default for ClientSettings {
@@ -175,6 +178,7 @@ impl Default for ClientSettings {
             idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            socket_mark: None,
         }
     }
 }

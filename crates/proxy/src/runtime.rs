@@ -103,7 +103,11 @@ impl Proxy {
         plugins: &PluginRegistry,
     ) -> Result<Proxy, StartError> {
         let plugin_layers = Plugins::new(plugins.build(&config.plugins)?);
-        let client = Client::new(identity.clone(), ClientSettings::default())?;
+        let client_settings = ClientSettings {
+            socket_mark: config.socket_mark(),
+            ..ClientSettings::default()
+        };
+        let client = Client::new(identity.clone(), client_settings)?;
         let connector = Arc::new(MeshConnector::new(client, config.socket_mark()));
 
         let hbone_listener = bind(config.listen.hbone).await?;

@@ -146,8 +146,8 @@ pub fn render(cfg: &RedirectConfig) -> String {
     } else {
         let _ = writeln!(s, "\t\toifname \"lo\" return");
     }
-    // Tunnels to peers' HBONE port are meshd's own traffic even from unmarked sockets (the
-    // HBONE client's pool dials itself); capturing them would loop.
+    // Tunnels to peers' HBONE port are meshd's own traffic; meshd marks those sockets too, and
+    // this keeps an unmarked HBONE client (another proxy, a test tool) from being looped back.
     let _ = writeln!(s, "\t\ttcp dport {} return", cfg.hbone_port);
     let (v4, v6) = split_cidrs(&cfg.exclude_outbound_cidrs);
     if !v4.is_empty() {
