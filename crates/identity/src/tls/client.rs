@@ -8,7 +8,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::{ALPN_H2, crypto_provider, supported_schemes, verify_tls13};
+use super::{ALPN_H2, crypto_provider, supported_schemes, verify_tls12, verify_tls13};
 use crate::bundle::Purpose;
 use crate::{Error, IdentityHandle, SpiffeId};
 
@@ -103,13 +103,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Unreachable with TLS 1.3 only, but the trait requires it.
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &crypto_provider().signature_verification_algorithms,
-        )
+        verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(

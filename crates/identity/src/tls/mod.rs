@@ -95,6 +95,21 @@ fn supported_schemes() -> Vec<SignatureScheme> {
         .supported_schemes()
 }
 
+/// Verifies a TLS 1.2 signature: unreachable with TLS 1.3 only, but both verifier traits
+/// require it.
+fn verify_tls12(
+    message: &[u8],
+    cert: &rustls_pki_types::CertificateDer<'_>,
+    dss: &rustls::DigitallySignedStruct,
+) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls12_signature(
+        message,
+        cert,
+        dss,
+        &crypto_provider().signature_verification_algorithms,
+    )
+}
+
 /// Verifies a TLS 1.3 CertificateVerify; a failure means the peer does not hold the key of the
 /// certificate it sent, which gets the same variant as a mismatched key file.
 fn verify_tls13(
