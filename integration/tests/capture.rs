@@ -204,7 +204,7 @@ fn captured_connections_are_tunnelled_and_plaintext_meets_peer_authentication() 
         Some(&b"plaintext ok"[..])
     );
     drop(permissive);
-    b.wait_for_log(&format!("src.addr={LOCAL}"));
+    b.wait_for_log(&format!("src.identity=\"-\" dst={PEER}:5433"));
 
     let out = in_ns(&nodes.local, &["redirect", "uninstall"])
         .output()
