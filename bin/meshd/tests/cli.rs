@@ -24,7 +24,11 @@ fn run(cmd: &mut Command, stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn meshd");
-    let written = child.stdin.take().expect("stdin").write_all(stdin.as_bytes());
+    let written = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes());
     // meshd may exit before reading its input (e.g. on an invalid directory): that is its answer.
     if let Err(e) = written {
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
