@@ -5,8 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use meshd_policy::{
-    AuthorizationPolicy, PeerAuthentication, Resource, ResourceKey, ServiceEntry, Severity,
-    WorkloadEntry,
+    AuthorizationPolicy, Kind, PeerAuthentication, PeerAuthnLevel, Resource, ResourceKey,
+    ServiceEntry, Severity, WorkloadEntry,
 };
 
 use crate::problem::Problem;
@@ -95,28 +95,28 @@ impl Snapshot {
             .iter()
             .map(|s| {
                 (
-                    Resource::AuthorizationPolicy(s.resource.clone()).key(),
+                    ResourceKey::new(Kind::AuthorizationPolicy, &s.resource.metadata),
                     &s.file,
                     s.pos,
                 )
             })
             .chain(self.peer_authentications.iter().map(|s| {
                 (
-                    Resource::PeerAuthentication(s.resource.clone()).key(),
+                    ResourceKey::new(Kind::PeerAuthentication, &s.resource.metadata),
                     &s.file,
                     s.pos,
                 )
             }))
             .chain(self.workload_entries.iter().map(|s| {
                 (
-                    Resource::WorkloadEntry(s.resource.clone()).key(),
+                    ResourceKey::new(Kind::WorkloadEntry, &s.resource.metadata),
                     &s.file,
                     s.pos,
                 )
             }))
             .chain(self.service_entries.iter().map(|s| {
                 (
-                    Resource::ServiceEntry(s.resource.clone()).key(),
+                    ResourceKey::new(Kind::ServiceEntry, &s.resource.metadata),
                     &s.file,
                     s.pos,
                 )
@@ -146,13 +146,20 @@ impl Snapshot {
         let mut levels: BTreeMap<String, &Sourced<PeerAuthentication>> = BTreeMap::new();
         for pa in &self.peer_authentications {
             let ns = pa.resource.metadata.namespace();
-            let labels = pa.resource.spec.selector.as_ref().map(|s| &s.match_labels);
-            let level = match labels {
-                None if ns == self.root_namespace => "mesh level".to_string(),
-                None => format!("namespace level in namespace {ns:?}"),
-                Some(l) if l.is_empty() => format!("namespace level in namespace {ns:?}"),
-                Some(_) if ns == self.root_namespace => continue, // ignored, warned about
-                Some(l) => format!("workload level in namespace {ns:?} with selector {l:?}"),
+            let level = match pa.resource.level(&self.root_namespace) {
+                PeerAuthnLevel::Mesh => "mesh level".to_string(),
+                PeerAuthnLevel::Namespace => format!("namespace level in namespace {ns:?}"),
+                PeerAuthnLevel::Ignored => continue, // warned about by validation
+                PeerAuthnLevel::Workload => {
+                    let labels = pa
+                        .resource
+                        .spec
+                        .selector
+                        .clone()
+                        .unwrap_or_default()
+                        .match_labels;
+                    format!("workload level in namespace {ns:?} with selector {labels:?}")
+                }
             };
             match levels.get(&level) {
                 Some(first) => problems.push(conflict(pa, first, &level)),
@@ -164,20 +171,18 @@ impl Snapshot {
         // Different selectors can still select the same workload.
         for workload in &self.workload_entries {
             let ns = workload.resource.metadata.namespace();
-            if ns == self.root_namespace {
-                continue;
-            }
             let labels = &workload.resource.spec.labels;
             let matching: Vec<&Sourced<PeerAuthentication>> = self
                 .peer_authentications
                 .iter()
                 .filter(|pa| pa.resource.metadata.namespace() == ns)
+                .filter(|pa| pa.resource.level(&self.root_namespace) == PeerAuthnLevel::Workload)
                 .filter(|pa| {
                     pa.resource
                         .spec
                         .selector
                         .as_ref()
-                        .is_some_and(|s| !s.match_labels.is_empty() && s.matches(labels))
+                        .is_some_and(|s| s.matches(labels))
                 })
                 .collect();
             if let [first, second, ..] = matching.as_slice()
@@ -252,7 +257,10 @@ fn conflict(
     error(
         &pa.file,
         pa.pos,
-        Some(Resource::PeerAuthentication(pa.resource.clone()).key()),
+        Some(ResourceKey::new(
+            Kind::PeerAuthentication,
+            &pa.resource.metadata,
+        )),
         format!(
             "conflicting PeerAuthentication at {level}: {first_name} at {} applies there too; Istio picks the oldest, a directory has no creation time, so keep only one",
             first.location()

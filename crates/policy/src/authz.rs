@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::meta::{ObjectMeta, WorkloadSelector};
+use crate::values::{L7_OPERATION_FIELDS, L7_SOURCE_FIELDS, WhenKey};
 
 /// An Istio AuthorizationPolicy.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -114,6 +115,43 @@ pub struct Rule {
     pub to: Option<Vec<RuleTo>>,
     /// Conditions (AND).
     pub when: Option<Vec<Condition>>,
+}
+
+impl Rule {
+    /// The attributes of this rule meshd cannot evaluate at L4, by name (sorted, once each).
+    /// A condition without a usable key counts as L7, so an unvalidated rule fails safe.
+    pub fn l7_attributes(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for source in self.from.iter().flatten().filter_map(|f| f.source.as_ref()) {
+            for (name, values) in source.fields() {
+                if values.is_some() && L7_SOURCE_FIELDS.contains(&name) {
+                    found.push(name.to_string());
+                }
+            }
+        }
+        for operation in self
+            .to
+            .iter()
+            .flatten()
+            .filter_map(|t| t.operation.as_ref())
+        {
+            for (name, values) in operation.fields() {
+                if values.is_some() && L7_OPERATION_FIELDS.contains(&name) {
+                    found.push(name.to_string());
+                }
+            }
+        }
+        for condition in self.when.iter().flatten() {
+            let key = condition.key.as_deref().unwrap_or_default();
+            if !WhenKey::parse(key).is_l4() {
+                let key = if key.is_empty() { "<no key>" } else { key };
+                found.push(format!("when {key}"));
+            }
+        }
+        found.sort();
+        found.dedup();
+        found
+    }
 }
 
 /// One entry of `rules[].from`.

@@ -65,6 +65,6 @@ pub use diag::{Diagnostic, Severity};
 pub use meta::{Kind, ObjectMeta, ResourceKey, WorkloadSelector};
 pub use networking::{ServiceEntry, WorkloadEntry};
 pub use path::{FieldPath, Segment};
-pub use peer::{MtlsMode, PeerAuthentication};
+pub use peer::{MtlsMode, PeerAuthentication, PeerAuthnLevel};
 pub use resource::Resource;
 pub use validate::{ValidationContext, validate};

@@ -57,6 +57,23 @@ impl ObjectMeta {
     pub fn namespace(&self) -> &str {
         self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
     }
+
+    /// True when the dry-run annotation is set to a true value.
+    pub fn is_dry_run(&self) -> bool {
+        self.annotations
+            .get(DRY_RUN_ANNOTATION)
+            .and_then(|v| parse_go_bool(v))
+            == Some(true)
+    }
+}
+
+/// Go's `strconv.ParseBool`, which Istio uses for the dry-run annotation.
+pub fn parse_go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 /// The resource kinds meshd reads from its configuration directory.
@@ -144,6 +161,17 @@ pub struct ResourceKey {
     pub namespace: String,
     /// Name.
     pub name: String,
+}
+
+impl ResourceKey {
+    /// The key of a resource of `kind` with `meta`.
+    pub fn new(kind: Kind, meta: &ObjectMeta) -> Self {
+        ResourceKey {
+            kind,
+            namespace: meta.namespace().to_string(),
+            name: meta.name().to_string(),
+        }
+    }
 }
 
 impl fmt::Display for ResourceKey {

@@ -38,6 +38,32 @@ pub struct PeerAuthenticationSpec {
     pub port_level_mtls: Option<BTreeMap<String, MutualTls>>,
 }
 
+/// The level a PeerAuthentication applies at (Istio's mesh → namespace → workload order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerAuthnLevel {
+    /// In the root namespace without a selector: every workload.
+    Mesh,
+    /// Without a selector, or with a selector without labels: its namespace.
+    Namespace,
+    /// With selector labels, outside the root namespace: matching workloads of its namespace.
+    Workload,
+    /// With selector labels in the root namespace: ignored, as Istio ignores it.
+    Ignored,
+}
+
+impl PeerAuthentication {
+    /// The level this policy applies at, given the mesh root namespace.
+    pub fn level(&self, root_namespace: &str) -> PeerAuthnLevel {
+        let in_root = self.metadata.namespace() == root_namespace;
+        match (&self.spec.selector, in_root) {
+            (None, true) => PeerAuthnLevel::Mesh,
+            (Some(s), true) if !s.match_labels.is_empty() => PeerAuthnLevel::Ignored,
+            (Some(s), false) if !s.match_labels.is_empty() => PeerAuthnLevel::Workload,
+            _ => PeerAuthnLevel::Namespace,
+        }
+    }
+}
+
 impl PeerAuthenticationSpec {
     /// The workload-wide mode, UNSET when absent.
     pub fn mode(&self) -> MtlsMode {

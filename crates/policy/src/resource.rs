@@ -41,10 +41,6 @@ impl Resource {
 
     /// (kind, namespace, name): unique within a snapshot.
     pub fn key(&self) -> ResourceKey {
-        ResourceKey {
-            kind: self.kind(),
-            namespace: self.meta().namespace().to_string(),
-            name: self.meta().name().to_string(),
-        }
+        ResourceKey::new(self.kind(), self.meta())
     }
 }

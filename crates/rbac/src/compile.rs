@@ -179,7 +179,7 @@ pub(crate) fn compile_rules(policy: &AuthorizationPolicy) -> Vec<CompiledRule> {
         .rules
         .iter()
         .flatten()
-        .filter(|rule| !(drop_l7_rules && rule_has_l7(rule)))
+        .filter(|rule| !drop_l7_rules || rule.l7_attributes().is_empty())
         .map(|rule| compile_rule(rule, namespace))
         .collect()
 }
@@ -300,35 +300,4 @@ fn condition_matcher(condition: &Condition) -> Matcher {
         // Reached only in DENY/CUSTOM/… rules: an L7 condition matches everything.
         WhenKey::Layer7(_) => Matcher::default(),
     }
-}
-
-/// True when the rule uses any attribute meshd cannot evaluate at L4.
-pub(crate) fn rule_has_l7(rule: &Rule) -> bool {
-    use meshd_policy::values::{L7_OPERATION_FIELDS, L7_SOURCE_FIELDS};
-    let l7_source = rule
-        .from
-        .iter()
-        .flatten()
-        .filter_map(|f| f.source.as_ref())
-        .any(|s| {
-            s.fields()
-                .iter()
-                .any(|(name, values)| values.is_some() && L7_SOURCE_FIELDS.contains(name))
-        });
-    let l7_operation = rule
-        .to
-        .iter()
-        .flatten()
-        .filter_map(|t| t.operation.as_ref())
-        .any(|o| {
-            o.fields()
-                .iter()
-                .any(|(name, values)| values.is_some() && L7_OPERATION_FIELDS.contains(name))
-        });
-    let l7_condition = rule
-        .when
-        .iter()
-        .flatten()
-        .any(|c| !WhenKey::parse(c.key.as_deref().unwrap_or_default()).is_l4());
-    l7_source || l7_operation || l7_condition
 }

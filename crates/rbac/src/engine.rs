@@ -8,7 +8,6 @@
 use std::collections::HashMap as StdHashMap;
 
 use meshd_policy::authz::Labels;
-use meshd_policy::meta::DRY_RUN_ANNOTATION;
 use meshd_policy::{Action, AuthorizationPolicy, PeerAuthentication};
 
 use crate::PolicyKey;
@@ -222,11 +221,7 @@ impl Engine {
                 engine.skipped.push(key);
                 continue;
             }
-            let dry_run = policy
-                .metadata
-                .annotations
-                .get(DRY_RUN_ANNOTATION)
-                .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "TRUE" | "true" | "True"));
+            let dry_run = policy.metadata.is_dry_run();
             let compiled = CompiledPolicy {
                 key,
                 action: policy.spec.action(),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use meshd_policy::authz::Labels;
-use meshd_policy::{MtlsMode, PeerAuthentication};
+use meshd_policy::{MtlsMode, PeerAuthentication, PeerAuthnLevel};
 
 use crate::PolicyKey;
 
@@ -60,18 +60,15 @@ impl PeerAuthnIndex {
                     })
                     .collect(),
             };
-            match (&pa.spec.selector, ns == root_namespace) {
-                (None, true) => index.mesh.push(compiled),
-                // Root-namespace PeerAuthentications with a selector are ignored, as in Istio.
-                (Some(s), true) if !s.match_labels.is_empty() => {}
-                (Some(s), false) if !s.match_labels.is_empty() => {
-                    index
-                        .workload
-                        .entry(ns.to_string())
-                        .or_default()
-                        .push(compiled);
-                }
-                _ => index
+            match pa.level(root_namespace) {
+                PeerAuthnLevel::Mesh => index.mesh.push(compiled),
+                PeerAuthnLevel::Ignored => {}
+                PeerAuthnLevel::Workload => index
+                    .workload
+                    .entry(ns.to_string())
+                    .or_default()
+                    .push(compiled),
+                PeerAuthnLevel::Namespace => index
                     .namespace
                     .entry(ns.to_string())
                     .or_default()

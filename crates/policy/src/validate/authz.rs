@@ -4,10 +4,9 @@
 use crate::authz::{
     Action, AuthorizationPolicy, Condition, Operation, PolicyTargetReference, Rule, Source,
 };
-use crate::meta::DRY_RUN_ANNOTATION;
+use crate::meta::{DRY_RUN_ANNOTATION, parse_go_bool};
 use crate::path::FieldPath;
 use crate::validate::{Sink, ValidationContext, checks};
-use crate::values::{L7_OPERATION_FIELDS, L7_SOURCE_FIELDS, WhenKey};
 
 /// Istio's CRD `maxItems` for `rules` and `from`/`to` lists.
 const MAX_ITEMS: usize = 512;
@@ -138,7 +137,7 @@ pub(super) fn validate(
     for (i, rule) in rules.iter().enumerate() {
         let path = rules_path.index(i);
         validate_rule(rule, &path, action, sink);
-        let l7 = l7_parts(rule);
+        let l7 = rule.l7_attributes();
         if l7.is_empty() {
             continue;
         }
@@ -432,40 +431,6 @@ fn bracketed(key: &str, rest: &str) -> Result<(), String> {
     }
 }
 
-/// The L7 attributes a rule uses, by name, for warnings.
-fn l7_parts(rule: &Rule) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in rule.from.iter().flatten() {
-        if let Some(source) = &entry.source {
-            for (name, values) in source.fields() {
-                if values.is_some() && L7_SOURCE_FIELDS.contains(&name) {
-                    found.push(name.to_string());
-                }
-            }
-        }
-    }
-    for entry in rule.to.iter().flatten() {
-        if let Some(op) = &entry.operation {
-            for (name, values) in op.fields() {
-                if values.is_some() && L7_OPERATION_FIELDS.contains(&name) {
-                    found.push(name.to_string());
-                }
-            }
-        }
-    }
-    for condition in rule.when.iter().flatten() {
-        if let Some(key) = condition.key.as_deref()
-            && !key.is_empty()
-            && !WhenKey::parse(key).is_l4()
-        {
-            found.push(format!("when {key}"));
-        }
-    }
-    found.sort();
-    found.dedup();
-    found
-}
-
 fn validate_dry_run(policy: &AuthorizationPolicy, action: Action, sink: &mut Sink) {
     let Some(value) = policy.metadata.annotations.get(DRY_RUN_ANNOTATION) else {
         return;
@@ -488,14 +453,5 @@ fn validate_dry_run(policy: &AuthorizationPolicy, action: Action, sink: &mut Sin
             "dry-run policy: meshd evaluates and logs it but never enforces it",
         ),
         Some(false) => {}
-    }
-}
-
-/// Go's `strconv.ParseBool`, which Istio uses for the dry-run annotation.
-pub(crate) fn parse_go_bool(value: &str) -> Option<bool> {
-    match value {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
     }
 }
