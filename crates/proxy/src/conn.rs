@@ -35,18 +35,6 @@ pub enum Refusal {
     Unreachable,
 }
 
-impl Refusal {
-    /// The HTTP status an HBONE server answers with.
-    pub fn http_status(self) -> u16 {
-        match self {
-            Refusal::BadDestination => 400,
-            Refusal::Denied => 401,
-            Refusal::Limited => 429,
-            Refusal::Unreachable => 503,
-        }
-    }
-}
-
 /// The downstream side of a connection before it is answered.
 pub trait Downstream: Send + 'static {
     /// Answers positively (HBONE 200, SOCKS5 success) and yields the byte stream.

@@ -108,6 +108,18 @@ impl ConnectionRecord {
     }
 }
 
+impl ConnectionRecord {
+    /// Stamps the end of the connection: its duration and, if it failed, why.
+    pub fn finish(&mut self, error: Option<&crate::ProxyError>) {
+        self.duration = SystemTime::now()
+            .duration_since(self.started)
+            .unwrap_or_default();
+        if let Some(e) = error {
+            self.error = Some(e.to_string());
+        }
+    }
+}
+
 /// A shared, fillable record: layers update it while the connection runs.
 #[derive(Debug, Clone)]
 pub struct RecordHandle(Arc<Mutex<ConnectionRecord>>);

@@ -2,7 +2,6 @@
 //! when the stack below completes, handing it to every sink.
 
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
@@ -62,14 +61,7 @@ where
         let future = self.inner.call(conn);
         Box::pin(async move {
             let result = future.await;
-            record.update(|r| {
-                r.duration = SystemTime::now()
-                    .duration_since(r.started)
-                    .unwrap_or_default();
-                if let Err(e) = &result {
-                    r.error = Some(e.to_string());
-                }
-            });
+            record.update(|r| r.finish(result.as_ref().err()));
             sinks.closed(&record.snapshot());
             result
         })

@@ -2,7 +2,6 @@
 //! (text fields, or one JSON object with `format: json`).
 
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use serde::Deserialize;
@@ -76,13 +75,9 @@ impl Service<Conn> for AccessLog {
         let future = self.inner.call(conn);
         Box::pin(async move {
             let result = future.await;
+            // The record layer finishes the shared record only after the plugins return.
             let mut snapshot = record.snapshot();
-            snapshot.duration = SystemTime::now()
-                .duration_since(snapshot.started)
-                .unwrap_or_default();
-            if let Err(e) = &result {
-                snapshot.error = Some(e.to_string());
-            }
+            snapshot.finish(result.as_ref().err());
             log(&snapshot, json);
             result
         })
