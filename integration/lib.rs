@@ -218,6 +218,36 @@ impl Workspace {
         self.dir.path().join("ca")
     }
 
+    /// Writes `<name>.yaml`, a meshd configuration for one node: the `mesh/` directory of this
+    /// workspace, a dev-CA identity `shop/<sa>`, `workload` local, HBONE on `<ip>:15008`,
+    /// the access log; `listen_extra` is appended under `listen:`, `extra` at the top level.
+    pub fn node_config(
+        &self,
+        name: &str,
+        sa: &str,
+        workload: &str,
+        ip: &str,
+        listen_extra: &str,
+        extra: &str,
+    ) -> PathBuf {
+        self.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "configDir: {mesh}
+identity:
+  devCa: {{dir: {ca}, namespace: shop, serviceAccount: {sa}}}
+local: {{workloads: [{workload}]}}
+listen:
+  hbone: {ip}:15008
+{listen_extra}{extra}plugins:
+- name: access_log
+",
+                mesh = self.path().join("mesh").display(),
+                ca = self.ca().display(),
+            ),
+        )
+    }
+
     /// Writes a file (creating parent directories) and returns its path.
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.dir.path().join(name);

@@ -60,34 +60,6 @@ spec:
     );
 }
 
-fn node(
-    ws: &Workspace,
-    name: &str,
-    sa: &str,
-    workload: &str,
-    ip: &str,
-    listen: &str,
-    redirect: &str,
-) -> std::path::PathBuf {
-    ws.write(
-        &format!("{name}.yaml"),
-        &format!(
-            "configDir: {mesh}
-identity:
-  devCa: {{dir: {ca}, namespace: shop, serviceAccount: {sa}}}
-local: {{workloads: [{workload}]}}
-listen:
-  hbone: {ip}:15008
-{listen}redirect: {redirect}
-plugins:
-- name: access_log
-",
-            mesh = ws.path().join("mesh").display(),
-            ca = ws.ca().display(),
-        ),
-    )
-}
-
 fn in_ns(ns: &Netns, args: &[&str]) -> Command {
     let mut command = ns.command(meshd_bin());
     command.args(args);
@@ -144,23 +116,21 @@ fn captured_connections_are_tunnelled_and_plaintext_meets_peer_authentication() 
             .expect("bind echo inside the peer namespace");
         echo_on(listener);
     }
-    let b_config = node(
-        &ws,
+    let b_config = ws.node_config(
         "b",
         "db",
         "shop/db",
         PEER,
         "  inboundPlaintext: 0.0.0.0:15006\n",
-        "{inboundPort: 15006}",
+        "redirect: {inboundPort: 15006}\n",
     );
-    let a_config = node(
-        &ws,
+    let a_config = ws.node_config(
         "a",
         "web",
         "shop/web",
         LOCAL,
         "  outbound: 0.0.0.0:15001\n",
-        "{}",
+        "redirect: {}\n",
     );
     let b = Meshd::spawn({
         let mut c = in_ns(&nodes.peer, &["run", "--config"]);

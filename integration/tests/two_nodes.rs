@@ -88,22 +88,8 @@ spec:
         ip: IpAddr,
         extra: &str,
     ) -> PathBuf {
-        self.ws.write(
-            &format!("{name}.yaml"),
-            &format!(
-                "configDir: {mesh}
-identity:
-  devCa: {{dir: {ca}, namespace: shop, serviceAccount: {sa}}}
-local: {{workloads: [{workload}]}}
-listen:
-  hbone: {ip}:15008
-{extra}plugins:
-- name: access_log
-",
-                mesh = self.ws.path().join("mesh").display(),
-                ca = self.ws.ca().display(),
-            ),
-        )
+        self.ws
+            .node_config(name, sa, workload, &ip.to_string(), extra, "")
     }
 
     fn start_b(&self) -> Meshd {
@@ -363,27 +349,23 @@ fn bad_startup_configuration_exits_78() {
     let nodes = Nodes::new(6);
     let config = nodes.node_config("bad", "db", "shop/db", nodes.b, "");
     let text = std::fs::read_to_string(&config).expect("read");
-    std::fs::write(&config, format!("{text}- name: no_such_plugin\n")).expect("write");
-    let out = std::process::Command::new(meshd_integration::meshd_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run meshd");
-    assert_eq!(out.status.code(), Some(78), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Runs meshd on the configuration with `tail` appended; it must exit 78.
+    let stderr_with = |tail: &str| {
+        std::fs::write(&config, format!("{text}{tail}")).expect("write");
+        let out = std::process::Command::new(meshd_integration::meshd_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run meshd");
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = stderr_with("- name: no_such_plugin\n");
     assert!(
         stderr.contains("plugins[1]: unknown plugin \"no_such_plugin\""),
         "{stderr}"
     );
-
-    std::fs::write(&config, format!("{text}listen: {{hbone: nowhere}}\n")).expect("write");
-    let out = std::process::Command::new(meshd_integration::meshd_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run meshd");
-    assert_eq!(out.status.code(), Some(78), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr_with("listen: {hbone: nowhere}\n");
     assert!(
         stderr.contains("bad.yaml:"),
         "errors name the file and position: {stderr}"
