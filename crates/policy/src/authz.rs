@@ -52,8 +52,10 @@ impl AuthorizationPolicySpec {
     }
 
     /// True when the policy targets a gateway/service via `targetRef(s)` (waypoint-only).
+    /// An empty `targetRefs` is unset, as Istio reads it: such a policy applies by namespace and
+    /// selector, so an unvalidated one is enforced rather than skipped.
     pub fn has_target_refs(&self) -> bool {
-        self.target_ref.is_some() || self.target_refs.is_some()
+        self.target_ref.is_some() || self.target_refs.as_ref().is_some_and(|t| !t.is_empty())
     }
 }
 

@@ -20,11 +20,12 @@
 //!   `targetRefs`; `DENY` or `CUSTOM` without rules; `CUSTOM` without `provider.name`; `provider`
 //!   with another action; `CUSTOM` with identity-based source fields or `when` keys; more than 512
 //!   rules, sources or operations; `from: []`, `to: []`; a `from` entry without `source`, a `to`
-//!   entry without `operation`; a source or operation with no field set; `serviceAccounts` with
+//!   entry without `operation`; a source or operation with no field set (an empty list counts as
+//!   unset, as Istio's `len(field) == 0`); `serviceAccounts` with
 //!   `principals`/`namespaces` (or their negations); empty values; malformed IPs and CIDRs; ports
 //!   that are not decimal 0..65535; bad service accounts (`ns/sa` or `sa`, no `*`, ≤ 16 values);
 //!   bad trust domains (one `*` at either end only, no `/`); bad path templates; `when` without
-//!   `key` or without `values`/`notValues`; unknown `when` keys, `destination.namespace`,
+//!   `key` or without non-empty `values`/`notValues`; unknown `when` keys, `destination.namespace`,
 //!   `destination.labels[…]`, `destination.name`, `destination.user`; malformed `name[key]` keys;
 //!   value checks per key (IPs for `source.ip`/`remote.ip`/`destination.ip`, ports for
 //!   `destination.port`, …); a dry-run annotation that is not a boolean or sits on an AUDIT or
@@ -36,6 +37,13 @@
 //! - ServiceEntry: no hosts, bad host names, bad addresses, no ports, duplicate port numbers or
 //!   names, ports outside 1..65535, unknown protocol/location/resolution, both `endpoints` and
 //!   `workloadSelector`.
+//!
+//! Errors that are meshd's own (Istio accepts these; each could silently widen what is allowed):
+//! - an empty list anywhere values are expected (`principals: []`, `notPorts: []`,
+//!   `values: []`, …), even next to other fields: Istio reads it as unset, and a list emptied by a
+//!   template must not turn a rule into "match everything";
+//! - `when: []` (the rule would be `{}`: match everything);
+//! - `targetRefs: []` (Istio reads it as unset, so the policy applies to its whole namespace).
 //!
 //! Warnings (accepted, but meshd enforces something other than what a reader may expect):
 //! - a selector without labels (Istio warns; meshd applies the policy to the whole namespace);

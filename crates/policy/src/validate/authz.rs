@@ -38,10 +38,11 @@ pub(super) fn validate(
     let namespace = policy.metadata.namespace();
 
     // Scope.
+    // An empty `targetRefs` is unset for Istio (and an error below), not a second scope.
     let scopes = [
         spec.selector.is_some(),
         spec.target_ref.is_some(),
-        spec.target_refs.is_some(),
+        spec.target_refs.as_ref().is_some_and(|t| !t.is_empty()),
     ];
     if scopes.iter().filter(|set| **set).count() > 1 {
         sink.error(
@@ -71,6 +72,14 @@ pub(super) fn validate(
     }
     if let Some(targets) = &spec.target_refs {
         let path = spec_path.field("targetRefs");
+        if targets.is_empty() {
+            // meshd's own rule: Istio reads it as unset, so the policy would apply to the whole
+            // namespace while a reader sees a waypoint policy.
+            sink.error(
+                path.clone(),
+                "`targetRefs: []` is an empty list, which Istio reads as unset: list the targets, or remove the field to apply the policy to its namespace",
+            );
+        }
         if targets.len() > MAX_TARGET_REFS {
             sink.error(
                 path.clone(),
@@ -82,7 +91,7 @@ pub(super) fn validate(
         }
     }
     if spec.has_target_refs() {
-        let path = if spec.target_refs.is_some() {
+        let path = if spec.target_refs.as_ref().is_some_and(|t| !t.is_empty()) {
             spec_path.field("targetRefs")
         } else {
             spec_path.field("targetRef")
@@ -240,23 +249,34 @@ fn validate_rule(rule: &Rule, path: &FieldPath, action: Action, sink: &mut Sink)
     }
     if let Some(when) = &rule.when {
         let when_path = path.field("when");
+        if when.is_empty() {
+            // meshd's own rule (Istio checks only `from` and `to`): `{when: []}` is the rule
+            // `{}`, which matches every connection.
+            sink.error(when_path.clone(), "`when` must not be empty");
+        }
         for (i, condition) in when.iter().enumerate() {
             validate_condition(condition, &when_path.index(i), action, sink);
         }
     }
 }
 
+/// Istio's "set": present and non-empty (its validator tests `len(field) == 0`).
+fn set(values: Option<&Vec<String>>) -> bool {
+    values.is_some_and(|v| !v.is_empty())
+}
+
 fn validate_source(source: &Source, path: &FieldPath, action: Action, sink: &mut Sink) {
     let fields = source.fields();
-    if fields.iter().all(|(_, values)| values.is_none()) {
+    checks::no_empty_lists(&fields, path, sink);
+    if !fields.iter().any(|(_, values)| set(*values)) {
         sink.error(path.clone(), "`from.source` must not be empty");
         return;
     }
-    let has_sa = source.service_accounts.is_some() || source.not_service_accounts.is_some();
-    let has_principal_or_ns = source.principals.is_some()
-        || source.not_principals.is_some()
-        || source.namespaces.is_some()
-        || source.not_namespaces.is_some();
+    let has_sa = set(source.service_accounts.as_ref()) || set(source.not_service_accounts.as_ref());
+    let has_principal_or_ns = set(source.principals.as_ref())
+        || set(source.not_principals.as_ref())
+        || set(source.namespaces.as_ref())
+        || set(source.not_namespaces.as_ref());
     if has_sa && has_principal_or_ns {
         sink.error(
             path.clone(),
@@ -288,7 +308,8 @@ fn validate_source(source: &Source, path: &FieldPath, action: Action, sink: &mut
 
 fn validate_operation(op: &Operation, path: &FieldPath, sink: &mut Sink) {
     let fields = op.fields();
-    if fields.iter().all(|(_, values)| values.is_none()) {
+    checks::no_empty_lists(&fields, path, sink);
+    if !fields.iter().any(|(_, values)| set(*values)) {
         sink.error(path.clone(), "`to.operation` must not be empty");
         return;
     }
@@ -334,7 +355,12 @@ fn validate_condition(condition: &Condition, path: &FieldPath, action: Action, s
     if key.is_empty() {
         sink.error(path.field("key"), "`key` must not be empty");
     }
-    if condition.values.is_none() && condition.not_values.is_none() {
+    let lists = [
+        ("values", condition.values.as_ref()),
+        ("notValues", condition.not_values.as_ref()),
+    ];
+    checks::no_empty_lists(&lists, path, sink);
+    if !lists.iter().any(|(_, values)| set(*values)) {
         sink.error(
             path.clone(),
             "at least one of `values` or `notValues` must be set",

@@ -70,6 +70,26 @@ pub(crate) fn labels(labels: &BTreeMap<String, String>, path: &FieldPath, sink: 
     }
 }
 
+/// An empty list where values are expected. Istio reads it as unset, which is how `principals: []`
+/// came to match every connection: meshd rejects it wherever it appears (a source, operation or
+/// condition with no other field is then also "must not be empty", as in Istio).
+pub(crate) fn no_empty_lists(
+    fields: &[(&'static str, Option<&Vec<String>>)],
+    path: &FieldPath,
+    sink: &mut Sink,
+) {
+    for (name, values) in fields {
+        if values.is_some_and(|v| v.is_empty()) {
+            sink.error(
+                path.field(name),
+                format!(
+                    "`{name}: []` is an empty list, which Istio reads as unset: list the values it should match, or remove the field"
+                ),
+            );
+        }
+    }
+}
+
 /// Istio's `CheckEmptyValues`: no empty string in the list.
 pub(crate) fn no_empty_values(values: &[String], path: &FieldPath, sink: &mut Sink) {
     for (i, v) in values.iter().enumerate() {
