@@ -6,36 +6,46 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use meshd_policy::authz::{Condition, Operation, Rule, Source};
 use meshd_policy::values::{
-    StringPattern, WhenKey, parse_ip_block, parse_port, split_service_account,
+    L7_OPERATION_FIELDS, L7_SOURCE_FIELDS, StringPattern, WhenKey, parse_ip_block, parse_port,
+    split_service_account,
 };
 use meshd_policy::{Action, AuthorizationPolicy};
 
 use crate::connection::Connection;
 
+/// A positive list: `None` when the field is unset (no restriction). `Some(values)` holds when
+/// any value hits, so `Some(empty)` (an empty list, or one whose every value failed to parse)
+/// matches nothing: an emptied list never widens a rule.
+type Positive<T> = Option<Vec<T>>;
+
 /// One `from` source, `to` operation or `when` condition, compiled: every set field must hold.
-/// A matcher with no field set matches every connection; meshd only produces one for an L7-only
-/// part of a DENY rule, which fails closed.
+/// Negative lists exclude what they hit (an empty one excludes nothing).
+///
+/// A matcher with no restriction left matches every connection. meshd builds one only for an
+/// L7-only part of a DENY rule, which fails closed (M1, [`Matcher::everything`]); a part that
+/// restricts nothing for any other reason (all lists empty or unparseable, which validation
+/// rejects) compiles to [`Matcher::nothing`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Matcher {
-    principals: Vec<StringPattern>,
+    principals: Positive<StringPattern>,
     not_principals: Vec<StringPattern>,
-    namespaces: Vec<StringPattern>,
+    namespaces: Positive<StringPattern>,
     not_namespaces: Vec<StringPattern>,
-    service_accounts: Vec<(String, String)>,
+    service_accounts: Positive<(String, String)>,
     not_service_accounts: Vec<(String, String)>,
-    trust_domains: Vec<StringPattern>,
+    trust_domains: Positive<StringPattern>,
     not_trust_domains: Vec<StringPattern>,
-    source_ips: Vec<IpNet>,
+    source_ips: Positive<IpNet>,
     not_source_ips: Vec<IpNet>,
-    destination_ips: Vec<IpNet>,
+    destination_ips: Positive<IpNet>,
     not_destination_ips: Vec<IpNet>,
-    ports: Vec<u16>,
+    ports: Positive<u16>,
     not_ports: Vec<u16>,
 }
 
-/// A positive list holds when empty or when any value hits; a negative one when no value hits.
-fn check<T>(positive: &[T], negative: &[T], hit: impl Fn(&T) -> bool) -> bool {
-    (positive.is_empty() || positive.iter().any(&hit)) && !negative.iter().any(hit)
+/// A positive list holds when unset or when any value hits; a negative one when no value hits.
+fn check<T>(positive: &Positive<T>, negative: &[T], hit: impl Fn(&T) -> bool) -> bool {
+    positive.as_ref().is_none_or(|p| p.iter().any(&hit)) && !negative.iter().any(hit)
 }
 
 fn contains(nets: &IpNet, ip: &IpAddr) -> bool {
@@ -43,6 +53,48 @@ fn contains(nets: &IpNet, ip: &IpAddr) -> bool {
 }
 
 impl Matcher {
+    /// Matches every connection: only for the L7-only part of a DENY rule (M1).
+    fn everything() -> Self {
+        Matcher::default()
+    }
+
+    /// Matches no connection. Spelt as "no destination port", so the candidate index, which
+    /// reads required ports, never even offers a rule that needs it.
+    fn nothing() -> Self {
+        Matcher {
+            ports: Some(Vec::new()),
+            ..Matcher::default()
+        }
+    }
+
+    /// True when no field restricts anything (so it would match every connection).
+    fn is_unrestricted(&self) -> bool {
+        self.principals.is_none()
+            && self.namespaces.is_none()
+            && self.service_accounts.is_none()
+            && self.trust_domains.is_none()
+            && self.source_ips.is_none()
+            && self.destination_ips.is_none()
+            && self.ports.is_none()
+            && self.not_principals.is_empty()
+            && self.not_namespaces.is_empty()
+            && self.not_service_accounts.is_empty()
+            && self.not_trust_domains.is_empty()
+            && self.not_source_ips.is_empty()
+            && self.not_destination_ips.is_empty()
+            && self.not_ports.is_empty()
+    }
+
+    /// The matcher itself, or, when it restricts nothing: [`Matcher::everything`] for an L7
+    /// part (only DENY-like rules keep those) and [`Matcher::nothing`] otherwise.
+    fn or_fail_closed(self, has_l7: bool) -> Self {
+        match (self.is_unrestricted(), has_l7) {
+            (false, _) => self,
+            (true, true) => Matcher::everything(),
+            (true, false) => Matcher::nothing(),
+        }
+    }
+
     pub(crate) fn matches(&self, conn: &Connection) -> bool {
         let principal = conn.principal();
         let peer = conn.peer.as_ref();
@@ -69,13 +121,15 @@ impl Matcher {
         })
     }
 
-    /// The destination ports this matcher can match, if it restricts them positively.
+    /// The destination ports this matcher can match, if it restricts them positively (none at
+    /// all for an empty list: it matches nothing).
     fn required_ports(&self) -> Option<&[u16]> {
-        (!self.ports.is_empty()).then_some(self.ports.as_slice())
+        self.ports.as_deref()
     }
 
     /// The peer namespaces this matcher can match, if exact principals, exact namespaces or
-    /// service accounts pin them (a plaintext peer has none, so it matches none of these).
+    /// service accounts pin them (a plaintext peer has none, so it matches none of these; an
+    /// empty list pins none at all).
     fn required_namespaces(&self) -> Option<Vec<&str>> {
         fn exact(patterns: &[StringPattern]) -> Option<Vec<&str>> {
             patterns
@@ -86,23 +140,14 @@ impl Matcher {
                 })
                 .collect()
         }
-        if !self.principals.is_empty()
-            && let Some(principals) = exact(&self.principals)
-        {
+        if let Some(principals) = self.principals.as_deref().and_then(exact) {
             return principals.iter().map(|p| principal_namespace(p)).collect();
         }
-        if !self.namespaces.is_empty()
-            && let Some(namespaces) = exact(&self.namespaces)
-        {
+        if let Some(namespaces) = self.namespaces.as_deref().and_then(exact) {
             return Some(namespaces);
         }
-        if !self.service_accounts.is_empty() {
-            return Some(
-                self.service_accounts
-                    .iter()
-                    .map(|(ns, _)| ns.as_str())
-                    .collect(),
-            );
+        if let Some(accounts) = &self.service_accounts {
+            return Some(accounts.iter().map(|(ns, _)| ns.as_str()).collect());
         }
         None
     }
@@ -208,96 +253,110 @@ fn compile_rule(rule: &Rule, namespace: &str) -> CompiledRule {
     CompiledRule { clauses }
 }
 
-fn patterns(values: &Option<Vec<String>>) -> Vec<StringPattern> {
+/// Values that do not parse were rejected by validation; they are skipped here, and a list left
+/// empty by that matches nothing (see [`Positive`]).
+fn patterns(values: &Option<Vec<String>>) -> Option<Vec<StringPattern>> {
     values
-        .iter()
-        .flatten()
-        .map(|v| StringPattern::parse(v))
-        .collect()
+        .as_ref()
+        .map(|v| v.iter().map(|v| StringPattern::parse(v)).collect())
 }
 
-/// Values that do not parse were rejected by validation; they are skipped here.
-fn nets(values: &Option<Vec<String>>) -> Vec<IpNet> {
+fn nets(values: &Option<Vec<String>>) -> Option<Vec<IpNet>> {
     values
-        .iter()
-        .flatten()
-        .filter_map(|v| parse_ip_block(v).ok())
-        .collect()
+        .as_ref()
+        .map(|v| v.iter().filter_map(|v| parse_ip_block(v).ok()).collect())
 }
 
-fn ports(values: &Option<Vec<String>>) -> Vec<u16> {
+fn ports(values: &Option<Vec<String>>) -> Option<Vec<u16>> {
     values
-        .iter()
-        .flatten()
-        .filter_map(|v| parse_port(v).ok())
-        .collect()
+        .as_ref()
+        .map(|v| v.iter().filter_map(|v| parse_port(v).ok()).collect())
 }
 
-fn service_accounts(values: &Option<Vec<String>>, namespace: &str) -> Vec<(String, String)> {
-    values
-        .iter()
-        .flatten()
-        .map(|v| {
-            let (ns, sa) = split_service_account(v, namespace);
-            (ns.to_string(), sa.to_string())
-        })
-        .collect()
+fn service_accounts(
+    values: &Option<Vec<String>>,
+    namespace: &str,
+) -> Option<Vec<(String, String)>> {
+    values.as_ref().map(|v| {
+        v.iter()
+            .map(|v| {
+                let (ns, sa) = split_service_account(v, namespace);
+                (ns.to_string(), sa.to_string())
+            })
+            .collect()
+    })
+}
+
+/// A negative list: unset and empty exclude nothing alike.
+fn negative<T>(values: Option<Vec<T>>) -> Vec<T> {
+    values.unwrap_or_default()
 }
 
 fn source_matcher(source: &Source, namespace: &str) -> Matcher {
+    let has_l7 = source
+        .fields()
+        .iter()
+        .any(|(name, values)| values.is_some() && L7_SOURCE_FIELDS.contains(name));
     Matcher {
         principals: patterns(&source.principals),
-        not_principals: patterns(&source.not_principals),
+        not_principals: negative(patterns(&source.not_principals)),
         namespaces: patterns(&source.namespaces),
-        not_namespaces: patterns(&source.not_namespaces),
+        not_namespaces: negative(patterns(&source.not_namespaces)),
         service_accounts: service_accounts(&source.service_accounts, namespace),
-        not_service_accounts: service_accounts(&source.not_service_accounts, namespace),
+        not_service_accounts: negative(service_accounts(&source.not_service_accounts, namespace)),
         trust_domains: patterns(&source.trust_domains),
-        not_trust_domains: patterns(&source.not_trust_domains),
+        not_trust_domains: negative(patterns(&source.not_trust_domains)),
         source_ips: nets(&source.ip_blocks),
-        not_source_ips: nets(&source.not_ip_blocks),
+        not_source_ips: negative(nets(&source.not_ip_blocks)),
         ..Matcher::default()
     }
+    .or_fail_closed(has_l7)
 }
 
 fn operation_matcher(operation: &Operation) -> Matcher {
+    let has_l7 = operation
+        .fields()
+        .iter()
+        .any(|(name, values)| values.is_some() && L7_OPERATION_FIELDS.contains(name));
     Matcher {
         ports: ports(&operation.ports),
-        not_ports: ports(&operation.not_ports),
+        not_ports: negative(ports(&operation.not_ports)),
         ..Matcher::default()
     }
+    .or_fail_closed(has_l7)
 }
 
 fn condition_matcher(condition: &Condition) -> Matcher {
     let key = WhenKey::parse(condition.key.as_deref().unwrap_or_default());
     let (values, not_values) = (&condition.values, &condition.not_values);
-    match key {
+    let matcher = match key {
         WhenKey::SourceIp => Matcher {
             source_ips: nets(values),
-            not_source_ips: nets(not_values),
+            not_source_ips: negative(nets(not_values)),
             ..Matcher::default()
         },
         WhenKey::SourceNamespace => Matcher {
             namespaces: patterns(values),
-            not_namespaces: patterns(not_values),
+            not_namespaces: negative(patterns(not_values)),
             ..Matcher::default()
         },
         WhenKey::SourcePrincipal => Matcher {
             principals: patterns(values),
-            not_principals: patterns(not_values),
+            not_principals: negative(patterns(not_values)),
             ..Matcher::default()
         },
         WhenKey::DestinationIp => Matcher {
             destination_ips: nets(values),
-            not_destination_ips: nets(not_values),
+            not_destination_ips: negative(nets(not_values)),
             ..Matcher::default()
         },
         WhenKey::DestinationPort => Matcher {
             ports: ports(values),
-            not_ports: ports(not_values),
+            not_ports: negative(ports(not_values)),
             ..Matcher::default()
         },
-        // Reached only in DENY/CUSTOM/… rules: an L7 condition matches everything.
-        WhenKey::Layer7(_) => Matcher::default(),
-    }
+        // Reached only in DENY/CUSTOM/… rules: an L7 condition matches everything (M1).
+        WhenKey::Layer7(_) => return Matcher::everything(),
+    };
+    matcher.or_fail_closed(false)
 }
