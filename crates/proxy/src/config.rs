@@ -46,6 +46,9 @@ pub struct ProxyConfig {
     /// Traffic-capture rules (`meshd redirect install`).
     #[serde(default)]
     pub redirect: RedirectConfig,
+    /// SOCKS5 settings.
+    #[serde(default)]
+    pub socks5: Socks5Settings,
 }
 
 impl Default for ProxyConfig {
@@ -61,11 +64,66 @@ impl Default for ProxyConfig {
             listeners: Vec::new(),
             plugins: Vec::new(),
             redirect: RedirectConfig::default(),
+            socks5: Socks5Settings::default(),
         }
     }
 }
 
+/// A daemon configuration that parses but must not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An outbound entry (SOCKS5, explicit listener) would be reachable from other machines
+    /// without the configuration saying so.
+    #[error(
+        "{field}: {addr} is not a loopback address: anyone who reaches it borrows this machine's identity; set {allow} to allow it"
+    )]
+    RemoteEntry {
+        /// The field, e.g. `listen.socks5` or `listeners[0].listen`.
+        field: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The key that allows it.
+        allow: String,
+    },
+}
+
 impl ProxyConfig {
+    /// Checks what serde cannot: refuses outbound entries reachable from other machines unless
+    /// allowed, and returns warnings for what is allowed but risky.
+    pub fn check(&self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        let mut entries = Vec::new();
+        if let Some(addr) = self.listen.socks5 {
+            entries.push((
+                "listen.socks5".to_string(),
+                addr,
+                self.socks5.allow_remote,
+                "socks5.allowRemote: true".to_string(),
+            ));
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            entries.push((
+                format!("listeners[{i}].listen"),
+                listener.listen,
+                listener.allow_remote,
+                format!("listeners[{i}].allowRemote: true"),
+            ));
+        }
+        for (field, addr, allowed, allow) in entries {
+            if addr.ip().to_canonical().is_loopback() {
+                continue;
+            }
+            if !allowed {
+                return Err(ConfigError::RemoteEntry { field, addr, allow });
+            }
+            warnings.push(format!(
+                "{field}: {addr} accepts connections from other machines ({allow}): anyone who reaches it connects with this machine's identity"
+            ));
+        }
+        Ok(warnings)
+    }
+
     /// The mark upstream sockets carry: needed only when traffic is captured.
     pub fn socket_mark(&self) -> Option<u32> {
         (self.listen.outbound.is_some() || self.listen.inbound_plaintext.is_some())
@@ -102,9 +160,37 @@ pub struct Listen {
     /// Captured outbound traffic (15001); off unless set.
     #[serde(default)]
     pub outbound: Option<SocketAddr>,
-    /// SOCKS5 (15080); off unless set.
+    /// SOCKS5 (15080); off unless set. Loopback only unless `socks5.allowRemote`.
     #[serde(default)]
     pub socks5: Option<SocketAddr>,
+    /// Admin endpoints (`/config_dump`, `/logging`, `/quitquitquit`); loopback by default.
+    #[serde(default = "default_admin_listen")]
+    pub admin: Option<SocketAddr>,
+    /// Prometheus metrics (`/metrics`, `/stats/prometheus`).
+    #[serde(default = "default_metrics_listen")]
+    pub metrics: Option<SocketAddr>,
+    /// Readiness (`/healthz/ready`).
+    #[serde(default = "default_readiness_listen")]
+    pub readiness: Option<SocketAddr>,
+}
+
+impl Listen {
+    /// Every port a listener is configured on (0 where the system picks one).
+    pub fn configured_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        [
+            Some(self.hbone),
+            self.hbone_quic,
+            self.inbound_plaintext,
+            self.outbound,
+            self.socks5,
+            self.admin,
+            self.metrics,
+            self.readiness,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|a| a.port())
+    }
 }
 
 impl Default for Listen {
@@ -115,18 +201,35 @@ impl Default for Listen {
             inbound_plaintext: None,
             outbound: None,
             socks5: None,
+            admin: default_admin_listen(),
+            metrics: default_metrics_listen(),
+            readiness: default_readiness_listen(),
         }
     }
+}
+
+/// `socks5:` settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Socks5Settings {
+    /// Lets `listen.socks5` be a non-loopback address. Anyone who reaches the port borrows this
+    /// machine's identity, so it is off by default and warned about when on.
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 /// `127.0.0.1:9080 → reviews.default:9080`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExplicitListener {
-    /// Where applications connect.
+    /// Where applications connect: loopback unless `allowRemote`.
     pub listen: SocketAddr,
     /// `host:port` (a service host, `name.namespace`, or an IP).
     pub target: String,
+    /// Lets `listen` be a non-loopback address (anyone who reaches it borrows this machine's
+    /// identity).
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 impl ExplicitListener {
@@ -166,6 +269,19 @@ fn default_identity() -> IdentitySource {
 
 fn default_hbone_port() -> u16 {
     HBONE_PORT
+}
+
+/// Admin on loopback only, as ztunnel: it can change log levels and drain the proxy.
+fn default_admin_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 15000)))
+}
+
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([0, 0, 0, 0], 15020)))
+}
+
+fn default_readiness_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([0, 0, 0, 0], 15021)))
 }
 
 fn default_hbone_listen() -> SocketAddr {

@@ -13,6 +13,9 @@ pub enum ProxyError {
     /// an open proxy.
     #[error("destination {0} is not a workload this meshd serves")]
     BadDestination(String),
+    /// The destination is one of meshd's own ports: meshd never relays to itself.
+    #[error("destination {0} is one of meshd's own ports: meshd never relays to itself")]
+    OwnPort(SocketAddr),
     /// An authorization policy (or STRICT PeerAuthentication) denied the connection.
     #[error("connection denied: {reason}")]
     Denied {

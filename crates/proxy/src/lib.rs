@@ -23,6 +23,7 @@ pub mod connector;
 pub mod error;
 pub mod inbound;
 pub mod layers;
+pub mod own_ports;
 pub mod plugins;
 pub mod record;
 pub mod registry;
@@ -31,7 +32,8 @@ pub mod socks5;
 pub mod stack;
 pub mod state;
 
-pub use config::ProxyConfig;
+pub use config::{ConfigError, ProxyConfig};
 pub use error::ProxyError;
+pub use own_ports::OwnPorts;
 pub use runtime::{BoundAddrs, Proxy, StartError, local_predicate};
 pub use state::ProxyState;

@@ -25,6 +25,9 @@ use rand::Rng;
 /// How long a failed endpoint is skipped.
 pub const EJECTION: Duration = Duration::from_secs(10);
 
+/// Marks kept before expired ones are swept on the next failure.
+const PRUNE_UNHEALTHY_ABOVE: usize = 1024;
+
 /// The annotation that picks how a workload is reached: `none` (outside the mesh, plain TCP),
 /// `quic` (HBONE over HTTP/3), absent or anything else: HBONE over HTTP/2.
 pub const TUNNEL_ANNOTATION: &str = "meshd.io/tunnel";
@@ -347,10 +350,29 @@ impl Registry {
         Err(ResolveError::NoEndpoints(service.key.clone()))
     }
 
-    /// Marks an endpoint address unhealthy after a failed connection.
+    /// Marks an endpoint address unhealthy after a failed connection. Only workload
+    /// addresses are remembered (the only ones [`Registry::resolve_addr`] balances over), so
+    /// failed passthrough destinations cannot grow the map; expired marks are dropped as new
+    /// ones come.
     pub fn report_failure(&self, address: SocketAddr) {
+        if !self.by_address.contains_key(&address.ip().to_canonical()) {
+            return;
+        }
+        let now = Instant::now();
         let mut unhealthy = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner());
-        unhealthy.insert(address, Instant::now() + EJECTION);
+        if unhealthy.len() >= PRUNE_UNHEALTHY_ABOVE {
+            unhealthy.retain(|_, until| *until > now);
+        }
+        unhealthy.insert(address, now + EJECTION);
+    }
+
+    /// How many endpoint addresses are marked (expired marks included), for tests.
+    #[doc(hidden)]
+    pub fn unhealthy_len(&self) -> usize {
+        self.unhealthy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 

@@ -14,12 +14,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use crate::config::ProxyConfig;
+use crate::config::{ConfigError, ProxyConfig};
 use crate::conn::{Conn, ConnCtx, Downstream, Target};
 use crate::connector::MeshConnector;
 use crate::inbound::HboneInbound;
 use crate::layers::ConnService;
 use crate::layers::resolve::ResolveLayer;
+use crate::own_ports::OwnPorts;
 use crate::plugins::{PluginError, PluginRegistry};
 use crate::record::{ConnectionRecord, Direction, RecordHandle, Sinks};
 use crate::registry::Workload;
@@ -48,6 +49,9 @@ pub enum StartError {
     /// The HBONE transport refused its settings or identity.
     #[error("HBONE: {0}")]
     Hbone(#[from] meshd_hbone::Error),
+    /// The configuration is not safe to run.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// The addresses the proxy listens on (ports resolved when 0 was asked for).
@@ -63,6 +67,8 @@ pub struct BoundAddrs {
     pub socks5: Option<SocketAddr>,
     /// Explicit listeners, in configuration order.
     pub listeners: Vec<SocketAddr>,
+    /// Every port no connection may be relayed to.
+    pub own_ports: OwnPorts,
 }
 
 /// A running proxy.
@@ -102,7 +108,13 @@ impl Proxy {
         sinks: Sinks,
         plugins: &PluginRegistry,
     ) -> Result<Proxy, StartError> {
-        let plugin_layers = Plugins::new(plugins.build(&config.plugins)?);
+        for warning in config.check()? {
+            tracing::warn!("{warning}");
+        }
+        // Each direction gets its own plugin instances: outbound traffic must not use up the
+        // inbound limits (or the other way round).
+        let inbound_plugins = Plugins::new(plugins.build(&config.plugins)?);
+        let outbound_plugins = Plugins::new(plugins.build(&config.plugins)?);
         let client_settings = ClientSettings {
             socket_mark: config.socket_mark(),
             ..ClientSettings::default()
@@ -111,12 +123,6 @@ impl Proxy {
         let connector = Arc::new(MeshConnector::new(client, config.socket_mark()));
 
         let hbone_listener = bind(config.listen.hbone).await?;
-        let mut own_ports = vec![
-            hbone_listener
-                .local_addr()
-                .map(|a| a.port())
-                .unwrap_or(config.hbone_port),
-        ];
         let inbound_plaintext = bind_optional(config.listen.inbound_plaintext).await?;
         let outbound = bind_optional(config.listen.outbound).await?;
         let socks = bind_optional(config.listen.socks5).await?;
@@ -125,18 +131,35 @@ impl Proxy {
             let (host, port) = listener.target().map_err(StartError::Listener)?;
             explicit.push((bind(listener.listen).await?, Target::Host(host, port)));
         }
-        for l in [&inbound_plaintext, &outbound, &socks]
-            .into_iter()
-            .flatten()
-        {
-            own_ports.extend(l.local_addr().ok().map(|a| a.port()));
-        }
+        let bound = [
+            Some(&hbone_listener),
+            inbound_plaintext.as_ref(),
+            outbound.as_ref(),
+            socks.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(explicit.iter().map(|(l, _)| l))
+        .map(|l| local_addr(l).port());
+        let own_ports = OwnPorts::new(
+            bound
+                .chain(config.listen.configured_ports())
+                .chain(config.listeners.iter().map(|l| l.listen.port()))
+                .chain([config.hbone_port])
+                .filter(|p| *p != 0)
+                .collect::<Vec<_>>(),
+        );
 
-        let inbound_stack = stack::inbound(sinks.clone(), plugin_layers.clone(), connector.clone());
+        let inbound_stack = stack::inbound(
+            sinks.clone(),
+            inbound_plugins,
+            own_ports.clone(),
+            connector.clone(),
+        );
         let outbound_stack = stack::outbound(
             sinks,
-            plugin_layers,
-            ResolveLayer::new(config.hbone_port, own_ports),
+            outbound_plugins,
+            ResolveLayer::new(config.hbone_port, own_ports.clone()),
             connector,
         );
         let addrs = BoundAddrs {
@@ -145,6 +168,7 @@ impl Proxy {
             outbound: outbound.as_ref().map(local_addr),
             socks5: socks.as_ref().map(local_addr),
             listeners: explicit.iter().map(|(l, _)| local_addr(l)).collect(),
+            own_ports,
         };
 
         let inbound_service = HboneInbound::new(inbound_stack.clone(), states.clone());
@@ -281,7 +305,7 @@ impl Entry {
                     return;
                 }
             },
-            Accepted::Socks5 => match socks5::handshake(stream).await {
+            Accepted::Socks5 => match socks5::handshake(stream, socks5::HANDSHAKE_TIMEOUT).await {
                 Ok((request, target)) => (target, Box::new(request)),
                 Err(e) => {
                     tracing::debug!(%source, error = %e, "SOCKS5 handshake failed");

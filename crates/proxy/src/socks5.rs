@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,9 +32,27 @@ pub struct Socks5Request {
     stream: TcpStream,
 }
 
-/// Reads the greeting and the CONNECT request. Protocol errors are answered as SOCKS5 allows
-/// and returned as errors.
-pub async fn handshake(mut stream: TcpStream) -> io::Result<(Socks5Request, Target)> {
+/// How long a client has to send its greeting and request: a local application sends both at
+/// once, so a few seconds is generous, and an idle client cannot hold a socket for ever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the greeting and the CONNECT request within `timeout`. Protocol errors are answered
+/// as SOCKS5 allows and returned as errors; a client too slow gets `TimedOut`.
+pub async fn handshake(
+    stream: TcpStream,
+    timeout: Duration,
+) -> io::Result<(Socks5Request, Target)> {
+    tokio::time::timeout(timeout, read_request(stream))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("SOCKS5: no complete request within {timeout:?}"),
+            ))
+        })
+}
+
+async fn read_request(mut stream: TcpStream) -> io::Result<(Socks5Request, Target)> {
     let mut header = [0u8; 2];
     stream.read_exact(&mut header).await?;
     if header[0] != VERSION {

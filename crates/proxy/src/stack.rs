@@ -16,6 +16,7 @@ use crate::layers::authorize::AuthorizeLayer;
 use crate::layers::connect::{Connect, Connector};
 use crate::layers::record::RecordLayer;
 use crate::layers::resolve::ResolveLayer;
+use crate::own_ports::OwnPorts;
 use crate::plugins::PluginLayer;
 use crate::record::Sinks;
 
@@ -42,14 +43,19 @@ impl Layer<ConnService> for Plugins {
 }
 
 /// The inbound stack: connections to local workloads (HBONE and captured plaintext).
-pub fn inbound(sinks: Sinks, plugins: Plugins, connector: Arc<dyn Connector>) -> ConnService {
+pub fn inbound(
+    sinks: Sinks,
+    plugins: Plugins,
+    own_ports: OwnPorts,
+    connector: Arc<dyn Connector>,
+) -> ConnService {
     let terminal = ServiceBuilder::new()
         .layer(plugins)
         .service(BoxCloneSyncService::new(Connect::new(connector)));
     BoxCloneSyncService::new(
         ServiceBuilder::new()
             .layer(RecordLayer::new(sinks))
-            .layer(AuthorizeLayer)
+            .layer(AuthorizeLayer::new(own_ports))
             .service(terminal),
     )
 }

@@ -79,3 +79,50 @@ fn rate_limit_admits_a_burst_then_refuses() {
         "buckets are per source"
     );
 }
+
+#[test]
+fn rate_limit_scans_at_most_once_per_interval_under_a_flood_of_sources() {
+    // 30 000 one-off sources (a scan) used to cost a full scan under the lock per connection
+    // once 10 000 were tracked; now pruning runs at most once a second.
+    let limit = RateLimitLayer::new(0.001, 1, true);
+    let start = std::time::Instant::now();
+    for i in 0..30_000 {
+        limit.admit_for_test(&format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255));
+    }
+    let (_, scans) = limit.stats_for_test();
+    let allowed = 1 + start.elapsed().as_secs();
+    assert!(scans <= allowed, "{scans} scans in {:?}", start.elapsed());
+}
+
+#[test]
+fn rate_limit_past_max_sources_shares_one_bucket() {
+    // Sources past the bound are limited together (fail closed) instead of growing the map.
+    let limit = RateLimitLayer::new(0.001, 1, true).with_max_sources(2);
+    assert!(limit.admit_for_test("a"));
+    assert!(limit.admit_for_test("b"));
+    assert!(
+        limit.admit_for_test("c"),
+        "the overflow bucket has one token"
+    );
+    assert!(
+        !limit.admit_for_test("d"),
+        "and shares it with every new source"
+    );
+    assert!(!limit.admit_for_test("e"));
+    assert_eq!(limit.stats_for_test().0, 2, "the map did not grow");
+}
+
+#[test]
+fn rate_limit_rejects_zero_max_sources() {
+    // maxSources: 0 would track nothing and put every source in one bucket by accident.
+    let err = PluginRegistry::builtin()
+        .build(&[spec(
+            "rate_limit",
+            serde_json::json!({"connectionsPerSecond": 1, "maxSources": 0}),
+        )])
+        .expect_err("error");
+    assert_eq!(
+        err.to_string(),
+        "plugins[0].config: rate_limit: maxSources must be at least 1"
+    );
+}

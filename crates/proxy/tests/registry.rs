@@ -143,3 +143,16 @@ fn local_workloads_and_addresses() {
         .expect("passthrough");
     assert_eq!(outside.workload, None);
 }
+
+#[test]
+fn failed_passthrough_destinations_are_not_remembered() {
+    // Every failed connection to an address outside the registry used to add a mark that was
+    // never removed: a scan through captured outbound traffic grew the map without bound.
+    let r = registry(&[]);
+    for port in 1..=2000u16 {
+        r.report_failure(SocketAddr::new("198.51.100.1".parse().unwrap(), port));
+    }
+    assert_eq!(r.unhealthy_len(), 0);
+    r.report_failure("10.0.0.1:8080".parse().unwrap());
+    assert_eq!(r.unhealthy_len(), 1, "endpoints are still marked");
+}

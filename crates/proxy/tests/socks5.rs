@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use meshd_proxy::conn::{Downstream, Refusal, Target};
-use meshd_proxy::socks5::handshake;
+use meshd_proxy::socks5::{HANDSHAKE_TIMEOUT, handshake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -20,7 +20,7 @@ async fn pair() -> (TcpStream, TcpStream) {
 #[tokio::test]
 async fn connect_by_name_then_refused_by_policy() {
     let (mut client, server) = pair().await;
-    let server = tokio::spawn(handshake(server));
+    let server = tokio::spawn(handshake(server, HANDSHAKE_TIMEOUT));
     client.write_all(&[5, 2, 2, 0]).await.unwrap();
     let mut choice = [0u8; 2];
     client.read_exact(&mut choice).await.unwrap();
@@ -39,7 +39,7 @@ async fn connect_by_name_then_refused_by_policy() {
 #[tokio::test]
 async fn connect_by_ipv6_then_accepted() {
     let (mut client, server) = pair().await;
-    let server = tokio::spawn(handshake(server));
+    let server = tokio::spawn(handshake(server, HANDSHAKE_TIMEOUT));
     client.write_all(&[5, 1, 0]).await.unwrap();
     let mut choice = [0u8; 2];
     client.read_exact(&mut choice).await.unwrap();
@@ -62,7 +62,7 @@ async fn connect_by_ipv6_then_accepted() {
 #[tokio::test]
 async fn rejects_auth_only_clients_and_other_commands() {
     let (mut client, server) = pair().await;
-    let server = tokio::spawn(handshake(server));
+    let server = tokio::spawn(handshake(server, HANDSHAKE_TIMEOUT));
     client.write_all(&[5, 1, 2]).await.unwrap();
     let mut choice = [0u8; 2];
     client.read_exact(&mut choice).await.unwrap();
@@ -70,7 +70,7 @@ async fn rejects_auth_only_clients_and_other_commands() {
     assert!(server.await.unwrap().is_err());
 
     let (mut client, server) = pair().await;
-    let server = tokio::spawn(handshake(server));
+    let server = tokio::spawn(handshake(server, HANDSHAKE_TIMEOUT));
     client.write_all(&[5, 1, 0]).await.unwrap();
     client.read_exact(&mut choice).await.unwrap();
     client
@@ -81,4 +81,27 @@ async fn rejects_auth_only_clients_and_other_commands() {
     client.read_exact(&mut reply).await.unwrap();
     assert_eq!(reply[1], 7, "command not supported");
     assert!(server.await.unwrap().is_err());
+}
+
+#[tokio::test]
+async fn a_silent_client_times_out() {
+    // A client that connects and says nothing must not hold a socket and a task for ever.
+    let (_client, server) = pair().await;
+    let timeout = std::time::Duration::from_millis(200);
+    let err = handshake(server, timeout).await.err().expect("times out");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    assert_eq!(err.to_string(), "SOCKS5: no complete request within 200ms");
+}
+
+#[tokio::test]
+async fn a_client_stalling_mid_request_times_out() {
+    // The greeting alone is not enough: the whole request must arrive in time.
+    let (mut client, server) = pair().await;
+    let server = tokio::spawn(handshake(server, std::time::Duration::from_millis(200)));
+    client.write_all(&[5, 1, 0]).await.unwrap();
+    let mut choice = [0u8; 2];
+    client.read_exact(&mut choice).await.unwrap();
+    client.write_all(&[5, 1, 0]).await.unwrap(); // no address type, no address
+    let err = server.await.unwrap().err().expect("times out");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
 }

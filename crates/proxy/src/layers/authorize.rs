@@ -12,18 +12,31 @@ use tower::{Layer, Service};
 
 use crate::conn::{Conn, ConnCtx, Refusal, Target, Upstream};
 use crate::error::ProxyError;
+use crate::own_ports::OwnPorts;
 use crate::record::Verdict;
 use crate::state::ProxyState;
 
 /// Adds [`Authorize`].
 #[derive(Debug, Clone, Default)]
-pub struct AuthorizeLayer;
+pub struct AuthorizeLayer {
+    own_ports: OwnPorts,
+}
+
+impl AuthorizeLayer {
+    /// Refuses `own_ports` before anything else, whatever the WorkloadEntries say.
+    pub fn new(own_ports: OwnPorts) -> Self {
+        AuthorizeLayer { own_ports }
+    }
+}
 
 impl<S> Layer<S> for AuthorizeLayer {
     type Service = Authorize<S>;
 
     fn layer(&self, inner: S) -> Authorize<S> {
-        Authorize { inner }
+        Authorize {
+            inner,
+            own_ports: self.own_ports.clone(),
+        }
     }
 }
 
@@ -31,6 +44,7 @@ impl<S> Layer<S> for AuthorizeLayer {
 #[derive(Debug, Clone)]
 pub struct Authorize<S> {
     inner: S,
+    own_ports: OwnPorts,
 }
 
 /// The facts a decision is made on, kept to re-decide under later configurations.
@@ -125,11 +139,25 @@ where
 
     fn call(&mut self, mut conn: Conn) -> Self::Future {
         let mut inner = self.inner.clone();
+        let own_ports = self.own_ports.clone();
         Box::pin(async move {
             let Target::Addr(destination) = conn.ctx.target else {
                 let error = ProxyError::BadDestination(conn.ctx.target.to_string());
                 return Err(conn.refuse(Refusal::BadDestination, error).await);
             };
+            // Before the registry is asked: a WorkloadEntry without ports serves every port,
+            // meshd's own included, and no configuration may turn meshd into a relay.
+            if own_ports.contains(destination.port()) {
+                tracing::warn!(
+                    target: "meshd::authz",
+                    source = %conn.ctx.source,
+                    peer = conn.ctx.peer.as_deref().unwrap_or("plaintext"),
+                    %destination,
+                    "refused: the destination is one of meshd's own ports"
+                );
+                let error = ProxyError::OwnPort(destination);
+                return Err(conn.refuse(Refusal::BadDestination, error).await);
+            }
             let facts = Facts {
                 source: conn.ctx.source,
                 peer: conn.ctx.peer.clone(),

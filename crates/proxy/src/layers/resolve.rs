@@ -9,19 +9,20 @@ use tower::{Layer, Service};
 
 use crate::conn::{Conn, ConnCtx, Refusal, Target, TunnelRequest, Upstream};
 use crate::error::ProxyError;
+use crate::own_ports::OwnPorts;
 use crate::registry::{Protocol, ResolveError};
 
 /// Adds [`Resolve`].
 #[derive(Debug, Clone)]
 pub struct ResolveLayer {
     hbone_port: u16,
-    own_ports: Vec<u16>,
+    own_ports: OwnPorts,
 }
 
 impl ResolveLayer {
     /// Peers' meshd listen for HBONE on `hbone_port`; `own_ports` are this meshd's listener
     /// ports, which outbound connections may not loop back into.
-    pub fn new(hbone_port: u16, own_ports: Vec<u16>) -> Self {
+    pub fn new(hbone_port: u16, own_ports: OwnPorts) -> Self {
         ResolveLayer {
             hbone_port,
             own_ports,
@@ -127,12 +128,9 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
         }
         _ => {
             let addr = resolved.address;
-            let loops_back = addr.ip().is_loopback() || addr.ip().is_unspecified();
-            if loops_back && config.own_ports.contains(&addr.port()) {
-                return Err((
-                    Refusal::BadDestination,
-                    ProxyError::BadDestination(addr.to_string()),
-                ));
+            // Any address of this machine, not only loopback: 10.0.0.5:15001 loops as surely.
+            if config.own_ports.loops_back(addr) {
+                return Err((Refusal::BadDestination, ProxyError::OwnPort(addr)));
             }
             ctx.record.update(|r| r.upstream_addr = Some(addr));
             Ok(Upstream::Direct(addr))

@@ -2,9 +2,10 @@
 //! IP), or one bucket for all sources.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use serde::Deserialize;
@@ -24,6 +25,12 @@ struct Config {
     burst: Option<u32>,
     #[serde(default = "per_source_default")]
     per_source: bool,
+    #[serde(default = "max_sources_default")]
+    max_sources: usize,
+}
+
+fn max_sources_default() -> usize {
+    MAX_SOURCES
 }
 
 fn per_source_default() -> bool {
@@ -38,17 +45,58 @@ pub(super) fn factory(value: &serde_json::Value) -> Result<PluginLayer, String> 
     let burst = config
         .burst
         .unwrap_or_else(|| config.connections_per_second.ceil().max(1.0) as u32);
-    Ok(PluginLayer::new(RateLimitLayer::new(
-        config.connections_per_second,
-        burst,
-        config.per_source,
-    )))
+    if config.max_sources == 0 {
+        return Err("maxSources must be at least 1".to_string());
+    }
+    Ok(PluginLayer::new(
+        RateLimitLayer::new(config.connections_per_second, burst, config.per_source)
+            .with_max_sources(config.max_sources),
+    ))
 }
+
+/// Tracked sources above which full buckets are dropped (they carry no information).
+const PRUNE_ABOVE: usize = 10_000;
+/// At most one pruning scan per interval, so a flood of sources costs amortised O(1) per
+/// connection instead of a full scan under the lock for each one.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+/// Default bound on tracked sources: past it, new sources share one overflow bucket and are
+/// limited together (fail closed) instead of growing the map.
+const MAX_SOURCES: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
     updated: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Bucket {
+            tokens: burst,
+            updated: now,
+        }
+    }
+
+    /// Refills for the time elapsed and takes a token if there is one.
+    fn take(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
+        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Buckets {
+    by_source: HashMap<String, Bucket>,
+    overflow: Bucket,
+    next_prune: Instant,
+    scans: u64,
 }
 
 /// Limits the rate of new connections.
@@ -57,18 +105,33 @@ pub struct RateLimitLayer {
     rate: f64,
     burst: f64,
     per_source: bool,
-    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+    max_sources: usize,
+    buckets: Arc<Mutex<Buckets>>,
 }
 
 impl RateLimitLayer {
     /// `rate` connections per second with bursts of `burst`.
     pub fn new(rate: f64, burst: u32, per_source: bool) -> Self {
+        let burst = f64::from(burst.max(1));
+        let now = Instant::now();
         RateLimitLayer {
             rate,
-            burst: f64::from(burst.max(1)),
+            burst,
             per_source,
-            buckets: Arc::default(),
+            max_sources: MAX_SOURCES,
+            buckets: Arc::new(Mutex::new(Buckets {
+                by_source: HashMap::new(),
+                overflow: Bucket::full(burst, now),
+                next_prune: now,
+                scans: 0,
+            })),
         }
+    }
+
+    /// Tracks at most `max` sources; new sources past it share one bucket.
+    pub fn with_max_sources(mut self, max: usize) -> Self {
+        self.max_sources = max.max(1);
+        self
     }
 
     /// Admission decision for one new connection from `key` (exposed for tests).
@@ -77,29 +140,32 @@ impl RateLimitLayer {
         self.admit(key.to_string())
     }
 
+    /// (tracked sources, pruning scans so far), for tests.
+    #[doc(hidden)]
+    pub fn stats_for_test(&self) -> (usize, u64) {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        (buckets.by_source.len(), buckets.scans)
+    }
+
     fn admit(&self, key: String) -> bool {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        // Full buckets carry no information; dropping them bounds memory by active sources.
-        if buckets.len() > 10_000 {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| {
+        let (rate, burst) = (self.rate, self.burst);
+        let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let buckets = &mut *guard;
+        if buckets.by_source.len() > PRUNE_ABOVE && now >= buckets.next_prune {
+            buckets.by_source.retain(|_, b| {
                 b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
             });
+            buckets.next_prune = now + PRUNE_INTERVAL;
+            buckets.scans += 1;
         }
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
-        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let tracked = buckets.by_source.len();
+        let bucket = match buckets.by_source.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if tracked >= self.max_sources => &mut buckets.overflow,
+            Entry::Vacant(e) => e.insert(Bucket::full(burst, now)),
+        };
+        bucket.take(rate, burst, now)
     }
 }
 
