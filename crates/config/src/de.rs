@@ -256,12 +256,12 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
             return Err(self.mismatch("a mapping"));
         };
         // Kubernetes rejects duplicate keys; silently keeping one would hide half a policy.
+        // `8080:` and `"8080":` are the same key to Kubernetes, and so here.
         for (i, (key, _)) in entries.iter().enumerate() {
             let name = key.as_key().unwrap_or_default();
-            if entries[..i].iter().any(|(k, _)| k.as_key() == Some(name)) {
-                return Err(
-                    DeError::new("duplicate key", key.pos).within(Segment::Field(name.to_string()))
-                );
+            if let Some((first, _)) = entries[..i].iter().find(|(k, _)| k.as_key() == Some(name)) {
+                let message = format!("duplicate key: already set at line {}", first.pos.line);
+                return Err(DeError::new(message, key.pos).within(Segment::Field(name.to_string())));
             }
         }
         visitor
@@ -512,6 +512,7 @@ mod tests {
         let err = load("name: a\nlabels:\n  app: x\n  app: y\n").unwrap_err();
         assert_eq!(err.path.to_string(), "labels.app");
         assert_eq!(err.pos, Some(Pos { line: 4, col: 3 }));
+        assert_eq!(err.message, "duplicate key: already set at line 3");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! `security.istio.io` PeerAuthentication.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::meta::{ObjectMeta, WorkloadSelector};
 
@@ -34,8 +35,81 @@ pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
     /// The mode for every port.
     pub mtls: Option<MutualTls>,
-    /// Per-port overrides, keyed by the workload's (target) port number.
+    /// Per-port overrides, keyed by the workload's (target) port number as written: every
+    /// Istio example writes the key as a YAML integer (`8080:`), Kubernetes stores it as the
+    /// string `"8080"`; both are read here, and validation checks that each is a port.
+    #[serde(default, deserialize_with = "port_level_mtls")]
     pub port_level_mtls: Option<BTreeMap<String, MutualTls>>,
+}
+
+/// `portLevelMtls` with integer or string keys (an integer key is kept as its decimal text).
+fn port_level_mtls<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<String, MutualTls>>, D::Error> {
+    Ok(Option::<PortMap>::deserialize(deserializer)?.map(|m| m.0))
+}
+
+struct PortMap(BTreeMap<String, MutualTls>);
+
+impl<'de> Deserialize<'de> for PortMap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor;
+        impl<'de> Visitor<'de> for MapVisitor {
+            type Value = PortMap;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping from port numbers to mTLS settings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PortMap, A::Error> {
+                let mut ports = BTreeMap::new();
+                while let Some(PortKey(port)) = map.next_key()? {
+                    let mtls = map.next_value()?;
+                    // Same text twice is a duplicate key (the YAML layer names it); different
+                    // texts of one number ("8080", "08080") are left to validation.
+                    if ports.insert(port.clone(), mtls).is_some() {
+                        return Err(de::Error::custom(format!("port {port} is listed twice")));
+                    }
+                }
+                Ok(PortMap(ports))
+            }
+        }
+        deserializer.deserialize_map(MapVisitor)
+    }
+}
+
+/// A `portLevelMtls` key: an integer or a string, as text.
+struct PortKey(String);
+
+impl<'de> Deserialize<'de> for PortKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = PortKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortKey, E> {
+                Ok(PortKey(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortKey, E> {
+                Ok(PortKey(v.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortKey, E> {
+                Ok(PortKey(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<PortKey, E> {
+                Err(E::custom("expected a port number, found a boolean"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<PortKey, E> {
+                Err(E::custom(
+                    "expected a port number, found a fractional number",
+                ))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<PortKey, E> {
+                Err(E::custom("expected a port number, found null"))
+            }
+        }
+        deserializer.deserialize_any(KeyVisitor)
+    }
 }
 
 /// The level a PeerAuthentication applies at (Istio's mesh → namespace → workload order).

@@ -8,7 +8,7 @@ mod networking;
 mod peer;
 
 use crate::diag::Diagnostic;
-use crate::meta::{DEFAULT_ROOT_NAMESPACE, ObjectMeta};
+use crate::meta::{DEFAULT_ROOT_NAMESPACE, DRY_RUN_ANNOTATION, Kind, ObjectMeta};
 use crate::path::FieldPath;
 use crate::resource::Resource;
 
@@ -32,6 +32,22 @@ impl Default for ValidationContext {
 pub fn validate(resource: &Resource, ctx: &ValidationContext) -> Vec<Diagnostic> {
     let mut sink = Sink::default();
     validate_meta(resource.meta(), &mut sink);
+    if resource.kind() != Kind::AuthorizationPolicy
+        && resource.meta().annotations.contains_key(DRY_RUN_ANNOTATION)
+    {
+        // Istio's webhook (`checkDryRunAnnotation`): only AuthorizationPolicy can be dry-run,
+        // and a PeerAuthentication its author believes is not enforced would be.
+        sink.error(
+            FieldPath::root()
+                .field("metadata")
+                .field("annotations")
+                .field(DRY_RUN_ANNOTATION),
+            format!(
+                "{} has unsupported annotation {DRY_RUN_ANNOTATION}, please remove the annotation (only AuthorizationPolicy can be dry-run)",
+                resource.kind()
+            ),
+        );
+    }
     let spec = FieldPath::root().field("spec");
     match resource {
         Resource::AuthorizationPolicy(p) => authz::validate(p, &spec, ctx, &mut sink),

@@ -1,5 +1,7 @@
 //! PeerAuthentication validation (Istio's `ValidatePeerAuthentication` and CRD rules).
 
+use std::collections::BTreeMap;
+
 use crate::path::FieldPath;
 use crate::peer::{MtlsMode, PeerAuthentication};
 use crate::validate::{Sink, ValidationContext, checks};
@@ -48,17 +50,39 @@ pub(super) fn validate(
             "port level mTLS, if defined, must have at least one element",
         );
     }
+    // Istio keys the map by number: "8080" and "08080" are the same port.
+    let mut seen: BTreeMap<u32, &str> = BTreeMap::new();
     for (port, mtls) in ports {
         let at = path.field(port);
-        match port.parse::<u32>() {
-            Ok(1..=65535) => {}
-            _ => sink.error(
-                at.clone(),
-                format!("port {port:?} must be in the range 1..65535"),
-            ),
+        match port_number(port) {
+            Err(message) => sink.error(at.clone(), message),
+            Ok(number) => {
+                if let Some(first) = seen.insert(number, port) {
+                    sink.error(
+                        at.clone(),
+                        format!("port {number} is listed twice (as {first:?} and {port:?})"),
+                    );
+                }
+            }
         }
         if mtls.mode == Some(MtlsMode::Disable) {
             sink.warning(at.field("mode"), DISABLE_WARNING);
         }
     }
+}
+
+/// A `portLevelMtls` key: decimal digits (as Istio's uint32 map key) naming a port 1..65535.
+fn port_number(key: &str) -> Result<u32, String> {
+    let digits = key.strip_prefix('-').unwrap_or(key);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port {key:?} is not a port number"));
+    }
+    match key.parse::<i64>() {
+        Ok(n @ 1..=65535) => u32::try_from(n).map_err(|_| range_error(key)),
+        _ => Err(range_error(key)),
+    }
+}
+
+fn range_error(key: &str) -> String {
+    format!("port {key:?} must be in the range 1..65535")
 }
