@@ -165,9 +165,10 @@ async fn serve(config: ProxyConfig) -> anyhow::Result<ExitCode> {
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                generation += 1;
-                match load_state(&config, generation) {
+                // The generation counts configurations applied: a rejected one takes no number.
+                match load_state(&config, generation + 1) {
                     Ok(state) => {
+                        generation += 1;
                         states.send_replace(Arc::new(state));
                         tracing::info!(generation, "configuration reloaded");
                     }

@@ -100,6 +100,20 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
     }
     .map_err(|e| (Refusal::Unreachable, ProxyError::Resolve(e)))?;
 
+    // Any address of this machine, not only loopback (10.0.0.5:15001 loops as surely), and
+    // whether it would go direct or through a tunnel to this same meshd.
+    if config.own_ports.loops_back(resolved.address) {
+        tracing::warn!(
+            target: "meshd::authz",
+            source = %ctx.source,
+            destination = %resolved.address,
+            "refused: the destination is one of meshd's own ports"
+        );
+        return Err((
+            Refusal::BadDestination,
+            ProxyError::OwnPort(resolved.address),
+        ));
+    }
     let service = resolved.service.map(|i| registry.service(i));
     let workload = resolved.workload.map(|i| registry.workload(i));
     ctx.record.update(|r| {
@@ -128,10 +142,6 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
         }
         _ => {
             let addr = resolved.address;
-            // Any address of this machine, not only loopback: 10.0.0.5:15001 loops as surely.
-            if config.own_ports.loops_back(addr) {
-                return Err((Refusal::BadDestination, ProxyError::OwnPort(addr)));
-            }
             ctx.record.update(|r| r.upstream_addr = Some(addr));
             Ok(Upstream::Direct(addr))
         }

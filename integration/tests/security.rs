@@ -1,0 +1,229 @@
+//! meshd is never a relay: end-to-end refusals with real meshd processes on loopback
+//! (127.10.20-29.x; `two_nodes.rs` uses 127.10.1-19.x).
+
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use meshd_hbone::{Client, ClientSettings, Peer, RequestHeaders, Transport};
+use meshd_identity::{DevCaSource, IdentityManager, IdentitySource, SpiffeId};
+use meshd_integration::{Meshd, Workspace, echo_roundtrip, echo_server};
+
+/// A machine `ip` whose only workload, shop/db, names no ports (so it serves every port) and is
+/// allowed to everyone: without the own-port guard, every CONNECT below would be answered 200.
+fn portless_machine(net: u8) -> (Workspace, IpAddr, u16) {
+    let ws = Workspace::new();
+    let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
+    let app_port = echo_server(SocketAddr::new(b, 0)).port();
+    ws.write(
+        "mesh/mesh.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: db, namespace: shop}}
+spec: {{address: {b}, serviceAccount: db, labels: {{app: db}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: allow-all, namespace: shop}}
+spec:
+  rules: [{{}}]
+"
+        ),
+    );
+    (ws, b, app_port)
+}
+
+async fn client_as_web(ws: &Workspace) -> Client {
+    let mut source = DevCaSource::new(ws.ca());
+    source.namespace = "shop".into();
+    source.service_account = "web".into();
+    let identity = IdentityManager::start(&IdentitySource::DevCa(source))
+        .await
+        .expect("identity");
+    Client::new(identity.handle(), ClientSettings::default()).expect("client")
+}
+
+async fn status(client: &Client, peer: &Peer, authority: SocketAddr) -> u16 {
+    match client
+        .connect(peer, authority, RequestHeaders::default())
+        .await
+    {
+        Ok(_) => 200,
+        Err(e) => e
+            .http_status()
+            .map_or_else(|| panic!("{authority}: {e}"), |s| s.as_u16()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_each_of_meshds_own_ports_is_400_over_h2_and_h3() {
+    let (ws, b, app_port) = portless_machine(20);
+    let listen = format!(
+        "  hboneQuic: {b}:15008
+  socks5: {b}:15080
+  outbound: {b}:15001
+  inboundPlaintext: {b}:15006
+  admin: {b}:15000
+  metrics: {b}:15020
+  readiness: {b}:15021
+"
+    );
+    let extra = format!("listeners:\n- {{listen: '{b}:16003', target: '{b}:{app_port}'}}\n");
+    let config = ws.node_config("b", "db", "shop/db", &b.to_string(), &listen, &extra);
+    let meshd = Meshd::start(&config);
+    let client = client_as_web(&ws).await;
+    let db = SpiffeId::istio("cluster.local", "shop", "db").expect("id");
+    let h2 = Peer::new(db.clone(), SocketAddr::new(b, 15008));
+    let h3 = Peer::new(db, SocketAddr::new(b, 15008)).with_transport(Transport::H3);
+
+    for peer in [&h2, &h3] {
+        // The control: the portless workload is reachable, so a 400 below is the guard's.
+        assert_eq!(
+            status(&client, peer, SocketAddr::new(b, app_port)).await,
+            200
+        );
+        for port in [15008, 15080, 15001, 15006, 16003, 15000, 15020, 15021] {
+            assert_eq!(
+                status(&client, peer, SocketAddr::new(b, port)).await,
+                400,
+                "CONNECT {b}:{port} over {peer:?}"
+            );
+        }
+    }
+    meshd.wait_for_log("refused: the destination is one of meshd's own ports");
+    meshd.wait_for_log(&format!("destination={b}:16003"));
+}
+
+#[test]
+fn plain_connections_straight_to_the_capture_ports_are_closed() {
+    // Without capture rules, a connection straight to 15001 or 15006 has no original
+    // destination but meshd's own port: it must be closed, never relayed (or looped).
+    let (ws, b, _) = portless_machine(21);
+    let listen = format!("  outbound: {b}:15001\n  inboundPlaintext: {b}:15006\n");
+    let config = ws.node_config("b", "db", "shop/db", &b.to_string(), &listen, "");
+    let meshd = Meshd::start(&config);
+    for port in [15001, 15006] {
+        let mut stream = TcpStream::connect((b, port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = stream.write_all(b"hello");
+        let mut buf = [0u8; 16];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "port {port}: closed without an answer");
+    }
+    // Still serving: neither connection took meshd down.
+    TcpStream::connect((b, 15008)).expect("meshd still listens");
+    drop(meshd);
+}
+
+#[test]
+fn socks5_to_meshds_own_ports_is_not_allowed() {
+    // The outbound side: an application asking meshd's SOCKS5 for meshd's own listeners.
+    let (ws, b, app_port) = portless_machine(22);
+    let listen = format!("  socks5: {b}:15080\n  outbound: {b}:15001\n");
+    let extra = format!("listeners:\n- {{listen: '{b}:16004', target: '{b}:{app_port}'}}\n");
+    let config = ws.node_config("b", "db", "shop/db", &b.to_string(), &listen, &extra);
+    let meshd = Meshd::start(&config);
+    for port in [15080u16, 15001, 16004, 15008] {
+        let mut stream = TcpStream::connect((b, 15080)).expect("connect");
+        stream.write_all(&[5, 1, 0]).unwrap();
+        let mut choice = [0u8; 2];
+        stream.read_exact(&mut choice).unwrap();
+        let mut request = vec![5, 1, 0, 1];
+        if let IpAddr::V4(v4) = b {
+            request.extend_from_slice(&v4.octets());
+        }
+        request.extend_from_slice(&port.to_be_bytes());
+        stream.write_all(&request).unwrap();
+        let mut reply = [0u8; 10];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(
+            reply[1], 2,
+            "port {port}: 'connection not allowed by ruleset'"
+        );
+    }
+    meshd.wait_for_log("one of meshd's own ports");
+}
+
+#[test]
+fn socks5_on_a_remote_address_without_allow_remote_exits_78() {
+    // Anyone who reaches such a port borrows the machine's identity: refuse to start.
+    let (ws, b, _) = portless_machine(23);
+    let config = ws.node_config(
+        "b",
+        "db",
+        "shop/db",
+        &b.to_string(),
+        "  socks5: 0.0.0.0:0\n",
+        "",
+    );
+    let output = std::process::Command::new(meshd_integration::meshd_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("listen.socks5: 0.0.0.0:0 is not a loopback address")
+            && stderr.contains("set socks5.allowRemote: true"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn outbound_plugins_do_not_use_up_inbound_limits() {
+    // connection_limit maxTotal: 1 on B. B's own application holds an outbound connection;
+    // an inbound connection from A must still be admitted (the two directions used to share
+    // one counter).
+    let ws = Workspace::new();
+    let a = IpAddr::V4(Ipv4Addr::new(127, 10, 24, 1));
+    let b = IpAddr::V4(Ipv4Addr::new(127, 10, 24, 2));
+    // Outside the mesh (no WorkloadEntry at .3): B's outbound connection passes through.
+    let outside = echo_server(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 10, 24, 3)),
+        0,
+    ));
+    let app_port = echo_server(SocketAddr::new(b, 0)).port();
+    ws.write(
+        "mesh/mesh.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: db, namespace: shop}}
+spec: {{address: {b}, serviceAccount: db, ports: {{app: {app_port}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web, namespace: shop}}
+spec: {{address: {a}, serviceAccount: web}}
+"
+        ),
+    );
+    let limit = "- name: connection_limit\n  config: {maxPerSource: 5, maxTotal: 1}\n";
+    let b_extra = format!("listeners:\n- {{listen: '{b}:16005', target: '{outside}'}}\n");
+    let b_config = ws.node_config("b", "db", "shop/db", &b.to_string(), "", &b_extra);
+    let text = std::fs::read_to_string(&b_config).unwrap();
+    std::fs::write(&b_config, format!("{text}{limit}")).unwrap();
+    let _b = Meshd::start(&b_config);
+    let a_extra = format!("listeners:\n- {{listen: '{a}:16006', target: '{b}:{app_port}'}}\n");
+    let _a = Meshd::start(&ws.node_config("a", "web", "shop/web", &a.to_string(), "", &a_extra));
+
+    let mut held = TcpStream::connect((b, 16005)).expect("connect");
+    assert_eq!(
+        echo_roundtrip(&mut held, b"out").as_deref(),
+        Some(&b"out"[..])
+    );
+    let mut inbound = TcpStream::connect((a, 16006)).expect("connect");
+    assert_eq!(
+        echo_roundtrip(&mut inbound, b"in").as_deref(),
+        Some(&b"in"[..]),
+        "the inbound limit is not used up by B's outbound connection"
+    );
+    drop(held);
+}
