@@ -19,6 +19,12 @@ pub(super) fn validate_workload_entry(spec: &WorkloadEntrySpec, path: &FieldPath
             path.field("address"),
             "`address` is required: the workload's IP address",
         ),
+        Some(address) if address.starts_with("unix://") => sink.error(
+            path.field("address"),
+            format!(
+                "{address:?} is a Unix domain socket: meshd serves workloads at IP addresses only"
+            ),
+        ),
         Some(address) => {
             if address.parse::<IpAddr>().is_err() {
                 sink.error(
