@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod docs;
+
 use meshd_config::{LoadOptions, load_str};
 use meshd_rbac::{Connection, Destination, Engine, Peer};
 
