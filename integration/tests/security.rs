@@ -227,3 +227,61 @@ spec: {{address: {a}, serviceAccount: web}}
     );
     drop(held);
 }
+
+#[test]
+fn strict_without_inbound_capture_is_warned_at_start_on_reload_and_by_validate() {
+    // A STRICT PeerAuthentication cannot refuse plaintext that never reaches meshd: without
+    // inbound capture the promise is not kept, and meshd must say so.
+    let (ws, b, _) = portless_machine(25);
+    ws.write(
+        "mesh/strict.yaml",
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: db-strict, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls:
+    5432: {mode: STRICT}
+",
+    );
+    let config = ws.node_config("b", "db", "shop/db", &b.to_string(), "", "");
+    let meshd = Meshd::start(&config);
+    let warning = "PeerAuthentication shop/db-strict requires mTLS (STRICT) for local workload shop/db, but inbound capture is off";
+    meshd.wait_for_log(warning);
+    meshd.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while meshd.stderr().matches(warning).count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", meshd.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let output = std::process::Command::new(meshd_integration::meshd_bin())
+        .args(["validate", "--daemon-config"])
+        .arg(&config)
+        .output()
+        .expect("validate");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{}: warning: {warning}", config.display())),
+        "{stdout}"
+    );
+
+    // With inbound capture configured the warning goes away.
+    let captured = ws.node_config(
+        "c",
+        "db",
+        "shop/db",
+        &b.to_string(),
+        &format!("  inboundPlaintext: {b}:15006\n"),
+        "",
+    );
+    let output = std::process::Command::new(meshd_integration::meshd_bin())
+        .args(["validate", "--daemon-config"])
+        .arg(&captured)
+        .output()
+        .expect("validate");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("inbound capture is off"), "{stdout}");
+}

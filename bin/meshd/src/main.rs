@@ -51,8 +51,14 @@ struct ConfigArgs {
 
 #[derive(Debug, Args)]
 struct ValidateArgs {
-    /// The configuration directory (*.yaml / *.yml, subdirectories included).
-    dir: PathBuf,
+    /// The configuration directory (*.yaml / *.yml, subdirectories included); default: the
+    /// daemon configuration's `configDir` when --daemon-config is given.
+    #[arg(required_unless_present = "daemon_config")]
+    dir: Option<PathBuf>,
+    /// Also check the directory against this meshd configuration file (meshd.yaml): its own
+    /// checks, and what this machine cannot enforce (STRICT without inbound capture).
+    #[arg(long)]
+    daemon_config: Option<PathBuf>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -69,7 +75,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Redirect(command) => redirect::run(&command),
-        Command::Validate(args) => validate::run(&args.dir, &args.config.root_namespace),
+        Command::Validate(args) => validate::run(
+            args.dir.as_deref(),
+            args.daemon_config.as_deref(),
+            &args.config.root_namespace,
+        ),
         Command::Authz(AuthzCommand::Check(args)) => authz::run(&args),
         Command::Ca(command) => ca::run(&command),
     };

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use meshd_config::{LoadOptions, load_dir, parse_file, parse_text};
 use meshd_identity::{IdentityManager, IdentitySource};
+use meshd_proxy::exposure::strict_without_capture;
 use meshd_proxy::plugins::PluginRegistry;
 use meshd_proxy::record::Sinks;
 use meshd_proxy::{Proxy, ProxyConfig, ProxyState, local_predicate};
@@ -82,12 +83,16 @@ fn load_state(config: &ProxyConfig, generation: u64) -> Result<ProxyState, Strin
         tracing::warn!("{warning}");
     }
     tracing::info!("configuration loaded: {}", snapshot.summary());
-    Ok(ProxyState::build(
+    let state = ProxyState::build(
         &snapshot,
         &config.trust_domain,
         generation,
         local_predicate(config),
-    ))
+    );
+    for warning in strict_without_capture(config, &state) {
+        tracing::warn!("{warning}");
+    }
+    Ok(state)
 }
 
 async fn serve(config: ProxyConfig) -> anyhow::Result<ExitCode> {

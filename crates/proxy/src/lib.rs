@@ -21,6 +21,7 @@ pub mod config;
 pub mod conn;
 pub mod connector;
 pub mod error;
+pub mod exposure;
 pub mod inbound;
 pub mod layers;
 pub mod own_ports;

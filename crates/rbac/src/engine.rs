@@ -281,6 +281,12 @@ impl Engine {
         self.peer_authn.effective(namespace, labels, port)
     }
 
+    /// The PeerAuthentication requiring mTLS (STRICT) on at least one port of a workload, if
+    /// any: such a workload needs inbound capture for the requirement to hold.
+    pub fn strict_anywhere(&self, namespace: &str, labels: &Labels) -> Option<PolicyKey> {
+        self.peer_authn.strict_anywhere(namespace, labels)
+    }
+
     /// Decides one connection: PeerAuthentication and DENY (and CUSTOM) first, then ALLOW.
     pub fn decide(&self, conn: &Connection) -> Decision {
         let dst = &conn.destination;

@@ -78,6 +78,24 @@ impl PeerAuthnIndex {
         index
     }
 
+    /// The PeerAuthentication that makes some port of (namespace, labels) STRICT, if any: the
+    /// workload-wide mode (asked at port 0, which no port-level setting can name) or any of
+    /// the port-level settings that select the workload.
+    pub(crate) fn strict_anywhere(&self, namespace: &str, labels: &Labels) -> Option<PolicyKey> {
+        let port_level = self
+            .workload
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter(|pa| pa.labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            .flat_map(|pa| pa.ports.keys().copied());
+        std::iter::once(0)
+            .chain(port_level)
+            .map(|port| self.effective(namespace, labels, port))
+            .find(|mode| mode.strict)
+            .and_then(|mode| mode.source)
+    }
+
     /// The mode for (namespace, labels, port): workload port level, workload, namespace, mesh,
     /// then PERMISSIVE. Several candidates at one level (possible only for workloads the
     /// snapshot does not list, since loading rejects conflicts) fail closed: STRICT wins.
