@@ -41,6 +41,84 @@ pub struct Verdict {
     pub reason: String,
 }
 
+/// A workload as metrics and logs label it (Istio's `*_workload`, `*_workload_namespace`,
+/// `*_app`, `*_version` labels).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WorkloadMeta {
+    /// The WorkloadEntry's name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its `app` (or `app.kubernetes.io/name`) label.
+    pub app: Option<String>,
+    /// Its `version` (or `app.kubernetes.io/version`) label.
+    pub version: Option<String>,
+}
+
+/// Why a connection ended without carrying traffic; one value per refusal class, as metrics
+/// (`meshd_connection_refusals_total{reason}`) and logs name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Carried traffic (or is still carrying it).
+    Allowed,
+    /// An authorization policy or a STRICT PeerAuthentication denied it.
+    Denied,
+    /// The destination is not a workload this meshd serves (not local, unknown port, bad
+    /// authority).
+    NotLocal,
+    /// The destination is one of meshd's own ports.
+    OwnPort,
+    /// A plugin's limit refused it.
+    Limited,
+    /// The client never completed its handshake (TLS, HTTP/2, SOCKS5) or was not redirected.
+    Handshake,
+    /// The destination could not be resolved or reached, or the peer meshd refused the tunnel.
+    Unreachable,
+    /// A new configuration denied it while it was open.
+    ClosedByPolicy,
+    /// It failed after it was established (a reset, an I/O error).
+    Failed,
+}
+
+impl Outcome {
+    /// The snake_case name used in metrics labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::NotLocal => "not_local",
+            Outcome::OwnPort => "own_port",
+            Outcome::Limited => "limited",
+            Outcome::Handshake => "handshake",
+            Outcome::Unreachable => "unreachable",
+            Outcome::ClosedByPolicy => "closed_by_policy",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    /// ztunnel's `response_flags` for this outcome: `-` for success, `DENY` for a policy
+    /// decision, `CONNECT` for a failure to set up the connection.
+    pub fn response_flag(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "-",
+            Outcome::Denied | Outcome::ClosedByPolicy => "DENY",
+            Outcome::Handshake => "TLS_FAILURE",
+            _ => "CONNECT",
+        }
+    }
+}
+
+/// Counts bytes of one established connection as they flow; a sink's handles are resolved
+/// once per connection, so each call is an atomic add.
+pub trait ByteMeter: Send + Sync {
+    /// Bytes read from the downstream side (toward the upstream).
+    fn downstream_bytes(&self, bytes: u64);
+    /// Bytes read from the upstream side (toward the downstream).
+    fn upstream_bytes(&self, bytes: u64);
+}
+
 /// Everything known about one connection when it ends.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConnectionRecord {
@@ -52,6 +130,14 @@ pub struct ConnectionRecord {
     pub source_addr: SocketAddr,
     /// The authenticated source identity (inbound mTLS) or this meshd's (outbound).
     pub source_identity: Option<String>,
+    /// The source workload, when the registry knows the source address.
+    pub source_workload_meta: Option<WorkloadMeta>,
+    /// The destination workload, once resolved.
+    pub destination_workload_meta: Option<WorkloadMeta>,
+    /// True when the downstream side (inbound) or the upstream side (outbound) used mTLS.
+    pub mtls: bool,
+    /// How it ended (set when the record is finished; `Allowed` while open).
+    pub outcome: Outcome,
     /// The destination as asked for (original destination, CONNECT authority, SOCKS target).
     pub destination: String,
     /// The address actually connected to (a workload, or a peer meshd's HBONE port).
@@ -92,6 +178,10 @@ impl ConnectionRecord {
             direction,
             source_addr,
             source_identity: None,
+            source_workload_meta: None,
+            destination_workload_meta: None,
+            mtls: false,
+            outcome: Outcome::Allowed,
             destination,
             upstream_addr: None,
             destination_workload: None,
@@ -146,6 +236,11 @@ impl RecordHandle {
 pub trait RecordSink: Send + Sync + 'static {
     /// A connection was accepted.
     fn opened(&self, _record: &ConnectionRecord) {}
+    /// The connection was allowed and both sides are connected: its labels are final. A sink
+    /// that counts bytes as they flow returns its meter.
+    fn established(&self, _record: &ConnectionRecord) -> Option<Arc<dyn ByteMeter>> {
+        None
+    }
     /// A connection ended; called exactly once per opened connection.
     fn closed(&self, record: &ConnectionRecord);
 }
@@ -165,6 +260,14 @@ impl Sinks {
         for sink in self.0.iter() {
             sink.opened(record);
         }
+    }
+
+    /// Tells every sink the connection is established; returns their meters.
+    pub fn established(&self, record: &ConnectionRecord) -> Vec<Arc<dyn ByteMeter>> {
+        self.0
+            .iter()
+            .filter_map(|sink| sink.established(record))
+            .collect()
     }
 
     /// Tells every sink a connection closed.
