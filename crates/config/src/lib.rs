@@ -8,7 +8,9 @@
 //! A load is all or nothing: every file is read, every problem is collected with its file, line,
 //! column, resource and field path, and a snapshot is returned only if there is no error. The
 //! caller keeps its previous snapshot otherwise — that is how a bad file never takes down a
-//! running meshd.
+//! running meshd. Besides each resource's own validation (`meshd-policy`), a load checks what
+//! needs them all: duplicate resources, conflicting PeerAuthentications, and two workloads
+//! (WorkloadEntries or inline ServiceEntry endpoints) that could serve one address and port.
 //!
 //! This crate does not watch the directory or decide connections; it only turns files into a
 //! snapshot. Typing goes through a YAML tree with positions ([`yaml`]) and a strict serde
@@ -21,6 +23,7 @@
 pub mod de;
 mod document;
 mod load;
+mod overlap;
 mod problem;
 mod snapshot;
 pub mod yaml;

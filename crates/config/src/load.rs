@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use meshd_policy::{ValidationContext, meta::DEFAULT_ROOT_NAMESPACE};
 
 use crate::document::load_document;
+use crate::overlap::{self, Site};
 use crate::problem::Problem;
 use crate::snapshot::{LoadError, Snapshot};
 use crate::yaml::{Pos, Value, parse_documents};
@@ -183,6 +184,8 @@ struct Loader {
     ctx: ValidationContext,
     snapshot: Snapshot,
     problems: Vec<Problem>,
+    /// Every workload so far, with the position of its address (the snapshot keeps none).
+    sites: Vec<Site>,
 }
 
 impl Loader {
@@ -196,6 +199,7 @@ impl Loader {
                 ..Snapshot::default()
             },
             problems: Vec::new(),
+            sites: Vec::new(),
         }
     }
 
@@ -210,6 +214,7 @@ impl Loader {
             let has_errors = problems.iter().any(Problem::is_error);
             self.problems.extend(problems);
             if let (Some(resource), false) = (resource, has_errors) {
+                self.sites.extend(overlap::sites(&resource, file, root));
                 self.snapshot.push(resource, file.to_path_buf(), root.pos);
             }
         }
@@ -225,6 +230,7 @@ impl Loader {
     fn finish(mut self) -> Result<Snapshot, LoadError> {
         let cross = self.snapshot.cross_check();
         self.problems.extend(cross);
+        self.problems.extend(overlap::check(&self.sites));
         self.problems
             .sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
         if self.problems.iter().any(Problem::is_error) {
