@@ -30,8 +30,11 @@
 //!   value checks per key (IPs for `source.ip`/`remote.ip`/`destination.ip`, ports for
 //!   `destination.port`, …); a dry-run annotation that is not a boolean or sits on an AUDIT or
 //!   CUSTOM policy.
+//! - Any other kind: the dry-run annotation (Istio's "unsupported annotation").
 //! - PeerAuthentication: `portLevelMtls` without a selector with labels; empty `portLevelMtls`;
-//!   port keys outside 1..65535; unknown modes.
+//!   port keys that are not decimal 1..65535 (integer keys such as `8080:`, as Istio's examples
+//!   write them, and quoted ones are both read) or that name one port twice (`8080`, `"08080"`);
+//!   unknown modes.
 //! - WorkloadEntry: `address` missing or not an IP address (meshd resolves no names); ports
 //!   outside 1..65535; bad labels or service account.
 //! - ServiceEntry: no hosts, bad host names, bad addresses, no ports, duplicate port numbers or
@@ -53,7 +56,12 @@
 //! - CUSTOM policies (no external authorizer at L4: matching connections are denied);
 //! - dry-run policies (never enforced);
 //! - PeerAuthentication DISABLE (acts as PERMISSIVE) and root-namespace PeerAuthentication with
-//!   a selector (ignored, as in Istio).
+//!   a selector (ignored, as in Istio);
+//! - a ServiceEntry `workloadSelector` without labels (every WorkloadEntry of its namespace
+//!   becomes an endpoint).
+//!
+//! Checks that need every resource (duplicates, conflicting PeerAuthentications, two workloads
+//! at one address and port) are `meshd-config`'s.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]

@@ -150,11 +150,15 @@ pub(super) fn validate_service_entry(spec: &ServiceEntrySpec, path: &FieldPath, 
         );
     }
     if let Some(selector) = &spec.workload_selector {
-        checks::labels(
-            &selector.labels,
-            &path.field("workloadSelector").field("labels"),
-            sink,
-        );
+        let at = path.field("workloadSelector");
+        checks::labels(&selector.labels, &at.field("labels"), sink);
+        if selector.labels.is_empty() {
+            // As Istio warns for policy selectors: an empty selector selects everything.
+            sink.warning(
+                at,
+                "workload selector specified without labels: every WorkloadEntry in this namespace becomes an endpoint of this service",
+            );
+        }
     }
     for (i, endpoint) in spec.endpoints.iter().flatten().enumerate() {
         validate_workload_entry(endpoint, &path.field("endpoints").index(i), sink);
