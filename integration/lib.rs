@@ -220,7 +220,7 @@ impl Workspace {
 
     /// Writes `<name>.yaml`, a meshd configuration for one node: the `mesh/` directory of this
     /// workspace, a dev-CA identity `shop/<sa>`, `workload` local, HBONE on `<ip>:15008`,
-    /// the access log; `listen_extra` is appended under `listen:`, `extra` at the top level.
+    /// `listen_extra` is appended under `listen:`, `extra` at the top level.
     pub fn node_config(
         &self,
         name: &str,
@@ -239,9 +239,7 @@ identity:
 local: {{workloads: [{workload}]}}
 listen:
   hbone: {ip}:15008
-{listen_extra}{extra}plugins:
-- name: access_log
-",
+{listen_extra}{extra}",
                 mesh = self.path().join("mesh").display(),
                 ca = self.ca().display(),
             ),

@@ -152,7 +152,9 @@ fn captured_connections_are_tunnelled_and_plaintext_meets_peer_authentication() 
         Some(&b"captured"[..])
     );
     drop(captured); // access records are written when connections end
-    a.wait_for_log(&format!("dst={PEER}:5432 dst.workload=\"shop/db\""));
+    a.wait_for_log(&format!(
+        "dst={PEER}:5432 dst.workload=\"db\" dst.namespace=\"shop\""
+    ));
     b.wait_for_log("policy=\"shop/db-access\"");
 
     // Denied by policy on B (401): the application sees its connection closed.
@@ -174,7 +176,15 @@ fn captured_connections_are_tunnelled_and_plaintext_meets_peer_authentication() 
         Some(&b"plaintext ok"[..])
     );
     drop(permissive);
-    b.wait_for_log(&format!("src.identity=\"-\" dst={PEER}:5433"));
+    let log = b.wait_for_log(&format!("dst={PEER}:5433 "));
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("dst={PEER}:5433 ")))
+        .unwrap_or_default();
+    assert!(
+        line.contains("src.identity=\"-\"") && line.contains("mtls=false"),
+        "a plaintext connection has no identity: {line}"
+    );
 
     let out = in_ns(&nodes.local, &["redirect", "uninstall"])
         .output()

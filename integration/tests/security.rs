@@ -205,7 +205,7 @@ spec: {{address: {a}, serviceAccount: web}}
 "
         ),
     );
-    let limit = "- name: connection_limit\n  config: {maxPerSource: 5, maxTotal: 1}\n";
+    let limit = "plugins:\n- name: connection_limit\n  config: {maxPerSource: 5, maxTotal: 1}\n";
     let b_extra = format!("listeners:\n- {{listen: '{b}:16005', target: '{outside}'}}\n");
     let b_config = ws.node_config("b", "db", "shop/db", &b.to_string(), "", &b_extra);
     let text = std::fs::read_to_string(&b_config).unwrap();

@@ -99,7 +99,7 @@ spec:
     fn start_b_with_plugin(&self, plugin: &str) -> Meshd {
         let config = self.node_config("b", "db", "shop/db", self.b, "");
         let text = std::fs::read_to_string(&config).expect("read config");
-        std::fs::write(&config, format!("{text}{plugin}")).expect("write config");
+        std::fs::write(&config, format!("{text}plugins:\n{plugin}")).expect("write config");
         Meshd::start(&config)
     }
 
@@ -360,7 +360,9 @@ fn bad_startup_configuration_exits_78() {
         assert_eq!(out.status.code(), Some(78), "{out:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let stderr = stderr_with("- name: no_such_plugin\n");
+    let stderr = stderr_with(
+        "plugins:\n- name: rate_limit\n  config: {connectionsPerSecond: 1}\n- name: no_such_plugin\n",
+    );
     assert!(
         stderr.contains("plugins[1]: unknown plugin \"no_such_plugin\""),
         "{stderr}"
@@ -391,7 +393,7 @@ fn hbone_over_quic_when_the_workload_asks_for_it() {
         Some(&b"over quic"[..])
     );
     drop(stream);
-    b.wait_for_log("policy=\"shop/db-allow-web\" transport=\"h3\"");
+    b.wait_for_log("transport=\"h3\" mtls=true decision=\"allow\" policy=\"shop/db-allow-web\"");
     a.wait_for_log("transport=\"h3\"");
     let mut denied = TcpStream::connect((nodes.a, 16002)).expect("connect");
     assert_eq!(echo_roundtrip(&mut denied, b"no"), None);

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use meshd_config::{LoadOptions, load_dir, parse_file, parse_text};
 use meshd_identity::{IdentityManager, IdentitySource};
+use meshd_proxy::access_log::AccessLog;
 use meshd_proxy::exposure::strict_without_capture;
 use meshd_proxy::plugins::PluginRegistry;
 use meshd_proxy::record::Sinks;
@@ -35,6 +36,18 @@ pub struct RunArgs {
     /// Override the configuration directory of Istio YAML.
     #[arg(long, env = "MESHD_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// Log lines (access log included) as text (key=value) or one JSON object each.
+    #[arg(long, env = "MESHD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// key=value fields, journal-friendly.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Reads the daemon configuration: the file given, or the embedded default.
@@ -48,15 +61,17 @@ pub fn load_config(path: Option<&Path>) -> Result<ProxyConfig, String> {
 
 /// Runs until SIGINT or SIGTERM; SIGHUP reloads the configuration directory.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only help a person at a terminal; journald and log files get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
     let mut config = match load_config(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -131,7 +146,7 @@ async fn serve(config: ProxyConfig) -> anyhow::Result<ExitCode> {
         &config,
         identity.handle(),
         updates,
-        Sinks::default(),
+        Sinks::new(vec![Arc::new(AccessLog)]),
         &PluginRegistry::builtin(),
     )
     .await

@@ -3,6 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 
+use crate::record::Outcome;
 use crate::registry::ResolveError;
 
 /// The error a connection stack ends with; its Display is what access logs print.
@@ -68,4 +69,22 @@ pub enum ProxyError {
     /// Copying bytes failed after the connection was established.
     #[error("copy failed: {0}")]
     Copy(io::Error),
+}
+
+impl ProxyError {
+    /// The refusal class this error puts a connection in, for metrics and logs.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ProxyError::BadDestination(_) => Outcome::NotLocal,
+            ProxyError::OwnPort(_) => Outcome::OwnPort,
+            ProxyError::Denied { .. } | ProxyError::TunnelStatus(401) => Outcome::Denied,
+            ProxyError::ClosedByPolicyChange { .. } => Outcome::ClosedByPolicy,
+            ProxyError::Limited { .. } => Outcome::Limited,
+            ProxyError::Resolve(_)
+            | ProxyError::Connect { .. }
+            | ProxyError::TunnelStatus(_)
+            | ProxyError::Tunnel { .. } => Outcome::Unreachable,
+            ProxyError::Downstream(_) | ProxyError::Copy(_) => Outcome::Failed,
+        }
+    }
 }

@@ -13,7 +13,8 @@ use tower::{Service, ServiceExt};
 
 use crate::conn::{BoxIo, Conn, ConnCtx, Downstream, Refusal, Target};
 use crate::layers::ConnService;
-use crate::record::{ConnectionRecord, Direction, RecordHandle};
+use crate::record::{ConnectionRecord, Direction, RecordHandle, Sinks};
+use crate::runtime::source_workload;
 use crate::state::ProxyState;
 
 /// The tower service the HBONE server asks about each CONNECT: it runs the inbound stack for
@@ -23,12 +24,17 @@ use crate::state::ProxyState;
 pub struct HboneInbound {
     stack: ConnService,
     states: watch::Receiver<Arc<ProxyState>>,
+    sinks: Sinks,
 }
 
 impl HboneInbound {
-    /// Runs `stack` under the configurations `states` delivers.
-    pub fn new(stack: ConnService, states: watch::Receiver<Arc<ProxyState>>) -> Self {
-        HboneInbound { stack, states }
+    /// Runs `stack` under the configurations `states` delivers; records go to `sinks`.
+    pub fn new(stack: ConnService, states: watch::Receiver<Arc<ProxyState>>, sinks: Sinks) -> Self {
+        HboneInbound {
+            stack,
+            states,
+            sinks,
+        }
     }
 }
 
@@ -48,17 +54,19 @@ impl Service<InboundRequest> for HboneInbound {
             .traceparent
             .unwrap_or_else(TraceParent::random);
         let peer = request.peer_identity.principal();
-        let record = ConnectionRecord::new(
+        let state = self.states.borrow().clone();
+        let mut record = ConnectionRecord::new(
             trace.to_string(),
             Direction::Inbound,
             request.peer_addr,
             request.authority.to_string(),
         );
-        let record = RecordHandle::new(ConnectionRecord {
-            source_identity: Some(request.peer_identity.to_string()),
-            transport: Some(transport_name(request.transport).to_string()),
-            ..record
-        });
+        record.source_identity = Some(request.peer_identity.to_string());
+        record.source_workload_meta =
+            source_workload(&state, Direction::Inbound, request.peer_addr);
+        record.transport = Some(transport_name(request.transport).to_string());
+        record.mtls = true;
+        let record = RecordHandle::open(record, self.sinks.clone());
         let conn = Conn {
             ctx: ConnCtx {
                 direction: Direction::Inbound,
@@ -66,7 +74,7 @@ impl Service<InboundRequest> for HboneInbound {
                 peer: Some(peer),
                 target: Target::Addr(request.authority),
                 trace_id: trace.to_string(),
-                state: self.states.borrow().clone(),
+                state,
                 updates: self.states.clone(),
                 record,
                 upstream: None,

@@ -4,8 +4,9 @@
 //! - [`registry`]: workloads and services from the configuration snapshot; which are local;
 //!   endpoint choice.
 //! - [`stack`]: the two stacks, layer by layer, in one place; [`layers`] holds the layers.
-//! - [`plugins`]: layers added by name from configuration (connection limit, rate limit,
-//!   access log), after authorization.
+//! - [`plugins`]: layers added by name from configuration (connection limit, rate limit),
+//!   after authorization.
+//! - [`access_log`]: the access log, a sink of connection records.
 //! - [`record`]: one record per connection, for metrics, access logs and admin.
 //! - [`runtime`]: binds the listeners (HBONE 15008, captured inbound 15006, captured outbound
 //!   15001, SOCKS5 15080, explicit listeners) and feeds connections to the stacks.
@@ -17,6 +18,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod config;
 pub mod conn;
 pub mod connector;
@@ -24,6 +26,7 @@ pub mod error;
 pub mod exposure;
 pub mod inbound;
 pub mod layers;
+pub mod metered;
 pub mod own_ports;
 pub mod plugins;
 pub mod record;

@@ -138,6 +138,8 @@ pub struct ConnectionRecord {
     pub mtls: bool,
     /// How it ended (set when the record is finished; `Allowed` while open).
     pub outcome: Outcome,
+    /// True once allowed and connected on both sides.
+    pub established: bool,
     /// The destination as asked for (original destination, CONNECT authority, SOCKS target).
     pub destination: String,
     /// The address actually connected to (a workload, or a peer meshd's HBONE port).
@@ -182,6 +184,7 @@ impl ConnectionRecord {
             destination_workload_meta: None,
             mtls: false,
             outcome: Outcome::Allowed,
+            established: false,
             destination,
             upstream_addr: None,
             destination_workload: None,
@@ -199,36 +202,97 @@ impl ConnectionRecord {
 }
 
 impl ConnectionRecord {
-    /// Stamps the end of the connection: its duration and, if it failed, why.
-    pub fn finish(&mut self, error: Option<&crate::ProxyError>) {
+    /// Stamps the end of the connection: its duration, and for a connection that ended before
+    /// it was established without saying why, a failure.
+    fn close(&mut self) {
         self.duration = SystemTime::now()
             .duration_since(self.started)
             .unwrap_or_default();
-        if let Some(e) = error {
-            self.error = Some(e.to_string());
+        if !self.established && self.outcome == Outcome::Allowed {
+            self.outcome = Outcome::Failed;
+            self.error
+                .get_or_insert_with(|| "ended before it was established".to_string());
         }
     }
 }
 
-/// A shared, fillable record: layers update it while the connection runs.
+/// The one record of a connection while it is open. Made where the connection enters meshd,
+/// before anything can refuse it; every layer fills it in; when the last handle is dropped —
+/// however the connection ended, a panic or an abort included — it is closed and handed to
+/// every sink, exactly once.
 #[derive(Debug, Clone)]
-pub struct RecordHandle(Arc<Mutex<ConnectionRecord>>);
+pub struct RecordHandle(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    record: Mutex<ConnectionRecord>,
+    sinks: Sinks,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let record = self.record.get_mut().unwrap_or_else(|e| e.into_inner());
+        record.close();
+        self.sinks.closed(record);
+    }
+}
 
 impl RecordHandle {
-    /// Wraps a record.
-    pub fn new(record: ConnectionRecord) -> Self {
-        RecordHandle(Arc::new(Mutex::new(record)))
+    /// Opens a record: the sinks are told now, and again when the last handle is dropped.
+    pub fn open(record: ConnectionRecord, sinks: Sinks) -> Self {
+        sinks.opened(&record);
+        RecordHandle(Arc::new(Shared {
+            record: Mutex::new(record),
+            sinks,
+        }))
+    }
+
+    /// A record no sink sees (tests, tools).
+    pub fn detached(record: ConnectionRecord) -> Self {
+        RecordHandle::open(record, Sinks::default())
     }
 
     /// Updates the record.
     pub fn update(&self, f: impl FnOnce(&mut ConnectionRecord)) {
-        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.0.record.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut guard);
     }
 
     /// A copy of the record as it is now.
     pub fn snapshot(&self) -> ConnectionRecord {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Marks the connection established (allowed, both sides connected) and returns the
+    /// sinks' byte meters.
+    pub fn established(&self) -> Vec<Arc<dyn ByteMeter>> {
+        let record = {
+            let mut guard = self.0.record.lock().unwrap_or_else(|e| e.into_inner());
+            guard.established = true;
+            guard.clone()
+        };
+        self.0.sinks.established(&record)
+    }
+
+    /// Records why the connection failed or was refused (the first reason given wins: a
+    /// refusal is not overwritten by the error its refusal causes further out).
+    pub fn fail(&self, error: &crate::ProxyError) {
+        self.fail_with(error.outcome(), error.to_string());
+    }
+
+    /// Records a failure with its class, e.g. before the connection reached a stack (a
+    /// handshake, a missing original destination).
+    pub fn fail_with(&self, outcome: Outcome, reason: impl Into<String>) {
+        self.update(|r| {
+            if r.error.is_none() {
+                r.outcome = outcome;
+                r.error = Some(reason.into());
+            }
+        });
     }
 }
 

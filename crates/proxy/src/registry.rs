@@ -22,6 +22,8 @@ use meshd_policy::networking::{ServicePort, WorkloadEntrySpec};
 use meshd_policy::values::parse_ip_block;
 use rand::Rng;
 
+use crate::record::WorkloadMeta;
+
 /// How long a failed endpoint is skipped.
 pub const EJECTION: Duration = Duration::from_secs(10);
 
@@ -72,6 +74,21 @@ impl Workload {
             "{trust_domain}/ns/{}/sa/{}",
             self.namespace, self.service_account
         )
+    }
+
+    /// The workload as records label it.
+    pub fn meta(&self) -> WorkloadMeta {
+        let label = |keys: [&str; 2]| keys.iter().find_map(|k| self.labels.get(*k).cloned());
+        WorkloadMeta {
+            name: self
+                .key
+                .split_once('/')
+                .map_or(self.key.as_str(), |(_, name)| name)
+                .to_string(),
+            namespace: self.namespace.clone(),
+            app: label(["app", "app.kubernetes.io/name"]),
+            version: label(["version", "app.kubernetes.io/version"]),
+        }
     }
 
     /// True when the workload accepts connections on `port`: any of its named ports, or any
@@ -244,6 +261,14 @@ impl Registry {
             .iter()
             .map(|i| &self.workloads[*i])
             .find(|w| w.address == addr.ip().to_canonical() && w.serves_port(addr.port()))
+    }
+
+    /// The workload at an address (the first one listed, as outbound resolution picks).
+    pub fn workload_at(&self, ip: IpAddr) -> Option<&Workload> {
+        self.by_address
+            .get(&ip.to_canonical())
+            .and_then(|ws| ws.first())
+            .map(|i| &self.workloads[*i])
     }
 
     /// Local workloads.

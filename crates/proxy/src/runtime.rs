@@ -22,7 +22,7 @@ use crate::layers::ConnService;
 use crate::layers::resolve::ResolveLayer;
 use crate::own_ports::OwnPorts;
 use crate::plugins::{PluginError, PluginRegistry};
-use crate::record::{ConnectionRecord, Direction, RecordHandle, Sinks};
+use crate::record::{ConnectionRecord, Direction, Outcome, RecordHandle, Sinks, WorkloadMeta};
 use crate::registry::Workload;
 use crate::socks5;
 use crate::stack::{self, Plugins};
@@ -150,14 +150,8 @@ impl Proxy {
                 .collect::<Vec<_>>(),
         );
 
-        let inbound_stack = stack::inbound(
-            sinks.clone(),
-            inbound_plugins,
-            own_ports.clone(),
-            connector.clone(),
-        );
+        let inbound_stack = stack::inbound(inbound_plugins, own_ports.clone(), connector.clone());
         let outbound_stack = stack::outbound(
-            sinks,
             outbound_plugins,
             ResolveLayer::new(config.hbone_port, own_ports.clone()),
             connector,
@@ -171,7 +165,8 @@ impl Proxy {
             own_ports,
         };
 
-        let inbound_service = HboneInbound::new(inbound_stack.clone(), states.clone());
+        let inbound_service =
+            HboneInbound::new(inbound_stack.clone(), states.clone(), sinks.clone());
         let hbone = Server::new(
             &identity,
             ServerSettings::default(),
@@ -187,36 +182,35 @@ impl Proxy {
         };
         let local_identity = identity.current().id().to_string();
         let mut tasks = JoinSet::new();
+        let inbound_entry = Entry {
+            direction: Direction::Inbound,
+            stack: inbound_stack.clone(),
+            states: states.clone(),
+            sinks: sinks.clone(),
+            source_identity: None,
+        };
+        let outbound_entry = Entry {
+            direction: Direction::Outbound,
+            stack: outbound_stack,
+            states: states.clone(),
+            sinks: sinks.clone(),
+            source_identity: Some(local_identity),
+        };
         if let Some(listener) = inbound_plaintext {
-            let entry = Entry::new(Direction::Inbound, inbound_stack, states.clone(), None);
-            tasks.spawn(serve(listener, entry, Accepted::Captured));
+            tasks.spawn(serve(listener, inbound_entry, Accepted::Captured));
         }
         if let Some(listener) = outbound {
-            let entry = Entry::new(
-                Direction::Outbound,
-                outbound_stack.clone(),
-                states.clone(),
-                Some(local_identity.clone()),
-            );
-            tasks.spawn(serve(listener, entry, Accepted::Captured));
+            tasks.spawn(serve(listener, outbound_entry.clone(), Accepted::Captured));
         }
         if let Some(listener) = socks {
-            let entry = Entry::new(
-                Direction::Outbound,
-                outbound_stack.clone(),
-                states.clone(),
-                Some(local_identity.clone()),
-            );
-            tasks.spawn(serve(listener, entry, Accepted::Socks5));
+            tasks.spawn(serve(listener, outbound_entry.clone(), Accepted::Socks5));
         }
         for (listener, target) in explicit {
-            let entry = Entry::new(
-                Direction::Outbound,
-                outbound_stack.clone(),
-                states.clone(),
-                Some(local_identity.clone()),
-            );
-            tasks.spawn(serve(listener, entry, Accepted::Fixed(target)));
+            tasks.spawn(serve(
+                listener,
+                outbound_entry.clone(),
+                Accepted::Fixed(target),
+            ));
         }
         Ok(Proxy {
             addrs,
@@ -277,47 +271,40 @@ struct Entry {
     direction: Direction,
     stack: ConnService,
     states: watch::Receiver<Arc<ProxyState>>,
+    sinks: Sinks,
     source_identity: Option<String>,
 }
 
 impl Entry {
-    fn new(
-        direction: Direction,
-        stack: ConnService,
-        states: watch::Receiver<Arc<ProxyState>>,
-        source_identity: Option<String>,
-    ) -> Self {
-        Entry {
-            direction,
-            stack,
-            states,
-            source_identity,
-        }
-    }
-
     async fn handle(self, stream: TcpStream, source: SocketAddr, accepted: Accepted) {
         let _ = stream.set_nodelay(true);
+        let state = self.states.borrow().clone();
+        let trace_id = TraceParent::random().to_string();
+        // The record is opened before anything can fail, so a failed handshake is recorded too.
+        let mut record =
+            ConnectionRecord::new(trace_id.clone(), self.direction, source, "-".into());
+        record.source_identity = self.source_identity.clone();
+        record.source_workload_meta = source_workload(&state, self.direction, source);
+        let record = RecordHandle::open(record, self.sinks.clone());
         let (target, downstream): (Target, Box<dyn Downstream>) = match accepted {
             Accepted::Captured => match meshd_redirect::original_dst(&stream) {
                 Ok(dst) => (Target::Addr(dst), Box::new(stream)),
                 Err(e) => {
-                    tracing::warn!(%source, error = %e, "no original destination: was this connection redirected?");
+                    let reason = format!("no original destination (was it redirected?): {e}");
+                    record.fail_with(Outcome::Handshake, reason);
                     return;
                 }
             },
             Accepted::Socks5 => match socks5::handshake(stream, socks5::HANDSHAKE_TIMEOUT).await {
                 Ok((request, target)) => (target, Box::new(request)),
                 Err(e) => {
-                    tracing::debug!(%source, error = %e, "SOCKS5 handshake failed");
+                    record.fail_with(Outcome::Handshake, e.to_string());
                     return;
                 }
             },
             Accepted::Fixed(target) => (target, Box::new(stream)),
         };
-        let trace_id = TraceParent::random().to_string();
-        let mut record =
-            ConnectionRecord::new(trace_id.clone(), self.direction, source, target.to_string());
-        record.source_identity = self.source_identity.clone();
+        record.update(|r| r.destination = target.to_string());
         let conn = Conn {
             ctx: ConnCtx {
                 direction: self.direction,
@@ -325,15 +312,35 @@ impl Entry {
                 peer: None,
                 target,
                 trace_id,
-                state: self.states.borrow().clone(),
+                state,
                 updates: self.states.clone(),
-                record: RecordHandle::new(record),
+                record,
                 upstream: None,
             },
             downstream,
         };
         let _ = self.stack.oneshot(conn).await;
     }
+}
+
+/// The workload a connection comes from: by its source address, or for outbound traffic from
+/// an application on this machine (often 127.0.0.1), the machine's one local workload.
+pub(crate) fn source_workload(
+    state: &ProxyState,
+    direction: Direction,
+    source: SocketAddr,
+) -> Option<WorkloadMeta> {
+    let registry = &state.registry;
+    registry
+        .workload_at(source.ip())
+        .or_else(|| {
+            let mut local = registry.local_workloads();
+            match (direction, local.next(), local.next()) {
+                (Direction::Outbound, Some(only), None) => Some(only),
+                _ => None,
+            }
+        })
+        .map(Workload::meta)
 }
 
 async fn serve(listener: TcpListener, entry: Entry, accepted: Accepted) {

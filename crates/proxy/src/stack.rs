@@ -18,7 +18,6 @@ use crate::layers::record::RecordLayer;
 use crate::layers::resolve::ResolveLayer;
 use crate::own_ports::OwnPorts;
 use crate::plugins::PluginLayer;
-use crate::record::Sinks;
 
 /// Stacks a list of plugin layers, first listed outermost.
 #[derive(Clone)]
@@ -44,7 +43,6 @@ impl Layer<ConnService> for Plugins {
 
 /// The inbound stack: connections to local workloads (HBONE and captured plaintext).
 pub fn inbound(
-    sinks: Sinks,
     plugins: Plugins,
     own_ports: OwnPorts,
     connector: Arc<dyn Connector>,
@@ -54,7 +52,7 @@ pub fn inbound(
         .service(BoxCloneSyncService::new(Connect::new(connector)));
     BoxCloneSyncService::new(
         ServiceBuilder::new()
-            .layer(RecordLayer::new(sinks))
+            .layer(RecordLayer)
             .layer(AuthorizeLayer::new(own_ports))
             .service(terminal),
     )
@@ -63,7 +61,6 @@ pub fn inbound(
 /// The outbound stack: connections from local applications (capture, SOCKS5, explicit
 /// listeners).
 pub fn outbound(
-    sinks: Sinks,
     plugins: Plugins,
     resolve: ResolveLayer,
     connector: Arc<dyn Connector>,
@@ -73,7 +70,7 @@ pub fn outbound(
         .service(BoxCloneSyncService::new(Connect::new(connector)));
     BoxCloneSyncService::new(
         ServiceBuilder::new()
-            .layer(RecordLayer::new(sinks))
+            .layer(RecordLayer)
             .layer(resolve)
             .service(terminal),
     )

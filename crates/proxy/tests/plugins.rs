@@ -25,11 +25,10 @@ fn builtin_plugins_build_from_configuration() {
                 "rate_limit",
                 serde_json::json!({"connectionsPerSecond": 5.0, "burst": 10}),
             ),
-            spec("access_log", serde_json::json!({"format": "json"})),
-            spec("access_log", serde_json::Value::Null),
+            spec("rate_limit", serde_json::json!({"connectionsPerSecond": 1})),
         ])
         .expect("builds");
-    assert_eq!(layers.len(), 4);
+    assert_eq!(layers.len(), 3);
 }
 
 #[test]
@@ -37,7 +36,7 @@ fn configuration_errors_name_the_plugin_and_position() {
     let registry = PluginRegistry::builtin();
     let err = registry
         .build(&[
-            spec("access_log", serde_json::Value::Null),
+            spec("rate_limit", serde_json::json!({"connectionsPerSecond": 1})),
             spec("conection_limit", serde_json::Value::Null),
         ])
         .err();

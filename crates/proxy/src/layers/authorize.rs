@@ -66,6 +66,7 @@ fn decide(state: &ProxyState, facts: &Facts, ctx: &ConnCtx) -> Result<(), (Refus
     };
     ctx.record.update(|r| {
         r.destination_workload = Some(workload.key.clone());
+        r.destination_workload_meta = Some(workload.meta());
         r.destination_identity = Some(state.spiffe_id(workload));
     });
     let peer = match facts.peer.as_deref().map(Peer::from_principal).transpose() {

@@ -12,6 +12,8 @@ use tower::Service;
 
 use crate::conn::{BoxIo, Conn, Refusal, TunnelRequest, Upstream};
 use crate::error::ProxyError;
+use crate::metered::{Metered, Side};
+use crate::record::ByteMeter;
 
 /// Copy buffer per direction. tokio's default is 8 KiB; 64 KiB lets one read fill several TLS
 /// records and HTTP/2 frames (measured in benches/proxy.rs), at 128 KiB per connection.
@@ -107,13 +109,14 @@ impl Service<Conn> for Connect {
                 .accept()
                 .await
                 .map_err(ProxyError::Downstream)?;
-            let copied = tokio::io::copy_bidirectional_with_sizes(
-                &mut downstream,
-                &mut upstream_io,
-                COPY_BUFFER,
-                COPY_BUFFER,
-            )
-            .await;
+            let meters: Arc<[Arc<dyn ByteMeter>]> = record.established().into();
+            let copied = if meters.is_empty() {
+                copy(&mut downstream, &mut upstream_io).await
+            } else {
+                let mut downstream = Metered::new(downstream, Side::Downstream, meters.clone());
+                let mut upstream = Metered::new(upstream_io, Side::Upstream, meters);
+                copy(&mut downstream, &mut upstream).await
+            };
             match copied {
                 Ok((bytes_in, bytes_out)) => {
                     record.update(|r| {
@@ -126,4 +129,13 @@ impl Service<Conn> for Connect {
             }
         })
     }
+}
+
+/// Copies both ways until both sides are done; (downstream → upstream, upstream → downstream).
+async fn copy<D, U>(downstream: &mut D, upstream: &mut U) -> io::Result<(u64, u64)>
+where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(downstream, upstream, COPY_BUFFER, COPY_BUFFER).await
 }

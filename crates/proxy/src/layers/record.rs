@@ -1,5 +1,5 @@
-//! The outermost layer: opens the connection's record, and closes it with duration and error
-//! when the stack below completes, handing it to every sink.
+//! The outermost layer: whatever error ends the stack below is written into the connection's
+//! record (which the entry point opened and which closes itself when the connection is gone).
 
 use std::task::{Context, Poll};
 
@@ -8,29 +8,16 @@ use tower::{Layer, Service};
 
 use crate::conn::Conn;
 use crate::error::ProxyError;
-use crate::record::Sinks;
 
 /// Adds [`Record`] around a stack.
-#[derive(Debug, Clone)]
-pub struct RecordLayer {
-    sinks: Sinks,
-}
-
-impl RecordLayer {
-    /// Records go to these sinks.
-    pub fn new(sinks: Sinks) -> Self {
-        RecordLayer { sinks }
-    }
-}
+#[derive(Debug, Clone, Default)]
+pub struct RecordLayer;
 
 impl<S> Layer<S> for RecordLayer {
     type Service = Record<S>;
 
     fn layer(&self, inner: S) -> Record<S> {
-        Record {
-            inner,
-            sinks: self.sinks.clone(),
-        }
+        Record { inner }
     }
 }
 
@@ -38,7 +25,6 @@ impl<S> Layer<S> for RecordLayer {
 #[derive(Debug, Clone)]
 pub struct Record<S> {
     inner: S,
-    sinks: Sinks,
 }
 
 impl<S> Service<Conn> for Record<S>
@@ -56,13 +42,12 @@ where
 
     fn call(&mut self, conn: Conn) -> Self::Future {
         let record = conn.ctx.record.clone();
-        let sinks = self.sinks.clone();
-        sinks.opened(&record.snapshot());
         let future = self.inner.call(conn);
         Box::pin(async move {
             let result = future.await;
-            record.update(|r| r.finish(result.as_ref().err()));
-            sinks.closed(&record.snapshot());
+            if let Err(e) = &result {
+                record.fail(e);
+            }
             result
         })
     }

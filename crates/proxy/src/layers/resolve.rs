@@ -119,6 +119,7 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
     ctx.record.update(|r| {
         r.destination_service = service.map(|s| s.key.clone());
         r.destination_workload = workload.map(|w| w.key.clone());
+        r.destination_workload_meta = workload.map(|w| w.meta());
     });
     match workload {
         Some(w) if w.protocol != Protocol::Tcp => {
@@ -129,6 +130,7 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
                 r.destination_identity = Some(identity.clone());
                 r.upstream_addr = Some(peer);
                 r.transport = Some(if quic { "h3" } else { "h2" }.to_string());
+                r.mtls = true;
             });
             Ok(Upstream::Tunnel(TunnelRequest {
                 peer,

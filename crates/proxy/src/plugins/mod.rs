@@ -4,7 +4,6 @@
 //! plugins:
 //! - name: connection_limit
 //!   config: {maxPerSource: 100}
-//! - name: access_log
 //! ```
 //!
 //! Plugins sit after authorization and before the upstream connect, in the order listed, so
@@ -13,7 +12,6 @@
 //! reads its configuration from a `serde_json::Value`, and registering the factory under a name
 //! with [`PluginRegistry::register`] before the proxy is built.
 
-mod access_log;
 mod connection_limit;
 mod rate_limit;
 
@@ -27,7 +25,6 @@ use crate::conn::Conn;
 use crate::error::ProxyError;
 use crate::layers::ConnService;
 
-pub use access_log::AccessLogLayer;
 pub use connection_limit::ConnectionLimitLayer;
 pub use rate_limit::RateLimitLayer;
 
@@ -81,14 +78,13 @@ pub struct PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// The built-in plugins: `connection_limit`, `rate_limit`, `access_log`.
+    /// The built-in plugins: `connection_limit`, `rate_limit`.
     pub fn builtin() -> Self {
         let mut registry = PluginRegistry {
             factories: BTreeMap::new(),
         };
         registry.register("connection_limit", connection_limit::factory);
         registry.register("rate_limit", rate_limit::factory);
-        registry.register("access_log", access_log::factory);
         registry
     }
 

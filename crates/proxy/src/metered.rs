@@ -1,0 +1,77 @@
+//! Byte counting as bytes flow: a wrapper that reports every successful read to the sinks'
+//! meters, so a long connection's bytes show in metrics before it closes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::record::ByteMeter;
+
+/// Which side of the connection a wrapped stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The accepted side (application or peer meshd).
+    Downstream,
+    /// The side meshd connected to.
+    Upstream,
+}
+
+/// A stream whose reads are counted.
+pub struct Metered<T> {
+    inner: T,
+    side: Side,
+    meters: Arc<[Arc<dyn ByteMeter>]>,
+}
+
+impl<T> Metered<T> {
+    /// Counts what is read from `inner` (one `side` of the connection) on `meters`.
+    pub fn new(inner: T, side: Side, meters: Arc<[Arc<dyn ByteMeter>]>) -> Self {
+        Metered {
+            inner,
+            side,
+            meters,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            for meter in self.meters.iter() {
+                match self.side {
+                    Side::Downstream => meter.downstream_bytes(read),
+                    Side::Upstream => meter.upstream_bytes(read),
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
