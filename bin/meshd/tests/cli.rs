@@ -250,3 +250,25 @@ fn ca_init_then_issue_writes_a_loadable_svid() {
         "{again:?}"
     );
 }
+
+#[test]
+fn validate_rejects_an_empty_principals_list() {
+    // Issue 9 item A: `principals: []` used to pass and then match every connection.
+    let dir = TempDir::new().expect("tempdir");
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  rules:\n  - from:\n    - source: {principals: []}\n",
+    )
+    .expect("write");
+    let out = run(meshd().arg("validate").arg(dir.path()), "");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = stdout(&out).replace(&format!("{}/", dir.path().display()), "");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[..2],
+        [
+            "p.yaml:7:7: AuthorizationPolicy/x/p: spec.rules[0].from[0].source: `from.source` must not be empty",
+            "p.yaml:7:16: AuthorizationPolicy/x/p: spec.rules[0].from[0].source.principals: `principals: []` is an empty list, which Istio reads as unset: list the values it should match, or remove the field",
+        ]
+    );
+}
