@@ -423,12 +423,12 @@ impl<'de, 'a> de::MapAccess<'de> for MapAccess<'a> {
         self.current = Some(entry);
         let key = &entry.0;
         seed.deserialize(NodeDe(key)).map(Some).map_err(|e| {
-            // An unknown field names itself in its path already.
+            // An unknown field names itself in its path already; a key that is not a scalar
+            // (null, a list) has no name to add, so the error stays at the mapping.
             let e = e.at(key.pos);
-            if e.path.is_root() {
-                e.within(Segment::Field(key.as_key().unwrap_or_default().to_string()))
-            } else {
-                e
+            match key.as_key() {
+                Some(name) if e.path.is_root() => e.within(Segment::Field(name.to_string())),
+                _ => e,
             }
         })
     }

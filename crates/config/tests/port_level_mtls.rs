@@ -181,3 +181,34 @@ fn dry_run_annotation_on_workload_entry_is_rejected() {
         ]
     );
 }
+
+#[test]
+fn hex_and_decimal_spelling_of_one_port_is_a_duplicate() {
+    // YAML reads `0x1F90` as the integer 8080: two keys, one port.
+    assert_eq!(
+        load("    0x1F90: {mode: PERMISSIVE}\n    8080: {mode: STRICT}\n").unwrap_err(),
+        ["pa.yaml:8:5: PeerAuthentication/foo/pa: spec.portLevelMtls: port 8080 is listed twice"]
+    );
+}
+
+#[test]
+fn fractional_key_is_rejected() {
+    // `80.5:` is a number, but no port.
+    assert_eq!(
+        load("    80.5: {mode: PERMISSIVE}\n").unwrap_err(),
+        [
+            "pa.yaml:8:5: PeerAuthentication/foo/pa: spec.portLevelMtls.80.5: expected a port number, found a fractional number"
+        ]
+    );
+}
+
+#[test]
+fn null_key_is_rejected() {
+    // `~:` is a null key.
+    assert_eq!(
+        load("    ~: {mode: PERMISSIVE}\n").unwrap_err(),
+        [
+            "pa.yaml:8:5: PeerAuthentication/foo/pa: spec.portLevelMtls: expected a port number, found null"
+        ]
+    );
+}
