@@ -162,8 +162,27 @@ fn chain_error(err: rustls::Error, td: &TrustDomain) -> Error {
                 trust_domain: td.to_string(),
             }
         }
+        // The leaf's own dates were checked before webpki ran, so these are an intermediate's.
+        // Typed, because "not valid yet" is cured by time alone and the watcher retries it.
+        rustls::Error::InvalidCertificate(C::NotValidYetContext { not_before, .. }) => {
+            Error::NotYetValid {
+                not_before: unix_to_datetime(not_before),
+            }
+        }
+        rustls::Error::InvalidCertificate(C::ExpiredContext { not_after, .. }) => Error::Expired {
+            not_after: unix_to_datetime(not_after),
+        },
         other => Error::Untrusted {
             reason: other.to_string(),
         },
     }
+}
+
+/// webpki's certificate times as the type meshd's errors carry; times beyond `OffsetDateTime`'s
+/// range (year 9999) saturate rather than fail, since they only label an error.
+fn unix_to_datetime(t: UnixTime) -> time::OffsetDateTime {
+    i64::try_from(t.as_secs())
+        .ok()
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+        .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc())
 }

@@ -46,6 +46,13 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A certificate, key or bundle file is larger than any such file could be.
+    #[error("file is larger than {limit} bytes; not a certificate, key or bundle")]
+    FileTooLarge {
+        /// The limit, [`crate::pem::MAX_PEM_FILE`].
+        limit: u64,
+    },
+
     /// PEM text is malformed (for example a half-written file missing its END line).
     #[error("malformed PEM: {reason}")]
     Pem {
@@ -208,6 +215,16 @@ impl Error {
         match self {
             Error::InFile { source, .. } => source.cause(),
             other => other,
+        }
+    }
+
+    /// When a rejection is one that time alone cures (a certificate in the chain is not valid
+    /// yet, e.g. issued by a CA whose clock runs ahead), the moment it becomes valid; `None` for
+    /// every other error, which stays an error until the input changes.
+    pub fn valid_from(&self) -> Option<OffsetDateTime> {
+        match self.cause() {
+            Error::NotYetValid { not_before } => Some(*not_before),
+            _ => None,
         }
     }
 

@@ -60,6 +60,7 @@ mod bundle;
 mod credentials;
 pub mod dev_ca;
 mod error;
+mod expiry;
 pub mod pem;
 mod source;
 mod spiffe_id;

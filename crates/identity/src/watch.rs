@@ -10,9 +10,10 @@ use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, ne
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::credentials::CredentialSet;
+use crate::expiry::ExpiryAlarm;
 use crate::source::{DevCaSource, FilesSource, IdentitySource};
 use crate::{DevCa, Error, dev_ca};
 
@@ -153,7 +154,10 @@ fn start_files(source: FilesSource, options: ManagerOptions) -> Result<IdentityM
     let reload = Arc::new(Notify::new());
     let watcher = watch_dirs(&source.watch_dirs(), options.debounce, reload.clone())?;
     let raw = source.read()?;
-    let mut last_seen = raw.fingerprint();
+    let mut last_seen = LastSeen {
+        fingerprint: raw.fingerprint(),
+        valid_from: None,
+    };
     let set = source.validate(raw)?;
     log_loaded(&set, "loaded identity");
     let (tx, rx) = watch::channel(Arc::new(set));
@@ -168,6 +172,7 @@ fn start_files(source: FilesSource, options: ManagerOptions) -> Result<IdentityM
             tokio::select! {
                 () = task_reload.notified() => {}
                 () = tokio::time::sleep(options.rescan) => {}
+                () = sleep_until_opt(last_seen.retry_deadline()) => {}
                 () = sleep_until_opt(deadline) => {
                     expiry.fire(&tx.borrow());
                     continue;
@@ -185,10 +190,37 @@ fn start_files(source: FilesSource, options: ManagerOptions) -> Result<IdentityM
     })
 }
 
-/// One reload attempt: skip if nothing changed, else validate the whole set and swap or reject.
+/// Re-checks a set that was refused as not yet valid no sooner than this after the previous
+/// check: validity is in whole seconds, so waking a moment early must not become a busy loop.
+const NOT_YET_VALID_RETRY_FLOOR: Duration = Duration::from_secs(1);
+
+/// What the last look at the files found, so that repeats are cheap and quiet.
+struct LastSeen {
+    fingerprint: u64,
+    /// Set when that state was refused for a reason time alone cures (a certificate not valid
+    /// yet: clock skew between the issuer and this host). Such a state is re-validated on every
+    /// wake-up and at the moment it becomes valid, where a permanently bad one is not looked at
+    /// again until the files change.
+    valid_from: Option<OffsetDateTime>,
+}
+
+impl LastSeen {
+    /// When to re-validate a not-yet-valid set without waiting for the rescan.
+    fn retry_deadline(&self) -> Option<Instant> {
+        let valid_from = self.valid_from?;
+        let wait = Duration::try_from(valid_from - OffsetDateTime::now_utc())
+            .unwrap_or(Duration::ZERO)
+            .max(NOT_YET_VALID_RETRY_FLOOR);
+        // Far beyond any Instant (a certificate dated year 9999): the rescan still retries.
+        Instant::now().checked_add(wait)
+    }
+}
+
+/// One reload attempt: skip if nothing changed (unless the unchanged state is waiting to become
+/// valid), else validate the whole set and swap or reject.
 fn reload_files(
     source: &FilesSource,
-    last_seen: &mut u64,
+    last_seen: &mut LastSeen,
     tx: &watch::Sender<Arc<CredentialSet>>,
     stats: &RotationStats,
 ) {
@@ -198,27 +230,51 @@ fn reload_files(
         Err(e) => hash_error(e),
     };
     // Events for unrelated files, and repeats of a rejected state, change nothing: no log spam,
-    // no double-counted failures.
-    if fingerprint == *last_seen {
+    // no double-counted failures. A state refused only for its dates is the exception.
+    let repeat = fingerprint == last_seen.fingerprint;
+    if repeat && last_seen.valid_from.is_none() {
         return;
     }
-    *last_seen = fingerprint;
     match read.and_then(|raw| source.validate(raw)) {
         Ok(set) => {
             log_loaded(&set, "rotated identity");
             stats.rotations.fetch_add(1, Ordering::Relaxed);
             tx.send_replace(Arc::new(set));
+            *last_seen = LastSeen {
+                fingerprint,
+                valid_from: None,
+            };
         }
         Err(e) => {
+            let valid_from = e.valid_from();
+            *last_seen = LastSeen {
+                fingerprint,
+                valid_from,
+            };
+            if repeat {
+                // Counted and logged when first seen; this is only the retry.
+                debug!(error = %e, "changed identity files still not valid");
+                return;
+            }
             stats.failed_rotations.fetch_add(1, Ordering::Relaxed);
             let current = tx.borrow();
-            warn!(
-                error = %e,
-                keeping = %current.id(),
-                keeping_not_after = %current.not_after(),
-                "rejected changed identity files; the previous certificate stays in force \
-                 (retried on the next change)"
-            );
+            match valid_from {
+                Some(at) => warn!(
+                    error = %e,
+                    keeping = %current.id(),
+                    keeping_not_after = %current.not_after(),
+                    retry_at = %at,
+                    "changed identity files are not valid yet (clock skew?); the previous \
+                     certificate stays in force and the new one is retried until it is valid"
+                ),
+                None => warn!(
+                    error = %e,
+                    keeping = %current.id(),
+                    keeping_not_after = %current.not_after(),
+                    "rejected changed identity files; the previous certificate stays in force \
+                     (retried on the next change)"
+                ),
+            }
         }
     }
 }
@@ -268,12 +324,13 @@ fn start_dev_ca(source: DevCaSource, options: ManagerOptions) -> Result<Identity
     let task_reload = reload.clone();
     let task = spawn(async move {
         let mut expiry = ExpiryAlarm::new(options.warn_before_expiry);
-        let mut renew_at = Instant::now() + renew_after;
+        // `None`: a TTL so long that half of it lies beyond Instant's range; never renewed.
+        let mut renew_at = Instant::now().checked_add(renew_after);
         loop {
             let deadline = expiry.next_deadline(&tx.borrow());
             tokio::select! {
                 () = task_reload.notified() => {}
-                () = tokio::time::sleep_until(renew_at) => {}
+                () = sleep_until_opt(renew_at) => {}
                 () = sleep_until_opt(deadline) => {
                     expiry.fire(&tx.borrow());
                     continue;
@@ -284,12 +341,12 @@ fn start_dev_ca(source: DevCaSource, options: ManagerOptions) -> Result<Identity
                     log_loaded(&set, "re-issued identity from the development CA");
                     task_stats.rotations.fetch_add(1, Ordering::Relaxed);
                     tx.send_replace(Arc::new(set));
-                    renew_at = Instant::now() + renew_after;
+                    renew_at = Instant::now().checked_add(renew_after);
                 }
                 Err(e) => {
                     task_stats.failed_rotations.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, "development CA could not re-issue; keeping the current certificate");
-                    renew_at = Instant::now() + retry_after;
+                    renew_at = Instant::now().checked_add(retry_after);
                 }
             }
         }
@@ -370,107 +427,4 @@ fn log_loaded(set: &CredentialSet, msg: &'static str) {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Warns once as the current SVID nears expiry and logs an error once it has expired; re-arms
-/// whenever the set changes.
-struct ExpiryAlarm {
-    warn_before: Option<Duration>,
-    serial: Vec<u8>,
-    warned: bool,
-    expired: bool,
-}
-
-impl ExpiryAlarm {
-    fn new(warn_before: Option<Duration>) -> Self {
-        ExpiryAlarm {
-            warn_before,
-            serial: Vec::new(),
-            warned: false,
-            expired: false,
-        }
-    }
-
-    fn rearm_if_rotated(&mut self, set: &CredentialSet) {
-        if self.serial != set.credentials().serial() {
-            self.serial = set.credentials().serial().to_vec();
-            self.warned = false;
-            self.expired = false;
-        }
-    }
-
-    fn warn_at(&self, set: &CredentialSet) -> OffsetDateTime {
-        let creds = set.credentials();
-        let margin = match self.warn_before {
-            Some(d) => time::Duration::try_from(d).unwrap_or(time::Duration::MAX),
-            None => (creds.not_after() - creds.not_before()) / 4,
-        };
-        creds.not_after() - margin
-    }
-
-    fn next_deadline(&mut self, set: &CredentialSet) -> Option<Instant> {
-        self.rearm_if_rotated(set);
-        let at = if !self.warned {
-            self.warn_at(set)
-        } else if !self.expired {
-            set.not_after()
-        } else {
-            return None;
-        };
-        let wait = at - OffsetDateTime::now_utc();
-        let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
-        Some(Instant::now() + wait)
-    }
-
-    fn fire(&mut self, set: &CredentialSet) {
-        self.rearm_if_rotated(set);
-        let now = OffsetDateTime::now_utc();
-        if now >= set.not_after() {
-            self.warned = true;
-            self.expired = true;
-            error!(id = %set.id(), not_after = %set.not_after(),
-                "certificate has expired and no valid replacement arrived; new mTLS handshakes will fail");
-        } else if now >= self.warn_at(set) {
-            self.warned = true;
-            warn!(id = %set.id(), not_after = %set.not_after(),
-                "certificate expires soon and has not been rotated; check the agent that writes it");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set(ttl: Duration) -> CredentialSet {
-        let ca = DevCa::generate("cluster.local").unwrap();
-        ca.issue("ns", "sa", ttl).unwrap().credential_set().unwrap()
-    }
-
-    #[test]
-    fn expiry_alarm_warns_once_then_waits_for_expiry() {
-        // 1 h SVID, warn 2 h ahead: the warning is due at once, then the next alarm is expiry.
-        let set = set(Duration::from_secs(3600));
-        let mut alarm = ExpiryAlarm::new(Some(Duration::from_secs(7200)));
-        let first = alarm.next_deadline(&set).unwrap();
-        assert!(first <= Instant::now());
-        alarm.fire(&set);
-        assert!(alarm.warned && !alarm.expired);
-        let next = alarm.next_deadline(&set).unwrap();
-        assert!(next > Instant::now() + Duration::from_secs(3500));
-
-        // A rotated set re-arms the warning.
-        let rotated = self::set(Duration::from_secs(3600));
-        assert!(alarm.next_deadline(&rotated).unwrap() <= Instant::now());
-        assert!(!alarm.warned);
-    }
-
-    #[test]
-    fn default_warning_is_a_quarter_of_the_lifetime() {
-        let set = set(Duration::from_secs(4 * 3600));
-        let alarm = ExpiryAlarm::new(None);
-        let creds = set.credentials();
-        let lifetime = creds.not_after() - creds.not_before();
-        assert_eq!(alarm.warn_at(&set), creds.not_after() - lifetime / 4);
-    }
 }

@@ -45,6 +45,30 @@ impl Ca {
         }
     }
 
+    /// An intermediate CA signed by this one, valid from `not_before` to `not_after`.
+    pub fn intermediate(
+        &self,
+        name: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Ca {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Ca {
+            der: cert.der().clone(),
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
     pub fn bundle(&self, td: &str) -> TrustBundle {
         TrustBundle::new(TrustDomain::new(td).unwrap(), vec![self.der.clone()]).unwrap()
     }
