@@ -16,7 +16,7 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use crate::credentials::{CredentialSet, Credentials};
-use crate::{Error, SpiffeId, TrustBundle, TrustDomain, pem, x509};
+use crate::{Error, SpiffeId, TrustBundle, TrustDomain, format_duration, pem, x509};
 
 /// File name of the root certificate in a dev CA directory; it is also the trust bundle.
 pub const CA_CERT_FILE: &str = "ca-cert.pem";
@@ -40,6 +40,8 @@ pub struct DevCa {
     root_der: CertificateDer<'static>,
     root_pem: String,
     key_pem: String,
+    /// The root's notAfter; an SVID may not outlive it.
+    root_not_after: OffsetDateTime,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -79,7 +81,9 @@ impl DevCa {
         params.subject_alt_names = vec![uri_san(&format!("spiffe://{trust_domain}"))?];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
-        params.not_after = now + ROOT_LIFETIME;
+        params.not_after = end_of(now, ROOT_LIFETIME).ok_or_else(|| Error::DevCa {
+            reason: format!("a root created at {now} would outlive the year 9999"),
+        })?;
         let cert = params.self_signed(&key).map_err(rcgen_error)?;
         let key_pem = key.serialize_pem();
         Ok(DevCa {
@@ -87,6 +91,7 @@ impl DevCa {
             root_der: cert.der().clone(),
             root_pem: cert.pem(),
             key_pem,
+            root_not_after: whole_seconds(params.not_after),
             issuer: Issuer::new(params, key),
         })
     }
@@ -131,6 +136,7 @@ impl DevCa {
             .map_err(in_cert)?
             .ok_or_else(|| in_cert(Error::NoUriSan))?;
         let trust_domain = SpiffeId::new(&uri).map_err(in_cert)?.trust_domain();
+        let root_not_after = x509::not_after(&root_der).map_err(in_cert)?;
 
         let key = KeyPair::from_pem(&key_pem).map_err(|e| rcgen_error(e).in_file(&key_path))?;
         if key.subject_public_key_info() != public_key_of(&root_der).map_err(in_cert)? {
@@ -143,6 +149,7 @@ impl DevCa {
             root_der,
             root_pem,
             key_pem,
+            root_not_after,
             issuer,
         })
     }
@@ -162,6 +169,11 @@ impl DevCa {
         &self.root_der
     }
 
+    /// When the root expires; SVIDs are never issued past it.
+    pub fn root_not_after(&self) -> OffsetDateTime {
+        self.root_not_after
+    }
+
     /// A trust bundle holding this root for its trust domain.
     pub fn bundle(&self) -> Result<TrustBundle, Error> {
         TrustBundle::new(self.trust_domain.clone(), vec![self.root_der.clone()])
@@ -177,12 +189,25 @@ impl DevCa {
         ttl: Duration,
     ) -> Result<IssuedSvid, Error> {
         let id = SpiffeId::istio(self.trust_domain.as_str(), namespace, service_account)?;
+        let ttl_error = |reason: String| Error::Config {
+            field: "ttl".into(),
+            reason,
+        };
         if ttl.is_zero() {
-            return Err(Error::Config {
-                field: "ttl".into(),
-                reason: "must be longer than zero".into(),
-            });
+            return Err(ttl_error("must be longer than zero".into()));
         }
+        let now = OffsetDateTime::now_utc();
+        // Checked: a TTL is user input (`meshd ca issue --ttl 9999999d`), and unchecked date
+        // arithmetic past year 9999 panics.
+        let not_after = end_of(now, ttl)
+            .filter(|end| *end <= self.root_not_after)
+            .ok_or_else(|| {
+                ttl_error(format!(
+                    "{} would outlive the CA root, which expires at {}",
+                    format_duration(ttl),
+                    self.root_not_after
+                ))
+            })?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(rcgen_error)?;
         let mut params = CertificateParams::default();
         // SPIFFE identifies by URI SAN alone; an empty subject avoids a second, conflicting name.
@@ -195,9 +220,8 @@ impl DevCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
-        params.not_after = now + ttl;
+        params.not_after = not_after;
         let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_error)?;
         Ok(IssuedSvid {
             id,
@@ -205,10 +229,7 @@ impl DevCa {
             key_pem: key.serialize_pem(),
             bundle_pem: self.root_pem.clone(),
             // Certificates carry whole seconds; report what was actually encoded.
-            not_after: params
-                .not_after
-                .replace_nanosecond(0)
-                .unwrap_or(params.not_after),
+            not_after: whole_seconds(not_after),
         })
     }
 
@@ -271,6 +292,15 @@ impl std::fmt::Debug for DevCa {
             .field("trust_domain", &self.trust_domain.as_str())
             .finish_non_exhaustive()
     }
+}
+
+/// `start + lifetime`, or `None` past what a date (and an X.509 GeneralizedTime) can hold.
+fn end_of(start: OffsetDateTime, lifetime: Duration) -> Option<OffsetDateTime> {
+    start.checked_add(time::Duration::try_from(lifetime).ok()?)
+}
+
+fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
 }
 
 fn uri_san(uri: &str) -> Result<SanType, Error> {

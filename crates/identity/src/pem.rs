@@ -7,9 +7,28 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::Error;
 
-/// Reads a whole file (following symlinks, so Kubernetes `..data` links resolve).
+/// The largest certificate, key or bundle file read: 1 MiB. The Mozilla root store (~150
+/// roots) is about 220 KiB as PEM, so this leaves room for large federated bundles while a path
+/// pointing at a log file, a disk image or `/dev/zero` fails at once instead of filling memory.
+pub const MAX_PEM_FILE: u64 = 1024 * 1024;
+
+/// Reads a whole file (following symlinks, so Kubernetes `..data` links resolve), refusing
+/// files over [`MAX_PEM_FILE`].
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::io(path, &e))
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, &e))?;
+    let mut bytes = Vec::new();
+    // One byte over the limit is enough to know it is too large, without reading the rest.
+    file.take(MAX_PEM_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, &e))?;
+    if bytes.len() as u64 > MAX_PEM_FILE {
+        return Err(Error::FileTooLarge {
+            limit: MAX_PEM_FILE,
+        }
+        .in_file(path));
+    }
+    Ok(bytes)
 }
 
 /// Parses every `CERTIFICATE` block, in order; other block kinds are skipped.

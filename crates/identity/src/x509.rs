@@ -95,6 +95,15 @@ pub fn check_validity(info: &LeafInfo, now: i64) -> Result<(), Error> {
     Ok(())
 }
 
+/// The end of any certificate's validity period (a CA's, an intermediate's), without the SVID
+/// shape checks of [`inspect_leaf`].
+pub fn not_after(der: &CertificateDer<'_>) -> Result<OffsetDateTime, Error> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| Error::BadCertificate {
+        reason: e.to_string(),
+    })?;
+    Ok(cert.validity().not_after.to_datetime())
+}
+
 /// Reads the first URI SAN of a certificate, if any (used to learn a CA's trust domain).
 pub(crate) fn first_uri_san(der: &CertificateDer<'_>) -> Result<Option<String>, Error> {
     let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| Error::BadCertificate {
