@@ -130,6 +130,7 @@ spec:
             .map(|t| ExplicitListener {
                 listen: SocketAddr::from((ip, 0)),
                 target: t.to_string(),
+                allow_remote: false,
             })
             .collect();
         let state = ProxyState::build(&snapshot, "cluster.local", 1, local_predicate(&config));

@@ -21,6 +21,7 @@
 pub mod access_log;
 pub mod config;
 pub mod conn;
+pub mod dump;
 pub mod connector;
 pub mod error;
 pub mod exposure;

@@ -1,6 +1,8 @@
 //! The configuration a connection is handled under: registry and compiled policies, built
 //! together from one snapshot and swapped as a whole.
 
+use std::sync::Arc;
+
 use meshd_config::Snapshot;
 use meshd_rbac::Engine;
 
@@ -17,6 +19,8 @@ pub struct ProxyState {
     pub trust_domain: String,
     /// Counts snapshots applied, for logs.
     pub generation: u64,
+    /// The snapshot it was built from (sources, for the configuration dump).
+    pub snapshot: Arc<Snapshot>,
 }
 
 impl ProxyState {
@@ -36,6 +40,7 @@ impl ProxyState {
             ),
             trust_domain: trust_domain.to_string(),
             generation,
+            snapshot: Arc::new(snapshot.clone()),
         }
     }
 

@@ -175,6 +175,7 @@ pub struct Engine {
     namespaces: HashMap<String, NamespaceIndex>,
     peer_authn: PeerAuthnIndex,
     skipped: Vec<PolicyKey>,
+    root_namespace: String,
 }
 
 impl Engine {
@@ -207,6 +208,7 @@ impl Engine {
     ) -> Self {
         let mut engine = Engine {
             peer_authn: PeerAuthnIndex::build(peer_authentications, root_namespace),
+            root_namespace: root_namespace.to_string(),
             ..Engine::default()
         };
         let mut sorted: Vec<&AuthorizationPolicy> = policies.into_iter().collect();
@@ -279,6 +281,20 @@ impl Engine {
     /// The effective PeerAuthentication mode of a destination port.
     pub fn mtls_mode(&self, namespace: &str, labels: &Labels, port: u16) -> EffectiveMode {
         self.peer_authn.effective(namespace, labels, port)
+    }
+
+    /// The AuthorizationPolicies (enforced, AUDIT and dry-run) that apply to a workload, in
+    /// key order: mesh-wide and namespace-wide ones, and those whose selector matches. For
+    /// operators' views; decisions go through [`Engine::decide`].
+    pub fn policies_for(&self, namespace: &str, labels: &Labels) -> Vec<(&PolicyKey, Action)> {
+        self.policies
+            .iter()
+            .filter(|p| {
+                (p.key.namespace == self.root_namespace || p.key.namespace == namespace)
+                    && p.selects(labels)
+            })
+            .map(|p| (&p.key, p.action))
+            .collect()
     }
 
     /// The PeerAuthentication requiring mTLS (STRICT) on at least one port of a workload, if

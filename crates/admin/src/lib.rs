@@ -1,0 +1,58 @@
+//! meshd's HTTP endpoints for operators, on ztunnel's ports:
+//!
+//! - admin (`listen.admin`, default `127.0.0.1:15000`, loopback unless configured otherwise):
+//!   `GET /config_dump` (the configuration in force as JSON), `GET|POST /logging?level=...`
+//!   (change the log filter at run time), `POST /quitquitquit` (graceful drain);
+//! - metrics (`listen.metrics`, default `0.0.0.0:15020`): `GET /metrics` and
+//!   `GET /stats/prometheus`;
+//! - readiness (`listen.readiness`, default `0.0.0.0:15021`): `GET /healthz/ready`, 200 once
+//!   everything is up, else 500 with what is pending.
+//!
+//! The crate knows nothing of meshd's data: the daemon hands it [`Handlers`] (closures over its
+//! state), so the endpoints are tested with stand-ins and the data flow stays one way. It does
+//! not terminate TLS: the admin port is loopback-only by default, as ztunnel's.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+mod readiness;
+mod server;
+
+pub use readiness::Readiness;
+pub use server::{Endpoint, serve};
+
+use std::sync::Arc;
+
+/// Renders the configuration dump.
+pub type DumpFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+/// Applies a log filter (`info`, `meshd=debug,access=info`, …); returns the filter in force.
+pub type LogLevelFn = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+/// Starts a graceful drain.
+pub type QuitFn = Arc<dyn Fn() + Send + Sync>;
+/// Renders the metrics exposition text.
+pub type MetricsFn = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// What the endpoints answer with: closures over the daemon's state.
+#[derive(Clone)]
+pub struct Handlers {
+    /// `/config_dump`.
+    pub config_dump: DumpFn,
+    /// `/logging`.
+    pub set_log_level: LogLevelFn,
+    /// `/quitquitquit`.
+    pub quit: QuitFn,
+    /// `/metrics`, `/stats/prometheus`.
+    pub metrics: MetricsFn,
+    /// The `Content-Type` of the metrics text.
+    pub metrics_content_type: &'static str,
+    /// `/healthz/ready`.
+    pub readiness: Readiness,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handlers")
+            .field("readiness", &self.readiness)
+            .finish_non_exhaustive()
+    }
+}

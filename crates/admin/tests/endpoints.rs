@@ -1,0 +1,175 @@
+//! The endpoints over real sockets, with stand-in handlers: every route, and every refusal.
+
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use meshd_admin::{Endpoint, Handlers, Readiness, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Fixture {
+    quits: Arc<AtomicUsize>,
+    level: Arc<Mutex<String>>,
+    readiness: Readiness,
+    handlers: Handlers,
+}
+
+fn fixture() -> Fixture {
+    let quits = Arc::new(AtomicUsize::new(0));
+    let level = Arc::new(Mutex::new("info".to_string()));
+    let readiness = Readiness::new(["certificates"]);
+    let handlers = Handlers {
+        config_dump: Arc::new(|| serde_json::json!({"generation": 7})),
+        set_log_level: {
+            let level = level.clone();
+            Arc::new(move |new: &str| {
+                if new.contains('!') {
+                    return Err(format!("bad log filter {new:?}"));
+                }
+                let mut current = level.lock().unwrap();
+                if !new.is_empty() {
+                    *current = new.to_string();
+                }
+                Ok(current.clone())
+            })
+        },
+        quit: {
+            let quits = quits.clone();
+            Arc::new(move || {
+                quits.fetch_add(1, Ordering::SeqCst);
+            })
+        },
+        metrics: Arc::new(|| Ok("# EOF\n".to_string())),
+        metrics_content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        readiness: readiness.clone(),
+    };
+    Fixture {
+        quits,
+        level,
+        readiness,
+        handlers,
+    }
+}
+
+async fn start(endpoint: Endpoint, handlers: Handlers) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, endpoint, handlers));
+    addr
+}
+
+/// One HTTP/1.1 request; (status, headers+body as text).
+async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+#[tokio::test]
+async fn readiness_is_500_with_what_is_pending_then_200() {
+    // Nothing is ready until every condition is; the body says what is missing.
+    let f = fixture();
+    let addr = start(Endpoint::Readiness, f.handlers.clone()).await;
+    let (status, body) = request(addr, "GET", "/healthz/ready").await;
+    assert_eq!(status, 500);
+    assert!(body.contains("pending: certificates"), "{body}");
+    f.readiness.set_ready("certificates");
+    assert_eq!(request(addr, "GET", "/healthz/ready").await.0, 200);
+    // A check evaluated per request turns it back to 500 (an expired certificate).
+    f.readiness.add_check(|| Some("certificate expired".into()));
+    let (status, body) = request(addr, "GET", "/healthz/ready").await;
+    assert_eq!(status, 500);
+    assert!(body.contains("certificate expired"), "{body}");
+}
+
+#[tokio::test]
+async fn config_dump_is_json() {
+    let f = fixture();
+    let addr = start(Endpoint::Admin, f.handlers).await;
+    let (status, body) = request(addr, "GET", "/config_dump").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("content-type: application/json"), "{body}");
+    assert!(body.contains("\"generation\": 7"), "{body}");
+}
+
+#[tokio::test]
+async fn logging_reads_and_changes_the_filter() {
+    // A percent-encoded filter arrives decoded.
+    let f = fixture();
+    let addr = start(Endpoint::Admin, f.handlers).await;
+    let (status, body) = request(addr, "GET", "/logging").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("current log level: info"), "{body}");
+    let (status, body) = request(addr, "POST", "/logging?level=meshd%3Ddebug%2Cinfo").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(*f.level.lock().unwrap(), "meshd=debug,info");
+}
+
+#[tokio::test]
+async fn logging_rejects_a_bad_filter_with_400() {
+    // The filter in force stays as it was.
+    let f = fixture();
+    let addr = start(Endpoint::Admin, f.handlers).await;
+    let (status, body) = request(addr, "POST", "/logging?level=nope!").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("bad log filter"), "{body}");
+    assert_eq!(*f.level.lock().unwrap(), "info");
+}
+
+#[tokio::test]
+async fn quitquitquit_needs_post() {
+    // A GET (a crawler, a browser prefetch) never drains the proxy.
+    let f = fixture();
+    let addr = start(Endpoint::Admin, f.handlers).await;
+    assert_eq!(request(addr, "GET", "/quitquitquit").await.0, 405);
+    assert_eq!(f.quits.load(Ordering::SeqCst), 0);
+    assert_eq!(request(addr, "POST", "/quitquitquit").await.0, 200);
+    assert_eq!(f.quits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn metrics_on_both_paths_with_the_openmetrics_type() {
+    let f = fixture();
+    let addr = start(Endpoint::Metrics, f.handlers).await;
+    for path in ["/metrics", "/stats/prometheus"] {
+        let (status, body) = request(addr, "GET", path).await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("content-type: application/openmetrics-text"),
+            "{body}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn each_listener_serves_only_its_own_routes() {
+    // The metrics port (0.0.0.0 by default) must never expose admin actions.
+    let f = fixture();
+    let metrics = start(Endpoint::Metrics, f.handlers.clone()).await;
+    let readiness = start(Endpoint::Readiness, f.handlers.clone()).await;
+    let admin = start(Endpoint::Admin, f.handlers).await;
+    assert_eq!(request(metrics, "POST", "/quitquitquit").await.0, 404);
+    assert_eq!(request(metrics, "GET", "/config_dump").await.0, 404);
+    assert_eq!(
+        request(readiness, "POST", "/logging?level=debug").await.0,
+        404
+    );
+    assert_eq!(request(admin, "GET", "/metrics").await.0, 404);
+    assert_eq!(request(admin, "GET", "/nope").await.0, 404);
+    assert_eq!(f.quits.load(Ordering::SeqCst), 0);
+}
