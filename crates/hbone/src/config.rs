@@ -43,10 +43,25 @@ pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 100;
 /// client's 100 so a ztunnel client never meets REFUSED_STREAM.
 pub const DEFAULT_SERVER_MAX_CONCURRENT_STREAMS: u32 = 200;
 
-/// Connections the server holds at once (TLS handshakes included); beyond it new connections
-/// are closed immediately. ztunnel has no limit; 4 096 × at most 16 MiB of window per
-/// connection bounds memory while leaving room for a busy node.
+/// Authenticated connections the server holds at once; a connection over it is closed right
+/// after its TLS handshake. ztunnel has no limit; 4 096 × at most 16 MiB of window per
+/// connection bounds memory while leaving room for a busy node. Handshakes in flight do not
+/// count here (see [`DEFAULT_MAX_HANDSHAKES`]), so unauthenticated hosts cannot fill it.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// TLS handshakes the server runs at once, from all sources; beyond it new connections are
+/// closed on accept. ztunnel has no limit. A TLS 1.3 server handshake (ECDHE, a signature, a
+/// client chain to verify) costs about a millisecond of CPU and holds a rustls connection of a
+/// few tens of KiB, so 1 024 bounds both to about a second of CPU and a few tens of MiB, while
+/// an honest burst (every peer of a node reconnecting after a restart) completes well below it.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+
+/// TLS handshakes the server runs at once from one source (an IPv4 address or an IPv6 /64), so
+/// one host opening idle connections takes at most this share of [`DEFAULT_MAX_HANDSHAKES`]; it
+/// takes 16 such hosts to fill it. An honest peer handshakes about one connection per (local
+/// identity, peer identity) pair, in milliseconds, and rarely has more than a few in flight
+/// (OpenSSH's `PerSourceMaxStartups` is the same idea).
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 64;
 
 /// PING interval: 10 s, as ztunnel (`do_ping_pong`).
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -205,8 +220,13 @@ pub struct ServerSettings {
     pub keepalive: Keepalive,
     /// SETTINGS_MAX_CONCURRENT_STREAMS announced to clients; extra streams are refused.
     pub max_concurrent_streams: u32,
-    /// Connections held at once; further connections are closed on accept.
+    /// Authenticated connections held at once; a further one is closed after its TLS handshake.
     pub max_connections: usize,
+    /// TLS handshakes in flight at once, from all sources; further connections are closed on
+    /// accept.
+    pub max_handshakes: usize,
+    /// TLS handshakes in flight at once from one source IP (IPv6: one /64).
+    pub max_handshakes_per_ip: usize,
     /// TLS + HTTP/2 handshake timeout (a client that never finishes is dropped).
     pub handshake_timeout: Duration,
     /// A connection without open streams this long gets a GOAWAY.
@@ -220,6 +240,8 @@ impl Default for ServerSettings {
             keepalive: Keepalive::default(),
             max_concurrent_streams: DEFAULT_SERVER_MAX_CONCURRENT_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: DEFAULT_SERVER_IDLE_TIMEOUT,
         }
@@ -230,12 +252,25 @@ impl ServerSettings {
     /// Rejects settings that h2 would refuse or that would make the server refuse everything.
     pub fn validate(&self) -> Result<(), Error> {
         self.http2.validate()?;
-        if self.max_concurrent_streams == 0 || self.max_connections == 0 {
+        if self.max_concurrent_streams == 0
+            || self.max_connections == 0
+            || self.max_handshakes == 0
+            || self.max_handshakes_per_ip == 0
+        {
             return Err(Error::Config(
-                "max_concurrent_streams and max_connections must be above zero".into(),
+                "max_concurrent_streams, max_connections, max_handshakes and \
+                 max_handshakes_per_ip must be above zero"
+                    .into(),
             ));
         }
         validate_keepalive(&self.keepalive)
+    }
+}
+
+impl ServerSettings {
+    /// A fresh handshake budget sized by these settings (one per listener).
+    pub(crate) fn handshake_budget(&self) -> crate::admission::HandshakeBudget {
+        crate::admission::HandshakeBudget::new(self.max_handshakes, self.max_handshakes_per_ip)
     }
 }
 

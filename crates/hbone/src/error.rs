@@ -67,6 +67,14 @@ pub enum Error {
         after: Duration,
     },
 
+    /// The server already holds `max_connections` authenticated connections; this one was
+    /// closed after its TLS handshake.
+    #[error("connection limit of {limit} authenticated connections reached")]
+    ConnectionLimit {
+        /// The server's `max_connections`.
+        limit: usize,
+    },
+
     /// The connection pool could not provide a connection (for example every pooled connection
     /// went away while the request waited).
     #[error("pool: {0}")]

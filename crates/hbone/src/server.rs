@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tower::Service;
 
+use crate::admission::{HandshakeBudget, HandshakeTicket, Refusal};
 use crate::service::{BoxError, ConnectService, ConnectionInfo, decide};
 use crate::{Decision, Error, InboundRequest, ServerSettings, Transport, TunnelStream, keepalive};
 
@@ -79,17 +80,20 @@ impl Server {
             .map_err(|e| Error::Io(e.to_string()))?;
         let (phase, watch_phase) = watch::channel(Phase::Running);
         let active = Arc::new(AtomicUsize::new(0));
+        let budget = self.settings.handshake_budget();
         let task = tokio::spawn(accept_loop(
             listener,
             self,
             watch_phase,
             Arc::clone(&active),
+            budget.clone(),
         ));
         Ok(ServerHandle {
             local_addr,
             phase,
             task: Some(task),
             active,
+            budget,
         })
     }
 
@@ -114,6 +118,7 @@ pub struct ServerHandle {
     phase: watch::Sender<Phase>,
     task: Option<JoinHandle<()>>,
     active: Arc<AtomicUsize>,
+    budget: HandshakeBudget,
 }
 
 impl ServerHandle {
@@ -123,12 +128,14 @@ impl ServerHandle {
         phase: watch::Sender<Phase>,
         task: JoinHandle<()>,
         active: Arc<AtomicUsize>,
+        budget: HandshakeBudget,
     ) -> ServerHandle {
         ServerHandle {
             local_addr,
             phase,
             task: Some(task),
             active,
+            budget,
         }
     }
 
@@ -140,6 +147,11 @@ impl ServerHandle {
     /// Connections currently held (including ones still in their handshake).
     pub fn active_connections(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Connections still in their TLS handshake (not yet authenticated).
+    pub fn handshakes_in_flight(&self) -> usize {
+        self.budget.in_flight()
     }
 
     /// Graceful shutdown: stop accepting, send GOAWAY on every connection, let open streams
@@ -173,6 +185,7 @@ async fn accept_loop(
     server: Server,
     mut phase: watch::Receiver<Phase>,
     active: Arc<AtomicUsize>,
+    budget: HandshakeBudget,
 ) {
     let limit = Arc::new(Semaphore::new(server.settings.max_connections));
     let mut connections = JoinSet::new();
@@ -186,22 +199,26 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer_addr)) => {
-                    let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                        // Closing at once tells the client to go elsewhere or retry, where
-                        // queueing would hold its connect open for an unknown time.
-                        tracing::warn!(%peer_addr, "hbone connection limit reached; closing new connection");
-                        continue;
+                    // Closing at once tells the client to go elsewhere or retry, where
+                    // queueing would hold its connect open for an unknown time.
+                    let ticket = match budget.try_admit(peer_addr.ip()) {
+                        Ok(ticket) => ticket,
+                        Err(refusal) => {
+                            log_refusal(refusal, peer_addr);
+                            continue;
+                        }
                     };
                     let counter = ActiveGuard::new(&active);
                     let conn = ConnectionParts {
                         tls: Arc::clone(&server.tls),
                         settings: Arc::clone(&server.settings),
                         service: server.service.clone(),
+                        limit: Arc::clone(&limit),
                     };
                     let phase = phase.clone();
                     connections.spawn(async move {
-                        serve_connection(tcp, peer_addr, conn, phase).await;
-                        drop((permit, counter));
+                        serve_connection(tcp, peer_addr, conn, phase, ticket).await;
+                        drop(counter);
                     });
                 }
                 Err(e) => {
@@ -214,6 +231,21 @@ async fn accept_loop(
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// Logs a connection closed before its handshake. Per-source refusals are what an abusive host
+/// meets, at the rate it connects, so they are not worth a warning each.
+pub(crate) fn log_refusal(refusal: Refusal, peer_addr: SocketAddr) {
+    match refusal {
+        Refusal::Total => tracing::warn!(
+            src.addr = %peer_addr,
+            "hbone handshake limit reached; closing new connection"
+        ),
+        Refusal::PerSource => tracing::debug!(
+            src.addr = %peer_addr,
+            "hbone per-source handshake limit reached; closing new connection"
+        ),
+    }
 }
 
 /// Counts a live connection for [`ServerHandle::active_connections`].
@@ -248,6 +280,8 @@ struct ConnectionParts {
     tls: Arc<rustls::ServerConfig>,
     settings: Arc<ServerSettings>,
     service: ConnectService,
+    /// Places for authenticated connections (`max_connections`).
+    limit: Arc<Semaphore>,
 }
 
 async fn serve_connection(
@@ -255,6 +289,7 @@ async fn serve_connection(
     peer_addr: SocketAddr,
     server: ConnectionParts,
     mut phase: watch::Receiver<Phase>,
+    ticket: HandshakeTicket,
 ) {
     let settings = &server.settings;
     let Ok(local_addr) = tcp.local_addr() else {
@@ -266,6 +301,15 @@ async fn serve_connection(
             .await
             .map_err(|e| Error::tls(peer_addr, &e))?;
         let peer_identity = meshd_identity::tls::peer_identity(tls.get_ref().1)?;
+        // Authenticated: from here the connection counts against `max_connections`, not the
+        // handshake budget. Over the limit it is closed now, before HTTP/2 is set up.
+        drop(ticket);
+        let permit =
+            Arc::clone(&server.limit)
+                .try_acquire_owned()
+                .map_err(|_| Error::ConnectionLimit {
+                    limit: settings.max_connections,
+                })?;
         let conn = h2_builder(settings)
             .handshake::<_, Bytes>(tls)
             .await
@@ -273,9 +317,10 @@ async fn serve_connection(
                 addr: peer_addr,
                 reason: e.to_string(),
             })?;
-        Ok::<_, Error>((peer_identity, conn))
+        Ok::<_, Error>((peer_identity, conn, permit))
     };
-    let (peer_identity, mut conn) = tokio::select! {
+    // The permit is held by the connection from authentication to its end.
+    let (peer_identity, mut conn, _permit) = tokio::select! {
         result = tokio::time::timeout(settings.handshake_timeout, handshake) => match result {
             Ok(Ok(done)) => done,
             Ok(Err(error)) => {

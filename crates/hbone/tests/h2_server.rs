@@ -179,38 +179,6 @@ async fn stalled_handshake_is_dropped() {
     assert_echo(&h).await;
 }
 
-// Beyond max_connections, new connections are closed at once; once the hogs are gone
-// (handshake timeout), normal clients are served again.
-#[tokio::test]
-async fn connection_limit_holds() {
-    let settings = ServerSettings {
-        max_connections: 3,
-        handshake_timeout: Duration::from_millis(500),
-        ..ServerSettings::default()
-    };
-    let h = Harness::with_settings(Transport::H2, echo(), settings, Default::default()).await;
-    let mut hogs = Vec::new();
-    for _ in 0..3 {
-        hogs.push(TcpStream::connect(h.peer.addr).await.unwrap());
-    }
-    // Let the server accept all three before the fourth arrives.
-    while h.server().active_connections() < 3 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut extra = TcpStream::connect(h.peer.addr).await.unwrap();
-    let mut buf = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
-        .await
-        .expect("connection over the limit was not closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
-    while h.server().active_connections() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_echo(&h).await;
-    drop(hogs);
-}
-
 // Streams whose client never reads cannot make the server buffer without bound: each
 // writer stalls once the client's windows and the server's send buffer are full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

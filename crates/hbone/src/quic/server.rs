@@ -13,7 +13,8 @@ use tokio::task::JoinSet;
 
 use super::stream::{H3Io, RecvHalf, SendHalf};
 use super::{ALPN_H3, handshake_error, transport_config};
-use crate::server::{ActiveGuard, Phase, reached};
+use crate::admission::{HandshakeBudget, HandshakeTicket};
+use crate::server::{ActiveGuard, Phase, log_refusal, reached};
 use crate::service::{ConnectService, ConnectionInfo, decide};
 use crate::{Error, Server, ServerHandle, Transport, TunnelStream};
 
@@ -38,6 +39,7 @@ impl Server {
             .map_err(|e| Error::Io(e.to_string()))?;
         let (phase, watch_phase) = watch::channel(Phase::Running);
         let active = Arc::new(AtomicUsize::new(0));
+        let budget = settings.handshake_budget();
         let task = tokio::spawn(accept_loop(
             endpoint,
             local_addr,
@@ -45,11 +47,15 @@ impl Server {
             service,
             watch_phase,
             Arc::clone(&active),
+            budget.clone(),
         ));
-        Ok(ServerHandle::from_parts(local_addr, phase, task, active))
+        Ok(ServerHandle::from_parts(
+            local_addr, phase, task, active, budget,
+        ))
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
@@ -57,6 +63,7 @@ async fn accept_loop(
     service: ConnectService,
     mut phase: watch::Receiver<Phase>,
     active: Arc<AtomicUsize>,
+    budget: HandshakeBudget,
 ) {
     let limit = Arc::new(Semaphore::new(settings.max_connections));
     let mut connections = JoinSet::new();
@@ -70,15 +77,35 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                    incoming.refuse();
+                // A UDP source address is whatever the sender wrote until it is validated, so
+                // every new source first gets a stateless Retry (one round trip per connection,
+                // which a pooled connection pays once): a spoofed flood then costs no state,
+                // and the per-source budget below counts addresses that can answer.
+                if !incoming.remote_address_validated() {
+                    // `may_retry` is guaranteed for an unvalidated address, so this cannot fail.
+                    let _ = incoming.retry();
                     continue;
+                }
+                let peer_addr = incoming.remote_address();
+                let ticket = match budget.try_admit(peer_addr.ip()) {
+                    Ok(ticket) => ticket,
+                    Err(refusal) => {
+                        log_refusal(refusal, peer_addr);
+                        incoming.refuse();
+                        continue;
+                    }
                 };
                 let counter = ActiveGuard::new(&active);
-                let (settings, service, phase) = (Arc::clone(&settings), service.clone(), phase.clone());
+                let conn = Parts {
+                    endpoint_addr: local_addr,
+                    settings: Arc::clone(&settings),
+                    service: service.clone(),
+                    limit: Arc::clone(&limit),
+                };
+                let phase = phase.clone();
                 connections.spawn(async move {
-                    serve_connection(incoming, local_addr, settings, service, phase).await;
-                    drop((permit, counter));
+                    serve_connection(incoming, conn, phase, ticket).await;
+                    drop(counter);
                 });
             }
         }
@@ -93,13 +120,27 @@ async fn accept_loop(
     connections.abort_all();
 }
 
-async fn serve_connection(
-    incoming: quinn::Incoming,
+/// What one connection task needs from its server.
+struct Parts {
     endpoint_addr: SocketAddr,
     settings: Arc<crate::ServerSettings>,
     service: ConnectService,
+    /// Places for authenticated connections (`max_connections`).
+    limit: Arc<Semaphore>,
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    parts: Parts,
     mut phase: watch::Receiver<Phase>,
+    ticket: HandshakeTicket,
 ) {
+    let Parts {
+        endpoint_addr,
+        settings,
+        service,
+        limit,
+    } = parts;
     let peer_addr = incoming.remote_address();
     let arrived_on = incoming.local_ip();
     let handshake = async {
@@ -117,6 +158,14 @@ async fn serve_connection(
             .and_then(|chain| chain.into_iter().next())
             .ok_or(Error::Identity(meshd_identity::Error::NoPeerCertificate))?;
         let id = meshd_identity::x509::inspect_leaf(&leaf)?.id;
+        // Authenticated: counted against `max_connections` from here, as over HTTP/2.
+        drop(ticket);
+        let Ok(permit) = limit.try_acquire_owned() else {
+            conn.close(quinn::VarInt::from_u32(0), b"connection limit");
+            return Err(Error::ConnectionLimit {
+                limit: settings.max_connections,
+            });
+        };
         let h3 = h3::server::builder()
             .max_field_section_size(u64::from(settings.http2.max_header_list_size))
             .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
@@ -125,16 +174,20 @@ async fn serve_connection(
                 addr: peer_addr,
                 reason: e.to_string(),
             })?;
-        Ok::<_, Error>((conn, id, h3))
+        Ok::<_, Error>((conn, id, h3, permit))
     };
-    let (conn, peer_identity, mut h3) = tokio::select! {
+    // The permit is held by the connection from authentication to its end.
+    let (conn, peer_identity, mut h3, _permit) = tokio::select! {
         r = tokio::time::timeout(settings.handshake_timeout, handshake) => match r {
             Ok(Ok(done)) => done,
             Ok(Err(error)) => {
                 tracing::warn!(src.addr = %peer_addr, %error, "hbone/h3 connection failed");
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                tracing::warn!(src.addr = %peer_addr, "hbone/h3 handshake timed out");
+                return;
+            }
         },
         () = reached(&mut phase, Phase::Draining) => return,
     };
