@@ -7,12 +7,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use meshd_identity::{IdentityHandle, SpiffeId};
+use meshd_identity::{IdentityHandle, Purpose, SpiffeId};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::headers::{RequestHeaders, TraceParent, authority_string};
 use crate::pool::{Pool, PoolKey, SlotGuard};
+use crate::revoke::PeerChain;
 use crate::stream::TunnelStream;
 use crate::{ClientSettings, Error, Transport};
 
@@ -123,7 +124,8 @@ impl Client {
         let mut last = None;
         for _ in 0..2 {
             let (send, slot) = self.pool.checkout(&key).await?;
-            match send_connect(send, slot, authority, headers).await {
+            let response_timeout = self.pool.settings().response_timeout;
+            match send_connect(send, slot, authority, headers, response_timeout).await {
                 Ok(stream) => return Ok(stream),
                 Err(Attempt::Retry(e, slot)) => {
                     slot.mark_broken();
@@ -152,8 +154,28 @@ enum Attempt {
     Fail(Error),
 }
 
-/// Sends the CONNECT on a pooled connection and waits for the response head.
+/// Sends the CONNECT on a pooled connection and waits for the response head, for at most
+/// `timeout` in all: a peer that stops granting streams, or takes a CONNECT and never answers,
+/// fails the tunnel with [`Error::Timeout`] instead of holding it. Giving up resets the stream
+/// (RST_STREAM CANCEL) and frees its slot; the connection stays, since its PINGs (keepalive)
+/// say whether the peer as a whole is alive.
 async fn send_connect(
+    send: SendRequest<Bytes>,
+    slot: SlotGuard,
+    authority: SocketAddr,
+    headers: &RequestHeaders,
+    timeout: Duration,
+) -> Result<TunnelStream, Attempt> {
+    match tokio::time::timeout(timeout, send_connect_inner(send, slot, authority, headers)).await {
+        Ok(result) => result,
+        Err(_) => Err(Attempt::Fail(Error::Timeout {
+            what: "connect response",
+            after: timeout,
+        })),
+    }
+}
+
+async fn send_connect_inner(
     send: SendRequest<Bytes>,
     slot: SlotGuard,
     authority: SocketAddr,
@@ -208,12 +230,23 @@ async fn connect_tcp(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<Tcp
     socket.connect(addr).await
 }
 
+/// A new connection to a peer, before the pool's first PING round trip on it.
+pub(crate) struct Dialed {
+    pub(crate) send: SendRequest<Bytes>,
+    pub(crate) connection: H2Connection,
+    /// The certificates the server presented, to verify again on every rotation.
+    pub(crate) peer_chain: PeerChain,
+    /// The end of the handshake time: setup steps after the handshake (the pool's PING round
+    /// trip) share it, so one dial never takes longer than connect + handshake timeouts.
+    pub(crate) deadline: tokio::time::Instant,
+}
+
 /// Opens TCP, then mTLS, then HTTP/2 to `addr`.
 pub(crate) async fn dial(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     settings: &ClientSettings,
-) -> Result<(SendRequest<Bytes>, H2Connection), Error> {
+) -> Result<Dialed, Error> {
     let tcp = match tokio::time::timeout(
         settings.connect_timeout,
         connect_tcp(addr, settings.socket_mark),
@@ -235,19 +268,29 @@ pub(crate) async fn dial(
         }
     };
     tune_socket(&tcp);
+    let deadline = tokio::time::Instant::now() + settings.handshake_timeout;
     let handshake = async {
         let tls = meshd_identity::tls::connect(tls, tcp)
             .await
             .map_err(|e| Error::tls(addr, &e))?;
-        h2_builder(settings)
-            .handshake(tls)
-            .await
-            .map_err(|e| Error::Http2Handshake {
-                addr,
-                reason: e.to_string(),
-            })
+        let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        let peer_chain = PeerChain::new(certs, Purpose::ServerAuth);
+        let (send, connection) =
+            h2_builder(settings)
+                .handshake(tls)
+                .await
+                .map_err(|e| Error::Http2Handshake {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+        Ok(Dialed {
+            send,
+            connection,
+            peer_chain,
+            deadline,
+        })
     };
-    tokio::time::timeout(settings.handshake_timeout, handshake)
+    tokio::time::timeout_at(deadline, handshake)
         .await
         .map_err(|_| Error::Timeout {
             what: "tls and http2 handshake",

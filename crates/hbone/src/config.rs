@@ -63,6 +63,18 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 /// (OpenSSH's `PerSourceMaxStartups` is the same idea).
 pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 64;
 
+/// Client: how long a CONNECT may wait for the peer's response head. A ztunnel or meshd peer
+/// answers after dialing the destination, which it bounds at 10 s (ztunnel's connect timeout);
+/// 15 s adds room for its policy check and the round trip. A peer that completed TLS and
+/// HTTP/2 but never answers fails the tunnel at this point instead of holding it forever.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Both sides: once a peer's certificate chain stops verifying (its root left the trust bundle,
+/// or a certificate in it expired), streams already open on the connection get this long to
+/// finish before they are reset; new streams are refused at once. 5 s, as ztunnel's
+/// `CONNECTION_TERMINATION_DEADLINE` for a drain.
+pub const DEFAULT_REVOCATION_GRACE: Duration = Duration::from_secs(5);
+
 /// PING interval: 10 s, as ztunnel (`do_ping_pong`).
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -182,6 +194,10 @@ pub struct ClientSettings {
     /// `SO_MARK` for the TCP connections to peers, so traffic-capture rules exempt them (as
     /// ztunnel marks its sockets 1337); `None` leaves them unmarked.
     pub socket_mark: Option<u32>,
+    /// How long a CONNECT waits for a stream slot and the peer's response head.
+    pub response_timeout: Duration,
+    /// Time open streams get to finish once the peer's certificate stops verifying.
+    pub revocation_grace: Duration,
 }
 
 impl Default for ClientSettings {
@@ -194,6 +210,8 @@ impl Default for ClientSettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             socket_mark: None,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            revocation_grace: DEFAULT_REVOCATION_GRACE,
         }
     }
 }
@@ -206,6 +224,9 @@ impl ClientSettings {
             return Err(Error::Config(
                 "max_streams_per_connection must be above zero".into(),
             ));
+        }
+        if self.response_timeout.is_zero() {
+            return Err(Error::Config("response_timeout must be above zero".into()));
         }
         validate_keepalive(&self.keepalive)
     }
@@ -231,6 +252,8 @@ pub struct ServerSettings {
     pub handshake_timeout: Duration,
     /// A connection without open streams this long gets a GOAWAY.
     pub idle_timeout: Duration,
+    /// Time open streams get to finish once the client's certificate stops verifying.
+    pub revocation_grace: Duration,
 }
 
 impl Default for ServerSettings {
@@ -244,6 +267,7 @@ impl Default for ServerSettings {
             max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: DEFAULT_SERVER_IDLE_TIMEOUT,
+            revocation_grace: DEFAULT_REVOCATION_GRACE,
         }
     }
 }

@@ -4,13 +4,19 @@
 //! - [`Client`] opens tunneled TCP connections: one HTTP/2 `CONNECT` stream per tunnel, over
 //!   pooled mutual-TLS connections to a peer's port 15008, verifying that the peer proves the
 //!   expected SPIFFE ID. The pool is keyed by (local identity, expected peer identity, peer
-//!   address), multiplexes up to a stream limit per connection, shares handshakes between
-//!   concurrent first requests, evicts broken connections and closes idle ones.
+//!   address), multiplexes up to a stream limit per connection, shares one dial (and its
+//!   failure) between concurrent requests, bounds every step (connect, handshake, CONNECT
+//!   response), evicts broken connections and closes idle ones.
 //! - [`Server`] accepts mTLS connections, reads the client's SPIFFE ID, serves HTTP/2 within
-//!   limits (connections, streams per connection, header size, handshake and idle timeouts),
+//!   limits (handshakes in flight overall and per source before authentication, authenticated
+//!   connections, streams per connection, header size, handshake and idle timeouts),
 //!   validates each `CONNECT` and hands an [`InboundRequest`] to a caller-supplied
 //!   `tower::Service`, which answers with a [`Decision`]: a handler for the accepted tunnel or a
 //!   [`Refusal`] with its status. Shutdown is graceful (GOAWAY, then a deadline).
+//! - Both sides re-verify an established connection's peer chain on every rotation of the local
+//!   credential set and when a certificate in it expires; a peer no longer trusted gets no new
+//!   streams at once, and its open ones a grace period (`revocation_grace`) before the
+//!   connection closes.
 //! - [`TunnelStream`] is the tunnel as `AsyncRead + AsyncWrite`, with TCP half-close mapped to
 //!   END_STREAM and resets mapped both ways, ready for `tokio::io::copy_bidirectional`.
 //! - Both sides speak ztunnel's wire format (see `HBONE.md` at the repository root): TLS 1.3
@@ -45,12 +51,14 @@
 mod admission;
 mod client;
 mod config;
+mod dial;
 mod error;
 pub mod headers;
 mod keepalive;
 mod pool;
 #[cfg(feature = "quic")]
 mod quic;
+mod revoke;
 mod server;
 mod service;
 mod stream;
@@ -62,9 +70,9 @@ pub use config::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_IP, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_PORT,
-    DEFAULT_SERVER_IDLE_TIMEOUT, DEFAULT_SERVER_MAX_CONCURRENT_STREAMS,
-    DEFAULT_SERVER_MAX_HEADER_LIST, DEFAULT_SERVER_SEND_BUFFER, DEFAULT_STREAM_WINDOW,
-    Http2Settings, Keepalive, ServerSettings,
+    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_REVOCATION_GRACE, DEFAULT_SERVER_IDLE_TIMEOUT,
+    DEFAULT_SERVER_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_MAX_HEADER_LIST,
+    DEFAULT_SERVER_SEND_BUFFER, DEFAULT_STREAM_WINDOW, Http2Settings, Keepalive, ServerSettings,
 };
 pub use error::Error;
 pub use headers::{Forwarded, RequestHeaders, TraceParent};

@@ -3,13 +3,16 @@
 //! Keyed by (local identity, expected peer identity, peer address), as ztunnel's
 //! `WorkloadKey` minus the source IP (meshd does not spoof sources). Per key: a list of
 //! connections, each with a slot counter capped at min(our stream limit, the server's
-//! SETTINGS_MAX_CONCURRENT_STREAMS), and an async dial lock so concurrent first requests wait
-//! for one handshake instead of each opening a connection.
+//! SETTINGS_MAX_CONCURRENT_STREAMS), and one shared dial in flight ([`DialSlot`]) so concurrent
+//! requests wait for one handshake, and share its failure, instead of each dialing in turn.
 //!
 //! Each connection has a driver task that polls h2, runs the PING keepalive and closes the
 //! connection once it has been unused for the idle timeout. A connection that fails (keepalive,
 //! I/O error, GOAWAY) is marked closed before anything else, so it is never handed out again,
-//! and removed from the pool when its driver ends.
+//! and removed from the pool when its driver ends. The driver also re-verifies the server's
+//! certificate chain on every rotation and at each certificate's expiry; a chain that no longer
+//! verifies evicts the connection at once (the next request redials, and meets the current
+//! trust bundle), and its open streams get the revocation grace period to finish.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,7 +24,9 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use meshd_identity::{IdentityHandle, SpiffeId};
 
-use crate::client::{H2Connection, dial};
+use crate::client::{Dialed, H2Connection, dial};
+use crate::dial::DialSlot;
+use crate::revoke::{self, PeerChain};
 use crate::{ClientSettings, Error, keepalive};
 
 /// Set in a connection's slot word once it must not take new streams.
@@ -47,8 +52,8 @@ pub(crate) struct Pool {
 }
 
 struct KeyEntry {
-    // Held while dialing, so a burst to a new key opens one connection, not hundreds.
-    dial: tokio::sync::Mutex<()>,
+    // The dial in flight, so a burst to a new key opens one connection, not hundreds.
+    dial: Arc<DialSlot<Arc<PooledConn>>>,
     conns: Mutex<Vec<Arc<PooledConn>>>,
     tls: Arc<rustls::ClientConfig>,
 }
@@ -95,6 +100,10 @@ impl ConnState {
         self.slots.fetch_or(CLOSED, Ordering::AcqRel);
     }
 
+    fn is_closed(&self) -> bool {
+        self.slots.load(Ordering::Acquire) & CLOSED != 0
+    }
+
     /// Closes the connection if it has no streams and has had none for `timeout`.
     fn close_if_idle(&self, timeout: Duration) -> bool {
         if lock(&self.idle_since).elapsed() < timeout {
@@ -138,63 +147,108 @@ impl Pool {
         }
     }
 
-    /// A slot on a connection for `key`: a reusable one if any has room, else a new one.
+    pub(crate) fn settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
+    /// A slot on a connection for `key`: a reusable one if any has room, else one on the
+    /// connection being dialed (joining the dial in flight, or starting it).
     pub(crate) async fn checkout(
         self: &Arc<Self>,
         key: &PoolKey,
     ) -> Result<(SendRequest<Bytes>, SlotGuard), Error> {
         let entry = self.entry(key)?;
-        if let Some(found) = entry.reserve() {
-            return Ok(found);
-        }
-        let _dialing = entry.dial.lock().await;
-        // Whoever held the lock before us may have opened a connection with room.
-        if let Some(found) = entry.reserve() {
-            return Ok(found);
-        }
-        let (send, mut connection) = dial(key.addr, entry.tls.clone(), &self.settings).await?;
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(ConnState {
-            slots: AtomicUsize::new(0),
-            limit: self.settings.max_streams_per_connection as usize,
-            idle_since: Mutex::new(Instant::now()),
-        });
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let pings = connection.ping_pong();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(drive(
-            connection,
-            pings,
-            ready_tx,
-            Arc::clone(&state),
-            Arc::downgrade(self),
-            key.clone(),
-            id,
-            self.settings.clone(),
-        ));
-        // One PING round trip before first use: the server's SETTINGS precede its PONG, so
-        // the stream limit we read below is the server's and not our guess; and under TLS 1.3
-        // a server rejecting our certificate is only heard on this first read.
-        match tokio::time::timeout(self.settings.handshake_timeout, ready_rx).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(e),
-            Ok(Err(_)) => return Err(Error::Pool("connection task ended".into())),
-            Err(_) => {
-                state.close();
-                return Err(Error::Timeout {
-                    what: "http2 settings exchange",
-                    after: self.settings.handshake_timeout,
-                });
+        loop {
+            if let Some(found) = entry.reserve() {
+                return Ok(found);
             }
+            let conn = entry
+                .dial
+                .join_or_start(|| self.open(key.clone(), &entry))
+                .await?;
+            // A server announcing zero streams still gets one from each dial, so a request
+            // always makes progress (the response timeout bounds the wait for its stream).
+            let peer_limit = conn.send.current_max_send_streams().max(1);
+            if let Some(slot) = conn.state.try_reserve(peer_limit) {
+                return Ok((conn.send.clone(), slot));
+            }
+            if conn.state.is_closed() {
+                return Err(Error::Pool(
+                    "new connection closed before its first stream".into(),
+                ));
+            }
+            // Full already: more requests shared the dial than it has streams; dial another.
         }
-        let conn = Arc::new(PooledConn { id, send, state });
-        let slot = conn
-            .state
-            .try_reserve(usize::MAX)
-            .ok_or_else(|| Error::Pool("new connection closed before its first stream".into()))?;
-        let send = conn.send.clone();
-        lock(&entry.conns).push(conn);
-        Ok((send, slot))
+    }
+
+    /// Opens a connection for `key` and adds it to the pool: the future a [`DialSlot`] shares.
+    /// It holds the pool and the entry weakly, since the entry stores it.
+    fn open(
+        self: &Arc<Self>,
+        key: PoolKey,
+        entry: &Arc<KeyEntry>,
+    ) -> impl Future<Output = Result<Arc<PooledConn>, Error>> + Send + 'static {
+        let pool = Arc::downgrade(self);
+        let weak_entry = Arc::downgrade(entry);
+        let tls = entry.tls.clone();
+        let settings = self.settings.clone();
+        let identity = self.identity.clone();
+        async move {
+            let Dialed {
+                send,
+                mut connection,
+                peer_chain,
+                deadline,
+            } = dial(key.addr, tls, &settings).await?;
+            let id = {
+                let pool = pool
+                    .upgrade()
+                    .ok_or_else(|| Error::Pool("client dropped".into()))?;
+                pool.opened.fetch_add(1, Ordering::Relaxed);
+                pool.next_id.fetch_add(1, Ordering::Relaxed)
+            };
+            let state = Arc::new(ConnState {
+                slots: AtomicUsize::new(0),
+                limit: settings.max_streams_per_connection as usize,
+                idle_since: Mutex::new(Instant::now()),
+            });
+            let pings = connection.ping_pong();
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(drive(
+                connection,
+                pings,
+                ready_tx,
+                Driver {
+                    state: Arc::clone(&state),
+                    pool,
+                    key,
+                    id,
+                    settings: settings.clone(),
+                    identity,
+                    peer_chain,
+                },
+            ));
+            // One PING round trip before first use: the server's SETTINGS precede its PONG, so
+            // the stream limit read by `checkout` is the server's and not our guess; and under
+            // TLS 1.3 a server rejecting our certificate is only heard on this first read.
+            match tokio::time::timeout_at(deadline, ready_rx).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(_)) => return Err(Error::Pool("connection task ended".into())),
+                Err(_) => {
+                    state.close();
+                    return Err(Error::Timeout {
+                        what: "http2 settings exchange",
+                        after: settings.handshake_timeout,
+                    });
+                }
+            }
+            let conn = Arc::new(PooledConn { id, send, state });
+            if let Some(entry) = weak_entry.upgrade() {
+                lock(&entry.conns).push(Arc::clone(&conn));
+            }
+            Ok(conn)
+        }
     }
 
     fn entry(&self, key: &PoolKey) -> Result<Arc<KeyEntry>, Error> {
@@ -204,7 +258,7 @@ impl Pool {
         }
         let tls = meshd_identity::tls::client_config(&self.identity, &key.peer)?;
         let entry = Arc::new(KeyEntry {
-            dial: tokio::sync::Mutex::new(()),
+            dial: DialSlot::new(),
             conns: Mutex::new(Vec::new()),
             tls,
         });
@@ -254,18 +308,34 @@ impl KeyEntry {
     }
 }
 
-/// Polls one pooled connection until it fails, its keepalive fails, or it has been idle.
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
-async fn drive(
-    mut connection: H2Connection,
-    mut pings: Option<h2::PingPong>,
-    ready: tokio::sync::oneshot::Sender<Result<(), Error>>,
+/// What a connection's driver needs besides the connection itself.
+struct Driver {
     state: Arc<ConnState>,
     pool: Weak<Pool>,
     key: PoolKey,
     id: u64,
     settings: ClientSettings,
+    identity: IdentityHandle,
+    peer_chain: PeerChain,
+}
+
+/// Polls one pooled connection until it fails, its keepalive fails, it has been idle, or the
+/// server's certificate chain stops verifying.
+async fn drive(
+    mut connection: H2Connection,
+    mut pings: Option<h2::PingPong>,
+    ready: tokio::sync::oneshot::Sender<Result<(), Error>>,
+    driver: Driver,
 ) {
+    let Driver {
+        state,
+        pool,
+        key,
+        id,
+        settings,
+        identity,
+        peer_chain,
+    } = driver;
     if let Some(p) = pings.as_mut() {
         let warmup = tokio::select! {
             pong = p.ping(h2::Ping::opaque()) => pong.map(|_| ()).map_err(|e| h2_error(key.addr, e)),
@@ -289,6 +359,8 @@ async fn drive(
         }
     };
     tokio::pin!(keepalive);
+    let revoked = revoke::revoked(&identity, &peer_chain);
+    tokio::pin!(revoked);
     // Checking a few times per timeout keeps an idle connection's lifetime within 25 % of it.
     let period =
         (settings.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
@@ -308,6 +380,19 @@ async fn drive(
                 tracing::warn!(peer = %key.addr, %error, "hbone keepalive failed; closing connection");
                 // Dropping the connection closes the socket; its streams see an error.
                 break;
+            }
+            error = &mut revoked => {
+                state.close();
+                tracing::warn!(peer = %key.addr, peer.identity = %key.peer, %error,
+                    "peer certificate no longer verifies; closing hbone connection");
+                // Evicted at once, so the next request redials and meets the current bundle.
+                // Without the pool's SendRequest, h2 says GOAWAY and closes as soon as the open
+                // streams end; those that outlast the grace period are cut.
+                if let Some(pool) = pool.upgrade() {
+                    pool.remove(&key, id);
+                }
+                let _ = tokio::time::timeout(settings.revocation_grace, &mut connection).await;
+                return;
             }
             _ = idle_check.tick() => {
                 if state.close_if_idle(settings.idle_timeout) {

@@ -2,6 +2,7 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -10,13 +11,14 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::{Request, Response, StatusCode};
-use meshd_identity::IdentityHandle;
+use meshd_identity::{IdentityHandle, Purpose};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tower::Service;
 
 use crate::admission::{HandshakeBudget, HandshakeTicket, Refusal};
+use crate::revoke::{self, PeerChain};
 use crate::service::{BoxError, ConnectService, ConnectionInfo, decide};
 use crate::{Decision, Error, InboundRequest, ServerSettings, Transport, TunnelStream, keepalive};
 
@@ -35,6 +37,7 @@ pub(crate) enum Phase {
 
 /// An HBONE server: TLS and HTTP/2 settings plus the caller's CONNECT service.
 pub struct Server {
+    identity: IdentityHandle,
     tls: Arc<rustls::ServerConfig>,
     settings: Arc<ServerSettings>,
     service: ConnectService,
@@ -67,6 +70,7 @@ impl Server {
             .map_err(Into::into)
             .service(service);
         Ok(Server {
+            identity: identity.clone(),
             tls: meshd_identity::tls::server_config(identity)?,
             settings: Arc::new(settings),
             service: ConnectService::new(service),
@@ -101,11 +105,12 @@ impl Server {
     pub(crate) fn parts(
         self,
     ) -> (
+        IdentityHandle,
         Arc<rustls::ServerConfig>,
         Arc<ServerSettings>,
         ConnectService,
     ) {
-        (self.tls, self.settings, self.service)
+        (self.identity, self.tls, self.settings, self.service)
     }
 }
 
@@ -210,6 +215,7 @@ async fn accept_loop(
                     };
                     let counter = ActiveGuard::new(&active);
                     let conn = ConnectionParts {
+                        identity: server.identity.clone(),
                         tls: Arc::clone(&server.tls),
                         settings: Arc::clone(&server.settings),
                         service: server.service.clone(),
@@ -277,6 +283,7 @@ pub(crate) async fn reached(phase: &mut watch::Receiver<Phase>, target: Phase) {
 
 /// What one connection task needs from its server.
 struct ConnectionParts {
+    identity: IdentityHandle,
     tls: Arc<rustls::ServerConfig>,
     settings: Arc<ServerSettings>,
     service: ConnectService,
@@ -301,6 +308,8 @@ async fn serve_connection(
             .await
             .map_err(|e| Error::tls(peer_addr, &e))?;
         let peer_identity = meshd_identity::tls::peer_identity(tls.get_ref().1)?;
+        let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        let peer_chain = PeerChain::new(certs, Purpose::ClientAuth);
         // Authenticated: from here the connection counts against `max_connections`, not the
         // handshake budget. Over the limit it is closed now, before HTTP/2 is set up.
         drop(ticket);
@@ -317,10 +326,10 @@ async fn serve_connection(
                 addr: peer_addr,
                 reason: e.to_string(),
             })?;
-        Ok::<_, Error>((peer_identity, conn, permit))
+        Ok::<_, Error>((peer_identity, peer_chain, conn, permit))
     };
     // The permit is held by the connection from authentication to its end.
-    let (peer_identity, mut conn, _permit) = tokio::select! {
+    let (peer_identity, peer_chain, mut conn, _permit) = tokio::select! {
         result = tokio::time::timeout(settings.handshake_timeout, handshake) => match result {
             Ok(Ok(done)) => done,
             Ok(Err(error)) => {
@@ -358,9 +367,30 @@ async fn serve_connection(
         conn.graceful_shutdown();
         draining = true;
     }
+    // Revocation (the client's chain stopped verifying): GOAWAY and refuse new streams at once,
+    // give open ones the grace period, then reset what is left. Graceful rather than abrupt
+    // (ztunnel cuts at once on a CRL revocation) so a rotation that drops a root does not cut
+    // transfers mid-byte when they could finish; the grace bounds what a revoked peer keeps.
+    let revoked = revoke::revoked(&server.identity, &peer_chain);
+    tokio::pin!(revoked);
+    let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
+            error = &mut revoked, if grace.is_none() => {
+                tracing::warn!(src.addr = %peer_addr, src.identity = %info.peer_identity, %error,
+                    "client certificate no longer verifies; closing hbone connection");
+                if !draining {
+                    conn.graceful_shutdown();
+                    draining = true;
+                }
+                grace = Some(Box::pin(tokio::time::sleep(settings.revocation_grace)));
+            }
+            () = sleep_opt(&mut grace) => {
+                conn.abrupt_shutdown(Reason::NO_ERROR);
+                streams.abort_all();
+                break;
+            }
             changed = phase.changed() => {
                 // A closed channel means the handle is gone: treat it as the deadline.
                 let now = if changed.is_err() { Phase::Force } else { *phase.borrow_and_update() };
@@ -394,6 +424,11 @@ async fn serve_connection(
                 }
             }
             next = conn.accept() => match next {
+                Some(Ok((_, mut respond))) if grace.is_some() => {
+                    // Sent before our GOAWAY reached the client: not processed, safe to retry
+                    // elsewhere, and never served under a revoked certificate.
+                    respond.send_reset(Reason::REFUSED_STREAM);
+                }
                 Some(Ok((request, respond))) => {
                     streams.spawn(serve_stream(request, respond, Arc::clone(&info), server.service.clone()));
                 }
@@ -412,6 +447,14 @@ async fn serve_connection(
     tokio::select! {
         () = async { while streams.join_next().await.is_some() {} } => {}
         () = reached(&mut phase, Phase::Force) => streams.abort_all(),
+    }
+}
+
+/// Waits for `sleep` if there is one, else forever.
+pub(crate) async fn sleep_opt(sleep: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match sleep {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -37,6 +37,12 @@ impl IdentityHandle {
         IdentityHandle { rx }
     }
 
+    /// A handle that follows `rx`: whoever holds its sender rotates the set (tests that rotate
+    /// roots or certificates without files, or another identity source).
+    pub fn from_watch(rx: watch::Receiver<Arc<CredentialSet>>) -> Self {
+        IdentityHandle { rx }
+    }
+
     /// The set in force now.
     pub fn current(&self) -> Arc<CredentialSet> {
         self.rx.borrow().clone()

@@ -3,16 +3,19 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use meshd_identity::{IdentityHandle, SpiffeId};
+use meshd_identity::{IdentityHandle, Purpose, SpiffeId};
 use quinn::crypto::rustls::QuicClientConfig;
 
 use super::stream::{H3Io, RecvHalf, SendHalf};
-use super::{ALPN_H3, h3_error, handshake_error, lock, transport_config};
+use super::{ALPN_H3, h3_error, handshake_error, lock, peer_chain, transport_config};
+use crate::dial::DialSlot;
 use crate::headers::{RequestHeaders, authority_string};
+use crate::revoke::{self, PeerChain};
 use crate::{ClientSettings, Error, Peer, TunnelStream};
 
 type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
@@ -26,8 +29,18 @@ pub(crate) struct QuicClient {
 }
 
 struct Entry {
-    dial: tokio::sync::Mutex<()>,
+    // The dial in flight, shared by concurrent requests (see `crate::dial`).
+    dial: Arc<DialSlot<(quinn::Connection, SendRequest)>>,
     conn: Mutex<Option<(quinn::Connection, SendRequest)>>,
+}
+
+/// What a dial needs, owned, so the shared dial future outlives the request that started it.
+struct DialParts {
+    identity: IdentityHandle,
+    settings: ClientSettings,
+    endpoint: quinn::Endpoint,
+    peer: Peer,
+    entry: Weak<Entry>,
 }
 
 impl QuicClient {
@@ -53,8 +66,20 @@ impl QuicClient {
             .body(())
             .map_err(|e| Error::Config(e.to_string()))?;
         headers.write_to(request.headers_mut());
-        let mut stream = send.send_request(request).await.map_err(h3_error)?;
-        let response = stream.recv_response().await.map_err(h3_error)?;
+        // Bounded as over HTTP/2: a peer that never answers fails the tunnel, not holds it.
+        let timeout = self.settings.response_timeout;
+        let exchange = async {
+            let mut stream = send.send_request(request).await.map_err(h3_error)?;
+            let response = stream.recv_response().await.map_err(h3_error)?;
+            Ok::<_, Error>((stream, response))
+        };
+        let (stream, response) =
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "connect response",
+                    after: timeout,
+                })??;
         if response.status() != StatusCode::OK {
             return Err(Error::HttpStatus(response.status()));
         }
@@ -73,7 +98,7 @@ impl QuicClient {
             let mut conns = lock(&self.conns);
             Arc::clone(conns.entry(key).or_insert_with(|| {
                 Arc::new(Entry {
-                    dial: tokio::sync::Mutex::new(()),
+                    dial: DialSlot::new(),
                     conn: Mutex::new(None),
                 })
             }))
@@ -87,60 +112,117 @@ impl QuicClient {
         if let Some(send) = live(&entry) {
             return Ok(send);
         }
-        let _dialing = entry.dial.lock().await;
-        if let Some(send) = live(&entry) {
-            return Ok(send);
-        }
-        let (quic, send) = self.dial(peer).await?;
-        *lock(&entry.conn) = Some((quic, send.clone()));
+        let parts = DialParts {
+            identity: self.identity.clone(),
+            settings: self.settings.clone(),
+            endpoint: self.endpoint(peer.addr.is_ipv6())?,
+            peer: peer.clone(),
+            entry: Arc::downgrade(&entry),
+        };
+        let (_, send) = entry.dial.join_or_start(|| dial(parts)).await?;
         Ok(send)
     }
+}
 
-    async fn dial(&self, peer: &Peer) -> Result<(quinn::Connection, SendRequest), Error> {
-        let addr = peer.addr;
-        let mut tls =
-            (*meshd_identity::tls::client_config(&self.identity, &peer.identity)?).clone();
-        tls.alpn_protocols = vec![ALPN_H3.to_vec()];
-        let crypto =
-            QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| Error::Config(e.to_string()))?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config(
-            &self.settings.http2,
-            self.settings.keepalive,
-            self.settings.max_streams_per_connection,
-        )));
-        let endpoint = self.endpoint(addr.is_ipv6())?;
-        // The name is never checked (SPIFFE verification) nor sent (an IP name has no SNI).
-        let connecting = endpoint
-            .connect_with(config, addr, "0.0.0.0")
-            .map_err(|e| Error::Connect {
+/// Opens a QUIC connection with HTTP/3 on it, stores it in its entry and watches its peer's
+/// chain: the future the entry's [`DialSlot`] shares.
+async fn dial(parts: DialParts) -> Result<(quinn::Connection, SendRequest), Error> {
+    let DialParts {
+        identity,
+        settings,
+        endpoint,
+        peer,
+        entry,
+    } = parts;
+    let addr = peer.addr;
+    let mut tls = (*meshd_identity::tls::client_config(&identity, &peer.identity)?).clone();
+    tls.alpn_protocols = vec![ALPN_H3.to_vec()];
+    let crypto =
+        QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| Error::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(
+        &settings.http2,
+        settings.keepalive,
+        settings.max_streams_per_connection,
+    )));
+    // The name is never checked (SPIFFE verification) nor sent (an IP name has no SNI).
+    let connecting = endpoint
+        .connect_with(config, addr, "0.0.0.0")
+        .map_err(|e| Error::Connect {
+            addr,
+            reason: e.to_string(),
+        })?;
+    let timeout = settings.handshake_timeout;
+    let setup = async {
+        let quic = connecting.await.map_err(|e| handshake_error(addr, e))?;
+        let (mut driver, send) = h3::client::builder()
+            .max_field_section_size(u64::from(settings.http2.max_header_list_size))
+            .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
+            .await
+            .map_err(|e| Error::Http2Handshake {
                 addr,
                 reason: e.to_string(),
             })?;
-        let timeout = self.settings.handshake_timeout;
-        let setup = async {
-            let quic = connecting.await.map_err(|e| handshake_error(addr, e))?;
-            let (mut driver, send) = h3::client::builder()
-                .max_field_section_size(u64::from(self.settings.http2.max_header_list_size))
-                .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
-                .await
-                .map_err(|e| Error::Http2Handshake {
-                    addr,
-                    reason: e.to_string(),
-                })?;
-            tokio::spawn(async move {
-                let _closed = poll_fn(|cx| driver.poll_close(cx)).await;
-            });
-            Ok::<_, Error>((quic, send))
-        };
+        tokio::spawn(async move {
+            let _closed = poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        Ok::<_, Error>((quic, send))
+    };
+    let (quic, send) =
         tokio::time::timeout(timeout, setup)
             .await
             .map_err(|_| Error::Timeout {
                 what: "quic handshake",
                 after: timeout,
-            })?
-    }
+            })??;
+    let Some(entry) = entry.upgrade() else {
+        return Ok((quic, send));
+    };
+    *lock(&entry.conn) = Some((quic.clone(), send.clone()));
+    let chain = PeerChain::new(&peer_chain(&quic), Purpose::ServerAuth);
+    tokio::spawn(watch_revocation(
+        quic.clone(),
+        chain,
+        identity,
+        settings.revocation_grace,
+        Arc::downgrade(&entry),
+    ));
+    Ok((quic, send))
+}
 
+/// Closes a pooled QUIC connection once the server's chain no longer verifies: forgotten by the
+/// pool at once (the next request redials), closed after the grace period. QUIC has no
+/// GOAWAY from the client; its open streams simply get the grace period to finish.
+async fn watch_revocation(
+    quic: quinn::Connection,
+    chain: PeerChain,
+    identity: IdentityHandle,
+    grace: Duration,
+    entry: Weak<Entry>,
+) {
+    let error = tokio::select! {
+        error = revoke::revoked(&identity, &chain) => error,
+        _ = quic.closed() => return,
+    };
+    tracing::warn!(peer = %quic.remote_address(), %error,
+        "peer certificate no longer verifies; closing hbone/h3 connection");
+    if let Some(entry) = entry.upgrade() {
+        let mut conn = lock(&entry.conn);
+        if conn
+            .as_ref()
+            .is_some_and(|(c, _)| c.stable_id() == quic.stable_id())
+        {
+            *conn = None;
+        }
+    }
+    let _ = tokio::time::timeout(grace, quic.closed()).await;
+    quic.close(
+        quinn::VarInt::from_u32(0),
+        b"peer certificate no longer verifies",
+    );
+}
+
+impl QuicClient {
     fn endpoint(&self, v6: bool) -> Result<quinn::Endpoint, Error> {
         let mut endpoints = lock(&self.endpoints);
         if let Some(e) = endpoints.get(&v6) {

@@ -78,6 +78,17 @@ fn handshake_error(addr: SocketAddr, e: quinn::ConnectionError) -> Error {
     }
 }
 
+/// The certificates the peer presented in the QUIC handshake.
+fn peer_chain(quic: &quinn::Connection) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    quic.peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .map(|chain| *chain)
+        .unwrap_or_default()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

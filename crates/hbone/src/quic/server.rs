@@ -1,27 +1,30 @@
 //! The HTTP/3 server: a quinn endpoint feeding the same CONNECT service as HTTP/2.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
+use meshd_identity::{IdentityHandle, Purpose};
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::stream::{H3Io, RecvHalf, SendHalf};
-use super::{ALPN_H3, handshake_error, transport_config};
+use super::{ALPN_H3, handshake_error, peer_chain, transport_config};
 use crate::admission::{HandshakeBudget, HandshakeTicket};
-use crate::server::{ActiveGuard, Phase, log_refusal, reached};
+use crate::revoke::{self, PeerChain};
+use crate::server::{ActiveGuard, Phase, log_refusal, reached, sleep_opt};
 use crate::service::{ConnectService, ConnectionInfo, decide};
 use crate::{Error, Server, ServerHandle, Transport, TunnelStream};
 
 impl Server {
     /// Starts serving HBONE over HTTP/3 on UDP `addr` (experimental; meshd peers only).
     pub fn spawn_quic(self, addr: SocketAddr) -> Result<ServerHandle, Error> {
-        let (tls, settings, service) = self.parts();
+        let (identity, tls, settings, service) = self.parts();
         let mut tls = (*tls).clone();
         tls.alpn_protocols = vec![ALPN_H3.to_vec()];
         let crypto =
@@ -45,6 +48,7 @@ impl Server {
             local_addr,
             settings,
             service,
+            identity,
             watch_phase,
             Arc::clone(&active),
             budget.clone(),
@@ -61,6 +65,7 @@ async fn accept_loop(
     local_addr: SocketAddr,
     settings: Arc<crate::ServerSettings>,
     service: ConnectService,
+    identity: IdentityHandle,
     mut phase: watch::Receiver<Phase>,
     active: Arc<AtomicUsize>,
     budget: HandshakeBudget,
@@ -97,6 +102,7 @@ async fn accept_loop(
                 };
                 let counter = ActiveGuard::new(&active);
                 let conn = Parts {
+                    identity: identity.clone(),
                     endpoint_addr: local_addr,
                     settings: Arc::clone(&settings),
                     service: service.clone(),
@@ -122,6 +128,7 @@ async fn accept_loop(
 
 /// What one connection task needs from its server.
 struct Parts {
+    identity: IdentityHandle,
     endpoint_addr: SocketAddr,
     settings: Arc<crate::ServerSettings>,
     service: ConnectService,
@@ -136,6 +143,7 @@ async fn serve_connection(
     ticket: HandshakeTicket,
 ) {
     let Parts {
+        identity,
         endpoint_addr,
         settings,
         service,
@@ -149,15 +157,12 @@ async fn serve_connection(
             .map_err(|e| handshake_error(peer_addr, e))?
             .await
             .map_err(|e| handshake_error(peer_addr, e))?;
-        let leaf = conn
-            .peer_identity()
-            .and_then(|any| {
-                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .and_then(|chain| chain.into_iter().next())
+        let certs = peer_chain(&conn);
+        let leaf = certs
+            .first()
             .ok_or(Error::Identity(meshd_identity::Error::NoPeerCertificate))?;
-        let id = meshd_identity::x509::inspect_leaf(&leaf)?.id;
+        let id = meshd_identity::x509::inspect_leaf(leaf)?.id;
+        let chain = PeerChain::new(&certs, Purpose::ClientAuth);
         // Authenticated: counted against `max_connections` from here, as over HTTP/2.
         drop(ticket);
         let Ok(permit) = limit.try_acquire_owned() else {
@@ -174,10 +179,10 @@ async fn serve_connection(
                 addr: peer_addr,
                 reason: e.to_string(),
             })?;
-        Ok::<_, Error>((conn, id, h3, permit))
+        Ok::<_, Error>((conn, id, chain, h3, permit))
     };
     // The permit is held by the connection from authentication to its end.
-    let (conn, peer_identity, mut h3, _permit) = tokio::select! {
+    let (conn, peer_identity, peer_chain, mut h3, _permit) = tokio::select! {
         r = tokio::time::timeout(settings.handshake_timeout, handshake) => match r {
             Ok(Ok(done)) => done,
             Ok(Err(error)) => {
@@ -204,8 +209,23 @@ async fn serve_connection(
     let mut idle_check = tokio::time::interval(period);
     let mut idle_since = Instant::now();
     let mut draining = false;
+    // As over HTTP/2: once the client's chain stops verifying, GOAWAY and no new requests; open
+    // streams get the grace period, then the connection is closed.
+    let revoked = revoke::revoked(&identity, &peer_chain);
+    tokio::pin!(revoked);
+    let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         tokio::select! {
+            error = &mut revoked, if grace.is_none() => {
+                tracing::warn!(src.addr = %peer_addr, src.identity = %info.peer_identity, %error,
+                    "client certificate no longer verifies; closing hbone/h3 connection");
+                grace = Some(Box::pin(tokio::time::sleep(settings.revocation_grace)));
+                if !draining {
+                    draining = true;
+                    let _ = h3.shutdown(0).await;
+                }
+            }
+            () = sleep_opt(&mut grace) => break,
             changed = phase.changed() => {
                 let now = if changed.is_err() { Phase::Force } else { *phase.borrow_and_update() };
                 if now == Phase::Force {
@@ -230,6 +250,8 @@ async fn serve_connection(
                 }
             }
             next = h3.accept() => match next {
+                // Dropping the resolver refuses a request sent before our GOAWAY arrived.
+                Ok(Some(_)) if grace.is_some() => {}
                 Ok(Some(resolver)) => {
                     streams.spawn(serve_stream(resolver, Arc::clone(&info), service.clone()));
                 }

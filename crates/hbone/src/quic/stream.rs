@@ -85,6 +85,8 @@ pub(crate) struct H3Io {
     // The operation in flight, and the handle whose drop cancels it (with a reset).
     inflight: Option<(SendFuture, oneshot::Sender<()>)>,
     recv: RecvHalf,
+    // A read returned Pending: h3-quinn then holds the quinn stream inside its read future.
+    recv_in_flight: bool,
     pending: Bytes,
     finished: bool,
     eof: bool,
@@ -97,6 +99,7 @@ impl H3Io {
             send: Some(send),
             inflight: None,
             recv,
+            recv_in_flight: false,
             pending: Bytes::new(),
             finished: false,
             eof: false,
@@ -158,7 +161,9 @@ impl H3Io {
             if self.eof {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(self.recv.poll_data(cx)) {
+            let polled = self.recv.poll_data(cx);
+            self.recv_in_flight = polled.is_pending();
+            match ready!(polled) {
                 Ok(Some(data)) => self.pending = data,
                 Ok(None) => self.eof = true,
                 Err(e) => return Poll::Ready(Err(stream_to_io(e))),
@@ -222,7 +227,12 @@ impl H3Io {
                 self.send = Some(half);
             }
         }
-        self.recv.stop();
+        // h3-quinn 0.0.10 unwraps the stream it lent to a pending read (its lib.rs:394), which
+        // panicked the task when a tunnel was dropped mid-read (e.g. its connection closed).
+        // Then the stream is left to quinn, which stops it when the read future is dropped.
+        if !self.recv_in_flight {
+            self.recv.stop();
+        }
     }
 }
 
