@@ -9,7 +9,9 @@
 //! - Keeps that set fresh ([`IdentityManager`]) from one of three [`IdentitySource`]s: explicit
 //!   files, a spiffe-helper directory, or the built-in development CA ([`DevCa`]). File sources
 //!   are watched by directory, so atomic renames and Kubernetes `..data` symlink swaps work; a
-//!   changed set that does not validate is logged and rejected, and the previous set stays.
+//!   changed set that does not validate is logged and rejected once, and the previous set
+//!   stays; one refused only as not valid yet (issuer clock ahead) is retried until it is.
+//!   Files over [`pem::MAX_PEM_FILE`] are refused unread.
 //! - Builds rustls 0.23 configurations for HBONE ([`tls::server_config`],
 //!   [`tls::client_config`]) whose verifiers apply SPIFFE rules instead of DNS-name rules, and
 //!   reads the verified peer identity after a handshake ([`tls::peer_identity`]).
