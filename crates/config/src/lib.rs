@@ -9,8 +9,10 @@
 //! column, resource and field path, and a snapshot is returned only if there is no error. The
 //! caller keeps its previous snapshot otherwise — that is how a bad file never takes down a
 //! running meshd. Besides each resource's own validation (`meshd-policy`), a load checks what
-//! needs them all: duplicate resources, conflicting PeerAuthentications, and two workloads
-//! (WorkloadEntries or inline ServiceEntry endpoints) that could serve one address and port.
+//! needs them all: duplicate resources, conflicting PeerAuthentications, two workloads
+//! (WorkloadEntries or inline ServiceEntry endpoints) that could serve one address and port, and
+//! ServiceEntries that shadow one another (overlapping VIPs, shared hosts) or a workload's
+//! address.
 //!
 //! This crate does not watch the directory or decide connections; it only turns files into a
 //! snapshot. Typing goes through a YAML tree with positions ([`yaml`]) and a strict serde
@@ -25,6 +27,7 @@ mod document;
 mod load;
 mod overlap;
 mod problem;
+mod shadowing;
 mod snapshot;
 pub mod yaml;
 

@@ -11,6 +11,7 @@ use meshd_policy::{ValidationContext, meta::DEFAULT_ROOT_NAMESPACE};
 use crate::document::load_document;
 use crate::overlap::{self, Site};
 use crate::problem::Problem;
+use crate::shadowing::Catalog;
 use crate::snapshot::{LoadError, Snapshot};
 use crate::yaml::{Pos, Value, parse_documents};
 
@@ -186,6 +187,8 @@ struct Loader {
     problems: Vec<Problem>,
     /// Every workload so far, with the position of its address (the snapshot keeps none).
     sites: Vec<Site>,
+    /// Every ServiceEntry and workload so far, for the shadowing check.
+    catalog: Catalog,
 }
 
 impl Loader {
@@ -200,6 +203,7 @@ impl Loader {
             },
             problems: Vec::new(),
             sites: Vec::new(),
+            catalog: Catalog::default(),
         }
     }
 
@@ -214,7 +218,9 @@ impl Loader {
             let has_errors = problems.iter().any(Problem::is_error);
             self.problems.extend(problems);
             if let (Some(resource), false) = (resource, has_errors) {
-                self.sites.extend(overlap::sites(&resource, file, root));
+                let sites = overlap::sites(&resource, file, root);
+                self.catalog.add(&resource, file, root, &sites);
+                self.sites.extend(sites);
                 self.snapshot.push(resource, file.to_path_buf(), root.pos);
             }
         }
@@ -231,6 +237,7 @@ impl Loader {
         let cross = self.snapshot.cross_check();
         self.problems.extend(cross);
         self.problems.extend(overlap::check(&self.sites));
+        self.problems.extend(self.catalog.check());
         self.problems
             .sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
         if self.problems.iter().any(Problem::is_error) {

@@ -26,19 +26,19 @@ use crate::yaml::{Node, Pos};
 /// One workload the registry will build: where it was written and what it serves.
 #[derive(Debug, Clone)]
 pub(crate) struct Site {
-    resource: ResourceKey,
-    file: PathBuf,
+    pub(crate) resource: ResourceKey,
+    pub(crate) file: PathBuf,
     /// The position of its `address`.
-    pos: Pos,
+    pub(crate) pos: Pos,
     /// `spec.address`, or `spec.endpoints[i].address`.
-    path: FieldPath,
-    address: IpAddr,
+    pub(crate) path: FieldPath,
+    pub(crate) address: IpAddr,
     /// Its ports; empty means every port.
     ports: BTreeSet<u32>,
 }
 
 impl Site {
-    fn location(&self) -> String {
+    pub(crate) fn location(&self) -> String {
         format!("{}:{}", self.file.display(), self.pos)
     }
 

@@ -162,12 +162,8 @@ spec:
     assert_eq!(endpoints, ["2.2.2.2", "3.3.3.3"]);
 }
 
-#[test]
-fn service_entry_reference_external_hosts_wildcards_export_to_and_sans() {
-    // https://istio.io/latest/docs/reference/config/networking/service-entry/ : several external
-    // hosts over TLS, quoted wildcard hosts, `exportTo: ["."]` and a SPIFFE subjectAltName.
-    let snapshot = load(
-        "apiVersion: networking.istio.io/v1
+/// The page's examples in one file: two of them give `example.com` to different ServiceEntries.
+const SERVICE_ENTRY_EXTERNAL_PAGE: &str = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata:
   name: external-svc-https
@@ -234,12 +230,34 @@ spec:
   - address: 3.3.3.3
   subjectAltNames:
   - \"spiffe://cluster.local/ns/httpbin-ns/sa/httpbin-service-account\"
-",
-    );
+";
+
+#[test]
+fn service_entry_reference_external_hosts_wildcards_export_to_and_sans() {
+    // https://istio.io/latest/docs/reference/config/networking/service-entry/ : several external
+    // hosts over TLS, quoted wildcard hosts, `exportTo: ["."]` and a SPIFFE subjectAltName. The
+    // last example reuses `example.com` (renamed here): see the next test.
+    let snapshot = load(&SERVICE_ENTRY_EXTERNAL_PAGE.replace(
+        "  - example.com\n  location: MESH_INTERNAL",
+        "  - httpbin.example.com\n  location: MESH_INTERNAL",
+    ));
     assert_eq!(snapshot.service_entries.len(), 4);
     assert_eq!(
         snapshot.service_entries[1].resource.spec.hosts,
         ["wikipedia.org", "*.wikipedia.org"]
+    );
+}
+
+#[test]
+fn service_entry_reference_same_host_in_two_namespaces_is_refused() {
+    // The same page, as written: Istio keeps `egress/external-svc-httpbin` to its own namespace
+    // with `exportTo: ["."]`; meshd ignores `exportTo` (one directory, one scope), so its
+    // registry would send every client's `example.com` to the first ServiceEntry only.
+    assert_eq!(
+        errors(SERVICE_ENTRY_EXTERNAL_PAGE),
+        [
+            "page.yaml:56:5: ServiceEntry/httpbin-ns/httpbin: spec.hosts[0]: host \"example.com\" is also a host of ServiceEntry/egress/external-svc-httpbin at page.yaml:39:5 (spec.hosts[0]): meshd resolves a host name to the first ServiceEntry carrying it as a host or as its name.namespace (case-insensitively), so this one would never be reached by that name; give each host name to one ServiceEntry"
+        ]
     );
 }
 

@@ -61,7 +61,7 @@
 //!   becomes an endpoint).
 //!
 //! Checks that need every resource (duplicates, conflicting PeerAuthentications, two workloads
-//! at one address and port) are `meshd-config`'s.
+//! at one address and port, a ServiceEntry shadowing another or a workload) are `meshd-config`'s.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
