@@ -123,6 +123,19 @@ impl Meshd {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit; its exit code (None if it is still
+    /// running or died of a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Sends a signal (e.g. `HUP`).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
@@ -219,7 +232,8 @@ impl Workspace {
     }
 
     /// Writes `<name>.yaml`, a meshd configuration for one node: the `mesh/` directory of this
-    /// workspace, a dev-CA identity `shop/<sa>`, `workload` local, HBONE on `<ip>:15008`,
+    /// workspace, a dev-CA identity `shop/<sa>`, `workload` local, HBONE on `<ip>:15008` and
+    /// admin, metrics and readiness on `<ip>` (15000, 15020, 15021), so nodes run side by side;
     /// `listen_extra` is appended under `listen:`, `extra` at the top level.
     pub fn node_config(
         &self,
@@ -239,6 +253,9 @@ identity:
 local: {{workloads: [{workload}]}}
 listen:
   hbone: {ip}:15008
+  admin: {ip}:15000
+  metrics: {ip}:15020
+  readiness: {ip}:15021
 {listen_extra}{extra}",
                 mesh = self.path().join("mesh").display(),
                 ca = self.ca().display(),
@@ -260,5 +277,34 @@ listen:
 impl Default for Workspace {
     fn default() -> Self {
         Workspace::new()
+    }
+}
+
+/// One HTTP/1.1 request to a meshd endpoint: (status, body). `None` when nothing answers.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Some((status, body))
+}
+
+/// Polls `check` every 50 ms for up to 10 s; panics with `what` if it never holds.
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        thread::sleep(Duration::from_millis(50));
     }
 }

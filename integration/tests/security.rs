@@ -67,9 +67,6 @@ async fn connect_to_each_of_meshds_own_ports_is_400_over_h2_and_h3() {
   socks5: {b}:15080
   outbound: {b}:15001
   inboundPlaintext: {b}:15006
-  admin: {b}:15000
-  metrics: {b}:15020
-  readiness: {b}:15021
 "
     );
     let extra = format!("listeners:\n- {{listen: '{b}:16003', target: '{b}:{app_port}'}}\n");

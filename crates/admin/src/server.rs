@@ -57,6 +57,7 @@ fn route(
 ) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    tracing::debug!(?endpoint, %method, %path, "admin request");
     let query = request.uri().query().unwrap_or_default().to_string();
     match (endpoint, path.as_str()) {
         (Endpoint::Admin, "/config_dump") if method == Method::GET => {

@@ -40,6 +40,16 @@ pub(crate) enum Refusal {
     PerSource,
 }
 
+impl Refusal {
+    /// In words, for logs and records.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Refusal::Total => "hbone handshake limit reached",
+            Refusal::PerSource => "hbone per-source handshake limit reached",
+        }
+    }
+}
+
 /// One handshake's place in the budget; given back when dropped.
 #[derive(Debug)]
 pub(crate) struct HandshakeTicket {

@@ -55,6 +55,7 @@ mod dial;
 mod error;
 pub mod headers;
 mod keepalive;
+mod observe;
 mod pool;
 #[cfg(feature = "quic")]
 mod quic;
@@ -76,6 +77,7 @@ pub use config::{
 };
 pub use error::Error;
 pub use headers::{Forwarded, RequestHeaders, TraceParent};
+pub use observe::{NoObserver, Observer, Refused, Stage};
 pub use server::{Server, ServerHandle};
 pub use service::{BoxError, Decision, InboundRequest, Refusal, TunnelHandler};
 pub use stream::{Transport, TunnelStream};

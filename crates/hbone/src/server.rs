@@ -18,6 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tower::Service;
 
 use crate::admission::{HandshakeBudget, HandshakeTicket, Refusal};
+use crate::observe::{NoObserver, Observer, Refused, Stage};
 use crate::revoke::{self, PeerChain};
 use crate::service::{BoxError, ConnectService, ConnectionInfo, decide};
 use crate::{Decision, Error, InboundRequest, ServerSettings, Transport, TunnelStream, keepalive};
@@ -41,6 +42,7 @@ pub struct Server {
     tls: Arc<rustls::ServerConfig>,
     settings: Arc<ServerSettings>,
     service: ConnectService,
+    observer: Arc<dyn Observer>,
 }
 
 impl std::fmt::Debug for Server {
@@ -74,7 +76,15 @@ impl Server {
             tls: meshd_identity::tls::server_config(identity)?,
             settings: Arc::new(settings),
             service: ConnectService::new(service),
+            observer: Arc::new(NoObserver),
         })
+    }
+
+    /// Tells `observer` about every connection and request refused before the service is
+    /// asked (budget, handshake, connection limit, malformed CONNECT).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Server {
+        self.observer = observer;
+        self
     }
 
     /// Starts serving HTTP/2 HBONE on `listener` in a background task.
@@ -109,8 +119,15 @@ impl Server {
         Arc<rustls::ServerConfig>,
         Arc<ServerSettings>,
         ConnectService,
+        Arc<dyn Observer>,
     ) {
-        (self.identity, self.tls, self.settings, self.service)
+        (
+            self.identity,
+            self.tls,
+            self.settings,
+            self.service,
+            self.observer,
+        )
     }
 }
 
@@ -210,6 +227,14 @@ async fn accept_loop(
                         Ok(ticket) => ticket,
                         Err(refusal) => {
                             log_refusal(refusal, peer_addr);
+                            server.observer.refused(&Refused {
+                                stage: Stage::Budget,
+                                peer_addr,
+                                peer_identity: None,
+                                authority: None,
+                                transport: Transport::H2,
+                                reason: refusal.reason(),
+                            });
                             continue;
                         }
                     };
@@ -220,6 +245,7 @@ async fn accept_loop(
                         settings: Arc::clone(&server.settings),
                         service: server.service.clone(),
                         limit: Arc::clone(&limit),
+                        observer: Arc::clone(&server.observer),
                     };
                     let phase = phase.clone();
                     connections.spawn(async move {
@@ -289,6 +315,7 @@ struct ConnectionParts {
     service: ConnectService,
     /// Places for authenticated connections (`max_connections`).
     limit: Arc<Semaphore>,
+    observer: Arc<dyn Observer>,
 }
 
 async fn serve_connection(
@@ -334,10 +361,31 @@ async fn serve_connection(
             Ok(Ok(done)) => done,
             Ok(Err(error)) => {
                 tracing::warn!(src.addr = %peer_addr, %error, "hbone connection failed");
+                let stage = match error {
+                    Error::ConnectionLimit { .. } => Stage::ConnectionLimit,
+                    _ => Stage::Handshake,
+                };
+                let reason = error.to_string();
+                server.observer.refused(&Refused {
+                    stage,
+                    peer_addr,
+                    peer_identity: None,
+                    authority: None,
+                    transport: Transport::H2,
+                    reason: &reason,
+                });
                 return;
             }
             Err(_) => {
                 tracing::warn!(src.addr = %peer_addr, "hbone handshake timed out");
+                server.observer.refused(&Refused {
+                    stage: Stage::Handshake,
+                    peer_addr,
+                    peer_identity: None,
+                    authority: None,
+                    transport: Transport::H2,
+                    reason: "handshake timed out",
+                });
                 return;
             }
         },
@@ -348,6 +396,7 @@ async fn serve_connection(
         peer_addr,
         local_addr,
         transport: Transport::H2,
+        observer: Arc::clone(&server.observer),
     });
     let pings = conn.ping_pong();
     let keepalive = async {

@@ -11,6 +11,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode};
 use meshd_identity::SpiffeId;
@@ -18,6 +19,7 @@ use tower::ServiceExt;
 use tower::util::BoxCloneService;
 
 use crate::headers::{RequestHeaders, canonical, parse_authority};
+use crate::observe::{Observer, Refused, Stage};
 use crate::{Transport, TunnelStream};
 
 /// A boxed error from the caller's service.
@@ -121,12 +123,28 @@ impl Refusal {
 }
 
 /// The facts of one accepted HBONE connection, shared by its streams.
-#[derive(Debug)]
 pub(crate) struct ConnectionInfo {
     pub(crate) peer_identity: SpiffeId,
     pub(crate) peer_addr: SocketAddr,
     pub(crate) local_addr: SocketAddr,
     pub(crate) transport: Transport,
+    pub(crate) observer: Arc<dyn Observer>,
+}
+
+impl ConnectionInfo {
+    /// Logs and reports a request refused before the service is asked.
+    fn refuse_request(&self, authority: Option<&str>, reason: &str) -> StatusCode {
+        tracing::info!(peer = %self.peer_addr, ?authority, "refusing HBONE request: {reason}");
+        self.observer.refused(&Refused {
+            stage: Stage::Request,
+            peer_addr: self.peer_addr,
+            peer_identity: Some(&self.peer_identity),
+            authority,
+            transport: self.transport,
+            reason,
+        });
+        StatusCode::BAD_REQUEST
+    }
 }
 
 /// Validates a CONNECT and asks the service; `Err` is the status to refuse with.
@@ -138,19 +156,21 @@ pub(crate) async fn decide(
     headers: &HeaderMap,
 ) -> Result<TunnelHandler, StatusCode> {
     if method != Method::CONNECT {
-        tracing::debug!(peer = %info.peer_addr, %method, "refusing non-CONNECT request");
-        return Err(StatusCode::BAD_REQUEST);
+        return Err(info.refuse_request(authority, &format!("{method} is not CONNECT")));
     }
-    let Some(authority) = authority.and_then(parse_authority) else {
-        tracing::debug!(peer = %info.peer_addr, ?authority, "refusing CONNECT without a valid ip:port authority");
-        return Err(StatusCode::BAD_REQUEST);
+    let Some(parsed) = authority.and_then(parse_authority) else {
+        return Err(info.refuse_request(authority, "no valid ip:port authority"));
     };
+    let authority = parsed;
     let local_ip = canonical(info.local_addr.ip());
     if authority.ip() != local_ip {
         // A tunnel may only lead to the address it was addressed to; otherwise any client
         // could use this node as an open relay to other hosts.
-        tracing::info!(peer = %info.peer_addr, "ip mismatch: {local_ip} != {}", authority.ip());
-        return Err(StatusCode::BAD_REQUEST);
+        let shown = authority.to_string();
+        return Err(info.refuse_request(
+            Some(&shown),
+            &format!("ip mismatch: {local_ip} != {}", authority.ip()),
+        ));
     }
     let request = InboundRequest {
         peer_identity: info.peer_identity.clone(),

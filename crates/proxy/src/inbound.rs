@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use meshd_hbone::{Decision, InboundRequest, TraceParent, TunnelStream};
+use meshd_hbone::{Decision, InboundRequest, Observer, Refused, Stage, TraceParent, TunnelStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{oneshot, watch};
 use tower::{Service, ServiceExt};
 
 use crate::conn::{BoxIo, Conn, ConnCtx, Downstream, Refusal, Target};
 use crate::layers::ConnService;
-use crate::record::{ConnectionRecord, Direction, RecordHandle, Sinks};
+use crate::record::{ConnectionRecord, Direction, Outcome, RecordHandle, Sinks};
 use crate::runtime::source_workload;
 use crate::state::ProxyState;
 
@@ -62,8 +62,13 @@ impl Service<InboundRequest> for HboneInbound {
             request.authority.to_string(),
         );
         record.source_identity = Some(request.peer_identity.to_string());
-        record.source_workload_meta =
-            source_workload(&state, Direction::Inbound, request.peer_addr);
+        let peer_identity = meshd_rbac::Peer::from_principal(&peer).ok();
+        record.source_workload_meta = source_workload(
+            &state,
+            Direction::Inbound,
+            request.peer_addr,
+            peer_identity.as_ref(),
+        );
         record.transport = Some(transport_name(request.transport).to_string());
         record.mtls = true;
         let record = RecordHandle::open(record, self.sinks.clone());
@@ -186,5 +191,40 @@ impl AsyncWrite for HeldTunnel {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Turns what the HBONE server refuses on its own (handshake budget, TLS failures, the
+/// connection limit, malformed CONNECTs) into connection records, so those attempts reach the
+/// access log and metrics like every other.
+pub struct HboneRefusals {
+    sinks: Sinks,
+}
+
+impl HboneRefusals {
+    /// Records go to `sinks`.
+    pub fn new(sinks: Sinks) -> Self {
+        HboneRefusals { sinks }
+    }
+}
+
+impl Observer for HboneRefusals {
+    fn refused(&self, refused: &Refused<'_>) {
+        let mut record = ConnectionRecord::new(
+            TraceParent::random().to_string(),
+            Direction::Inbound,
+            refused.peer_addr,
+            refused.authority.unwrap_or("-").to_string(),
+        );
+        record.source_identity = refused.peer_identity.map(ToString::to_string);
+        record.mtls = refused.peer_identity.is_some();
+        record.transport = Some(transport_name(refused.transport).to_string());
+        let outcome = match refused.stage {
+            Stage::Budget | Stage::ConnectionLimit => Outcome::Limited,
+            Stage::Request => Outcome::NotLocal,
+            _ => Outcome::Handshake,
+        };
+        // Opened and closed at once: the sinks see one refused attempt.
+        RecordHandle::open(record, self.sinks.clone()).fail_with(outcome, refused.reason);
     }
 }

@@ -21,8 +21,8 @@
 pub mod access_log;
 pub mod config;
 pub mod conn;
-pub mod dump;
 pub mod connector;
+pub mod dump;
 pub mod error;
 pub mod exposure;
 pub mod inbound;

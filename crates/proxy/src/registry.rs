@@ -165,6 +165,8 @@ pub struct Registry {
     workloads: Vec<Workload>,
     services: Vec<Service>,
     by_address: HashMap<IpAddr, Vec<usize>>,
+    /// (namespace, service account) → workloads with that identity.
+    by_identity: HashMap<(String, String), Vec<usize>>,
     local: Vec<usize>,
     unhealthy: Mutex<HashMap<SocketAddr, Instant>>,
 }
@@ -230,6 +232,10 @@ impl Registry {
             .entry(workload.address)
             .or_default()
             .push(index);
+        self.by_identity
+            .entry((workload.namespace.clone(), workload.service_account.clone()))
+            .or_default()
+            .push(index);
         self.workloads.push(workload);
         index
     }
@@ -269,6 +275,22 @@ impl Registry {
             .get(&ip.to_canonical())
             .and_then(|ws| ws.first())
             .map(|i| &self.workloads[*i])
+    }
+
+    /// The one workload with this identity, if exactly one has it.
+    pub fn workload_with_identity(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Option<&Workload> {
+        match self
+            .by_identity
+            .get(&(namespace.to_string(), service_account.to_string()))
+            .map(Vec::as_slice)
+        {
+            Some([only]) => Some(&self.workloads[*only]),
+            _ => None,
+        }
     }
 
     /// Local workloads.

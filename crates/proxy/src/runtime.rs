@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use crate::config::{ConfigError, ProxyConfig};
 use crate::conn::{Conn, ConnCtx, Downstream, Target};
 use crate::connector::MeshConnector;
-use crate::inbound::HboneInbound;
+use crate::inbound::{HboneInbound, HboneRefusals};
 use crate::layers::ConnService;
 use crate::layers::resolve::ResolveLayer;
 use crate::own_ports::OwnPorts;
@@ -74,6 +74,7 @@ pub struct BoundAddrs {
 /// A running proxy.
 pub struct Proxy {
     addrs: BoundAddrs,
+    client: Client,
     hbone: ServerHandle,
     hbone_quic: Option<ServerHandle>,
     tasks: JoinSet<()>,
@@ -120,7 +121,7 @@ impl Proxy {
             ..ClientSettings::default()
         };
         let client = Client::new(identity.clone(), client_settings)?;
-        let connector = Arc::new(MeshConnector::new(client, config.socket_mark()));
+        let connector = Arc::new(MeshConnector::new(client.clone(), config.socket_mark()));
 
         let hbone_listener = bind(config.listen.hbone).await?;
         let inbound_plaintext = bind_optional(config.listen.inbound_plaintext).await?;
@@ -167,15 +168,18 @@ impl Proxy {
 
         let inbound_service =
             HboneInbound::new(inbound_stack.clone(), states.clone(), sinks.clone());
+        let refusals = Arc::new(HboneRefusals::new(sinks.clone()));
         let hbone = Server::new(
             &identity,
             ServerSettings::default(),
             inbound_service.clone(),
         )?
+        .with_observer(refusals.clone())
         .spawn(hbone_listener)?;
         let hbone_quic = match config.listen.hbone_quic {
             Some(addr) => Some(
                 Server::new(&identity, ServerSettings::default(), inbound_service)?
+                    .with_observer(refusals)
                     .spawn_quic(addr)?,
             ),
             None => None,
@@ -214,6 +218,7 @@ impl Proxy {
         }
         Ok(Proxy {
             addrs,
+            client,
             hbone,
             hbone_quic,
             tasks,
@@ -223,6 +228,11 @@ impl Proxy {
     /// Where the proxy listens.
     pub fn addrs(&self) -> &BoundAddrs {
         &self.addrs
+    }
+
+    /// The outbound HBONE client (its pool's figures, for metrics).
+    pub fn hbone_client(&self) -> &Client {
+        &self.client
     }
 
     /// Stops accepting everywhere; open HBONE streams get up to `deadline` to finish.
@@ -284,7 +294,7 @@ impl Entry {
         let mut record =
             ConnectionRecord::new(trace_id.clone(), self.direction, source, "-".into());
         record.source_identity = self.source_identity.clone();
-        record.source_workload_meta = source_workload(&state, self.direction, source);
+        record.source_workload_meta = source_workload(&state, self.direction, source, None);
         let record = RecordHandle::open(record, self.sinks.clone());
         let (target, downstream): (Target, Box<dyn Downstream>) = match accepted {
             Accepted::Captured => match meshd_redirect::original_dst(&stream) {
@@ -323,16 +333,29 @@ impl Entry {
     }
 }
 
-/// The workload a connection comes from: by its source address, or for outbound traffic from
-/// an application on this machine (often 127.0.0.1), the machine's one local workload.
+/// The workload a connection comes from: by its source address when that workload's identity
+/// is the peer's (or there is no peer identity); else the one workload with the peer's identity
+/// (a peer meshd's connections may come from another of its machine's addresses); for
+/// outbound traffic from an application on this machine (often 127.0.0.1), the machine's one
+/// local workload.
 pub(crate) fn source_workload(
     state: &ProxyState,
     direction: Direction,
     source: SocketAddr,
+    peer: Option<&meshd_rbac::Peer>,
 ) -> Option<WorkloadMeta> {
     let registry = &state.registry;
+    let same_identity = |w: &Workload| {
+        peer.is_none_or(|p| {
+            p.namespace() == w.namespace && p.service_account() == w.service_account
+        })
+    };
     registry
         .workload_at(source.ip())
+        .filter(|w| same_identity(w))
+        .or_else(|| {
+            peer.and_then(|p| registry.workload_with_identity(p.namespace(), p.service_account()))
+        })
         .or_else(|| {
             let mut local = registry.local_workloads();
             match (direction, local.next(), local.next()) {

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use super::stream::{H3Io, RecvHalf, SendHalf};
 use super::{ALPN_H3, handshake_error, peer_chain, transport_config};
 use crate::admission::{HandshakeBudget, HandshakeTicket};
+use crate::observe::{Observer, Refused, Stage};
 use crate::revoke::{self, PeerChain};
 use crate::server::{ActiveGuard, Phase, log_refusal, reached, sleep_opt};
 use crate::service::{ConnectService, ConnectionInfo, decide};
@@ -24,7 +25,7 @@ use crate::{Error, Server, ServerHandle, Transport, TunnelStream};
 impl Server {
     /// Starts serving HBONE over HTTP/3 on UDP `addr` (experimental; meshd peers only).
     pub fn spawn_quic(self, addr: SocketAddr) -> Result<ServerHandle, Error> {
-        let (identity, tls, settings, service) = self.parts();
+        let (identity, tls, settings, service, observer) = self.parts();
         let mut tls = (*tls).clone();
         tls.alpn_protocols = vec![ALPN_H3.to_vec()];
         let crypto =
@@ -49,6 +50,7 @@ impl Server {
             settings,
             service,
             identity,
+            observer,
             watch_phase,
             Arc::clone(&active),
             budget.clone(),
@@ -66,6 +68,7 @@ async fn accept_loop(
     settings: Arc<crate::ServerSettings>,
     service: ConnectService,
     identity: IdentityHandle,
+    observer: Arc<dyn Observer>,
     mut phase: watch::Receiver<Phase>,
     active: Arc<AtomicUsize>,
     budget: HandshakeBudget,
@@ -96,6 +99,14 @@ async fn accept_loop(
                     Ok(ticket) => ticket,
                     Err(refusal) => {
                         log_refusal(refusal, peer_addr);
+                        observer.refused(&Refused {
+                            stage: Stage::Budget,
+                            peer_addr,
+                            peer_identity: None,
+                            authority: None,
+                            transport: Transport::H3,
+                            reason: refusal.reason(),
+                        });
                         incoming.refuse();
                         continue;
                     }
@@ -107,6 +118,7 @@ async fn accept_loop(
                     settings: Arc::clone(&settings),
                     service: service.clone(),
                     limit: Arc::clone(&limit),
+                    observer: Arc::clone(&observer),
                 };
                 let phase = phase.clone();
                 connections.spawn(async move {
@@ -134,6 +146,7 @@ struct Parts {
     service: ConnectService,
     /// Places for authenticated connections (`max_connections`).
     limit: Arc<Semaphore>,
+    observer: Arc<dyn Observer>,
 }
 
 async fn serve_connection(
@@ -148,6 +161,7 @@ async fn serve_connection(
         settings,
         service,
         limit,
+        observer,
     } = parts;
     let peer_addr = incoming.remote_address();
     let arrived_on = incoming.local_ip();
@@ -187,10 +201,31 @@ async fn serve_connection(
             Ok(Ok(done)) => done,
             Ok(Err(error)) => {
                 tracing::warn!(src.addr = %peer_addr, %error, "hbone/h3 connection failed");
+                let stage = match error {
+                    Error::ConnectionLimit { .. } => Stage::ConnectionLimit,
+                    _ => Stage::Handshake,
+                };
+                let reason = error.to_string();
+                observer.refused(&Refused {
+                    stage,
+                    peer_addr,
+                    peer_identity: None,
+                    authority: None,
+                    transport: Transport::H3,
+                    reason: &reason,
+                });
                 return;
             }
             Err(_) => {
                 tracing::warn!(src.addr = %peer_addr, "hbone/h3 handshake timed out");
+                observer.refused(&Refused {
+                    stage: Stage::Handshake,
+                    peer_addr,
+                    peer_identity: None,
+                    authority: None,
+                    transport: Transport::H3,
+                    reason: "handshake timed out",
+                });
                 return;
             }
         },
@@ -202,6 +237,7 @@ async fn serve_connection(
         peer_addr,
         local_addr: SocketAddr::new(local_ip, endpoint_addr.port()),
         transport: Transport::H3,
+        observer: Arc::clone(&observer),
     });
     let mut streams = JoinSet::new();
     let period =
