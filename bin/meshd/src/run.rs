@@ -4,28 +4,20 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use meshd_config::{LoadOptions, load_dir, parse_file, parse_text};
-use meshd_identity::{IdentityManager, IdentitySource};
-use meshd_proxy::access_log::AccessLog;
-use meshd_proxy::exposure::strict_without_capture;
-use meshd_proxy::plugins::PluginRegistry;
-use meshd_proxy::record::Sinks;
-use meshd_proxy::{Proxy, ProxyConfig, ProxyState, local_predicate};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use meshd_admin::LogLevelFn;
+use meshd_config::{parse_file, parse_text};
+use meshd_daemon::Exit;
+use meshd_proxy::ProxyConfig;
+use tracing_subscriber::EnvFilter;
 
 /// The embedded default configuration (a dev setup on the example directory).
 const DEFAULT_CONFIG: &str = include_str!("../../../config/meshd.yaml");
 
 /// sysexits' EX_CONFIG: systemd's `RestartPreventExitStatus=78` stops restart loops on it.
 const EX_CONFIG: u8 = 78;
-
-/// How long open connections get to finish on shutdown.
-const DRAIN: Duration = Duration::from_secs(5);
 
 /// Arguments of `meshd run`.
 #[derive(Debug, Args)]
@@ -61,17 +53,7 @@ pub fn load_config(path: Option<&Path>) -> Result<ProxyConfig, String> {
 
 /// Runs until SIGINT or SIGTERM; SIGHUP reloads the configuration directory.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only help a person at a terminal; journald and log files get plain text.
-        .with_ansi(std::io::stderr().is_terminal());
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let set_log_level = init_logging(args.log_format);
     let mut config = match load_config(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -86,121 +68,43 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    match runtime.block_on(meshd_daemon::run(config, set_log_level))? {
+        Exit::Stopped => Ok(ExitCode::SUCCESS),
+        Exit::Config(e) => {
+            eprintln!("meshd: {e}");
+            Ok(ExitCode::from(EX_CONFIG))
+        }
+    }
 }
 
-fn load_state(config: &ProxyConfig, generation: u64) -> Result<ProxyState, String> {
-    let options = LoadOptions {
-        root_namespace: config.root_namespace.clone(),
-    };
-    let snapshot = load_dir(&config.config_dir, &options).map_err(|e| e.to_string())?;
-    for warning in &snapshot.warnings {
-        tracing::warn!("{warning}");
-    }
-    tracing::info!("configuration loaded: {}", snapshot.summary());
-    let state = ProxyState::build(
-        &snapshot,
-        &config.trust_domain,
-        generation,
-        local_predicate(config),
-    );
-    for warning in strict_without_capture(config, &state) {
-        tracing::warn!("{warning}");
-    }
-    Ok(state)
-}
-
-async fn serve(config: ProxyConfig) -> anyhow::Result<ExitCode> {
-    // Signal streams first: SIGHUP's default action would kill a meshd still starting.
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-
-    let state = match load_state(&config, 1) {
-        Ok(state) => state,
-        Err(e) => {
-            eprintln!("meshd: {e}");
-            return Ok(ExitCode::from(EX_CONFIG));
-        }
-    };
-    let identity = match IdentityManager::start(&config.identity).await {
-        Ok(manager) => manager,
-        Err(e) => {
-            eprintln!("meshd: identity: {e}");
-            return Ok(ExitCode::from(EX_CONFIG));
-        }
-    };
-    if let IdentitySource::DevCa(source) = &config.identity {
-        tracing::warn!(
-            "using the development CA in {}: for trying meshd only, production uses real certificates",
-            source.dir.display()
-        );
-    }
-    let local: Vec<String> = state
-        .registry
-        .local_workloads()
-        .map(|w| w.key.clone())
-        .collect();
-    let (states, updates) = watch::channel(Arc::new(state));
-    let proxy = match Proxy::start(
-        &config,
-        identity.handle(),
-        updates,
-        Sinks::new(vec![Arc::new(AccessLog)]),
-        &PluginRegistry::builtin(),
-    )
-    .await
-    {
-        Ok(proxy) => proxy,
-        Err(e) => {
-            eprintln!("meshd: {e}");
-            return Ok(ExitCode::from(EX_CONFIG));
-        }
-    };
-    let addrs = proxy.addrs().clone();
-    tracing::info!(
-        identity = %identity.handle().current().id(),
-        hbone = %addrs.hbone,
-        local_workloads = ?local,
-        "meshd ready"
-    );
-    // A machine-readable line for supervisors and tests.
-    println!(
-        "meshd ready hbone={} socks5={} outbound={} inbound_plaintext={} listeners={}",
-        addrs.hbone,
-        addrs.socks5.map_or("-".to_string(), |a| a.to_string()),
-        addrs.outbound.map_or("-".to_string(), |a| a.to_string()),
-        addrs
-            .inbound_plaintext
-            .map_or("-".to_string(), |a| a.to_string()),
-        addrs
-            .listeners
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-
-    let mut generation = 1;
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => {
-                // The generation counts configurations applied: a rejected one takes no number.
-                match load_state(&config, generation + 1) {
-                    Ok(state) => {
-                        generation += 1;
-                        states.send_replace(Arc::new(state));
-                        tracing::info!(generation, "configuration reloaded");
-                    }
-                    // The last good configuration stays in force.
-                    Err(e) => tracing::error!("reload rejected, keeping the previous configuration: {e}"),
+/// Installs the log subscriber (filter from `RUST_LOG`, default `info`) and returns the
+/// function `/logging` changes the filter with.
+fn init_logging(format: LogFormat) -> LogLevelFn {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        // Colour codes only help a person at a terminal; journald and log files get plain text.
+        .with_ansi(std::io::stderr().is_terminal());
+    macro_rules! reloadable {
+        ($builder:expr) => {{
+            let builder = $builder.with_env_filter(filter).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Arc::new(move |level: &str| {
+                if !level.is_empty() {
+                    let filter = EnvFilter::try_new(level)
+                        .map_err(|e| format!("bad log filter {level:?}: {e}"))?;
+                    handle.reload(filter).map_err(|e| e.to_string())?;
+                    tracing::info!(filter = level, "log filter changed");
                 }
-            }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        }
+                handle
+                    .with_current(|f| f.to_string())
+                    .map_err(|e| e.to_string())
+            }) as LogLevelFn
+        }};
     }
-    tracing::info!("shutting down");
-    proxy.shutdown(DRAIN).await;
-    Ok(ExitCode::SUCCESS)
+    match format {
+        LogFormat::Text => reloadable!(builder),
+        LogFormat::Json => reloadable!(builder.json().flatten_event(true)),
+    }
 }

@@ -168,6 +168,9 @@ where
                 return Err(conn.refuse(refusal, error).await);
             }
             conn.ctx.upstream = Some(Upstream::Direct(destination));
+            conn.ctx
+                .record
+                .update(|r| r.upstream_addr = Some(destination));
             let ctx = conn.ctx.clone();
             let mut updates = conn.ctx.updates.clone();
             let connection = inner.call(conn);

@@ -1,0 +1,330 @@
+//! meshd's daemon lifecycle: start, reload, drain, stop, as one small module a test can drive
+//! without a process. `bin/meshd` parses flags, installs logging and calls [`run`].
+//!
+//! Start: load the configuration directory (an error is fatal: [`Exit::Config`]), open the
+//! operator endpoints (readiness answers 500 with what is pending from the first moment), wait
+//! for the certificate, start the proxy, report ready. Reload: a new snapshot is built off to
+//! the side and swapped whole; a bad one changes nothing and is reported (log, metrics,
+//! `/config_dump`). Drain: on SIGTERM, SIGINT or `POST /quitquitquit`, stop accepting and give
+//! open connections [`DRAIN`] to finish.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+mod operator;
+pub mod systemd;
+pub mod watcher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshd_admin::{LogLevelFn, Readiness};
+use meshd_config::{LoadOptions, load_dir};
+use meshd_identity::{IdentityManager, IdentitySource};
+use meshd_metrics::{HbonePool, Metrics};
+use meshd_proxy::access_log::AccessLog;
+use meshd_proxy::exposure::strict_without_capture;
+use meshd_proxy::plugins::PluginRegistry;
+use meshd_proxy::record::Sinks;
+use meshd_proxy::{Proxy, ProxyConfig, ProxyState, local_predicate};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, watch};
+
+use crate::operator::{Operated, ready_line, start_operator_endpoints, watch_certificate};
+use crate::watcher::{DEBOUNCE, watch_dir};
+
+/// How long open connections get to finish on shutdown.
+pub const DRAIN: Duration = Duration::from_secs(5);
+
+/// How often certificate files that are not there yet are looked for again.
+const IDENTITY_RETRY: Duration = Duration::from_secs(1);
+
+/// How the daemon ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped on request after draining.
+    Stopped,
+    /// The configuration (files, identity, listeners) cannot run: exit 78 (EX_CONFIG).
+    Config(String),
+}
+
+/// Why the daemon could not run at all (signals, the runtime).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Installing a signal handler failed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[from] std::io::Error),
+}
+
+/// Loads the directory into a new state (generation `generation`), logging its warnings.
+pub fn load_state(config: &ProxyConfig, generation: u64) -> Result<ProxyState, String> {
+    let options = LoadOptions {
+        root_namespace: config.root_namespace.clone(),
+    };
+    let snapshot = load_dir(&config.config_dir, &options).map_err(|e| e.to_string())?;
+    for warning in &snapshot.warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!("configuration loaded: {}", snapshot.summary());
+    let state = ProxyState::build(
+        &snapshot,
+        &config.trust_domain,
+        generation,
+        local_predicate(config),
+    );
+    for warning in strict_without_capture(config, &state) {
+        tracing::warn!("{warning}");
+    }
+    Ok(state)
+}
+
+/// Starts the identity. Certificate files that are not there yet (spiffe-helper or
+/// cert-manager still writing them) are waited for, with readiness saying so; any other
+/// problem is a configuration error.
+async fn start_identity(config: &ProxyConfig) -> Result<IdentityManager, String> {
+    let mut warned = false;
+    loop {
+        match IdentityManager::start(&config.identity).await {
+            Ok(manager) => return Ok(manager),
+            Err(meshd_identity::Error::Io { path, message })
+                if !matches!(config.identity, IdentitySource::DevCa(_)) =>
+            {
+                if !warned {
+                    tracing::warn!(
+                        "waiting for certificate files: {}: {message}",
+                        path.display()
+                    );
+                    warned = true;
+                }
+                tokio::time::sleep(IDENTITY_RETRY).await;
+            }
+            Err(e) => return Err(format!("identity: {e}")),
+        }
+    }
+}
+
+/// The signals the daemon answers. Installed first: SIGHUP's default action would kill a
+/// meshd still starting.
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// SIGTERM or SIGINT.
+    async fn stop(&mut self) {
+        stop(&mut self.terminate, &mut self.interrupt).await;
+    }
+}
+
+async fn stop(
+    terminate: &mut tokio::signal::unix::Signal,
+    interrupt: &mut tokio::signal::unix::Signal,
+) {
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}
+
+/// A started daemon: what the serve loop needs.
+struct Running {
+    config: ProxyConfig,
+    proxy: Proxy,
+    states: watch::Sender<Arc<ProxyState>>,
+    operated: Arc<Operated>,
+    metrics: Metrics,
+    quit: Arc<Notify>,
+    _identity: IdentityManager,
+}
+
+/// Runs the daemon until it is asked to stop.
+pub async fn run(config: ProxyConfig, set_log_level: LogLevelFn) -> Result<Exit, DaemonError> {
+    let mut signals = Signals::install()?;
+    let running = tokio::select! {
+        started = start(config, set_log_level) => match started {
+            Ok(running) => running,
+            Err(exit) => return Ok(exit),
+        },
+        () = signals.stop() => return Ok(Exit::Stopped),
+    };
+    Ok(running.serve(signals).await)
+}
+
+/// Start: configuration, operator endpoints, certificate, proxy; `Err` is how it ended.
+async fn start(config: ProxyConfig, set_log_level: LogLevelFn) -> Result<Running, Exit> {
+    let state = load_state(&config, 1).map_err(Exit::Config)?;
+    let metrics = Metrics::new(tokio::runtime::Handle::current());
+    metrics.config_reloaded(true, 1);
+    let readiness = Readiness::new(["certificates", "listeners"]);
+    let operated = Arc::new(Operated::default());
+    let quit = Arc::new(Notify::new());
+    let operator = start_operator_endpoints(
+        &config,
+        operated.clone(),
+        set_log_level,
+        readiness.clone(),
+        quit.clone(),
+        metrics.clone(),
+    )
+    .await
+    .map_err(Exit::Config)?;
+    let identity = start_identity(&config).await.map_err(Exit::Config)?;
+    if let IdentitySource::DevCa(source) = &config.identity {
+        tracing::warn!(
+            "using the development CA in {}: for trying meshd only, production uses real certificates",
+            source.dir.display()
+        );
+    }
+    let _ = operated.identity.set(identity.handle());
+    readiness.set_ready("certificates");
+    watch_certificate(&identity, &readiness, &metrics);
+    let local: Vec<String> = state
+        .registry
+        .local_workloads()
+        .map(|w| w.key.clone())
+        .collect();
+    let (states, updates) = watch::channel(Arc::new(state));
+    let _ = operated.states.set(updates.clone());
+    // The access log and the metrics are two consumers of one stream of connection records.
+    let sinks = Sinks::new(vec![Arc::new(AccessLog), Arc::new(metrics.clone())]);
+    let proxy = Proxy::start(
+        &config,
+        identity.handle(),
+        updates,
+        sinks,
+        &PluginRegistry::builtin(),
+    )
+    .await
+    .map_err(|e| Exit::Config(e.to_string()))?;
+    readiness.set_ready("listeners");
+    let client = proxy.hbone_client().clone();
+    metrics.hbone_pool(move || HbonePool {
+        connections: client.pooled_connections() as u64,
+        connections_opened: client.connections_opened(),
+    });
+    tracing::info!(
+        identity = %identity.handle().current().id(),
+        hbone = %proxy.addrs().hbone,
+        local_workloads = ?local,
+        "meshd ready"
+    );
+    // A machine-readable line for supervisors and tests.
+    println!("{}", ready_line(proxy.addrs(), &operator));
+    systemd::ready(1);
+    Ok(Running {
+        config,
+        proxy,
+        states,
+        operated,
+        metrics,
+        quit,
+        _identity: identity,
+    })
+}
+
+impl Running {
+    /// Serve: reload on file change or SIGHUP until asked to stop, then drain.
+    async fn serve(self, signals: Signals) -> Exit {
+        let Signals {
+            mut hangup,
+            mut terminate,
+            mut interrupt,
+        } = signals;
+        systemd::spawn_watchdog();
+        let changed = Arc::new(Notify::new());
+        let _watcher = {
+            let changed = changed.clone();
+            watch_dir(&self.config.config_dir, DEBOUNCE, move || {
+                changed.notify_one()
+            })
+            .inspect_err(|e| tracing::warn!("{e}: reload on SIGHUP only"))
+            .ok()
+        };
+        let mut reloader = Reloader {
+            config: &self.config,
+            states: &self.states,
+            operated: &self.operated,
+            metrics: &self.metrics,
+            generation: 1,
+        };
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => reloader.reload("SIGHUP").await,
+                _ = changed.notified() => reloader.reload("file change").await,
+                _ = self.quit.notified() => {
+                    tracing::info!("drain requested on /quitquitquit");
+                    break;
+                }
+                () = stop(&mut terminate, &mut interrupt) => break,
+            }
+        }
+        tracing::info!(drain = ?DRAIN, "draining: no new connections; a second SIGTERM stops at once");
+        systemd::stopping();
+        tokio::select! {
+            _ = self.proxy.shutdown(DRAIN) => {}
+            () = stop(&mut terminate, &mut interrupt) => {
+                tracing::warn!("second stop signal: stopping without waiting");
+            }
+        }
+        Exit::Stopped
+    }
+}
+
+/// Applies new configurations: each load runs off the async workers (a 10 000-policy
+/// directory takes a while to parse and compile), is swapped in whole, and a bad one changes
+/// nothing but the reported error.
+struct Reloader<'a> {
+    config: &'a ProxyConfig,
+    states: &'a watch::Sender<Arc<ProxyState>>,
+    operated: &'a Operated,
+    metrics: &'a Metrics,
+    /// The generation in force: it counts configurations applied, so a rejected one takes no
+    /// number.
+    generation: u64,
+}
+
+impl Reloader<'_> {
+    async fn reload(&mut self, why: &str) {
+        systemd::reloading();
+        let config = self.config.clone();
+        let next = self.generation + 1;
+        let loaded = tokio::task::spawn_blocking(move || load_state(&config, next))
+            .await
+            .unwrap_or_else(|e| Err(format!("configuration load panicked: {e}")));
+        let error = match loaded {
+            Ok(state) => {
+                self.generation = next;
+                self.states.send_replace(Arc::new(state));
+                self.metrics.config_reloaded(true, next);
+                tracing::info!(generation = next, trigger = why, "configuration reloaded");
+                None
+            }
+            Err(e) => {
+                // The last good configuration stays in force.
+                tracing::error!(
+                    trigger = why,
+                    "reload rejected, keeping the previous configuration: {e}"
+                );
+                self.metrics.config_reloaded(false, self.generation);
+                Some(e)
+            }
+        };
+        systemd::reloaded(self.generation, error.as_deref());
+        *self
+            .operated
+            .last_reload_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = error;
+    }
+}

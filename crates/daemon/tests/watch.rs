@@ -1,0 +1,154 @@
+//! The configuration directory watcher with real files: every way configuration lands is seen,
+//! bursts coalesce, and a deleted-then-recreated directory is watched again.
+
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use meshd_daemon::watcher::{DirWatcher, watch_dir};
+
+const WINDOW: Duration = Duration::from_millis(150);
+
+struct Counter {
+    count: Arc<AtomicUsize>,
+    _watcher: DirWatcher,
+}
+
+impl Counter {
+    fn new(dir: &Path) -> Counter {
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        let watcher = watch_dir(dir, WINDOW, move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        Counter {
+            count,
+            _watcher: watcher,
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the count passes `before`; fails after 10 s.
+    fn changed_since(&self, before: usize, what: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.get() <= before {
+            assert!(Instant::now() < deadline, "no reload after {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.get()
+    }
+
+    /// Lets pending events settle, then returns the count.
+    fn settle(&self) -> usize {
+        std::thread::sleep(WINDOW * 4);
+        self.get()
+    }
+}
+
+#[test]
+fn every_way_a_file_lands_triggers_a_reload() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("conf.d");
+    std::fs::create_dir(&dir).unwrap();
+    let c = Counter::new(&dir);
+    let mut n = c.settle();
+
+    std::fs::write(dir.join("a.yaml"), "a: 1\n").unwrap();
+    n = c.changed_since(n, "a new file");
+    n = c.settle().max(n);
+    std::fs::write(dir.join("a.yaml"), "a: 2\n").unwrap();
+    n = c.changed_since(n, "a write in place");
+    n = c.settle().max(n);
+    // An editor's save: write a temporary file, rename it over the original.
+    std::fs::write(dir.join(".a.yaml.swp"), "a: 3\n").unwrap();
+    std::fs::rename(dir.join(".a.yaml.swp"), dir.join("a.yaml")).unwrap();
+    n = c.changed_since(n, "save-by-rename");
+    n = c.settle().max(n);
+    std::fs::rename(dir.join("a.yaml"), dir.join("b.yaml")).unwrap();
+    n = c.changed_since(n, "a rename");
+    n = c.settle().max(n);
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    n = c.changed_since(n, "a new subdirectory");
+    n = c.settle().max(n);
+    std::fs::write(dir.join("sub/c.yaml"), "c: 1\n").unwrap();
+    n = c.changed_since(n, "a file in the new subdirectory");
+    n = c.settle().max(n);
+    std::fs::remove_file(dir.join("b.yaml")).unwrap();
+    c.changed_since(n, "a removal");
+}
+
+#[test]
+fn a_kubernetes_style_data_symlink_swap_triggers_a_reload() {
+    // conf.d/policy.yaml -> ..data/policy.yaml, ..data -> ..v1; the swap replaces ..data.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("conf.d");
+    std::fs::create_dir_all(dir.join("..v1")).unwrap();
+    std::fs::create_dir_all(dir.join("..v2")).unwrap();
+    std::fs::write(dir.join("..v1/policy.yaml"), "v: 1\n").unwrap();
+    std::fs::write(dir.join("..v2/policy.yaml"), "v: 2\n").unwrap();
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/policy.yaml", dir.join("policy.yaml")).unwrap();
+    let c = Counter::new(&dir);
+    let n = c.settle();
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    c.changed_since(n, "the ..data swap");
+}
+
+#[test]
+fn fifty_files_in_one_burst_give_one_reload() {
+    // `cp -r` of a whole configuration: one reload, not fifty.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("conf.d");
+    std::fs::create_dir(&dir).unwrap();
+    let c = Counter::new(&dir);
+    let before = c.settle();
+    for i in 0..50 {
+        std::fs::write(dir.join(format!("p{i}.yaml")), "x: 1\n").unwrap();
+    }
+    c.changed_since(before, "fifty files");
+    let after = c.settle();
+    assert_eq!(after - before, 1, "one burst, one reload");
+}
+
+#[test]
+fn a_deleted_then_recreated_directory_is_watched_again() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("conf.d");
+    std::fs::create_dir(&dir).unwrap();
+    let c = Counter::new(&dir);
+    let mut n = c.settle();
+    std::fs::remove_dir_all(&dir).unwrap();
+    n = c.changed_since(n, "the directory's removal");
+    n = c.settle().max(n);
+    std::fs::create_dir(&dir).unwrap();
+    n = c.changed_since(n, "the directory's return");
+    n = c.settle().max(n);
+    // The point: files in the recreated directory are seen.
+    std::fs::write(dir.join("back.yaml"), "x: 1\n").unwrap();
+    c.changed_since(n, "a file in the recreated directory");
+}
+
+#[test]
+fn reading_the_directory_does_not_trigger_a_reload() {
+    // Every reload reads every file: if reads counted, each reload would cause the next.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("conf.d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), "a: 1\n").unwrap();
+    let c = Counter::new(&dir);
+    let before = c.settle();
+    for _ in 0..3 {
+        let _ = std::fs::read_to_string(dir.join("a.yaml")).unwrap();
+        let _ = std::fs::read_dir(&dir).unwrap().count();
+    }
+    assert_eq!(c.settle(), before);
+}

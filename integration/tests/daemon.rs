@@ -1,0 +1,320 @@
+//! meshd as a service: live reload on file change with traffic flowing, systemd's notify
+//! protocol on a test socket, and draining. Real meshd processes on 127.10.40-49.x.
+
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meshd_integration::{Meshd, Workspace, echo_roundtrip, echo_server, eventually, http};
+
+/// A (web) reaches B (db) through listener 16001 → db:`port`; B's policy directory decides.
+struct Pair {
+    ws: Workspace,
+    a: IpAddr,
+    b: IpAddr,
+}
+
+const ALLOW: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db-allow-web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]
+";
+
+const DENY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db-deny-web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]
+";
+
+impl Pair {
+    fn new(net: u8) -> Pair {
+        let ws = Workspace::new();
+        let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
+        let port = echo_server(SocketAddr::new(b, 0)).port();
+        let workloads = format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web, namespace: shop}}
+spec: {{address: {a}, serviceAccount: web}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: db, namespace: shop}}
+spec: {{address: {b}, serviceAccount: db, labels: {{app: db}}, ports: {{pg: {port}}}}}
+"
+        );
+        ws.write("mesh-a/workloads.yaml", &workloads);
+        ws.write("mesh-b/workloads.yaml", &workloads);
+        ws.write("mesh-b/policies/allow.yaml", ALLOW);
+        let listener = format!("listeners:\n- {{listen: '{a}:16001', target: '{b}:{port}'}}\n");
+        let a_config = ws.node_config("a", "web", "shop/web", &a.to_string(), "", &listener);
+        rewrite(&a_config, "/mesh\n", "/mesh-a\n");
+        let b_config = ws.node_config("b", "db", "shop/db", &b.to_string(), "", "");
+        rewrite(&b_config, "/mesh\n", "/mesh-b\n");
+        Pair { ws, a, b }
+    }
+
+    fn policies(&self) -> PathBuf {
+        self.ws.path().join("mesh-b/policies")
+    }
+
+    fn allowed(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect((self.a, 16001)) else {
+            return false;
+        };
+        echo_roundtrip(&mut stream, b"ping").is_some()
+    }
+
+    fn generation(&self) -> u64 {
+        http(SocketAddr::new(self.b, 15000), "GET", "/config_dump")
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|dump| dump["generation"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Waits for B to apply a configuration past `after`, then checks the decision.
+    fn expect(&self, after: u64, allowed: bool, step: &str) -> u64 {
+        let generation = eventually(&format!("a reload after {step}"), || {
+            let g = self.generation();
+            (g > after).then_some(g)
+        });
+        assert_eq!(self.allowed(), allowed, "after {step}");
+        generation
+    }
+
+    fn last_reload_error(&self) -> Option<String> {
+        let (_, body) = http(SocketAddr::new(self.b, 15000), "GET", "/config_dump")?;
+        let dump: serde_json::Value = serde_json::from_str(&body).ok()?;
+        dump["lastReloadError"].as_str().map(str::to_string)
+    }
+}
+
+fn rewrite(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, text.replace(from, to)).unwrap();
+}
+
+#[test]
+fn file_changes_reload_live_and_allowed_connections_survive() {
+    let pair = Pair::new(40);
+    let _b = Meshd::start(&pair.ws.path().join("b.yaml"));
+    let _a = Meshd::start(&pair.ws.path().join("a.yaml"));
+    assert!(pair.allowed());
+    // A long-lived allowed connection: it must survive every step that keeps it allowed.
+    let mut held = TcpStream::connect((pair.a, 16001)).unwrap();
+    assert!(echo_roundtrip(&mut held, b"held").is_some());
+    let dir = pair.policies();
+    let mut g = pair.generation();
+
+    // Dropped in: a DENY policy.
+    std::fs::write(dir.join("deny.yaml"), DENY).unwrap();
+    g = pair.expect(g, false, "dropping a DENY policy");
+    assert!(
+        echo_roundtrip(&mut held, b"x").is_none(),
+        "the denied connection was closed"
+    );
+
+    // Edited in place: the DENY now names another principal.
+    std::fs::write(dir.join("deny.yaml"), DENY.replace("sa/web", "sa/other")).unwrap();
+    g = pair.expect(g, true, "editing in place");
+    let mut held = TcpStream::connect((pair.a, 16001)).unwrap();
+    assert!(echo_roundtrip(&mut held, b"held").is_some());
+
+    // Replaced by rename (an editor's save, a config-management tool's atomic write).
+    std::fs::write(
+        dir.join(".deny.yaml.tmp"),
+        DENY.replace("sa/web", "sa/third"),
+    )
+    .unwrap();
+    std::fs::rename(dir.join(".deny.yaml.tmp"), dir.join("deny.yaml")).unwrap();
+    g = pair.expect(g, true, "replacing by rename");
+
+    // Broken: nothing changes, the error is shown, the generation stays.
+    std::fs::write(
+        dir.join("deny.yaml"),
+        "kind: AuthorizationPolicy\nspec: {action: NOPE}\n",
+    )
+    .unwrap();
+    let error = eventually("the rejected reload", || pair.last_reload_error());
+    assert!(error.contains("deny.yaml"), "{error}");
+    assert_eq!(
+        pair.generation(),
+        g,
+        "a rejected configuration takes no generation"
+    );
+    assert!(pair.allowed(), "the last good configuration stays in force");
+
+    // Fixed, as a DENY for web again.
+    std::fs::write(dir.join("deny.yaml"), DENY).unwrap();
+    g = pair.expect(g, false, "fixing the broken file");
+    assert_eq!(pair.last_reload_error(), None);
+
+    // Renamed to a name the loader ignores (*.yaml~): as good as deleted.
+    std::fs::rename(dir.join("deny.yaml"), dir.join("deny.yaml~")).unwrap();
+    g = pair.expect(g, true, "renaming it away");
+    std::fs::rename(dir.join("deny.yaml~"), dir.join("deny.yaml")).unwrap();
+    g = pair.expect(g, false, "renaming it back");
+
+    // Deleted.
+    std::fs::remove_file(dir.join("deny.yaml")).unwrap();
+    g = pair.expect(g, true, "deleting it");
+    let mut held = TcpStream::connect((pair.a, 16001)).unwrap();
+    assert!(echo_roundtrip(&mut held, b"held").is_some());
+
+    // A Kubernetes-style ..data symlink swap in a subdirectory.
+    let cm = dir.join("configmap");
+    std::fs::create_dir_all(cm.join("..v1")).unwrap();
+    std::fs::create_dir_all(cm.join("..v2")).unwrap();
+    std::fs::write(
+        cm.join("..v1/extra.yaml"),
+        DENY.replace("sa/web", "sa/nobody"),
+    )
+    .unwrap();
+    std::fs::write(cm.join("..v2/extra.yaml"), DENY).unwrap();
+    std::os::unix::fs::symlink("..v1", cm.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/extra.yaml", cm.join("extra.yaml")).unwrap();
+    g = pair.expect(g, true, "adding a ..data directory");
+    assert!(
+        echo_roundtrip(&mut held, b"still").is_some(),
+        "untouched by an allowing reload"
+    );
+    std::os::unix::fs::symlink("..v2", cm.join("..data_tmp")).unwrap();
+    std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+    g = pair.expect(g, false, "the ..data swap");
+    std::fs::remove_dir_all(&cm).unwrap();
+    g = pair.expect(g, true, "removing the configmap directory");
+
+    // The whole directory deleted: the load fails, the last good configuration stays; when it
+    // comes back (with a DENY now) it is watched again.
+    let mesh = pair.ws.path().join("mesh-b");
+    let saved = pair.ws.path().join("mesh-b.saved");
+    std::fs::rename(&mesh, &saved).unwrap();
+    eventually("the failed load of a missing directory", || {
+        pair.last_reload_error()
+    });
+    assert!(pair.allowed(), "still the last good configuration");
+    std::fs::write(saved.join("policies/deny.yaml"), DENY).unwrap();
+    std::fs::rename(&saved, &mesh).unwrap();
+    g = pair.expect(g, false, "the directory's return");
+    std::fs::remove_file(mesh.join("policies/deny.yaml")).unwrap();
+    pair.expect(g, true, "a change inside the returned directory");
+}
+
+/// Receives datagrams on a test NOTIFY_SOCKET.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    fn new(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        NotifySocket {
+            socket,
+            path,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a message containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(m) = self.seen.iter().find(|m| m.contains(needle)) {
+                let m = m.clone();
+                self.seen.retain(|x| *x != m);
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {:?}",
+                self.seen
+            );
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                self.seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+}
+
+#[test]
+fn sd_notify_ready_reloading_watchdog_and_stopping() {
+    let pair = Pair::new(41);
+    let mut notify = NotifySocket::new(pair.ws.path());
+    let mut command = Command::new(meshd_integration::meshd_bin());
+    command
+        .args(["run", "--config"])
+        .arg(pair.ws.path().join("b.yaml"))
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "200000");
+    let b = Meshd::spawn(command);
+    let ready = notify.wait_for("READY=1");
+    assert!(
+        ready.contains("STATUS=serving configuration generation 1"),
+        "{ready}"
+    );
+    notify.wait_for("WATCHDOG=1");
+    notify.wait_for("WATCHDOG=1");
+    b.signal("HUP");
+    let reloading = notify.wait_for("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    let ready = notify.wait_for("READY=1");
+    assert!(ready.contains("generation 2"), "{ready}");
+    b.signal("TERM");
+    notify.wait_for("STOPPING=1");
+}
+
+#[test]
+fn quitquitquit_drains_and_exits_zero() {
+    let pair = Pair::new(42);
+    let mut command = Command::new(meshd_integration::meshd_bin());
+    command
+        .args(["run", "--config"])
+        .arg(pair.ws.path().join("b.yaml"));
+    let mut b = Meshd::spawn(command);
+    let (status, _) = http(SocketAddr::new(pair.b, 15000), "POST", "/quitquitquit").unwrap();
+    assert_eq!(status, 200);
+    let code = b.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn sigterm_drains_open_connections_and_a_second_sigterm_exits_at_once() {
+    let pair = Pair::new(43);
+    let mut b = Meshd::start(&pair.ws.path().join("b.yaml"));
+    let _a = Meshd::start(&pair.ws.path().join("a.yaml"));
+    let mut held = TcpStream::connect((pair.a, 16001)).unwrap();
+    assert!(echo_roundtrip(&mut held, b"held").is_some());
+    b.signal("TERM");
+    b.wait_for_log("draining");
+    // The open connection still carries bytes while draining.
+    assert!(echo_roundtrip(&mut held, b"during drain").is_some());
+    let started = Instant::now();
+    b.signal("TERM");
+    let code = b.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the second SIGTERM did not wait for the drain"
+    );
+}
