@@ -97,12 +97,17 @@ pub(crate) fn watch_certificate(
                     stats.failed_rotations(),
                 );
             }
-            if updates.changed().await.is_err() {
-                return;
+            // A failed rotation changes no certificate: look at the counters now and then too.
+            tokio::select! {
+                changed = updates.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(CERTIFICATE_METRICS_EVERY) => {}
             }
         }
     });
 }
+
+/// How often the certificate metrics are refreshed when no new certificate arrives.
+const CERTIFICATE_METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The machine-readable line supervisors and tests wait for.
 pub(crate) fn ready_line(

@@ -161,6 +161,7 @@ struct KeyRef<'a> {
     destination: Option<MetaRef<'a>>,
     destination_principal: Option<&'a str>,
     destination_service: Option<&'a str>,
+    destination_service_host: Option<&'a str>,
 }
 
 impl<'a> KeyRef<'a> {
@@ -175,6 +176,7 @@ impl<'a> KeyRef<'a> {
             destination: record.destination_workload_meta.as_ref().map(MetaRef::of),
             destination_principal: record.destination_identity.as_deref(),
             destination_service: record.destination_service.as_deref(),
+            destination_service_host: record.destination_service_host.as_deref(),
         }
     }
 
@@ -187,6 +189,7 @@ impl<'a> KeyRef<'a> {
             destination: self.destination.map(MetaRef::to_owned),
             destination_principal: self.destination_principal.map(str::to_owned),
             destination_service: self.destination_service.map(str::to_owned),
+            destination_service_host: self.destination_service_host.map(str::to_owned),
         }
     }
 
@@ -194,10 +197,8 @@ impl<'a> KeyRef<'a> {
     fn labels(&self, cluster_id: &str) -> TrafficLabels {
         let source = WorkloadLabels::of(self.source, cluster_id);
         let destination = WorkloadLabels::of(self.destination, cluster_id);
-        // meshd's records name a ServiceEntry `namespace/name`. ztunnel's destination_service
-        // is the service's host name, which the record does not carry: `unknown` rather than a
-        // made-up `name.namespace.svc.cluster.local` that would not match what ztunnel reports
-        // for the same ServiceEntry.
+        // ztunnel's destination_service is the service's host name (the ServiceEntry's first
+        // host); _name and _namespace come from the ServiceEntry's `namespace/name`.
         let (service_namespace, service_name) = match self.destination_service {
             Some(key) => match key.split_once('/') {
                 Some((namespace, name)) => (Some(namespace), Some(name)),
@@ -215,7 +216,7 @@ impl<'a> KeyRef<'a> {
             source_app: source.canonical_service,
             source_version: source.canonical_revision,
             source_cluster: source.cluster,
-            destination_service: Value::unknown(),
+            destination_service: Value::or_unknown(self.destination_service_host),
             destination_service_namespace: Value::or_unknown(service_namespace),
             destination_service_name: Value::or_unknown(service_name),
             destination_workload: destination.workload,
@@ -251,6 +252,7 @@ struct Key {
     destination: Option<WorkloadMeta>,
     destination_principal: Option<String>,
     destination_service: Option<String>,
+    destination_service_host: Option<String>,
 }
 
 impl Key {
@@ -263,6 +265,7 @@ impl Key {
             destination: self.destination.as_ref().map(MetaRef::of),
             destination_principal: self.destination_principal.as_deref(),
             destination_service: self.destination_service.as_deref(),
+            destination_service_host: self.destination_service_host.as_deref(),
         }
     }
 }

@@ -150,6 +150,8 @@ pub struct ConnectionRecord {
     pub destination_identity: Option<String>,
     /// The service, when the destination was one (`namespace/name`).
     pub destination_service: Option<String>,
+    /// The service's host name (its first `hosts` entry), when the destination was one.
+    pub destination_service_host: Option<String>,
     /// The authorization outcome (inbound).
     pub verdict: Option<Verdict>,
     /// The HBONE transport (`h2`, or `h3` for QUIC), when the connection used a tunnel.
@@ -190,6 +192,7 @@ impl ConnectionRecord {
             destination_workload: None,
             destination_identity: None,
             destination_service: None,
+            destination_service_host: None,
             verdict: None,
             transport: None,
             bytes_in: 0,

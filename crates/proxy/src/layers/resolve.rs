@@ -118,6 +118,10 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
     let workload = resolved.workload.map(|i| registry.workload(i));
     ctx.record.update(|r| {
         r.destination_service = service.map(|s| s.key.clone());
+        r.destination_service_host = service.and_then(|s| s.hosts.first().cloned());
+        // The identity the destination workload has, whatever the transport (ztunnel reports
+        // it for every workload destination).
+        r.destination_identity = workload.map(|w| ctx.state.spiffe_id(w));
         r.destination_workload = workload.map(|w| w.key.clone());
         r.destination_workload_meta = workload.map(|w| w.meta());
     });
