@@ -318,3 +318,33 @@ fn sigterm_drains_open_connections_and_a_second_sigterm_exits_at_once() {
         "the second SIGTERM did not wait for the drain"
     );
 }
+
+#[test]
+fn config_show_names_each_source_and_a_restart_key_change_is_logged() {
+    let pair = Pair::new(44);
+    let config = pair.ws.path().join("b.yaml");
+    let out = Command::new(meshd_integration::meshd_bin())
+        .args(["config", "show", "--config"])
+        .arg(&config)
+        .env("MESHD_HBONE_PORT", "15099")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .to_string()
+    };
+    assert!(line("hbonePort").contains("15099") && line("hbonePort").contains("environment"));
+    assert!(line("listen.admin").ends_with(&format!("# {}", config.display())));
+    assert!(line("listen.hboneQuic").ends_with("# default"));
+
+    // A running meshd re-reads the file on reload and says which changed keys need a restart.
+    let b = Meshd::start(&config);
+    rewrite(&config, "configDir:", "hbonePort: 15099\nconfigDir:");
+    b.signal("HUP");
+    b.wait_for_log("daemon configuration key changed: it takes effect after a restart");
+    b.wait_for_log("key=\"hbonePort\"");
+}

@@ -39,6 +39,26 @@ enum Command {
     /// The built-in development CA (for trying meshd; production uses real certificates).
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// The daemon configuration (meshd.yaml and its layers).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration, each value with where it came from (default, the
+    /// file, an environment variable, a flag).
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// The configuration file, as for `meshd run`.
+    #[arg(long, short, env = "MESHD_CONFIG")]
+    config: Option<PathBuf>,
+    /// As for `meshd run`.
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
 }
 
 /// Options shared by commands that load a configuration directory.
@@ -70,6 +90,31 @@ enum AuthzCommand {
     Check(authz::CheckArgs),
 }
 
+/// `meshd config show`: one `key: value  # source` line per value, aligned.
+fn show_config(args: &ShowArgs) -> anyhow::Result<ExitCode> {
+    let flags = meshd_daemon::settings::Flags {
+        config_dir: args.config_dir.clone(),
+    };
+    let settings = match run::load_settings(args.config.as_deref(), &flags) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("meshd: {e}");
+            return Ok(ExitCode::from(78));
+        }
+    };
+    let shown = settings.show();
+    let width = shown
+        .iter()
+        .map(|s| s.key.len() + s.value.len() + 2)
+        .max()
+        .unwrap_or(0);
+    for s in shown {
+        let pair = format!("{}: {}", s.key, s.value);
+        println!("{pair:width$}  # {}", s.source);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -82,6 +127,7 @@ fn main() -> ExitCode {
         ),
         Command::Authz(AuthzCommand::Check(args)) => authz::run(&args),
         Command::Ca(command) => ca::run(&command),
+        Command::Config(ConfigCommand::Show(args)) => show_config(&args),
     };
     match result {
         Ok(code) => code,

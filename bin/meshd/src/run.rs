@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use meshd_admin::LogLevelFn;
-use meshd_config::{parse_file, parse_text};
 use meshd_daemon::Exit;
+use meshd_daemon::settings::{self, Base, Flags, Settings};
 use meshd_proxy::ProxyConfig;
 use tracing_subscriber::EnvFilter;
 
@@ -22,11 +22,13 @@ const EX_CONFIG: u8 = 78;
 /// Arguments of `meshd run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// meshd's configuration file (default: the embedded dev configuration, config/meshd.yaml).
+    /// meshd's configuration file (default: /etc/meshd/meshd.yaml if it exists, else the
+    /// embedded development configuration, config/meshd.yaml).
     #[arg(long, short, env = "MESHD_CONFIG")]
     config: Option<PathBuf>,
-    /// Override the configuration directory of Istio YAML.
-    #[arg(long, env = "MESHD_CONFIG_DIR")]
+    /// Override the configuration directory of Istio YAML (highest layer; `MESHD_CONFIG_DIR`
+    /// sets it in the environment layer).
+    #[arg(long)]
     config_dir: Option<PathBuf>,
     /// Log lines (access log included) as text (key=value) or one JSON object each.
     #[arg(long, env = "MESHD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -42,33 +44,49 @@ pub enum LogFormat {
     Json,
 }
 
-/// Reads the daemon configuration: the file given, or the embedded default.
-pub fn load_config(path: Option<&Path>) -> Result<ProxyConfig, String> {
-    match path {
-        Some(path) => parse_file(path).map_err(|p| p.to_string()),
-        None => parse_text(Path::new("<embedded config/meshd.yaml>"), DEFAULT_CONFIG)
-            .map_err(|p| p.to_string()),
-    }
+/// Reads the daemon configuration in layers: defaults < the file (`path`, else
+/// /etc/meshd/meshd.yaml if it exists, else the embedded development file) < `MESHD_*`
+/// environment variables < flags.
+pub fn load_settings(path: Option<&Path>, flags: &Flags) -> Result<Settings, String> {
+    let installed = Path::new(settings::DEFAULT_PATH);
+    let base = match path {
+        Some(path) => Base::File(path),
+        None if installed.exists() => Base::File(installed),
+        None => Base::Embedded {
+            name: "<embedded config/meshd.yaml>",
+            text: DEFAULT_CONFIG,
+        },
+    };
+    settings::load(base, flags).map_err(|e| e.to_string())
 }
 
-/// Runs until SIGINT or SIGTERM; SIGHUP reloads the configuration directory.
+/// The effective daemon configuration (see [`load_settings`]), without flags.
+pub fn load_config(path: Option<&Path>) -> Result<ProxyConfig, String> {
+    load_settings(path, &Flags::default()).map(|s| s.config)
+}
+
+/// Runs until SIGINT or SIGTERM; a changed file or SIGHUP reloads the configuration directory.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let set_log_level = init_logging(args.log_format);
-    let mut config = match load_config(args.config.as_deref()) {
-        Ok(config) => config,
+    let flags = Flags {
+        config_dir: args.config_dir.clone(),
+    };
+    let config = match load_settings(args.config.as_deref(), &flags) {
+        Ok(settings) => settings.config,
         Err(e) => {
             eprintln!("meshd: {e}");
             return Ok(ExitCode::from(EX_CONFIG));
         }
     };
-    if let Some(dir) = &args.config_dir {
-        config.config_dir = dir.clone();
-    }
+    // A reload re-reads the file to say which changed keys need a restart.
+    let path = args.config.clone();
+    let reread: meshd_daemon::RereadFn =
+        Arc::new(move || load_settings(path.as_deref(), &flags).map(|s| s.config));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    match runtime.block_on(meshd_daemon::run(config, set_log_level))? {
+    match runtime.block_on(meshd_daemon::run(config, set_log_level, reread))? {
         Exit::Stopped => Ok(ExitCode::SUCCESS),
         Exit::Config(e) => {
             eprintln!("meshd: {e}");

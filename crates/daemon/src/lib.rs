@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod operator;
+pub mod settings;
 pub mod systemd;
 pub mod watcher;
 
@@ -38,6 +39,9 @@ pub const DRAIN: Duration = Duration::from_secs(5);
 
 /// How often certificate files that are not there yet are looked for again.
 const IDENTITY_RETRY: Duration = Duration::from_secs(1);
+
+/// Re-reads the daemon configuration file (and its environment and flag layers).
+pub type RereadFn = Arc<dyn Fn() -> Result<ProxyConfig, String> + Send + Sync>;
 
 /// How the daemon ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +144,7 @@ async fn stop(
 /// A started daemon: what the serve loop needs.
 struct Running {
     config: ProxyConfig,
+    reread: RereadFn,
     proxy: Proxy,
     states: watch::Sender<Arc<ProxyState>>,
     operated: Arc<Operated>,
@@ -149,10 +154,14 @@ struct Running {
 }
 
 /// Runs the daemon until it is asked to stop.
-pub async fn run(config: ProxyConfig, set_log_level: LogLevelFn) -> Result<Exit, DaemonError> {
+pub async fn run(
+    config: ProxyConfig,
+    set_log_level: LogLevelFn,
+    reread: RereadFn,
+) -> Result<Exit, DaemonError> {
     let mut signals = Signals::install()?;
     let running = tokio::select! {
-        started = start(config, set_log_level) => match started {
+        started = start(config, set_log_level, reread) => match started {
             Ok(running) => running,
             Err(exit) => return Ok(exit),
         },
@@ -162,7 +171,11 @@ pub async fn run(config: ProxyConfig, set_log_level: LogLevelFn) -> Result<Exit,
 }
 
 /// Start: configuration, operator endpoints, certificate, proxy; `Err` is how it ended.
-async fn start(config: ProxyConfig, set_log_level: LogLevelFn) -> Result<Running, Exit> {
+async fn start(
+    config: ProxyConfig,
+    set_log_level: LogLevelFn,
+    reread: RereadFn,
+) -> Result<Running, Exit> {
     let state = load_state(&config, 1).map_err(Exit::Config)?;
     let metrics = Metrics::new(tokio::runtime::Handle::current());
     metrics.config_reloaded(true, 1);
@@ -224,6 +237,7 @@ async fn start(config: ProxyConfig, set_log_level: LogLevelFn) -> Result<Running
     systemd::ready(1);
     Ok(Running {
         config,
+        reread,
         proxy,
         states,
         operated,
@@ -253,6 +267,7 @@ impl Running {
         };
         let mut reloader = Reloader {
             config: &self.config,
+            reread: &self.reread,
             states: &self.states,
             operated: &self.operated,
             metrics: &self.metrics,
@@ -286,6 +301,7 @@ impl Running {
 /// nothing but the reported error.
 struct Reloader<'a> {
     config: &'a ProxyConfig,
+    reread: &'a RereadFn,
     states: &'a watch::Sender<Arc<ProxyState>>,
     operated: &'a Operated,
     metrics: &'a Metrics,
@@ -295,8 +311,25 @@ struct Reloader<'a> {
 }
 
 impl Reloader<'_> {
+    /// Says which changed keys of the daemon configuration file wait for a restart: a reload
+    /// applies the configuration directory only.
+    fn warn_restart_keys(&self) {
+        match (self.reread)() {
+            Ok(new) => {
+                for key in settings::changed_keys(self.config, &new) {
+                    tracing::warn!(
+                        key,
+                        "daemon configuration key changed: it takes effect after a restart (a reload applies the configuration directory only)"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("daemon configuration file: {e} (the running one stays)"),
+        }
+    }
+
     async fn reload(&mut self, why: &str) {
         systemd::reloading();
+        self.warn_restart_keys();
         let config = self.config.clone();
         let next = self.generation + 1;
         let loaded = tokio::task::spawn_blocking(move || load_state(&config, next))

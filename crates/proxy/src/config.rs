@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use meshd_identity::{DevCaSource, IdentitySource};
 use meshd_redirect::RedirectConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plugins::PluginSpec;
 
@@ -13,7 +13,7 @@ use crate::plugins::PluginSpec;
 pub const HBONE_PORT: u16 = 15008;
 
 /// meshd's configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProxyConfig {
     /// The directory of Istio YAML (policies, workloads, services).
@@ -133,7 +133,7 @@ impl ProxyConfig {
 
 /// Which workloads are local. With neither list set, a workload is local when its address can
 /// be bound on this machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalWorkloads {
     /// Addresses of this machine.
@@ -145,7 +145,7 @@ pub struct LocalWorkloads {
 }
 
 /// Listener addresses; `null` turns a listener off.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listen {
     /// Inbound HBONE (mTLS).
@@ -209,7 +209,7 @@ impl Default for Listen {
 }
 
 /// `socks5:` settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Socks5Settings {
     /// Lets `listen.socks5` be a non-loopback address. Anyone who reaches the port borrows this
@@ -219,7 +219,7 @@ pub struct Socks5Settings {
 }
 
 /// `127.0.0.1:9080 → reviews.default:9080`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExplicitListener {
     /// Where applications connect: loopback unless `allowRemote`.

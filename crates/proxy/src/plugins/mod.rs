@@ -17,8 +17,8 @@ mod rate_limit;
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tower::util::BoxCloneSyncServiceLayer;
 
 use crate::conn::Conn;
@@ -35,7 +35,7 @@ pub type PluginLayer = BoxCloneSyncServiceLayer<ConnService, Conn, (), ProxyErro
 pub type PluginFactory = fn(&serde_json::Value) -> Result<PluginLayer, String>;
 
 /// `plugins[]` in the daemon configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PluginSpec {
     /// The registered name.

@@ -1,0 +1,266 @@
+//! The daemon configuration in layers (figment): built-in defaults < the configuration file
+//! (`/etc/meshd/meshd.yaml`, `--config FILE`, or the embedded development file) < `MESHD_*`
+//! environment variables < command-line flags.
+//!
+//! The file is first read alone by meshd's positioned YAML parser, so an unknown key or a
+//! wrong type is reported with file, line, column and field, exactly as for the Istio YAML.
+//! Environment variables name nested keys with `__` and snake case:
+//! `MESHD_LISTEN__INBOUND_PLAINTEXT=0.0.0.0:15006` sets `listen.inboundPlaintext`.
+//!
+//! What a reload applies: the configuration directory (`configDir`'s contents). Everything
+//! else in this file — listeners, identity source, plugins, trust domain, the directory's path
+//! — is read at start; a reload that finds one changed logs that a restart is needed.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::{Figment, Metadata, Source};
+use meshd_config::{parse_file, parse_text};
+use meshd_proxy::ProxyConfig;
+
+/// Where meshd looks for its configuration file when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/meshd/meshd.yaml";
+
+/// Environment variables meshd's command line reads itself, not configuration keys.
+const NOT_KEYS: [&str; 2] = ["config", "log_format"];
+
+/// The file layer.
+#[derive(Debug, Clone, Copy)]
+pub enum Base<'a> {
+    /// A file on disk.
+    File(&'a Path),
+    /// Text built into the binary, shown under `name`.
+    Embedded {
+        /// How messages name it.
+        name: &'a str,
+        /// The YAML.
+        text: &'a str,
+    },
+}
+
+/// The command-line flags that override configuration keys.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--config-dir`.
+    pub config_dir: Option<PathBuf>,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// The file itself (positioned: `file:line:col: field: message`).
+    #[error("{0}")]
+    File(String),
+    /// An environment variable or flag (named in the message).
+    #[error("{0}")]
+    Layer(String),
+}
+
+/// The effective configuration and where each value came from.
+#[derive(Debug)]
+pub struct Settings {
+    /// The configuration meshd runs with.
+    pub config: ProxyConfig,
+    figment: Figment,
+    flags: Flags,
+}
+
+/// One value of the effective configuration, for `meshd config show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    /// The dotted key, e.g. `listen.admin`.
+    pub key: String,
+    /// The value, as YAML flow text.
+    pub value: String,
+    /// `default`, the file's path, or the environment variable / flag that set it.
+    pub source: String,
+}
+
+/// Reads the layers.
+pub fn load(base: Base<'_>, flags: &Flags) -> Result<Settings, SettingsError> {
+    let file = match base {
+        Base::File(path) => {
+            parse_file::<ProxyConfig>(path).map_err(|p| SettingsError::File(p.to_string()))?;
+            Figment::new().merge(Yaml::file_exact(path))
+        }
+        Base::Embedded { name, text } => {
+            parse_text::<ProxyConfig>(Path::new(name), text)
+                .map_err(|p| SettingsError::File(p.to_string()))?;
+            Figment::new().merge(Yaml::string(text))
+        }
+    };
+    let mut figment = file.merge(env());
+    if let Some(dir) = &flags.config_dir {
+        figment = figment.merge(Serialized::default("configDir", dir));
+    }
+    let config = figment
+        .extract::<ProxyConfig>()
+        .map_err(|e| SettingsError::Layer(layer_error(&e)))?;
+    Ok(Settings {
+        config,
+        figment,
+        flags: flags.clone(),
+    })
+}
+
+impl Settings {
+    /// Every value of the effective configuration with its source, in key order.
+    pub fn show(&self) -> Vec<Shown> {
+        let value = serde_json::to_value(&self.config).unwrap_or_default();
+        let mut shown = Vec::new();
+        leaves(&value, String::new(), &mut |key, value| {
+            let source = if key == "configDir" && self.flags.config_dir.is_some() {
+                "--config-dir flag".to_string()
+            } else {
+                self.figment
+                    .find_metadata(&key)
+                    .map_or_else(|| "default".to_string(), describe)
+            };
+            shown.push(Shown {
+                source,
+                value: serde_json::to_string(value).unwrap_or_default(),
+                key,
+            });
+        });
+        shown
+    }
+}
+
+/// The keys whose values differ between two configurations (dotted), for "needs a restart".
+pub fn changed_keys(old: &ProxyConfig, new: &ProxyConfig) -> Vec<String> {
+    let (old, new) = (
+        serde_json::to_value(old).unwrap_or_default(),
+        serde_json::to_value(new).unwrap_or_default(),
+    );
+    let mut before = Vec::new();
+    leaves(&old, String::new(), &mut |k, v| before.push((k, v.clone())));
+    let mut after = Vec::new();
+    leaves(&new, String::new(), &mut |k, v| after.push((k, v.clone())));
+    let mut keys: Vec<String> = after
+        .iter()
+        .filter(|(k, v)| !before.iter().any(|(bk, bv)| bk == k && bv == v))
+        .map(|(k, _)| k.clone())
+        .chain(
+            before
+                .iter()
+                .filter(|(k, _)| !after.iter().any(|(ak, _)| ak == k))
+                .map(|(k, _)| k.clone()),
+        )
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn leaves(
+    value: &serde_json::Value,
+    prefix: String,
+    f: &mut impl FnMut(String, &serde_json::Value),
+) {
+    match value {
+        serde_json::Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(v, key, f);
+            }
+        }
+        _ => f(prefix, value),
+    }
+}
+
+fn describe(metadata: &Metadata) -> String {
+    match &metadata.source {
+        Some(Source::File(path)) => path.display().to_string(),
+        Some(other) => format!("{} ({other})", metadata.name),
+        None => metadata.name.to_string(),
+    }
+}
+
+/// `MESHD_LISTEN__INBOUND_PLAINTEXT` → `listen.inboundPlaintext`.
+fn env() -> Env {
+    // `lowercase(false)` last: figment resets it with every filter or map.
+    Env::prefixed("MESHD_")
+        .ignore(&NOT_KEYS)
+        .map(|key| camel_path(key.as_str()).into())
+        .lowercase(false)
+}
+
+fn camel_path(key: &str) -> String {
+    key.to_ascii_lowercase()
+        .split("__")
+        .map(|segment| {
+            let mut out = String::with_capacity(segment.len());
+            let mut upper = false;
+            for c in segment.chars() {
+                if c == '_' {
+                    upper = true;
+                } else if upper {
+                    out.extend(c.to_uppercase());
+                    upper = false;
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// `["listen", "inboundPlaintext"]` → `MESHD_LISTEN__INBOUND_PLAINTEXT`.
+fn env_name(path: &[String]) -> String {
+    let segments: Vec<String> = path
+        .iter()
+        .map(|segment| {
+            let mut out = String::new();
+            for c in segment.chars() {
+                if c.is_ascii_uppercase() {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_uppercase());
+            }
+            out
+        })
+        .collect();
+    format!("MESHD_{}", segments.join("__"))
+}
+
+/// figment's error with the layer that caused it (e.g. the environment variable).
+fn layer_error(error: &figment::Error) -> String {
+    let key = error.path.join(".");
+    match &error.metadata {
+        Some(metadata) if metadata.name.contains("environment") => format!(
+            "environment variable {}: {key}: {}",
+            env_name(&error.path),
+            error.kind
+        ),
+        Some(metadata) => format!("{}: {key}: {}", describe(metadata), error.kind),
+        None => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::camel_path;
+
+    #[test]
+    fn environment_keys_become_camel_case_paths() {
+        assert_eq!(camel_path("config_dir"), "configDir");
+        assert_eq!(
+            camel_path("listen__inbound_plaintext"),
+            "listen.inboundPlaintext"
+        );
+        assert_eq!(camel_path("TRUST_DOMAIN"), "trustDomain");
+    }
+
+    #[test]
+    fn keys_become_environment_names() {
+        let path = ["listen".to_string(), "inboundPlaintext".to_string()];
+        assert_eq!(super::env_name(&path), "MESHD_LISTEN__INBOUND_PLAINTEXT");
+    }
+}

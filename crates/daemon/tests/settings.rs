@@ -1,0 +1,154 @@
+//! The daemon configuration's layers: defaults < file < MESHD_* environment < flags, each
+//! value's source, and errors that name where the bad value came from. figment's Jail sets
+//! environment variables for one closure at a time.
+
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used, clippy::result_large_err)]
+
+use std::path::{Path, PathBuf};
+
+use figment::Jail;
+use meshd_daemon::settings::{Base, Flags, SettingsError, changed_keys, load};
+
+fn source_of(shown: &[meshd_daemon::settings::Shown], key: &str) -> (String, String) {
+    let s = shown.iter().find(|s| s.key == key).unwrap();
+    (s.value.clone(), s.source.clone())
+}
+
+#[test]
+fn each_layer_overrides_the_one_below_and_says_so() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "meshd.yaml",
+            "configDir: /from/file\nhbonePort: 16008\nlisten: {admin: 127.0.0.1:16000}\n",
+        )?;
+        jail.set_env("MESHD_HBONE_PORT", "17008");
+        jail.set_env("MESHD_CONFIG_DIR", "/from/env");
+        jail.set_env("MESHD_LISTEN__INBOUND_PLAINTEXT", "0.0.0.0:15006");
+        let path = PathBuf::from("meshd.yaml");
+        let flags = Flags {
+            config_dir: Some(PathBuf::from("/from/flag")),
+        };
+        let settings = load(Base::File(&path), &flags).unwrap();
+        let c = &settings.config;
+        assert_eq!(
+            c.config_dir,
+            PathBuf::from("/from/flag"),
+            "flag over env over file"
+        );
+        assert_eq!(c.hbone_port, 17008, "env over file");
+        assert_eq!(
+            c.listen.admin,
+            Some("127.0.0.1:16000".parse().unwrap()),
+            "file over default"
+        );
+        assert_eq!(
+            c.listen.metrics,
+            Some("0.0.0.0:15020".parse().unwrap()),
+            "default"
+        );
+        assert_eq!(
+            c.listen.inbound_plaintext,
+            Some("0.0.0.0:15006".parse().unwrap())
+        );
+        let shown = settings.show();
+        assert_eq!(source_of(&shown, "configDir").1, "--config-dir flag");
+        assert!(
+            source_of(&shown, "hbonePort").1.contains("environment"),
+            "{shown:?}"
+        );
+        assert!(
+            source_of(&shown, "listen.admin").1.ends_with("meshd.yaml"),
+            "{shown:?}"
+        );
+        assert_eq!(
+            source_of(&shown, "listen.metrics"),
+            ("\"0.0.0.0:15020\"".into(), "default".into())
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn an_unknown_key_in_the_file_names_file_line_and_field() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "meshd.yaml",
+            "configDir: /x\nlisten:\n  admn: 127.0.0.1:15000\n",
+        )?;
+        let err = load(Base::File(Path::new("meshd.yaml")), &Flags::default()).unwrap_err();
+        let SettingsError::File(text) = err else {
+            panic!("{err:?}")
+        };
+        assert!(text.starts_with("meshd.yaml:3:3: "), "{text}");
+        assert!(text.contains("listen.admn: unknown field"), "{text}");
+        Ok(())
+    });
+}
+
+#[test]
+fn an_unknown_environment_key_is_an_error_naming_it() {
+    // A typo in an environment variable must not be silently ignored.
+    Jail::expect_with(|jail| {
+        jail.set_env("MESHD_LISTEN__ADMN", "127.0.0.1:1");
+        let err = load(
+            Base::Embedded {
+                name: "<test>",
+                text: "{}",
+            },
+            &Flags::default(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("admn"), "{text}");
+        assert!(text.contains("environment"), "{text}");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_bad_environment_value_is_an_error_naming_the_variable() {
+    Jail::expect_with(|jail| {
+        jail.set_env("MESHD_HBONE_PORT", "not-a-port");
+        let err = load(
+            Base::Embedded {
+                name: "<test>",
+                text: "{}",
+            },
+            &Flags::default(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("hbonePort"), "{text}");
+        assert!(text.contains("environment"), "{text}");
+        Ok(())
+    });
+}
+
+#[test]
+fn the_command_line_s_own_variables_are_not_keys() {
+    // MESHD_CONFIG (the file's path) and MESHD_LOG_FORMAT are read by the command line.
+    Jail::expect_with(|jail| {
+        jail.set_env("MESHD_CONFIG", "/etc/meshd/meshd.yaml");
+        jail.set_env("MESHD_LOG_FORMAT", "json");
+        let base = Base::Embedded {
+            name: "<test>",
+            text: "{}",
+        };
+        assert!(load(base, &Flags::default()).is_ok());
+        Ok(())
+    });
+}
+
+#[test]
+fn changed_keys_lists_what_differs() {
+    let a = meshd_proxy::ProxyConfig::default();
+    let mut b = a.clone();
+    b.listen.admin = None;
+    b.hbone_port = 1;
+    assert_eq!(
+        changed_keys(&a, &b),
+        vec!["hbonePort".to_string(), "listen.admin".to_string()]
+    );
+    assert!(changed_keys(&a, &a).is_empty());
+}
