@@ -62,44 +62,37 @@ pub fn config_dump(
             })
         })
         .collect();
-    let sourced = |kind: &str, ns: &str, name: &str, location: String| json!({"kind": kind, "name": format!("{ns}/{name}"), "source": location});
-    let mut resources: Vec<Value> = Vec::new();
-    for p in &snapshot.authorization_policies {
-        let m = &p.resource.metadata;
-        resources.push(sourced(
-            "AuthorizationPolicy",
-            m.namespace(),
-            m.name(),
-            p.location(),
-        ));
-    }
-    for p in &snapshot.peer_authentications {
-        let m = &p.resource.metadata;
-        resources.push(sourced(
-            "PeerAuthentication",
-            m.namespace(),
-            m.name(),
-            p.location(),
-        ));
-    }
-    for p in &snapshot.workload_entries {
-        let m = &p.resource.metadata;
-        resources.push(sourced(
-            "WorkloadEntry",
-            m.namespace(),
-            m.name(),
-            p.location(),
-        ));
-    }
-    for p in &snapshot.service_entries {
-        let m = &p.resource.metadata;
-        resources.push(sourced(
-            "ServiceEntry",
-            m.namespace(),
-            m.name(),
-            p.location(),
-        ));
-    }
+    // Every resource with the file and line it was read from.
+    let resources: Vec<Value> = snapshot
+        .authorization_policies
+        .iter()
+        .map(|r| ("AuthorizationPolicy", &r.resource.metadata, r.location()))
+        .chain(
+            snapshot
+                .peer_authentications
+                .iter()
+                .map(|r| ("PeerAuthentication", &r.resource.metadata, r.location())),
+        )
+        .chain(
+            snapshot
+                .workload_entries
+                .iter()
+                .map(|r| ("WorkloadEntry", &r.resource.metadata, r.location())),
+        )
+        .chain(
+            snapshot
+                .service_entries
+                .iter()
+                .map(|r| ("ServiceEntry", &r.resource.metadata, r.location())),
+        )
+        .map(|(kind, meta, source)| {
+            json!({
+                "kind": kind,
+                "name": format!("{}/{}", meta.namespace(), meta.name()),
+                "source": source,
+            })
+        })
+        .collect();
     json!({
         "generation": state.generation,
         "rootNamespace": snapshot.root_namespace,
