@@ -38,6 +38,18 @@ pub(crate) struct Site {
 }
 
 impl Site {
+    /// An error placed at this workload's address.
+    pub(crate) fn error(&self, message: String) -> Problem {
+        Problem {
+            severity: Severity::Error,
+            file: self.file.clone(),
+            pos: Some(self.pos),
+            resource: Some(self.resource.clone()),
+            path: self.path.clone(),
+            message,
+        }
+    }
+
     pub(crate) fn location(&self) -> String {
         format!("{}:{}", self.file.display(), self.pos)
     }
@@ -98,21 +110,14 @@ pub(crate) fn check(sites: &[Site]) -> Vec<Problem> {
             .filter(|first| (&first.resource, &first.path) != (&site.resource, &site.path))
             .find_map(|first| Some((*first, first.shared_ports(site)?)));
         if let Some((first, shared)) = clash {
-            problems.push(Problem {
-                severity: Severity::Error,
-                file: site.file.clone(),
-                pos: Some(site.pos),
-                resource: Some(site.resource.clone()),
-                path: site.path.clone(),
-                message: format!(
+            problems.push(site.error(format!(
                     "{} {} is also served by {} at {} ({}): meshd would hand connections there to only one of them, so the other's policies and PeerAuthentication would never apply; give each workload its own address, or distinct `ports`",
                     site.address,
                     describe(&shared),
                     first.resource,
                     first.location(),
                     first.path,
-                ),
-            });
+                )));
         }
         earlier.push(site);
     }

@@ -294,21 +294,14 @@ impl Catalog {
                 continue;
             };
             let site = &workload.site;
-            problems.push(Problem {
-                severity: Severity::Error,
-                file: site.file.clone(),
-                pos: Some(site.pos),
-                resource: Some(site.resource.clone()),
-                path: site.path.clone(),
-                message: format!(
+            problems.push(site.error(format!(
                     "{} is inside VIP {} of {} at {} ({}): connections to this workload's own address would go to that ServiceEntry's endpoints instead and expect their identities; choose VIPs outside the workloads' addresses",
                     site.address,
                     vip.value,
                     service.key,
                     service.location(vip.pos),
                     vip.path,
-                ),
-            });
+                )));
         }
         problems
     }
