@@ -8,11 +8,17 @@ need_apt=()
 command -v ip >/dev/null || need_apt+=(iproute2)
 # Traffic-capture tests install nftables rules inside network namespaces they create.
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
+# The unit-file test runs systemd-analyze; the package test lints the .deb.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v lintian >/dev/null || need_apt+=(lintian)
 if ((${#need_apt[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 # The HBONE interop test drives our server with an independent HTTP/2 client (Python's h2).
 python3 -c 'import h2' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check h2
+
+# The package test builds a .deb with cargo-deb (pinned in scripts/package.sh).
+cargo deb --version >/dev/null 2>&1 || cargo install cargo-deb --locked --version "$(sed -n 's/^CARGO_DEB_VERSION=//p' scripts/package.sh)"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
