@@ -20,9 +20,9 @@ use std::time::Duration;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
-/// How long a burst of changes is collected before one reload: long enough for a `cp -r` or
-/// an editor's write-rename-chmod, short enough to feel immediate.
-pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How long each file's events are held before they count: long enough for an editor's
+/// write-rename-chmod to arrive as one change, short enough to feel immediate.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Why the directory cannot be watched.
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +94,11 @@ pub fn watch_dir(
                     continue;
                 };
                 // The debouncer releases each path's events separately once they are a window
-                // old; a burst over many files arrives as several batches. Collect until the
-                // directory has been quiet for a whole window: one burst, one reload.
+                // old (checking every quarter window); a burst over many files arrives as
+                // batches a tick or two apart. Collect until none came for half a window: one
+                // burst, one reload, without adding a whole second window to every reload.
                 loop {
-                    match rx.recv_timeout(debounce) {
+                    match rx.recv_timeout(debounce / 2) {
                         Ok(Some(more)) => {
                             touches_dir |= relevant(&more, &dir).unwrap_or(false);
                         }
