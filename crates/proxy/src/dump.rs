@@ -16,26 +16,7 @@ pub fn config_dump(
 ) -> Value {
     let snapshot = &state.snapshot;
     let registry = &state.registry;
-    let local: Vec<Value> = registry
-        .local_workloads()
-        .map(|w| {
-            let policies: Vec<Value> = state
-                .engine
-                .policies_for(&w.namespace, &w.labels)
-                .into_iter()
-                .map(|(key, action)| json!({"policy": key.to_string(), "action": action.as_str()}))
-                .collect();
-            json!({
-                "workload": w.key,
-                "address": w.address.to_string(),
-                "identity": state.spiffe_id(w),
-                "labels": w.labels,
-                "ports": w.ports,
-                "policies": policies,
-                "strictMtls": state.engine.strict_anywhere(&w.namespace, &w.labels).map(|k| k.to_string()),
-            })
-        })
-        .collect();
+    let local = local_workloads(state);
     let workloads: Vec<Value> = registry
         .workloads()
         .iter()
@@ -62,8 +43,49 @@ pub fn config_dump(
             })
         })
         .collect();
-    // Every resource with the file and line it was read from.
-    let resources: Vec<Value> = snapshot
+    let resources = resources(snapshot);
+    json!({
+        "generation": state.generation,
+        "rootNamespace": snapshot.root_namespace,
+        "trustDomain": state.trust_domain,
+        "files": snapshot.files,
+        "lastReloadError": last_reload_error,
+        "resources": resources,
+        "localWorkloads": local,
+        "workloads": workloads,
+        "services": services,
+        "certificate": certificate_dump(certificate),
+    })
+}
+
+/// Local workloads with the policies that select them and whether STRICT applies.
+fn local_workloads(state: &ProxyState) -> Vec<Value> {
+    state
+        .registry
+        .local_workloads()
+        .map(|w| {
+            let policies: Vec<Value> = state
+                .engine
+                .policies_for(&w.namespace, &w.labels)
+                .into_iter()
+                .map(|(key, action)| json!({"policy": key.to_string(), "action": action.as_str()}))
+                .collect();
+            json!({
+                "workload": w.key,
+                "address": w.address.to_string(),
+                "identity": state.spiffe_id(w),
+                "labels": w.labels,
+                "ports": w.ports,
+                "policies": policies,
+                "strictMtls": state.engine.strict_anywhere(&w.namespace, &w.labels).map(|k| k.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// Every resource with the file and line it was read from.
+fn resources(snapshot: &meshd_config::Snapshot) -> Vec<Value> {
+    snapshot
         .authorization_policies
         .iter()
         .map(|r| ("AuthorizationPolicy", &r.resource.metadata, r.location()))
@@ -92,19 +114,7 @@ pub fn config_dump(
                 "source": source,
             })
         })
-        .collect();
-    json!({
-        "generation": state.generation,
-        "rootNamespace": snapshot.root_namespace,
-        "trustDomain": state.trust_domain,
-        "files": snapshot.files,
-        "lastReloadError": last_reload_error,
-        "resources": resources,
-        "localWorkloads": local,
-        "workloads": workloads,
-        "services": services,
-        "certificate": certificate_dump(certificate),
-    })
+        .collect()
 }
 
 /// Identity, serial and validity of the certificate in force, and the bundle's trust domains.

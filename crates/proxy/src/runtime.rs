@@ -123,32 +123,24 @@ impl Proxy {
         let client = Client::new(identity.clone(), client_settings)?;
         let connector = Arc::new(MeshConnector::new(client.clone(), config.socket_mark()));
 
-        let hbone_listener = bind(config.listen.hbone).await?;
-        let inbound_plaintext = bind_optional(config.listen.inbound_plaintext).await?;
-        let outbound = bind_optional(config.listen.outbound).await?;
-        let socks = bind_optional(config.listen.socks5).await?;
-        let mut explicit = Vec::new();
-        for listener in &config.listeners {
-            let (host, port) = listener.target().map_err(StartError::Listener)?;
-            explicit.push((bind(listener.listen).await?, Target::Host(host, port)));
-        }
-        let bound = [
-            Some(&hbone_listener),
-            inbound_plaintext.as_ref(),
-            outbound.as_ref(),
-            socks.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .chain(explicit.iter().map(|(l, _)| l))
-        .map(|l| local_addr(l).port());
-        let own_ports = OwnPorts::new(
-            bound
-                .chain(config.listen.configured_ports())
-                .chain(config.listeners.iter().map(|l| l.listen.port()))
-                .chain([config.hbone_port])
-                .filter(|p| *p != 0)
-                .collect::<Vec<_>>(),
+        let Listeners {
+            hbone: hbone_listener,
+            inbound_plaintext,
+            outbound,
+            socks,
+            explicit,
+        } = Listeners::bind(config).await?;
+        let own_ports = own_ports(
+            config,
+            [
+                Some(&hbone_listener),
+                inbound_plaintext.as_ref(),
+                outbound.as_ref(),
+                socks.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .chain(explicit.iter().map(|(l, _)| l)),
         );
 
         let inbound_stack = stack::inbound(inbound_plugins, own_ports.clone(), connector.clone());
@@ -243,6 +235,46 @@ impl Proxy {
         }
         self.hbone.shutdown(deadline).await;
     }
+}
+
+/// Every TCP listener of the proxy, bound (HBONE over QUIC binds in the server).
+struct Listeners {
+    hbone: TcpListener,
+    inbound_plaintext: Option<TcpListener>,
+    outbound: Option<TcpListener>,
+    socks: Option<TcpListener>,
+    explicit: Vec<(TcpListener, Target)>,
+}
+
+impl Listeners {
+    async fn bind(config: &ProxyConfig) -> Result<Listeners, StartError> {
+        let mut explicit = Vec::new();
+        for listener in &config.listeners {
+            let (host, port) = listener.target().map_err(StartError::Listener)?;
+            explicit.push((bind(listener.listen).await?, Target::Host(host, port)));
+        }
+        Ok(Listeners {
+            hbone: bind(config.listen.hbone).await?,
+            inbound_plaintext: bind_optional(config.listen.inbound_plaintext).await?,
+            outbound: bind_optional(config.listen.outbound).await?,
+            socks: bind_optional(config.listen.socks5).await?,
+            explicit,
+        })
+    }
+}
+
+/// meshd's own ports: the bound ones (port 0 resolved), every configured one, and the HBONE
+/// port peers use.
+fn own_ports<'a>(config: &ProxyConfig, bound: impl Iterator<Item = &'a TcpListener>) -> OwnPorts {
+    OwnPorts::new(
+        bound
+            .map(|l| local_addr(l).port())
+            .chain(config.listen.configured_ports())
+            .chain(config.listeners.iter().map(|l| l.listen.port()))
+            .chain([config.hbone_port])
+            .filter(|p| *p != 0)
+            .collect::<Vec<_>>(),
+    )
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
