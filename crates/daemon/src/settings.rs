@@ -11,6 +11,7 @@
 //! else in this file — listeners, identity source, plugins, trust domain, the directory's path
 //! — is read at start; a reload that finds one changed logs that a restart is needed.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Yaml};
@@ -129,28 +130,20 @@ impl Settings {
 
 /// The keys whose values differ between two configurations (dotted), for "needs a restart".
 pub fn changed_keys(old: &ProxyConfig, new: &ProxyConfig) -> Vec<String> {
-    let (old, new) = (
-        serde_json::to_value(old).unwrap_or_default(),
-        serde_json::to_value(new).unwrap_or_default(),
-    );
-    let mut before = Vec::new();
-    leaves(&old, String::new(), &mut |k, v| before.push((k, v.clone())));
-    let mut after = Vec::new();
-    leaves(&new, String::new(), &mut |k, v| after.push((k, v.clone())));
-    let mut keys: Vec<String> = after
-        .iter()
-        .filter(|(k, v)| !before.iter().any(|(bk, bv)| bk == k && bv == v))
-        .map(|(k, _)| k.clone())
-        .chain(
-            before
-                .iter()
-                .filter(|(k, _)| !after.iter().any(|(ak, _)| ak == k))
-                .map(|(k, _)| k.clone()),
-        )
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
+    let flatten = |config: &ProxyConfig| {
+        let mut values = BTreeMap::new();
+        let value = serde_json::to_value(config).unwrap_or_default();
+        leaves(&value, String::new(), &mut |k, v| {
+            values.insert(k, v.clone());
+        });
+        values
+    };
+    let (before, after) = (flatten(old), flatten(new));
+    let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .cloned()
+        .collect()
 }
 
 fn leaves(
