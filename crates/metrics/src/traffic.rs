@@ -271,7 +271,8 @@ impl Key {
 }
 
 /// The counters of one label set, resolved from the families once: the byte counters are what
-/// a connection's [`ByteMeter`] adds to, one atomic add per read.
+/// a connection's [`ByteMeter`] adds to, one atomic add per read, and its close is counted
+/// through the same series when the record ends, without a second lookup.
 #[derive(Debug)]
 pub(crate) struct Series {
     key: Key,
@@ -281,6 +282,9 @@ pub(crate) struct Series {
     sent: Counter,
     /// `closed` (and `failed`) per response flag, resolved on first use.
     closes: RwLock<Vec<Close>>,
+    /// The families a new response flag's counters are made in.
+    closed_family: Family<TrafficLabels, Counter>,
+    failed_family: Family<TrafficLabels, Counter>,
 }
 
 #[derive(Debug)]
@@ -297,6 +301,49 @@ impl ByteMeter for Series {
 
     fn upstream_bytes(&self, bytes: u64) {
         self.sent.inc_by(bytes);
+    }
+
+    fn closed(&self, record: &ConnectionRecord) {
+        self.close(record.outcome.response_flag());
+    }
+}
+
+impl Series {
+    /// Counts a close with `flag`, resolving that flag's counters on first use.
+    fn close(&self, flag: &'static str) {
+        {
+            let closes = self.closes.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(close) = closes.iter().find(|c| c.flag == flag) {
+                close.inc();
+                return;
+            }
+        }
+        let mut closes = self.closes.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(close) = closes.iter().find(|c| c.flag == flag) {
+            close.inc();
+            return;
+        }
+        let labels = TrafficLabels {
+            response_flags: Value::fixed(flag),
+            ..self.labels.clone()
+        };
+        let close = Close {
+            flag,
+            closed: self.closed_family.get_or_create_owned(&labels),
+            // ztunnel counts every flag but `-` as a failure.
+            failed: (flag != NO_FLAG).then(|| self.failed_family.get_or_create_owned(&labels)),
+        };
+        close.inc();
+        closes.push(close);
+    }
+}
+
+impl Close {
+    fn inc(&self) {
+        self.closed.inc();
+        if let Some(failed) = &self.failed {
+            failed.inc();
+        }
     }
 }
 
@@ -394,54 +441,18 @@ impl Traffic {
         series
     }
 
-    /// A connection ended. Returns true when it is in the traffic series and was not
-    /// established, i.e. was opened (and closed) just now.
+    /// A connection ended. An established one is counted closed by its series' meter
+    /// ([`ByteMeter::closed`]); one refused after its destination was resolved is opened and
+    /// closed here, and true is returned.
     pub(crate) fn closed(&self, record: &ConnectionRecord) -> bool {
         self.sockets(record.direction).dec();
         let opened_now = !record.established && resolved(record);
-        if record.established || opened_now {
+        if opened_now {
             let series = self.series(record);
-            if opened_now {
-                series.opened.inc();
-            }
-            self.close(&series, record.outcome.response_flag());
+            series.opened.inc();
+            series.close(record.outcome.response_flag());
         }
         opened_now
-    }
-
-    fn close(&self, series: &Series, flag: &'static str) {
-        {
-            let closes = series.closes.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(close) = closes.iter().find(|c| c.flag == flag) {
-                close.closed.inc();
-                if let Some(failed) = &close.failed {
-                    failed.inc();
-                }
-                return;
-            }
-        }
-        let mut closes = series
-            .closes
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !closes.iter().any(|c| c.flag == flag) {
-            let labels = TrafficLabels {
-                response_flags: Value::fixed(flag),
-                ..series.labels.clone()
-            };
-            closes.push(Close {
-                flag,
-                closed: self.closed.get_or_create_owned(&labels),
-                // ztunnel counts every flag but `-` as a failure.
-                failed: (flag != NO_FLAG).then(|| self.failed.get_or_create_owned(&labels)),
-            });
-        }
-        if let Some(close) = closes.iter().find(|c| c.flag == flag) {
-            close.closed.inc();
-            if let Some(failed) = &close.failed {
-                failed.inc();
-            }
-        }
     }
 
     /// The series of a record's label set: found by hash without allocating, made once per
@@ -471,6 +482,8 @@ impl Traffic {
             sent: self.sent.get_or_create_owned(&labels),
             labels,
             closes: RwLock::default(),
+            closed_family: self.closed.clone(),
+            failed_family: self.failed.clone(),
         });
         bucket.push(series.clone());
         series

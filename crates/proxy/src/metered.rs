@@ -3,12 +3,11 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::record::ByteMeter;
+use crate::record::Meters;
 
 /// Which side of the connection a wrapped stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +22,12 @@ pub enum Side {
 pub struct Metered<T> {
     inner: T,
     side: Side,
-    meters: Arc<[Arc<dyn ByteMeter>]>,
+    meters: Meters,
 }
 
 impl<T> Metered<T> {
     /// Counts what is read from `inner` (one `side` of the connection) on `meters`.
-    pub fn new(inner: T, side: Side, meters: Arc<[Arc<dyn ByteMeter>]>) -> Self {
+    pub fn new(inner: T, side: Side, meters: Meters) -> Self {
         Metered {
             inner,
             side,

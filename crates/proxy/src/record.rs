@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -117,7 +117,17 @@ pub trait ByteMeter: Send + Sync {
     fn downstream_bytes(&self, bytes: u64);
     /// Bytes read from the upstream side (toward the downstream).
     fn upstream_bytes(&self, bytes: u64);
+    /// The connection ended (called once, after every sink's [`RecordSink::closed`]): a sink
+    /// finishes here with what it resolved when the connection was established, instead of
+    /// resolving it again from the record.
+    fn closed(&self, _record: &ConnectionRecord) {}
 }
+
+/// The byte meters the sinks handed out for one established connection.
+pub type Meters = Arc<[Arc<dyn ByteMeter>]>;
+
+/// No meters, shared, so a connection without metering sinks allocates nothing for them.
+static NO_METERS: LazyLock<Meters> = LazyLock::new(|| Arc::new([]));
 
 /// Everything known about one connection when it ends.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -228,15 +238,30 @@ pub struct RecordHandle(Arc<Shared>);
 
 #[derive(Debug)]
 struct Shared {
-    record: Mutex<ConnectionRecord>,
+    record: Mutex<Open>,
     sinks: Sinks,
+}
+
+/// A record and the meters handed out for it, under one lock.
+struct Open {
+    record: ConnectionRecord,
+    meters: Option<Meters>,
+}
+
+impl fmt::Debug for Open {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.record.fmt(f)
+    }
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let record = self.record.get_mut().unwrap_or_else(|e| e.into_inner());
-        record.close();
-        self.sinks.closed(record);
+        let open = self.record.get_mut().unwrap_or_else(|e| e.into_inner());
+        open.record.close();
+        self.sinks.closed(&open.record);
+        for meter in open.meters.iter().flat_map(|m| m.iter()) {
+            meter.closed(&open.record);
+        }
     }
 }
 
@@ -245,7 +270,10 @@ impl RecordHandle {
     pub fn open(record: ConnectionRecord, sinks: Sinks) -> Self {
         sinks.opened(&record);
         RecordHandle(Arc::new(Shared {
-            record: Mutex::new(record),
+            record: Mutex::new(Open {
+                record,
+                meters: None,
+            }),
             sinks,
         }))
     }
@@ -258,7 +286,7 @@ impl RecordHandle {
     /// Updates the record.
     pub fn update(&self, f: impl FnOnce(&mut ConnectionRecord)) {
         let mut guard = self.0.record.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard);
+        f(&mut guard.record);
     }
 
     /// A copy of the record as it is now.
@@ -267,18 +295,25 @@ impl RecordHandle {
             .record
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .record
             .clone()
     }
 
     /// Marks the connection established (allowed, both sides connected) and returns the
-    /// sinks' byte meters.
-    pub fn established(&self) -> Vec<Arc<dyn ByteMeter>> {
-        let record = {
-            let mut guard = self.0.record.lock().unwrap_or_else(|e| e.into_inner());
-            guard.established = true;
-            guard.clone()
-        };
-        self.0.sinks.established(&record)
+    /// sinks' byte meters; the sinks are told once, however often this is called.
+    ///
+    /// The sinks are called under the record's lock rather than with a copy of the record:
+    /// they only resolve counters, and copying the record's strings cost more than the metrics
+    /// sink's whole work (benches/metrics.rs).
+    pub fn established(&self) -> Meters {
+        let mut guard = self.0.record.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(meters) = &guard.meters {
+            return meters.clone();
+        }
+        guard.record.established = true;
+        let meters = self.0.sinks.established(&guard.record);
+        guard.meters = Some(meters.clone());
+        meters
     }
 
     /// Records why the connection failed or was refused (the first reason given wins: a
@@ -330,11 +365,17 @@ impl Sinks {
     }
 
     /// Tells every sink the connection is established; returns their meters.
-    pub fn established(&self, record: &ConnectionRecord) -> Vec<Arc<dyn ByteMeter>> {
-        self.0
+    pub fn established(&self, record: &ConnectionRecord) -> Meters {
+        let meters: Vec<_> = self
+            .0
             .iter()
             .filter_map(|sink| sink.established(record))
-            .collect()
+            .collect();
+        if meters.is_empty() {
+            NO_METERS.clone()
+        } else {
+            meters.into()
+        }
     }
 
     /// Tells every sink a connection closed.
@@ -348,5 +389,113 @@ impl Sinks {
 impl fmt::Debug for Sinks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Sinks({})", self.0.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts every call it gets, as sink and as meter.
+    #[derive(Default)]
+    struct Counting {
+        opened: AtomicUsize,
+        established: AtomicUsize,
+        closed: AtomicUsize,
+        meter_closed: AtomicUsize,
+        bytes: AtomicUsize,
+    }
+
+    struct Meter(Arc<Counting>);
+
+    impl ByteMeter for Meter {
+        fn downstream_bytes(&self, bytes: u64) {
+            self.0.bytes.fetch_add(bytes as usize, Ordering::Relaxed);
+        }
+        fn upstream_bytes(&self, bytes: u64) {
+            self.0.bytes.fetch_add(bytes as usize, Ordering::Relaxed);
+        }
+        fn closed(&self, record: &ConnectionRecord) {
+            assert!(
+                record.established,
+                "a meter only exists for an established record"
+            );
+            self.0.meter_closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    struct Sink(Arc<Counting>);
+
+    impl RecordSink for Sink {
+        fn opened(&self, _record: &ConnectionRecord) {
+            self.0.opened.fetch_add(1, Ordering::Relaxed);
+        }
+        fn established(&self, _record: &ConnectionRecord) -> Option<Arc<dyn ByteMeter>> {
+            self.0.established.fetch_add(1, Ordering::Relaxed);
+            Some(Arc::new(Meter(self.0.clone())))
+        }
+        fn closed(&self, _record: &ConnectionRecord) {
+            // The meters are told after the sinks.
+            assert_eq!(self.0.meter_closed.load(Ordering::Relaxed), 0);
+            self.0.closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn record() -> ConnectionRecord {
+        ConnectionRecord::new(
+            "t".into(),
+            Direction::Inbound,
+            "10.0.0.1:5000".parse().expect("address"),
+            "10.0.0.2:80".into(),
+        )
+    }
+
+    #[test]
+    fn sinks_and_meters_are_told_exactly_once() {
+        let counts = Arc::new(Counting::default());
+        let handle = RecordHandle::open(record(), Sinks::new(vec![Arc::new(Sink(counts.clone()))]));
+        let first = handle.established();
+        let again = handle.clone().established();
+        assert_eq!(first.len(), 1);
+        assert!(Arc::ptr_eq(&first, &again), "the same meters, not new ones");
+        first[0].downstream_bytes(3);
+        again[0].upstream_bytes(4);
+        drop((first, again));
+        let clone = handle.clone();
+        drop(handle);
+        assert_eq!(
+            counts.closed.load(Ordering::Relaxed),
+            0,
+            "a handle is still open"
+        );
+        drop(clone);
+        for (what, n) in [
+            ("opened", &counts.opened),
+            ("established", &counts.established),
+            ("closed", &counts.closed),
+            ("meter closed", &counts.meter_closed),
+        ] {
+            assert_eq!(n.load(Ordering::Relaxed), 1, "{what}");
+        }
+        assert_eq!(counts.bytes.load(Ordering::Relaxed), 7);
+    }
+
+    #[test]
+    fn a_record_never_established_closes_no_meter() {
+        let counts = Arc::new(Counting::default());
+        let handle = RecordHandle::open(record(), Sinks::new(vec![Arc::new(Sink(counts.clone()))]));
+        handle.fail_with(Outcome::Denied, "denied by ns/p");
+        drop(handle);
+        assert_eq!(counts.closed.load(Ordering::Relaxed), 1);
+        assert_eq!(counts.meter_closed.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn no_sinks_no_meters() {
+        let handle = RecordHandle::detached(record());
+        assert!(handle.established().is_empty());
+        assert!(handle.snapshot().established);
     }
 }

@@ -13,7 +13,6 @@ use tower::Service;
 use crate::conn::{BoxIo, Conn, Refusal, TunnelRequest, Upstream};
 use crate::error::ProxyError;
 use crate::metered::{Metered, Side};
-use crate::record::ByteMeter;
 
 /// Copy buffer per direction. tokio's default is 8 KiB; 64 KiB lets one read fill several TLS
 /// records and HTTP/2 frames (measured in benches/proxy.rs), at 128 KiB per connection.
@@ -109,7 +108,7 @@ impl Service<Conn> for Connect {
                 .accept()
                 .await
                 .map_err(ProxyError::Downstream)?;
-            let meters: Arc<[Arc<dyn ByteMeter>]> = record.established().into();
+            let meters = record.established();
             let copied = if meters.is_empty() {
                 copy(&mut downstream, &mut upstream_io).await
             } else {
