@@ -251,3 +251,27 @@ async fn keepalive_detects_a_silent_peer() {
     .await;
     drop(s);
 }
+
+// Sequential tunnels reuse one connection, whether each ends cleanly (both sides half-close)
+// or is dropped after one echo (RST_STREAM): 2 000 in a row open exactly one HTTP/2
+// connection, as ztunnel's pool does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_tunnels_reuse_one_connection() {
+    let h = Harness::start(Transport::H2, echo()).await;
+    for i in 0..2000u32 {
+        let mut s = h.connect(80).await.unwrap();
+        s.write_all(&[i as u8]).await.unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.unwrap();
+        assert_eq!(one[0], i as u8);
+        if i % 2 == 0 {
+            s.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await.unwrap();
+        }
+        drop(s);
+    }
+    eprintln!("connections opened: {}", h.client.connections_opened());
+    assert_eq!(h.client.connections_opened(), 1);
+    assert_eq!(h.client.pooled_connections(), 1);
+}
