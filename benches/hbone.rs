@@ -140,7 +140,7 @@ impl Fixture {
             http2,
             ..ServerSettings::default()
         };
-        let server = Server::new(&self.server, settings, svc).expect("server");
+        let server = Server::new(&self.server, settings, meshd_hbone::Decide(svc)).expect("server");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let handle = server.spawn(listener).expect("spawn");
         let addr = handle.local_addr();

@@ -59,6 +59,7 @@ mod observe;
 mod pool;
 #[cfg(feature = "quic")]
 mod quic;
+mod responder;
 mod revoke;
 mod server;
 mod service;
@@ -78,6 +79,7 @@ pub use config::{
 pub use error::Error;
 pub use headers::{Forwarded, RequestHeaders, TraceParent};
 pub use observe::{NoObserver, Observer, Refused, Stage};
+pub use responder::{Inbound, Responder};
 pub use server::{Server, ServerHandle};
-pub use service::{BoxError, Decision, InboundRequest, Refusal, TunnelHandler};
+pub use service::{BoxError, Decide, Decision, InboundRequest, Refusal, TunnelHandler};
 pub use stream::{Transport, TunnelStream};

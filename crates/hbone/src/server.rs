@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
-use http::{Request, Response, StatusCode};
+use http::Request;
 use meshd_identity::{IdentityHandle, Purpose};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -19,9 +19,10 @@ use tower::Service;
 
 use crate::admission::{HandshakeBudget, HandshakeTicket, Refusal};
 use crate::observe::{NoObserver, Observer, Refused, Stage};
+use crate::responder::{Inbound, Responder, reset_before_answer, response};
 use crate::revoke::{self, PeerChain};
-use crate::service::{BoxError, ConnectService, ConnectionInfo, decide};
-use crate::{Decision, Error, InboundRequest, ServerSettings, Transport, TunnelStream, keepalive};
+use crate::service::{BoxError, ConnectService, ConnectionInfo, validate};
+use crate::{Error, ServerSettings, Transport, keepalive};
 
 /// After the drain deadline, how long connections get to send their final GOAWAY and close.
 const FORCE_GRACE: Duration = Duration::from_secs(1);
@@ -54,16 +55,18 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// A server presenting `identity`'s current SVID and asking `service` about each CONNECT.
+    /// A server presenting `identity`'s current SVID and handing each valid CONNECT, with its
+    /// [`Responder`], to `service`.
     ///
-    /// The service is cloned per request (`oneshot`); a service error answers `503`.
+    /// The service is cloned per request (`oneshot`) and runs in the stream's task for the
+    /// tunnel's whole life; one that ends or fails without answering answers `503`.
     pub fn new<S>(
         identity: &IdentityHandle,
         settings: ServerSettings,
         service: S,
     ) -> Result<Server, Error>
     where
-        S: Service<InboundRequest, Response = Decision> + Clone + Send + 'static,
+        S: Service<Inbound, Response = ()> + Clone + Send + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
@@ -507,7 +510,7 @@ pub(crate) async fn sleep_opt(sleep: &mut Option<Pin<Box<tokio::time::Sleep>>>) 
     }
 }
 
-/// Answers one CONNECT stream.
+/// Answers one CONNECT: validates it, then runs the caller's service on it in this task.
 async fn serve_stream(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
@@ -516,31 +519,33 @@ async fn serve_stream(
 ) {
     let (parts, body) = request.into_parts();
     let authority = parts.uri.authority().map(|a| a.as_str());
-    let decision = decide(service, &info, &parts.method, authority, &parts.headers);
-    // A client that gives up (RST_STREAM) while the service dials cancels the dial.
-    let decision = tokio::select! {
-        decision = decision => decision,
-        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
-    };
-    match decision {
+    let request = match validate(&info, &parts.method, authority, &parts.headers) {
+        Ok(request) => request,
         Err(status) => {
             // END_STREAM on the response head; h2 follows with RST_STREAM(NO_ERROR) for the
             // unread request side, as ztunnel's wire trace shows.
             let _ = respond.send_response(response(status), true);
+            return;
         }
-        Ok(handler) => match respond.send_response(response(StatusCode::OK), false) {
-            Ok(send) => handler.run(TunnelStream::h2(send, body, None)).await,
-            Err(error) => {
-                tracing::debug!(src.addr = %info.peer_addr, %error, "client went away before the 200");
+    };
+    let respond = Arc::new(std::sync::Mutex::new(Some(respond)));
+    let inbound = Inbound {
+        request,
+        responder: Responder::h2(Arc::clone(&respond), body),
+    };
+    let served = tower::ServiceExt::oneshot(service, inbound);
+    // A client that gives up (RST_STREAM) before the answer cancels the service's future: its
+    // authorization and its upstream dial.
+    tokio::select! {
+        served = served => {
+            if let Err(error) = served {
+                tracing::warn!(src.addr = %info.peer_addr, %error, "connect service failed");
             }
-        },
+        }
+        () = reset_before_answer(&respond) => {
+            tracing::debug!(src.addr = %info.peer_addr, "client reset the CONNECT before it was answered");
+        }
     }
-}
-
-fn response(status: StatusCode) -> Response<()> {
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    response
 }
 
 fn h2_builder(settings: &ServerSettings) -> h2::server::Builder {

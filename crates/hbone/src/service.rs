@@ -2,10 +2,10 @@
 //!
 //! The transport validates what it can judge alone (method, authority syntax, that the
 //! authority names the address the tunnel arrived on) and asks the caller's `tower::Service`
-//! about the rest. The service answers with a [`Decision`]: refuse with a status, or accept with
-//! a handler that receives the [`TunnelStream`] once the `200` has been sent. The proxy dials
-//! the upstream *inside* its service future, before answering, so the client gets `503` rather
-//! than a `200` followed by a dead tunnel when the destination is unreachable (as ztunnel).
+//! about the rest, handing it an [`Inbound`]: the request and its
+//! [`Responder`](crate::Responder), which the service uses to accept or refuse when it knows
+//! (see `responder.rs`). Services that decide before doing anything else can be written as
+//! [`Decision`]s and adapted with [`Decide`].
 
 use std::fmt;
 use std::future::Future;
@@ -13,20 +13,23 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use std::task::{Context, Poll};
+
 use http::{HeaderMap, Method, StatusCode};
 use meshd_identity::SpiffeId;
-use tower::ServiceExt;
+use tower::Service;
 use tower::util::BoxCloneService;
 
 use crate::headers::{RequestHeaders, canonical, parse_authority};
 use crate::observe::{Observer, Refused, Stage};
+use crate::responder::Inbound;
 use crate::{Transport, TunnelStream};
 
 /// A boxed error from the caller's service.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The service type the server stores: any caller service, boxed once at construction.
-pub(crate) type ConnectService = BoxCloneService<InboundRequest, Decision, BoxError>;
+pub(crate) type ConnectService = BoxCloneService<Inbound, (), BoxError>;
 
 /// One validated CONNECT, as the proxy's service sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +91,8 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub struct TunnelHandler(Box<dyn FnOnce(TunnelStream) -> BoxFuture + Send>);
 
 impl TunnelHandler {
-    pub(crate) async fn run(self, stream: TunnelStream) {
+    /// Runs the handler on an accepted tunnel.
+    pub async fn run(self, stream: TunnelStream) {
         (self.0)(stream).await
     }
 }
@@ -147,14 +151,13 @@ impl ConnectionInfo {
     }
 }
 
-/// Validates a CONNECT and asks the service; `Err` is the status to refuse with.
-pub(crate) async fn decide(
-    service: ConnectService,
+/// Validates a CONNECT before the service sees it; `Err` is the status to refuse with.
+pub(crate) fn validate(
     info: &ConnectionInfo,
     method: &Method,
     authority: Option<&str>,
     headers: &HeaderMap,
-) -> Result<TunnelHandler, StatusCode> {
+) -> Result<InboundRequest, StatusCode> {
     if method != Method::CONNECT {
         return Err(info.refuse_request(authority, &format!("{method} is not CONNECT")));
     }
@@ -172,20 +175,51 @@ pub(crate) async fn decide(
             &format!("ip mismatch: {local_ip} != {}", authority.ip()),
         ));
     }
-    let request = InboundRequest {
+    Ok(InboundRequest {
         peer_identity: info.peer_identity.clone(),
         peer_addr: info.peer_addr,
         local_addr: info.local_addr,
         authority,
         headers: RequestHeaders::from_headers(headers),
         transport: info.transport,
-    };
-    match service.oneshot(request).await {
-        Ok(Decision::Accept(handler)) => Ok(handler),
-        Ok(Decision::Refuse(refusal)) => Err(refusal.status()),
-        Err(error) => {
-            tracing::warn!(peer = %info.peer_addr, %authority, %error, "connect service failed");
-            Err(StatusCode::SERVICE_UNAVAILABLE)
-        }
+    })
+}
+
+/// Adapts a service that decides first and handles the accepted tunnel afterwards
+/// ([`Decision`]) to the [`Responder`](crate::Responder) interface the server calls: the
+/// decision is sent as soon as it is made, then the handler runs on the tunnel. For callers
+/// with nothing to do between deciding and answering (tests, tools); the proxy answers through
+/// the responder itself, after dialing.
+#[derive(Debug, Clone)]
+pub struct Decide<S>(pub S);
+
+impl<S> Service<Inbound> for Decide<S>
+where
+    S: Service<InboundRequest, Response = Decision> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, inbound: Inbound) -> Self::Future {
+        let decided = self.0.call(inbound.request);
+        let responder = inbound.responder;
+        Box::pin(async move {
+            // An error drops the responder unanswered: the client gets 503.
+            match decided.await.map_err(Into::into)? {
+                Decision::Accept(handler) => {
+                    let stream = responder.accept().await?;
+                    handler.run(stream).await;
+                }
+                Decision::Refuse(refusal) => responder.refuse(refusal).await,
+            }
+            Ok(())
+        })
     }
 }

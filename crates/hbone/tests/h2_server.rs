@@ -298,7 +298,9 @@ async fn service_error_is_503() {
     let svc = tower::service_fn(|_req: meshd_hbone::InboundRequest| async {
         Err::<Decision, _>(std::io::Error::other("upstream registry unavailable"))
     });
-    let server = meshd_hbone::Server::new(&pki.server, Default::default(), svc).unwrap();
+    let server =
+        meshd_hbone::Server::new(&pki.server, Default::default(), meshd_hbone::Decide(svc))
+            .unwrap();
     let listener = tokio::net::TcpListener::bind((common::LOCALHOST, 0))
         .await
         .unwrap();
@@ -346,4 +348,86 @@ async fn untrusted_client_is_rejected() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+}
+
+/// Starts a server whose service is `service`, taking the responder itself, on loopback.
+async fn responder_server<F, Fut>(pki: &Pki, service: F) -> meshd_hbone::ServerHandle
+where
+    F: FnMut(meshd_hbone::Inbound) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), std::convert::Infallible>> + Send + 'static,
+{
+    let server =
+        meshd_hbone::Server::new(&pki.server, Default::default(), tower::service_fn(service))
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind((common::LOCALHOST, 0))
+        .await
+        .unwrap();
+    server.spawn(listener).unwrap()
+}
+
+/// Tells a channel when it is dropped.
+struct DropSignal(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+// A client that resets its CONNECT while the service is still working on it (dialing the
+// upstream, say) cancels the service's future: the work is dropped, not left running.
+#[tokio::test]
+async fn client_reset_before_the_answer_cancels_the_service() {
+    let pki = Pki::new();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+    let started = Arc::new(std::sync::Mutex::new(Some((started_tx, dropped_tx))));
+    let handle = responder_server(&pki, move |inbound: meshd_hbone::Inbound| {
+        let signals = started.lock().unwrap().take();
+        async move {
+            let (started, dropped) = signals.expect("one request");
+            let _guard = DropSignal(Some(dropped));
+            let _responder = inbound.responder;
+            let _ = started.send(());
+            // A dial that never completes.
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    })
+    .await;
+    let send = raw_client(&pki, handle.local_addr()).await;
+    let mut ready = send.ready().await.unwrap();
+    let connect = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority(80).to_string())
+        .body(())
+        .unwrap();
+    let (_response, mut stream) = ready.send_request(connect, false).unwrap();
+    started_rx.await.unwrap();
+    stream.send_reset(h2::Reason::CANCEL);
+    tokio::time::timeout(Duration::from_secs(10), dropped_rx)
+        .await
+        .expect("the service kept running after the client reset its CONNECT")
+        .unwrap();
+}
+
+// A service that ends without answering (it failed, or forgot) refuses with 503: the client
+// never waits on, or gets, a tunnel nobody decided on.
+#[tokio::test]
+async fn an_unanswered_responder_is_503() {
+    let pki = Pki::new();
+    let handle = responder_server(&pki, |inbound: meshd_hbone::Inbound| async move {
+        drop(inbound);
+        Ok(())
+    })
+    .await;
+    let mut send = raw_client(&pki, handle.local_addr()).await;
+    let connect = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority(80).to_string())
+        .body(())
+        .unwrap();
+    assert_eq!(raw_status(&mut send, connect).await, 503);
 }

@@ -49,11 +49,15 @@ async fn start(pki: &Pki, seen: Arc<Seen>) -> std::net::SocketAddr {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let handle = Server::new(&pki.server, ServerSettings::default(), svc)
-        .unwrap()
-        .with_observer(seen)
-        .spawn(listener)
-        .unwrap();
+    let handle = Server::new(
+        &pki.server,
+        ServerSettings::default(),
+        meshd_hbone::Decide(svc),
+    )
+    .unwrap()
+    .with_observer(seen)
+    .spawn(listener)
+    .unwrap();
     std::mem::forget(handle); // serves until the test process ends
     addr
 }

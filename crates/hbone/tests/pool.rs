@@ -170,9 +170,9 @@ async fn broken_connection_is_evicted() {
     let server = meshd_hbone::Server::new(
         &h.pki.server,
         ServerSettings::default(),
-        tower::service_fn(|_req| async {
+        meshd_hbone::Decide(tower::service_fn(|_req| async {
             Ok::<_, std::convert::Infallible>(meshd_hbone::Decision::accept(common::echo_stream))
-        }),
+        })),
     )
     .unwrap();
     let _handle = server.spawn(listener).unwrap();

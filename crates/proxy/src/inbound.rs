@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use meshd_hbone::{Decision, InboundRequest, Observer, Refused, Stage, TraceParent, TunnelStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{oneshot, watch};
+use meshd_hbone::{Inbound, Observer, Refused, Responder, Stage, TraceParent};
+use tokio::sync::watch;
 use tower::{Service, ServiceExt};
 
 use crate::conn::{BoxIo, Conn, ConnCtx, Downstream, Refusal, Target};
@@ -17,9 +16,10 @@ use crate::record::{ConnectionRecord, Direction, Outcome, RecordHandle, Sinks};
 use crate::runtime::source_workload;
 use crate::state::ProxyState;
 
-/// The tower service the HBONE server asks about each CONNECT: it runs the inbound stack for
-/// the request and answers with the stack's first word (refuse, or accept once the workload
-/// is connected).
+/// The tower service the HBONE server hands each CONNECT to: it runs the inbound stack on the
+/// request in the stream's own task, and the stack answers through the request's
+/// [`Responder`] (refuse, or accept once the workload is connected). A client reset before the
+/// answer drops this future, and with it the stack's authorization and dial.
 #[derive(Clone)]
 pub struct HboneInbound {
     stack: ConnService,
@@ -36,19 +36,9 @@ impl HboneInbound {
             sinks,
         }
     }
-}
 
-impl Service<InboundRequest> for HboneInbound {
-    type Response = Decision;
-    type Error = io::Error;
-    type Future = BoxFuture<'static, io::Result<Decision>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: InboundRequest) -> Self::Future {
-        let (decision_tx, decision_rx) = oneshot::channel();
+    /// The connection the stack sees for one CONNECT, with its record opened.
+    fn conn(&self, Inbound { request, responder }: Inbound) -> Conn {
         let trace = request
             .headers
             .traceparent
@@ -72,7 +62,7 @@ impl Service<InboundRequest> for HboneInbound {
         record.transport = Some(transport_name(request.transport).to_string());
         record.mtls = true;
         let record = RecordHandle::open(record, self.sinks.clone());
-        let conn = Conn {
+        Conn {
             ctx: ConnCtx {
                 direction: Direction::Inbound,
                 source: request.peer_addr,
@@ -84,20 +74,27 @@ impl Service<InboundRequest> for HboneInbound {
                 record,
                 upstream: None,
             },
-            downstream: Box::new(PendingTunnel {
-                decision: decision_tx,
-            }),
-        };
+            downstream: Box::new(Tunnel(responder)),
+        }
+    }
+}
+
+impl Service<Inbound> for HboneInbound {
+    type Response = ();
+    type Error = io::Error;
+    type Future = BoxFuture<'static, io::Result<()>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, inbound: Inbound) -> Self::Future {
+        let conn = self.conn(inbound);
         let stack = self.stack.clone();
-        tokio::spawn(async move {
+        Box::pin(async move {
             // The stack answers through the downstream; its error is in the record already.
             let _ = stack.oneshot(conn).await;
-        });
-        Box::pin(async move {
-            // A stack that ends without answering (it cannot, but a panic could) refuses.
-            Ok(decision_rx
-                .await
-                .unwrap_or(Decision::refuse(meshd_hbone::Refusal::Unreachable)))
+            Ok(())
         })
     }
 }
@@ -111,34 +108,18 @@ pub fn transport_name(transport: meshd_hbone::Transport) -> &'static str {
 }
 
 /// An HBONE CONNECT waiting for the inbound stack's answer.
-struct PendingTunnel {
-    decision: oneshot::Sender<Decision>,
-}
+struct Tunnel(Responder);
 
-impl Downstream for PendingTunnel {
+impl Downstream for Tunnel {
     fn accept(self: Box<Self>) -> BoxFuture<'static, io::Result<BoxIo>> {
         Box::pin(async move {
-            let (stream_tx, stream_rx) = oneshot::channel();
-            let (done_tx, done_rx) = oneshot::channel::<()>();
-            let decision = Decision::accept(move |stream: TunnelStream| async move {
-                let _ = stream_tx.send(stream);
-                // The server ends the stream when this future completes: hold it until the
-                // proxy drops the tunnel.
-                let _ = done_rx.await;
-            });
-            if self.decision.send(decision).is_err() {
-                return Err(io::Error::new(
+            let stream = self.0.accept().await.map_err(|e| {
+                io::Error::new(
                     io::ErrorKind::BrokenPipe,
-                    "HBONE request went away",
-                ));
-            }
-            let stream = stream_rx.await.map_err(|_| {
-                io::Error::new(io::ErrorKind::BrokenPipe, "HBONE stream was not delivered")
+                    format!("HBONE request went away: {e}"),
+                )
             })?;
-            Ok(Box::new(HeldTunnel {
-                stream,
-                _done: done_tx,
-            }) as BoxIo)
+            Ok(Box::new(stream) as BoxIo)
         })
     }
 
@@ -149,48 +130,7 @@ impl Downstream for PendingTunnel {
             Refusal::Unreachable => meshd_hbone::Refusal::Unreachable,
             Refusal::Limited => meshd_hbone::Refusal::Status(http::StatusCode::TOO_MANY_REQUESTS),
         };
-        let _ = self.decision.send(Decision::refuse(refusal));
-        Box::pin(async {})
-    }
-}
-
-/// A tunnel stream that releases the server's handler when dropped.
-struct HeldTunnel {
-    stream: TunnelStream,
-    _done: oneshot::Sender<()>,
-}
-
-impl AsyncRead for HeldTunnel {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for HeldTunnel {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+        Box::pin(self.0.refuse(refusal))
     }
 }
 

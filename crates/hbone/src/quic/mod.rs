@@ -23,6 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::{Error, Http2Settings, Keepalive};
 
 pub(crate) use client::QuicClient;
+pub(crate) use server::{ServerRequestStream, accept, refuse};
 pub(crate) use stream::H3Io;
 
 /// ALPN for HTTP/3.

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::StatusCode;
 use meshd_identity::{IdentityHandle, Purpose};
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::{Semaphore, watch};
@@ -17,9 +17,10 @@ use super::stream::{H3Io, RecvHalf, SendHalf};
 use super::{ALPN_H3, handshake_error, peer_chain, transport_config};
 use crate::admission::{HandshakeBudget, HandshakeTicket};
 use crate::observe::{Observer, Refused, Stage};
+use crate::responder::{Inbound, Responder, response};
 use crate::revoke::{self, PeerChain};
 use crate::server::{ActiveGuard, Phase, log_refusal, reached, sleep_opt};
-use crate::service::{ConnectService, ConnectionInfo, decide};
+use crate::service::{ConnectService, ConnectionInfo, validate};
 use crate::{Error, Server, ServerHandle, Transport, TunnelStream};
 
 impl Server {
@@ -299,46 +300,47 @@ async fn serve_connection(
     conn.close(quinn::VarInt::from_u32(0), b"");
 }
 
+/// A server-side HTTP/3 request stream, as the responder holds it.
+pub(crate) type ServerRequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Answers one CONNECT: validates it, then runs the caller's service on it in this task.
 async fn serve_stream(
     resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
     info: Arc<ConnectionInfo>,
     service: ConnectService,
 ) {
-    let Ok((request, mut stream)) = resolver.resolve_request().await else {
+    let Ok((request, stream)) = resolver.resolve_request().await else {
         return;
     };
     let authority = request.uri().authority().map(|a| a.as_str());
-    match decide(
-        service,
-        &info,
-        request.method(),
-        authority,
-        request.headers(),
-    )
-    .await
-    {
-        Err(status) => {
-            if stream.send_response(response(status)).await.is_ok() {
-                let _ = stream.finish().await;
+    match validate(&info, request.method(), authority, request.headers()) {
+        Err(status) => refuse(stream, status).await,
+        Ok(request) => {
+            let inbound = Inbound {
+                request,
+                responder: Responder::h3(stream),
+            };
+            if let Err(error) = tower::ServiceExt::oneshot(service, inbound).await {
+                tracing::warn!(src.addr = %info.peer_addr, %error, "connect service failed");
             }
-        }
-        Ok(handler) => {
-            if stream
-                .send_response(response(StatusCode::OK))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let (send, recv) = stream.split();
-            let io = H3Io::new(SendHalf::Server(send), RecvHalf::Server(recv));
-            handler.run(TunnelStream::h3(io, None)).await;
         }
     }
 }
 
-fn response(status: StatusCode) -> Response<()> {
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    response
+/// Sends `200` and turns the request stream into a tunnel.
+pub(crate) async fn accept(mut stream: ServerRequestStream) -> Result<TunnelStream, Error> {
+    stream
+        .send_response(response(StatusCode::OK))
+        .await
+        .map_err(|e| Error::Io(format!("http/3 response: {e}")))?;
+    let (send, recv) = stream.split();
+    let io = H3Io::new(SendHalf::Server(send), RecvHalf::Server(recv));
+    Ok(TunnelStream::h3(io, None))
+}
+
+/// Sends `status` and finishes the stream.
+pub(crate) async fn refuse(mut stream: ServerRequestStream, status: StatusCode) {
+    if stream.send_response(response(status)).await.is_ok() {
+        let _ = stream.finish().await;
+    }
 }

@@ -130,7 +130,7 @@ where
         let fut = service(req);
         async move { Ok::<_, Infallible>(fut.await) }
     });
-    let server = Server::new(identity, settings, svc).unwrap();
+    let server = Server::new(identity, settings, meshd_hbone::Decide(svc)).unwrap();
     match transport {
         Transport::H2 => {
             let listener = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
