@@ -11,10 +11,13 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
+use std::net::TcpStream;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use meshd_integration::machines::{Cluster, Machine, SEED_CAST};
-use meshd_integration::traffic::echo_transfer;
+use meshd_integration::traffic::{echo_transfer, serve_whoami, whoami};
 use meshd_integration::{echo_on, echo_roundtrip, eventually};
 
 const SLEEP: usize = 0;
@@ -264,6 +267,62 @@ spec:
     c.remove_all("allow.yaml");
     reloaded(&c, &g);
     assert_eq!(decisions(&c), [true, true, true]);
+}
+
+const VIP: &str = "10.215.100.10";
+
+const BACKEND_SERVICE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend, namespace: ambient-demo}
+spec:
+  hosts: [backend.ambient-demo.mesh.internal]
+  addresses: [10.215.100.10]
+  ports: [{number: 80, name: http, targetPort: 9000}]
+  resolution: STATIC
+  workloadSelector: {labels: {tier: backend}}
+";
+
+/// Which machine a connection to the VIP reached; `None` if it failed.
+fn through_vip(client: &Machine) -> Option<String> {
+    let mut stream: TcpStream = client.connect(format!("{VIP}:80").parse().ok()?).ok()?;
+    whoami(&mut stream)
+}
+
+#[test]
+fn service_entry_vip_balances_over_two_machines_and_moves_off_a_stopped_one() {
+    let mut c = Cluster::new("vip", &SEED_CAST, BACKEND_SERVICE);
+    for i in [HTTPBIN, NOTSLEEP] {
+        serve_whoami(c.m(i).listen(9000), c.m(i).name);
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    const N: usize = 60;
+    for _ in 0..N {
+        let at = through_vip(c.m(SLEEP)).expect("every connection reaches a backend");
+        *seen.entry(at).or_default() += 1;
+    }
+    // Uniform weights: each of two endpoints gets Binomial(60, 1/2) connections; below 15 has
+    // probability ~5e-5.
+    for backend in ["httpbin", "notsleep"] {
+        let n = seen.get(backend).copied().unwrap_or(0);
+        assert!(n >= 15, "{backend} got {n} of {N}: {seen:?}");
+    }
+    assert_eq!(seen.values().sum::<usize>(), N, "{seen:?}");
+
+    // notsleep's meshd stops: at most the first connection that picks it fails (and marks the
+    // endpoint), after which every connection goes to httpbin.
+    c.m_mut(NOTSLEEP).kill();
+    let started = Instant::now();
+    let results: Vec<Option<String>> = (0..30).map(|_| through_vip(c.m(SLEEP))).collect();
+    let failed = results.iter().filter(|r| r.is_none()).count();
+    assert!(failed <= 1, "{failed} failed: {results:?}");
+    assert!(
+        results[results.len() - 20..]
+            .iter()
+            .all(|r| r.as_deref() == Some("httpbin")),
+        "{results:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "no hang");
+    c.m(SLEEP).meshd().wait_for_log("10.215.0.3:15008");
 }
 
 #[test]

@@ -83,6 +83,9 @@ impl Service<Conn> for Connect {
                 },
                 Upstream::Tunnel(request) => {
                     let peer = request.peer;
+                    // The registry balances over endpoint addresses (workload address and
+                    // target port), which is the CONNECT authority, not the peer's HBONE port.
+                    let endpoint = request.authority;
                     match connector.tunnel(request).await {
                         Ok(io) => io,
                         Err(TunnelError::Status(status)) => {
@@ -91,12 +94,17 @@ impl Service<Conn> for Connect {
                             } else {
                                 Refusal::Unreachable
                             };
+                            if status == 503 {
+                                // The peer meshd could not reach its workload: that endpoint is
+                                // down as surely as one whose meshd is.
+                                conn.ctx.state.registry.report_failure(endpoint);
+                            }
                             return Err(conn
                                 .refuse(refusal, ProxyError::TunnelStatus(status))
                                 .await);
                         }
                         Err(TunnelError::Failed(reason)) => {
-                            conn.ctx.state.registry.report_failure(peer);
+                            conn.ctx.state.registry.report_failure(endpoint);
                             let error = ProxyError::Tunnel { addr: peer, reason };
                             return Err(conn.refuse(Refusal::Unreachable, error).await);
                         }
