@@ -169,6 +169,14 @@ impl Machine {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("config_dump: {e}: {body}"))
     }
 
+    /// `/metrics` from this machine's metrics endpoint (127.0.0.1:15020 inside the namespace).
+    pub fn metrics(&self) -> String {
+        self.ns
+            .run(|| http("127.0.0.1:15020".parse().ok()?, "GET", "/metrics"))
+            .map(|(_, body)| body)
+            .unwrap_or_else(|| panic!("{}: metrics endpoint did not answer", self.name))
+    }
+
     /// The configuration generation in force.
     pub fn generation(&self) -> u64 {
         self.config_dump()["generation"].as_u64().unwrap_or(0)
