@@ -4,6 +4,9 @@
 //! The tests start real `meshd run` processes, so the binary must be built: `cargo test
 //! --workspace` (the README's test command) builds it before any test runs.
 
+pub mod machines;
+pub mod traffic;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

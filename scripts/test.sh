@@ -11,6 +11,8 @@ command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 # The unit-file test runs systemd-analyze; the package test lints the .deb.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v lintian >/dev/null || need_apt+=(lintian)
+# The fault tests use openssl's s_client/s_server as peers that stall HTTP/2 after TLS.
+command -v openssl >/dev/null || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

@@ -4,7 +4,9 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -41,6 +43,11 @@ pub trait Downstream: Send + 'static {
     fn accept(self: Box<Self>) -> BoxFuture<'static, io::Result<BoxIo>>;
     /// Refuses; the downstream peer sees the refusal its protocol allows.
     fn refuse(self: Box<Self>, refusal: Refusal) -> BoxFuture<'static, ()>;
+    /// A handle to reset the connection if its relay fails after [`Downstream::accept`];
+    /// `None` when dropping the stream already says so (an HBONE stream is reset on drop).
+    fn reset_handle(&self) -> Option<ResetHandle> {
+        None
+    }
 }
 
 impl Downstream for TcpStream {
@@ -49,8 +56,36 @@ impl Downstream for TcpStream {
     }
 
     fn refuse(self: Box<Self>, _refusal: Refusal) -> BoxFuture<'static, ()> {
-        // Plain TCP has no way to say why: the application sees the connection closed.
-        Box::pin(async move { drop(self) })
+        // Plain TCP has no way to say why; a reset (as ztunnel) at least tells the application
+        // that it was refused rather than served and closed.
+        Box::pin(async move {
+            let _ = socket2::SockRef::from(&*self).set_linger(Some(Duration::ZERO));
+            drop(self)
+        })
+    }
+
+    fn reset_handle(&self) -> Option<ResetHandle> {
+        ResetHandle::of(self)
+    }
+}
+
+/// A second descriptor for a plain TCP connection, so that once the stream is boxed into a
+/// relay a failure can still close it with a reset (SO_LINGER 0) instead of a FIN. A FIN
+/// after a cut relay would pass a truncated stream off as complete to the application.
+#[derive(Debug)]
+pub struct ResetHandle(socket2::Socket);
+
+impl ResetHandle {
+    /// A handle on `stream`'s socket; `None` if the descriptor cannot be duplicated (then the
+    /// connection just closes normally).
+    pub fn of(stream: &TcpStream) -> Option<ResetHandle> {
+        let fd = stream.as_fd().try_clone_to_owned().ok()?;
+        Some(ResetHandle(socket2::Socket::from(fd)))
+    }
+
+    /// Makes the connection's close a reset, whichever descriptor is closed last.
+    pub fn reset(&self) {
+        let _ = self.0.set_linger(Some(Duration::ZERO));
     }
 }
 

@@ -9,7 +9,7 @@ use meshd_hbone::{Client, Forwarded, Peer, RequestHeaders, TraceParent, Transpor
 use meshd_identity::SpiffeId;
 use tokio::net::TcpStream;
 
-use crate::conn::{BoxIo, TunnelRequest};
+use crate::conn::{BoxIo, ResetHandle, TunnelRequest};
 use crate::layers::connect::{CONNECT_TIMEOUT, Connector, TunnelError};
 
 /// The connector `meshd run` uses.
@@ -28,7 +28,10 @@ impl MeshConnector {
 }
 
 impl Connector for MeshConnector {
-    fn direct(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>> {
+    fn direct(
+        &self,
+        addr: SocketAddr,
+    ) -> BoxFuture<'static, io::Result<(BoxIo, Option<ResetHandle>)>> {
         let mark = self.mark;
         Box::pin(async move {
             let stream = match mark {
@@ -46,7 +49,8 @@ impl Connector for MeshConnector {
                     stream
                 }
             };
-            Ok(Box::new(stream) as BoxIo)
+            let reset = ResetHandle::of(&stream);
+            Ok((Box::new(stream) as BoxIo, reset))
         })
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tower::Service;
 
-use crate::conn::{BoxIo, Conn, Refusal, TunnelRequest, Upstream};
+use crate::conn::{BoxIo, Conn, Refusal, ResetHandle, TunnelRequest, Upstream};
 use crate::error::ProxyError;
 use crate::metered::{Metered, Side};
 
@@ -36,8 +36,11 @@ pub enum TunnelError {
 /// Opens upstream connections. Plain connects must carry meshd's socket mark so traffic capture
 /// never loops them back into meshd.
 pub trait Connector: Send + Sync + 'static {
-    /// Plain TCP.
-    fn direct(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>>;
+    /// Plain TCP, with a handle to reset it if the relay fails.
+    fn direct(
+        &self,
+        addr: SocketAddr,
+    ) -> BoxFuture<'static, io::Result<(BoxIo, Option<ResetHandle>)>>;
     /// An HBONE tunnel.
     fn tunnel(&self, request: TunnelRequest) -> BoxFuture<'static, Result<BoxIo, TunnelError>>;
 }
@@ -71,9 +74,13 @@ impl Service<Conn> for Connect {
                 let error = ProxyError::BadDestination(conn.ctx.target.to_string());
                 return Err(conn.refuse(Refusal::BadDestination, error).await);
             };
+            let mut upstream_reset = None;
             let mut upstream_io = match upstream {
                 Upstream::Direct(addr) => match connector.direct(addr).await {
-                    Ok(io) => io,
+                    Ok((io, reset)) => {
+                        upstream_reset = reset;
+                        io
+                    }
                     Err(source) => {
                         conn.ctx.state.registry.report_failure(addr);
                         let error = ProxyError::Connect { addr, source };
@@ -82,6 +89,9 @@ impl Service<Conn> for Connect {
                 },
                 Upstream::Tunnel(request) => {
                     let peer = request.peer;
+                    // The registry balances over endpoint addresses (workload address and
+                    // target port), which is the CONNECT authority, not the peer's HBONE port.
+                    let endpoint = request.authority;
                     match connector.tunnel(request).await {
                         Ok(io) => io,
                         Err(TunnelError::Status(status)) => {
@@ -90,12 +100,17 @@ impl Service<Conn> for Connect {
                             } else {
                                 Refusal::Unreachable
                             };
+                            if status == 503 {
+                                // The peer meshd could not reach its workload: that endpoint is
+                                // down as surely as one whose meshd is.
+                                conn.ctx.state.registry.report_failure(endpoint);
+                            }
                             return Err(conn
                                 .refuse(refusal, ProxyError::TunnelStatus(status))
                                 .await);
                         }
                         Err(TunnelError::Failed(reason)) => {
-                            conn.ctx.state.registry.report_failure(peer);
+                            conn.ctx.state.registry.report_failure(endpoint);
                             let error = ProxyError::Tunnel { addr: peer, reason };
                             return Err(conn.refuse(Refusal::Unreachable, error).await);
                         }
@@ -103,6 +118,7 @@ impl Service<Conn> for Connect {
                 }
             };
             let record = conn.ctx.record.clone();
+            let downstream_reset = conn.downstream.reset_handle();
             let mut downstream = conn
                 .downstream
                 .accept()
@@ -124,7 +140,14 @@ impl Service<Conn> for Connect {
                     });
                     Ok(())
                 }
-                Err(e) => Err(ProxyError::Copy(e)),
+                Err(e) => {
+                    // One side failed (a reset, an I/O error): the other side's application must
+                    // see the cut as an error too, not as a clean end of a shorter stream.
+                    for handle in [&downstream_reset, &upstream_reset].into_iter().flatten() {
+                        handle.reset();
+                    }
+                    Err(ProxyError::Copy(e))
+                }
             }
         })
     }
