@@ -22,6 +22,7 @@ pub mod access_log;
 pub mod config;
 pub mod conn;
 pub mod connector;
+pub mod copy;
 pub mod dump;
 pub mod error;
 pub mod exposure;

@@ -14,10 +14,6 @@ use crate::conn::{BoxIo, Conn, Refusal, ResetHandle, TunnelRequest, Upstream};
 use crate::error::ProxyError;
 use crate::metered::{Metered, Side};
 
-/// Copy buffer per direction. tokio's default is 8 KiB; 64 KiB lets one read fill several TLS
-/// records and HTTP/2 frames (measured in benches/proxy.rs), at 128 KiB per connection.
-pub const COPY_BUFFER: usize = 64 << 10;
-
 /// How long a plain TCP connect may take, as ztunnel's connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -159,5 +155,5 @@ where
     D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
-    tokio::io::copy_bidirectional_with_sizes(downstream, upstream, COPY_BUFFER, COPY_BUFFER).await
+    crate::copy::copy_bidirectional(downstream, upstream).await
 }
