@@ -58,7 +58,8 @@ MESHD=$TARGET/release/meshd
 TOOL=$TARGET/release/meshd-bench
 
 WORK=$(mktemp -d /tmp/meshd-bench.XXXXXX)
-RESULTS=${RESULTS:-$WORK/results.txt}
+RESULTS=${RESULTS:-$WORK/log/results.txt}
+mkdir -p "$WORK/log"
 : >"$RESULTS"
 NS_C=meshd-bench-c-$$
 NS_S=meshd-bench-s-$$
@@ -100,8 +101,10 @@ done
 "$MESHD" ca init --trust-domain cluster.local --out "$WORK/ca" >/dev/null
 "$MESHD" ca issue --ca "$WORK/ca" --namespace shop --service-account web --out "$WORK/tls-web" >/dev/null
 "$MESHD" ca issue --ca "$WORK/ca" --namespace shop --service-account db --out "$WORK/tls-db" >/dev/null
-mkdir -p "$WORK/mesh"
-cat >"$WORK/mesh/mesh.yaml" <<EOF
+# The mesh directory sits alone in its parent: meshd also watches the parent (to see the
+# directory replaced), and today it reloads on any change there, a log file's included.
+mkdir -p "$WORK/etc/mesh" "$WORK/log"
+cat >"$WORK/etc/mesh/mesh.yaml" <<EOF
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: web, namespace: shop}
@@ -122,7 +125,7 @@ spec:
 EOF
 node_config() { # file sa workload ip outbound-port
     cat >"$1" <<EOF
-configDir: $WORK/mesh
+configDir: $WORK/etc/mesh
 identity: {spiffeHelper: {dir: $WORK/tls-$2}}
 local: {workloads: [$3]}
 listen:
@@ -179,7 +182,7 @@ EOF
 start() { # variable-name log netns command...
     local var=$1 log=$2 ns=$3
     shift 3
-    ip netns exec "$ns" "$@" >"$WORK/$log.out" 2>"$WORK/$log.err" &
+    ip netns exec "$ns" "$@" >"$WORK/log/$log.out" 2>"$WORK/log/$log.err" &
     PIDS+=($!)
     printf -v "$var" %s $!
 }
@@ -210,8 +213,8 @@ wait_port() { # netns ip:port
 start_meshd() {
     start MESHD_S meshd-server "$NS_S" "$MESHD" run --config "$WORK/server.yaml"
     start MESHD_C meshd-client "$NS_C" "$MESHD" run --config "$WORK/client.yaml"
-    wait_for "$WORK/meshd-server.out" "meshd ready" "server meshd"
-    wait_for "$WORK/meshd-client.out" "meshd ready" "client meshd"
+    wait_for "$WORK/log/meshd-server.out" "meshd ready" "server meshd"
+    wait_for "$WORK/log/meshd-client.out" "meshd ready" "client meshd"
 }
 start_relay() {
     start HAPROXY_S haproxy-server "$NS_S" haproxy -db -f "$WORK/haproxy-server.cfg"
@@ -242,7 +245,7 @@ record() { # run mode prefix: files the tool's `key value` lines
 
 start ECHO echo "$NS_S" "$TOOL" echo --listen $SERVER_IP:$ECHO_PORT
 start IPERF iperf3 "$NS_S" iperf3 -s -B $SERVER_IP -p $IPERF_PORT
-wait_for "$WORK/echo.out" "echo listening" "echo server"
+wait_for "$WORK/log/echo.out" "echo listening" "echo server"
 wait_port "$NS_S" $SERVER_IP:$IPERF_PORT
 
 ECHO_ADDR=$SERVER_IP:$ECHO_PORT
