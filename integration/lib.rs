@@ -105,6 +105,11 @@ impl Meshd {
         Meshd::spawn(command)
     }
 
+    /// The process id (for /proc readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything it logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().expect("lock").clone()

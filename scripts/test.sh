@@ -23,6 +23,8 @@ python3 -c 'import h2' 2>/dev/null || python3 -m pip install --quiet --disable-p
 cargo deb --version >/dev/null 2>&1 || cargo install cargo-deb --locked --version "$(sed -n 's/^CARGO_DEB_VERSION=//p' scripts/package.sh)"
 
 cargo fmt --all -- --check
+# The end-to-end benchmark is run by hand (benches/e2e/run.sh); CI only checks its syntax.
+bash -n benches/e2e/run.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast

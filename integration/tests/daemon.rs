@@ -348,3 +348,70 @@ fn config_show_names_each_source_and_a_restart_key_change_is_logged() {
     b.wait_for_log("daemon configuration key changed: it takes effect after a restart");
     b.wait_for_log("key=\"hbonePort\"");
 }
+
+/// `meshd run` for `config` under a shell that first sets the open-file limits.
+fn spawn_with_nofile(config: &Path, hard: u64, soft: u64) -> Meshd {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" run --config \"$1\""
+        ))
+        .arg(meshd_integration::meshd_bin())
+        .arg(config);
+    Meshd::spawn(command)
+}
+
+/// The soft and hard "Max open files" of a running process.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+// meshd raises its open-file soft limit to the hard limit at start; when the hard limit is
+// below what it could need, it says so: with connection_limit maxTotal 1000, 2 directions × 1000
+// × 2 descriptors + 256 = 4 256, within a hard limit of 8 192; without it, the 20 256 it assumes
+// for 10 000 connections, above a hard limit of 4 096. (Only lowered limits: raising a hard
+// limit may be refused even to root, e.g. in a container.)
+#[test]
+fn open_file_soft_limit_raised_to_hard_and_a_low_hard_limit_warned() {
+    let ws = Workspace::new();
+    ws.write(
+        "mesh/workloads.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: web, namespace: shop}
+spec: {address: 127.10.48.1, serviceAccount: web}
+",
+    );
+    let limited = ws.node_config(
+        "limited",
+        "web",
+        "shop/web",
+        "127.10.48.1",
+        "",
+        "plugins:\n- name: connection_limit\n  config: {maxPerSource: 1000, maxTotal: 1000}\n",
+    );
+    let roomy = spawn_with_nofile(&limited, 8192, 512);
+    assert_eq!(nofile_of(roomy.pid()), (8192, 8192));
+    let log = roomy.wait_for_log("raised the open-file soft limit to the hard limit");
+    assert!(log.contains("from=512 to=8192"), "{log}");
+    assert!(!log.contains("open-file limit"), "{log}");
+    drop(roomy);
+
+    let unlimited = ws.node_config("a", "web", "shop/web", "127.10.48.1", "", "");
+    let tight = spawn_with_nofile(&unlimited, 4096, 512);
+    assert_eq!(nofile_of(tight.pid()), (4096, 4096));
+    tight.wait_for_log(
+        "open-file limit 4096 is below the 20256 descriptors meshd could need (10000 concurrent \
+         connections, as no connection_limit maxTotal is set)",
+    );
+}

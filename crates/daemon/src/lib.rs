@@ -11,6 +11,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+mod fdlimit;
 mod operator;
 pub mod settings;
 pub mod systemd;
@@ -177,6 +178,7 @@ async fn start(
     reread: RereadFn,
 ) -> Result<Running, Exit> {
     let state = load_state(&config, 1).map_err(Exit::Config)?;
+    fdlimit::raise(&config);
     let metrics = Metrics::new(tokio::runtime::Handle::current());
     metrics.config_reloaded(true, 1);
     let readiness = Readiness::new(["certificates", "listeners"]);
