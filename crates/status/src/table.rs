@@ -138,6 +138,7 @@ impl Table {
 }
 
 fn line(out: &mut String, cells: &[Cell], widths: &[usize], color: bool, bold: bool) {
+    let start = out.len();
     let last = cells.len().saturating_sub(1);
     for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
         let text = fit(&cell.text, *width);
@@ -158,6 +159,9 @@ fn line(out: &mut String, cells: &[Cell], widths: &[usize], color: bool, bold: b
         }
         out.push_str(&" ".repeat(pad));
     }
+    // Empty trailing cells leave blanks behind.
+    let end = start + out[start..].trim_end_matches(' ').len();
+    out.truncate(end);
     out.push('\n');
 }
 
