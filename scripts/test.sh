@@ -11,6 +11,9 @@ command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 # The unit-file test runs systemd-analyze; the package test lints the .deb.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v lintian >/dev/null || need_apt+=(lintian)
+# The admin page test drives a real headless Chromium through chromedriver.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
