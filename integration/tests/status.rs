@@ -26,6 +26,7 @@ pub struct Mesh {
 }
 
 impl Mesh {
+    /// Writes the configuration of both nodes on 127.10.`net`.x.
     pub fn new(net: u8) -> Mesh {
         let ws = Workspace::new();
         let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
@@ -108,6 +109,7 @@ spec:
         Mesh { ws, a, b }
     }
 
+    /// Starts node `a` or `b` and waits until it is ready.
     pub fn start(&self, node: &str) -> Meshd {
         Meshd::start(&self.ws.path().join(format!("{node}.yaml")))
     }
@@ -168,27 +170,51 @@ fn every_view_on_the_command_line_and_as_json() {
     mesh.denied();
 
     let summary = view(&mesh, &[]);
-    assert!(summary.contains("identity           spiffe://cluster.local/ns/shop/sa/db"), "{summary}");
+    assert!(
+        summary.contains("identity           spiffe://cluster.local/ns/shop/sa/db"),
+        "{summary}"
+    );
     assert!(summary.contains("generation         1"), "{summary}");
 
     let workloads = view(&mesh, &["workloads"]);
-    let db = workloads.lines().find(|l| l.starts_with("shop/db")).unwrap();
-    assert!(db.contains("yes") && db.contains("shop/db-allow-web ALLOW"), "{workloads}");
-    assert!(db.contains("shop/deny-admin DENY") && db.contains(":STRICT"), "{workloads}");
-    assert!(workloads.lines().any(|l| l.starts_with("shop/web  no")), "{workloads}");
+    let db = workloads
+        .lines()
+        .find(|l| l.starts_with("shop/db"))
+        .unwrap();
+    assert!(
+        db.contains("yes") && db.contains("shop/db-allow-web ALLOW"),
+        "{workloads}"
+    );
+    assert!(
+        db.contains("shop/deny-admin DENY") && db.contains(":STRICT"),
+        "{workloads}"
+    );
+    assert!(
+        workloads.lines().any(|l| l.starts_with("shop/web  no")),
+        "{workloads}"
+    );
 
     let services = view(&mesh, &["services"]);
-    assert!(services.contains("db.shop.mesh.internal") && services.contains("240.240.50.10"), "{services}");
+    assert!(
+        services.contains("db.shop.mesh.internal") && services.contains("240.240.50.10"),
+        "{services}"
+    );
     assert!(services.contains(&format!("{} ok", mesh.b)), "{services}");
 
     let policies = view(&mesh, &["policies"]);
-    let audit = policies.lines().find(|l| l.contains("shop/audit-paths")).unwrap();
+    let audit = policies
+        .lines()
+        .find(|l| l.contains("shop/audit-paths"))
+        .unwrap();
     assert!(audit.contains("dry-run"), "{policies}");
     assert!(audit.contains("mesh.yaml:"), "{policies}");
     assert!(policies.contains("shop/db-strict"), "{policies}");
 
     let certs = view(&mesh, &["certs"]);
-    assert!(certs.contains("issuer      O=cluster.local, CN=meshd dev CA"), "{certs}");
+    assert!(
+        certs.contains("issuer      O=cluster.local, CN=meshd dev CA"),
+        "{certs}"
+    );
     assert!(certs.contains("cluster.local  O=cluster.local"), "{certs}");
     assert!(!certs.contains("PRIVATE KEY"), "{certs}");
 
@@ -201,7 +227,10 @@ fn every_view_on_the_command_line_and_as_json() {
     });
     let connections = view(&mesh, &["connections"]);
     assert!(connections.contains("2.9 KiB  2.9 KiB"), "{connections}");
-    assert!(connections.contains("inbound    spiffe://cluster.local/ns/shop/sa/web"), "{connections}");
+    assert!(
+        connections.contains("inbound    spiffe://cluster.local/ns/shop/sa/web"),
+        "{connections}"
+    );
     assert!(connections.contains("h2+mTLS"), "{connections}");
 
     let denials = view(&mesh, &["denials"]);
@@ -212,10 +241,15 @@ fn every_view_on_the_command_line_and_as_json() {
     let json: serde_json::Value =
         serde_json::from_str(&view(&mesh, &["denials", "--json"])).unwrap();
     assert_eq!(json["denials"][0]["policy"], "shop/deny-admin", "{json}");
-    assert_eq!(json["denials"][0]["sourceIdentity"], "spiffe://cluster.local/ns/shop/sa/web");
+    assert_eq!(
+        json["denials"][0]["sourceIdentity"],
+        "spiffe://cluster.local/ns/shop/sa/web"
+    );
     drop(open);
     eventually("the closed connection leaves the view", || {
-        view(&mesh, &["connections"]).starts_with("0 open").then_some(())
+        view(&mesh, &["connections"])
+            .starts_with("0 open")
+            .then_some(())
     });
 }
 
@@ -234,13 +268,21 @@ fn meshd_not_running_or_a_wrong_address_is_a_clear_error() {
     let out = status(&["workloads", "--admin", &echo.to_string()]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(69), "{stderr}");
-    assert!(stderr.contains(&format!("{echo} is not meshd's admin endpoint (wrong --admin address?)")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{echo} is not meshd's admin endpoint (wrong --admin address?)"
+        )),
+        "{stderr}"
+    );
 
     // Not an address at all: the flag parser says so (exit 2).
     let out = status(&["--admin", "localhost"]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("invalid value 'localhost' for '--admin"), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'localhost' for '--admin"),
+        "{stderr}"
+    );
 
     // An unknown view.
     let out = status(&["secrets"]);
@@ -252,10 +294,16 @@ fn meshd_not_running_or_a_wrong_address_is_a_clear_error() {
     let out = status(&["--config", &config.display().to_string()]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(69), "{stderr}");
-    assert!(stderr.contains("the admin endpoint is off (listen.admin is null)"), "{stderr}");
+    assert!(
+        stderr.contains("the admin endpoint is off (listen.admin is null)"),
+        "{stderr}"
+    );
     // And it is where the configuration says: nothing there yet.
     let config = ws.write("on.yaml", "listen: {admin: '127.10.51.2:15000'}\n");
     let out = status(&["--config", &config.display().to_string()]);
     let (_, stderr) = text(&out);
-    assert!(stderr.contains("at 127.10.51.2:15000: connection refused"), "{stderr}");
+    assert!(
+        stderr.contains("at 127.10.51.2:15000: connection refused"),
+        "{stderr}"
+    );
 }

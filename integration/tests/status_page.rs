@@ -132,10 +132,31 @@ async fn the_admin_page_in_a_real_browser() {
     // What each view must show.
     let web = "spiffe://cluster.local/ns/shop/sa/web";
     let expect: [(&str, &[&str]); 6] = [
-        ("workloads", &["shop/db", "shop/deny-admin DENY", "STRICT", web]),
-        ("services", &["db.shop.mesh.internal", "240.240.50.10", "ok"]),
-        ("policies", &["shop/audit-paths", "dry-run", "shop/db-strict", "mesh.yaml:"]),
-        ("certs", &["O=cluster.local, CN=meshd dev CA cluster.local", "left", "cluster.local"]),
+        (
+            "workloads",
+            &["shop/db", "shop/deny-admin DENY", "STRICT", web],
+        ),
+        (
+            "services",
+            &["db.shop.mesh.internal", "240.240.50.10", "ok"],
+        ),
+        (
+            "policies",
+            &[
+                "shop/audit-paths",
+                "dry-run",
+                "shop/db-strict",
+                "mesh.yaml:",
+            ],
+        ),
+        (
+            "certs",
+            &[
+                "O=cluster.local, CN=meshd dev CA cluster.local",
+                "left",
+                "cluster.local",
+            ],
+        ),
         ("connections", &["inbound", web, "h2+mTLS", "2.9 KiB"]),
         ("denials", &[]),
     ];
@@ -148,8 +169,17 @@ async fn the_admin_page_in_a_real_browser() {
         let text = shown.unwrap_or_else(|| panic!("view {view} never showed {needles:?}"));
         assert!(!text.contains("PRIVATE KEY"), "{view}: {text}");
         // The header: identity and configuration generation.
-        let header = client.find(Locator::Css("header")).await.unwrap().text().await.unwrap();
-        assert!(header.contains("spiffe://cluster.local/ns/shop/sa/db"), "{header}");
+        let header = client
+            .find(Locator::Css("header"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            header.contains("spiffe://cluster.local/ns/shop/sa/db"),
+            "{header}"
+        );
         assert!(header.contains("generation 1"), "{header}");
         if view != "denials" {
             let png = client.screenshot().await.unwrap();
@@ -168,7 +198,10 @@ async fn the_admin_page_in_a_real_browser() {
     assert!(text.is_some(), "the denial did not show within 1 s");
     let png = client.screenshot().await.unwrap();
     std::fs::write(dir.join("denials.png"), png).unwrap();
-    eprintln!("denial shown after {took:?}; screenshots in {}", dir.display());
+    eprintln!(
+        "denial shown after {took:?}; screenshots in {}",
+        dir.display()
+    );
 
     drop(open);
     client.close().await.unwrap();

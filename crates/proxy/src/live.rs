@@ -66,8 +66,13 @@ fn is_refusal(outcome: Outcome) -> bool {
     !matches!(outcome, Outcome::Allowed | Outcome::Failed)
 }
 
+/// Whole seconds: a person reads the time, the trace id tells records apart.
 fn rfc3339(t: SystemTime) -> String {
-    OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_default()
+    let t = OffsetDateTime::from(t);
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }
 
 impl Live {
