@@ -305,3 +305,62 @@ pub fn summary(
         denials_total,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use meshd_identity::{Credentials, DevCa};
+
+    use super::*;
+
+    /// A one-hour certificate from a fresh dev CA.
+    fn certificate() -> CredentialSet {
+        let ca = DevCa::generate("cluster.local").unwrap();
+        let svid = ca.issue("shop", "web", Duration::from_secs(3600)).unwrap();
+        let credentials =
+            Credentials::from_pem(svid.cert_pem.as_bytes(), svid.key_pem.as_bytes()).unwrap();
+        CredentialSet::new(credentials, ca.bundle().unwrap(), None).unwrap()
+    }
+
+    #[test]
+    fn expiry_warning_under_a_quarter_of_the_lifetime_and_once_expired() {
+        let set = certificate();
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(certificate_warning(&set, now), None);
+        assert_eq!(
+            certificate_warning(&set, now + time::Duration::minutes(30)),
+            None
+        );
+        let soon = certificate_warning(&set, now + time::Duration::minutes(50)).unwrap();
+        assert!(
+            soon.contains("less than a quarter of its lifetime left"),
+            "{soon}"
+        );
+        let expired = certificate_warning(&set, now + time::Duration::hours(2)).unwrap();
+        assert!(expired.starts_with("expired at "), "{expired}");
+    }
+
+    #[test]
+    fn the_certificate_view_names_issuer_and_roots_and_never_the_key() {
+        let set = certificate();
+        let view = certs(&set, 2, 1);
+        assert_eq!(view.identity, "spiffe://cluster.local/ns/shop/sa/web");
+        assert!(view.issuer.contains("meshd dev CA"), "{}", view.issuer);
+        assert_eq!((view.rotations, view.failed_rotations), (2, 1));
+        assert!(
+            (3500..=3600).contains(&view.seconds_left),
+            "{}",
+            view.seconds_left
+        );
+        assert_eq!(view.trust_domains.len(), 1);
+        assert_eq!(view.trust_domains[0].roots.len(), 1);
+        let json = serde_json::to_string(&view).unwrap();
+        assert!(
+            !json.contains("PRIVATE") && !json.contains("BEGIN"),
+            "{json}"
+        );
+    }
+}
