@@ -13,6 +13,9 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v lintian >/dev/null || need_apt+=(lintian)
 # The fault tests use openssl's s_client/s_server as peers that stall HTTP/2 after TLS.
 command -v openssl >/dev/null || need_apt+=(openssl)
+# The admin page test drives a real headless Chromium through chromedriver.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

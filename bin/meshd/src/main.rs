@@ -7,6 +7,7 @@ mod authz;
 mod ca;
 mod redirect;
 mod run;
+mod status;
 mod validate;
 
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ enum Command {
     /// The built-in development CA (for trying meshd; production uses real certificates).
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// What a running meshd is doing: workloads, services, policies, certificates, open
+    /// connections, recent denials (from its admin endpoint).
+    Status(status::StatusArgs),
     /// The daemon configuration (meshd.yaml and its layers).
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
         Command::Authz(AuthzCommand::Check(args)) => authz::run(&args),
         Command::Ca(command) => ca::run(&command),
         Command::Config(ConfigCommand::Show(args)) => show_config(&args),
+        Command::Status(args) => status::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -2,7 +2,9 @@
 //!
 //! - admin (`listen.admin`, default `127.0.0.1:15000`, loopback unless configured otherwise):
 //!   `GET /config_dump` (the configuration in force as JSON), `GET|POST /logging?level=...`
-//!   (change the log filter at run time), `POST /quitquitquit` (graceful drain);
+//!   (change the log filter at run time), `POST /quitquitquit` (graceful drain),
+//!   `GET /status/<view>` (the operator views as JSON, see meshd-status) and `GET /` (the
+//!   operator page, which reads those views);
 //! - metrics (`listen.metrics`, default `0.0.0.0:15020`): `GET /metrics` and
 //!   `GET /stats/prometheus`;
 //! - readiness (`listen.readiness`, default `0.0.0.0:15021`): `GET /healthz/ready`, 200 once
@@ -29,6 +31,9 @@ pub type DumpFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 pub type LogLevelFn = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 /// Starts a graceful drain.
 pub type QuitFn = Arc<dyn Fn() + Send + Sync>;
+/// Renders one operator view by name: `None` for an unknown view, `Err` with what is pending
+/// while meshd is starting.
+pub type StatusFn = Arc<dyn Fn(&str) -> Option<Result<serde_json::Value, String>> + Send + Sync>;
 /// Renders the metrics exposition text.
 pub type MetricsFn = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
@@ -37,6 +42,10 @@ pub type MetricsFn = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 pub struct Handlers {
     /// `/config_dump`.
     pub config_dump: DumpFn,
+    /// `/status/<view>`.
+    pub status: StatusFn,
+    /// `/`: the operator page (self-contained HTML).
+    pub page: &'static str,
     /// `/logging`.
     pub set_log_level: LogLevelFn,
     /// `/quitquitquit`.

@@ -65,6 +65,10 @@ fn route(
             let body = serde_json::to_string_pretty(&dump).unwrap_or_else(|_| "{}".into());
             respond(StatusCode::OK, "application/json", body)
         }
+        (Endpoint::Admin, "/") if method == Method::GET => page(handlers.page),
+        (Endpoint::Admin, view) if method == Method::GET && view.starts_with("/status/") => {
+            status(handlers, view.trim_start_matches("/status/"))
+        }
         (Endpoint::Admin, "/logging") if matches!(method, Method::GET | Method::POST) => {
             logging(handlers, &query)
         }
@@ -95,6 +99,49 @@ fn route(
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+fn status(handlers: &Handlers, view: &str) -> Response<Full<Bytes>> {
+    let (code, body) = match (handlers.status)(view) {
+        Some(Ok(value)) => (StatusCode::OK, value),
+        Some(Err(pending)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "pending": pending }),
+        ),
+        None => (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": format!("unknown view {view:?}") }),
+        ),
+    };
+    let mut response = respond(code, "application/json", body.to_string());
+    // Live views: a cached answer would show connections that are gone.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// The operator page. Its script and style are inline and it only talks to this origin;
+/// the policy says so, so a stray `<script src>` could never load anything from elsewhere.
+fn page(html: &'static str) -> Response<Full<Bytes>> {
+    let mut response = respond(StatusCode::OK, "text/html; charset=utf-8", html.to_string());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 fn logging(handlers: &Handlers, query: &str) -> Response<Full<Bytes>> {

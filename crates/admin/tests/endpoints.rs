@@ -43,6 +43,12 @@ fn fixture() -> Fixture {
                 quits.fetch_add(1, Ordering::SeqCst);
             })
         },
+        status: Arc::new(|view: &str| match view {
+            "summary" => Some(Ok(serde_json::json!({"generation": 7}))),
+            "certs" => Some(Err("meshd is still starting".to_string())),
+            _ => None,
+        }),
+        page: "<!DOCTYPE html><title>meshd</title>",
         metrics: Arc::new(|| Ok("# EOF\n".to_string())),
         metrics_content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
         readiness: readiness.clone(),
@@ -172,4 +178,58 @@ async fn each_listener_serves_only_its_own_routes() {
     assert_eq!(request(admin, "GET", "/metrics").await.0, 404);
     assert_eq!(request(admin, "GET", "/nope").await.0, 404);
     assert_eq!(f.quits.load(Ordering::SeqCst), 0);
+}
+
+/// The status views and the page, on an address of their own (127.10.59.x: the status tests').
+async fn start_status(handlers: Handlers) -> SocketAddr {
+    let listener = TcpListener::bind("127.10.59.3:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, Endpoint::Admin, handlers));
+    addr
+}
+
+#[tokio::test]
+async fn status_views_answer_json_and_say_what_is_pending_or_unknown() {
+    let addr = start_status(fixture().handlers).await;
+    let (status, response) = request(addr, "GET", "/status/summary").await;
+    assert_eq!(status, 200, "{response}");
+    assert!(response.contains("application/json"), "{response}");
+    assert!(response.contains("no-store"), "{response}");
+    assert!(response.ends_with("{\"generation\":7}"), "{response}");
+    // Starting: 503 with what is pending, as JSON (the client tells the user).
+    let (status, response) = request(addr, "GET", "/status/certs").await;
+    assert_eq!(status, 503, "{response}");
+    assert!(
+        response.contains("\"pending\":\"meshd is still starting\""),
+        "{response}"
+    );
+    // An unknown view is a 404 naming it.
+    let (status, response) = request(addr, "GET", "/status/secrets").await;
+    assert_eq!(status, 404, "{response}");
+    assert!(
+        response.contains("unknown view \\\"secrets\\\""),
+        "{response}"
+    );
+    // Views are read-only.
+    let (status, _) = request(addr, "POST", "/status/summary").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_a_policy_that_keeps_it_on_this_origin() {
+    let addr = start_status(fixture().handlers).await;
+    let (status, response) = request(addr, "GET", "/").await;
+    assert_eq!(status, 200, "{response}");
+    assert!(response.contains("text/html"), "{response}");
+    assert!(response.contains("default-src 'none'"), "{response}");
+    assert!(response.contains("connect-src 'self'"), "{response}");
+    assert!(response.ends_with("<title>meshd</title>"), "{response}");
+    // Only on the admin endpoint.
+    let metrics = {
+        let listener = TcpListener::bind("127.10.59.3:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Endpoint::Metrics, fixture().handlers));
+        addr
+    };
+    assert_eq!(request(metrics, "GET", "/").await.0, 404);
 }

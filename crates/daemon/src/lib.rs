@@ -202,6 +202,7 @@ async fn start(
         );
     }
     let _ = operated.identity.set(identity.handle());
+    let _ = operated.rotations.set(identity.stats());
     readiness.set_ready("certificates");
     watch_certificate(&identity, &readiness, &metrics);
     let local: Vec<String> = state
@@ -211,8 +212,13 @@ async fn start(
         .collect();
     let (states, updates) = watch::channel(Arc::new(state));
     let _ = operated.states.set(updates.clone());
-    // The access log and the metrics are two consumers of one stream of connection records.
-    let sinks = Sinks::new(vec![Arc::new(AccessLog), Arc::new(metrics.clone())]);
+    // The access log, the metrics and the operator views are consumers of one stream of
+    // connection records.
+    let sinks = Sinks::new(vec![
+        Arc::new(AccessLog),
+        Arc::new(metrics.clone()),
+        Arc::new(operated.live.clone()),
+    ]);
     let proxy = Proxy::start(
         &config,
         identity.handle(),

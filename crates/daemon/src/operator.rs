@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use meshd_admin::{Endpoint, Handlers, LogLevelFn, Readiness};
-use meshd_identity::{IdentityHandle, IdentityManager};
+use meshd_identity::{IdentityHandle, IdentityManager, RotationStats};
 use meshd_metrics::Metrics;
 use meshd_proxy::dump::config_dump;
+use meshd_proxy::live::Live;
+use meshd_proxy::views;
 use meshd_proxy::{ProxyConfig, ProxyState};
 use tokio::sync::{Notify, watch};
 
@@ -17,7 +19,58 @@ use tokio::sync::{Notify, watch};
 pub(crate) struct Operated {
     pub(crate) states: OnceLock<watch::Receiver<Arc<ProxyState>>>,
     pub(crate) identity: OnceLock<IdentityHandle>,
+    pub(crate) rotations: OnceLock<Arc<RotationStats>>,
     pub(crate) last_reload_error: Mutex<Option<String>>,
+    /// Open connections and recent denials: a sink of the connection records.
+    pub(crate) live: Live,
+}
+
+impl Operated {
+    fn last_reload_error(&self) -> Option<String> {
+        self.last_reload_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// One operator view as JSON; `None` for an unknown view, `Err` while meshd is starting.
+    fn status(&self, view: &str) -> Option<Result<serde_json::Value, String>> {
+        let live = match view {
+            "connections" => Some(serde_json::to_value(self.live.connections())),
+            "denials" => Some(serde_json::to_value(self.live.denials())),
+            _ => None,
+        };
+        if let Some(value) = live {
+            return Some(value.map_err(|e| e.to_string()));
+        }
+        if !meshd_status::view::VIEWS.contains(&view) {
+            return None;
+        }
+        let (Some(states), Some(identity)) = (self.states.get(), self.identity.get()) else {
+            return Some(Err("meshd is still starting".to_string()));
+        };
+        let state = states.borrow().clone();
+        let certificate = identity.current();
+        let value = match view {
+            "summary" => serde_json::to_value(views::summary(
+                &state,
+                &certificate,
+                self.last_reload_error(),
+                &self.live,
+            )),
+            "workloads" => serde_json::to_value(views::workloads(&state)),
+            "services" => serde_json::to_value(views::services(&state)),
+            "policies" => serde_json::to_value(views::policies(&state)),
+            _ => {
+                let (ok, failed) = self
+                    .rotations
+                    .get()
+                    .map_or((0, 0), |s| (s.rotations(), s.failed_rotations()));
+                serde_json::to_value(views::certs(&certificate, ok, failed))
+            }
+        };
+        Some(value.map_err(|e| e.to_string()))
+    }
 }
 
 /// Binds the admin, metrics and readiness listeners and serves them.
@@ -33,20 +86,23 @@ pub(crate) async fn start_operator_endpoints(
         let operated = operated.clone();
         Arc::new(
             move || match (operated.states.get(), operated.identity.get()) {
-                (Some(states), Some(identity)) => {
-                    let error = operated
-                        .last_reload_error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone();
-                    config_dump(&states.borrow(), &identity.current(), error.as_deref())
-                }
+                (Some(states), Some(identity)) => config_dump(
+                    &states.borrow(),
+                    &identity.current(),
+                    operated.last_reload_error().as_deref(),
+                ),
                 _ => serde_json::json!({"pending": "meshd is still starting"}),
             },
         )
     };
+    let status: meshd_admin::StatusFn = {
+        let operated = operated.clone();
+        Arc::new(move |view: &str| operated.status(view))
+    };
     let handlers = Handlers {
         config_dump,
+        status,
+        page: meshd_status::PAGE,
         set_log_level,
         quit: Arc::new(move || quit.notify_one()),
         metrics: Arc::new(move || metrics.encode().map_err(|e| e.to_string())),

@@ -103,6 +103,11 @@ impl Credentials {
         &self.info.serial
     }
 
+    /// The leaf's issuer (distinguished name).
+    pub fn issuer(&self) -> &str {
+        &self.info.issuer
+    }
+
     /// The rustls form used by the certificate resolvers.
     pub(crate) fn certified_key(&self) -> Arc<CertifiedKey> {
         self.certified.clone()

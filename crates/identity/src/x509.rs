@@ -19,6 +19,8 @@ pub struct LeafInfo {
     pub not_after: OffsetDateTime,
     /// The serial number as big-endian bytes.
     pub serial: Vec<u8>,
+    /// The issuer's distinguished name (`CN=…, O=…`), for operators.
+    pub issuer: String,
 }
 
 /// Parses a leaf and applies the X509-SVID shape rules: not a CA, exactly one URI SAN, and that
@@ -77,6 +79,7 @@ pub fn inspect_leaf(der: &CertificateDer<'_>) -> Result<LeafInfo, Error> {
         not_before: validity.not_before.to_datetime(),
         not_after: validity.not_after.to_datetime(),
         serial: cert.raw_serial().to_vec(),
+        issuer: cert.issuer().to_string(),
     })
 }
 
@@ -102,6 +105,18 @@ pub fn not_after(der: &CertificateDer<'_>) -> Result<OffsetDateTime, Error> {
         reason: e.to_string(),
     })?;
     Ok(cert.validity().not_after.to_datetime())
+}
+
+/// The subject's distinguished name and the end of the validity period of any certificate (a
+/// bundle's roots, for operators).
+pub fn subject_and_not_after(der: &CertificateDer<'_>) -> Result<(String, OffsetDateTime), Error> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| Error::BadCertificate {
+        reason: e.to_string(),
+    })?;
+    Ok((
+        cert.subject().to_string(),
+        cert.validity().not_after.to_datetime(),
+    ))
 }
 
 /// Reads the first URI SAN of a certificate, if any (used to learn a CA's trust domain).

@@ -8,6 +8,8 @@
 //!   after authorization.
 //! - [`access_log`]: the access log, a sink of connection records.
 //! - [`record`]: one record per connection, for metrics, access logs and admin.
+//! - [`live`] and [`views`]: the operator views (open connections, recent denials,
+//!   workloads, services, policies, certificate) that `meshd status` and the admin page show.
 //! - [`runtime`]: binds the listeners (HBONE 15008, captured inbound 15006, captured outbound
 //!   15001, SOCKS5 15080, explicit listeners) and feeds connections to the stacks.
 //!
@@ -28,6 +30,7 @@ pub mod error;
 pub mod exposure;
 pub mod inbound;
 pub mod layers;
+pub mod live;
 pub mod metered;
 pub mod own_ports;
 pub mod plugins;
@@ -37,6 +40,7 @@ pub mod runtime;
 pub mod socks5;
 pub mod stack;
 pub mod state;
+pub mod views;
 
 pub use config::{ConfigError, ProxyConfig};
 pub use error::ProxyError;

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -134,6 +135,10 @@ static NO_METERS: LazyLock<Meters> = LazyLock::new(|| Arc::new([]));
 pub struct ConnectionRecord {
     /// The trace id (from `traceparent`), shared by both meshd instances of a tunnel.
     pub id: String,
+    /// Unique within this process: tells sinks which open record a closed one is (the trace
+    /// id is shared by both directions of a tunnel through one meshd).
+    #[serde(skip)]
+    pub serial: u64,
     /// Inbound or outbound.
     pub direction: Direction,
     /// Where the connection came from.
@@ -179,6 +184,9 @@ pub struct ConnectionRecord {
     pub error: Option<String>,
 }
 
+/// The next record's serial.
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
 impl ConnectionRecord {
     /// A record for a connection accepted now.
     pub fn new(
@@ -189,6 +197,7 @@ impl ConnectionRecord {
     ) -> Self {
         ConnectionRecord {
             id,
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             direction,
             source_addr,
             source_identity: None,

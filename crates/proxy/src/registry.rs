@@ -293,6 +293,29 @@ impl Registry {
         }
     }
 
+    /// True when the workload at `index` (into [`Registry::workloads`]) is local.
+    pub fn is_local(&self, index: usize) -> bool {
+        self.local.contains(&index)
+    }
+
+    /// A service's endpoints.
+    pub fn endpoints<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a Workload> {
+        service
+            .endpoints
+            .iter()
+            .filter_map(|i| self.workloads.get(*i))
+    }
+
+    /// False while a connection to `ip` (any port) failed within the last [`EJECTION`]: the
+    /// endpoint is skipped until then.
+    pub fn is_healthy(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let unhealthy = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner());
+        !unhealthy
+            .iter()
+            .any(|(addr, until)| addr.ip() == ip && *until > now)
+    }
+
     /// Local workloads.
     pub fn local_workloads(&self) -> impl Iterator<Item = &Workload> {
         self.local.iter().map(|i| &self.workloads[*i])

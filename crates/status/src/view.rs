@@ -1,0 +1,309 @@
+//! The views' JSON shape, served by the admin endpoint at `GET /status/<view>` and printed by
+//! `meshd status <view> --json`. Field names are camelCase; a field may be added in a later
+//! version, none is renamed or removed without a new view name. Timestamps are RFC 3339 (UTC),
+//! durations seconds, addresses `ip:port`, identities `spiffe://…` URIs. Optional values are
+//! `null` when unknown.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The names of the views, in the order the page and `meshd status` show them.
+pub const VIEWS: [&str; 7] = [
+    "summary",
+    "workloads",
+    "services",
+    "policies",
+    "certs",
+    "connections",
+    "denials",
+];
+
+/// `GET /status/summary`: the state of this meshd at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// meshd's version.
+    pub version: String,
+    /// The configuration generation in force (1 at start, +1 per applied reload).
+    pub generation: u64,
+    /// Why the newest configuration on disk was rejected, while the previous one stays.
+    pub last_reload_error: Option<String>,
+    /// This meshd's identity.
+    pub identity: String,
+    /// When its certificate expires.
+    pub not_after: String,
+    /// Seconds until then (negative once expired).
+    pub seconds_left: i64,
+    /// Set when the certificate has expired or has less than a quarter of its lifetime left.
+    pub certificate_warning: Option<String>,
+    /// Local workloads.
+    pub local_workloads: usize,
+    /// Connections open now.
+    pub open_connections: usize,
+    /// Connections refused or denied since start.
+    pub denials_total: u64,
+}
+
+/// `GET /status/workloads`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workloads {
+    /// The configuration generation the view was made from.
+    pub generation: u64,
+    /// Every workload, local first, then by name.
+    pub workloads: Vec<Workload>,
+}
+
+/// One workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    /// `namespace/name` of its WorkloadEntry.
+    pub name: String,
+    /// True when this meshd serves it.
+    pub local: bool,
+    /// Its SPIFFE identity.
+    pub identity: String,
+    /// Its address.
+    pub address: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// How it is reached: `hbone`, `hbone-quic` or `tcp`.
+    pub protocol: String,
+    /// Local workloads: the AuthorizationPolicies that select it.
+    pub policies: Vec<PolicyRef>,
+    /// Local workloads: the effective PeerAuthentication mode of each of its ports (port `0`
+    /// stands for every port it does not name).
+    pub mtls: Vec<PortMode>,
+}
+
+/// A policy selecting a workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRef {
+    /// `namespace/name`.
+    pub policy: String,
+    /// `ALLOW`, `DENY`, `AUDIT` or `CUSTOM`.
+    pub action: String,
+}
+
+/// The PeerAuthentication mode of one port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMode {
+    /// The port; `0` for the workload-wide mode.
+    pub port: u16,
+    /// `STRICT` or `PERMISSIVE`.
+    pub mode: String,
+    /// The PeerAuthentication that set it (`namespace/name`), `null` for the default.
+    pub source: Option<String>,
+}
+
+/// `GET /status/services`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Services {
+    /// The configuration generation the view was made from.
+    pub generation: u64,
+    /// Every service.
+    pub services: Vec<Service>,
+}
+
+/// One service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    /// `namespace/name` of its ServiceEntry.
+    pub name: String,
+    /// Host names.
+    pub hosts: Vec<String>,
+    /// VIPs (addresses or CIDRs).
+    pub vips: Vec<String>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A service port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// The service port.
+    pub number: u16,
+    /// Its name.
+    pub name: Option<String>,
+    /// The endpoint port when an endpoint names none.
+    pub target_port: Option<u16>,
+}
+
+/// A service endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// The workload (`namespace/name`).
+    pub workload: String,
+    /// Its address.
+    pub address: String,
+    /// False while a recent connection to it failed (it is skipped for a while).
+    pub healthy: bool,
+}
+
+/// `GET /status/policies`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Policies {
+    /// The configuration generation the view was made from.
+    pub generation: u64,
+    /// The mesh root namespace (its policies apply mesh-wide).
+    pub root_namespace: String,
+    /// AuthorizationPolicies, then PeerAuthentications, each by name.
+    pub policies: Vec<Policy>,
+}
+
+/// One AuthorizationPolicy or PeerAuthentication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    /// `AuthorizationPolicy` or `PeerAuthentication`.
+    pub kind: String,
+    /// `namespace/name`.
+    pub name: String,
+    /// `mesh`, `namespace` or `workload` (a selector), or `targetRef` (not enforced).
+    pub scope: String,
+    /// AuthorizationPolicy: `ALLOW`, `DENY`, `AUDIT`, `CUSTOM`; PeerAuthentication: its mTLS
+    /// mode (`STRICT`, `PERMISSIVE`, `DISABLE`, `UNSET`).
+    pub action: String,
+    /// AuthorizationPolicy: its rules; PeerAuthentication: its port-level settings.
+    pub rules: usize,
+    /// What changes its meaning: dry-run, L7 parts, and every warning the loader reported.
+    pub warnings: Vec<String>,
+    /// `file:line:column` it was read from.
+    pub source: String,
+}
+
+/// `GET /status/certs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Certs {
+    /// The identity the certificate proves.
+    pub identity: String,
+    /// Its serial number, hex bytes joined by `:`.
+    pub serial: String,
+    /// Its issuer's distinguished name.
+    pub issuer: String,
+    /// Start of its validity.
+    pub not_before: String,
+    /// End of its validity.
+    pub not_after: String,
+    /// Seconds until `notAfter` (negative once expired).
+    pub seconds_left: i64,
+    /// Set when it has expired or has less than a quarter of its lifetime left.
+    pub warning: Option<String>,
+    /// Certificates taken into use since start.
+    pub rotations: u64,
+    /// Certificate sets refused since start (the previous one stayed in use).
+    pub failed_rotations: u64,
+    /// The trust domains this meshd accepts peers from, with their roots.
+    pub trust_domains: Vec<TrustDomain>,
+}
+
+/// A trust domain and its bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustDomain {
+    /// The trust domain.
+    pub trust_domain: String,
+    /// Its roots.
+    pub roots: Vec<Root>,
+}
+
+/// A root certificate of a bundle (never key material: there is none in a bundle).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Root {
+    /// Its subject's distinguished name.
+    pub subject: String,
+    /// End of its validity.
+    pub not_after: String,
+}
+
+/// `GET /status/connections`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connections {
+    /// Open connections, oldest first.
+    pub connections: Vec<Connection>,
+}
+
+/// One open connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    /// Its trace id (shared by both meshd instances of a tunnel).
+    pub id: String,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// False while it is being authorized and connected.
+    pub established: bool,
+    /// Where it came from.
+    pub source: String,
+    /// The source identity: the authenticated peer (inbound mTLS) or this meshd's (outbound).
+    pub source_identity: Option<String>,
+    /// The destination as asked for.
+    pub destination: String,
+    /// The address connected to.
+    pub upstream: Option<String>,
+    /// The destination identity expected (outbound) or served (inbound).
+    pub destination_identity: Option<String>,
+    /// `h2` or `h3` over HBONE, `tcp` otherwise.
+    pub transport: String,
+    /// True when the tunnel side uses mutual TLS.
+    pub mtls: bool,
+    /// Bytes from the source toward the destination so far.
+    pub bytes_in: u64,
+    /// Bytes back to the source so far.
+    pub bytes_out: u64,
+    /// When it was accepted.
+    pub started: String,
+    /// Seconds since then.
+    pub age_seconds: f64,
+}
+
+/// `GET /status/denials`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Denials {
+    /// How many are kept: older ones are dropped.
+    pub capacity: usize,
+    /// Refused or denied connections since start (kept or not).
+    pub total: u64,
+    /// The most recent first.
+    pub denials: Vec<Denial>,
+}
+
+/// One refused or denied connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Denial {
+    /// When it ended.
+    pub at: String,
+    /// Its trace id.
+    pub id: String,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// Where it came from.
+    pub source: String,
+    /// The source identity, `null` for plaintext.
+    pub source_identity: Option<String>,
+    /// The destination as asked for.
+    pub destination: String,
+    /// The refusal class: `denied`, `closed_by_policy`, `not_local`, `own_port`, `limited`,
+    /// `handshake`, `unreachable`.
+    pub outcome: String,
+    /// The deciding policy (`namespace/name`), when a policy decided.
+    pub policy: Option<String>,
+    /// Why, in words.
+    pub reason: String,
+}

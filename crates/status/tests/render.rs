@@ -1,0 +1,126 @@
+//! Each view rendered from its documented JSON: what a person sees, and what is refused.
+
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
+use meshd_status::render::{Options, RenderError, bytes, duration, render};
+use serde_json::json;
+
+const PLAIN: Options = Options {
+    width: None,
+    color: false,
+    last: 20,
+};
+
+#[test]
+fn workloads_show_policies_and_the_mode_per_port() {
+    let value = json!({"generation": 3, "workloads": [
+        {"name": "shop/db", "local": true, "identity": "spiffe://cluster.local/ns/shop/sa/db",
+         "address": "127.10.50.2", "labels": {"app": "db"}, "protocol": "hbone",
+         "policies": [{"policy": "shop/db-allow-web", "action": "ALLOW"}],
+         "mtls": [{"port": 0, "mode": "PERMISSIVE", "source": null},
+                  {"port": 5432, "mode": "STRICT", "source": "shop/strict"}]},
+        {"name": "shop/web", "local": false, "identity": "spiffe://cluster.local/ns/shop/sa/web",
+         "address": "127.10.50.1", "labels": {}, "protocol": "hbone", "policies": [], "mtls": []}
+    ]});
+    let text = render("workloads", &value, PLAIN).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "generation 3");
+    assert!(lines[1].starts_with("WORKLOAD  LOCAL  IDENTITY"), "{text}");
+    assert!(lines[2].contains("shop/db-allow-web ALLOW"), "{text}");
+    assert!(lines[2].ends_with("*:PERMISSIVE 5432:STRICT"), "{text}");
+    assert!(lines[3].starts_with("shop/web  no"), "{text}");
+    // Columns line up: every row's identity starts where the header's does.
+    let column = lines[1].find("IDENTITY").unwrap();
+    assert_eq!(lines[2].find("spiffe://"), Some(column), "{text}");
+    assert_eq!(lines[3].find("spiffe://"), Some(column), "{text}");
+}
+
+#[test]
+fn denials_show_the_last_n_with_policy_and_reason() {
+    let denial = |i: u32| {
+        json!({"at": format!("2026-11-27T22:00:0{i}Z"), "id": format!("t{i}"), "direction": "inbound",
+               "source": "127.10.50.1:40000", "sourceIdentity": "spiffe://cluster.local/ns/shop/sa/web",
+               "destination": "127.10.50.2:9000", "outcome": "denied", "policy": "shop/deny-admin",
+               "reason": "denied by DENY policy shop/deny-admin"})
+    };
+    let value = json!({"capacity": 256, "total": 5, "denials": [denial(3), denial(2), denial(1)]});
+    let text = render("denials", &value, Options { last: 2, ..PLAIN }).unwrap();
+    assert!(
+        text.starts_with("5 refused or denied since start, last 2 shown\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shop/deny-admin  denied by DENY policy shop/deny-admin"),
+        "{text}"
+    );
+    assert!(
+        text.contains("22:00:03Z") && !text.contains("22:00:01Z"),
+        "{text}"
+    );
+}
+
+#[test]
+fn connections_name_the_peer_and_count_bytes() {
+    let value = json!({"connections": [
+        {"id": "a", "direction": "outbound", "established": true, "source": "127.10.50.1:5000",
+         "sourceIdentity": "spiffe://cluster.local/ns/shop/sa/web", "destination": "127.10.50.2:5432",
+         "upstream": "127.10.50.2:15008", "destinationIdentity": "spiffe://cluster.local/ns/shop/sa/db",
+         "transport": "h2", "mtls": true, "bytesIn": 2048, "bytesOut": 5, "started": "2026-11-27T22:00:00Z",
+         "ageSeconds": 125.5}
+    ]});
+    let text = render("connections", &value, PLAIN).unwrap();
+    assert!(text.starts_with("1 open\n"), "{text}");
+    // Outbound, the peer is the destination.
+    assert!(
+        text.contains("outbound   spiffe://cluster.local/ns/shop/sa/db"),
+        "{text}"
+    );
+    assert!(text.contains("h2+mTLS    2.0 KiB  5 B  2m 5s"), "{text}");
+}
+
+#[test]
+fn certs_warn_and_list_roots() {
+    let value = json!({"identity": "spiffe://cluster.local/ns/shop/sa/web", "serial": "01:02",
+        "issuer": "CN=meshd dev CA", "notBefore": "2026-11-27T00:00:00Z", "notAfter": "2026-11-27T23:00:00Z",
+        "secondsLeft": -60, "warning": "expired at 2026-11-27T23:00:00Z", "rotations": 2, "failedRotations": 1,
+        "trustDomains": [{"trustDomain": "cluster.local", "roots": [{"subject": "CN=root", "notAfter": "2036-01-01T00:00:00Z"}]}]});
+    let text = render("certs", &value, PLAIN).unwrap();
+    assert!(text.contains("(expired 1m 0s ago)"), "{text}");
+    assert!(text.contains("warning     expired at"), "{text}");
+    assert!(text.contains("rotations   2 (1 failed)"), "{text}");
+    assert!(text.contains("cluster.local  CN=root"), "{text}");
+    // Colour on a terminal: the warning in red.
+    let coloured = render(
+        "certs",
+        &value,
+        Options {
+            color: true,
+            ..PLAIN
+        },
+    )
+    .unwrap();
+    assert!(coloured.contains("\x1b[31mexpired at"), "{coloured}");
+}
+
+#[test]
+fn another_shape_is_refused_with_the_view_named() {
+    let err = render("summary", &json!({"pending": "x"}), PLAIN).unwrap_err();
+    assert!(
+        matches!(&err, RenderError::Shape { view, .. } if view == "summary"),
+        "{err}"
+    );
+    assert_eq!(
+        render("secrets", &json!({}), PLAIN).unwrap_err(),
+        RenderError::UnknownView("secrets".into())
+    );
+}
+
+#[test]
+fn units_read_at_a_glance() {
+    assert_eq!(duration(59), "59s");
+    assert_eq!(duration(3_661), "1h 1m");
+    assert_eq!(duration(2 * 86_400 + 3 * 3_600), "2d 3h");
+    assert_eq!(bytes(1023), "1023 B");
+    assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
+}

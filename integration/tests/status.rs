@@ -1,0 +1,309 @@
+//! `meshd status` and the admin page against real meshd processes on loopback
+//! (127.10.50-59.x): every view on the command line, as JSON, every rejection, and the page in
+//! a real headless Chromium driven through chromedriver.
+
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
+#[path = "status_page.rs"]
+mod status_page;
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Command, Output};
+
+use meshd_integration::{Meshd, Workspace, echo_roundtrip, echo_server, eventually, meshd_bin};
+
+/// Two machines: A (web, 127.10.`net`.1) and B (db, .2). B serves db's `pg` port (allowed for
+/// web) and its `admin` port (denied by `shop/deny-admin`); A reaches them through explicit
+/// listeners 16001 and 16002.
+pub struct Mesh {
+    ws: Workspace,
+    /// A's address.
+    pub a: IpAddr,
+    /// B's address.
+    pub b: IpAddr,
+}
+
+impl Mesh {
+    /// Writes the configuration of both nodes on 127.10.`net`.x.
+    pub fn new(net: u8) -> Mesh {
+        let ws = Workspace::new();
+        let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
+        let db_port = echo_server(SocketAddr::new(b, 0)).port();
+        let admin_port = echo_server(SocketAddr::new(b, 0)).port();
+        ws.write(
+            "mesh/mesh.yaml",
+            &format!(
+                "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web, namespace: shop}}
+spec: {{address: {a}, serviceAccount: web, labels: {{app: web}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: db, namespace: shop}}
+spec:
+  address: {b}
+  serviceAccount: db
+  labels: {{app: db}}
+  ports: {{pg: {db_port}, admin: {admin_port}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: shop}}
+spec:
+  hosts: [db.shop.mesh.internal]
+  addresses: [240.240.50.10]
+  ports: [{{number: 5432, name: pg, targetPort: {db_port}}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: db}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: db-allow-web, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: db}}}}
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/shop/sa/web]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny-admin, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: db}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{ports: ['{admin_port}']}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: audit-paths
+  namespace: shop
+  annotations: {{istio.io/dry-run: 'true'}}
+spec:
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: [/admin]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: db-strict, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: db}}}}
+  mtls: {{mode: PERMISSIVE}}
+  portLevelMtls: {{'{db_port}': {{mode: STRICT}}}}
+"
+            ),
+        );
+        let listeners = format!(
+            "listeners:
+- {{listen: '{a}:16001', target: '{b}:{db_port}'}}
+- {{listen: '{a}:16002', target: '{b}:{admin_port}'}}
+"
+        );
+        ws.node_config("a", "web", "shop/web", &a.to_string(), "", &listeners);
+        ws.node_config("b", "db", "shop/db", &b.to_string(), "", "");
+        Mesh { ws, a, b }
+    }
+
+    /// Starts node `a` or `b` and waits until it is ready.
+    pub fn start(&self, node: &str) -> Meshd {
+        Meshd::start(&self.ws.path().join(format!("{node}.yaml")))
+    }
+
+    /// An allowed connection from web to db, left open after one round trip.
+    pub fn allowed(&self) -> TcpStream {
+        let mut stream = TcpStream::connect((self.a, 16001)).unwrap();
+        let payload = vec![7u8; 3000];
+        assert_eq!(
+            echo_roundtrip(&mut stream, &payload).as_deref(),
+            Some(&payload[..])
+        );
+        stream
+    }
+
+    /// A connection from web to db's admin port, which `shop/deny-admin` denies at B.
+    pub fn denied(&self) {
+        let mut stream = TcpStream::connect((self.a, 16002)).unwrap();
+        let _ = stream.write_all(b"hello");
+        assert_eq!(echo_roundtrip(&mut stream, b"x"), None, "must be closed");
+    }
+}
+
+fn status(args: &[&str]) -> Output {
+    Command::new(meshd_bin())
+        .arg("status")
+        .args(args)
+        .env_remove("MESHD_ADMIN")
+        .env_remove("MESHD_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `meshd status VIEW --admin B:15000`, which must succeed: its standard output.
+fn view(mesh: &Mesh, args: &[&str]) -> String {
+    let admin = format!("{}:15000", mesh.b);
+    let mut all = args.to_vec();
+    all.extend(["--admin", &admin]);
+    let out = status(&all);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "meshd status {all:?}: {stderr}");
+    stdout
+}
+
+#[test]
+fn every_view_on_the_command_line_and_as_json() {
+    let mesh = Mesh::new(50);
+    let _b = mesh.start("b");
+    let _a = mesh.start("a");
+    let open = mesh.allowed();
+    mesh.denied();
+
+    let summary = view(&mesh, &[]);
+    assert!(
+        summary.contains("identity           spiffe://cluster.local/ns/shop/sa/db"),
+        "{summary}"
+    );
+    assert!(summary.contains("generation         1"), "{summary}");
+
+    let workloads = view(&mesh, &["workloads"]);
+    let db = workloads
+        .lines()
+        .find(|l| l.starts_with("shop/db"))
+        .unwrap();
+    assert!(
+        db.contains("yes") && db.contains("shop/db-allow-web ALLOW"),
+        "{workloads}"
+    );
+    assert!(
+        db.contains("shop/deny-admin DENY") && db.contains(":STRICT"),
+        "{workloads}"
+    );
+    assert!(
+        workloads.lines().any(|l| l.starts_with("shop/web  no")),
+        "{workloads}"
+    );
+
+    let services = view(&mesh, &["services"]);
+    assert!(
+        services.contains("db.shop.mesh.internal") && services.contains("240.240.50.10"),
+        "{services}"
+    );
+    assert!(services.contains(&format!("{} ok", mesh.b)), "{services}");
+
+    let policies = view(&mesh, &["policies"]);
+    let audit = policies
+        .lines()
+        .find(|l| l.contains("shop/audit-paths"))
+        .unwrap();
+    assert!(audit.contains("dry-run"), "{policies}");
+    assert!(audit.contains("mesh.yaml:"), "{policies}");
+    assert!(policies.contains("shop/db-strict"), "{policies}");
+
+    let certs = view(&mesh, &["certs"]);
+    assert!(
+        certs.contains("issuer      O=cluster.local, CN=meshd dev CA"),
+        "{certs}"
+    );
+    assert!(certs.contains("cluster.local  O=cluster.local"), "{certs}");
+    assert!(!certs.contains("PRIVATE KEY"), "{certs}");
+
+    // B sees web's tunnel open, with its bytes so far.
+    eventually("the open connection's bytes in the view", || {
+        let json: serde_json::Value =
+            serde_json::from_str(&view(&mesh, &["connections", "--json"])).unwrap();
+        (json["connections"][0]["bytesIn"] == 3000 && json["connections"][0]["bytesOut"] == 3000)
+            .then_some(())
+    });
+    let connections = view(&mesh, &["connections"]);
+    assert!(connections.contains("2.9 KiB  2.9 KiB"), "{connections}");
+    assert!(
+        connections.contains("inbound    spiffe://cluster.local/ns/shop/sa/web"),
+        "{connections}"
+    );
+    assert!(connections.contains("h2+mTLS"), "{connections}");
+
+    let denials = view(&mesh, &["denials"]);
+    assert!(denials.contains("shop/deny-admin"), "{denials}");
+    assert!(denials.contains("denied"), "{denials}");
+
+    // The same as JSON, in the documented shape.
+    let json: serde_json::Value =
+        serde_json::from_str(&view(&mesh, &["denials", "--json"])).unwrap();
+    assert_eq!(json["denials"][0]["policy"], "shop/deny-admin", "{json}");
+    assert_eq!(
+        json["denials"][0]["sourceIdentity"],
+        "spiffe://cluster.local/ns/shop/sa/web"
+    );
+    drop(open);
+    eventually("the closed connection leaves the view", || {
+        view(&mesh, &["connections"])
+            .starts_with("0 open")
+            .then_some(())
+    });
+}
+
+#[test]
+fn meshd_not_running_or_a_wrong_address_is_a_clear_error() {
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 10, 51, 1));
+    // Nothing listens: exit 69, and the message says what to check.
+    let out = status(&["--admin", "127.10.51.1:15000"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("cannot reach meshd's admin endpoint at 127.10.51.1:15000: connection refused (is meshd running?"), "{stderr}");
+
+    // Something else answers (an echo server, not HTTP).
+    let echo = echo_server(SocketAddr::new(ip, 0));
+    let out = status(&["workloads", "--admin", &echo.to_string()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{echo} is not meshd's admin endpoint (wrong --admin address?)"
+        )),
+        "{stderr}"
+    );
+
+    // Not an address at all: the flag parser says so (exit 2).
+    let out = status(&["--admin", "localhost"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'localhost' for '--admin"),
+        "{stderr}"
+    );
+
+    // An unknown view.
+    let out = status(&["secrets"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // The admin address comes from the daemon configuration; switched off, it says so.
+    let ws = Workspace::new();
+    let config = ws.write("off.yaml", "listen: {admin: null}\n");
+    let out = status(&["--config", &config.display().to_string()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("the admin endpoint is off (listen.admin is null)"),
+        "{stderr}"
+    );
+    // And it is where the configuration says: nothing there yet.
+    let config = ws.write("on.yaml", "listen: {admin: '127.10.51.2:15000'}\n");
+    let out = status(&["--config", &config.display().to_string()]);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("at 127.10.51.2:15000: connection refused"),
+        "{stderr}"
+    );
+}
