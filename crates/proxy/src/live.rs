@@ -203,7 +203,7 @@ mod tests {
         let outbound = RecordHandle::open(record(Direction::Outbound), sinks);
         assert_eq!(live.connections().connections.len(), 2);
         let meters = inbound.established();
-        for m in &meters {
+        for m in meters.iter() {
             m.downstream_bytes(100);
             m.upstream_bytes(7);
         }
