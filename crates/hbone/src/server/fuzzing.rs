@@ -36,9 +36,9 @@ impl Server {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let leaf = peer_chain.first().ok_or(Error::Identity(
-            meshd_identity::Error::NoPeerCertificate,
-        ))?;
+        let leaf = peer_chain
+            .first()
+            .ok_or(Error::Identity(meshd_identity::Error::NoPeerCertificate))?;
         let peer_identity = meshd_identity::x509::inspect_leaf(leaf)?.id;
         let parts = ConnectionParts {
             identity: self.identity.clone(),
