@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 use meshd_identity::{Purpose, TrustBundle, TrustDomain, pem, x509};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-/// An hour after the fixtures were made (2026-11-27T23:00:00Z): inside every seed's validity period.
+/// 2026-11-27T23:00:00Z, under an hour after the fixtures were made: inside the validity of
+/// every seed but `expired-short` (1 s).
 pub const FIXTURE_TIME: u64 = 1_795_820_400;
 const CLUSTER_ROOT: &[u8] = include_bytes!("../fixtures/cluster.local-ca.pem");
 const PARTNER_ROOT: &[u8] = include_bytes!("../fixtures/partner.example-ca.pem");
