@@ -34,3 +34,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast
 fi
+# The fuzz targets' committed corpus was replayed above (fuzz/bodies/tests/corpus.rs). A
+# libFuzzer smoke needs cargo-fuzz and an instrumented release build of every dependency
+# (about 10 minutes of 2 cores, more than the rest of the suite), so it runs when asked.
+if [ "${MESHD_FUZZ_SMOKE:-0}" = 1 ]; then
+    scripts/fuzz.sh smoke 5
+fi

@@ -24,6 +24,9 @@ use crate::revoke::{self, PeerChain};
 use crate::service::{BoxError, ConnectService, ConnectionInfo, validate};
 use crate::{Error, ServerSettings, Transport, keepalive};
 
+#[cfg(feature = "fuzzing")]
+mod fuzzing;
+
 /// After the drain deadline, how long connections get to send their final GOAWAY and close.
 const FORCE_GRACE: Duration = Duration::from_secs(1);
 
@@ -359,7 +362,7 @@ async fn serve_connection(
         Ok::<_, Error>((peer_identity, peer_chain, conn, permit))
     };
     // The permit is held by the connection from authentication to its end.
-    let (peer_identity, peer_chain, mut conn, _permit) = tokio::select! {
+    let (peer_identity, peer_chain, conn, _permit) = tokio::select! {
         result = tokio::time::timeout(settings.handshake_timeout, handshake) => match result {
             Ok(Ok(done)) => done,
             Ok(Err(error)) => {
@@ -401,6 +404,23 @@ async fn serve_connection(
         transport: Transport::H2,
         observer: Arc::clone(&server.observer),
     });
+    serve_http2(conn, info, &peer_chain, server, phase).await;
+}
+
+/// Serves an authenticated connection's HTTP/2 until it ends: streams, keepalive, idle timeout,
+/// drain and revocation. Generic over the transport so the fuzz seam (`fuzzing` feature) runs
+/// this very loop over an in-memory pipe.
+async fn serve_http2<IO>(
+    mut conn: h2::server::Connection<IO, Bytes>,
+    info: Arc<ConnectionInfo>,
+    peer_chain: &PeerChain,
+    server: ConnectionParts,
+    mut phase: watch::Receiver<Phase>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let settings = &server.settings;
+    let peer_addr = info.peer_addr;
     let pings = conn.ping_pong();
     let keepalive = async {
         match pings {
@@ -423,7 +443,7 @@ async fn serve_connection(
     // give open ones the grace period, then reset what is left. Graceful rather than abrupt
     // (ztunnel cuts at once on a CRL revocation) so a rotation that drops a root does not cut
     // transfers mid-byte when they could finish; the grace bounds what a revoked peer keeps.
-    let revoked = revoke::revoked(&server.identity, &peer_chain);
+    let revoked = revoke::revoked(&server.identity, peer_chain);
     tokio::pin!(revoked);
     let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut streams = JoinSet::new();
