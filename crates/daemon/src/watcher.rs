@@ -136,9 +136,14 @@ pub fn watch_dir(
 fn relevant(result: &DebounceEventResult, dir: &Path) -> Option<bool> {
     match result {
         Ok(events) => {
+            // The parent is watched only to see `dir` itself come and go: a change to a
+            // sibling (a log file written next to the configuration directory, say) is not a
+            // configuration change, and reloading on it could feed itself through the reload's
+            // own log line.
             let changes: Vec<_> = events
                 .iter()
                 .filter(|e| !matches!(e.kind, EventKind::Access(_)))
+                .filter(|e| e.paths.iter().any(|p| p.starts_with(dir)))
                 .collect();
             (!changes.is_empty()).then(|| changes.iter().any(|e| e.paths.iter().any(|p| p == dir)))
         }

@@ -152,3 +152,23 @@ fn reading_the_directory_does_not_trigger_a_reload() {
     }
     assert_eq!(c.settle(), before);
 }
+
+#[test]
+fn files_beside_the_directory_do_not_trigger_a_reload() {
+    // The parent is watched to see the directory come and go; a log file written next to it
+    // reloaded meshd on every line, and each reload logged a line (found by benches/e2e).
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("conf.d");
+    std::fs::create_dir(&dir).unwrap();
+    let c = Counter::new(&dir);
+    let before = c.settle();
+    for i in 0..5 {
+        std::fs::write(root.path().join("meshd.log"), format!("line {i}\n")).unwrap();
+        // A sibling whose name merely starts with the directory's.
+        std::fs::write(root.path().join("conf.d-old"), "x\n").unwrap();
+        std::fs::create_dir_all(root.path().join("conf.d.new/sub")).unwrap();
+    }
+    assert_eq!(c.settle(), before, "a sibling's change reloaded");
+    std::fs::write(dir.join("a.yaml"), "a: 1\n").unwrap();
+    c.changed_since(before, "a file in the directory");
+}
