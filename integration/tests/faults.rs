@@ -394,6 +394,17 @@ fn peers_that_stall_the_tls_handshake_or_the_http2_preface_time_out() {
         .run(|| TcpListener::bind("10.215.0.4:15008"))
         .unwrap();
     let _h2_stall = Reaped(openssl(notsleep, "s_server", "10.215.0.5:15008"));
+    // The stalling server must be listening before traffic heads its way: otherwise the first
+    // connection meets a closed port, not a stall (seen once in CI on a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while notsleep
+        .ns
+        .run(|| TcpStream::connect("10.215.0.5:15008"))
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "openssl s_server never listened");
+        thread::sleep(Duration::from_millis(20));
+    }
     // The server-side stallers, from notsleep to httpbin's HBONE port.
     let mut silent = notsleep
         .ns
