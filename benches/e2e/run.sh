@@ -11,7 +11,11 @@
 # Usage (Linux, as root, from the repository root):  benches/e2e/run.sh
 # Environment: RUNS (default 3), BULK_SECONDS (10), CONNECTS (2000), ROUND_TRIPS (20000),
 # HELD (1000), SETTLE (30), RESULTS (file for the raw figures; default a temporary file),
-# NO_BUILD=1 to use the release binaries already built.
+# NO_BUILD=1 to use the release binaries already built, MESHD=path to measure another meshd
+# binary (an allocator variant), PHASES (default "idle cold connect hold rr bulk": which
+# measurements to take), PROFILE=heaptrack|perf to run both meshd processes under that profiler
+# (heap profiles or perf call graphs land in PROFILE_DIR, default /tmp/meshd-profile; the
+# figures of a profiled run are not comparable with an unprofiled one).
 # It installs iperf3 and haproxy with apt-get when they are missing. Addresses: 10.214.0.0/24
 # inside its own namespaces only; everything it creates is removed on exit, also on failure.
 set -euo pipefail
@@ -22,6 +26,10 @@ CONNECTS=${CONNECTS:-2000}
 ROUND_TRIPS=${ROUND_TRIPS:-20000}
 HELD=${HELD:-1000}
 SETTLE=${SETTLE:-30}
+PHASES=" ${PHASES:-idle cold connect hold rr bulk} "
+PROFILE=${PROFILE:-}
+PROFILE_DIR=${PROFILE_DIR:-/tmp/meshd-profile}
+phase() { [[ $PHASES == *" $1 "* ]]; }
 
 CLIENT_IP=10.214.0.1
 SERVER_IP=10.214.0.2
@@ -54,7 +62,7 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 if [[ -z ${NO_BUILD:-} ]]; then
     (cd "$ROOT" && cargo build --release --locked -p meshd -p meshd-bench-e2e >&2)
 fi
-MESHD=$TARGET/release/meshd
+MESHD=${MESHD:-$TARGET/release/meshd}
 TOOL=$TARGET/release/meshd-bench
 
 WORK=$(mktemp -d /tmp/meshd-bench.XXXXXX)
@@ -210,11 +218,42 @@ wait_port() { # netns ip:port
     echo "nothing listens on $2 in $1" >&2
     exit 1
 }
-start_meshd() {
-    start MESHD_S meshd-server "$NS_S" "$MESHD" run --config "$WORK/server.yaml"
-    start MESHD_C meshd-client "$NS_C" "$MESHD" run --config "$WORK/client.yaml"
+# The profiler wrapping meshd, if any: its output goes to PROFILE_DIR/<side>.<run>.
+profiler() { # side run
+    case $PROFILE in
+        "") ;;
+        heaptrack) echo heaptrack --record-only -o "$PROFILE_DIR/heaptrack.$1.$2" ;;
+        perf) echo perf record -F 999 -g --call-graph dwarf,16384 -o "$PROFILE_DIR/perf.$1.$2.data" -- ;;
+        *) echo "PROFILE=$PROFILE: expected heaptrack or perf" >&2; exit 1 ;;
+    esac
+}
+# Under a profiler the started process is the profiler; the measured one is its meshd child.
+meshd_pid() { # wrapper-pid config
+    [[ -z $PROFILE ]] && { echo "$1"; return; }
+    for _ in $(seq 100); do
+        local pid
+        pid=$(pgrep -n -f "^$MESHD run --config $2\$" || true)
+        [[ -n $pid ]] && { echo "$pid"; return; }
+        sleep 0.1
+    done
+    echo "no meshd under the profiler for $2" >&2
+    exit 1
+}
+start_meshd() { # run
+    mkdir -p "$PROFILE_DIR"
+    # shellcheck disable=SC2046 # the profiler's words
+    start WRAP_S meshd-server "$NS_S" $(profiler server "$1") "$MESHD" run --config "$WORK/server.yaml"
+    # shellcheck disable=SC2046
+    start WRAP_C meshd-client "$NS_C" $(profiler client "$1") "$MESHD" run --config "$WORK/client.yaml"
     wait_for "$WORK/log/meshd-server.out" "meshd ready" "server meshd"
     wait_for "$WORK/log/meshd-client.out" "meshd ready" "client meshd"
+    MESHD_S=$(meshd_pid "$WRAP_S" "$WORK/server.yaml")
+    MESHD_C=$(meshd_pid "$WRAP_C" "$WORK/client.yaml")
+}
+stop_meshd() { # the profiler writes its output once meshd exits
+    kill "$MESHD_C" "$MESHD_S" 2>/dev/null || true
+    stop "$WRAP_C"
+    stop "$WRAP_S"
 }
 start_relay() {
     start HAPROXY_S haproxy-server "$NS_S" haproxy -db -f "$WORK/haproxy-server.cfg"
@@ -252,46 +291,58 @@ ECHO_ADDR=$SERVER_IP:$ECHO_PORT
 for run in $(seq "$RUNS"); do
     echo "run $run of $RUNS" >&2
     # Fresh proxies each run: idle memory and the first connection are measured on them.
-    start_meshd
+    start_meshd "$run"
     start_relay
     sleep 1
-    for m in relay meshd; do
-        for side in client server; do
-            pid=$(pids_of $m | tr ',' '\n' | grep "^$side=" | cut -d= -f2)
-            "$TOOL" rss "$pid" | sed "s/^rss_kib/rss_kib.$side/" | record "$run" $m idle.
+    if phase idle; then
+        for m in relay meshd; do
+            for side in client server; do
+                pid=$(pids_of $m | tr ',' '\n' | grep "^$side=" | cut -d= -f2)
+                "$TOOL" rss "$pid" | sed "s/^rss_kib/rss_kib.$side/" | record "$run" $m idle.
+            done
         done
-    done
-    for m in meshd relay direct; do
-        mode $m
-        in_c "$TOOL" connect --to $ECHO_ADDR --count 1 | record "$run" $m cold.
-    done
-    for m in direct relay meshd; do
-        mode $m
-        in_c "$TOOL" connect --to $ECHO_ADDR --count "$CONNECTS" | record "$run" $m connect.
-        if [[ $m == meshd ]]; then
-            n=$(in_c ss -Htn state established "dst $SERVER_IP:15008" | wc -l)
-            echo "connections $n" | record "$run" $m hbone.
-        fi
-    done
-    for m in relay meshd; do
-        mode $m
-        in_c "$TOOL" hold --to $ECHO_ADDR --count "$HELD" --pids "$(pids_of $m)" --settle "$SETTLE" |
-            record "$run" $m hold.
-    done
-    for m in direct relay meshd; do
-        mode $m
-        in_c "$TOOL" rr --to $ECHO_ADDR --count "$ROUND_TRIPS" --size 1024 | record "$run" $m rr.
-    done
-    for m in direct relay meshd; do
-        mode $m
-        pids=$(pids_of $m)
-        for p in 1 8; do
-            in_c "$TOOL" bulk --to $SERVER_IP:$IPERF_PORT --seconds "$BULK_SECONDS" --parallel $p \
-                ${pids:+--pids "$pids"} | record "$run" $m "bulk$p."
+    fi
+    if phase cold; then
+        for m in meshd relay direct; do
+            mode $m
+            in_c "$TOOL" connect --to $ECHO_ADDR --count 1 | record "$run" $m cold.
         done
-    done
+    fi
+    if phase connect; then
+        for m in direct relay meshd; do
+            mode $m
+            in_c "$TOOL" connect --to $ECHO_ADDR --count "$CONNECTS" | record "$run" $m connect.
+            if [[ $m == meshd ]]; then
+                n=$(in_c ss -Htn state established "dst $SERVER_IP:15008" | wc -l)
+                echo "connections $n" | record "$run" $m hbone.
+            fi
+        done
+    fi
+    if phase hold; then
+        for m in relay meshd; do
+            mode $m
+            in_c "$TOOL" hold --to $ECHO_ADDR --count "$HELD" --pids "$(pids_of $m)" --settle "$SETTLE" |
+                record "$run" $m hold.
+        done
+    fi
+    if phase rr; then
+        for m in direct relay meshd; do
+            mode $m
+            in_c "$TOOL" rr --to $ECHO_ADDR --count "$ROUND_TRIPS" --size 1024 | record "$run" $m rr.
+        done
+    fi
+    if phase bulk; then
+        for m in direct relay meshd; do
+            mode $m
+            pids=$(pids_of $m)
+            for p in 1 8; do
+                in_c "$TOOL" bulk --to $SERVER_IP:$IPERF_PORT --seconds "$BULK_SECONDS" --parallel $p \
+                    ${pids:+--pids "$pids"} | record "$run" $m "bulk$p."
+            done
+        done
+    fi
     mode direct
-    stop "$MESHD_C"; stop "$MESHD_S"; stop "$HAPROXY_C"; stop "$HAPROXY_S"
+    stop_meshd; stop "$HAPROXY_C"; stop "$HAPROXY_S"
 done
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"

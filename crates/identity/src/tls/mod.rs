@@ -29,16 +29,33 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// The shared crypto provider: aws-lc-rs, TLS 1.3 suites AES-256-GCM and AES-128-GCM only (as
 /// ztunnel: no ChaCha20), and aws-lc-rs' default key-exchange groups, which include the hybrid
 /// post-quantum X25519MLKEM768 that a ztunnel in `COMPLIANCE_POLICY=pqc` mode insists on.
+///
+/// The first call also seeds aws-lc's random generator (see [`warm_up`]), so that cost falls
+/// on whoever builds the first TLS config (meshd's start-up), not on the first handshake.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| {
-            Arc::new(CryptoProvider {
+            let provider = Arc::new(CryptoProvider {
                 cipher_suites: vec![TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256],
                 ..rustls::crypto::aws_lc_rs::default_provider()
-            })
+            });
+            warm_up(&provider);
+            provider
         })
         .clone()
+}
+
+/// Seeds aws-lc's process-wide random generator. Its first use gathers CPU-jitter entropy,
+/// about 50 ms of one core on the benchmark machines; every later use, on any thread, takes
+/// microseconds. Unseeded, the first handshake on each side paid it: the first connection after
+/// a fresh start took 120–160 ms instead of a few (benches/e2e, `first connection`).
+fn warm_up(provider: &CryptoProvider) {
+    let mut scratch = [0u8; 32];
+    if provider.secure_random.fill(&mut scratch).is_err() {
+        // Not fatal here: the handshake that needs randomness reports the failure itself.
+        tracing::warn!("the random generator failed its first use; TLS handshakes may fail");
+    }
 }
 
 /// The `ServerName` to dial with: SPIFFE forbids DNS-name checks and SNI is off, so this value
