@@ -222,7 +222,7 @@ wait_port() { # netns ip:port
 profiler() { # side run
     case $PROFILE in
         "") ;;
-        heaptrack) echo heaptrack --record-only -o "$PROFILE_DIR/heaptrack.$1.$2" ;;
+        heaptrack) echo heaptrack -o "$PROFILE_DIR/heaptrack.$1.$2" ;;
         perf) echo perf record -F 999 -g --call-graph dwarf,16384 -o "$PROFILE_DIR/perf.$1.$2.data" -- ;;
         *) echo "PROFILE=$PROFILE: expected heaptrack or perf" >&2; exit 1 ;;
     esac
