@@ -74,9 +74,11 @@ fn bench(c: &mut Criterion) {
     // connection. The proxy hands established and closed the record marked established.
     let mut done = record.clone();
     done.established = true;
+    // The metrics sink ignores the live reference; any will do.
+    let live = RecordHandle::detached(record.clone()).reference();
     group.bench_function("metrics_sink_calls_only", |b| {
         b.iter(|| {
-            metrics.opened(&record);
+            metrics.opened(&record, &live);
             let meter = metrics.established(&done);
             if let Some(meter) = &meter {
                 meter.downstream_bytes(black_box(1500));

@@ -1,6 +1,8 @@
 //! The server side: accept mTLS, serve HTTP/2, hand each CONNECT to the caller's service.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+
+use futures::FutureExt as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -531,39 +533,62 @@ pub(crate) async fn sleep_opt(sleep: &mut Option<Pin<Box<tokio::time::Sleep>>>) 
 }
 
 /// Answers one CONNECT: validates it, then runs the caller's service on it in this task.
-async fn serve_stream(
+///
+/// Validation and the service call happen before the task's future is built, so the future
+/// (what every open tunnel costs for its lifetime) holds the service's future and the stream's
+/// answer, not the request it was made from.
+fn serve_stream(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     info: Arc<ConnectionInfo>,
-    service: ConnectService,
-) {
+    mut service: ConnectService,
+) -> impl Future<Output = ()> + Send + 'static {
     let (parts, body) = request.into_parts();
     let authority = parts.uri.authority().map(|a| a.as_str());
-    let request = match validate(&info, &parts.method, authority, &parts.headers) {
-        Ok(request) => request,
+    let validated = validate(&info, &parts.method, authority, &parts.headers);
+    drop(parts);
+    let served = match validated {
+        Ok(request) => {
+            let respond = Arc::new(std::sync::Mutex::new(Some(respond)));
+            let inbound = Inbound {
+                request,
+                responder: Responder::h2(Arc::clone(&respond), body),
+            };
+            // meshd's services are always ready; one that is not waits in a boxed future.
+            let served = match tower::ServiceExt::ready(&mut service).now_or_never() {
+                Some(Ok(ready)) => ready.call(inbound),
+                Some(Err(error)) => Box::pin(std::future::ready(Err(error))),
+                None => Box::pin(async move {
+                    tower::ServiceExt::ready(&mut service)
+                        .await?
+                        .call(inbound)
+                        .await
+                }),
+            };
+            Some((served, respond))
+        }
         Err(status) => {
             // END_STREAM on the response head; h2 follows with RST_STREAM(NO_ERROR) for the
             // unread request side, as ztunnel's wire trace shows.
             let _ = respond.send_response(response(status), true);
+            None
+        }
+    };
+    async move {
+        let Some((served, respond)) = served else {
             return;
-        }
-    };
-    let respond = Arc::new(std::sync::Mutex::new(Some(respond)));
-    let inbound = Inbound {
-        request,
-        responder: Responder::h2(Arc::clone(&respond), body),
-    };
-    let served = tower::ServiceExt::oneshot(service, inbound);
-    // A client that gives up (RST_STREAM) before the answer cancels the service's future: its
-    // authorization and its upstream dial.
-    tokio::select! {
-        served = served => {
-            if let Err(error) = served {
-                tracing::warn!(src.addr = %info.peer_addr, %error, "connect service failed");
+        };
+        // A client that gives up (RST_STREAM) before the answer cancels the service's future:
+        // its authorization and its upstream dial.
+        tokio::select! {
+            served = served => {
+                if let Err(error) = served {
+                    tracing::warn!(src.addr = %info.peer_addr, %error, "connect service failed");
+                }
             }
-        }
-        () = reset_before_answer(&respond) => {
-            tracing::debug!(src.addr = %info.peer_addr, "client reset the CONNECT before it was answered");
+            () = reset_before_answer(&respond) => {
+                tracing::debug!(src.addr = %info.peer_addr, "client reset the CONNECT before it was answered");
+            }
         }
     }
 }

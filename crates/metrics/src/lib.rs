@@ -29,7 +29,7 @@ mod value;
 
 use std::sync::Arc;
 
-use meshd_proxy::record::{ByteMeter, ConnectionRecord, RecordSink};
+use meshd_proxy::record::{ByteMeter, ConnectionRecord, RecordRef, RecordSink};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -160,7 +160,7 @@ impl Metrics {
 }
 
 impl RecordSink for Metrics {
-    fn opened(&self, record: &ConnectionRecord) {
+    fn opened(&self, record: &ConnectionRecord, _live: &RecordRef) {
         self.0.traffic.opened(record);
     }
 

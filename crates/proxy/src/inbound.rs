@@ -89,11 +89,14 @@ impl Service<Inbound> for HboneInbound {
     }
 
     fn call(&mut self, inbound: Inbound) -> Self::Future {
-        let conn = self.conn(inbound);
-        let stack = self.stack.clone();
+        // The set-up (the stack's futures, the request) has its own allocation, freed once the
+        // tunnel is established: a held tunnel keeps only its relay.
+        let setup = Box::pin(self.stack.clone().oneshot(self.conn(inbound)));
         Box::pin(async move {
-            // The stack answers through the downstream; its error is in the record already.
-            let _ = stack.oneshot(conn).await;
+            // The stack answers through the downstream; errors are in the record already.
+            if let Ok(relay) = setup.await {
+                let _ = relay.run().await;
+            }
             Ok(())
         })
     }

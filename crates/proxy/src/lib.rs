@@ -36,6 +36,7 @@ pub mod own_ports;
 pub mod plugins;
 pub mod record;
 pub mod registry;
+pub mod relay;
 pub mod runtime;
 pub mod socks5;
 pub mod stack;

@@ -3,7 +3,9 @@
 //! the last [`DENIALS_KEPT`] refused or denied ones.
 //!
 //! The data path pays one lock per open, establish and close (a map insert or remove), and
-//! per byte an atomic add on the meter `established` hands out: never a lock per read.
+//! per byte an atomic add on the meter `established` hands out: never a lock per read. An open
+//! connection costs a map entry with a reference to its record, which the views read when
+//! asked: no copy of the record's strings (a copy was ~1.2 KB of each held connection).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,15 +16,16 @@ use meshd_status::view;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::record::{ByteMeter, ConnectionRecord, Outcome, RecordSink};
+use crate::record::{ByteMeter, ConnectionRecord, Outcome, RecordRef, RecordSink};
 
 /// How many refused or denied connections are kept: enough to look back over a burst of
 /// scans without the ring itself becoming a memory cost (a few hundred bytes each).
 pub const DENIALS_KEPT: usize = 256;
 
-/// One open connection: the record as of its last phase, and its live byte counts.
+/// One open connection: its record, read when a view is asked for, and its live byte counts.
+#[derive(Clone)]
 struct Open {
-    record: ConnectionRecord,
+    record: RecordRef,
     meter: Arc<Meter>,
 }
 
@@ -83,30 +86,32 @@ impl Live {
     /// The open connections, oldest first.
     pub fn connections(&self) -> view::Connections {
         let now = SystemTime::now();
-        let mut connections: Vec<(SystemTime, view::Connection)> = self
-            .tables()
-            .open
-            .values()
-            .map(|o| {
-                let r = &o.record;
-                let age = now.duration_since(r.started).unwrap_or_default();
-                let connection = view::Connection {
-                    id: r.id.clone(),
-                    direction: r.direction.to_string(),
-                    established: r.established,
-                    source: r.source_addr.to_string(),
-                    source_identity: r.source_identity.clone(),
-                    destination: r.destination.clone(),
-                    upstream: r.upstream_addr.map(|a| a.to_string()),
-                    destination_identity: r.destination_identity.clone(),
-                    transport: r.transport.clone().unwrap_or_else(|| "tcp".into()),
-                    mtls: r.mtls,
-                    bytes_in: o.meter.downstream.load(Ordering::Relaxed),
-                    bytes_out: o.meter.upstream.load(Ordering::Relaxed),
-                    started: rfc3339(r.started),
-                    age_seconds: age.as_secs_f64(),
-                };
-                (r.started, connection)
+        // Copied out first: a record is read under its own lock, which must never be taken
+        // while holding the tables' (sinks are told under the record's lock).
+        let open: Vec<Open> = self.tables().open.values().cloned().collect();
+        let mut connections: Vec<(SystemTime, view::Connection)> = open
+            .iter()
+            .filter_map(|o| {
+                o.record.read(|r| {
+                    let age = now.duration_since(r.started).unwrap_or_default();
+                    let connection = view::Connection {
+                        id: r.id.clone(),
+                        direction: r.direction.to_string(),
+                        established: r.established,
+                        source: r.source_addr.to_string(),
+                        source_identity: r.source_identity.clone(),
+                        destination: r.destination.clone(),
+                        upstream: r.upstream_addr.map(|a| a.to_string()),
+                        destination_identity: r.destination_identity.clone(),
+                        transport: r.transport.clone().unwrap_or_else(|| "tcp".into()),
+                        mtls: r.mtls,
+                        bytes_in: o.meter.downstream.load(Ordering::Relaxed),
+                        bytes_out: o.meter.upstream.load(Ordering::Relaxed),
+                        started: rfc3339(r.started),
+                        age_seconds: age.as_secs_f64(),
+                    };
+                    (r.started, connection)
+                })
             })
             .collect();
         connections.sort_by_key(|(started, _)| *started);
@@ -133,18 +138,17 @@ impl Live {
 }
 
 impl RecordSink for Live {
-    fn opened(&self, record: &ConnectionRecord) {
+    fn opened(&self, record: &ConnectionRecord, live: &RecordRef) {
         let open = Open {
-            record: record.clone(),
+            record: live.clone(),
             meter: Arc::default(),
         };
         self.tables().open.insert(record.serial, open);
     }
 
     fn established(&self, record: &ConnectionRecord) -> Option<Arc<dyn ByteMeter>> {
-        let mut tables = self.tables();
-        let open = tables.open.get_mut(&record.serial)?;
-        open.record = record.clone();
+        let tables = self.tables();
+        let open = tables.open.get(&record.serial)?;
         Some(open.meter.clone())
     }
 

@@ -251,6 +251,23 @@ struct Shared {
     sinks: Sinks,
 }
 
+/// A sink's view of an open record: reads it as it is now without keeping it (or the
+/// connection's close) alive, so a sink that shows open connections needs no copy of each.
+#[derive(Debug, Clone)]
+pub struct RecordRef(std::sync::Weak<Shared>);
+
+impl RecordRef {
+    /// `f` on the record as it is now; `None` once the connection is gone.
+    ///
+    /// Takes the record's lock: never call it while holding a lock a sink takes when told
+    /// of a record (sinks are told under the record's lock).
+    pub fn read<R>(&self, f: impl FnOnce(&ConnectionRecord) -> R) -> Option<R> {
+        let shared = self.0.upgrade()?;
+        let guard = shared.record.lock().unwrap_or_else(|e| e.into_inner());
+        Some(f(&guard.record))
+    }
+}
+
 /// A record and the meters handed out for it, under one lock.
 struct Open {
     record: ConnectionRecord,
@@ -277,14 +294,25 @@ impl Drop for Shared {
 impl RecordHandle {
     /// Opens a record: the sinks are told now, and again when the last handle is dropped.
     pub fn open(record: ConnectionRecord, sinks: Sinks) -> Self {
-        sinks.opened(&record);
-        RecordHandle(Arc::new(Shared {
+        let shared = Arc::new(Shared {
             record: Mutex::new(Open {
                 record,
                 meters: None,
             }),
             sinks,
-        }))
+        });
+        {
+            let guard = shared.record.lock().unwrap_or_else(|e| e.into_inner());
+            shared
+                .sinks
+                .opened(&guard.record, &RecordRef(Arc::downgrade(&shared)));
+        }
+        RecordHandle(shared)
+    }
+
+    /// A reference that reads the record without keeping it open.
+    pub fn reference(&self) -> RecordRef {
+        RecordRef(Arc::downgrade(&self.0))
     }
 
     /// A record no sink sees (tests, tools).
@@ -345,8 +373,8 @@ impl RecordHandle {
 
 /// A consumer of connection records (metrics, access log, admin).
 pub trait RecordSink: Send + Sync + 'static {
-    /// A connection was accepted.
-    fn opened(&self, _record: &ConnectionRecord) {}
+    /// A connection was accepted; `live` reads the record later, as it is then.
+    fn opened(&self, _record: &ConnectionRecord, _live: &RecordRef) {}
     /// The connection was allowed and both sides are connected: its labels are final. A sink
     /// that counts bytes as they flow returns its meter.
     fn established(&self, _record: &ConnectionRecord) -> Option<Arc<dyn ByteMeter>> {
@@ -367,9 +395,9 @@ impl Sinks {
     }
 
     /// Tells every sink a connection opened.
-    pub fn opened(&self, record: &ConnectionRecord) {
+    pub fn opened(&self, record: &ConnectionRecord, live: &RecordRef) {
         for sink in self.0.iter() {
-            sink.opened(record);
+            sink.opened(record, live);
         }
     }
 
@@ -438,7 +466,7 @@ mod tests {
     struct Sink(Arc<Counting>);
 
     impl RecordSink for Sink {
-        fn opened(&self, _record: &ConnectionRecord) {
+        fn opened(&self, _record: &ConnectionRecord, _live: &RecordRef) {
             self.0.opened.fetch_add(1, Ordering::Relaxed);
         }
         fn established(&self, _record: &ConnectionRecord) -> Option<Arc<dyn ByteMeter>> {

@@ -24,6 +24,7 @@ use crate::own_ports::OwnPorts;
 use crate::plugins::{PluginError, PluginRegistry};
 use crate::record::{ConnectionRecord, Direction, Outcome, RecordHandle, Sinks, WorkloadMeta};
 use crate::registry::Workload;
+use crate::relay::Relay;
 use crate::socks5;
 use crate::stack::{self, Plugins};
 use crate::state::ProxyState;
@@ -318,7 +319,31 @@ struct Entry {
 }
 
 impl Entry {
-    async fn handle(self, stream: TcpStream, source: SocketAddr, accepted: Accepted) {
+    /// Serves one accepted connection. The set-up runs in its own allocation, freed once the
+    /// connection is established: the task then holds only the relay.
+    fn handle(
+        self,
+        stream: TcpStream,
+        source: SocketAddr,
+        accepted: Accepted,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let setup = Box::pin(self.establish(stream, source, accepted));
+        async move {
+            if let Some(relay) = setup.await {
+                // Its failure is in the record already.
+                let _ = relay.run().await;
+            }
+        }
+    }
+
+    /// Takes a connection through the stack: the relay to run, or `None` when it was refused
+    /// or failed (and recorded as such).
+    async fn establish(
+        self,
+        stream: TcpStream,
+        source: SocketAddr,
+        accepted: Accepted,
+    ) -> Option<Relay> {
         let _ = stream.set_nodelay(true);
         let state = self.states.borrow().clone();
         let trace_id = TraceParent::random().to_string();
@@ -334,14 +359,14 @@ impl Entry {
                 Err(e) => {
                     let reason = format!("no original destination (was it redirected?): {e}");
                     record.fail_with(Outcome::Handshake, reason);
-                    return;
+                    return None;
                 }
             },
             Accepted::Socks5 => match socks5::handshake(stream, socks5::HANDSHAKE_TIMEOUT).await {
                 Ok((request, target)) => (target, Box::new(request)),
                 Err(e) => {
                     record.fail_with(Outcome::Handshake, e.to_string());
-                    return;
+                    return None;
                 }
             },
             Accepted::Fixed(target) => (target, Box::new(stream)),
@@ -361,7 +386,7 @@ impl Entry {
             },
             downstream,
         };
-        let _ = self.stack.oneshot(conn).await;
+        self.stack.oneshot(conn).await.ok()
     }
 }
 

@@ -1,19 +1,19 @@
 //! Inbound authorization: the destination must be a local workload, and the policy engine must
-//! allow the connection. Allowed connections stay watched: when a new configuration denies
-//! them, they are closed.
+//! allow the connection. Allowed connections stay watched (by their [`Relay`]): when a new
+//! configuration denies them, they are closed.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use meshd_rbac::{Connection, Destination, Peer};
 use tower::{Layer, Service};
 
-use crate::conn::{Conn, ConnCtx, Refusal, Target, Upstream};
+use crate::conn::{Conn, Refusal, Target, Upstream};
 use crate::error::ProxyError;
 use crate::own_ports::OwnPorts;
-use crate::record::Verdict;
+use crate::record::{RecordHandle, Verdict};
+use crate::relay::Relay;
 use crate::state::ProxyState;
 
 /// Adds [`Authorize`].
@@ -55,16 +55,40 @@ struct Facts {
     destination: SocketAddr,
 }
 
+/// Re-decides an established connection under a new configuration; a denial closes it.
+fn recheck(state: &ProxyState, facts: &Facts, record: &RecordHandle) -> Result<(), ProxyError> {
+    let Err((_, error)) = decide(state, facts, record) else {
+        return Ok(());
+    };
+    let (policy, reason) = match error {
+        ProxyError::Denied { policy, reason } => (policy, reason),
+        other => (None, other.to_string()),
+    };
+    tracing::info!(
+        target: "meshd::authz",
+        source = %facts.source,
+        destination = %facts.destination,
+        policy = policy.as_deref().unwrap_or("-"),
+        generation = state.generation,
+        "closing connection after a configuration change: {reason}"
+    );
+    Err(ProxyError::ClosedByPolicyChange { policy, reason })
+}
+
 /// Decides one connection under one configuration: the destination workload and verdict, or
 /// the refusal and error.
-fn decide(state: &ProxyState, facts: &Facts, ctx: &ConnCtx) -> Result<(), (Refusal, ProxyError)> {
+fn decide(
+    state: &ProxyState,
+    facts: &Facts,
+    record: &RecordHandle,
+) -> Result<(), (Refusal, ProxyError)> {
     let Some(workload) = state.registry.local_workload(facts.destination) else {
         return Err((
             Refusal::BadDestination,
             ProxyError::BadDestination(facts.destination.to_string()),
         ));
     };
-    ctx.record.update(|r| {
+    record.update(|r| {
         r.destination_workload = Some(workload.key.clone());
         r.destination_workload_meta = Some(workload.meta());
         r.destination_identity = Some(state.spiffe_id(workload));
@@ -74,7 +98,7 @@ fn decide(state: &ProxyState, facts: &Facts, ctx: &ConnCtx) -> Result<(), (Refus
         Err(e) => {
             // An identity outside Istio's form can match no principal or namespace: fail closed.
             let reason = format!("peer identity is not an Istio workload identity: {e}");
-            ctx.record.update(|r| {
+            record.update(|r| {
                 r.verdict = Some(Verdict {
                     allowed: false,
                     policy: None,
@@ -103,7 +127,7 @@ fn decide(state: &ProxyState, facts: &Facts, ctx: &ConnCtx) -> Result<(), (Refus
     let decision = state.engine.decide(&connection);
     let policy = decision.policy().map(ToString::to_string);
     let reason = decision.to_string();
-    ctx.record.update(|r| {
+    record.update(|r| {
         r.verdict = Some(Verdict {
             allowed: decision.allowed(),
             policy: policy.clone(),
@@ -127,12 +151,12 @@ fn decide(state: &ProxyState, facts: &Facts, ctx: &ConnCtx) -> Result<(), (Refus
 
 impl<S> Service<Conn> for Authorize<S>
 where
-    S: Service<Conn, Response = (), Error = ProxyError> + Clone + Send + 'static,
+    S: Service<Conn, Response = Relay, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send,
 {
-    type Response = ();
+    type Response = Relay;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<(), ProxyError>>;
+    type Future = BoxFuture<'static, Result<Relay, ProxyError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -164,44 +188,22 @@ where
                 peer: conn.ctx.peer.clone(),
                 destination,
             };
-            if let Err((refusal, error)) = decide(&conn.ctx.state, &facts, &conn.ctx) {
+            if let Err((refusal, error)) = decide(&conn.ctx.state, &facts, &conn.ctx.record) {
                 return Err(conn.refuse(refusal, error).await);
             }
             conn.ctx.upstream = Some(Upstream::Direct(destination));
             conn.ctx
                 .record
                 .update(|r| r.upstream_addr = Some(destination));
-            let ctx = conn.ctx.clone();
-            let mut updates = conn.ctx.updates.clone();
-            let connection = inner.call(conn);
-            tokio::pin!(connection);
-            loop {
-                tokio::select! {
-                    result = &mut connection => return result,
-                    changed = updates.changed() => {
-                        if changed.is_err() {
-                            return connection.await; // no more configurations will come
-                        }
-                        let state: Arc<ProxyState> = updates.borrow_and_update().clone();
-                        if let Err((_, error)) = decide(&state, &facts, &ctx) {
-                            let (policy, reason) = match error {
-                                ProxyError::Denied { policy, reason } => (policy, reason),
-                                other => (None, other.to_string()),
-                            };
-                            tracing::info!(
-                                target: "meshd::authz",
-                                source = %facts.source,
-                                destination = %facts.destination,
-                                policy = policy.as_deref().unwrap_or("-"),
-                                generation = state.generation,
-                                "closing connection after a configuration change: {reason}"
-                            );
-                            // Dropping the stack's future closes both sides.
-                            return Err(ProxyError::ClosedByPolicyChange { policy, reason });
-                        }
-                    }
-                }
-            }
+            let record = conn.ctx.record.clone();
+            let updates = conn.ctx.updates.clone();
+            let mut relay = inner.call(conn).await?;
+            // Kept for the connection's lifetime: the facts and the record, not the context.
+            relay.recheck(
+                updates,
+                Box::new(move |state: &ProxyState| recheck(state, &facts, &record)),
+            );
+            Ok(relay)
         })
     }
 }

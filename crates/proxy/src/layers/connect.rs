@@ -1,5 +1,5 @@
-//! The terminal stage of every stack: connect upstream, answer the downstream side, and copy
-//! bytes both ways until both sides are done.
+//! The terminal stage of every stack: connect upstream and answer the downstream side. The
+//! connected pair goes back up the stack as a [`Relay`], which the entry point runs.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use tower::Service;
 
 use crate::conn::{BoxIo, Conn, Refusal, ResetHandle, TunnelRequest, Upstream};
 use crate::error::ProxyError;
-use crate::metered::{Metered, Side};
+use crate::relay::Relay;
 
 /// How long a plain TCP connect may take, as ztunnel's connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,9 +55,9 @@ impl Connect {
 }
 
 impl Service<Conn> for Connect {
-    type Response = ();
+    type Response = Relay;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<(), ProxyError>>;
+    type Future = BoxFuture<'static, Result<Relay, ProxyError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
@@ -71,7 +71,7 @@ impl Service<Conn> for Connect {
                 return Err(conn.refuse(Refusal::BadDestination, error).await);
             };
             let mut upstream_reset = None;
-            let mut upstream_io = match upstream {
+            let upstream_io = match upstream {
                 Upstream::Direct(addr) => match connector.direct(addr).await {
                     Ok((io, reset)) => {
                         upstream_reset = reset;
@@ -115,45 +115,17 @@ impl Service<Conn> for Connect {
             };
             let record = conn.ctx.record.clone();
             let downstream_reset = conn.downstream.reset_handle();
-            let mut downstream = conn
+            let downstream = conn
                 .downstream
                 .accept()
                 .await
                 .map_err(ProxyError::Downstream)?;
-            let meters = record.established();
-            let copied = if meters.is_empty() {
-                copy(&mut downstream, &mut upstream_io).await
-            } else {
-                let mut downstream = Metered::new(downstream, Side::Downstream, meters.clone());
-                let mut upstream = Metered::new(upstream_io, Side::Upstream, meters);
-                copy(&mut downstream, &mut upstream).await
-            };
-            match copied {
-                Ok((bytes_in, bytes_out)) => {
-                    record.update(|r| {
-                        r.bytes_in = bytes_in;
-                        r.bytes_out = bytes_out;
-                    });
-                    Ok(())
-                }
-                Err(e) => {
-                    // One side failed (a reset, an I/O error): the other side's application must
-                    // see the cut as an error too, not as a clean end of a shorter stream.
-                    for handle in [&downstream_reset, &upstream_reset].into_iter().flatten() {
-                        handle.reset();
-                    }
-                    Err(ProxyError::Copy(e))
-                }
-            }
+            Ok(Relay::new(
+                downstream,
+                upstream_io,
+                record,
+                [downstream_reset, upstream_reset],
+            ))
         })
     }
-}
-
-/// Copies both ways until both sides are done; (downstream → upstream, upstream → downstream).
-async fn copy<D, U>(downstream: &mut D, upstream: &mut U) -> io::Result<(u64, u64)>
-where
-    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-{
-    crate::copy::copy_bidirectional(downstream, upstream).await
 }

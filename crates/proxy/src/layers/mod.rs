@@ -10,6 +10,8 @@ use tower::util::BoxCloneSyncService;
 
 use crate::conn::Conn;
 use crate::error::ProxyError;
+use crate::relay::Relay;
 
-/// A connection service: called once per connection, completes when the connection ends.
-pub type ConnService = BoxCloneSyncService<Conn, (), ProxyError>;
+/// A connection service: called once per connection, completes when the connection is
+/// established (or refused) with the [`Relay`] the caller runs.
+pub type ConnService = BoxCloneSyncService<Conn, Relay, ProxyError>;

@@ -1,5 +1,6 @@
 //! The outermost layer: whatever error ends the stack below is written into the connection's
 //! record (which the entry point opened and which closes itself when the connection is gone).
+//! The relay's own failures are recorded by [`Relay::run`](crate::relay::Relay::run).
 
 use std::task::{Context, Poll};
 
@@ -8,6 +9,7 @@ use tower::{Layer, Service};
 
 use crate::conn::Conn;
 use crate::error::ProxyError;
+use crate::relay::Relay;
 
 /// Adds [`Record`] around a stack.
 #[derive(Debug, Clone, Default)]
@@ -29,12 +31,12 @@ pub struct Record<S> {
 
 impl<S> Service<Conn> for Record<S>
 where
-    S: Service<Conn, Response = (), Error = ProxyError> + Clone + Send + 'static,
+    S: Service<Conn, Response = Relay, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send,
 {
-    type Response = ();
+    type Response = Relay;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<(), ProxyError>>;
+    type Future = BoxFuture<'static, Result<Relay, ProxyError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)

@@ -11,6 +11,7 @@ use crate::conn::{Conn, ConnCtx, Refusal, Target, TunnelRequest, Upstream};
 use crate::error::ProxyError;
 use crate::own_ports::OwnPorts;
 use crate::registry::{Protocol, ResolveError};
+use crate::relay::Relay;
 
 /// Adds [`Resolve`].
 #[derive(Debug, Clone)]
@@ -50,12 +51,12 @@ pub struct Resolve<S> {
 
 impl<S> Service<Conn> for Resolve<S>
 where
-    S: Service<Conn, Response = (), Error = ProxyError> + Clone + Send + 'static,
+    S: Service<Conn, Response = Relay, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send,
 {
-    type Response = ();
+    type Response = Relay;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<(), ProxyError>>;
+    type Future = BoxFuture<'static, Result<Relay, ProxyError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)

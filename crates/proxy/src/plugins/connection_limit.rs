@@ -13,6 +13,7 @@ use super::{PluginLayer, parse_config, source_key};
 use crate::conn::{Conn, Refusal};
 use crate::error::ProxyError;
 use crate::layers::ConnService;
+use crate::relay::Relay;
 
 /// Configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -97,9 +98,9 @@ impl Drop for Slot {
 }
 
 impl Service<Conn> for ConnectionLimit {
-    type Response = ();
+    type Response = Relay;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<(), ProxyError>>;
+    type Future = BoxFuture<'static, Result<Relay, ProxyError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -138,9 +139,11 @@ impl Service<Conn> for ConnectionLimit {
         };
         let future = self.inner.call(conn);
         Box::pin(async move {
-            let result = future.await;
-            drop(slot);
-            result
+            // The slot is the relay's to release when the connection ends; a refused or
+            // failed connection releases it here.
+            let mut relay = future.await?;
+            relay.hold(slot);
+            Ok(relay)
         })
     }
 }

@@ -24,12 +24,13 @@ use tower::util::BoxCloneSyncServiceLayer;
 use crate::conn::Conn;
 use crate::error::ProxyError;
 use crate::layers::ConnService;
+use crate::relay::Relay;
 
 pub use connection_limit::ConnectionLimitLayer;
 pub use rate_limit::RateLimitLayer;
 
 /// A plugin's layer, boxed so plugins of any type stack together.
-pub type PluginLayer = BoxCloneSyncServiceLayer<ConnService, Conn, (), ProxyError>;
+pub type PluginLayer = BoxCloneSyncServiceLayer<ConnService, Conn, Relay, ProxyError>;
 
 /// Builds a plugin's layer from its configuration.
 pub type PluginFactory = fn(&serde_json::Value) -> Result<PluginLayer, String>;

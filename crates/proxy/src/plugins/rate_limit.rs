@@ -15,6 +15,7 @@ use super::{PluginLayer, parse_config, source_key};
 use crate::conn::{Conn, Refusal};
 use crate::error::ProxyError;
 use crate::layers::ConnService;
+use crate::relay::Relay;
 
 /// Configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -188,9 +189,9 @@ pub struct RateLimit {
 }
 
 impl Service<Conn> for RateLimit {
-    type Response = ();
+    type Response = Relay;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<(), ProxyError>>;
+    type Future = BoxFuture<'static, Result<Relay, ProxyError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
