@@ -9,8 +9,8 @@
 #   scripts/fuzz.sh cmin TARGET              minimise fuzz/corpus/TARGET in place
 #
 # Installs cargo-fuzz when missing (crates.io, pinned). `-s none`: no sanitizer, so no nightly
-# flag is needed; meshd forbids unsafe code, so AddressSanitizer would mostly watch its
-# dependencies, at ~2x the cost per input. Nothing here sets RUSTC_BOOTSTRAP.
+# flag is needed; meshd has no unsafe code but bin/meshd's malloc_trim call, outside every
+# target, so AddressSanitizer would mostly watch its dependencies, at ~2x the cost per input. Nothing here sets RUSTC_BOOTSTRAP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
