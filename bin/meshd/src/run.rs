@@ -68,10 +68,14 @@ pub fn load_config(path: Option<&Path>) -> Result<ProxyConfig, String> {
 /// Runs until SIGINT or SIGTERM; a changed file or SIGHUP reloads the configuration directory.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let set_log_level = init_logging(args.log_format);
-    // glibc keeps what a burst of connections freed; this gives it back (see trim.rs).
+    // glibc keeps what a burst of connections freed; the trim thread gives it back, and glibc
+    // stops shrinking and regrowing its heap under bulk traffic meanwhile (see trim.rs).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if let Err(e) = crate::trim::spawn() {
-        tracing::warn!(error = %e, "cannot start the heap trimming thread: freed memory stays resident");
+    {
+        crate::trim::keep_freed_pages();
+        if let Err(e) = crate::trim::spawn() {
+            tracing::warn!(error = %e, "cannot start the heap trimming thread: freed memory stays resident");
+        }
     }
     let flags = Flags {
         config_dir: args.config_dir.clone(),
