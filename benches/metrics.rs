@@ -20,19 +20,19 @@ fn record() -> ConnectionRecord {
         "10.0.0.2:8080".into(),
     );
     r.source_identity = Some("spiffe://cluster.local/ns/client/sa/sleep".into());
-    r.source_workload_meta = Some(WorkloadMeta {
+    r.source_workload_meta = Some(Arc::new(WorkloadMeta {
         name: "sleep".into(),
         namespace: "client".into(),
         app: Some("sleep".into()),
         version: Some("v1".into()),
-    });
+    }));
     r.destination_workload = Some("apps/httpbin".into());
-    r.destination_workload_meta = Some(WorkloadMeta {
+    r.destination_workload_meta = Some(Arc::new(WorkloadMeta {
         name: "httpbin".into(),
         namespace: "apps".into(),
         app: Some("httpbin".into()),
         version: Some("v1".into()),
-    });
+    }));
     r.destination_identity = Some("spiffe://cluster.local/ns/apps/sa/httpbin".into());
     r.mtls = true;
     r.transport = Some("h2".into());

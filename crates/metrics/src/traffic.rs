@@ -172,8 +172,8 @@ impl<'a> KeyRef<'a> {
             // ztunnel takes source_principal only from the mTLS handshake (inbound: the peer's
             // certificate; outbound over HBONE: its own identity), never from a lookup.
             source_principal: record.source_identity.as_deref().filter(|_| record.mtls),
-            source: record.source_workload_meta.as_ref().map(MetaRef::of),
-            destination: record.destination_workload_meta.as_ref().map(MetaRef::of),
+            source: record.source_workload_meta.as_deref().map(MetaRef::of),
+            destination: record.destination_workload_meta.as_deref().map(MetaRef::of),
             destination_principal: record.destination_identity.as_deref(),
             destination_service: record.destination_service.as_deref(),
             destination_service_host: record.destination_service_host.as_deref(),
@@ -515,12 +515,12 @@ mod tests {
         );
         record.mtls = true;
         record.source_identity = Some("spiffe://td/ns/a/sa/b".into());
-        record.destination_workload_meta = Some(WorkloadMeta {
+        record.destination_workload_meta = Some(Arc::new(WorkloadMeta {
             name: "web".into(),
             namespace: "apps".into(),
             app: None,
             version: Some("v1".into()),
-        });
+        }));
         let key = KeyRef::of(&record);
         let owned = key.to_owned();
         let hasher = foldhash::fast::RandomState::default();

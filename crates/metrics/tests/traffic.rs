@@ -62,7 +62,7 @@ fn inbound() -> ConnectionRecord {
         "10.0.0.2:8080".into(),
     );
     r.source_identity = Some(SLEEP_ID.into());
-    r.source_workload_meta = Some(sleep());
+    r.source_workload_meta = Some(Arc::new(sleep()));
     r.mtls = true;
     r.transport = Some("h2".into());
     r
@@ -71,7 +71,7 @@ fn inbound() -> ConnectionRecord {
 /// What the authorization layer adds: the local workload and the verdict.
 fn authorize(r: &mut ConnectionRecord, allowed: bool, policy: Option<&str>) {
     r.destination_workload = Some("apps/httpbin-vm".into());
-    r.destination_workload_meta = Some(httpbin());
+    r.destination_workload_meta = Some(Arc::new(httpbin()));
     r.destination_identity = Some(HTTPBIN_ID.into());
     r.verdict = Some(Verdict {
         allowed,
@@ -89,14 +89,14 @@ fn outbound() -> ConnectionRecord {
         "240.240.0.1:8000".into(),
     );
     r.source_identity = Some(SLEEP_ID.into());
-    r.source_workload_meta = Some(sleep());
+    r.source_workload_meta = Some(Arc::new(sleep()));
     r
 }
 
 fn resolve_tunnel(r: &mut ConnectionRecord) {
     r.destination_service = Some("apps/httpbin".into());
     r.destination_workload = Some("apps/httpbin-vm".into());
-    r.destination_workload_meta = Some(httpbin());
+    r.destination_workload_meta = Some(Arc::new(httpbin()));
     r.destination_identity = Some(HTTPBIN_ID.into());
     r.upstream_addr = Some("10.0.0.2:15008".parse().expect("addr"));
     r.transport = Some("h2".into());
@@ -234,12 +234,12 @@ async fn plaintext_outbound_unknown_source() {
     record.source_workload_meta = None;
     let handle = RecordHandle::open(record, sinks(&metrics));
     handle.update(|r| {
-        r.destination_workload_meta = Some(WorkloadMeta {
+        r.destination_workload_meta = Some(Arc::new(WorkloadMeta {
             name: "db".into(),
             namespace: "data".into(),
             app: None,
             version: None,
-        });
+        }));
         r.upstream_addr = Some("10.0.0.9:5432".parse().expect("addr"));
     });
     let meters = handle.established();
@@ -411,12 +411,12 @@ async fn cluster_id_is_configurable() {
 async fn label_values_are_escaped() {
     let metrics = metrics();
     let mut record = outbound();
-    record.source_workload_meta = Some(WorkloadMeta {
+    record.source_workload_meta = Some(Arc::new(WorkloadMeta {
         name: "we\"ird\\na\nme".into(),
         namespace: "client".into(),
         app: None,
         version: None,
-    });
+    }));
     let handle = RecordHandle::open(record, sinks(&metrics));
     handle.update(resolve_tunnel);
     drop(handle.established());

@@ -146,9 +146,9 @@ pub struct ConnectionRecord {
     /// The authenticated source identity (inbound mTLS) or this meshd's (outbound).
     pub source_identity: Option<String>,
     /// The source workload, when the registry knows the source address.
-    pub source_workload_meta: Option<WorkloadMeta>,
+    pub source_workload_meta: Option<Arc<WorkloadMeta>>,
     /// The destination workload, once resolved.
-    pub destination_workload_meta: Option<WorkloadMeta>,
+    pub destination_workload_meta: Option<Arc<WorkloadMeta>>,
     /// True when the downstream side (inbound) or the upstream side (outbound) used mTLS.
     pub mtls: bool,
     /// How it ended (set when the record is finished; `Allowed` while open).

@@ -400,7 +400,7 @@ pub(crate) fn source_workload(
     direction: Direction,
     source: SocketAddr,
     peer: Option<&meshd_rbac::Peer>,
-) -> Option<WorkloadMeta> {
+) -> Option<Arc<WorkloadMeta>> {
     let registry = &state.registry;
     let same_identity = |w: &Workload| {
         peer.is_none_or(|p| {
