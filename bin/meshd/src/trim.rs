@@ -13,9 +13,8 @@
 //! glibc alone never returns the pages that 1 000 closed connections leave free inside its
 //! arenas: `free` only shrinks an arena from its top, and the top is pinned by whatever live
 //! allocation came last. `malloc_trim(0)` walks every arena and hands each whole free page back
-//! (`MADV_DONTNEED`). A plain thread does it, at most every [`INTERVAL`], and only when the heap
-//! in use fell by [`THRESHOLD`] below its peak since the last trim, so an idle meshd never
-//! trims.
+//! (`MADV_DONTNEED`). A plain thread does it, at most every [`INTERVAL`], and only when there is
+//! at least [`THRESHOLD`] to return (see [`Trimmer`]), so an idle meshd never trims.
 //!
 //! The FFI calls are the only unsafe code in meshd; both are plain glibc calls without
 //! arguments that point anywhere.
@@ -23,55 +22,81 @@
 
 use std::time::Duration;
 
-/// How often the heap in use is read. `mallinfo2` takes each arena's lock while it walks the
+/// How often the heap's figures are read. `mallinfo2` takes each arena's lock while it walks the
 /// free lists: 0.4 ms measured right after the 1 000 connections closed, less when idle. The
 /// trim itself took 1.5–1.7 ms there, once per burst. The benchmark reads RSS 30 s after the
 /// close, well after the next tick.
 pub const INTERVAL: Duration = Duration::from_secs(5);
 
-/// How far the heap in use must fall below its peak since the last trim before a trim pays:
-/// one held connection is ~10 KB of RSS, so 1 MiB is ~100 connections gone.
+/// How much memory a trim must be able to return before it pays, both as free bytes in glibc's
+/// arenas and as anonymous resident memory grown since the last trim: one held connection is
+/// ~3–4 KB, so 1 MiB is a few hundred connections gone.
 pub const THRESHOLD: usize = 1 << 20;
 
-/// Decides when to trim: it follows the peak of the heap in use since the last trim.
+/// Decides when to trim: when glibc holds at least [`THRESHOLD`] free and the process's
+/// anonymous resident memory grew by as much since the last trim (or its lowest point after).
+///
+/// Neither figure alone will do. The bytes in use, sampled every [`INTERVAL`], miss a burst
+/// shorter than that (1 000 connections opened, held 3 s, closed). The free bytes do not fall
+/// when a trim hands pages back (the chunks stay free in glibc's bins), so they cannot tell
+/// returned free memory from free memory a later burst made resident again. Resident memory
+/// can: it grew while the burst ran and stays up after it only because of what glibc keeps.
 #[derive(Debug, Default)]
 pub struct Trimmer {
-    peak: usize,
+    low: Option<usize>,
 }
 
 /// What a trim found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trimmed {
-    /// Bytes in use before the trim.
-    pub in_use: usize,
-    /// The peak of the bytes in use since the previous trim.
-    pub peak: usize,
+    /// Bytes free in glibc's arenas before the trim.
+    pub free: usize,
+    /// Anonymous resident bytes before the trim.
+    pub resident: usize,
+    /// The lowest anonymous resident figure since the previous trim.
+    pub low: usize,
     /// Whether glibc gave any memory back.
     pub released: bool,
 }
 
 impl Trimmer {
-    /// Reads the heap in use and trims if it fell by [`THRESHOLD`] below its peak since the
-    /// last trim; `None` when it did not trim.
+    /// Reads the figures and trims when it pays (see [`Trimmer`]); `None` when it did not.
     pub fn tick(&mut self) -> Option<Trimmed> {
         self.tick_with(THRESHOLD)
     }
 
     fn tick_with(&mut self, threshold: usize) -> Option<Trimmed> {
-        let in_use = heap_in_use();
-        self.peak = self.peak.max(in_use);
-        if self.peak - in_use < threshold {
+        let resident = anon_resident()?;
+        let low = self.low.map_or(resident, |low| low.min(resident));
+        self.low = Some(low);
+        let free = heap_free();
+        if free < threshold || resident < low + threshold {
             return None;
         }
         let trimmed = Trimmed {
-            in_use,
-            peak: self.peak,
+            free,
+            resident,
+            low,
             released: trim(),
         };
-        self.peak = in_use;
+        self.low = anon_resident();
         Some(trimmed)
     }
 }
+
+/// Anonymous resident memory of this process: resident minus file-backed (`/proc/self/statm`,
+/// in pages). `None` if it cannot be read (then nothing is trimmed).
+fn anon_resident() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let mut fields = statm.split_ascii_whitespace().skip(1);
+    let resident: usize = fields.next()?.parse().ok()?;
+    let shared: usize = fields.next()?.parse().ok()?;
+    Some(resident.saturating_sub(shared) * PAGE)
+}
+
+/// The page size `/proc/self/statm` counts in on the platforms meshd runs on (x86-64, arm64
+/// with 4 KiB pages); a larger page only makes the trim less eager.
+const PAGE: usize = 4096;
 
 /// How much free memory glibc may keep at the top of an arena before it shrinks the heap by
 /// itself, and the size from which it maps allocations separately. With glibc's defaults
@@ -104,8 +129,9 @@ pub fn spawn() -> std::io::Result<()> {
                 std::thread::sleep(INTERVAL);
                 if let Some(t) = trimmer.tick() {
                     tracing::debug!(
-                        in_use = t.in_use,
-                        peak = t.peak,
+                        free = t.free,
+                        resident = t.resident,
+                        low = t.low,
                         released = t.released,
                         "heap trimmed"
                     );
@@ -115,12 +141,12 @@ pub fn spawn() -> std::io::Result<()> {
         .map(drop)
 }
 
-/// Bytes in use in glibc's arenas (chunks glibc mmapped on their own are returned on `free`
+/// Bytes free in glibc's arenas (chunks glibc mmapped on their own are returned on `free`
 /// and not counted).
-fn heap_in_use() -> usize {
+fn heap_free() -> usize {
     // SAFETY: mallinfo2 takes no arguments and returns a struct by value; it only reads
     // glibc's own state, under its arena locks.
-    unsafe { libc::mallinfo2() }.uordblks
+    unsafe { libc::mallinfo2() }.fordblks
 }
 
 /// `malloc_trim(0)`: true if memory was given back.
@@ -178,7 +204,8 @@ mod tests {
                 .tick_with(threshold)
                 .expect("32 MB were freed: trim");
             assert!(trimmed.released, "{trimmed:?}");
-            assert!(trimmed.peak >= trimmed.in_use + 16 * MIB, "{trimmed:?}");
+            assert!(trimmed.free >= 16 * MIB, "{trimmed:?}");
+            assert!(trimmed.resident >= trimmed.low + 16 * MIB, "{trimmed:?}");
             let after = rss();
             assert!(
                 after + 16 * MIB <= freed,
