@@ -33,8 +33,10 @@ pub const INTERVAL: Duration = Duration::from_secs(5);
 /// ~3–4 KB, so 1 MiB is a few hundred connections gone.
 pub const THRESHOLD: usize = 1 << 20;
 
-/// Decides when to trim: when glibc holds at least [`THRESHOLD`] free and the process's
-/// anonymous resident memory grew by as much since the last trim (or its lowest point after).
+/// Decides when to trim: when glibc holds at least [`THRESHOLD`] free, and either the
+/// process's anonymous resident memory grew by as much since the last trim (a burst came and
+/// went) or glibc's free bytes did (memory freed after the last trim: a trim one second after
+/// 1 000 connections closed came before the server had released them all).
 ///
 /// Neither figure alone will do. The bytes in use, sampled every [`INTERVAL`], miss a burst
 /// shorter than that (1 000 connections opened, held 3 s, closed). The free bytes do not fall
@@ -44,6 +46,7 @@ pub const THRESHOLD: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct Trimmer {
     low: Option<usize>,
+    free_low: Option<usize>,
 }
 
 /// What a trim found and did.
@@ -70,7 +73,11 @@ impl Trimmer {
         let low = self.low.map_or(resident, |low| low.min(resident));
         self.low = Some(low);
         let free = heap_free();
-        if free < threshold || resident < low + threshold {
+        let free_low = self.free_low.map_or(free, |f| f.min(free));
+        self.free_low = Some(free_low);
+        let burst_came_and_went = resident >= low + threshold;
+        let freed_since_trim = free >= free_low + threshold;
+        if free < threshold || !(burst_came_and_went || freed_since_trim) {
             return None;
         }
         let trimmed = Trimmed {
@@ -80,6 +87,7 @@ impl Trimmer {
             released: trim(),
         };
         self.low = anon_resident();
+        self.free_low = Some(heap_free());
         Some(trimmed)
     }
 }
@@ -215,6 +223,44 @@ mod tests {
                 trimmer.tick_with(threshold),
                 None,
                 "nothing freed since the trim"
+            );
+            drop(pin);
+        })
+        .join()
+        .unwrap();
+    }
+    /// Memory freed after a trim (a server releases the last of 1 000 closed connections after
+    /// the tick that trimmed) is trimmed at the next tick, though resident memory did not grow.
+    #[test]
+    fn trims_what_was_freed_after_the_last_trim() {
+        const MIB: usize = 1 << 20;
+        std::thread::spawn(|| {
+            let threshold = 16 * MIB;
+            let burst = || -> Vec<Box<[u8]>> {
+                (0..8 * 1024)
+                    .map(|i| vec![i as u8 | 1; 4000].into_boxed_slice())
+                    .collect()
+            };
+            let mut trimmer = Trimmer::default();
+            trimmer.tick_with(threshold);
+            let first = burst();
+            let second = burst();
+            let pin = vec![1u8; 4000].into_boxed_slice();
+            assert_eq!(trimmer.tick_with(threshold), None, "nothing was freed yet");
+            drop(first);
+            trimmer
+                .tick_with(threshold)
+                .expect("the first 32 MB were freed: trim");
+            let before = rss();
+            drop(second);
+            let trimmed = trimmer
+                .tick_with(threshold)
+                .expect("32 MB more were freed after the trim: trim again");
+            assert!(trimmed.released, "{trimmed:?}");
+            let after = rss();
+            assert!(
+                after + 16 * MIB <= before,
+                "RSS {before} -> {after} after the second trim"
             );
             drop(pin);
         })
