@@ -259,11 +259,18 @@ async fn finish_all(held: Vec<(usize, TcpStream)>) -> Vec<String> {
     errors
 }
 
-#[test]
-#[ignore = "load: minutes and ~20 000 descriptors per side; run with --ignored"]
-fn ten_thousand_concurrent_tunnelled_connections() {
-    // 10 000 client sockets here (the echo server has its own process); meshd raises its own.
-    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+/// Two machines, meshd on each, the client machine's traffic captured, the echo server on the
+/// peer. Fields drop in declaration order: the meshd processes first, the namespaces last.
+struct Rig {
+    a: Meshd,
+    b: Meshd,
+    _echo: EchoProcess,
+    _ws: Workspace,
+    local: Netns,
+    peer: Netns,
+}
+
+fn rig() -> Rig {
     let (local, peer) = machines();
     let ws = Workspace::new();
     mesh(&ws);
@@ -283,7 +290,24 @@ fn ten_thousand_concurrent_tunnelled_connections() {
         .output()
         .unwrap();
     assert!(out.status.success(), "redirect install: {out:?}");
-    for (name, m) in [("client", &a), ("server", &b)] {
+    Rig {
+        a,
+        b,
+        _echo,
+        _ws: ws,
+        local,
+        peer,
+    }
+}
+
+#[test]
+#[ignore = "load: minutes and ~20 000 descriptors per side; run with --ignored"]
+fn ten_thousand_concurrent_tunnelled_connections() {
+    // 10 000 client sockets here (the echo server has its own process); meshd raises its own.
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let rig = rig();
+    let (local, peer, a, b) = (&rig.local, &rig.peer, &rig.a, &rig.b);
+    for (name, m) in [("client", a), ("server", b)] {
         let limits = std::fs::read_to_string(format!("/proc/{}/limits", m.pid())).unwrap();
         let line = limits.lines().find(|l| l.starts_with("Max open files"));
         println!("{name} meshd: {}", line.unwrap_or_default());
@@ -306,14 +330,14 @@ fn ten_thousand_concurrent_tunnelled_connections() {
         assert_eq!(held.len(), CONNECTIONS);
         // The connections are meshd's: captured on A (its side of the redirect) and delivered
         // by B's own sockets to the echo server.
-        assert_eq!(established(&local, "sport = :15001"), CONNECTIONS);
+        assert_eq!(established(local, "sport = :15001"), CONNECTIONS);
         assert_eq!(
-            established(&peer, &format!("dport = :{ECHO_PORT}")),
+            established(peer, &format!("dport = :{ECHO_PORT}")),
             CONNECTIONS
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (a_held, b_held) = (rss_kib(a_pid), rss_kib(b_pid));
-        let hbone = established(&local, &format!("dst {PEER}:15008"));
+        let hbone = established(local, &format!("dst {PEER}:15008"));
         let errors = finish_all(held).await;
         (opened_in, a_held, b_held, hbone, errors)
     });
@@ -436,25 +460,8 @@ async fn churn(to: SocketAddr, workers: usize, until: Instant) -> (usize, Vec<St
 #[ignore = "soak: ten minutes; run with --ignored"]
 fn steady_churn_soak() {
     const WORKERS: usize = 16;
-    let (local, peer) = machines();
-    let ws = Workspace::new();
-    mesh(&ws);
-    let _echo = echo_server(&peer);
-    let b_config = ws.node_config("b", "db", "shop/db", PEER, "", "");
-    let a_config = ws.node_config(
-        "a",
-        "web",
-        "shop/web",
-        LOCAL,
-        "  outbound: 0.0.0.0:15001\n",
-        "redirect: {}\n",
-    );
-    let b = Meshd::spawn(in_ns(&peer, &["run", "--config"], &b_config));
-    let a = Meshd::spawn(in_ns(&local, &["run", "--config"], &a_config));
-    let out = in_ns(&local, &["redirect", "install", "--config"], &a_config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "redirect install: {out:?}");
+    let rig = rig();
+    let (local, peer, a, b) = (&rig.local, &rig.peer, &rig.a, &rig.b);
     let to: SocketAddr = format!("{PEER}:{ECHO_PORT}").parse().unwrap();
     let a_metrics: SocketAddr = format!("{LOCAL}:15020").parse().unwrap();
     let b_metrics: SocketAddr = format!("{PEER}:15020").parse().unwrap();
@@ -463,8 +470,8 @@ fn steady_churn_soak() {
     let start = Instant::now();
     let until = start + Duration::from_secs(seconds);
     let first = (
-        sample(&local, &a, a_metrics, 0.0),
-        sample(&peer, &b, b_metrics, 0.0),
+        sample(local, a, a_metrics, 0.0),
+        sample(peer, b, b_metrics, 0.0),
     );
     let load = std::thread::scope(|scope| {
         let load = scope.spawn(|| local.run_async(|| churn(to, WORKERS, until)));
@@ -473,8 +480,8 @@ fn steady_churn_soak() {
             std::thread::sleep(Duration::from_secs(10));
             let at = start.elapsed().as_secs_f64();
             samples.push((
-                sample(&local, &a, a_metrics, at),
-                sample(&peer, &b, b_metrics, at),
+                sample(local, a, a_metrics, at),
+                sample(peer, b, b_metrics, at),
             ));
         }
         (load.join().unwrap(), samples)
@@ -488,8 +495,8 @@ fn steady_churn_soak() {
     );
     std::thread::sleep(Duration::from_secs(5));
     let last = (
-        sample(&local, &a, a_metrics, 0.0),
-        sample(&peer, &b, b_metrics, 0.0),
+        sample(local, a, a_metrics, 0.0),
+        sample(peer, b, b_metrics, 0.0),
     );
     println!("soak: {seconds} s, {WORKERS} clients, {connections} connections, 0 errors");
     for (name, begin, end, pick) in [

@@ -1,8 +1,6 @@
 //! The server side: accept mTLS, serve HTTP/2, hand each CONNECT to the caller's service.
 
 use std::future::{Future, poll_fn};
-
-use futures::FutureExt as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::Request;
