@@ -16,7 +16,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -83,6 +83,51 @@ impl TunnelStream {
             Inner::H2(_) => Transport::H2,
             #[cfg(feature = "quic")]
             Inner::H3(_) => Transport::H3,
+        }
+    }
+
+    /// Whether [`TunnelStream::poll_read_bytes`] hands out received bytes without copying them
+    /// (HTTP/2: they arrive as `Bytes` already).
+    pub fn reads_bytes(&self) -> bool {
+        matches!(self.inner, Inner::H2(_))
+    }
+
+    /// Reads the next received bytes, at most `max`, as an owned chunk; empty at the end of the
+    /// stream. Over HTTP/2 the chunk is a slice of the received frame, with no copy; its bytes
+    /// are credited back to the peer's window as they are handed out, so a caller holds at
+    /// most `max` bytes beyond the window. Over HTTP/3 it reads into a new buffer.
+    pub fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
+        match &mut self.inner {
+            Inner::H2(io) => io.poll_read_bytes(cx, max),
+            #[cfg(feature = "quic")]
+            Inner::H3(io) => {
+                // Not the relay's path (`reads_bytes` is false): correct, not fast.
+                let mut chunk = vec![0; max.clamp(1, 16 << 10)];
+                let mut buf = ReadBuf::new(&mut chunk);
+                ready!(io.poll_read(cx, &mut buf))?;
+                let n = buf.filled().len();
+                chunk.truncate(n);
+                Poll::Ready(Ok(Bytes::from(chunk)))
+            }
+        }
+    }
+
+    /// Sends bytes from the front of `buf` and removes them from it; returns how many. Over
+    /// HTTP/2 they are split off `buf` and handed to h2 without a copy (`buf` keeps the rest of
+    /// its allocation); over HTTP/3 they are copied, as by `poll_write`.
+    pub fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.inner {
+            Inner::H2(io) => io.poll_write_bytes(cx, buf),
+            #[cfg(feature = "quic")]
+            Inner::H3(io) => {
+                let n = ready!(io.poll_write(cx, buf))?;
+                buf.advance(n);
+                Poll::Ready(Ok(n))
+            }
         }
     }
 
@@ -181,8 +226,48 @@ impl H2Io {
         Poll::Ready(Ok(()))
     }
 
+    fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
+        while self.pending.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(Bytes::new())),
+                Some(Ok(data)) => self.pending = data,
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+            }
+        }
+        let n = self.pending.len().min(max.max(1));
+        let chunk = self.pending.split_to(n);
+        let _ = self.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(chunk))
+    }
+
+    fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(self.poll_send_capacity(cx, buf.len()))?;
+        if n > 0 {
+            self.send
+                .send_data(buf.split_to(n).freeze(), false)
+                .map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(n))
+    }
+
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
+        let n = ready!(self.poll_send_capacity(cx, buf.len()))?;
+        if n > 0 {
+            self.send
+                .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                .map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Waits until the stream may send; returns how many of `want` bytes it may send now (0
+    /// only when `want` is 0).
+    fn poll_send_capacity(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if want == 0 {
             return Poll::Ready(Ok(0));
         }
         if self.shutdown {
@@ -196,13 +281,9 @@ impl H2Io {
             // send buffer limit; `poll_capacity` only wakes when it grows.
             let available = self.send.capacity();
             if available > 0 {
-                let n = available.min(buf.len());
-                self.send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(h2_to_io)?;
-                return Poll::Ready(Ok(n));
+                return Poll::Ready(Ok(available.min(want)));
             }
-            self.send.reserve_capacity(buf.len());
+            self.send.reserve_capacity(want);
             match ready!(self.send.poll_capacity(cx)) {
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),

@@ -13,6 +13,11 @@
 //! - buffers are uninitialised spare capacity (`BytesMut`, `poll_read_buf`): taking one does not
 //!   zero it, so a 1-byte read touches one page, not 64 KiB.
 //!
+//! No byte is copied in user space that need not be ([`Io`]'s owned-bytes methods): what is
+//! read from an HBONE tunnel is written out from h2's own `Bytes`, without passing through a
+//! buffer here, and what is read into a buffer is split off it and handed to the tunnel, not
+//! copied into a new `Bytes`. Plain TCP on both sides copies through the buffer, as it must.
+//!
 //! The semantics are tokio's: each direction copies until its reader ends, flushes, then shuts
 //! its writer down (a half-close travels through); the copy ends when both directions have.
 
@@ -21,8 +26,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::conn::Io;
 
 /// The first buffer of a direction.
 pub const SMALL: usize = 4 << 10;
@@ -32,8 +38,8 @@ pub const LARGE: usize = 64 << 10;
 /// Copies both ways until both sides are done; returns (bytes `a` → `b`, bytes `b` → `a`).
 pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: Io + ?Sized,
+    B: Io + ?Sized,
 {
     let mut a_to_b = Transfer::Running(Pipe::default());
     let mut b_to_a = Transfer::Running(Pipe::default());
@@ -62,14 +68,13 @@ impl Transfer {
         writer: &mut W,
     ) -> Poll<io::Result<u64>>
     where
-        R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
+        R: Io + ?Sized,
+        W: Io + ?Sized,
     {
         loop {
             match self {
                 Transfer::Running(pipe) => {
-                    let copied =
-                        ready!(pipe.poll_copy(cx, Pin::new(&mut *reader), Pin::new(&mut *writer)))?;
+                    let copied = ready!(pipe.poll_copy(cx, reader, writer))?;
                     *self = Transfer::ShuttingDown(copied);
                 }
                 Transfer::ShuttingDown(copied) => {
@@ -86,6 +91,8 @@ impl Transfer {
 struct Pipe {
     /// Bytes read and not yet written; `None` while the direction waits with nothing buffered.
     buf: Option<BytesMut>,
+    /// Bytes read as an owned chunk (from a reader that [`Io::reads_bytes`]), not yet written.
+    chunk: Bytes,
     /// The capacity the next buffer is taken with.
     size: usize,
     read_done: bool,
@@ -97,6 +104,7 @@ impl Default for Pipe {
     fn default() -> Self {
         Pipe {
             buf: None,
+            chunk: Bytes::new(),
             size: SMALL,
             read_done: false,
             need_flush: false,
@@ -109,57 +117,102 @@ impl Pipe {
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
-        mut reader: Pin<&mut R>,
-        mut writer: Pin<&mut W>,
+        reader: &mut R,
+        writer: &mut W,
     ) -> Poll<io::Result<u64>>
     where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        R: Io + ?Sized,
+        W: Io + ?Sized,
     {
         loop {
-            let buffered = self.buf.as_ref().is_some_and(|b| !b.is_empty());
+            let buffered =
+                !self.chunk.is_empty() || self.buf.as_ref().is_some_and(|b| !b.is_empty());
             if !buffered && !self.read_done {
-                let size = self.size;
-                let buf = self
-                    .buf
-                    .get_or_insert_with(|| BytesMut::with_capacity(size));
-                // Empty: reclaims the whole allocation for this read.
-                buf.reserve(size);
-                match tokio_util::io::poll_read_buf(reader.as_mut(), cx, buf) {
-                    Poll::Ready(Ok(0)) => self.read_done = true,
-                    Poll::Ready(Ok(n)) => self.size = next_size(size, n),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                let read = if reader.reads_bytes() {
+                    self.poll_read_chunk(cx, reader)
+                } else {
+                    self.poll_read_buf(cx, reader)
+                };
+                match read {
+                    Poll::Ready(result) => result?,
                     Poll::Pending => {
-                        if self.size < LARGE {
-                            // Nothing buffered and nothing to read: waiting costs no buffer.
-                            self.buf = None;
-                        }
                         if self.need_flush {
-                            ready!(writer.as_mut().poll_flush(cx))?;
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
                     }
                 }
             }
-            if let Some(buf) = self.buf.as_mut() {
-                while !buf.is_empty() {
-                    let n = ready!(writer.as_mut().poll_write(cx, buf))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                    }
-                    buf.advance(n);
-                    self.copied += n as u64;
-                    self.need_flush = true;
-                }
+            while !self.chunk.is_empty() {
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.chunk))?;
+                self.chunk.advance(n);
+                self.wrote(n)?;
+            }
+            while let Some(buf) = self.buf.as_mut().filter(|b| !b.is_empty()) {
+                let n = ready!(writer.poll_write_bytes(cx, buf))?;
+                self.wrote(n)?;
             }
             if self.read_done {
-                ready!(writer.as_mut().poll_flush(cx))?;
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                 self.need_flush = false;
                 self.buf = None;
                 return Poll::Ready(Ok(self.copied));
             }
         }
+    }
+
+    /// Reads into this direction's buffer (taken at the current size if none is held).
+    fn poll_read_buf<R: Io + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+    ) -> Poll<io::Result<()>> {
+        let size = self.size;
+        let buf = self
+            .buf
+            .get_or_insert_with(|| BytesMut::with_capacity(size));
+        // Empty: reclaims the whole allocation for this read, or takes a new one if the last
+        // read's bytes were handed on and are still in use.
+        buf.reserve(size);
+        match tokio_util::io::poll_read_buf(Pin::new(reader), cx, buf) {
+            Poll::Ready(Ok(0)) => self.read_done = true,
+            Poll::Ready(Ok(n)) => self.size = next_size(size, n),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.size < LARGE {
+                    // Nothing buffered and nothing to read: waiting costs no buffer.
+                    self.buf = None;
+                }
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes the reader's next owned chunk; nothing buffered here while it waits.
+    fn poll_read_chunk<R: Io + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+    ) -> Poll<io::Result<()>> {
+        self.buf = None;
+        let chunk = ready!(reader.poll_read_bytes(cx, LARGE))?;
+        if chunk.is_empty() {
+            self.read_done = true;
+        }
+        self.chunk = chunk;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Counts `n` bytes written; a write that took nothing is an error, as in tokio's copy.
+    fn wrote(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.copied += n as u64;
+        self.need_flush = true;
+        Ok(())
     }
 }
 
@@ -179,7 +232,7 @@ fn next_size(size: usize, n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
     #[test]
     fn sizes_grow_with_full_reads_and_fall_back_after_tiny_ones() {
@@ -218,6 +271,125 @@ mod tests {
         assert_eq!((forward, backward), (300_000, 5));
     }
 
+    // Streams that pass owned bytes are read and written that way, and the bytes still
+    // arrive whole and in order: the tunnel side's chunks go out without the copy buffer,
+    // and what is read into the buffer is handed to the tunnel side rather than copied.
+    #[tokio::test]
+    async fn owned_bytes_pass_through_both_ways() {
+        let (app, mut proxy_a) = tokio::io::duplex(1 << 10);
+        let (tunnel_end, peer) = tokio::io::duplex(1 << 10);
+        let mut tunnel = Owned {
+            inner: tunnel_end,
+            chunks_read: 0,
+            bytes_taken: 0,
+        };
+        let copy = tokio::spawn(async move {
+            let counts = copy_bidirectional(&mut proxy_a, &mut tunnel).await;
+            (counts, tunnel.chunks_read, tunnel.bytes_taken)
+        });
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let reply: Vec<u8> = (0..150_000u32).map(|i| (i % 241) as u8).collect();
+        let (sent, replied) = (data.clone(), reply.clone());
+        // Each end writes and reads at once: with small pipes, writing everything before
+        // reading would stall both ends.
+        let app_side = tokio::spawn(async move {
+            let (mut read, mut write) = tokio::io::split(app);
+            let writer = async move {
+                write.write_all(&sent).await.unwrap();
+                write.shutdown().await.unwrap();
+            };
+            let mut back = Vec::new();
+            let (_, read_back) = tokio::join!(writer, read.read_to_end(&mut back));
+            read_back.unwrap();
+            back
+        });
+        let peer_side = tokio::spawn(async move {
+            let (mut read, mut write) = tokio::io::split(peer);
+            let writer = async move {
+                write.write_all(&replied).await.unwrap();
+                write.shutdown().await.unwrap();
+            };
+            let mut got = Vec::new();
+            let (_, read_got) = tokio::join!(writer, read.read_to_end(&mut got));
+            read_got.unwrap();
+            got
+        });
+        assert!(
+            peer_side.await.unwrap() == data,
+            "bytes to the tunnel differ"
+        );
+        assert!(
+            app_side.await.unwrap() == reply,
+            "bytes from the tunnel differ"
+        );
+        let (counts, chunks_read, bytes_taken) = copy.await.unwrap();
+        assert_eq!(counts.unwrap(), (200_000, 150_000));
+        assert!(chunks_read > 0, "the tunnel side was not read as chunks");
+        assert_eq!(bytes_taken, 200_000, "not every byte was handed over owned");
+    }
+
+    /// A stream that reads and writes owned bytes, counting both.
+    struct Owned {
+        inner: tokio::io::DuplexStream,
+        chunks_read: usize,
+        bytes_taken: usize,
+    }
+
+    impl AsyncRead for Owned {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Owned {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    impl Io for Owned {
+        fn reads_bytes(&self) -> bool {
+            true
+        }
+
+        fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
+            let mut buf = BytesMut::with_capacity(max);
+            ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.inner),
+                cx,
+                &mut buf
+            ))?;
+            self.chunks_read += 1;
+            Poll::Ready(Ok(buf.freeze()))
+        }
+
+        fn poll_write_bytes(
+            &mut self,
+            cx: &mut Context<'_>,
+            buf: &mut BytesMut,
+        ) -> Poll<io::Result<usize>> {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+            // Taken as the tunnel takes them: split off, the buffer keeps the rest.
+            drop(buf.split_to(n).freeze());
+            self.bytes_taken += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
     // A reader's error ends the copy with that error.
     #[tokio::test]
     async fn a_read_error_ends_the_copy() {
@@ -228,8 +400,9 @@ mod tests {
     }
 
     /// A stream whose reads fail with a reset and whose writes vanish.
-    fn tokio_test_reader() -> impl AsyncRead + AsyncWrite + Unpin {
+    fn tokio_test_reader() -> impl Io {
         struct Reset;
+        impl Io for Reset {}
         impl AsyncRead for Reset {
             fn poll_read(
                 self: Pin<&mut Self>,

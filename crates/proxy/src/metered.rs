@@ -5,8 +5,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::conn::Io;
 use crate::record::Meters;
 
 /// Which side of the connection a wrapped stream is.
@@ -36,6 +38,20 @@ impl<T> Metered<T> {
     }
 }
 
+impl<T> Metered<T> {
+    fn count(&self, read: usize) {
+        if read == 0 {
+            return;
+        }
+        for meter in self.meters.iter() {
+            match self.side {
+                Side::Downstream => meter.downstream_bytes(read as u64),
+                Side::Upstream => meter.upstream_bytes(read as u64),
+            }
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -44,16 +60,30 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = (buf.filled().len() - before) as u64;
-        if read > 0 {
-            for meter in self.meters.iter() {
-                match self.side {
-                    Side::Downstream => meter.downstream_bytes(read),
-                    Side::Upstream => meter.upstream_bytes(read),
-                }
-            }
+        self.count(buf.filled().len() - before);
+        polled
+    }
+}
+
+impl<T: Io> Io for Metered<T> {
+    fn reads_bytes(&self) -> bool {
+        self.inner.reads_bytes()
+    }
+
+    fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
+        let polled = self.inner.poll_read_bytes(cx, max);
+        if let Poll::Ready(Ok(chunk)) = &polled {
+            self.count(chunk.len());
         }
         polled
+    }
+
+    fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_write_bytes(cx, buf)
     }
 }
 
