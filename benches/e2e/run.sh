@@ -15,7 +15,8 @@
 # binary (an allocator variant), PHASES (default "idle cold connect hold rr bulk": which
 # measurements to take), PROFILE=heaptrack|perf to run both meshd processes under that profiler
 # (heap profiles or perf call graphs land in PROFILE_DIR, default /tmp/meshd-profile; the
-# figures of a profiled run are not comparable with an unprofiled one).
+# figures of a profiled run are not comparable with an unprofiled one), WORKER_THREADS=N to set
+# both meshd's `workerThreads` (default: meshd's own default; HAProxy runs one thread a side).
 # It installs iperf3 and haproxy with apt-get when they are missing. Addresses: 10.214.0.0/24
 # inside its own namespaces only; everything it creates is removed on exit, also on failure.
 set -euo pipefail
@@ -29,6 +30,7 @@ SETTLE=${SETTLE:-30}
 PHASES=" ${PHASES:-idle cold connect hold rr bulk} "
 PROFILE=${PROFILE:-}
 PROFILE_DIR=${PROFILE_DIR:-/tmp/meshd-profile}
+WORKER_THREADS=${WORKER_THREADS:-}
 phase() { [[ $PHASES == *" $1 "* ]]; }
 
 CLIENT_IP=10.214.0.1
@@ -144,6 +146,7 @@ listen:
   readiness: $4:15021
 redirect: {outboundPort: $5}
 EOF
+    if [[ -n $WORKER_THREADS ]]; then echo "workerThreads: $WORKER_THREADS" >>"$1"; fi
 }
 node_config "$WORK/client.yaml" web shop/web $CLIENT_IP 15001
 node_config "$WORK/server.yaml" db shop/db $SERVER_IP 15001

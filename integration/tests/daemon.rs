@@ -415,3 +415,37 @@ spec: {address: 127.10.48.1, serviceAccount: web}
          connections, as no connection_limit maxTotal is set)",
     );
 }
+
+/// The threads of a running process whose name starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with(prefix))
+        .count()
+}
+
+// `workerThreads` sets how many threads run connections; without it meshd runs ztunnel's two
+// (one on a one-CPU machine), not one per CPU. Traffic flows either way.
+#[test]
+fn worker_threads_follow_the_configuration() {
+    let pair = Pair::new(49);
+    let default_threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
+    let mut b = Command::new(meshd_integration::meshd_bin());
+    b.args(["run", "--config"])
+        .arg(pair.ws.path().join("b.yaml"));
+    let b = Meshd::spawn(b);
+    let a_config = pair.ws.path().join("a.yaml");
+    let mut text = std::fs::read_to_string(&a_config).unwrap();
+    text.push_str("workerThreads: 3\n");
+    std::fs::write(&a_config, text).unwrap();
+    let mut a = Command::new(meshd_integration::meshd_bin());
+    a.args(["run", "--config"]).arg(&a_config);
+    let a = Meshd::spawn(a);
+    assert!(
+        pair.allowed(),
+        "traffic through a meshd with 3 worker threads"
+    );
+    assert_eq!(threads_named(a.pid(), "tokio-rt-worker"), 3);
+    assert_eq!(threads_named(b.pid(), "tokio-rt-worker"), default_threads);
+}

@@ -92,6 +92,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let reread: meshd_daemon::RereadFn =
         Arc::new(move || load_settings(path.as_deref(), &flags).map(|s| s.config));
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads.get())
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -87,6 +87,38 @@ fn an_unknown_key_in_the_file_names_file_line_and_field() {
 }
 
 #[test]
+fn zero_worker_threads_is_an_error_naming_file_line_and_field() {
+    Jail::expect_with(|jail| {
+        jail.create_file("meshd.yaml", "configDir: /x\nworkerThreads: 0\n")?;
+        let err = load(Base::File(Path::new("meshd.yaml")), &Flags::default()).unwrap_err();
+        let SettingsError::File(text) = err else {
+            panic!("{err:?}")
+        };
+        assert!(text.starts_with("meshd.yaml:2:"), "{text}");
+        assert!(text.contains("workerThreads"), "{text}");
+        assert!(text.contains("nonzero"), "{text}");
+        Ok(())
+    });
+}
+
+#[test]
+fn worker_threads_default_to_ztunnel_s_two_at_most() {
+    Jail::expect_with(|_| {
+        let settings = load(
+            Base::Embedded {
+                name: "<test>",
+                text: "{}",
+            },
+            &Flags::default(),
+        )
+        .unwrap();
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(settings.config.worker_threads.get(), cpus.min(2));
+        Ok(())
+    });
+}
+
+#[test]
 fn an_unknown_environment_key_is_an_error_naming_it() {
     // A typo in an environment variable must not be silently ignored.
     Jail::expect_with(|jail| {

@@ -1,6 +1,7 @@
 //! The daemon configuration (`meshd.yaml`): identity, listeners, local workloads, plugins.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use meshd_identity::{DevCaSource, IdentitySource};
@@ -49,6 +50,10 @@ pub struct ProxyConfig {
     /// SOCKS5 settings.
     #[serde(default)]
     pub socks5: Socks5Settings,
+    /// Threads that run connections. Default: 2, as ztunnel (`ZTUNNEL_WORKER_THREADS`), or 1
+    /// on a machine with one CPU: meshd shares the machine with the workloads it serves.
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: NonZeroUsize,
 }
 
 impl Default for ProxyConfig {
@@ -65,6 +70,7 @@ impl Default for ProxyConfig {
             plugins: Vec::new(),
             redirect: RedirectConfig::default(),
             socks5: Socks5Settings::default(),
+            worker_threads: default_worker_threads(),
         }
     }
 }
@@ -265,6 +271,12 @@ fn default_root_namespace() -> String {
 
 fn default_identity() -> IdentitySource {
     IdentitySource::DevCa(DevCaSource::new("/var/lib/meshd/dev-ca"))
+}
+
+/// Threads by default: ztunnel's two, never more than the CPUs this process may use.
+pub fn default_worker_threads() -> NonZeroUsize {
+    const ZTUNNEL: NonZeroUsize = NonZeroUsize::new(2).expect("2 is not zero");
+    std::thread::available_parallelism().map_or(ZTUNNEL, |cpus| cpus.min(ZTUNNEL))
 }
 
 fn default_hbone_port() -> u16 {
