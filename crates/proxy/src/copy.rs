@@ -87,25 +87,42 @@ impl Transfer {
     }
 }
 
-/// One direction's buffer and counters.
+/// One direction's buffer and counters. Kept small: a held connection carries two.
 struct Pipe {
-    /// Bytes read and not yet written; `None` while the direction waits with nothing buffered.
-    buf: Option<BytesMut>,
-    /// Bytes read as an owned chunk (from a reader that [`Io::reads_bytes`]), not yet written.
-    chunk: Bytes,
-    /// The capacity the next buffer is taken with.
-    size: usize,
+    /// Bytes read and not yet written.
+    held: Held,
+    /// The capacity the next buffer is taken with (at most [`LARGE`]).
+    size: u32,
     read_done: bool,
     need_flush: bool,
     copied: u64,
 }
 
+/// What a direction holds between a read and the writes that pass it on.
+enum Held {
+    /// Nothing: the direction waits without a buffer.
+    Nothing,
+    /// Its own buffer (plain reads); kept while empty only for bulk traffic.
+    Buf(BytesMut),
+    /// A chunk owned by the reader that handed it out ([`Io::reads_bytes`]).
+    Chunk(Bytes),
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        match self {
+            Held::Nothing => true,
+            Held::Buf(buf) => buf.is_empty(),
+            Held::Chunk(chunk) => chunk.is_empty(),
+        }
+    }
+}
+
 impl Default for Pipe {
     fn default() -> Self {
         Pipe {
-            buf: None,
-            chunk: Bytes::new(),
-            size: SMALL,
+            held: Held::Nothing,
+            size: SMALL as u32,
             read_done: false,
             need_flush: false,
             copied: 0,
@@ -125,9 +142,7 @@ impl Pipe {
         W: Io + ?Sized,
     {
         loop {
-            let buffered =
-                !self.chunk.is_empty() || self.buf.as_ref().is_some_and(|b| !b.is_empty());
-            if !buffered && !self.read_done {
+            if self.held.is_empty() && !self.read_done {
                 let read = if reader.reads_bytes() {
                     self.poll_read_chunk(cx, reader)
                 } else {
@@ -144,21 +159,41 @@ impl Pipe {
                     }
                 }
             }
-            while !self.chunk.is_empty() {
-                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.chunk))?;
-                self.chunk.advance(n);
-                self.wrote(n)?;
-            }
-            while let Some(buf) = self.buf.as_mut().filter(|b| !b.is_empty()) {
-                let n = ready!(writer.poll_write_bytes(cx, buf))?;
-                self.wrote(n)?;
-            }
+            ready!(self.poll_write_held(cx, writer))?;
             if self.read_done {
                 ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                 self.need_flush = false;
-                self.buf = None;
+                self.held = Held::Nothing;
                 return Poll::Ready(Ok(self.copied));
             }
+        }
+    }
+
+    /// Writes out everything held: a chunk as a slice, a buffer by handing its bytes over
+    /// ([`Io::poll_write_bytes`]).
+    fn poll_write_held<W: Io + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let n = match &mut self.held {
+                Held::Nothing => return Poll::Ready(Ok(())),
+                Held::Chunk(chunk) if chunk.is_empty() => return Poll::Ready(Ok(())),
+                Held::Buf(buf) if buf.is_empty() => return Poll::Ready(Ok(())),
+                Held::Chunk(chunk) => {
+                    let n = ready!(Pin::new(&mut *writer).poll_write(cx, chunk))?;
+                    chunk.advance(n);
+                    n
+                }
+                Held::Buf(buf) => ready!(writer.poll_write_bytes(cx, buf))?,
+            };
+            // A write that took nothing is an error, as in tokio's copy.
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.copied += n as u64;
+            self.need_flush = true;
         }
     }
 
@@ -168,51 +203,44 @@ impl Pipe {
         cx: &mut Context<'_>,
         reader: &mut R,
     ) -> Poll<io::Result<()>> {
-        let size = self.size;
-        let buf = self
-            .buf
-            .get_or_insert_with(|| BytesMut::with_capacity(size));
+        let size = self.size as usize;
+        let mut buf = match std::mem::replace(&mut self.held, Held::Nothing) {
+            Held::Buf(buf) => buf,
+            Held::Nothing | Held::Chunk(_) => BytesMut::with_capacity(size),
+        };
         // Empty: reclaims the whole allocation for this read, or takes a new one if the last
         // read's bytes were handed on and are still in use.
         buf.reserve(size);
-        match tokio_util::io::poll_read_buf(Pin::new(reader), cx, buf) {
+        match tokio_util::io::poll_read_buf(Pin::new(reader), cx, &mut buf) {
             Poll::Ready(Ok(0)) => self.read_done = true,
-            Poll::Ready(Ok(n)) => self.size = next_size(size, n),
+            Poll::Ready(Ok(n)) => self.size = next_size(size, n) as u32,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {
-                if self.size < LARGE {
-                    // Nothing buffered and nothing to read: waiting costs no buffer.
-                    self.buf = None;
+                // Nothing buffered and nothing to read: waiting costs no buffer, except for
+                // bulk traffic, which would otherwise pay a `malloc` per read.
+                if size >= LARGE {
+                    self.held = Held::Buf(buf);
                 }
                 return Poll::Pending;
             }
         }
+        self.held = Held::Buf(buf);
         Poll::Ready(Ok(()))
     }
 
-    /// Takes the reader's next owned chunk; nothing buffered here while it waits.
+    /// Takes the reader's next owned chunk; nothing is buffered here while it waits.
     fn poll_read_chunk<R: Io + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
     ) -> Poll<io::Result<()>> {
-        self.buf = None;
+        self.held = Held::Nothing;
         let chunk = ready!(reader.poll_read_bytes(cx, LARGE))?;
         if chunk.is_empty() {
             self.read_done = true;
         }
-        self.chunk = chunk;
+        self.held = Held::Chunk(chunk);
         Poll::Ready(Ok(()))
-    }
-
-    /// Counts `n` bytes written; a write that took nothing is an error, as in tokio's copy.
-    fn wrote(&mut self, n: usize) -> io::Result<()> {
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        self.copied += n as u64;
-        self.need_flush = true;
-        Ok(())
     }
 }
 
