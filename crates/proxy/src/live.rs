@@ -46,6 +46,9 @@ impl ByteMeter for Meter {
     }
 }
 
+/// Open-connection capacity kept however few are open.
+const SHRINK_ABOVE: usize = 64;
+
 #[derive(Default)]
 struct Tables {
     open: HashMap<u64, Open>,
@@ -171,6 +174,12 @@ impl RecordSink for Live {
         });
         let mut tables = self.tables();
         tables.open.remove(&r.serial);
+        // A map keeps the capacity of its largest burst; give most of it back once the burst
+        // is over (rehashing what is left, at most once per fourfold fall).
+        let (len, capacity) = (tables.open.len(), tables.open.capacity());
+        if capacity > SHRINK_ABOVE && len < capacity / 4 {
+            tables.open.shrink_to(len * 2);
+        }
         if let Some(denial) = denial {
             if tables.denials.len() == DENIALS_KEPT {
                 tables.denials.pop_front();
@@ -226,6 +235,25 @@ mod tests {
         drop(outbound);
         // A failure after being set up is not a refusal.
         assert_eq!(live.counts(), (0, 0));
+    }
+
+    // After a burst the table gives its room back: RSS after load comes back (issue 13).
+    #[test]
+    fn the_open_table_shrinks_after_a_burst() {
+        let live = Live::default();
+        let sinks = Sinks::new(vec![Arc::new(live.clone())]);
+        let burst: Vec<_> = (0..2000)
+            .map(|_| RecordHandle::open(record(Direction::Inbound), sinks.clone()))
+            .collect();
+        let peak = live.tables().open.capacity();
+        assert!(peak >= 2000, "{peak}");
+        drop(burst);
+        assert_eq!(live.counts().0, 0);
+        let after = live.tables().open.capacity();
+        assert!(
+            after <= SHRINK_ABOVE,
+            "capacity {after} after the burst (peak {peak})"
+        );
     }
 
     #[test]
