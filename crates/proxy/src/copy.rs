@@ -8,8 +8,10 @@
 //! - a buffer is taken when a read starts and, while it holds no bytes, given back when the
 //!   read has to wait, so an idle connection holds no buffer at all;
 //! - it starts at [`SMALL`] and grows fourfold (to [`LARGE`]) each time a read fills at least
-//!   half of it; a connection moving bulk keeps its large buffer between reads, since taking
-//!   256 KiB anew at every wake-up would cost a `malloc` per read;
+//!   half of it. A connection moving bulk gives its buffer back too when a read has to wait,
+//!   and takes one at its next read: one `malloc` per wake-up, served from what glibc keeps
+//!   (`bin/meshd/src/trim.rs`), and a bulk connection that then goes idle pins nothing. (Bytes
+//!   handed to a tunnel are in h2's hands anyway: the next read needs a new buffer either way.)
 //! - buffers are uninitialised spare capacity (`BytesMut`, `poll_read_buf`): taking one does not
 //!   zero it, so a 1-byte read touches one page, not 256 KiB.
 //!
@@ -218,11 +220,7 @@ impl Pipe {
             Poll::Ready(Ok(n)) => self.size = next_size(size, n) as u32,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {
-                // Nothing buffered and nothing to read: waiting costs no buffer, except for
-                // bulk traffic, which would otherwise pay a `malloc` per read.
-                if size >= LARGE {
-                    self.held = Held::Buf(buf);
-                }
+                // Nothing buffered and nothing to read: waiting costs no buffer (`buf` drops).
                 return Poll::Pending;
             }
         }
@@ -419,6 +417,33 @@ mod tests {
             self.bytes_taken += n;
             Poll::Ready(Ok(n))
         }
+    }
+
+    // After bulk reads grew the buffer, a direction that waits for more holds none: a
+    // connection that moved bulk and then idles pins no memory.
+    #[tokio::test]
+    async fn a_waiting_direction_holds_no_buffer_even_after_bulk() {
+        let (mut app, mut reader) = tokio::io::duplex(1 << 20);
+        let (mut writer, mut sink) = tokio::io::duplex(1 << 20);
+        let data: Vec<u8> = (0..(512u32 << 10)).map(|i| (i % 249) as u8).collect();
+        app.write_all(&data).await.unwrap();
+        let mut pipe = Pipe::default();
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(pipe.poll_copy(cx, &mut reader, &mut writer)))
+                .await;
+        assert!(
+            polled.is_pending(),
+            "the reader has no more bytes: the copy waits"
+        );
+        assert_eq!(pipe.size as usize, LARGE, "bulk reads grew the buffer");
+        assert!(
+            matches!(pipe.held, Held::Nothing),
+            "a buffer is held while waiting"
+        );
+        assert_eq!(pipe.copied, data.len() as u64);
+        let mut got = vec![0; data.len()];
+        sink.read_exact(&mut got).await.unwrap();
+        assert!(got == data, "bytes differ after the copy");
     }
 
     // A reader's error ends the copy with that error.
