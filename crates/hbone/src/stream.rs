@@ -86,29 +86,15 @@ impl TunnelStream {
         }
     }
 
-    /// Whether [`TunnelStream::poll_read_bytes`] hands out received bytes without copying them
-    /// (HTTP/2: they arrive as `Bytes` already).
-    pub fn reads_bytes(&self) -> bool {
-        matches!(self.inner, Inner::H2(_))
-    }
-
-    /// Reads the next received bytes, at most `max`, as an owned chunk; empty at the end of the
-    /// stream. Over HTTP/2 the chunk is a slice of the received frame, with no copy; its bytes
-    /// are credited back to the peer's window as they are handed out, so a caller holds at
-    /// most `max` bytes beyond the window. Over HTTP/3 it reads into a new buffer.
+    /// Reads the next received bytes, at most `max`, as an owned chunk without copying them
+    /// (both transports receive `Bytes`); empty at the end of the stream. Over HTTP/2 its
+    /// bytes are credited back to the peer's window as they are handed out, so a caller holds
+    /// at most `max` bytes beyond the window.
     pub fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
         match &mut self.inner {
             Inner::H2(io) => io.poll_read_bytes(cx, max),
             #[cfg(feature = "quic")]
-            Inner::H3(io) => {
-                // Not the relay's path (`reads_bytes` is false): correct, not fast.
-                let mut chunk = vec![0; max.clamp(1, 16 << 10)];
-                let mut buf = ReadBuf::new(&mut chunk);
-                ready!(io.poll_read(cx, &mut buf))?;
-                let n = buf.filled().len();
-                chunk.truncate(n);
-                Poll::Ready(Ok(Bytes::from(chunk)))
-            }
+            Inner::H3(io) => io.poll_read_bytes(cx, max),
         }
     }
 
@@ -208,36 +194,40 @@ struct H2Io {
 }
 
 impl H2Io {
-    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    /// Waits until received bytes are pending; none pending after `Ready(Ok)` is the end of
+    /// the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.pending.is_empty() {
             match ready!(self.recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(())),
+                None => break,
                 Some(Ok(data)) => self.pending = data,
                 Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
             }
         }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_fill(cx))?;
         let n = self.pending.len().min(buf.remaining());
         buf.put_slice(&self.pending[..n]);
         self.pending.advance(n);
-        // Credit the window only for what the caller consumed, so a slow reader slows the
-        // sender. h2 batches these into WINDOW_UPDATE frames. An error means the stream is
-        // gone, which the next poll_data reports.
-        let _ = self.recv.flow_control().release_capacity(n);
+        self.consumed(n);
         Poll::Ready(Ok(()))
     }
 
     fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
-        while self.pending.is_empty() {
-            match ready!(self.recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(Bytes::new())),
-                Some(Ok(data)) => self.pending = data,
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-            }
-        }
-        let n = self.pending.len().min(max.max(1));
-        let chunk = self.pending.split_to(n);
-        let _ = self.recv.flow_control().release_capacity(n);
+        ready!(self.poll_fill(cx))?;
+        let chunk = self.pending.split_to(self.pending.len().min(max.max(1)));
+        self.consumed(chunk.len());
         Poll::Ready(Ok(chunk))
+    }
+
+    /// Credits the window only for what the caller consumed, so a slow reader slows the
+    /// sender. h2 batches these into WINDOW_UPDATE frames. An error means the stream is gone,
+    /// which the next poll_data reports.
+    fn consumed(&mut self, n: usize) {
+        let _ = self.recv.flow_control().release_capacity(n);
     }
 
     fn poll_write_bytes(

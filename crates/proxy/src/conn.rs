@@ -35,12 +35,10 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     }
 
     /// Reads at most `max` bytes as an owned chunk, empty at the end of the stream. The
-    /// default reads into a new buffer; only streams that say [`Io::reads_bytes`] are read
-    /// this way by the relay.
+    /// default reads into a new buffer ([`poll_read_new`]); only streams that say
+    /// [`Io::reads_bytes`] are read this way by the relay.
     fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
-        let mut buf = BytesMut::with_capacity(max.max(1));
-        ready!(tokio_util::io::poll_read_buf(Pin::new(self), cx, &mut buf))?;
-        Poll::Ready(Ok(buf.freeze()))
+        poll_read_new(self, cx, max)
     }
 
     /// Writes bytes from the front of `buf` and removes them from it; returns how many. The
@@ -56,13 +54,25 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     }
 }
 
+/// Reads at most `max` bytes into a new buffer: [`Io::poll_read_bytes`] for a stream that holds
+/// no received bytes of its own.
+pub(crate) fn poll_read_new<T: AsyncRead + Unpin + ?Sized>(
+    io: &mut T,
+    cx: &mut Context<'_>,
+    max: usize,
+) -> Poll<io::Result<Bytes>> {
+    let mut buf = BytesMut::with_capacity(max.max(1));
+    ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut buf))?;
+    Poll::Ready(Ok(buf.freeze()))
+}
+
 impl Io for TcpStream {}
 impl Io for tokio::io::DuplexStream {}
 impl Io for tokio::net::UnixStream {}
 
 impl Io for TunnelStream {
     fn reads_bytes(&self) -> bool {
-        TunnelStream::reads_bytes(self)
+        true
     }
 
     fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {

@@ -396,14 +396,9 @@ mod tests {
         }
 
         fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
-            let mut buf = BytesMut::with_capacity(max);
-            ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut self.inner),
-                cx,
-                &mut buf
-            ))?;
+            let chunk = ready!(crate::conn::poll_read_new(&mut self.inner, cx, max))?;
             self.chunks_read += 1;
-            Poll::Ready(Ok(buf.freeze()))
+            Poll::Ready(Ok(chunk))
         }
 
         fn poll_write_bytes(

@@ -152,15 +152,10 @@ impl H3Io {
         Poll::Ready(result)
     }
 
-    pub(crate) fn poll_read(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        while self.pending.is_empty() {
-            if self.eof {
-                return Poll::Ready(Ok(()));
-            }
+    /// Waits until received bytes are pending; none pending after `Ready(Ok)` is the end of
+    /// the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending.is_empty() && !self.eof {
             let polled = self.recv.poll_data(cx);
             self.recv_in_flight = polled.is_pending();
             match ready!(polled) {
@@ -169,10 +164,31 @@ impl H3Io {
                 Err(e) => return Poll::Ready(Err(stream_to_io(e))),
             }
         }
+        Poll::Ready(Ok(()))
+    }
+
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        ready!(self.poll_fill(cx))?;
         let n = self.pending.len().min(buf.remaining());
         buf.put_slice(&self.pending[..n]);
         self.pending.advance(n);
         Poll::Ready(Ok(()))
+    }
+
+    /// The next received bytes, at most `max`, without a copy; empty at the end.
+    pub(crate) fn poll_read_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Bytes>> {
+        ready!(self.poll_fill(cx))?;
+        Poll::Ready(Ok(self
+            .pending
+            .split_to(self.pending.len().min(max.max(1)))))
     }
 
     pub(crate) fn poll_write(
