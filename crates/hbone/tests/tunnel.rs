@@ -48,6 +48,7 @@ both_transports!(
     half_close_server_first,
     client_reset_resets_server,
     client_drop_resets_server,
+    dropped_after_reading_resets_without_panic,
     server_reset_resets_client,
     identity_mismatch_is_refused,
     policy_denial_is_401,
@@ -239,6 +240,27 @@ async fn client_drop_resets_server(transport: Transport) {
     server.read_exact(&mut one).await.unwrap();
     drop(client);
     assert_eq!(read_error(&mut server).await, ErrorKind::ConnectionReset);
+}
+
+// A stream dropped right after a read (HTTP/3: h3 may still hold a read of its own in
+// flight, which made an explicit STOP_SENDING panic the task) still resets the other side,
+// from either end.
+async fn dropped_after_reading_resets_without_panic(transport: Transport) {
+    let (_h, mut client, (_req, mut server)) = tunnel_pair(transport).await;
+    client.write_all(b"ping").await.unwrap();
+    let mut four = [0u8; 4];
+    server.read_exact(&mut four).await.unwrap();
+    server.write_all(b"pong").await.unwrap();
+    client.read_exact(&mut four).await.unwrap();
+    assert_eq!(&four, b"pong");
+    drop(client);
+    assert_eq!(read_error(&mut server).await, ErrorKind::ConnectionReset);
+
+    let (_h, mut client, (_req, mut server)) = tunnel_pair(transport).await;
+    client.write_all(b"ping").await.unwrap();
+    server.read_exact(&mut four).await.unwrap();
+    drop(server);
+    assert_eq!(read_error(&mut client).await, ErrorKind::ConnectionReset);
 }
 
 // A server reset reaches the client as a connection reset, on read and then on write.

@@ -62,13 +62,6 @@ impl RecvHalf {
                 .map_ok(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))),
         }
     }
-
-    fn stop(&mut self) {
-        match self {
-            RecvHalf::Client(s) => s.stop_sending(Code::H3_REQUEST_CANCELLED),
-            RecvHalf::Server(s) => s.stop_sending(Code::H3_REQUEST_CANCELLED),
-        }
-    }
 }
 
 enum Op {
@@ -84,9 +77,8 @@ pub(crate) struct H3Io {
     send: Option<SendHalf>,
     // The operation in flight, and the handle whose drop cancels it (with a reset).
     inflight: Option<(SendFuture, oneshot::Sender<()>)>,
-    recv: RecvHalf,
-    // A read returned Pending: h3-quinn then holds the quinn stream inside its read future.
-    recv_in_flight: bool,
+    // None once reset: dropped, which stops it (see `reset`).
+    recv: Option<RecvHalf>,
     pending: Bytes,
     finished: bool,
     eof: bool,
@@ -98,8 +90,7 @@ impl H3Io {
         H3Io {
             send: Some(send),
             inflight: None,
-            recv,
-            recv_in_flight: false,
+            recv: Some(recv),
             pending: Bytes::new(),
             finished: false,
             eof: false,
@@ -156,9 +147,13 @@ impl H3Io {
     /// the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.pending.is_empty() && !self.eof {
-            let polled = self.recv.poll_data(cx);
-            self.recv_in_flight = polled.is_pending();
-            match ready!(polled) {
+            let Some(recv) = self.recv.as_mut() else {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "tunnel reset",
+                )));
+            };
+            match ready!(recv.poll_data(cx)) {
                 Ok(Some(data)) => self.pending = data,
                 Ok(None) => self.eof = true,
                 Err(e) => return Poll::Ready(Err(stream_to_io(e))),
@@ -243,12 +238,12 @@ impl H3Io {
                 self.send = Some(half);
             }
         }
-        // h3-quinn 0.0.10 unwraps the stream it lent to a pending read (its lib.rs:394), which
-        // panicked the task when a tunnel was dropped mid-read (e.g. its connection closed).
-        // Then the stream is left to quinn, which stops it when the read future is dropped.
-        if !self.recv_in_flight {
-            self.recv.stop();
-        }
+        // The receiving half is dropped rather than stopped: quinn then sends STOP_SENDING
+        // for the unfinished stream itself. h3's stop_sending would panic the task whenever a
+        // read is in flight (h3-quinn 0.0.10 unwraps the stream it lent to that read, its
+        // lib.rs:394), and h3's frame reader can leave one behind even after handing out
+        // data, as it polls ahead for the next frame: no flag of ours can tell.
+        self.recv = None;
     }
 }
 
