@@ -13,9 +13,10 @@
 # HELD (1000), SETTLE (30), RESULTS (file for the raw figures; default a temporary file),
 # NO_BUILD=1 to use the release binaries already built, MESHD=path to measure another meshd
 # binary (an allocator variant), PHASES (default "idle cold connect hold rr bulk": which
-# measurements to take), PROFILE=heaptrack|perf to run both meshd processes under that profiler
-# (heap profiles or perf call graphs land in PROFILE_DIR, default /tmp/meshd-profile; the
-# figures of a profiled run are not comparable with an unprofiled one), WORKER_THREADS=N to set
+# measurements to take), PROFILE=heaptrack|perf|strace to run both meshd processes under that
+# profiler (heap profiles, perf call graphs or timestamped system calls land in PROFILE_DIR,
+# default /tmp/meshd-profile; the figures of a profiled run are not comparable with an
+# unprofiled one), WORKER_THREADS=N to set
 # both meshd's `workerThreads` (default: meshd's own default; HAProxy runs one thread a side).
 # It installs iperf3 and haproxy with apt-get when they are missing. Addresses: 10.214.0.0/24
 # inside its own namespaces only; everything it creates is removed on exit, also on failure.
@@ -227,7 +228,8 @@ profiler() { # side run
         "") ;;
         heaptrack) echo heaptrack -o "$PROFILE_DIR/heaptrack.$1.$2" ;;
         perf) echo perf record -F 999 -g --call-graph dwarf,16384 -o "$PROFILE_DIR/perf.$1.$2.data" -- ;;
-        *) echo "PROFILE=$PROFILE: expected heaptrack or perf" >&2; exit 1 ;;
+        strace) echo strace -f -ttt -T -o "$PROFILE_DIR/strace.$1.$2" -- ;;
+        *) echo "PROFILE=$PROFILE: expected heaptrack, perf or strace" >&2; exit 1 ;;
     esac
 }
 # Under a profiler the started process is the profiler; the measured one is its meshd child.

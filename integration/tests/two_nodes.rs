@@ -399,3 +399,70 @@ fn hbone_over_quic_when_the_workload_asks_for_it() {
     assert_eq!(echo_roundtrip(&mut denied, b"no"), None);
     a.wait_for_log("peer meshd refused the tunnel with HTTP status 401");
 }
+
+// An application that speaks at once has its first bytes sent with the CONNECT, before B has
+// decided (crates/proxy conn::Downstream::read_sent). An allowed connection delivers them
+// once and counts them; a denied one delivers nothing: its destination never sees a
+// connection.
+#[test]
+fn first_bytes_reach_only_an_allowed_destination() {
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let nodes = Nodes::new(8);
+    // On B, a port the policy does not open to web, which counts what reaches it.
+    let watched = TcpListener::bind((nodes.b, 0)).expect("bind watched port");
+    let watched_port = watched.local_addr().expect("local addr").port();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&reached);
+    std::thread::spawn(move || {
+        for stream in watched.incoming() {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut rest = Vec::new();
+            let _ = stream.map(|mut s| s.read_to_end(&mut rest));
+            count.fetch_add(rest.len(), Ordering::SeqCst);
+        }
+    });
+    // Declared on db (else B answers 400 before policy is asked), not allowed to web.
+    let workloads = nodes.ws.path().join("mesh/workloads.yaml");
+    let text = std::fs::read_to_string(&workloads).expect("read workloads");
+    let declared = format!("admin: {}}}", nodes.admin_port);
+    assert!(text.contains(&declared), "{text}");
+    let text = text.replace(
+        &declared,
+        &format!("admin: {}, watched: {watched_port}}}", nodes.admin_port),
+    );
+    std::fs::write(&workloads, text).expect("write workloads");
+    let _b = nodes.start_b();
+    let extra = format!(
+        "listeners:
+- {{listen: '{a}:16001', target: 'db.shop.mesh.internal:5432'}}
+- {{listen: '{a}:16003', target: '{b}:{watched_port}'}}
+",
+        a = nodes.a,
+        b = nodes.b,
+    );
+    let a = Meshd::start(&nodes.node_config("a", "web", "shop/web", nodes.a, &extra));
+
+    for _ in 0..20 {
+        let mut allowed = TcpStream::connect((nodes.a, 16001)).expect("connect listener");
+        assert_eq!(
+            echo_roundtrip(&mut allowed, b"spoken first").as_deref(),
+            Some(&b"spoken first"[..])
+        );
+        let mut denied = TcpStream::connect((nodes.a, 16003)).expect("connect listener");
+        assert_eq!(echo_roundtrip(&mut denied, b"secret"), None);
+    }
+    let log_a = a.wait_for_log("peer meshd refused the tunnel with HTTP status 401");
+    // Each allowed connection counted its 12 bytes once, whichever way they went.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut log_a = log_a;
+    while log_a.matches("bytes_sent=12 bytes_recv=12").count() < 20 {
+        assert!(std::time::Instant::now() < deadline, "{log_a}");
+        std::thread::sleep(Duration::from_millis(50));
+        log_a = a.stderr();
+    }
+    assert!(!log_a.contains("bytes_sent=24"), "{log_a}");
+    assert_eq!(reached.load(Ordering::SeqCst), 0);
+}

@@ -129,6 +129,14 @@ pub trait Downstream: Send + 'static {
     fn accept(self: Box<Self>) -> BoxFuture<'static, io::Result<BoxIo>>;
     /// Refuses; the downstream peer sees the refusal its protocol allows.
     fn refuse(self: Box<Self>, refusal: Refusal) -> BoxFuture<'static, ()>;
+    /// What the application has already sent, read without waiting: empty when nothing is
+    /// there yet, or when this kind of downstream speaks only after its answer (SOCKS5, an
+    /// HBONE stream). An outbound tunnel sends these bytes with its CONNECT, so a client that
+    /// speaks first does not wait a round trip for the tunnel's answer; the relay carries
+    /// the rest. An error is the connection's own (a reset).
+    fn read_sent(&mut self) -> io::Result<Bytes> {
+        Ok(Bytes::new())
+    }
     /// A handle to reset the connection if its relay fails after [`Downstream::accept`];
     /// `None` when dropping the stream already says so (an HBONE stream is reset on drop).
     fn reset_handle(&self) -> Option<ResetHandle> {
@@ -150,10 +158,26 @@ impl Downstream for TcpStream {
         })
     }
 
+    fn read_sent(&mut self) -> io::Result<Bytes> {
+        let mut buf = [0u8; SENT_AHEAD_MAX];
+        // On the socket itself: tokio learns a socket's readiness from epoll, which has not
+        // reported on one accepted this instant, so its `try_read` would not even look.
+        let mut socket: &socket2::Socket = &socket2::SockRef::from(&*self);
+        match io::Read::read(&mut socket, &mut buf) {
+            Ok(n) => Ok(Bytes::copy_from_slice(&buf[..n])),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Bytes::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn reset_handle(&self) -> Option<ResetHandle> {
         ResetHandle::of(self)
     }
 }
+
+/// At most this much of what an application sent first rides with a tunnel's CONNECT: one
+/// HTTP/2 DATA frame at the default maximum frame size.
+const SENT_AHEAD_MAX: usize = 16 << 10;
 
 /// A second descriptor for a plain TCP connection, so that once the stream is boxed into a
 /// relay a failure can still close it with a reset (SO_LINGER 0) instead of a FIN. A FIN
@@ -275,5 +299,88 @@ impl Conn {
     pub async fn refuse(self, refusal: Refusal, error: crate::ProxyError) -> crate::ProxyError {
         self.downstream.refuse(refusal).await;
         error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// An accepted connection and the application's end of it.
+    async fn accepted() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (accepted, app)
+    }
+
+    // What the application sent before the accept is read at once, before tokio's poller has
+    // reported on the socket; the rest stays for the relay.
+    #[tokio::test]
+    async fn read_sent_takes_what_is_there_and_leaves_the_rest() {
+        let (mut accepted, mut app) = accepted().await;
+        app.write_all(b"hello").await.unwrap();
+        // Loopback delivers on write; wait for the kernel all the same, without tokio.
+        let mut first = Bytes::new();
+        for _ in 0..100 {
+            first = Downstream::read_sent(&mut accepted).unwrap();
+            if !first.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(&first[..], b"hello");
+        app.write_all(b" world").await.unwrap();
+        let mut rest = [0u8; 6];
+        accepted.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b" world");
+    }
+
+    // Nothing sent yet (a server-first protocol) is nothing, without waiting; an application
+    // that connected and closed leaves its end for the relay to see.
+    #[tokio::test]
+    async fn read_sent_without_bytes_is_empty() {
+        let (mut accepted, app) = accepted().await;
+        assert!(Downstream::read_sent(&mut accepted).unwrap().is_empty());
+        drop(app);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(Downstream::read_sent(&mut accepted).unwrap().is_empty());
+        let mut rest = Vec::new();
+        assert_eq!(accepted.read_to_end(&mut rest).await.unwrap(), 0);
+    }
+
+    // A reset before the tunnel opens is the connection's error, not an empty read.
+    #[tokio::test]
+    async fn read_sent_reports_a_reset() {
+        let (mut accepted, app) = accepted().await;
+        socket2::SockRef::from(&app)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(app);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let error = Downstream::read_sent(&mut accepted).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    // Kinds that answer before the application may speak read nothing ahead.
+    #[tokio::test]
+    async fn other_downstreams_read_nothing_ahead() {
+        struct Answering;
+        impl Downstream for Answering {
+            fn accept(self: Box<Self>) -> BoxFuture<'static, io::Result<BoxIo>> {
+                unreachable!()
+            }
+            fn refuse(self: Box<Self>, _: Refusal) -> BoxFuture<'static, ()> {
+                unreachable!()
+            }
+        }
+        assert!(Answering.read_sent().unwrap().is_empty());
     }
 }

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use meshd_hbone::{Client, Forwarded, Peer, RequestHeaders, TraceParent, Transport};
 use meshd_identity::SpiffeId;
@@ -54,7 +55,11 @@ impl Connector for MeshConnector {
         })
     }
 
-    fn tunnel(&self, request: TunnelRequest) -> BoxFuture<'static, Result<BoxIo, TunnelError>> {
+    fn tunnel(
+        &self,
+        request: TunnelRequest,
+        first: Bytes,
+    ) -> BoxFuture<'static, Result<BoxIo, TunnelError>> {
         let client = self.client.clone();
         Box::pin(async move {
             let identity =
@@ -72,7 +77,10 @@ impl Connector for MeshConnector {
             if request.quic {
                 peer = peer.with_transport(Transport::H3);
             }
-            match client.connect(&peer, request.authority, headers).await {
+            match client
+                .connect_with_data(&peer, request.authority, headers, first)
+                .await
+            {
                 Ok(stream) => Ok(Box::new(stream) as BoxIo),
                 Err(e) => match e.http_status() {
                     Some(status) => Err(TunnelError::Status(status.as_u16())),

@@ -72,6 +72,18 @@ impl Relay {
         }
     }
 
+    /// Counts `bytes` the downstream side sent that went upstream before the relay: an
+    /// outbound tunnel's first bytes, sent with its CONNECT.
+    pub fn sent_ahead(&mut self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        for meter in self.meters.iter() {
+            meter.downstream_bytes(bytes);
+        }
+        self.record.update(|r| r.bytes_in += bytes);
+    }
+
     /// Keeps `guard` until the connection ends (however it ends), then drops it.
     pub fn hold(&mut self, guard: impl Any + Send + Sync) {
         self.held.push(Box::new(guard));
@@ -130,8 +142,8 @@ impl Relay {
             let result = match copied {
                 Ok((bytes_in, bytes_out)) => {
                     record.update(|r| {
-                        r.bytes_in = bytes_in;
-                        r.bytes_out = bytes_out;
+                        r.bytes_in += bytes_in;
+                        r.bytes_out += bytes_out;
                     });
                     Ok(())
                 }

@@ -63,6 +63,23 @@ async fn copies_both_ways_and_records_the_bytes() {
     assert_eq!((r.bytes_in, r.bytes_out), (4, 5));
 }
 
+// Bytes an outbound tunnel sent ahead with its CONNECT count with those the relay copies.
+#[tokio::test]
+async fn bytes_sent_ahead_count_as_sent() {
+    let (mut relay, record, mut application, mut server) = relay();
+    relay.sent_ahead(0);
+    relay.sent_ahead(6);
+    let running = tokio::spawn(relay.run());
+    application.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    server.read_exact(&mut got).await.unwrap();
+    drop(application);
+    drop(server);
+    running.await.unwrap().unwrap();
+    let r = record.snapshot();
+    assert_eq!((r.bytes_in, r.bytes_out), (10, 0));
+}
+
 #[tokio::test]
 async fn held_guards_live_until_the_connection_ends() {
     let (mut relay, _record, mut application, server) = relay();

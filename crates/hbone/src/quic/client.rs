@@ -58,6 +58,7 @@ impl QuicClient {
         peer: &Peer,
         authority: SocketAddr,
         headers: &RequestHeaders,
+        first: Bytes,
     ) -> Result<TunnelStream, Error> {
         let mut send = self.checkout(peer).await?;
         let mut request = Request::builder()
@@ -70,6 +71,10 @@ impl QuicClient {
         let timeout = self.settings.response_timeout;
         let exchange = async {
             let mut stream = send.send_request(request).await.map_err(h3_error)?;
+            if !first.is_empty() {
+                // Behind the request, before its answer, as over HTTP/2.
+                stream.send_data(first).await.map_err(h3_error)?;
+            }
             let response = stream.recv_response().await.map_err(h3_error)?;
             Ok::<_, Error>((stream, response))
         };

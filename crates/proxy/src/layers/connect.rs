@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use tower::Service;
 
@@ -37,8 +38,13 @@ pub trait Connector: Send + Sync + 'static {
         &self,
         addr: SocketAddr,
     ) -> BoxFuture<'static, io::Result<(BoxIo, Option<ResetHandle>)>>;
-    /// An HBONE tunnel.
-    fn tunnel(&self, request: TunnelRequest) -> BoxFuture<'static, Result<BoxIo, TunnelError>>;
+    /// An HBONE tunnel, sending `first` right behind its CONNECT (what the application
+    /// already sent, [`crate::conn::Downstream::read_sent`]).
+    fn tunnel(
+        &self,
+        request: TunnelRequest,
+        first: Bytes,
+    ) -> BoxFuture<'static, Result<BoxIo, TunnelError>>;
 }
 
 /// The last service of a stack.
@@ -66,11 +72,13 @@ impl Service<Conn> for Connect {
     fn call(&mut self, conn: Conn) -> Self::Future {
         let connector = self.connector.clone();
         Box::pin(async move {
+            let mut conn = conn;
             let Some(upstream) = conn.ctx.upstream.clone() else {
                 let error = ProxyError::BadDestination(conn.ctx.target.to_string());
                 return Err(conn.refuse(Refusal::BadDestination, error).await);
             };
             let mut upstream_reset = None;
+            let mut sent_ahead = 0;
             let upstream_io = match upstream {
                 Upstream::Direct(addr) => match connector.direct(addr).await {
                     Ok((io, reset)) => {
@@ -88,7 +96,12 @@ impl Service<Conn> for Connect {
                     // The registry balances over endpoint addresses (workload address and
                     // target port), which is the CONNECT authority, not the peer's HBONE port.
                     let endpoint = request.authority;
-                    match connector.tunnel(request).await {
+                    let first = match conn.downstream.read_sent() {
+                        Ok(first) => first,
+                        Err(e) => return Err(ProxyError::Downstream(e)),
+                    };
+                    sent_ahead = first.len() as u64;
+                    match connector.tunnel(request, first).await {
                         Ok(io) => io,
                         Err(TunnelError::Status(status)) => {
                             let refusal = if status == 401 {
@@ -120,12 +133,14 @@ impl Service<Conn> for Connect {
                 .accept()
                 .await
                 .map_err(ProxyError::Downstream)?;
-            Ok(Relay::new(
+            let mut relay = Relay::new(
                 downstream,
                 upstream_io,
                 record,
                 [downstream_reset, upstream_reset],
-            ))
+            );
+            relay.sent_ahead(sent_ahead);
+            Ok(relay)
         })
     }
 }
