@@ -4,7 +4,6 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -52,6 +51,11 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         buf.advance(n);
         Poll::Ready(Ok(n))
     }
+
+    /// Makes the stream's close a reset, so that the far end sees a cut relay as an error,
+    /// not as the clean end of a shorter stream. The default does nothing: an HBONE stream
+    /// dropped before its end resets itself.
+    fn reset_on_close(&self) {}
 }
 
 /// Reads at most `max` bytes into a new buffer: [`Io::poll_read_bytes`] for a stream that holds
@@ -66,7 +70,12 @@ pub(crate) fn poll_read_new<T: AsyncRead + Unpin + ?Sized>(
     Poll::Ready(Ok(buf.freeze()))
 }
 
-impl Io for TcpStream {}
+impl Io for TcpStream {
+    fn reset_on_close(&self) {
+        // Best effort: SO_LINGER 0 makes the close send RST instead of FIN.
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
+}
 impl Io for tokio::io::DuplexStream {}
 impl Io for tokio::net::UnixStream {}
 
@@ -104,6 +113,10 @@ impl<T: Io + ?Sized> Io for Box<T> {
     ) -> Poll<io::Result<usize>> {
         (**self).poll_write_bytes(cx, buf)
     }
+
+    fn reset_on_close(&self) {
+        (**self).reset_on_close()
+    }
 }
 
 /// A boxed byte stream.
@@ -137,11 +150,6 @@ pub trait Downstream: Send + 'static {
     fn read_sent(&mut self) -> io::Result<Bytes> {
         Ok(Bytes::new())
     }
-    /// A handle to reset the connection if its relay fails after [`Downstream::accept`];
-    /// `None` when dropping the stream already says so (an HBONE stream is reset on drop).
-    fn reset_handle(&self) -> Option<ResetHandle> {
-        None
-    }
 }
 
 impl Downstream for TcpStream {
@@ -152,10 +160,7 @@ impl Downstream for TcpStream {
     fn refuse(self: Box<Self>, _refusal: Refusal) -> BoxFuture<'static, ()> {
         // Plain TCP has no way to say why; a reset (as ztunnel) at least tells the application
         // that it was refused rather than served and closed.
-        Box::pin(async move {
-            let _ = socket2::SockRef::from(&*self).set_linger(Some(Duration::ZERO));
-            drop(self)
-        })
+        Box::pin(async move { self.reset_on_close() })
     }
 
     fn read_sent(&mut self) -> io::Result<Bytes> {
@@ -169,35 +174,11 @@ impl Downstream for TcpStream {
             Err(e) => Err(e),
         }
     }
-
-    fn reset_handle(&self) -> Option<ResetHandle> {
-        ResetHandle::of(self)
-    }
 }
 
 /// At most this much of what an application sent first rides with a tunnel's CONNECT: one
 /// HTTP/2 DATA frame at the default maximum frame size.
 const SENT_AHEAD_MAX: usize = 16 << 10;
-
-/// A second descriptor for a plain TCP connection, so that once the stream is boxed into a
-/// relay a failure can still close it with a reset (SO_LINGER 0) instead of a FIN. A FIN
-/// after a cut relay would pass a truncated stream off as complete to the application.
-#[derive(Debug)]
-pub struct ResetHandle(socket2::Socket);
-
-impl ResetHandle {
-    /// A handle on `stream`'s socket; `None` if the descriptor cannot be duplicated (then the
-    /// connection just closes normally).
-    pub fn of(stream: &TcpStream) -> Option<ResetHandle> {
-        let fd = stream.as_fd().try_clone_to_owned().ok()?;
-        Some(ResetHandle(socket2::Socket::from(fd)))
-    }
-
-    /// Makes the connection's close a reset, whichever descriptor is closed last.
-    pub fn reset(&self) {
-        let _ = self.0.set_linger(Some(Duration::ZERO));
-    }
-}
 
 /// Where an outbound connection asked to go.
 #[derive(Debug, Clone, PartialEq, Eq)]

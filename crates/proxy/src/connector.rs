@@ -10,7 +10,7 @@ use meshd_hbone::{Client, Forwarded, Peer, RequestHeaders, TraceParent, Transpor
 use meshd_identity::SpiffeId;
 use tokio::net::TcpStream;
 
-use crate::conn::{BoxIo, ResetHandle, TunnelRequest};
+use crate::conn::{BoxIo, TunnelRequest};
 use crate::layers::connect::{CONNECT_TIMEOUT, Connector, TunnelError};
 
 /// The connector `meshd run` uses.
@@ -29,10 +29,7 @@ impl MeshConnector {
 }
 
 impl Connector for MeshConnector {
-    fn direct(
-        &self,
-        addr: SocketAddr,
-    ) -> BoxFuture<'static, io::Result<(BoxIo, Option<ResetHandle>)>> {
+    fn direct(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>> {
         let mark = self.mark;
         Box::pin(async move {
             let stream = match mark {
@@ -50,8 +47,7 @@ impl Connector for MeshConnector {
                     stream
                 }
             };
-            let reset = ResetHandle::of(&stream);
-            Ok((Box::new(stream) as BoxIo, reset))
+            Ok(Box::new(stream) as BoxIo)
         })
     }
 

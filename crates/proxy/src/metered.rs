@@ -85,6 +85,10 @@ impl<T: Io> Io for Metered<T> {
     ) -> Poll<io::Result<usize>> {
         self.inner.poll_write_bytes(cx, buf)
     }
+
+    fn reset_on_close(&self) {
+        self.inner.reset_on_close()
+    }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::conn::{BoxIo, ResetHandle};
+use crate::conn::{BoxIo, Io};
 use crate::error::ProxyError;
 use crate::metered::{Metered, Side};
 use crate::record::{Meters, RecordHandle};
@@ -36,8 +36,6 @@ pub struct Relay {
     upstream: BoxIo,
     record: RecordHandle,
     meters: Meters,
-    // Plain TCP sides, reset if the relay is cut so the application sees the cut.
-    resets: [Option<ResetHandle>; 2],
     recheck: Option<(watch::Receiver<Arc<ProxyState>>, Check)>,
     held: Vec<Box<dyn Any + Send + Sync>>,
 }
@@ -54,19 +52,13 @@ impl fmt::Debug for Relay {
 impl Relay {
     /// Both accepted sides of a connection; the record is marked established here, which hands
     /// out the sinks' byte meters.
-    pub fn new(
-        downstream: BoxIo,
-        upstream: BoxIo,
-        record: RecordHandle,
-        resets: [Option<ResetHandle>; 2],
-    ) -> Relay {
+    pub fn new(downstream: BoxIo, upstream: BoxIo, record: RecordHandle) -> Relay {
         let meters = record.established();
         Relay {
             downstream,
             upstream,
             record,
             meters,
-            resets,
             recheck: None,
             held: Vec::new(),
         }
@@ -109,7 +101,6 @@ impl Relay {
             upstream,
             record,
             meters,
-            resets,
             recheck,
             held,
         } = self;
@@ -151,9 +142,8 @@ impl Relay {
                     if matches!(error, ProxyError::Copy(_)) {
                         // One side failed (a reset, an I/O error): the other side's application
                         // must see the cut as an error too, not as a clean end of a shorter stream.
-                        for handle in resets.iter().flatten() {
-                            handle.reset();
-                        }
+                        downstream.reset_on_close();
+                        upstream.reset_on_close();
                     }
                     record.fail(&error);
                     Err(error)

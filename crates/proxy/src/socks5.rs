@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::conn::{BoxIo, Downstream, Refusal, ResetHandle, Target};
+use crate::conn::{BoxIo, Downstream, Refusal, Target};
 
 const VERSION: u8 = 5;
 const NO_AUTH: u8 = 0;
@@ -132,9 +132,5 @@ impl Downstream for Socks5Request {
             };
             let _ = send_reply(&mut self.stream, code).await;
         })
-    }
-
-    fn reset_handle(&self) -> Option<ResetHandle> {
-        ResetHandle::of(&self.stream)
     }
 }

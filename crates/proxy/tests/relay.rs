@@ -38,7 +38,6 @@ fn relay() -> (Relay, RecordHandle, DuplexStream, DuplexStream) {
         Box::new(downstream) as BoxIo,
         Box::new(upstream) as BoxIo,
         record.clone(),
-        [None, None],
     );
     (relay, record, application, server)
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tower::Service;
 
-use crate::conn::{BoxIo, Conn, Refusal, ResetHandle, TunnelRequest, Upstream};
+use crate::conn::{BoxIo, Conn, Refusal, TunnelRequest, Upstream};
 use crate::error::ProxyError;
 use crate::relay::Relay;
 
@@ -33,11 +33,8 @@ pub enum TunnelError {
 /// Opens upstream connections. Plain connects must carry meshd's socket mark so traffic capture
 /// never loops them back into meshd.
 pub trait Connector: Send + Sync + 'static {
-    /// Plain TCP, with a handle to reset it if the relay fails.
-    fn direct(
-        &self,
-        addr: SocketAddr,
-    ) -> BoxFuture<'static, io::Result<(BoxIo, Option<ResetHandle>)>>;
+    /// Plain TCP.
+    fn direct(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>>;
     /// An HBONE tunnel, sending `first` right behind its CONNECT (what the application
     /// already sent, [`crate::conn::Downstream::read_sent`]).
     fn tunnel(
@@ -77,14 +74,10 @@ impl Service<Conn> for Connect {
                 let error = ProxyError::BadDestination(conn.ctx.target.to_string());
                 return Err(conn.refuse(Refusal::BadDestination, error).await);
             };
-            let mut upstream_reset = None;
             let mut sent_ahead = 0;
             let upstream_io = match upstream {
                 Upstream::Direct(addr) => match connector.direct(addr).await {
-                    Ok((io, reset)) => {
-                        upstream_reset = reset;
-                        io
-                    }
+                    Ok(io) => io,
                     Err(source) => {
                         conn.ctx.state.registry.report_failure(addr);
                         let error = ProxyError::Connect { addr, source };
@@ -127,18 +120,12 @@ impl Service<Conn> for Connect {
                 }
             };
             let record = conn.ctx.record.clone();
-            let downstream_reset = conn.downstream.reset_handle();
             let downstream = conn
                 .downstream
                 .accept()
                 .await
                 .map_err(ProxyError::Downstream)?;
-            let mut relay = Relay::new(
-                downstream,
-                upstream_io,
-                record,
-                [downstream_reset, upstream_reset],
-            );
+            let mut relay = Relay::new(downstream, upstream_io, record);
             relay.sent_ahead(sent_ahead);
             Ok(relay)
         })
