@@ -16,8 +16,8 @@
 # measurements to take), PROFILE=heaptrack|perf|strace to run both meshd processes under that
 # profiler (heap profiles, perf call graphs or timestamped system calls land in PROFILE_DIR,
 # default /tmp/meshd-profile; the figures of a profiled run are not comparable with an
-# unprofiled one), WORKER_THREADS=N to set
-# both meshd's `workerThreads` (default: meshd's own default; HAProxy runs one thread a side).
+# unprofiled one), WORKER_THREADS=N to set both meshd's `workerThreads` (default: meshd's own
+# default; HAProxy runs one thread a side).
 # It installs iperf3 and haproxy with apt-get when they are missing. Addresses: 10.214.0.0/24
 # inside its own namespaces only; everything it creates is removed on exit, also on failure.
 set -euo pipefail
