@@ -315,8 +315,15 @@ fn service_entry_vip_balances_over_two_machines_and_moves_off_a_stopped_one() {
     let results: Vec<Option<String>> = (0..30).map(|_| through_vip(c.m(SLEEP))).collect();
     let failed = results.iter().filter(|r| r.is_none()).count();
     assert!(failed <= 1, "{failed} failed: {results:?}");
+    // Everything after the failure went to httpbin. Where the failure falls is chance (the
+    // first pick of notsleep): asserting it among the first ten, as this test did, fails one
+    // run in 1 024, and did once.
+    let after_failure = results
+        .iter()
+        .position(Option::is_none)
+        .map_or(0, |i| i + 1);
     assert!(
-        results[results.len() - 20..]
+        results[after_failure..]
             .iter()
             .all(|r| r.as_deref() == Some("httpbin")),
         "{results:?}"
