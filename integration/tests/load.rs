@@ -54,6 +54,16 @@ fn machines() -> (Netns, Netns) {
         },
     )
     .unwrap();
+    // The soak opens and closes connections to one destination for ten minutes, faster than
+    // the default port range (28 000 ports, each in TIME_WAIT for 60 s) allows: widen it and
+    // let TIME_WAIT ports be reused, in each namespace, as benches/e2e does. Otherwise the
+    // test client runs out of ports ("Cannot assign requested address"), not meshd.
+    for ns in [&local, &peer] {
+        ns.run(|| {
+            std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "10000 65000").unwrap();
+            std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1").unwrap();
+        });
+    }
     (local, peer)
 }
 
