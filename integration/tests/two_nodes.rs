@@ -454,10 +454,9 @@ fn first_bytes_reach_only_an_allowed_destination() {
         let mut denied = TcpStream::connect((nodes.a, 16003)).expect("connect listener");
         assert_eq!(echo_roundtrip(&mut denied, b"secret"), None);
     }
-    let log_a = a.wait_for_log("peer meshd refused the tunnel with HTTP status 401");
+    let mut log_a = a.wait_for_log("peer meshd refused the tunnel with HTTP status 401");
     // Each allowed connection counted its 12 bytes once, whichever way they went.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut log_a = log_a;
     while log_a.matches("bytes_sent=12 bytes_recv=12").count() < 20 {
         assert!(std::time::Instant::now() < deadline, "{log_a}");
         std::thread::sleep(Duration::from_millis(50));

@@ -70,18 +70,12 @@ async fn bare_server(pki: &Pki, refuse: usize, want: usize) -> (Peer, mpsc::Rece
     (peer, rx)
 }
 
-fn client(pki: &Pki) -> meshd_hbone::Client {
-    meshd_hbone::Client::new(pki.client.clone(), Default::default()).unwrap()
-}
-
-// The bytes travel behind the HEADERS: the server reads them before it answers.
-#[tokio::test]
-async fn first_bytes_arrive_before_the_answer() {
-    let pki = Pki::new();
-    let (peer, mut seen) = bare_server(&pki, 0, 5).await;
-    let client = client(&pki);
+/// A new client's tunnel to `peer` with "hello" sent behind the CONNECT; it fails the test if
+/// the answer never comes (as it would not from `bare_server` had the bytes waited for it).
+async fn connect_hello(pki: &Pki, peer: &Peer) -> (meshd_hbone::Client, meshd_hbone::TunnelStream) {
+    let client = meshd_hbone::Client::new(pki.client.clone(), Default::default()).unwrap();
     let connect = client.connect_with_data(
-        &peer,
+        peer,
         authority(80),
         Default::default(),
         Bytes::from_static(b"hello"),
@@ -90,6 +84,15 @@ async fn first_bytes_arrive_before_the_answer() {
         .await
         .expect("the answer never came: the bytes waited for it")
         .unwrap();
+    (client, stream)
+}
+
+// The bytes travel behind the HEADERS: the server reads them before it answers.
+#[tokio::test]
+async fn first_bytes_arrive_before_the_answer() {
+    let pki = Pki::new();
+    let (peer, mut seen) = bare_server(&pki, 0, 5).await;
+    let (_client, stream) = connect_hello(&pki, &peer).await;
     assert_eq!(
         seen.recv().await.unwrap(),
         Seen::ReadBeforeAnswer(b"hello".to_vec())
@@ -103,17 +106,7 @@ async fn first_bytes_arrive_before_the_answer() {
 async fn a_retried_request_carries_its_first_bytes_again() {
     let pki = Pki::new();
     let (peer, mut seen) = bare_server(&pki, 1, 5).await;
-    let client = client(&pki);
-    let connect = client.connect_with_data(
-        &peer,
-        authority(80),
-        Default::default(),
-        Bytes::from_static(b"hello"),
-    );
-    let stream = tokio::time::timeout(Duration::from_secs(10), connect)
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, stream) = connect_hello(&pki, &peer).await;
     assert_eq!(seen.recv().await.unwrap(), Seen::Refused);
     assert_eq!(
         seen.recv().await.unwrap(),

@@ -66,10 +66,9 @@ impl Service<Conn> for Connect {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, conn: Conn) -> Self::Future {
+    fn call(&mut self, mut conn: Conn) -> Self::Future {
         let connector = self.connector.clone();
         Box::pin(async move {
-            let mut conn = conn;
             let Some(upstream) = conn.ctx.upstream.clone() else {
                 let error = ProxyError::BadDestination(conn.ctx.target.to_string());
                 return Err(conn.refuse(Refusal::BadDestination, error).await);
@@ -89,10 +88,10 @@ impl Service<Conn> for Connect {
                     // The registry balances over endpoint addresses (workload address and
                     // target port), which is the CONNECT authority, not the peer's HBONE port.
                     let endpoint = request.authority;
-                    let first = match conn.downstream.read_sent() {
-                        Ok(first) => first,
-                        Err(e) => return Err(ProxyError::Downstream(e)),
-                    };
+                    let first = conn
+                        .downstream
+                        .read_sent()
+                        .map_err(ProxyError::Downstream)?;
                     sent_ahead = first.len() as u64;
                     match connector.tunnel(request, first).await {
                         Ok(io) => io,
