@@ -465,3 +465,82 @@ fn first_bytes_reach_only_an_allowed_destination() {
     assert!(!log_a.contains("bytes_sent=24"), "{log_a}");
     assert_eq!(reached.load(Ordering::SeqCst), 0);
 }
+
+/// `meshd_hbone_pool_connections` on a node's metrics port.
+fn pooled_connections(node: IpAddr) -> Option<u64> {
+    let (status, body) = meshd_integration::http(SocketAddr::new(node, 15020), "GET", "/metrics")?;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix("meshd_hbone_pool_connections "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+// `pool.unusedReleaseTimeout` (ztunnel's POOL_UNUSED_RELEASE_TIMEOUT) closes an HBONE
+// connection once no tunnel has used it for that long, and never one a tunnel still uses.
+#[test]
+fn pool_unused_release_timeout_closes_only_unused_connections() {
+    let nodes = Nodes::new(9);
+    let _b = nodes.start_b();
+    let extra = format!(
+        "listeners:
+- {{listen: '{a}:16001', target: 'db.shop.mesh.internal:5432'}}
+pool: {{unusedReleaseTimeout: 1s}}
+",
+        a = nodes.a,
+    );
+    let _a = Meshd::start(&nodes.node_config("a", "web", "shop/web", nodes.a, &extra));
+
+    let mut held = TcpStream::connect((nodes.a, 16001)).expect("connect listener");
+    assert_eq!(
+        echo_roundtrip(&mut held, b"before").as_deref(),
+        Some(&b"before"[..])
+    );
+    assert_eq!(pooled_connections(nodes.a), Some(1));
+    // In use for three release timeouts: kept, and the tunnel still carries bytes.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pooled_connections(nodes.a), Some(1));
+    assert_eq!(
+        echo_roundtrip(&mut held, b"after").as_deref(),
+        Some(&b"after"[..])
+    );
+    drop(held);
+    meshd_integration::eventually("the unused connection is released", || {
+        (pooled_connections(nodes.a) == Some(0)).then_some(())
+    });
+    // The next tunnel dials a new connection.
+    let mut again = TcpStream::connect((nodes.a, 16001)).expect("connect listener");
+    assert_eq!(
+        echo_roundtrip(&mut again, b"again").as_deref(),
+        Some(&b"again"[..])
+    );
+    assert_eq!(pooled_connections(nodes.a), Some(1));
+}
+
+// `pool.maxStreamsPerConnection` (ztunnel's POOL_MAX_STREAMS_PER_CONNECTION): a third
+// concurrent tunnel to one peer opens a second HBONE connection when each may carry two.
+#[test]
+fn pool_max_streams_per_connection_opens_another_connection() {
+    let nodes = Nodes::new(10);
+    let _b = nodes.start_b();
+    let extra = format!(
+        "listeners:
+- {{listen: '{a}:16001', target: 'db.shop.mesh.internal:5432'}}
+pool: {{maxStreamsPerConnection: 2}}
+",
+        a = nodes.a,
+    );
+    let _a = Meshd::start(&nodes.node_config("a", "web", "shop/web", nodes.a, &extra));
+    let mut held = Vec::new();
+    for (i, expected) in [1, 1, 2].into_iter().enumerate() {
+        let mut tunnel = TcpStream::connect((nodes.a, 16001)).expect("connect listener");
+        let message = format!("tunnel {i}");
+        assert_eq!(
+            echo_roundtrip(&mut tunnel, message.as_bytes()).as_deref(),
+            Some(message.as_bytes())
+        );
+        assert_eq!(pooled_connections(nodes.a), Some(expected), "tunnel {i}");
+        held.push(tunnel);
+    }
+}

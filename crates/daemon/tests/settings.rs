@@ -122,6 +122,91 @@ fn worker_threads_default_to_ztunnel_s_two_or_one_on_small_machines() {
 }
 
 #[test]
+fn pool_keys_default_to_ztunnel_s_and_read_durations() {
+    Jail::expect_with(|jail| {
+        let defaults = load(
+            Base::Embedded {
+                name: "<test>",
+                text: "{}",
+            },
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            defaults.config.pool.unused_release_timeout,
+            std::time::Duration::from_secs(300)
+        );
+        assert_eq!(defaults.config.pool.max_streams_per_connection.get(), 100);
+        jail.create_file(
+            "meshd.yaml",
+            "configDir: /x\npool: {unusedReleaseTimeout: 1m30s, maxStreamsPerConnection: 20}\n",
+        )?;
+        let set = load(Base::File(Path::new("meshd.yaml")), &Flags::default()).unwrap();
+        assert_eq!(
+            set.config.pool.unused_release_timeout,
+            std::time::Duration::from_secs(90)
+        );
+        assert_eq!(set.config.pool.max_streams_per_connection.get(), 20);
+        jail.set_env("MESHD_POOL__UNUSED_RELEASE_TIMEOUT", "10s");
+        let env = load(Base::File(Path::new("meshd.yaml")), &Flags::default()).unwrap();
+        assert_eq!(
+            env.config.pool.unused_release_timeout,
+            std::time::Duration::from_secs(10)
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_pool_values_are_errors_naming_file_line_and_field() {
+    for (value, field, reason) in [
+        (
+            "unusedReleaseTimeout: 0s",
+            "unusedReleaseTimeout",
+            "longer than zero",
+        ),
+        (
+            "unusedReleaseTimeout: 300",
+            "unusedReleaseTimeout",
+            "expected a string",
+        ),
+        (
+            "unusedReleaseTimeout: '300'",
+            "unusedReleaseTimeout",
+            "missing unit",
+        ),
+        (
+            "unusedReleaseTimeout: soon",
+            "unusedReleaseTimeout",
+            "expected a number",
+        ),
+        (
+            "maxStreamsPerConnection: 0",
+            "maxStreamsPerConnection",
+            "nonzero",
+        ),
+        (
+            "maxStreamsPerConnection: -1",
+            "maxStreamsPerConnection",
+            "-1",
+        ),
+        ("idleTimeout: 5m", "idleTimeout", "unknown field"),
+    ] {
+        Jail::expect_with(|jail| {
+            jail.create_file("meshd.yaml", &format!("configDir: /x\npool:\n  {value}\n"))?;
+            let err = load(Base::File(Path::new("meshd.yaml")), &Flags::default()).unwrap_err();
+            let SettingsError::File(text) = err else {
+                panic!("{value}: {err:?}")
+            };
+            assert!(text.starts_with("meshd.yaml:3:"), "{value}: {text}");
+            assert!(text.contains(field), "{value}: {text}");
+            assert!(text.contains(reason), "{value}: {text}");
+            Ok(())
+        });
+    }
+}
+
+#[test]
 fn an_unknown_environment_key_is_an_error_naming_it() {
     // A typo in an environment variable must not be silently ignored.
     Jail::expect_with(|jail| {

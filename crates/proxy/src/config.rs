@@ -1,8 +1,9 @@
 //! The daemon configuration (`meshd.yaml`): identity, listeners, local workloads, plugins.
 
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use meshd_identity::{DevCaSource, IdentitySource};
 use meshd_redirect::RedirectConfig;
@@ -55,6 +56,9 @@ pub struct ProxyConfig {
     /// with the workloads it serves for every CPU ([`default_worker_threads`]).
     #[serde(default = "default_worker_threads")]
     pub worker_threads: NonZeroUsize,
+    /// The HBONE client's connection pool.
+    #[serde(default)]
+    pub pool: PoolSettings,
 }
 
 impl Default for ProxyConfig {
@@ -72,6 +76,7 @@ impl Default for ProxyConfig {
             redirect: RedirectConfig::default(),
             socks5: Socks5Settings::default(),
             worker_threads: default_worker_threads(),
+            pool: PoolSettings::default(),
         }
     }
 }
@@ -212,6 +217,68 @@ impl Default for Listen {
             metrics: default_metrics_listen(),
             readiness: default_readiness_listen(),
         }
+    }
+}
+
+/// `pool:` settings: ztunnel's two pool knobs, under the names of its environment variables.
+///
+/// Tunnels to one peer (one destination address and identity) share HBONE connections, up to
+/// `maxStreamsPerConnection` streams each; a connection with no streams left is kept for
+/// `unusedReleaseTimeout` so that the next tunnel skips the TCP and TLS handshakes. A shorter
+/// timeout gives memory back sooner after a burst (each idle HBONE connection holds about
+/// 150 KB on each side, mostly h2 and TLS state: README, benchmark) at the price of a handshake
+/// for traffic that comes back later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolSettings {
+    /// How long an unused HBONE connection stays open: `5m` by default, as ztunnel's
+    /// `POOL_UNUSED_RELEASE_TIMEOUT`. Written like `30s`, `5m` or `1h`; zero is refused.
+    #[serde(default = "default_unused_release_timeout", with = "duration_text")]
+    pub unused_release_timeout: Duration,
+    /// Streams per HBONE connection before the pool opens another: 100 by default, as
+    /// ztunnel's `POOL_MAX_STREAMS_PER_CONNECTION` (the peer's own limit caps it further).
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: NonZeroU32,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            unused_release_timeout: default_unused_release_timeout(),
+            max_streams_per_connection: default_max_streams_per_connection(),
+        }
+    }
+}
+
+fn default_unused_release_timeout() -> Duration {
+    meshd_hbone::DEFAULT_CLIENT_IDLE_TIMEOUT
+}
+
+fn default_max_streams_per_connection() -> NonZeroU32 {
+    const ZTUNNEL: NonZeroU32 = NonZeroU32::new(meshd_hbone::DEFAULT_MAX_STREAMS_PER_CONNECTION)
+        .expect("ztunnel's 100 is not zero");
+    ZTUNNEL
+}
+
+/// Durations as meshd's YAML writes them (`30s`, `5m`, `1h30m`), read with the identity
+/// crate's parser so every duration key takes the same forms.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&meshd_identity::format_duration(*d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        meshd_identity::parse_duration(&text).map_err(|e| match e {
+            // The parser names the identity key it was written for; the key here is the one
+            // serde reports, so only the reason is passed on.
+            meshd_identity::Error::Config { reason, .. } => serde::de::Error::custom(reason),
+            other => serde::de::Error::custom(other),
+        })
     }
 }
 

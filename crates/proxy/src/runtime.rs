@@ -119,6 +119,8 @@ impl Proxy {
         let outbound_plugins = Plugins::new(plugins.build(&config.plugins)?);
         let client_settings = ClientSettings {
             socket_mark: config.socket_mark(),
+            idle_timeout: config.pool.unused_release_timeout,
+            max_streams_per_connection: config.pool.max_streams_per_connection.get(),
             ..ClientSettings::default()
         };
         let client = Client::new(identity.clone(), client_settings)?;
