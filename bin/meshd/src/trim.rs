@@ -33,10 +33,11 @@ pub const INTERVAL: Duration = Duration::from_secs(5);
 /// ~3–4 KB, so 1 MiB is a few hundred connections gone.
 pub const THRESHOLD: usize = 1 << 20;
 
-/// Decides when to trim: when glibc holds at least [`THRESHOLD`] free, and either the
-/// process's anonymous resident memory grew by as much since the last trim (a burst came and
-/// went) or glibc's free bytes did (memory freed after the last trim: a trim one second after
-/// 1 000 connections closed came before the server had released them all).
+/// Decides when to trim: when glibc holds at least [`THRESHOLD`] free, and either this is the
+/// first tick (nothing to compare with yet), or the process's anonymous resident memory grew
+/// by as much since the last trim (a burst came and went), or glibc's free bytes did (memory
+/// freed after the last trim: a trim one second after 1 000 connections closed came before the
+/// server had released them all).
 ///
 /// Neither figure alone will do. The bytes in use, sampled every [`INTERVAL`], miss a burst
 /// shorter than that (1 000 connections opened, held 3 s, closed). The free bytes do not fall
@@ -70,12 +71,17 @@ impl Trimmer {
 
     fn tick_with(&mut self, threshold: usize) -> Option<Trimmed> {
         let resident = anon_resident()?;
+        let free = heap_free();
+        // The first tick has no baseline to compare with: what is free then (start-up's
+        // garbage, or a burst that came and went in the first seconds, as when every client
+        // reconnects after a restart) is returned once; taking it as the baseline instead
+        // would keep it resident for good.
+        let first = self.low.is_none();
         let low = self.low.map_or(resident, |low| low.min(resident));
         self.low = Some(low);
-        let free = heap_free();
         let free_low = self.free_low.map_or(free, |f| f.min(free));
         self.free_low = Some(free_low);
-        let burst_came_and_went = resident >= low + threshold;
+        let burst_came_and_went = first || resident >= low + threshold;
         let freed_since_trim = free >= free_low + threshold;
         if free < threshold || !(burst_came_and_went || freed_since_trim) {
             return None;
@@ -229,6 +235,41 @@ mod tests {
         .join()
         .unwrap();
     }
+
+    /// A burst that came and went before the first tick (meshd restarted under load) is
+    /// trimmed at that tick, not taken as the baseline.
+    #[test]
+    fn trims_a_burst_freed_before_the_first_tick() {
+        const MIB: usize = 1 << 20;
+        std::thread::spawn(|| {
+            let threshold = 16 * MIB;
+            let blocks: Vec<Box<[u8]>> = (0..8 * 1024)
+                .map(|i| vec![i as u8 | 1; 4000].into_boxed_slice())
+                .collect();
+            let pin = vec![1u8; 4000].into_boxed_slice();
+            drop(blocks);
+            let freed = rss();
+            let mut trimmer = Trimmer::default();
+            let trimmed = trimmer
+                .tick_with(threshold)
+                .expect("32 MB free at the first tick: trim");
+            assert!(trimmed.released, "{trimmed:?}");
+            let after = rss();
+            assert!(
+                after + 16 * MIB <= freed,
+                "RSS {freed} -> {after} after the first tick"
+            );
+            assert_eq!(
+                trimmer.tick_with(threshold),
+                None,
+                "nothing freed since the trim"
+            );
+            drop(pin);
+        })
+        .join()
+        .unwrap();
+    }
+
     /// Memory freed after a trim (a server releases the last of 1 000 closed connections after
     /// the tick that trimmed) is trimmed at the next tick, though resident memory did not grow.
     #[test]
