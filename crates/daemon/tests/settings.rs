@@ -8,7 +8,32 @@
 use std::path::{Path, PathBuf};
 
 use figment::Jail;
-use meshd_daemon::settings::{Base, Flags, SettingsError, changed_keys, load};
+use meshd_daemon::settings::{Base, Flags, Settings, SettingsError, changed_keys, load};
+
+/// The layers over an empty embedded file: built-in defaults and the environment.
+fn load_empty() -> Result<Settings, SettingsError> {
+    load(
+        Base::Embedded {
+            name: "<test>",
+            text: "{}",
+        },
+        &Flags::default(),
+    )
+}
+
+/// The layers over `meshd.yaml` in the jail's directory, without flags.
+fn load_file() -> Result<Settings, SettingsError> {
+    load(Base::File(Path::new("meshd.yaml")), &Flags::default())
+}
+
+/// The error `meshd.yaml` in the jail's directory is rejected with (file, line, key, reason);
+/// fails the test if it loads or fails some other way.
+fn file_error() -> String {
+    match load_file() {
+        Err(SettingsError::File(text)) => text,
+        other => panic!("expected an error in meshd.yaml: {other:?}"),
+    }
+}
 
 fn source_of(shown: &[meshd_daemon::settings::Shown], key: &str) -> (String, String) {
     let s = shown.iter().find(|s| s.key == key).unwrap();
@@ -76,10 +101,7 @@ fn an_unknown_key_in_the_file_names_file_line_and_field() {
             "meshd.yaml",
             "configDir: /x\nlisten:\n  admn: 127.0.0.1:15000\n",
         )?;
-        let err = load(Base::File(Path::new("meshd.yaml")), &Flags::default()).unwrap_err();
-        let SettingsError::File(text) = err else {
-            panic!("{err:?}")
-        };
+        let text = file_error();
         assert!(text.starts_with("meshd.yaml:3:3: "), "{text}");
         assert!(text.contains("listen.admn: unknown field"), "{text}");
         Ok(())
@@ -90,10 +112,7 @@ fn an_unknown_key_in_the_file_names_file_line_and_field() {
 fn zero_worker_threads_is_an_error_naming_file_line_and_field() {
     Jail::expect_with(|jail| {
         jail.create_file("meshd.yaml", "configDir: /x\nworkerThreads: 0\n")?;
-        let err = load(Base::File(Path::new("meshd.yaml")), &Flags::default()).unwrap_err();
-        let SettingsError::File(text) = err else {
-            panic!("{err:?}")
-        };
+        let text = file_error();
         assert!(text.starts_with("meshd.yaml:2:"), "{text}");
         assert!(text.contains("workerThreads"), "{text}");
         assert!(text.contains("nonzero"), "{text}");
@@ -104,14 +123,7 @@ fn zero_worker_threads_is_an_error_naming_file_line_and_field() {
 #[test]
 fn worker_threads_default_to_ztunnel_s_two_or_one_on_small_machines() {
     Jail::expect_with(|_| {
-        let settings = load(
-            Base::Embedded {
-                name: "<test>",
-                text: "{}",
-            },
-            &Flags::default(),
-        )
-        .unwrap();
+        let settings = load_empty().unwrap();
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         assert_eq!(
             settings.config.worker_threads.get(),
@@ -124,14 +136,7 @@ fn worker_threads_default_to_ztunnel_s_two_or_one_on_small_machines() {
 #[test]
 fn pool_keys_default_to_ztunnel_s_and_read_durations() {
     Jail::expect_with(|jail| {
-        let defaults = load(
-            Base::Embedded {
-                name: "<test>",
-                text: "{}",
-            },
-            &Flags::default(),
-        )
-        .unwrap();
+        let defaults = load_empty().unwrap();
         assert_eq!(
             defaults.config.pool.unused_release_timeout,
             std::time::Duration::from_secs(300)
@@ -141,14 +146,14 @@ fn pool_keys_default_to_ztunnel_s_and_read_durations() {
             "meshd.yaml",
             "configDir: /x\npool: {unusedReleaseTimeout: 1m30s, maxStreamsPerConnection: 20}\n",
         )?;
-        let set = load(Base::File(Path::new("meshd.yaml")), &Flags::default()).unwrap();
+        let set = load_file().unwrap();
         assert_eq!(
             set.config.pool.unused_release_timeout,
             std::time::Duration::from_secs(90)
         );
         assert_eq!(set.config.pool.max_streams_per_connection.get(), 20);
         jail.set_env("MESHD_POOL__UNUSED_RELEASE_TIMEOUT", "10s");
-        let env = load(Base::File(Path::new("meshd.yaml")), &Flags::default()).unwrap();
+        let env = load_file().unwrap();
         assert_eq!(
             env.config.pool.unused_release_timeout,
             std::time::Duration::from_secs(10)
@@ -194,10 +199,7 @@ fn bad_pool_values_are_errors_naming_file_line_and_field() {
     ] {
         Jail::expect_with(|jail| {
             jail.create_file("meshd.yaml", &format!("configDir: /x\npool:\n  {value}\n"))?;
-            let err = load(Base::File(Path::new("meshd.yaml")), &Flags::default()).unwrap_err();
-            let SettingsError::File(text) = err else {
-                panic!("{value}: {err:?}")
-            };
+            let text = file_error();
             assert!(text.starts_with("meshd.yaml:3:"), "{value}: {text}");
             assert!(text.contains(field), "{value}: {text}");
             assert!(text.contains(reason), "{value}: {text}");
@@ -207,18 +209,30 @@ fn bad_pool_values_are_errors_naming_file_line_and_field() {
 }
 
 #[test]
+fn a_bad_duration_names_its_key_once() {
+    // identity.devCa.ttl and pool.unusedReleaseTimeout read durations alike; the parser's own
+    // `ttl` label is not repeated after the key serde names.
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "meshd.yaml",
+            "configDir: /x\nidentity:\n  devCa: {dir: /d, ttl: forever}\n",
+        )?;
+        let text = file_error();
+        assert!(text.starts_with("meshd.yaml:3:"), "{text}");
+        assert!(
+            text.contains("identity.devCa.ttl: \"forever\": expected a number"),
+            "{text}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
 fn an_unknown_environment_key_is_an_error_naming_it() {
     // A typo in an environment variable must not be silently ignored.
     Jail::expect_with(|jail| {
         jail.set_env("MESHD_LISTEN__ADMN", "127.0.0.1:1");
-        let err = load(
-            Base::Embedded {
-                name: "<test>",
-                text: "{}",
-            },
-            &Flags::default(),
-        )
-        .unwrap_err();
+        let err = load_empty().unwrap_err();
         let text = err.to_string();
         assert!(text.contains("admn"), "{text}");
         assert!(text.contains("environment"), "{text}");
@@ -230,14 +244,7 @@ fn an_unknown_environment_key_is_an_error_naming_it() {
 fn a_bad_environment_value_is_an_error_naming_the_variable() {
     Jail::expect_with(|jail| {
         jail.set_env("MESHD_HBONE_PORT", "not-a-port");
-        let err = load(
-            Base::Embedded {
-                name: "<test>",
-                text: "{}",
-            },
-            &Flags::default(),
-        )
-        .unwrap_err();
+        let err = load_empty().unwrap_err();
         let text = err.to_string();
         assert!(text.contains("hbonePort"), "{text}");
         assert!(text.contains("environment"), "{text}");
@@ -251,11 +258,7 @@ fn the_command_line_s_own_variables_are_not_keys() {
     Jail::expect_with(|jail| {
         jail.set_env("MESHD_CONFIG", "/etc/meshd/meshd.yaml");
         jail.set_env("MESHD_LOG_FORMAT", "json");
-        let base = Base::Embedded {
-            name: "<test>",
-            text: "{}",
-        };
-        assert!(load(base, &Flags::default()).is_ok());
+        assert!(load_empty().is_ok());
         Ok(())
     });
 }

@@ -76,7 +76,7 @@ pub use dev_ca::{DevCa, IssuedSvid};
 pub use error::Error;
 pub use source::{
     DEFAULT_DEV_TTL, DEFAULT_TRUST_DOMAIN, DevCaSource, FilesSource, IdentitySource,
-    SpiffeHelperSource, format_duration, parse_duration,
+    SpiffeHelperSource, duration_text, format_duration, parse_duration,
 };
 pub use spiffe_id::{MAX_SPIFFE_ID_LEN, SPIFFE_PREFIX, SpiffeId, TrustDomain};
 pub use watch::{

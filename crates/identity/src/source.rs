@@ -255,18 +255,28 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-mod duration_text {
+/// Durations in configuration files (`30s`, `5m`, `1h30m`), for serde's `with`: every
+/// duration key of meshd's YAML reads the same forms through [`parse_duration`].
+pub mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    use crate::Error;
+
+    /// Writes `d` as [`super::format_duration`] does.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_duration(*d))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    /// Reads a duration with [`super::parse_duration`]. Its error names the `ttl` flag it
+    /// was first written for; here serde names the key, so only the reason is passed on.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        super::parse_duration(&text).map_err(serde::de::Error::custom)
+        super::parse_duration(&text).map_err(|e| match e {
+            Error::Config { reason, .. } => serde::de::Error::custom(reason),
+            other => serde::de::Error::custom(other),
+        })
     }
 }
 

@@ -233,7 +233,10 @@ impl Default for Listen {
 pub struct PoolSettings {
     /// How long an unused HBONE connection stays open: `5m` by default, as ztunnel's
     /// `POOL_UNUSED_RELEASE_TIMEOUT`. Written like `30s`, `5m` or `1h`; zero is refused.
-    #[serde(default = "default_unused_release_timeout", with = "duration_text")]
+    #[serde(
+        default = "default_unused_release_timeout",
+        with = "meshd_identity::duration_text"
+    )]
     pub unused_release_timeout: Duration,
     /// Streams per HBONE connection before the pool opens another: 100 by default, as
     /// ztunnel's `POOL_MAX_STREAMS_PER_CONNECTION` (the peer's own limit caps it further).
@@ -258,28 +261,6 @@ fn default_max_streams_per_connection() -> NonZeroU32 {
     const ZTUNNEL: NonZeroU32 = NonZeroU32::new(meshd_hbone::DEFAULT_MAX_STREAMS_PER_CONNECTION)
         .expect("ztunnel's 100 is not zero");
     ZTUNNEL
-}
-
-/// Durations as meshd's YAML writes them (`30s`, `5m`, `1h30m`), read with the identity
-/// crate's parser so every duration key takes the same forms.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&meshd_identity::format_duration(*d))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        meshd_identity::parse_duration(&text).map_err(|e| match e {
-            // The parser names the identity key it was written for; the key here is the one
-            // serde reports, so only the reason is passed on.
-            meshd_identity::Error::Config { reason, .. } => serde::de::Error::custom(reason),
-            other => serde::de::Error::custom(other),
-        })
-    }
 }
 
 /// `socks5:` settings.
