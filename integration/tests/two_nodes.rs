@@ -116,6 +116,18 @@ listeners:
         );
         Meshd::start(&self.node_config("a", "web", "shop/web", self.a, &extra))
     }
+
+    /// A with one listener, `a:16001` → the db service, and `pool` as its `pool:` settings.
+    fn start_a_with_pool(&self, pool: &str) -> Meshd {
+        let extra = format!(
+            "listeners:
+- {{listen: '{a}:16001', target: 'db.shop.mesh.internal:5432'}}
+pool: {pool}
+",
+            a = self.a,
+        );
+        Meshd::start(&self.node_config("a", "web", "shop/web", self.a, &extra))
+    }
 }
 
 #[test]
@@ -483,14 +495,7 @@ fn pooled_connections(node: IpAddr) -> Option<u64> {
 fn pool_unused_release_timeout_closes_only_unused_connections() {
     let nodes = Nodes::new(9);
     let _b = nodes.start_b();
-    let extra = format!(
-        "listeners:
-- {{listen: '{a}:16001', target: 'db.shop.mesh.internal:5432'}}
-pool: {{unusedReleaseTimeout: 1s}}
-",
-        a = nodes.a,
-    );
-    let _a = Meshd::start(&nodes.node_config("a", "web", "shop/web", nodes.a, &extra));
+    let _a = nodes.start_a_with_pool("{unusedReleaseTimeout: 1s}");
 
     let mut held = TcpStream::connect((nodes.a, 16001)).expect("connect listener");
     assert_eq!(
@@ -524,14 +529,7 @@ pool: {{unusedReleaseTimeout: 1s}}
 fn pool_max_streams_per_connection_opens_another_connection() {
     let nodes = Nodes::new(10);
     let _b = nodes.start_b();
-    let extra = format!(
-        "listeners:
-- {{listen: '{a}:16001', target: 'db.shop.mesh.internal:5432'}}
-pool: {{maxStreamsPerConnection: 2}}
-",
-        a = nodes.a,
-    );
-    let _a = Meshd::start(&nodes.node_config("a", "web", "shop/web", nodes.a, &extra));
+    let _a = nodes.start_a_with_pool("{maxStreamsPerConnection: 2}");
     let mut held = Vec::new();
     for (i, expected) in [1, 1, 2].into_iter().enumerate() {
         let mut tunnel = TcpStream::connect((nodes.a, 16001)).expect("connect listener");

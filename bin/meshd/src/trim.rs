@@ -189,6 +189,14 @@ mod tests {
         kib.parse::<usize>().unwrap() * 1024
     }
 
+    /// 32 MB in 8 192 blocks of 4 000 bytes, as many per-connection buffers are.
+    fn burst() -> Vec<Box<[u8]>> {
+        (0..8 * 1024)
+            // Not zeros: calloc may leave fresh pages untouched.
+            .map(|i| vec![i as u8 | 1; 4000].into_boxed_slice())
+            .collect()
+    }
+
     /// The burst meshd sees: many small per-connection buffers, then all freed but one that
     /// came last and pins the top of the arena, so `free` alone cannot shrink it.
     #[test]
@@ -200,10 +208,7 @@ mod tests {
             let threshold = 16 * MIB;
             let mut trimmer = Trimmer::default();
             trimmer.tick_with(threshold);
-            let blocks: Vec<Box<[u8]>> = (0..8 * 1024)
-                // Not zeros: calloc may leave fresh pages untouched.
-                .map(|i| vec![i as u8 | 1; 4000].into_boxed_slice())
-                .collect();
+            let blocks = burst();
             let pin = vec![1u8; 4000].into_boxed_slice();
             assert_eq!(trimmer.tick_with(threshold), None, "nothing was freed yet");
             let held = rss();
@@ -243,9 +248,7 @@ mod tests {
         const MIB: usize = 1 << 20;
         std::thread::spawn(|| {
             let threshold = 16 * MIB;
-            let blocks: Vec<Box<[u8]>> = (0..8 * 1024)
-                .map(|i| vec![i as u8 | 1; 4000].into_boxed_slice())
-                .collect();
+            let blocks = burst();
             let pin = vec![1u8; 4000].into_boxed_slice();
             drop(blocks);
             let freed = rss();
@@ -277,11 +280,6 @@ mod tests {
         const MIB: usize = 1 << 20;
         std::thread::spawn(|| {
             let threshold = 16 * MIB;
-            let burst = || -> Vec<Box<[u8]>> {
-                (0..8 * 1024)
-                    .map(|i| vec![i as u8 | 1; 4000].into_boxed_slice())
-                    .collect()
-            };
             let mut trimmer = Trimmer::default();
             trimmer.tick_with(threshold);
             let first = burst();
