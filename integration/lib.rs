@@ -192,21 +192,41 @@ pub fn echo_on(listener: TcpListener) -> SocketAddr {
     local
 }
 
-/// Sends `message` on `stream` and reads the echo; `None` if the connection closed instead.
+/// How long [`echo_roundtrip`] waits for the echo or the end of the connection.
+pub const ECHO_WAIT: Duration = Duration::from_secs(10);
+
+/// Sends `message` on `stream` and reads the echo; `None` if the connection was cut instead
+/// (closed or reset).
+///
+/// # Panics
+/// When neither the echo nor the end arrives within [`ECHO_WAIT`]: a hang is neither an
+/// allowed nor a refused connection, and a test that counted it as "closed" could not fail
+/// when meshd stops cutting denied connections.
 pub fn echo_roundtrip(stream: &mut TcpStream, message: &[u8]) -> Option<Vec<u8>> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
+    stream.set_read_timeout(Some(ECHO_WAIT)).ok()?;
     stream.write_all(message).ok()?;
     let mut got = vec![0u8; message.len()];
     let mut read = 0;
     while read < got.len() {
         match stream.read(&mut got[read..]) {
-            Ok(0) | Err(_) => return None,
+            Ok(0) => return None,
             Ok(n) => read += n,
+            Err(e) if is_timeout(&e) => panic!(
+                "connection hung: neither echoed nor cut within {ECHO_WAIT:?} ({read} of {} bytes back)",
+                got.len()
+            ),
+            Err(_) => return None,
         }
     }
     Some(got)
+}
+
+/// A blocking read's timeout, as the platform reports it.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// A temporary directory holding a dev CA (`ca/`) and whatever configuration a test writes.

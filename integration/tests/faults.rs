@@ -120,13 +120,16 @@ fn destination_meshd_killed_and_restarted() {
     assert!(echo_roundtrip(&mut held, b"before").is_some());
     let (stop, stopped) = mpsc::channel::<()>();
     thread::scope(|s| {
+        // Owned by this closure: if an assertion below fails, unwinding drops it and the side
+        // thread stops, instead of the scope waiting for it forever (a hang, not a failure).
+        let stop = stop;
         let (sleep, httpbin, notsleep) = (c.m(SLEEP), c.m(HTTPBIN), c.m(NOTSLEEP));
         // notsleep → sleep keeps flowing across the crash: connections of 256 KiB each.
         let side = s.spawn(move || {
             let mut n = 0;
             let mut done = false;
             while !done || n < 16 {
-                done = done || stopped.try_recv().is_ok();
+                done = done || !matches!(stopped.try_recv(), Err(mpsc::TryRecvError::Empty));
                 let stream = notsleep
                     .connect(sleep.addr(ECHO))
                     .map_err(|e| e.to_string())?;

@@ -189,6 +189,15 @@ mod tests {
         kib.parse::<usize>().unwrap() * 1024
     }
 
+    /// Held by each test for its whole run: `mallinfo2` and RSS are figures of the whole
+    /// process, so a burst freed by one test reads as "freed since the last trim" in another
+    /// running beside it (cargo test runs them on parallel threads; on two CPUs it failed).
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// 32 MB in 8 192 blocks of 4 000 bytes, as many per-connection buffers are.
     fn burst() -> Vec<Box<[u8]>> {
         (0..8 * 1024)
@@ -202,6 +211,7 @@ mod tests {
     #[test]
     fn trims_what_a_burst_leaves_free_and_nothing_when_nothing_was_freed() {
         const MIB: usize = 1 << 20;
+        let _serial = serial();
         // Its own thread: a fresh arena shared with no other test.
         std::thread::spawn(|| {
             // Well above what anything else in this test binary allocates at once.
@@ -246,6 +256,7 @@ mod tests {
     #[test]
     fn trims_a_burst_freed_before_the_first_tick() {
         const MIB: usize = 1 << 20;
+        let _serial = serial();
         std::thread::spawn(|| {
             let threshold = 16 * MIB;
             let blocks = burst();
@@ -278,6 +289,7 @@ mod tests {
     #[test]
     fn trims_what_was_freed_after_the_last_trim() {
         const MIB: usize = 1 << 20;
+        let _serial = serial();
         std::thread::spawn(|| {
             let threshold = 16 * MIB;
             let mut trimmer = Trimmer::default();
