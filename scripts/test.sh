@@ -29,11 +29,15 @@ cargo fmt --all -- --check
 # The end-to-end benchmark is run by hand (benches/e2e/run.sh); CI only checks its syntax.
 bash -n benches/e2e/run.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# A hung test is a failure, not a CI run that never ends: the whole run gets a bound (cargo test
+# names a test running for over 60 s in its output). Built, the suite takes under 15 minutes
+# on two CPUs; the bound leaves room for a cold build.
+limit="${MESHD_TEST_TIMEOUT:-60m}"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast
+    timeout -k 30s "$limit" cargo nextest run --workspace --locked --no-fail-fast
 else
-    cargo test --workspace --locked --no-fail-fast
-fi
+    timeout -k 30s "$limit" cargo test --workspace --locked --no-fail-fast
+fi || { rc=$?; [ "$rc" = 124 ] && echo "test run exceeded $limit: a test hung" >&2; exit "$rc"; }
 # The fuzz targets' committed corpus was replayed above (fuzz/bodies/tests/corpus.rs). A
 # libFuzzer smoke needs cargo-fuzz and an instrumented release build of every dependency
 # (about 10 minutes of 2 cores, more than the rest of the suite), so it runs when asked.
