@@ -171,6 +171,7 @@ fn start_files(source: FilesSource, options: ManagerOptions) -> Result<IdentityM
 
     let task_stats = stats.clone();
     let task_reload = reload.clone();
+    let (source, tx) = (Arc::new(source), Arc::new(tx));
     let task = spawn(async move {
         let mut expiry = ExpiryAlarm::new(options.warn_before_expiry);
         loop {
@@ -184,7 +185,7 @@ fn start_files(source: FilesSource, options: ManagerOptions) -> Result<IdentityM
                     continue;
                 }
             }
-            reload_files(&source, &mut last_seen, &tx, &task_stats);
+            last_seen = reload_off_runtime(&source, last_seen, &tx, &task_stats).await;
         }
     })?;
     Ok(IdentityManager {
@@ -220,6 +221,30 @@ impl LastSeen {
         // Far beyond any Instant (a certificate dated year 9999): the rescan still retries.
         Instant::now().checked_add(wait)
     }
+}
+
+/// [`reload_files`] on tokio's blocking pool: it reads files (a slow or hung filesystem) and
+/// verifies signatures, which must not stall the data plane's workers it shares a runtime with.
+async fn reload_off_runtime(
+    source: &Arc<FilesSource>,
+    last_seen: LastSeen,
+    tx: &Arc<watch::Sender<Arc<CredentialSet>>>,
+    stats: &Arc<RotationStats>,
+) -> LastSeen {
+    let (source, tx, stats) = (source.clone(), tx.clone(), stats.clone());
+    let attempt = tokio::task::spawn_blocking(move || {
+        let mut seen = last_seen;
+        reload_files(&source, &mut seen, &tx, &stats);
+        seen
+    });
+    attempt.await.unwrap_or_else(|e| {
+        warn!(error = %e, "identity reload failed; the files are read again on the next change");
+        // Nothing seen: the next wake-up reads and validates the files afresh.
+        LastSeen {
+            fingerprint: 0,
+            valid_from: None,
+        }
+    })
 }
 
 /// One reload attempt: skip if nothing changed (unless the unchanged state is waiting to become
