@@ -197,3 +197,45 @@ fn intermediate_expired() {
     assert_eq!(err, Error::Expired { not_after });
     assert_eq!(err.valid_from(), None);
 }
+
+#[test]
+fn a_certificate_file_that_hangs_does_not_stall_the_runtime() {
+    // A certificate path that blocks its reader (here a FIFO with no writer; in life a hung
+    // network filesystem) must stall only the reload, not the runtime the proxy shares with
+    // it: on one thread, a timer still fires while the read hangs.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let fifo = path.join("cert.pem");
+    let (ticks, ticked) = std::sync::mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let worker = std::thread::spawn(move || {
+        runtime.block_on(async {
+            let ca = Ca::new("root");
+            let manager = manager(&path, &ca, &ca.issue(&LeafSpec::svid(WEB))).await;
+            std::fs::remove_file(path.join("cert.pem")).unwrap();
+            let made = std::process::Command::new("mkfifo")
+                .arg(path.join("cert.pem"))
+                .status()
+                .unwrap();
+            assert!(made.success(), "mkfifo");
+            manager.reload();
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = ticks.send(());
+        });
+    });
+    // A stalled runtime keeps reopening the FIFO on every rescan: its thread is left behind
+    // (the test process ends without it) rather than joined, so the failure is not a hang.
+    assert!(
+        ticked.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "the runtime stalled while a certificate file hung"
+    );
+    // Release the reader on the blocking pool (opening the write end completes its open;
+    // closing it gives EOF), so the runtime's shutdown, which waits for it, can finish.
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo));
+    worker.join().unwrap();
+}
