@@ -1,7 +1,7 @@
 //! Start-up faults that time or another agent cures: meshd keeps running, not ready (readiness
 //! 500 naming the reason, systemd's STATUS saying it), serves nothing, and becomes ready by
 //! itself once the certificate files are valid or the port is free. Configuration only a
-//! person can fix still exits 78 at once. Real meshd processes on 127.10.171-179.x.
+//! person can fix still exits 78 at once. Real meshd processes on 127.10.170-179.x.
 //!
 //! Each test: A (shop/web, dev CA identity) reaches B (shop/db) through A's listener 16001 →
 //! B's echo server; no policies. B is the machine that starts in trouble.
@@ -80,9 +80,14 @@ spec: {{address: {b}, serviceAccount: db, ports: {{pg: {port}}}}}
         command
     }
 
-    /// B's readiness: (status, body).
-    fn ready(&self) -> (u16, String) {
+    /// B's readiness: (status, body); `None` until its endpoint is bound.
+    fn try_ready(&self) -> Option<(u16, String)> {
         http(SocketAddr::new(self.b, 15021), "GET", "/healthz/ready")
+    }
+
+    /// B's readiness, which must answer.
+    fn ready(&self) -> (u16, String) {
+        self.try_ready()
             .expect("readiness answers while meshd waits")
     }
 
@@ -167,7 +172,7 @@ fn waits_for_valid_files(setup: &Setup, reason: &str) -> Meshd {
     let mut b = Meshd::spawn_starting(setup.command(&setup.b_config()));
     let _a = Meshd::start(&setup.ws.path().join("a.yaml"));
     let (status, body) = eventually("readiness names the reason", || {
-        let (status, body) = setup.ready();
+        let (status, body) = setup.try_ready()?;
         body.contains(reason).then_some((status, body))
     });
     assert_eq!(status, 500, "{body}");
@@ -282,11 +287,8 @@ fn a_configuration_change_while_waiting_is_in_force_once_ready() {
     let mut b = Meshd::spawn_starting(setup.command(&setup.b_config()));
     let _a = Meshd::start(&setup.ws.path().join("a.yaml"));
     eventually("B waits", || {
-        setup
-            .ready()
-            .1
-            .contains("certificate expired at")
-            .then_some(())
+        let (_, body) = setup.try_ready()?;
+        body.contains("certificate expired at").then_some(())
     });
     let deny = setup.ws.write(
         "mesh/deny.yaml",
@@ -311,6 +313,28 @@ spec:
     });
 }
 
+/// Holds: a meshd waiting at start stops at once on SIGTERM, with status 0 (systemd's stop
+/// must not wait for a certificate).
+#[test]
+fn a_waiting_meshd_stops_on_sigterm() {
+    let setup = Setup::new(170, true);
+    let day = time::Duration::days(1);
+    let (cert, key) = leaf(&setup.ws.ca(), -day * 2, -day);
+    setup.write_files(&cert, &key);
+    let mut b = Meshd::spawn_starting(setup.command(&setup.b_config()));
+    eventually("B waits", || {
+        let (_, body) = setup.try_ready()?;
+        body.contains("certificate expired at").then_some(())
+    });
+    b.signal("TERM");
+    assert_eq!(
+        b.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        b.stderr()
+    );
+}
+
 /// The scenario for a port another process holds: B runs, not ready, readiness names the
 /// port; the reason is logged once across the retries; once freed, B is ready and carries
 /// traffic.
@@ -322,7 +346,7 @@ fn waits_for_port(net: u8, port: u16, what: &str) {
     let _a = Meshd::start(&setup.ws.path().join("a.yaml"));
     let reason = format!("cannot listen on {held}{what}: Address already in use");
     let body = eventually("readiness names the port", || {
-        let (status, body) = setup.ready();
+        let (status, body) = setup.try_ready()?;
         (status == 500 && body.contains(&reason)).then_some(body)
     });
     assert!(body.contains("waiting: "), "{body}");

@@ -97,6 +97,12 @@ async fn start_identity(
 ) -> Result<IdentityManager, String> {
     let source = &config.identity;
     let agent_files = !matches!(source, IdentitySource::DevCa(_));
+    if let IdentitySource::DevCa(dev) = source {
+        tracing::warn!(
+            "using the development CA in {}: for trying meshd only, production uses real certificates",
+            dev.dir.display()
+        );
+    }
     until_ready(waiting, Pauses::every(IDENTITY_RETRY), || async move {
         IdentityManager::start(source).await.map_err(|e| {
             let message = format!("identity: {e}");
@@ -257,12 +263,6 @@ async fn start(
     let identity = start_identity(&config, &waiting)
         .await
         .map_err(Exit::Config)?;
-    if let IdentitySource::DevCa(source) = &config.identity {
-        tracing::warn!(
-            "using the development CA in {}: for trying meshd only, production uses real certificates",
-            source.dir.display()
-        );
-    }
     let _ = operated.identity.set(identity.handle());
     let _ = operated.rotations.set(identity.stats());
     readiness.set_ready("certificates");
