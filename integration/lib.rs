@@ -45,13 +45,26 @@ pub fn meshd(args: &[&str]) -> String {
 pub struct Meshd {
     child: Child,
     stderr: Arc<Mutex<String>>,
-    /// The `meshd ready ...` line.
+    ready_line: Arc<Mutex<Option<String>>>,
+    /// The `meshd ready ...` line (empty until it is printed, for [`Meshd::spawn_starting`]).
     pub ready: String,
 }
 
 impl Meshd {
     /// Starts `command` (a `meshd run` invocation) and waits for its ready line.
-    pub fn spawn(mut command: Command) -> Meshd {
+    pub fn spawn(command: Command) -> Meshd {
+        let mut meshd = Meshd::spawn_starting(command);
+        if !meshd.wait_ready(Duration::from_secs(30)) {
+            let _ = meshd.child.kill();
+            let _ = meshd.child.wait();
+            panic!("meshd did not become ready; stderr:\n{}", meshd.stderr());
+        }
+        meshd
+    }
+
+    /// Starts `command` without waiting for it to be ready (a meshd that waits at start for
+    /// its certificate or a port).
+    pub fn spawn_starting(mut command: Command) -> Meshd {
         let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -73,28 +86,40 @@ impl Meshd {
             }
         });
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let ready_line = Arc::new(Mutex::new(None));
+        let seen = ready_line.clone();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line.starts_with("meshd ready") {
-                    let _ = tx.send(line);
+                    *seen.lock().expect("lock") = Some(line);
                 }
             }
         });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(ready) => Meshd {
-                child,
-                stderr,
-                ready,
-            },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "meshd did not become ready; stderr:\n{}",
-                    stderr.lock().expect("lock")
-                );
+        Meshd {
+            child,
+            stderr,
+            ready_line,
+            ready: String::new(),
+        }
+    }
+
+    /// Waits up to `timeout` for the ready line (kept in `ready`); whether it came.
+    pub fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.ready_line.lock().expect("lock").clone() {
+                self.ready = line;
+                return true;
             }
+            // A meshd that exited will not print it (its last lines are read by now).
+            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() >= deadline {
+                thread::sleep(Duration::from_millis(100));
+                let line = self.ready_line.lock().expect("lock").clone();
+                self.ready = line.unwrap_or_default();
+                return !self.ready.is_empty();
+            }
+            thread::sleep(Duration::from_millis(20));
         }
     }
 

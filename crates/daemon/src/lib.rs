@@ -1,9 +1,11 @@
 //! meshd's daemon lifecycle: start, reload, drain, stop, as one small module a test can drive
 //! without a process. `bin/meshd` parses flags, installs logging and calls [`run`].
 //!
-//! Start: load the configuration directory (an error is fatal: [`Exit::Config`]), open the
-//! operator endpoints (readiness answers 500 with what is pending from the first moment), wait
-//! for the certificate, start the proxy, report ready. Reload: a new snapshot is built off to
+//! Start: load the configuration directory and check what only a person can fix (an error is
+//! fatal: [`Exit::Config`]), open the operator endpoints (readiness answers 500 with what is
+//! pending from the first moment), wait for a usable certificate, bind the proxy's listeners
+//! (waiting while a port is in use), report ready. What time or another agent cures is waited
+//! for, not fatal (module `startup`). Reload: a new snapshot is built off to
 //! the side and swapped whole; a bad one changes nothing and is reported (log, metrics,
 //! `/config_dump`). Drain: on SIGTERM, SIGINT or `POST /quitquitquit`, stop accepting and give
 //! open connections [`DRAIN`] to finish.
@@ -14,6 +16,7 @@
 mod fdlimit;
 mod operator;
 pub mod settings;
+mod startup;
 pub mod systemd;
 pub mod watcher;
 
@@ -28,18 +31,16 @@ use meshd_proxy::access_log::AccessLog;
 use meshd_proxy::exposure::strict_without_capture;
 use meshd_proxy::plugins::PluginRegistry;
 use meshd_proxy::record::Sinks;
-use meshd_proxy::{Proxy, ProxyConfig, ProxyState, local_predicate};
+use meshd_proxy::{Proxy, ProxyConfig, ProxyState, StartError, local_predicate};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
 use crate::operator::{Operated, ready_line, start_operator_endpoints, watch_certificate};
+use crate::startup::{Failure, IDENTITY_RETRY, Pauses, Waiting, port_in_use, until_ready};
 use crate::watcher::{DEBOUNCE, watch_dir};
 
 /// How long open connections get to finish on shutdown.
 pub const DRAIN: Duration = Duration::from_secs(5);
-
-/// How often certificate files that are not there yet are looked for again.
-const IDENTITY_RETRY: Duration = Duration::from_secs(1);
 
 /// Re-reads the daemon configuration file (and its environment and flag layers).
 pub type RereadFn = Arc<dyn Fn() -> Result<ProxyConfig, String> + Send + Sync>;
@@ -49,7 +50,8 @@ pub type RereadFn = Arc<dyn Fn() -> Result<ProxyConfig, String> + Send + Sync>;
 pub enum Exit {
     /// Stopped on request after draining.
     Stopped,
-    /// The configuration (files, identity, listeners) cannot run: exit 78 (EX_CONFIG).
+    /// The configuration cannot run and only a person can fix it (files, an unsafe listener,
+    /// an identity path that can never exist, a port that is not ours): exit 78 (EX_CONFIG).
     Config(String),
 }
 
@@ -84,27 +86,86 @@ pub fn load_state(config: &ProxyConfig, generation: u64) -> Result<ProxyState, S
     Ok(state)
 }
 
-/// Starts the identity. Certificate files that are not there yet (spiffe-helper or
-/// cert-manager still writing them) are waited for, with readiness saying so; any other
-/// problem is a configuration error.
-async fn start_identity(config: &ProxyConfig) -> Result<IdentityManager, String> {
-    let mut warned = false;
-    loop {
-        match IdentityManager::start(&config.identity).await {
-            Ok(manager) => return Ok(manager),
-            Err(meshd_identity::Error::Io { path, message })
-                if !matches!(config.identity, IdentitySource::DevCa(_)) =>
-            {
-                if !warned {
-                    tracing::warn!(
-                        "waiting for certificate files: {}: {message}",
-                        path.display()
-                    );
-                    warned = true;
-                }
-                tokio::time::sleep(IDENTITY_RETRY).await;
+/// Starts the identity. Files another agent writes (spiffe-helper, cert-manager) that cannot
+/// be used yet (missing, half-written, not valid yet, expired, a key of another rotation, a
+/// chain the bundle does not vouch for) are retried every second, not ready, with the reason
+/// on readiness; a configuration error ends start-up, as does any dev CA failure (meshd
+/// writes those files itself, so no agent will mend them).
+async fn start_identity(
+    config: &ProxyConfig,
+    waiting: &Waiting,
+) -> Result<IdentityManager, String> {
+    let source = &config.identity;
+    let agent_files = !matches!(source, IdentitySource::DevCa(_));
+    if let IdentitySource::DevCa(dev) = source {
+        tracing::warn!(
+            "using the development CA in {}: for trying meshd only, production uses real certificates",
+            dev.dir.display()
+        );
+    }
+    until_ready(waiting, Pauses::every(IDENTITY_RETRY), || async move {
+        IdentityManager::start(source).await.map_err(|e| {
+            let message = format!("identity: {e}");
+            if agent_files && e.curable_by_new_files() {
+                Failure::Wait(message)
+            } else {
+                Failure::Fatal(message)
             }
-            Err(e) => return Err(format!("identity: {e}")),
+        })
+    })
+    .await
+}
+
+/// Binds the proxy's listeners, waiting with backoff while a port is in use, and starts
+/// serving with `identity`. A failed attempt keeps none of the listeners, so nothing is
+/// accepted before meshd is ready.
+async fn start_proxy(
+    config: &ProxyConfig,
+    identity: &IdentityManager,
+    updates: watch::Receiver<Arc<ProxyState>>,
+    sinks: Sinks,
+    waiting: &Waiting,
+) -> Result<Proxy, String> {
+    let listeners = until_ready(waiting, Pauses::bind(), || async move {
+        Proxy::bind(config).await.map_err(|e| match &e {
+            StartError::Bind { source, .. } if port_in_use(source) => Failure::Wait(e.to_string()),
+            _ => Failure::Fatal(e.to_string()),
+        })
+    })
+    .await?;
+    Proxy::start_on(
+        listeners,
+        config,
+        identity.handle(),
+        updates,
+        sinks,
+        &PluginRegistry::builtin(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Reads the configuration directory again after start-up waited: it was read before the
+/// wait and is watched only once serving starts, so a change made meanwhile would otherwise be
+/// missed until the next one. Nothing was served yet, so the new state keeps generation 1; a
+/// directory that no longer loads changes nothing but the reported error, as a reload.
+fn reread_after_waiting(
+    config: &ProxyConfig,
+    states: &watch::Sender<Arc<ProxyState>>,
+    operated: &Operated,
+) {
+    match load_state(config, 1) {
+        Ok(state) => {
+            states.send_replace(Arc::new(state));
+        }
+        Err(e) => {
+            tracing::error!(
+                "configuration changed while meshd waited and is now rejected, keeping the one read at start: {e}"
+            );
+            *operated
+                .last_reload_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(e);
         }
     }
 }
@@ -178,10 +239,14 @@ async fn start(
     reread: RereadFn,
 ) -> Result<Running, Exit> {
     let state = load_state(&config, 1).map_err(Exit::Config)?;
+    // What only a person can fix ends start-up before anything is waited for.
+    startup::check_config(&config).map_err(Exit::Config)?;
     fdlimit::raise(&config);
     let metrics = Metrics::new(tokio::runtime::Handle::current());
     metrics.config_reloaded(true, 1);
     let readiness = Readiness::new(["certificates", "listeners"]);
+    let waiting = Waiting::new(&readiness);
+    let _extend = waiting.extend_start_timeout();
     let operated = Arc::new(Operated::default());
     let quit = Arc::new(Notify::new());
     let operator = start_operator_endpoints(
@@ -191,16 +256,13 @@ async fn start(
         readiness.clone(),
         quit.clone(),
         metrics.clone(),
+        &waiting,
     )
     .await
     .map_err(Exit::Config)?;
-    let identity = start_identity(&config).await.map_err(Exit::Config)?;
-    if let IdentitySource::DevCa(source) = &config.identity {
-        tracing::warn!(
-            "using the development CA in {}: for trying meshd only, production uses real certificates",
-            source.dir.display()
-        );
-    }
+    let identity = start_identity(&config, &waiting)
+        .await
+        .map_err(Exit::Config)?;
     let _ = operated.identity.set(identity.handle());
     let _ = operated.rotations.set(identity.stats());
     readiness.set_ready("certificates");
@@ -219,15 +281,12 @@ async fn start(
         Arc::new(metrics.clone()),
         Arc::new(operated.live.clone()),
     ]);
-    let proxy = Proxy::start(
-        &config,
-        identity.handle(),
-        updates,
-        sinks,
-        &PluginRegistry::builtin(),
-    )
-    .await
-    .map_err(|e| Exit::Config(e.to_string()))?;
+    let proxy = start_proxy(&config, &identity, updates, sinks, &waiting)
+        .await
+        .map_err(Exit::Config)?;
+    if waiting.waited() {
+        reread_after_waiting(&config, &states, &operated);
+    }
     readiness.set_ready("listeners");
     let client = proxy.hbone_client().clone();
     metrics.hbone_pool(move || HbonePool {

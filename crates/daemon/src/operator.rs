@@ -13,6 +13,8 @@ use meshd_proxy::views;
 use meshd_proxy::{ProxyConfig, ProxyState};
 use tokio::sync::{Notify, watch};
 
+use crate::startup::{self, Waiting};
+
 /// What the operator endpoints read: filled in as the daemon starts, so readiness answers
 /// (500, with what is pending) before certificates and listeners are there.
 #[derive(Default)]
@@ -81,6 +83,7 @@ pub(crate) async fn start_operator_endpoints(
     readiness: Readiness,
     quit: Arc<Notify>,
     metrics: Metrics,
+    waiting: &Waiting,
 ) -> Result<Vec<(Endpoint, SocketAddr)>, String> {
     let config_dump: meshd_admin::DumpFn = {
         let operated = operated.clone();
@@ -116,9 +119,8 @@ pub(crate) async fn start_operator_endpoints(
         (Endpoint::Metrics, config.listen.metrics),
     ] {
         let Some(addr) = addr else { continue };
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr} ({endpoint:?}): {e}"))?;
+        // A port in use is waited for; readiness, bound first, says so.
+        let listener = startup::bind(waiting, addr, &format!("{endpoint:?}")).await?;
         let local = listener.local_addr().unwrap_or(addr);
         tokio::spawn(meshd_admin::serve(listener, endpoint, handlers.clone()));
         bound.push((endpoint, local));

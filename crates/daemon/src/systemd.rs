@@ -68,3 +68,24 @@ pub fn spawn_pinger(
         }
     })
 }
+
+/// Start-up waits (not ready) for `reason`, a certificate that is not usable yet or a port in
+/// use, and asks systemd to extend its start timeout by `extend` meanwhile. One line: a
+/// newline would end the STATUS field early.
+pub fn waiting(reason: &str, extend: Duration) {
+    let flat: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let status = format!("waiting: {flat}");
+    send(&[NotifyState::Status(&status), extend_timeout(extend)]);
+}
+
+/// Start-up is still making progress: systemd's start timeout is pushed `by` further.
+pub fn extend_start(by: Duration) {
+    send(&[extend_timeout(by)]);
+}
+
+fn extend_timeout(by: Duration) -> NotifyState<'static> {
+    NotifyState::ExtendTimeoutUsec(u32::try_from(by.as_micros()).unwrap_or(u32::MAX))
+}

@@ -322,18 +322,26 @@ fn rcgen_error(e: rcgen::Error) -> Error {
     }
 }
 
-/// Creates `path`, failing if it exists (so `init` never overwrites a CA key).
+/// Creates `path`, failing if it exists (so `init` never overwrites a CA key) or is a symlink.
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
-    let mut file = open_options(mode)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| Error::io(path, &e))?;
+    let mut file = create_exclusive(path, mode).map_err(|e| Error::io(path, &e))?;
     file.write_all(contents)
         .and_then(|()| file.sync_all())
         .map_err(|e| Error::io(path, &e))
 }
 
+/// Mode of a temporary file until it is complete: readable by its owner only, so a key is
+/// never readable by others, even for a moment, whatever its final mode.
+const TEMP_MODE: u32 = 0o600;
+
 /// Writes a sibling temporary file and renames it over `path`.
+///
+/// The temporary's name is predictable, so whoever can write the directory could plant a
+/// symlink there: it is created exclusively (`O_EXCL`) and without following a symlink
+/// (`O_NOFOLLOW`), so a key is never written through a link to a file of someone else's
+/// choosing. An entry already there (a leftover of an interrupted write, or a planted link) is
+/// removed (unlinking never follows a link) and the creation tried once more; a second
+/// collision is an error naming the temporary.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
     let file_name = path
         .file_name()
@@ -341,26 +349,45 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
         .unwrap_or_default();
     // A leading dot keeps the temporary out of directory listings that skip hidden files.
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-    let mut file = open_options(mode)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, &e))?;
-    file.write_all(contents)
+    let created = match create_exclusive(&tmp, TEMP_MODE) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&tmp).and_then(|()| create_exclusive(&tmp, TEMP_MODE))
+        }
+        other => other,
+    };
+    let mut file = created.map_err(|e| Error::io(&tmp, &e))?;
+    set_mode(&file, mode)
+        .and_then(|()| file.write_all(contents))
         .and_then(|()| file.sync_all())
         .map_err(|e| Error::io(&tmp, &e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(path, &e))
 }
 
-fn open_options(mode: u32) -> fs::OpenOptions {
+/// Opens a new file for writing: fails if anything (a file, a symlink, dangling or not) is
+/// already at `path`, and never follows a symlink in its last component.
+fn create_exclusive(path: &Path, mode: u32) -> std::io::Result<fs::File> {
     let mut options = fs::OpenOptions::new();
-    options.write(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
+        options.mode(mode).custom_flags(libc::O_NOFOLLOW);
     }
     #[cfg(not(unix))]
     let _ = mode;
-    options
+    options.open(path)
+}
+
+/// Gives an open file its final mode (not narrowed by the umask, unlike the mode at creation).
+fn set_mode(file: &fs::File, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if mode != TEMP_MODE {
+            return file.set_permissions(fs::Permissions::from_mode(mode));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (file, mode);
+    Ok(())
 }

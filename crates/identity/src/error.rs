@@ -228,6 +228,49 @@ impl Error {
         }
     }
 
+    /// Whether new identity files (or, for a certificate not valid yet, time) can cure this
+    /// error with meshd's configuration unchanged: files missing or half-written, a
+    /// certificate expired or not valid yet, a key and certificate of two different
+    /// rotations, a chain that does not verify to the bundle. meshd waits for such files at
+    /// start instead of exiting. `false` for what only a person can fix: a configuration
+    /// value, or a failure of meshd itself (no file watcher, no runtime).
+    pub fn curable_by_new_files(&self) -> bool {
+        match self.cause() {
+            // A configured `spiffeId` that the files do not carry: an agent that has not yet
+            // written the new identity looks the same as a typo, and waiting (not ready, the
+            // reason on the readiness endpoint) is safe for both.
+            Error::Io { .. }
+            | Error::FileTooLarge { .. }
+            | Error::Pem { .. }
+            | Error::NoCertificate
+            | Error::NoPrivateKey
+            | Error::BadPrivateKey { .. }
+            | Error::BadCertificate { .. }
+            | Error::Expired { .. }
+            | Error::NotYetValid { .. }
+            | Error::UnknownIssuer { .. }
+            | Error::UntrustedTrustDomain { .. }
+            | Error::NoUriSan
+            | Error::MultipleUriSans { .. }
+            | Error::NotSpiffeUri { .. }
+            | Error::InvalidSpiffeId { .. }
+            | Error::NoWorkloadPath { .. }
+            | Error::LeafIsCa
+            | Error::IdentityMismatch { .. }
+            | Error::KeyMismatch
+            | Error::Untrusted { .. }
+            | Error::BadBundle { .. } => true,
+            Error::InvalidTrustDomain { .. }
+            | Error::NoPeerCertificate
+            | Error::TlsConfig { .. }
+            | Error::DevCa { .. }
+            | Error::Config { .. }
+            | Error::Manager { .. }
+            // `cause` never returns this variant.
+            | Error::InFile { .. } => false,
+        }
+    }
+
     /// Recovers a meshd rejection carried inside a rustls error, if there is one.
     pub fn from_rustls(err: &rustls::Error) -> Option<Error> {
         match err {
@@ -277,6 +320,34 @@ mod tests {
         assert_eq!(Error::from_rustls(&wrapped), Some(err.clone()));
         let io = io::Error::new(io::ErrorKind::InvalidData, wrapped);
         assert_eq!(Error::from_io(&io), Some(err));
+    }
+
+    #[test]
+    fn file_states_are_curable_and_configuration_is_not() {
+        // What a rotation agent writes can be cured by its next write; a configuration value
+        // cannot, whatever file it is reported against.
+        for curable in [
+            Error::NotYetValid {
+                not_before: OffsetDateTime::UNIX_EPOCH,
+            },
+            Error::Expired {
+                not_after: OffsetDateTime::UNIX_EPOCH,
+            },
+            Error::KeyMismatch,
+            Error::UnknownIssuer {
+                trust_domain: "cluster.local".into(),
+            },
+            Error::NoPrivateKey,
+        ] {
+            assert!(curable.curable_by_new_files(), "{curable:?}");
+            assert!(curable.in_file("/tls/svid.pem").curable_by_new_files());
+        }
+        let config = Error::Config {
+            field: "federatedBundles.cluster.local".into(),
+            reason: "is the local trust domain".into(),
+        };
+        assert!(!config.curable_by_new_files());
+        assert!(!config.in_file("/tls/svid.pem").curable_by_new_files());
     }
 
     #[test]

@@ -199,6 +199,69 @@ impl FilesSource {
     }
 }
 
+impl IdentitySource {
+    /// Refuses a path no agent could ever put the identity at: a file path that names a
+    /// directory, a directory path that names a file, or a path below an existing file
+    /// (`/etc/meshd/meshd.yaml/cert.pem`). Only a person can fix those, so meshd exits
+    /// instead of waiting; files and directories that do not exist yet are not errors (an
+    /// agent may still create them), nor is anything meshd may not look at.
+    pub fn check_paths(&self) -> Result<(), Error> {
+        let mut paths: Vec<(String, &Path, bool)> = Vec::new();
+        let federated = match self {
+            IdentitySource::Files(f) => {
+                paths.push(("files.cert".into(), &f.cert, false));
+                paths.push(("files.key".into(), &f.key, false));
+                paths.push(("files.bundle".into(), &f.bundle, false));
+                ("files", &f.federated_bundles)
+            }
+            IdentitySource::SpiffeHelper(h) => {
+                paths.push(("spiffeHelper.dir".into(), &h.dir, true));
+                ("spiffeHelper", &h.federated_bundles)
+            }
+            IdentitySource::DevCa(d) => {
+                paths.push(("devCa.dir".into(), &d.dir, true));
+                ("devCa", &BTreeMap::new())
+            }
+        };
+        let (prefix, bundles) = federated;
+        for (td, path) in bundles {
+            paths.push((format!("{prefix}.federatedBundles.{td}"), path, false));
+        }
+        for (field, path, want_dir) in paths {
+            if let Some(reason) = impossible_path(path, want_dir) {
+                return Err(Error::Config { field, reason });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why nothing can ever be found at `path` (a directory when `want_dir`, else a file), judged
+/// by the nearest ancestor that exists; `None` when something could.
+fn impossible_path(path: &Path, want_dir: bool) -> Option<String> {
+    for at in path.ancestors() {
+        // Errors (not there, not a directory, not allowed to look) say nothing: go up.
+        let Ok(meta) = std::fs::metadata(at) else {
+            continue;
+        };
+        return match (at == path, meta.is_dir()) {
+            (true, true) if !want_dir => {
+                Some(format!("{} is a directory, not a file", path.display()))
+            }
+            (true, false) if want_dir => {
+                Some(format!("{} is a file, not a directory", path.display()))
+            }
+            (false, false) => Some(format!(
+                "{} is a file, so {} can never exist",
+                at.display(),
+                path.display()
+            )),
+            _ => None,
+        };
+    }
+    None
+}
+
 impl SpiffeHelperSource {
     /// Loads and validates the spiffe-helper files; errors name the offending file.
     pub fn load(&self) -> Result<CredentialSet, Error> {
@@ -344,6 +407,59 @@ mod tests {
             FilesSource::from(h).cert,
             PathBuf::from("/run/spiffe/svid.pem")
         );
+    }
+
+    #[test]
+    fn paths_that_can_never_hold_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("meshd.yaml");
+        std::fs::write(&file, "").unwrap();
+        let files = |cert: PathBuf| {
+            IdentitySource::Files(FilesSource {
+                cert,
+                key: dir.path().join("tls/key.pem"),
+                bundle: dir.path().join("tls/bundle.pem"),
+                federated_bundles: BTreeMap::new(),
+                spiffe_id: None,
+            })
+        };
+        // Not there yet: an agent may still write it.
+        files(dir.path().join("tls/cert.pem"))
+            .check_paths()
+            .unwrap();
+        let below_a_file = files(file.join("cert.pem")).check_paths().unwrap_err();
+        assert_eq!(
+            below_a_file,
+            Error::Config {
+                field: "files.cert".into(),
+                reason: format!(
+                    "{} is a file, so {} can never exist",
+                    file.display(),
+                    file.join("cert.pem").display()
+                ),
+            }
+        );
+        let a_directory = files(dir.path().to_path_buf()).check_paths().unwrap_err();
+        assert!(
+            a_directory
+                .to_string()
+                .contains("is a directory, not a file"),
+            "{a_directory}"
+        );
+        let helper = IdentitySource::SpiffeHelper(SpiffeHelperSource {
+            dir: file.clone(),
+            federated_bundles: BTreeMap::new(),
+            spiffe_id: None,
+        });
+        let helper = helper.check_paths().unwrap_err();
+        assert!(
+            helper.to_string().starts_with("spiffeHelper.dir: ")
+                && helper.to_string().ends_with("is a file, not a directory"),
+            "{helper}"
+        );
+        IdentitySource::DevCa(DevCaSource::new(dir.path().join("new/ca")))
+            .check_paths()
+            .unwrap();
     }
 
     #[test]

@@ -46,5 +46,5 @@ pub mod views;
 pub use config::{ConfigError, ProxyConfig};
 pub use error::ProxyError;
 pub use own_ports::OwnPorts;
-pub use runtime::{BoundAddrs, Proxy, StartError, local_predicate};
+pub use runtime::{BoundAddrs, BoundListeners, Proxy, StartError, local_predicate};
 pub use state::ProxyState;

@@ -110,6 +110,25 @@ impl Proxy {
         sinks: Sinks,
         plugins: &PluginRegistry,
     ) -> Result<Proxy, StartError> {
+        let listeners = Proxy::bind(config).await?;
+        Proxy::start_on(listeners, config, identity, states, sinks, plugins).await
+    }
+
+    /// Binds every TCP listener of `config`, or none: on an error the ones already bound are
+    /// closed, so a caller may retry (a port in use at boot) without holding half of them.
+    pub async fn bind(config: &ProxyConfig) -> Result<BoundListeners, StartError> {
+        BoundListeners::bind(config).await
+    }
+
+    /// Starts serving on listeners bound by [`Proxy::bind`] for the same `config`.
+    pub async fn start_on(
+        listeners: BoundListeners,
+        config: &ProxyConfig,
+        identity: IdentityHandle,
+        states: watch::Receiver<Arc<ProxyState>>,
+        sinks: Sinks,
+        plugins: &PluginRegistry,
+    ) -> Result<Proxy, StartError> {
         for warning in config.check()? {
             tracing::warn!("{warning}");
         }
@@ -126,13 +145,13 @@ impl Proxy {
         let client = Client::new(identity.clone(), client_settings)?;
         let connector = Arc::new(MeshConnector::new(client.clone(), config.socket_mark()));
 
-        let Listeners {
+        let BoundListeners {
             hbone: hbone_listener,
             inbound_plaintext,
             outbound,
             socks,
             explicit,
-        } = Listeners::bind(config).await?;
+        } = listeners;
         let own_ports = own_ports(
             config,
             [
@@ -240,8 +259,10 @@ impl Proxy {
     }
 }
 
-/// Every TCP listener of the proxy, bound (HBONE over QUIC binds in the server).
-struct Listeners {
+/// Every TCP listener of the proxy, bound and not yet accepting (HBONE over QUIC binds in the
+/// server).
+#[derive(Debug)]
+pub struct BoundListeners {
     hbone: TcpListener,
     inbound_plaintext: Option<TcpListener>,
     outbound: Option<TcpListener>,
@@ -249,14 +270,14 @@ struct Listeners {
     explicit: Vec<(TcpListener, Target)>,
 }
 
-impl Listeners {
-    async fn bind(config: &ProxyConfig) -> Result<Listeners, StartError> {
+impl BoundListeners {
+    async fn bind(config: &ProxyConfig) -> Result<BoundListeners, StartError> {
         let mut explicit = Vec::new();
         for listener in &config.listeners {
             let (host, port) = listener.target().map_err(StartError::Listener)?;
             explicit.push((bind(listener.listen).await?, Target::Host(host, port)));
         }
-        Ok(Listeners {
+        Ok(BoundListeners {
             hbone: bind(config.listen.hbone).await?,
             inbound_plaintext: bind_optional(config.listen.inbound_plaintext).await?,
             outbound: bind_optional(config.listen.outbound).await?,

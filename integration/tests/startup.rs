@@ -1,0 +1,489 @@
+//! Start-up faults that time or another agent cures: meshd keeps running, not ready (readiness
+//! 500 naming the reason, systemd's STATUS saying it), serves nothing, and becomes ready by
+//! itself once the certificate files are valid or the port is free. Configuration only a
+//! person can fix still exits 78 at once. Real meshd processes on 127.10.170-179.x.
+//!
+//! Each test: A (shop/web, dev CA identity) reaches B (shop/db) through A's listener 16001 →
+//! B's echo server; no policies. B is the machine that starts in trouble.
+
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meshd_identity::DevCa;
+use meshd_integration::{Meshd, Workspace, echo_roundtrip, echo_server, eventually, http};
+
+/// B's explicit listener (to nowhere in particular: B's own echo server), so a test can see
+/// that B's outbound side is not serving either.
+const B_LISTENER: u16 = 16005;
+
+struct Setup {
+    ws: Workspace,
+    a: IpAddr,
+    b: IpAddr,
+    /// B's spiffe-helper directory, when B takes its identity from files.
+    tls: PathBuf,
+}
+
+impl Setup {
+    /// A and B on 127.10.`net`.{1,2}; B's identity from the spiffe-helper directory `tls/`
+    /// when `files`, else from the dev CA.
+    fn new(net: u8, files: bool) -> Setup {
+        let ws = Workspace::new();
+        let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
+        let port = echo_server(SocketAddr::new(b, 0)).port();
+        ws.write(
+            "mesh/workloads.yaml",
+            &format!(
+                "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web, namespace: shop}}
+spec: {{address: {a}, serviceAccount: web}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: db, namespace: shop}}
+spec: {{address: {b}, serviceAccount: db, ports: {{pg: {port}}}}}
+"
+            ),
+        );
+        let listener = format!("listeners:\n- {{listen: '{a}:16001', target: '{b}:{port}'}}\n");
+        ws.node_config("a", "web", "shop/web", &a.to_string(), "", &listener);
+        let b_listener =
+            format!("listeners:\n- {{listen: '{b}:{B_LISTENER}', target: '{b}:{port}'}}\n");
+        let b_config = ws.node_config("b", "db", "shop/db", &b.to_string(), "", &b_listener);
+        let tls = ws.path().join("tls");
+        if files {
+            std::fs::create_dir(&tls).unwrap();
+            let text = std::fs::read_to_string(&b_config).unwrap();
+            let (head, rest) = text.split_once("  devCa: ").unwrap();
+            let (_, tail) = rest.split_once('\n').unwrap();
+            let identity = format!("  spiffeHelper: {{dir: {}}}\n", tls.display());
+            std::fs::write(&b_config, format!("{head}{identity}{tail}")).unwrap();
+        }
+        Setup { ws, a, b, tls }
+    }
+
+    fn b_config(&self) -> PathBuf {
+        self.ws.path().join("b.yaml")
+    }
+
+    fn command(&self, config: &Path) -> Command {
+        let mut command = Command::new(meshd_integration::meshd_bin());
+        command.args(["run", "--config"]).arg(config);
+        command
+    }
+
+    /// B's readiness: (status, body); `None` until its endpoint is bound.
+    fn try_ready(&self) -> Option<(u16, String)> {
+        http(SocketAddr::new(self.b, 15021), "GET", "/healthz/ready")
+    }
+
+    /// B's readiness, which must answer.
+    fn ready(&self) -> (u16, String) {
+        self.try_ready()
+            .expect("readiness answers while meshd waits")
+    }
+
+    /// Whether an application on A gets its echo from B through the mesh.
+    fn meshed(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect((self.a, 16001)) else {
+            return false;
+        };
+        echo_roundtrip(&mut stream, b"ping").is_some()
+    }
+
+    /// Nothing of B's data plane accepts: no HBONE listener, no explicit listener.
+    fn assert_b_serves_nothing(&self) {
+        for port in [15008, B_LISTENER] {
+            let refused =
+                TcpStream::connect_timeout(&SocketAddr::new(self.b, port), Duration::from_secs(2));
+            assert!(refused.is_err(), "B accepts on {port} while not ready");
+        }
+    }
+
+    /// The workspace CA, as `meshd ca` wrote it.
+    fn ca(&self) -> DevCa {
+        DevCa::load(&self.ws.ca()).unwrap()
+    }
+
+    /// Writes a valid SVID for shop/db into B's directory (each file by rename).
+    fn write_valid(&self) {
+        self.ca()
+            .issue_to_dir("shop", "db", Duration::from_secs(3600), &self.tls)
+            .unwrap();
+    }
+
+    /// Writes B's certificate, key and bundle (the workspace root), each by rename.
+    fn write_files(&self, cert: &str, key: &str) {
+        let bundle = self.ca().root_pem().to_string();
+        for (file, text) in [
+            ("svid_key.pem", key),
+            ("svid.pem", cert),
+            ("svid_bundle.pem", &bundle),
+        ] {
+            let tmp = self.tls.join(format!(".{file}.test"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, self.tls.join(file)).unwrap();
+        }
+    }
+}
+
+/// A shop/db leaf from the CA in `ca_dir`, valid from `from` to `until` (relative to now);
+/// (certificate, key) PEM.
+fn leaf(ca_dir: &Path, from: time::Duration, until: time::Duration) -> (String, String) {
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca-key.pem")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(ca_dir.join("ca-cert.pem")).unwrap(),
+        ca_key,
+    )
+    .unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let uri = "spiffe://cluster.local/ns/shop/sa/db".to_string();
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + from;
+    params.not_after = now + until;
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// The shared scenario: B starts on unusable identity files and must wait (running, readiness
+/// 500 naming `reason`, nothing served, A's traffic refused); a valid SVID written over them
+/// makes it ready by itself, and A's traffic then flows.
+fn waits_for_valid_files(setup: &Setup, reason: &str) -> Meshd {
+    let mut b = Meshd::spawn_starting(setup.command(&setup.b_config()));
+    let _a = Meshd::start(&setup.ws.path().join("a.yaml"));
+    let (status, body) = eventually("readiness names the reason", || {
+        let (status, body) = setup.try_ready()?;
+        body.contains(reason).then_some((status, body))
+    });
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("waiting: identity: "), "{body}");
+    // Still waiting a few retries later: running, not ready, serving nothing.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(b.wait_exit(Duration::ZERO), None, "meshd exited");
+    assert_eq!(setup.ready().0, 500);
+    assert!(b.ready.is_empty() && !b.wait_ready(Duration::ZERO));
+    setup.assert_b_serves_nothing();
+    assert!(!setup.meshed(), "traffic reached B before it was ready");
+    let log = b.stderr();
+    assert_eq!(
+        log.matches("not ready, retrying: identity: ").count(),
+        1,
+        "the reason is logged once, not at every retry:\n{log}"
+    );
+
+    setup.write_valid();
+    assert!(b.wait_ready(Duration::from_secs(15)), "{}", b.stderr());
+    assert_eq!(setup.ready(), (200, "ready\n".to_string()));
+    eventually("traffic through B", || setup.meshed().then_some(()));
+    b
+}
+
+/// Holds: a certificate whose notBefore is a day away (a clock that lags at boot) keeps B
+/// running and not ready, and says so to systemd (STATUS, and the start timeout extended);
+/// a valid certificate written over it makes B ready (READY=1) and it carries traffic.
+#[test]
+fn a_certificate_not_yet_valid_at_start_is_waited_for() {
+    let setup = Setup::new(171, true);
+    let day = time::Duration::days(1);
+    let (cert, key) = leaf(&setup.ws.ca(), day, day * 2);
+    setup.write_files(&cert, &key);
+    let mut notify = NotifySocket::new(setup.ws.path());
+    let mut command = setup.command(&setup.b_config());
+    command.env("NOTIFY_SOCKET", &notify.path);
+    let mut b = Meshd::spawn_starting(command);
+    let waiting = notify.wait_for("STATUS=waiting: identity: ");
+    assert!(
+        waiting.contains("svid.pem: certificate is not valid before")
+            && waiting.contains("EXTEND_TIMEOUT_USEC=30000000"),
+        "{waiting}"
+    );
+    assert!(!notify.seen.iter().any(|m| m.contains("READY=1")));
+    let (status, body) = setup.ready();
+    assert_eq!(status, 500);
+    assert!(body.contains("certificate is not valid before"), "{body}");
+    setup.assert_b_serves_nothing();
+    setup.write_valid();
+    let ready = notify.wait_for("READY=1");
+    assert!(ready.contains("STATUS=serving configuration generation 1"));
+    assert!(b.wait_ready(Duration::from_secs(5)));
+    drop(b);
+
+    // The same through the whole scenario, traffic included.
+    let (cert, key) = leaf(&setup.ws.ca(), day, day * 2);
+    setup.write_files(&cert, &key);
+    waits_for_valid_files(&setup, "svid.pem: certificate is not valid before");
+}
+
+/// Holds: an expired certificate at start is waited out the same way.
+#[test]
+fn an_expired_certificate_at_start_is_waited_for() {
+    let setup = Setup::new(172, true);
+    let day = time::Duration::days(1);
+    let (cert, key) = leaf(&setup.ws.ca(), -day * 2, -day);
+    setup.write_files(&cert, &key);
+    waits_for_valid_files(&setup, "svid.pem: certificate expired at");
+}
+
+/// Holds: a half-finished rotation (the new key written, the certificate still the old one)
+/// is waited out, not fatal.
+#[test]
+fn a_key_of_another_certificate_at_start_is_waited_for() {
+    let setup = Setup::new(173, true);
+    let hour = time::Duration::hours(1);
+    let (cert, _) = leaf(&setup.ws.ca(), -hour, hour);
+    let (_, other_key) = leaf(&setup.ws.ca(), -hour, hour);
+    setup.write_files(&cert, &other_key);
+    waits_for_valid_files(
+        &setup,
+        "svid_key.pem: private key does not match the certificate's public key",
+    );
+}
+
+/// Holds: a certificate from a CA the bundle does not hold yet (the bundle not yet rotated) is
+/// waited out, not fatal.
+#[test]
+fn a_chain_the_bundle_does_not_vouch_for_at_start_is_waited_for() {
+    let setup = Setup::new(174, true);
+    let other_ca = setup.ws.path().join("other-ca");
+    DevCa::init("cluster.local", &other_ca).unwrap();
+    let hour = time::Duration::hours(1);
+    let (cert, key) = leaf(&other_ca, -hour, hour);
+    setup.write_files(&cert, &key);
+    waits_for_valid_files(
+        &setup,
+        "svid.pem: certificate does not chain to a trusted root of trust domain cluster.local",
+    );
+}
+
+/// Holds: a policy dropped into the configuration directory while B waits for its
+/// certificate is in force once B is ready (the directory is read again after a wait), and
+/// later changes still apply.
+#[test]
+fn a_configuration_change_while_waiting_is_in_force_once_ready() {
+    let setup = Setup::new(179, true);
+    let day = time::Duration::days(1);
+    let (cert, key) = leaf(&setup.ws.ca(), -day * 2, -day);
+    setup.write_files(&cert, &key);
+    let mut b = Meshd::spawn_starting(setup.command(&setup.b_config()));
+    let _a = Meshd::start(&setup.ws.path().join("a.yaml"));
+    eventually("B waits", || {
+        let (_, body) = setup.try_ready()?;
+        body.contains("certificate expired at").then_some(())
+    });
+    let deny = setup.ws.write(
+        "mesh/deny.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db-deny-web, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]
+",
+    );
+    setup.write_valid();
+    assert!(b.wait_ready(Duration::from_secs(15)), "{}", b.stderr());
+    assert!(
+        !setup.meshed(),
+        "the DENY written while waiting is not in force"
+    );
+    // SIGHUP rather than the watcher: the ready line is printed a moment before the
+    // configuration directory is watched, and a change in between would wait for the next.
+    std::fs::remove_file(deny).unwrap();
+    b.signal("HUP");
+    eventually("the DENY's removal is applied", || {
+        setup.meshed().then_some(())
+    });
+}
+
+/// Holds: a meshd waiting at start stops at once on SIGTERM, with status 0 (systemd's stop
+/// must not wait for a certificate).
+#[test]
+fn a_waiting_meshd_stops_on_sigterm() {
+    let setup = Setup::new(170, true);
+    let day = time::Duration::days(1);
+    let (cert, key) = leaf(&setup.ws.ca(), -day * 2, -day);
+    setup.write_files(&cert, &key);
+    let mut b = Meshd::spawn_starting(setup.command(&setup.b_config()));
+    eventually("B waits", || {
+        let (_, body) = setup.try_ready()?;
+        body.contains("certificate expired at").then_some(())
+    });
+    b.signal("TERM");
+    assert_eq!(
+        b.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        b.stderr()
+    );
+}
+
+/// The scenario for a port another process holds: B runs, not ready, readiness names the
+/// port; the reason is logged once across the retries; once freed, B is ready and carries
+/// traffic.
+fn waits_for_port(net: u8, port: u16, what: &str) {
+    let setup = Setup::new(net, false);
+    let held = SocketAddr::new(setup.b, port);
+    let holder = TcpListener::bind(held).unwrap();
+    let mut b = Meshd::spawn_starting(setup.command(&setup.b_config()));
+    let _a = Meshd::start(&setup.ws.path().join("a.yaml"));
+    let reason = format!("cannot listen on {held}{what}: Address already in use");
+    let body = eventually("readiness names the port", || {
+        let (status, body) = setup.try_ready()?;
+        (status == 500 && body.contains(&reason)).then_some(body)
+    });
+    assert!(body.contains("waiting: "), "{body}");
+    // 100 + 200 + 400 + 800 ms: at least four tries.
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(b.wait_exit(Duration::ZERO), None, "meshd exited");
+    assert!(!b.wait_ready(Duration::ZERO));
+    assert!(!setup.meshed(), "traffic reached B before it was ready");
+    let log = b.stderr();
+    assert_eq!(
+        log.matches("not ready, retrying: cannot listen on").count(),
+        1,
+        "logged once per distinct error:\n{log}"
+    );
+
+    drop(holder);
+    assert!(b.wait_ready(Duration::from_secs(15)), "{}", b.stderr());
+    assert!(b.ready.contains(&held.to_string()), "{}", b.ready);
+    assert_eq!(setup.ready(), (200, "ready\n".to_string()));
+    eventually("traffic through B", || setup.meshed().then_some(()));
+}
+
+/// Holds: the HBONE port held by another process at start is retried until free.
+#[test]
+fn an_hbone_port_in_use_at_start_is_retried_until_free() {
+    waits_for_port(175, 15008, "");
+}
+
+/// Holds: an explicit listener's port held by another process is retried until free.
+#[test]
+fn a_listener_port_in_use_at_start_is_retried_until_free() {
+    waits_for_port(176, B_LISTENER, "");
+}
+
+/// Holds: an operator port (metrics) held by another process is retried until free, with
+/// readiness (bound first) saying so.
+#[test]
+fn an_operator_port_in_use_at_start_is_retried_until_free() {
+    waits_for_port(177, 15020, " (Metrics)");
+}
+
+/// Runs B on `config` and expects exit 78 within a few seconds; its stderr.
+fn exits_78(setup: &Setup, config: &Path) -> String {
+    let mut b = Meshd::spawn_starting(setup.command(config));
+    let code = b.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(78), "{}", b.stderr());
+    b.stderr()
+}
+
+/// Holds: what only a person can fix still exits 78 at once, even while the certificate
+/// would be waited for: an unknown key, an unsafe listener, an identity directory below a
+/// regular file (it can never exist).
+#[test]
+fn configuration_a_person_must_fix_still_exits_78() {
+    let setup = Setup::new(178, true);
+    let day = time::Duration::days(1);
+    let (cert, key) = leaf(&setup.ws.ca(), day, day * 2);
+    setup.write_files(&cert, &key);
+    let config = setup.b_config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let started = Instant::now();
+
+    std::fs::write(&config, format!("{text}noSuchKey: 1\n")).unwrap();
+    let stderr = exits_78(&setup, &config);
+    assert!(stderr.contains("noSuchKey"), "{stderr}");
+
+    std::fs::write(
+        &config,
+        text.replace("listen:\n", "listen:\n  socks5: 0.0.0.0:0\n"),
+    )
+    .unwrap();
+    let stderr = exits_78(&setup, &config);
+    assert!(
+        stderr.contains("listen.socks5: 0.0.0.0:0 is not a loopback address"),
+        "{stderr}"
+    );
+
+    let not_a_dir = setup.ws.path().join("a.yaml");
+    let tls = setup.tls.display().to_string();
+    std::fs::write(
+        &config,
+        text.replace(&tls, &not_a_dir.join("tls").display().to_string()),
+    )
+    .unwrap();
+    let stderr = exits_78(&setup, &config);
+    assert!(
+        stderr.contains(&format!(
+            "identity: spiffeHelper.dir: {} is a file, so {} can never exist",
+            not_a_dir.display(),
+            not_a_dir.join("tls").display()
+        )),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// Receives datagrams on a test NOTIFY_SOCKET.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    fn new(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        NotifySocket {
+            socket,
+            path,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a message containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(m) = self.seen.iter().find(|m| m.contains(needle)) {
+                return m.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {:?}",
+                self.seen
+            );
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                self.seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+}
