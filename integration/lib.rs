@@ -289,13 +289,20 @@ impl Default for Workspace {
 }
 
 /// One HTTP/1.1 request to a meshd endpoint: (status, body). `None` when nothing answers.
+/// A POST carries `X-Meshd-Admin`, as the admin endpoint asks of every state change (and as
+/// the README's curl commands do).
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
+    let admin = if method == "POST" {
+        "X-Meshd-Admin: 1\r\n"
+    } else {
+        ""
+    };
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{admin}Connection: close\r\nContent-Length: 0\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();

@@ -152,6 +152,8 @@ struct Running {
     metrics: Metrics,
     quit: Arc<Notify>,
     _identity: IdentityManager,
+    /// The admin, metrics and readiness endpoints' thread: they answer until the daemon ends.
+    _operator: meshd_admin::OperatorRuntime,
 }
 
 /// Runs the daemon until it is asked to stop.
@@ -192,7 +194,6 @@ async fn start(
         quit.clone(),
         metrics.clone(),
     )
-    .await
     .map_err(Exit::Config)?;
     let identity = start_identity(&config).await.map_err(Exit::Config)?;
     if let IdentitySource::DevCa(source) = &config.identity {
@@ -219,12 +220,15 @@ async fn start(
         Arc::new(metrics.clone()),
         Arc::new(operated.live.clone()),
     ]);
-    let proxy = Proxy::start(
+    // The operator ports as bound (a port 0 resolved) are meshd's own too.
+    let operator_ports: Vec<u16> = operator.bound().iter().map(|(_, a)| a.port()).collect();
+    let proxy = Proxy::start_reserving(
         &config,
         identity.handle(),
         updates,
         sinks,
         &PluginRegistry::builtin(),
+        &operator_ports,
     )
     .await
     .map_err(|e| Exit::Config(e.to_string()))?;
@@ -241,7 +245,7 @@ async fn start(
         "meshd ready"
     );
     // A machine-readable line for supervisors and tests.
-    println!("{}", ready_line(proxy.addrs(), &operator));
+    println!("{}", ready_line(proxy.addrs(), operator.bound()));
     systemd::ready(1);
     Ok(Running {
         config,
@@ -252,6 +256,7 @@ async fn start(
         metrics,
         quit,
         _identity: identity,
+        _operator: operator,
     })
 }
 

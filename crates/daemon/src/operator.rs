@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use meshd_admin::{Endpoint, Handlers, LogLevelFn, Readiness};
+use meshd_admin::{
+    Endpoint, Handlers, Limits, LogLevelFn, OperatorRuntime, Readiness, ServeSettings,
+};
 use meshd_identity::{IdentityHandle, IdentityManager, RotationStats};
 use meshd_metrics::Metrics;
 use meshd_proxy::dump::config_dump;
@@ -73,15 +75,19 @@ impl Operated {
     }
 }
 
-/// Binds the admin, metrics and readiness listeners and serves them.
-pub(crate) async fn start_operator_endpoints(
+/// Binds the admin, metrics and readiness listeners and serves them on their own thread
+/// (meshd-admin's [`OperatorRuntime`]); refuses an admin endpoint off loopback that the
+/// configuration does not allow.
+pub(crate) fn start_operator_endpoints(
     config: &ProxyConfig,
     operated: Arc<Operated>,
     set_log_level: LogLevelFn,
     readiness: Readiness,
     quit: Arc<Notify>,
     metrics: Metrics,
-) -> Result<Vec<(Endpoint, SocketAddr)>, String> {
+) -> Result<OperatorRuntime, String> {
+    // Before anything is bound: a refused admin address must never answer, even briefly.
+    config.check_admin().map_err(|e| e.to_string())?;
     let config_dump: meshd_admin::DumpFn = {
         let operated = operated.clone();
         Arc::new(
@@ -109,21 +115,23 @@ pub(crate) async fn start_operator_endpoints(
         metrics_content_type: meshd_metrics::CONTENT_TYPE,
         readiness,
     };
-    let mut bound = Vec::new();
+    let mut listeners = Vec::new();
     for (endpoint, addr) in [
         (Endpoint::Readiness, config.listen.readiness),
         (Endpoint::Admin, config.listen.admin),
         (Endpoint::Metrics, config.listen.metrics),
     ] {
         let Some(addr) = addr else { continue };
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
+        let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("cannot listen on {addr} ({endpoint:?}): {e}"))?;
-        let local = listener.local_addr().unwrap_or(addr);
-        tokio::spawn(meshd_admin::serve(listener, endpoint, handlers.clone()));
-        bound.push((endpoint, local));
+        listeners.push((endpoint, listener));
     }
-    Ok(bound)
+    let settings = ServeSettings {
+        allowed_hosts: config.admin.allowed_hosts.clone(),
+        limits: Limits::default(),
+    };
+    OperatorRuntime::start(listeners, handlers, settings)
+        .map_err(|e| format!("cannot start the operator endpoints: {e}"))
 }
 
 /// Keeps readiness and the certificate metrics in step with the identity: an expired

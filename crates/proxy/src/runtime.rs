@@ -110,6 +110,20 @@ impl Proxy {
         sinks: Sinks,
         plugins: &PluginRegistry,
     ) -> Result<Proxy, StartError> {
+        Proxy::start_reserving(config, identity, states, sinks, plugins, &[]).await
+    }
+
+    /// [`Proxy::start`], with `reserved` ports added to meshd's own: the ports the daemon's
+    /// operator endpoints were bound to (a port 0 in the configuration resolved), which no
+    /// connection may be relayed to either.
+    pub async fn start_reserving(
+        config: &ProxyConfig,
+        identity: IdentityHandle,
+        states: watch::Receiver<Arc<ProxyState>>,
+        sinks: Sinks,
+        plugins: &PluginRegistry,
+        reserved: &[u16],
+    ) -> Result<Proxy, StartError> {
         for warning in config.check()? {
             tracing::warn!("{warning}");
         }
@@ -144,6 +158,7 @@ impl Proxy {
             .into_iter()
             .flatten()
             .chain(explicit.iter().map(|(l, _)| l)),
+            reserved,
         );
 
         let inbound_stack = stack::inbound(inbound_plugins, own_ports.clone(), connector.clone());
@@ -266,12 +281,17 @@ impl Listeners {
     }
 }
 
-/// meshd's own ports: the bound ones (port 0 resolved), every configured one, and the HBONE
-/// port peers use.
-fn own_ports<'a>(config: &ProxyConfig, bound: impl Iterator<Item = &'a TcpListener>) -> OwnPorts {
+/// meshd's own ports: the bound ones (port 0 resolved), the `reserved` ones bound elsewhere
+/// (the operator endpoints), every configured one, and the HBONE port peers use.
+fn own_ports<'a>(
+    config: &ProxyConfig,
+    bound: impl Iterator<Item = &'a TcpListener>,
+    reserved: &[u16],
+) -> OwnPorts {
     OwnPorts::new(
         bound
             .map(|l| local_addr(l).port())
+            .chain(reserved.iter().copied())
             .chain(config.listen.configured_ports())
             .chain(config.listeners.iter().map(|l| l.listen.port()))
             .chain([config.hbone_port])
