@@ -282,3 +282,104 @@ spec:
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!stdout.contains("inbound capture is off"), "{stdout}");
 }
+
+/// The `key=value` of the ready line, as an address.
+fn ready_addr(meshd: &Meshd, key: &str) -> SocketAddr {
+    meshd
+        .ready
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {:?}", meshd.ready))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_operator_ports_is_400_when_configured_elsewhere_or_chosen_by_the_system() {
+    // Admin on a port no well-known list has, metrics and readiness on ports the system picks:
+    // each, as bound, is meshd's own, and the portless workload never reaches them.
+    let (ws, b, app_port) = portless_machine(26);
+    let config = ws.write(
+        "b.yaml",
+        &format!(
+            "configDir: {mesh}
+identity:
+  devCa: {{dir: {ca}, namespace: shop, serviceAccount: db}}
+local: {{workloads: [shop/db]}}
+listen:
+  hbone: {b}:15008
+  admin: {b}:16100
+  metrics: {b}:0
+  readiness: {b}:0
+",
+            mesh = ws.path().join("mesh").display(),
+            ca = ws.ca().display(),
+        ),
+    );
+    let meshd = Meshd::start(&config);
+    let metrics = ready_addr(&meshd, "metrics");
+    let readiness = ready_addr(&meshd, "readiness");
+    assert_eq!(ready_addr(&meshd, "admin"), SocketAddr::new(b, 16100));
+    let client = client_as_web(&ws).await;
+    let db = SpiffeId::istio("cluster.local", "shop", "db").expect("id");
+    let peer = Peer::new(db, SocketAddr::new(b, 15008));
+    // The control: anything else on the machine is reachable.
+    assert_eq!(
+        status(&client, &peer, SocketAddr::new(b, app_port)).await,
+        200
+    );
+    for port in [16100, metrics.port(), readiness.port()] {
+        assert_eq!(
+            status(&client, &peer, SocketAddr::new(b, port)).await,
+            400,
+            "CONNECT {b}:{port}"
+        );
+    }
+    meshd.wait_for_log(&format!("destination={metrics}"));
+}
+
+#[test]
+fn admin_on_a_remote_address_without_allow_remote_exits_78() {
+    // Anyone who reaches it reads the configuration and can stop meshd: refuse to start,
+    // before the port is ever bound.
+    let (ws, b, _) = portless_machine(27);
+    let config = ws.write(
+        "b.yaml",
+        &format!(
+            "configDir: {mesh}
+identity:
+  devCa: {{dir: {ca}, namespace: shop, serviceAccount: db}}
+listen:
+  hbone: {b}:15008
+  admin: 0.0.0.0:0
+  metrics: {b}:15020
+  readiness: {b}:15021
+",
+            mesh = ws.path().join("mesh").display(),
+            ca = ws.ca().display(),
+        ),
+    );
+    let output = std::process::Command::new(meshd_integration::meshd_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("listen.admin: 0.0.0.0:0 is not a loopback address")
+            && stderr.contains("admin.allowRemote: true"),
+        "{stderr}"
+    );
+    // `meshd validate` says the same.
+    let output = std::process::Command::new(meshd_integration::meshd_bin())
+        .args(["validate", "--daemon-config"])
+        .arg(&config)
+        .output()
+        .expect("validate");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("listen.admin: 0.0.0.0:0 is not a loopback address"),
+        "{stdout}"
+    );
+}

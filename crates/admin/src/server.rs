@@ -160,7 +160,7 @@ fn route(
 ) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    tracing::debug!(?endpoint, %method, %path, "operator request");
+    tracing::debug!(?endpoint, %method, %path, "admin request");
     let query = request.uri().query().unwrap_or_default().to_string();
     match endpoint {
         Endpoint::Admin => match guard.check(request.headers()) {
