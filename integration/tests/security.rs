@@ -358,11 +358,23 @@ listen:
             ca = ws.ca().display(),
         ),
     );
-    let output = std::process::Command::new(meshd_integration::meshd_bin())
+    let mut child = std::process::Command::new(meshd_integration::meshd_bin())
         .args(["run", "--config"])
         .arg(&config)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run");
+    // A meshd that starts anyway would never exit: that is a failure, not a hang.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("meshd started with its admin endpoint on 0.0.0.0");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
     assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
