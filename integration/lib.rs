@@ -8,7 +8,7 @@ pub mod machines;
 pub mod traffic;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -252,6 +252,13 @@ impl Workspace {
         listen_extra: &str,
         extra: &str,
     ) -> PathBuf {
+        // An address inside a test's network namespace is not loopback: the admin endpoint may
+        // listen there only when the configuration says so.
+        let remote_admin = if ip.parse::<IpAddr>().is_ok_and(|a| a.is_loopback()) {
+            ""
+        } else {
+            "admin: {allowRemote: true}\n"
+        };
         self.write(
             &format!("{name}.yaml"),
             &format!(
@@ -264,7 +271,7 @@ listen:
   admin: {ip}:15000
   metrics: {ip}:15020
   readiness: {ip}:15021
-{listen_extra}{extra}",
+{listen_extra}{remote_admin}{extra}",
                 mesh = self.path().join("mesh").display(),
                 ca = self.ca().display(),
             ),
