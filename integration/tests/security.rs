@@ -147,6 +147,36 @@ fn socks5_to_meshds_own_ports_is_not_allowed() {
     meshd.wait_for_log("one of meshd's own ports");
 }
 
+/// `meshd run --config <config>`, which must refuse to start: its exit code and stderr. A
+/// meshd that starts anyway would never exit; it is killed after 10 s and the test fails
+/// rather than hangs.
+fn refused_start(config: &std::path::Path) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(meshd_integration::meshd_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "meshd started instead of refusing to:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn socks5_on_a_remote_address_without_allow_remote_exits_78() {
     // Anyone who reaches such a port borrows the machine's identity: refuse to start.
@@ -159,13 +189,8 @@ fn socks5_on_a_remote_address_without_allow_remote_exits_78() {
         "  socks5: 0.0.0.0:0\n",
         "",
     );
-    let output = std::process::Command::new(meshd_integration::meshd_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    assert_eq!(output.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = refused_start(&config);
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("listen.socks5: 0.0.0.0:0 is not a loopback address")
             && stderr.contains("set socks5.allowRemote: true"),
@@ -358,25 +383,8 @@ listen:
             ca = ws.ca().display(),
         ),
     );
-    let mut child = std::process::Command::new(meshd_integration::meshd_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run");
-    // A meshd that starts anyway would never exit: that is a failure, not a hang.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("meshd started with its admin endpoint on 0.0.0.0");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    assert_eq!(output.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = refused_start(&config);
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("listen.admin: 0.0.0.0:0 is not a loopback address")
             && stderr.contains("admin.allowRemote: true"),
