@@ -8,7 +8,7 @@ pub mod machines;
 pub mod traffic;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -297,6 +297,13 @@ impl Workspace {
         listen_extra: &str,
         extra: &str,
     ) -> PathBuf {
+        // An address inside a test's network namespace is not loopback: the admin endpoint may
+        // listen there only when the configuration says so.
+        let remote_admin = if ip.parse::<IpAddr>().is_ok_and(|a| a.is_loopback()) {
+            ""
+        } else {
+            "admin: {allowRemote: true}\n"
+        };
         self.write(
             &format!("{name}.yaml"),
             &format!(
@@ -309,7 +316,7 @@ listen:
   admin: {ip}:15000
   metrics: {ip}:15020
   readiness: {ip}:15021
-{listen_extra}{extra}",
+{listen_extra}{remote_admin}{extra}",
                 mesh = self.path().join("mesh").display(),
                 ca = self.ca().display(),
             ),
@@ -334,13 +341,20 @@ impl Default for Workspace {
 }
 
 /// One HTTP/1.1 request to a meshd endpoint: (status, body). `None` when nothing answers.
+/// A POST carries `X-Meshd-Admin`, as the admin endpoint asks of every state change (and as
+/// the README's curl commands do).
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
+    let admin = if method == "POST" {
+        "X-Meshd-Admin: 1\r\n"
+    } else {
+        ""
+    };
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{admin}Connection: close\r\nContent-Length: 0\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();

@@ -142,7 +142,7 @@ local: {workloads: [$3]}
 listen:
   hbone: $4:15008
   outbound: 0.0.0.0:15001
-  admin: $4:15000
+  admin: 127.0.0.1:15000  # loopback of its namespace: admin refuses other addresses
   metrics: $4:15020
   readiness: $4:15021
 redirect: {outboundPort: $5}

@@ -4,6 +4,9 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
+#[path = "operator_flood.rs"]
+mod operator_flood;
+
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Command;

@@ -147,6 +147,36 @@ fn socks5_to_meshds_own_ports_is_not_allowed() {
     meshd.wait_for_log("one of meshd's own ports");
 }
 
+/// `meshd run --config <config>`, which must refuse to start: its exit code and stderr. A
+/// meshd that starts anyway would never exit; it is killed after 10 s and the test fails
+/// rather than hangs.
+fn refused_start(config: &std::path::Path) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(meshd_integration::meshd_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "meshd started instead of refusing to:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn socks5_on_a_remote_address_without_allow_remote_exits_78() {
     // Anyone who reaches such a port borrows the machine's identity: refuse to start.
@@ -159,13 +189,8 @@ fn socks5_on_a_remote_address_without_allow_remote_exits_78() {
         "  socks5: 0.0.0.0:0\n",
         "",
     );
-    let output = std::process::Command::new(meshd_integration::meshd_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    assert_eq!(output.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = refused_start(&config);
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("listen.socks5: 0.0.0.0:0 is not a loopback address")
             && stderr.contains("set socks5.allowRemote: true"),
@@ -281,4 +306,100 @@ spec:
         .expect("validate");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!stdout.contains("inbound capture is off"), "{stdout}");
+}
+
+/// The `key=value` of the ready line, as an address.
+fn ready_addr(meshd: &Meshd, key: &str) -> SocketAddr {
+    meshd
+        .ready
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {:?}", meshd.ready))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_operator_ports_is_400_when_configured_elsewhere_or_chosen_by_the_system() {
+    // Admin on a port no well-known list has, metrics and readiness on ports the system picks:
+    // each, as bound, is meshd's own, and the portless workload never reaches them.
+    let (ws, b, app_port) = portless_machine(26);
+    let config = ws.write(
+        "b.yaml",
+        &format!(
+            "configDir: {mesh}
+identity:
+  devCa: {{dir: {ca}, namespace: shop, serviceAccount: db}}
+local: {{workloads: [shop/db]}}
+listen:
+  hbone: {b}:15008
+  admin: {b}:16100
+  metrics: {b}:0
+  readiness: {b}:0
+",
+            mesh = ws.path().join("mesh").display(),
+            ca = ws.ca().display(),
+        ),
+    );
+    let meshd = Meshd::start(&config);
+    let metrics = ready_addr(&meshd, "metrics");
+    let readiness = ready_addr(&meshd, "readiness");
+    assert_eq!(ready_addr(&meshd, "admin"), SocketAddr::new(b, 16100));
+    let client = client_as_web(&ws).await;
+    let db = SpiffeId::istio("cluster.local", "shop", "db").expect("id");
+    let peer = Peer::new(db, SocketAddr::new(b, 15008));
+    // The control: anything else on the machine is reachable.
+    assert_eq!(
+        status(&client, &peer, SocketAddr::new(b, app_port)).await,
+        200
+    );
+    for port in [16100, metrics.port(), readiness.port()] {
+        assert_eq!(
+            status(&client, &peer, SocketAddr::new(b, port)).await,
+            400,
+            "CONNECT {b}:{port}"
+        );
+    }
+    meshd.wait_for_log(&format!("destination={metrics}"));
+}
+
+#[test]
+fn admin_on_a_remote_address_without_allow_remote_exits_78() {
+    // Anyone who reaches it reads the configuration and can stop meshd: refuse to start,
+    // before the port is ever bound.
+    let (ws, b, _) = portless_machine(27);
+    let config = ws.write(
+        "b.yaml",
+        &format!(
+            "configDir: {mesh}
+identity:
+  devCa: {{dir: {ca}, namespace: shop, serviceAccount: db}}
+listen:
+  hbone: {b}:15008
+  admin: 0.0.0.0:0
+  metrics: {b}:15020
+  readiness: {b}:15021
+",
+            mesh = ws.path().join("mesh").display(),
+            ca = ws.ca().display(),
+        ),
+    );
+    let (code, stderr) = refused_start(&config);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("listen.admin: 0.0.0.0:0 is not a loopback address")
+            && stderr.contains("admin.allowRemote: true"),
+        "{stderr}"
+    );
+    // `meshd validate` says the same.
+    let output = std::process::Command::new(meshd_integration::meshd_bin())
+        .args(["validate", "--daemon-config"])
+        .arg(&config)
+        .output()
+        .expect("validate");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("listen.admin: 0.0.0.0:0 is not a loopback address"),
+        "{stdout}"
+    );
 }

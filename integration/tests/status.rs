@@ -8,6 +8,9 @@
 #[path = "status_page.rs"]
 mod status_page;
 
+#[path = "admin_attacks.rs"]
+mod admin_attacks;
+
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Command, Output};

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use super::Mesh;
 
 /// A chromedriver process, killed on drop.
-struct Driver {
+pub(super) struct Driver {
     child: Child,
     port: u16,
     _profile: tempfile::TempDir,
@@ -29,7 +29,7 @@ impl Drop for Driver {
 
 /// Starts chromedriver. It only listens on localhost (it has no bind option); the page it
 /// loads and every request the page makes go to the meshd under test on 127.10.5x.x.
-fn chromedriver() -> Driver {
+pub(super) fn chromedriver() -> Driver {
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -50,20 +50,26 @@ fn chromedriver() -> Driver {
 /// A browser session: headless Chromium as root, with everything that would reach for the
 /// network switched off, and a fresh profile.
 async fn browser(driver: &Driver) -> Client {
+    browser_with(driver, &[]).await
+}
+
+/// [`browser`] with more Chromium flags (e.g. `--host-resolver-rules=...`).
+pub(super) async fn browser_with(driver: &Driver, extra: &[String]) -> Client {
     let profile = driver._profile.path().display().to_string();
-    let args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1500,900",
-        &format!("--user-data-dir={profile}"),
+    let mut args = vec![
+        "--headless".to_string(),
+        "--no-sandbox".to_string(),
+        "--disable-gpu".to_string(),
+        "--disable-quic".to_string(),
+        "--no-first-run".to_string(),
+        "--disable-background-networking".to_string(),
+        "--disable-component-update".to_string(),
+        "--disable-sync".to_string(),
+        "--disable-dev-shm-usage".to_string(),
+        "--window-size=1500,900".to_string(),
+        format!("--user-data-dir={profile}"),
     ];
+    args.extend(extra.iter().cloned());
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -90,7 +96,7 @@ async fn browser(driver: &Driver) -> Client {
 
 /// The text of the view's section once it has loaded and `check` holds, polled every 20 ms
 /// for up to `within`; `None` if it never does.
-async fn section_text(
+pub(super) async fn section_text(
     client: &Client,
     view: &str,
     within: Duration,

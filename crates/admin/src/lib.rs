@@ -1,14 +1,19 @@
 //! meshd's HTTP endpoints for operators, on ztunnel's ports:
 //!
 //! - admin (`listen.admin`, default `127.0.0.1:15000`, loopback unless configured otherwise):
-//!   `GET /config_dump` (the configuration in force as JSON), `GET|POST /logging?level=...`
-//!   (change the log filter at run time), `POST /quitquitquit` (graceful drain),
+//!   `GET /config_dump` (the configuration in force as JSON), `GET /logging` (the log filter),
+//!   `POST /logging?level=...` (change it at run time), `POST /quitquitquit` (graceful drain),
 //!   `GET /status/<view>` (the operator views as JSON, see meshd-status) and `GET /` (the
-//!   operator page, which reads those views);
-//! - metrics (`listen.metrics`, default `0.0.0.0:15020`): `GET /metrics` and
+//!   operator page, which reads those views). Every request passes the [`guard`]: a Host that
+//!   names this endpoint, no cross-site `Origin`/`Sec-Fetch-Site`, and on a state change the
+//!   header `X-Meshd-Admin`;
+//! - metrics (`listen.metrics`, default `127.0.0.1:15020`): `GET /metrics` and
 //!   `GET /stats/prometheus`;
-//! - readiness (`listen.readiness`, default `0.0.0.0:15021`): `GET /healthz/ready`, 200 once
+//! - readiness (`listen.readiness`, default `127.0.0.1:15021`): `GET /healthz/ready`, 200 once
 //!   everything is up, else 500 with what is pending.
+//!
+//! Every connection is bounded in time and every endpoint in connections ([`Limits`]), and the
+//! endpoints run on a thread of their own ([`OperatorRuntime`]), away from the data plane.
 //!
 //! The crate knows nothing of meshd's data: the daemon hands it [`Handlers`] (closures over its
 //! state), so the endpoints are tested with stand-ins and the data flow stays one way. It does
@@ -17,11 +22,18 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod guard;
 mod readiness;
+mod runtime;
 mod server;
 
+pub use guard::{Refusal, STATE_CHANGE_HEADER};
 pub use readiness::Readiness;
-pub use server::{Endpoint, serve};
+pub use runtime::{OperatorRuntime, THREAD_NAME};
+pub use server::{
+    CONNECTION_LIFETIME, Endpoint, HEADER_READ_TIMEOUT, Limits, MAX_CONNECTIONS, ServeSettings,
+    serve,
+};
 
 use std::sync::Arc;
 

@@ -1,16 +1,23 @@
-//! The HTTP/1.1 servers (hyper): one accept loop per endpoint, one task per connection.
+//! The HTTP/1.1 servers (hyper): one accept loop per endpoint, one task per connection, each
+//! connection bounded in time and the connections of each endpoint bounded in number, so a
+//! client that sends nothing (or one byte a second) cannot hold the endpoint.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::Handlers;
+use crate::guard::{Guard, Refusal, check_state_change};
 
 /// Which set of routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,81 +30,224 @@ pub enum Endpoint {
     Readiness,
 }
 
+/// A request's headers must arrive within 5 s of the connection opening or of the previous
+/// response (hyper starts this timer whenever it waits for a request, so it is also the idle
+/// timeout of a kept-alive connection). curl, `meshd status`, the page and a Prometheus
+/// scrape send their headers in one packet; hyper's own default, 30 s, lets a slowloris hold a
+/// connection six times longer.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection lives at most 30 s (the request timeout): a body sent byte by byte or a
+/// response read byte by byte cannot hold it longer. Every answer is built from memory in
+/// microseconds; the page polls once a second and simply opens a new connection.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// After [`CONNECTION_LIFETIME`], a request in progress gets this long to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Open connections per endpoint. An operator's page, `meshd status` and a scraper or two use
+/// a handful; past 32 a new connection is closed at once, so a flood costs at most 32
+/// connections' buffers (hyper's read buffer grows to at most ~400 KiB each).
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Time and connection limits of one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// See [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// See [`CONNECTION_LIFETIME`].
+    pub connection_lifetime: Duration,
+    /// See [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            connection_lifetime: CONNECTION_LIFETIME,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// How a listener serves: which names the admin endpoint also answers to, and its limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServeSettings {
+    /// Host names, besides its address and `localhost`, the admin endpoint answers to
+    /// (`admin.allowedHosts`).
+    pub allowed_hosts: Vec<String>,
+    /// Time and connection limits.
+    pub limits: Limits,
+}
+
 /// Serves `endpoint` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, endpoint: Endpoint, handlers: Handlers) {
+pub async fn serve(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    handlers: Handlers,
+    settings: ServeSettings,
+) {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let guard = Arc::new(Guard::new(local, &settings.allowed_hosts));
+    let limits = settings.limits;
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, ?endpoint, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: closed at once rather than queued, so the flood, not the operator, waits.
+            tracing::debug!(%peer, ?endpoint, "too many operator connections: closed");
+            drop(stream);
+            continue;
+        };
         let handlers = handlers.clone();
+        let guard = guard.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let handlers = handlers.clone();
-                async move { Ok::<_, Infallible>(route(endpoint, &handlers, request)) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, ?endpoint, "admin connection ended");
-            }
+            connection(stream, endpoint, handlers, guard, limits).await;
+            tracing::trace!(%peer, ?endpoint, "operator connection closed");
+            drop(slot);
         });
+    }
+}
+
+/// One connection, within its limits.
+async fn connection(
+    stream: TcpStream,
+    endpoint: Endpoint,
+    handlers: Handlers,
+    guard: Arc<Guard>,
+    limits: Limits,
+) {
+    let service = service_fn(move |request| {
+        let response = route(endpoint, &handlers, &guard, request);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = tokio::time::sleep(limits.connection_lifetime) => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, ?endpoint, "operator connection ended");
     }
 }
 
 fn route(
     endpoint: Endpoint,
     handlers: &Handlers,
+    guard: &Guard,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     tracing::debug!(?endpoint, %method, %path, "admin request");
     let query = request.uri().query().unwrap_or_default().to_string();
-    match (endpoint, path.as_str()) {
-        (Endpoint::Admin, "/config_dump") if method == Method::GET => {
+    match endpoint {
+        Endpoint::Admin => match guard.check(request.headers()) {
+            Ok(()) => admin(handlers, &method, &path, &query, request.headers()),
+            Err(refusal) => refuse(&refusal, &method, &path),
+        },
+        Endpoint::Metrics => match path.as_str() {
+            "/metrics" | "/stats/prometheus" if method == Method::GET => {
+                match (handlers.metrics)() {
+                    Ok(body) => respond(StatusCode::OK, handlers.metrics_content_type, body),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+                }
+            }
+            _ => not_found(),
+        },
+        Endpoint::Readiness => match path.as_str() {
+            "/healthz/ready" if method == Method::GET => ready(handlers),
+            _ => not_found(),
+        },
+    }
+}
+
+/// The admin routes, once the request passed the [`Guard`].
+fn admin(
+    handlers: &Handlers,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &http::HeaderMap,
+) -> Response<Full<Bytes>> {
+    let get = method == Method::GET;
+    let post = method == Method::POST;
+    match path {
+        "/config_dump" if get => {
             let dump = (handlers.config_dump)();
             let body = serde_json::to_string_pretty(&dump).unwrap_or_else(|_| "{}".into());
             respond(StatusCode::OK, "application/json", body)
         }
-        (Endpoint::Admin, "/") if method == Method::GET => page(handlers.page),
-        (Endpoint::Admin, view) if method == Method::GET && view.starts_with("/status/") => {
+        "/" if get => page(handlers.page),
+        view if get && view.starts_with("/status/") => {
             status(handlers, view.trim_start_matches("/status/"))
         }
-        (Endpoint::Admin, "/logging") if matches!(method, Method::GET | Method::POST) => {
-            logging(handlers, &query)
+        "/logging" if get && level(query).is_some() => {
+            // A GET only reads: an <img src=".../logging?level=off"> must change nothing.
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use POST to change the log level\n",
+            )
         }
-        (Endpoint::Admin, "/quitquitquit") if method == Method::POST => {
-            (handlers.quit)();
-            text(StatusCode::OK, "draining\n")
+        "/logging" if get => logging(handlers, None),
+        "/logging" | "/quitquitquit" if post => {
+            if let Err(refusal) = check_state_change(headers) {
+                return refuse(&refusal, method, path);
+            }
+            if path == "/logging" {
+                logging(handlers, level(query))
+            } else {
+                (handlers.quit)();
+                text(StatusCode::OK, "draining\n")
+            }
         }
-        (Endpoint::Admin, "/quitquitquit") => {
+        "/quitquitquit" => {
             // A GET from a crawler or a prefetching browser must never stop the proxy.
             text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
         }
-        (Endpoint::Metrics, "/metrics" | "/stats/prometheus") if method == Method::GET => {
-            match (handlers.metrics)() {
-                Ok(body) => respond(StatusCode::OK, handlers.metrics_content_type, body),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
-            }
-        }
-        (Endpoint::Readiness, "/healthz/ready") if method == Method::GET => {
-            let blockers = handlers.readiness.blockers();
-            if blockers.is_empty() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("not ready:\n{}\n", blockers.join("\n")),
-                )
-            }
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => not_found(),
+    }
+}
+
+fn refuse(refusal: &Refusal, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    tracing::warn!(%method, %path, "admin request refused: {refusal}");
+    text(refusal.status(), &format!("{refusal}\n"))
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+fn ready(handlers: &Handlers) -> Response<Full<Bytes>> {
+    let blockers = handlers.readiness.blockers();
+    if blockers.is_empty() {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("not ready:\n{}\n", blockers.join("\n")),
+        )
     }
 }
 
@@ -144,12 +294,17 @@ fn page(html: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
-fn logging(handlers: &Handlers, query: &str) -> Response<Full<Bytes>> {
-    let level = query
+/// The `level` parameter of the query, decoded.
+fn level(query: &str) -> Option<String> {
+    query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .find(|(key, _)| *key == "level")
-        .map(|(_, value)| percent_decode(value));
+        .map(|(_, value)| percent_decode(value))
+}
+
+/// Reads the log filter (`None`) or changes it.
+fn logging(handlers: &Handlers, level: Option<String>) -> Response<Full<Bytes>> {
     let Some(level) = level else {
         return match (handlers.set_log_level)("") {
             Ok(current) => text(StatusCode::OK, &format!("current log level: {current}\n")),

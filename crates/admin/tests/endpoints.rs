@@ -3,87 +3,15 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 
-use meshd_admin::{Endpoint, Handlers, Readiness, serve};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use meshd_admin::{Endpoint, Handlers, ServeSettings, serve};
+use tokio::net::TcpListener;
 
-struct Fixture {
-    quits: Arc<AtomicUsize>,
-    level: Arc<Mutex<String>>,
-    readiness: Readiness,
-    handlers: Handlers,
-}
-
-fn fixture() -> Fixture {
-    let quits = Arc::new(AtomicUsize::new(0));
-    let level = Arc::new(Mutex::new("info".to_string()));
-    let readiness = Readiness::new(["certificates"]);
-    let handlers = Handlers {
-        config_dump: Arc::new(|| serde_json::json!({"generation": 7})),
-        set_log_level: {
-            let level = level.clone();
-            Arc::new(move |new: &str| {
-                if new.contains('!') {
-                    return Err(format!("bad log filter {new:?}"));
-                }
-                let mut current = level.lock().unwrap();
-                if !new.is_empty() {
-                    *current = new.to_string();
-                }
-                Ok(current.clone())
-            })
-        },
-        quit: {
-            let quits = quits.clone();
-            Arc::new(move || {
-                quits.fetch_add(1, Ordering::SeqCst);
-            })
-        },
-        status: Arc::new(|view: &str| match view {
-            "summary" => Some(Ok(serde_json::json!({"generation": 7}))),
-            "certs" => Some(Err("meshd is still starting".to_string())),
-            _ => None,
-        }),
-        page: "<!DOCTYPE html><title>meshd</title>",
-        metrics: Arc::new(|| Ok("# EOF\n".to_string())),
-        metrics_content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        readiness: readiness.clone(),
-    };
-    Fixture {
-        quits,
-        level,
-        readiness,
-        handlers,
-    }
-}
-
-async fn start(endpoint: Endpoint, handlers: Handlers) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, endpoint, handlers));
-    addr
-}
-
-/// One HTTP/1.1 request; (status, headers+body as text).
-async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    );
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
-}
+use support::{fixture, request, start};
 
 #[tokio::test]
 async fn readiness_is_500_with_what_is_pending_then_200() {
@@ -184,7 +112,12 @@ async fn each_listener_serves_only_its_own_routes() {
 async fn start_status(handlers: Handlers) -> SocketAddr {
     let listener = TcpListener::bind("127.10.59.3:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, Endpoint::Admin, handlers));
+    tokio::spawn(serve(
+        listener,
+        Endpoint::Admin,
+        handlers,
+        ServeSettings::default(),
+    ));
     addr
 }
 
@@ -228,7 +161,12 @@ async fn the_page_is_served_with_a_policy_that_keeps_it_on_this_origin() {
     let metrics = {
         let listener = TcpListener::bind("127.10.59.3:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, Endpoint::Metrics, fixture().handlers));
+        tokio::spawn(serve(
+            listener,
+            Endpoint::Metrics,
+            fixture().handlers,
+            ServeSettings::default(),
+        ));
         addr
     };
     assert_eq!(request(metrics, "GET", "/").await.0, 404);

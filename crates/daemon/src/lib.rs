@@ -125,6 +125,7 @@ async fn start_proxy(
     updates: watch::Receiver<Arc<ProxyState>>,
     sinks: Sinks,
     waiting: &Waiting,
+    reserved: &[u16],
 ) -> Result<Proxy, String> {
     let listeners = until_ready(waiting, Pauses::bind(), || async move {
         Proxy::bind(config).await.map_err(|e| match &e {
@@ -140,6 +141,7 @@ async fn start_proxy(
         updates,
         sinks,
         &PluginRegistry::builtin(),
+        reserved,
     )
     .await
     .map_err(|e| e.to_string())
@@ -213,6 +215,8 @@ struct Running {
     metrics: Metrics,
     quit: Arc<Notify>,
     _identity: IdentityManager,
+    /// The admin, metrics and readiness endpoints' thread: they answer until the daemon ends.
+    _operator: meshd_admin::OperatorRuntime,
 }
 
 /// Runs the daemon until it is asked to stop.
@@ -281,9 +285,18 @@ async fn start(
         Arc::new(metrics.clone()),
         Arc::new(operated.live.clone()),
     ]);
-    let proxy = start_proxy(&config, &identity, updates, sinks, &waiting)
-        .await
-        .map_err(Exit::Config)?;
+    // The operator ports as bound (a port 0 resolved) are meshd's own too.
+    let operator_ports: Vec<u16> = operator.bound().iter().map(|(_, a)| a.port()).collect();
+    let proxy = start_proxy(
+        &config,
+        &identity,
+        updates,
+        sinks,
+        &waiting,
+        &operator_ports,
+    )
+    .await
+    .map_err(Exit::Config)?;
     if waiting.waited() {
         reread_after_waiting(&config, &states, &operated);
     }
@@ -300,7 +313,7 @@ async fn start(
         "meshd ready"
     );
     // A machine-readable line for supervisors and tests.
-    println!("{}", ready_line(proxy.addrs(), &operator));
+    println!("{}", ready_line(proxy.addrs(), operator.bound()));
     systemd::ready(1);
     Ok(Running {
         config,
@@ -311,6 +324,7 @@ async fn start(
         metrics,
         quit,
         _identity: identity,
+        _operator: operator,
     })
 }
 

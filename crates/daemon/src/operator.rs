@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use meshd_admin::{Endpoint, Handlers, LogLevelFn, Readiness};
+use meshd_admin::{
+    Endpoint, Handlers, Limits, LogLevelFn, OperatorRuntime, Readiness, ServeSettings,
+};
 use meshd_identity::{IdentityHandle, IdentityManager, RotationStats};
 use meshd_metrics::Metrics;
 use meshd_proxy::dump::config_dump;
@@ -75,7 +77,10 @@ impl Operated {
     }
 }
 
-/// Binds the admin, metrics and readiness listeners and serves them.
+/// Binds the admin, metrics and readiness listeners and serves them on their own thread
+/// (meshd-admin's [`OperatorRuntime`]), readiness first, each as soon as it is bound (a port
+/// in use is waited for, and readiness says so); refuses an admin endpoint off loopback that
+/// the configuration does not allow.
 pub(crate) async fn start_operator_endpoints(
     config: &ProxyConfig,
     operated: Arc<Operated>,
@@ -84,7 +89,9 @@ pub(crate) async fn start_operator_endpoints(
     quit: Arc<Notify>,
     metrics: Metrics,
     waiting: &Waiting,
-) -> Result<Vec<(Endpoint, SocketAddr)>, String> {
+) -> Result<OperatorRuntime, String> {
+    // Before anything is bound: a refused admin address must never answer, even briefly.
+    config.check_admin().map_err(|e| e.to_string())?;
     let config_dump: meshd_admin::DumpFn = {
         let operated = operated.clone();
         Arc::new(
@@ -112,7 +119,12 @@ pub(crate) async fn start_operator_endpoints(
         metrics_content_type: meshd_metrics::CONTENT_TYPE,
         readiness,
     };
-    let mut bound = Vec::new();
+    let settings = ServeSettings {
+        allowed_hosts: config.admin.allowed_hosts.clone(),
+        limits: Limits::default(),
+    };
+    let mut operator = OperatorRuntime::start(handlers, settings)
+        .map_err(|e| format!("cannot start the operator endpoints: {e}"))?;
     for (endpoint, addr) in [
         (Endpoint::Readiness, config.listen.readiness),
         (Endpoint::Admin, config.listen.admin),
@@ -121,11 +133,13 @@ pub(crate) async fn start_operator_endpoints(
         let Some(addr) = addr else { continue };
         // A port in use is waited for; readiness, bound first, says so.
         let listener = startup::bind(waiting, addr, &format!("{endpoint:?}")).await?;
-        let local = listener.local_addr().unwrap_or(addr);
-        tokio::spawn(meshd_admin::serve(listener, endpoint, handlers.clone()));
-        bound.push((endpoint, local));
+        let listener = listener
+            .into_std()
+            .and_then(|listener| operator.serve(endpoint, listener))
+            .map_err(|e| format!("cannot serve {addr} ({endpoint:?}): {e}"))?;
+        tracing::debug!(?endpoint, addr = %listener, "operator endpoint bound");
     }
-    Ok(bound)
+    Ok(operator)
 }
 
 /// Keeps readiness and the certificate metrics in step with the identity: an expired

@@ -69,7 +69,7 @@ fn each_layer_overrides_the_one_below_and_says_so() {
         );
         assert_eq!(
             c.listen.metrics,
-            Some("0.0.0.0:15020".parse().unwrap()),
+            Some("127.0.0.1:15020".parse().unwrap()),
             "default"
         );
         assert_eq!(
@@ -88,7 +88,7 @@ fn each_layer_overrides_the_one_below_and_says_so() {
         );
         assert_eq!(
             source_of(&shown, "listen.metrics"),
-            ("\"0.0.0.0:15020\"".into(), "default".into())
+            ("\"127.0.0.1:15020\"".into(), "default".into())
         );
         Ok(())
     });

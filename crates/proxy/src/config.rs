@@ -51,6 +51,9 @@ pub struct ProxyConfig {
     /// SOCKS5 settings.
     #[serde(default)]
     pub socks5: Socks5Settings,
+    /// Admin endpoint settings: who it answers (`listen.admin` is where).
+    #[serde(default)]
+    pub admin: AdminSettings,
     /// Threads that run connections. Default: 2, as ztunnel (`ZTUNNEL_WORKER_THREADS`), on
     /// machines with more than two CPUs; 1 on one or two, where meshd would otherwise contend
     /// with the workloads it serves for every CPU ([`default_worker_threads`]).
@@ -75,6 +78,7 @@ impl Default for ProxyConfig {
             plugins: Vec::new(),
             redirect: RedirectConfig::default(),
             socks5: Socks5Settings::default(),
+            admin: AdminSettings::default(),
             worker_threads: default_worker_threads(),
             pool: PoolSettings::default(),
         }
@@ -98,13 +102,32 @@ pub enum ConfigError {
         /// The key that allows it.
         allow: String,
     },
+    /// The admin endpoint would be reachable from other machines without the configuration
+    /// saying so.
+    #[error(
+        "listen.admin: {addr} is not a loopback address: anyone who reaches it can read the whole configuration and stop meshd; keep it on loopback (use ssh -L to reach it) or set admin.allowRemote: true"
+    )]
+    RemoteAdmin {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// An `admin.allowedHosts` entry that is not a host name.
+    #[error(
+        "admin.allowedHosts[{index}]: {name:?} is not a host name (no port, no scheme, no spaces, not empty)"
+    )]
+    AllowedHost {
+        /// Its position in the list.
+        index: usize,
+        /// The entry.
+        name: String,
+    },
 }
 
 impl ProxyConfig {
     /// Checks what serde cannot: refuses outbound entries reachable from other machines unless
     /// allowed, and returns warnings for what is allowed but risky.
     pub fn check(&self) -> Result<Vec<String>, ConfigError> {
-        let mut warnings = Vec::new();
+        let mut warnings = self.check_admin()?;
         let mut entries = Vec::new();
         if let Some(addr) = self.listen.socks5 {
             entries.push((
@@ -134,6 +157,13 @@ impl ProxyConfig {
             ));
         }
         Ok(warnings)
+    }
+
+    /// The admin endpoint's part of [`ProxyConfig::check`], for the daemon to run before it
+    /// binds the admin port: off loopback only with `admin.allowRemote`, well-formed
+    /// `admin.allowedHosts`.
+    pub fn check_admin(&self) -> Result<Vec<String>, ConfigError> {
+        self.admin.check(self.listen.admin)
     }
 
     /// The mark upstream sockets carry: needed only when traffic is captured.
@@ -175,13 +205,15 @@ pub struct Listen {
     /// SOCKS5 (15080); off unless set. Loopback only unless `socks5.allowRemote`.
     #[serde(default)]
     pub socks5: Option<SocketAddr>,
-    /// Admin endpoints (`/config_dump`, `/logging`, `/quitquitquit`); loopback by default.
+    /// Admin endpoints (`/config_dump`, `/logging`, `/quitquitquit`); loopback only unless
+    /// `admin.allowRemote`.
     #[serde(default = "default_admin_listen")]
     pub admin: Option<SocketAddr>,
-    /// Prometheus metrics (`/metrics`, `/stats/prometheus`).
+    /// Prometheus metrics (`/metrics`, `/stats/prometheus`); loopback by default: the series
+    /// name peer identities and policies.
     #[serde(default = "default_metrics_listen")]
     pub metrics: Option<SocketAddr>,
-    /// Readiness (`/healthz/ready`).
+    /// Readiness (`/healthz/ready`); loopback by default.
     #[serde(default = "default_readiness_listen")]
     pub readiness: Option<SocketAddr>,
 }
@@ -273,6 +305,53 @@ pub struct Socks5Settings {
     pub allow_remote: bool,
 }
 
+/// `admin:` settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Lets `listen.admin` be a non-loopback address. Anyone who reaches it reads the whole
+    /// configuration and can stop meshd, so it is off by default and warned about when on.
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// Host names the admin endpoint answers to besides its address, loopback addresses and
+    /// `localhost` (e.g. the machine's name when `allowRemote` is on). Any other `Host` header
+    /// is refused (421): that is what stops DNS rebinding.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+impl AdminSettings {
+    /// Refuses an admin endpoint off loopback unless allowed, and malformed host names.
+    fn check(&self, listen: Option<SocketAddr>) -> Result<Vec<String>, ConfigError> {
+        for (index, name) in self.allowed_hosts.iter().enumerate() {
+            let malformed = name.is_empty()
+                || name.chars().any(|c| {
+                    c.is_whitespace()
+                        || c.is_control()
+                        || matches!(c, ':' | '/' | '[' | ']' | '@' | '*')
+                });
+            if malformed {
+                return Err(ConfigError::AllowedHost {
+                    index,
+                    name: name.clone(),
+                });
+            }
+        }
+        let Some(addr) = listen else {
+            return Ok(Vec::new());
+        };
+        if addr.ip().to_canonical().is_loopback() {
+            return Ok(Vec::new());
+        }
+        if !self.allow_remote {
+            return Err(ConfigError::RemoteAdmin { addr });
+        }
+        Ok(vec![format!(
+            "listen.admin: {addr} accepts connections from other machines (admin.allowRemote: true): anyone who reaches it reads the configuration and can stop meshd"
+        )])
+    }
+}
+
 /// `127.0.0.1:9080 → reviews.default:9080`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -350,12 +429,15 @@ fn default_admin_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 15000)))
 }
 
+/// Metrics on loopback unless configured: 15020 names every peer identity and policy that
+/// decided a connection, which is not for the whole network to read.
 fn default_metrics_listen() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([0, 0, 0, 0], 15020)))
+    Some(SocketAddr::from(([127, 0, 0, 1], 15020)))
 }
 
+/// Readiness on loopback unless configured (a local health check, or systemd's).
 fn default_readiness_listen() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([0, 0, 0, 0], 15021)))
+    Some(SocketAddr::from(([127, 0, 0, 1], 15021)))
 }
 
 fn default_hbone_listen() -> SocketAddr {

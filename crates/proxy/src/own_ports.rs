@@ -7,8 +7,9 @@
 //! inbound path; meshd does too, and also refuses outbound connections that would loop back
 //! into them.
 //!
-//! The set is every port meshd listens on (as bound, so port 0 in tests resolves to the real
-//! port), every port its configuration names for a listener, and ztunnel's well-known ports,
+//! The set is every port meshd listens on (as bound, so port 0 resolves to the real port; the
+//! operator endpoints' ports included, which the daemon binds before the proxy and hands
+//! over), every port its configuration names for a listener, and ztunnel's well-known ports,
 //! whether or not this meshd uses them: a port a future configuration may listen on is never a
 //! workload's. Ports are refused on any local address: all local workloads share this
 //! machine's network stack, so a listener on `0.0.0.0` answers on every one of their addresses.

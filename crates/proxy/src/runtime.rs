@@ -111,7 +111,7 @@ impl Proxy {
         plugins: &PluginRegistry,
     ) -> Result<Proxy, StartError> {
         let listeners = Proxy::bind(config).await?;
-        Proxy::start_on(listeners, config, identity, states, sinks, plugins).await
+        Proxy::start_on(listeners, config, identity, states, sinks, plugins, &[]).await
     }
 
     /// Binds every TCP listener of `config`, or none: on an error the ones already bound are
@@ -120,7 +120,10 @@ impl Proxy {
         BoundListeners::bind(config).await
     }
 
-    /// Starts serving on listeners bound by [`Proxy::bind`] for the same `config`.
+    /// Starts serving on listeners bound by [`Proxy::bind`] for the same `config`, with
+    /// `reserved` ports added to meshd's own: the ports the daemon's operator endpoints were
+    /// bound to (a port 0 in the configuration resolved), which no connection may be relayed
+    /// to either.
     pub async fn start_on(
         listeners: BoundListeners,
         config: &ProxyConfig,
@@ -128,6 +131,7 @@ impl Proxy {
         states: watch::Receiver<Arc<ProxyState>>,
         sinks: Sinks,
         plugins: &PluginRegistry,
+        reserved: &[u16],
     ) -> Result<Proxy, StartError> {
         for warning in config.check()? {
             tracing::warn!("{warning}");
@@ -163,6 +167,7 @@ impl Proxy {
             .into_iter()
             .flatten()
             .chain(explicit.iter().map(|(l, _)| l)),
+            reserved,
         );
 
         let inbound_stack = stack::inbound(inbound_plugins, own_ports.clone(), connector.clone());
@@ -287,12 +292,17 @@ impl BoundListeners {
     }
 }
 
-/// meshd's own ports: the bound ones (port 0 resolved), every configured one, and the HBONE
-/// port peers use.
-fn own_ports<'a>(config: &ProxyConfig, bound: impl Iterator<Item = &'a TcpListener>) -> OwnPorts {
+/// meshd's own ports: the bound ones (port 0 resolved), the `reserved` ones bound elsewhere
+/// (the operator endpoints), every configured one, and the HBONE port peers use.
+fn own_ports<'a>(
+    config: &ProxyConfig,
+    bound: impl Iterator<Item = &'a TcpListener>,
+    reserved: &[u16],
+) -> OwnPorts {
     OwnPorts::new(
         bound
             .map(|l| local_addr(l).port())
+            .chain(reserved.iter().copied())
             .chain(config.listen.configured_ports())
             .chain(config.listeners.iter().map(|l| l.listen.port()))
             .chain([config.hbone_port])

@@ -262,7 +262,7 @@ fn policies(p: &Policies, o: Options) -> String {
     format!(
         "generation {}, root namespace {}\n{}",
         p.generation,
-        p.root_namespace,
+        crate::table::escape(&p.root_namespace),
         t.render(o.width, o.color)
     )
 }

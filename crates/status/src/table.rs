@@ -38,13 +38,39 @@ pub struct Cell {
 }
 
 impl Cell {
-    /// A cell with a tone.
+    /// A cell with a tone; control characters in `text` are shown escaped ([`escape`]).
     pub fn toned(text: impl Into<String>, tone: Tone) -> Cell {
         Cell {
-            text: text.into().replace(['\n', '\t'], " "),
+            text: escape(&text.into()),
             tone,
         }
     }
+}
+
+/// `text` safe to print on a terminal, on one line: control characters (ESC, CR, newline,
+/// tab, DEL, the C1 set) and the invisible bidirectional overrides are written as escapes
+/// (`\x1b`, `\n`, `\u{202e}`), so a workload label or a policy name from a YAML file can
+/// neither move the cursor, clear the screen, recolour the table, nor reorder what is shown.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() || is_bidi_control(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The Unicode bidirectional formatting characters (the "Trojan Source" set, CVE-2021-42574).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 impl<T: Into<String>> From<T> for Cell {
@@ -224,6 +250,25 @@ mod tests {
             "{coloured}"
         );
         assert!(coloured.starts_with("\x1b[1mNAME"), "{coloured}");
+    }
+
+    #[test]
+    fn control_characters_print_escaped() {
+        // A label value that would clear the screen, move the cursor home and turn the text
+        // red, a carriage return that would overwrite the line, a bell, a C1 CSI and an
+        // RTL override.
+        let mut t = Table::new(&["labels"]);
+        t.row(vec![
+            "app=\x1b[2J\x1b[H\x1b[31mevil\rok\x07\u{9b}31m\u{202e}cba\nnext\ttab\x7f".into(),
+        ]);
+        let text = t.render(None, true);
+        assert_eq!(
+            text,
+            "\x1b[1mLABELS\x1b[0m\n\
+             app=\\x1b[2J\\x1b[H\\x1b[31mevil\\rok\\x07\\u{9b}31m\\u{202e}cba\\nnext\\ttab\\x7f\n"
+        );
+        // Only the table's own colour codes reach the terminal.
+        assert_eq!(text.matches('\x1b').count(), 2, "{text:?}");
     }
 
     #[test]

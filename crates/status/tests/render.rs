@@ -37,6 +37,36 @@ fn workloads_show_policies_and_the_mode_per_port() {
 }
 
 #[test]
+fn terminal_escapes_in_a_label_print_escaped() {
+    // A WorkloadEntry label (and a name, an identity) carrying ESC sequences: clear the screen,
+    // cursor home, red text, and a CR that would hide the line under a fake one. On a colour
+    // terminal only the table's own colour codes may reach it.
+    let value = json!({"generation": 3, "workloads": [
+        {"name": "shop/x\x1b]0;pwned\x07", "local": false,
+         "identity": "spiffe://cluster.local/ns/shop/sa/x\r", "address": "127.10.50.9",
+         "labels": {"app": "\x1b[2J\x1b[H\x1b[31mowned"}, "protocol": "hbone",
+         "policies": [], "mtls": []}
+    ]});
+    for color in [false, true] {
+        let text = render("workloads", &value, Options { color, ..PLAIN }).unwrap();
+        assert!(
+            text.contains("app=\\x1b[2J\\x1b[H\\x1b[31mowned"),
+            "{text:?}"
+        );
+        assert!(text.contains("shop/x\\x1b]0;pwned\\x07"), "{text:?}");
+        assert!(text.contains("sa/x\\r"), "{text:?}");
+        assert!(!text.contains('\r') && !text.contains('\u{7}'), "{text:?}");
+        let codes: Vec<&str> = text.split('\x1b').skip(1).collect();
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.starts_with("[1m") || c.starts_with("[0m") || c.starts_with("[2m")),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
 fn denials_show_the_last_n_with_policy_and_reason() {
     let denial = |i: u32| {
         json!({"at": format!("2026-11-27T22:00:0{i}Z"), "id": format!("t{i}"), "direction": "inbound",
