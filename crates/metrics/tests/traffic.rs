@@ -261,7 +261,8 @@ async fn plaintext_outbound_unknown_source() {
 
 // A denied inbound connection: opened with "-" (ztunnel builds its ConnectionResult before
 // RBAC), closed and failed with DENY, zero-byte series as ztunnel's; the decision and the
-// refusal are meshd's own series.
+// refusal are meshd's own series. The peer's identity is not a label value: a denied peer
+// never gets series of its own (series_bounds.rs).
 #[tokio::test]
 async fn denied_inbound() {
     let metrics = metrics();
@@ -270,7 +271,7 @@ async fn denied_inbound() {
     handle.fail_with(Outcome::Denied, "denied by apps/deny-sleep");
     drop(handle);
 
-    let labels = inbound_labels();
+    let labels = inbound_labels().set("source_principal", meshd_metrics::DENIED_PRINCIPAL);
     let text = encode(&metrics);
     assert_line(&text, &labels.line(OPENED, 1));
     assert_line(&text, &labels.clone().flag("DENY").line(CLOSED, 1));
