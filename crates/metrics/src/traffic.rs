@@ -516,9 +516,13 @@ impl Traffic {
     }
 }
 
-/// True when authorization refused the connection (its peer gets no series of its own).
+/// True when this meshd's authorization refused an inbound connection: its peer, who chose
+/// the principal, gets no series of its own. Outbound, the principal is this meshd's own
+/// identity, kept when the peer refuses the tunnel.
 fn denied(record: &ConnectionRecord) -> bool {
-    matches!(record.outcome, Outcome::Denied) || record.verdict.as_ref().is_some_and(|v| !v.allowed)
+    matches!(record.direction, Direction::Inbound)
+        && (matches!(record.outcome, Outcome::Denied)
+            || record.verdict.as_ref().is_some_and(|v| !v.allowed))
 }
 
 /// True when the connection got as far as ztunnel's `ConnectionResult`: its destination was

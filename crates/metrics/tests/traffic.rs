@@ -295,6 +295,21 @@ async fn denied_inbound() {
     );
 }
 
+// The peer meshd refuses an outbound tunnel (401): DENY, and source_principal stays this
+// meshd's own identity (only an inbound peer's chosen identity is collapsed to "denied").
+#[tokio::test]
+async fn denied_by_the_peer_keeps_the_own_principal() {
+    let metrics = metrics();
+    let handle = RecordHandle::open(outbound(), sinks(&metrics));
+    handle.update(resolve_tunnel);
+    handle.fail_with(Outcome::Denied, "the peer refused the tunnel: 401");
+    drop(handle);
+    let labels = outbound_labels();
+    let text = encode(&metrics);
+    assert_line(&text, &labels.line(OPENED, 1));
+    assert_line(&text, &labels.clone().flag("DENY").line(FAILED, 1));
+}
+
 // A decision without a deciding policy (default allow/deny) is labelled policy="none".
 #[tokio::test]
 async fn decision_without_policy() {
