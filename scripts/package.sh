@@ -87,7 +87,7 @@ root="$scratch/root"
 dpkg-deb -x "$deb" "$root"
 for path in usr/bin/meshd usr/lib/systemd/system/meshd.service etc/meshd/meshd.yaml \
     etc/meshd/conf.d/README usr/share/doc/meshd/copyright usr/share/doc/meshd/changelog.Debian.gz \
-    usr/share/lintian/overrides/meshd; do
+    usr/share/lintian/overrides/meshd usr/share/doc/meshd/examples/capture.conf; do
     [ -e "$root/$path" ] || fail "the package has no /$path"
 done
 cmp "$root/usr/lib/systemd/system/meshd.service" config/meshd.service ||

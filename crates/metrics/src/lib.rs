@@ -6,7 +6,10 @@
 //! - ztunnel's traffic series with ztunnel's names and label sets (`istio_tcp_connections_*`,
 //!   `istio_tcp_*_bytes_total`, `istio_tcp_sockets_open`) and `istio_build`. They come from the
 //!   proxy's connection records: [`Metrics`] is a [`RecordSink`]. A connection's label set is
-//!   resolved once, when it is established, and its byte meter is then one atomic add per read;
+//!   resolved once, when it is established, and its byte meter is then one atomic add per read.
+//!   The one label a peer chooses, `source_principal`, is bounded: denied peers share one value
+//!   and at most [`MAX_PEER_PRINCIPALS`] principals have series of their own (least recently
+//!   used idle ones are evicted; see `traffic/table.rs`);
 //! - meshd's own series (`meshd_*`): authorization decisions and refusals (also from the
 //!   records, so nothing is counted twice), configuration reloads, the certificate, the HBONE
 //!   pool, HBONE streams;
@@ -36,6 +39,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use own::HbonePool;
+pub use traffic::{DENIED_PRINCIPAL, MAX_PEER_PRINCIPALS, OVERFLOW_PRINCIPAL};
 
 use value::Value;
 

@@ -16,7 +16,10 @@
 //! - `istio_tcp_sockets_open` counts connections (records) in meshd by reporter, from accept
 //!   to close.
 
+mod table;
+
 use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use meshd_proxy::record::{ByteMeter, ConnectionRecord, Direction, Outcome, WorkloadMeta};
@@ -27,6 +30,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::value::Value;
+
+pub use table::{DENIED_PRINCIPAL, MAX_PEER_PRINCIPALS, OVERFLOW_PRINCIPAL};
 
 /// ztunnel's `response_flags` of a connection that ended well.
 const NO_FLAG: &str = "-";
@@ -170,8 +175,13 @@ impl<'a> KeyRef<'a> {
             direction: record.direction,
             mtls: record.mtls,
             // ztunnel takes source_principal only from the mTLS handshake (inbound: the peer's
-            // certificate; outbound over HBONE: its own identity), never from a lookup.
-            source_principal: record.source_identity.as_deref().filter(|_| record.mtls),
+            // certificate; outbound over HBONE: its own identity), never from a lookup. A
+            // denied peer gets no series of its own (see the table module).
+            source_principal: record
+                .source_identity
+                .as_deref()
+                .filter(|_| record.mtls)
+                .map(|p| if denied(record) { DENIED_PRINCIPAL } else { p }),
             source: record.source_workload_meta.as_deref().map(MetaRef::of),
             destination: record.destination_workload_meta.as_deref().map(MetaRef::of),
             destination_principal: record.destination_identity.as_deref(),
@@ -282,6 +292,8 @@ pub(crate) struct Series {
     sent: Counter,
     /// `closed` (and `failed`) per response flag, resolved on first use.
     closes: RwLock<Vec<Close>>,
+    /// When it was last looked up, on the table's clock (its principal's recency).
+    last_used: AtomicU64,
     /// The families a new response flag's counters are made in.
     closed_family: Family<TrafficLabels, Counter>,
     failed_family: Family<TrafficLabels, Counter>,
@@ -338,6 +350,14 @@ impl Series {
     }
 }
 
+impl Series {
+    /// The response flags it has counted closes with.
+    fn flags(&self) -> Vec<&'static str> {
+        let closes = self.closes.read().unwrap_or_else(PoisonError::into_inner);
+        closes.iter().map(|c| c.flag).collect()
+    }
+}
+
 impl Close {
     fn inc(&self) {
         self.closed.inc();
@@ -359,8 +379,9 @@ pub(crate) struct Traffic {
     sockets_inbound: Gauge,
     sockets_outbound: Gauge,
     hasher: foldhash::fast::RandomState,
-    /// Series by the hash of their [`KeyRef`]; a bucket holds the (rare) collisions.
-    series: RwLock<foldhash::HashMap<u64, Vec<Arc<Series>>>>,
+    /// Series by the hash of their [`KeyRef`], peer principals bounded.
+    series: RwLock<table::Table>,
+    clock: table::Clock,
 }
 
 impl Traffic {
@@ -408,6 +429,7 @@ impl Traffic {
                 reporter: Value::fixed(reporter(direction)),
             })
         };
+        let table = table::Table::new(opened.clone(), received.clone(), sent.clone());
         Traffic {
             cluster_id,
             sockets_inbound: socket_gauge(Direction::Inbound),
@@ -418,7 +440,8 @@ impl Traffic {
             received,
             sent,
             hasher: foldhash::fast::RandomState::default(),
-            series: RwLock::default(),
+            series: RwLock::new(table),
+            clock: table::Clock::default(),
         }
     }
 
@@ -456,24 +479,25 @@ impl Traffic {
     }
 
     /// The series of a record's label set: found by hash without allocating, made once per
-    /// distinct label set.
+    /// distinct label set the table admits.
     fn series(&self, record: &ConnectionRecord) -> Arc<Series> {
         let key = KeyRef::of(record);
         let hash = self.hasher.hash_one(key);
         {
-            let map = self.series.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(found) = map
-                .get(&hash)
-                .and_then(|bucket| bucket.iter().find(|s| s.key.view() == key))
-            {
+            let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(found) = table.find(hash, key) {
+                self.clock.touch(found);
                 return found.clone();
             }
         }
-        let mut map = self.series.write().unwrap_or_else(PoisonError::into_inner);
-        let bucket = map.entry(hash).or_default();
-        if let Some(found) = bucket.iter().find(|s| s.key.view() == key) {
+        let mut table = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        let key = table.admit(key);
+        let hash = self.hasher.hash_one(key);
+        if let Some(found) = table.find(hash, key) {
+            self.clock.touch(found);
             return found.clone();
         }
+        self.clock.tick();
         let labels = key.labels(&self.cluster_id);
         let series = Arc::new(Series {
             key: key.to_owned(),
@@ -482,12 +506,23 @@ impl Traffic {
             sent: self.sent.get_or_create_owned(&labels),
             labels,
             closes: RwLock::default(),
+            last_used: AtomicU64::new(0),
             closed_family: self.closed.clone(),
             failed_family: self.failed.clone(),
         });
-        bucket.push(series.clone());
+        self.clock.touch(&series);
+        table.insert(hash, series.clone());
         series
     }
+}
+
+/// True when this meshd's authorization refused an inbound connection: its peer, who chose
+/// the principal, gets no series of its own. Outbound, the principal is this meshd's own
+/// identity, kept when the peer refuses the tunnel.
+fn denied(record: &ConnectionRecord) -> bool {
+    matches!(record.direction, Direction::Inbound)
+        && (matches!(record.outcome, Outcome::Denied)
+            || record.verdict.as_ref().is_some_and(|v| !v.allowed))
 }
 
 /// True when the connection got as far as ztunnel's `ConnectionResult`: its destination was

@@ -261,7 +261,8 @@ async fn plaintext_outbound_unknown_source() {
 
 // A denied inbound connection: opened with "-" (ztunnel builds its ConnectionResult before
 // RBAC), closed and failed with DENY, zero-byte series as ztunnel's; the decision and the
-// refusal are meshd's own series.
+// refusal are meshd's own series. The peer's identity is not a label value: a denied peer
+// never gets series of its own (series_bounds.rs).
 #[tokio::test]
 async fn denied_inbound() {
     let metrics = metrics();
@@ -270,7 +271,7 @@ async fn denied_inbound() {
     handle.fail_with(Outcome::Denied, "denied by apps/deny-sleep");
     drop(handle);
 
-    let labels = inbound_labels();
+    let labels = inbound_labels().set("source_principal", meshd_metrics::DENIED_PRINCIPAL);
     let text = encode(&metrics);
     assert_line(&text, &labels.line(OPENED, 1));
     assert_line(&text, &labels.clone().flag("DENY").line(CLOSED, 1));
@@ -292,6 +293,21 @@ async fn denied_inbound() {
         &text,
         "meshd_hbone_streams_total{direction=\"inbound\",transport=\"h2\"} 1",
     );
+}
+
+// The peer meshd refuses an outbound tunnel (401): DENY, and source_principal stays this
+// meshd's own identity (only an inbound peer's chosen identity is collapsed to "denied").
+#[tokio::test]
+async fn denied_by_the_peer_keeps_the_own_principal() {
+    let metrics = metrics();
+    let handle = RecordHandle::open(outbound(), sinks(&metrics));
+    handle.update(resolve_tunnel);
+    handle.fail_with(Outcome::Denied, "the peer refused the tunnel: 401");
+    drop(handle);
+    let labels = outbound_labels();
+    let text = encode(&metrics);
+    assert_line(&text, &labels.line(OPENED, 1));
+    assert_line(&text, &labels.clone().flag("DENY").line(FAILED, 1));
 }
 
 // A decision without a deciding policy (default allow/deny) is labelled policy="none".

@@ -18,8 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// ztunnel's well-known ports, always reserved: admin 15000, captured outbound 15001, captured
-/// inbound 15006, HBONE 15008, metrics 15020, readiness 15021, and meshd's SOCKS5 15080.
-pub const WELL_KNOWN: [u16; 7] = [15000, 15001, 15006, 15008, 15020, 15021, 15080];
+/// inbound 15006, HBONE 15008, metrics 15020, readiness 15021, and meshd's SOCKS5 15080. Their
+/// one home is meshd-redirect, whose capture rules exempt the same list.
+pub use meshd_redirect::WELL_KNOWN_PORTS as WELL_KNOWN;
 
 /// The ports meshd listens on or reserves; cheap to clone and to query.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,7 +27,8 @@ use crate::record::WorkloadMeta;
 /// How long a failed endpoint is skipped.
 pub const EJECTION: Duration = Duration::from_secs(10);
 
-/// Marks kept before expired ones are swept on the next failure.
+/// Marks kept before expired ones are first swept: a sweep is O(marks) under the registry's
+/// lock, so below this (a few hundred endpoints failing at once) none is needed at all.
 const PRUNE_UNHEALTHY_ABOVE: usize = 1024;
 
 /// The annotation that picks how a workload is reached: `none` (outside the mesh, plain TCP),
@@ -161,7 +162,41 @@ pub struct Registry {
     /// (namespace, service account) → workloads with that identity.
     by_identity: HashMap<(String, String), Vec<usize>>,
     local: Vec<usize>,
-    unhealthy: Mutex<HashMap<SocketAddr, Instant>>,
+    unhealthy: Mutex<Unhealthy>,
+}
+
+/// Endpoint addresses marked unhealthy, until when; expired marks are swept in amortised O(1)
+/// per new mark: a sweep runs only once the map has doubled since the last one left it (and
+/// never below [`PRUNE_UNHEALTHY_ABOVE`]), so the map stays within twice the marks alive at the
+/// last sweep, and a burst of failures does not pay an O(n) sweep each under the lock.
+#[derive(Debug)]
+struct Unhealthy {
+    marks: HashMap<SocketAddr, Instant>,
+    /// The size at which the next insert sweeps first.
+    sweep_at: usize,
+    /// Sweeps since the registry was built, for tests.
+    sweeps: u64,
+}
+
+impl Default for Unhealthy {
+    fn default() -> Self {
+        Unhealthy {
+            marks: HashMap::new(),
+            sweep_at: PRUNE_UNHEALTHY_ABOVE,
+            sweeps: 0,
+        }
+    }
+}
+
+impl Unhealthy {
+    fn mark(&mut self, address: SocketAddr, now: Instant) {
+        if self.marks.len() >= self.sweep_at && !self.marks.contains_key(&address) {
+            self.marks.retain(|_, until| *until > now);
+            self.sweeps += 1;
+            self.sweep_at = PRUNE_UNHEALTHY_ABOVE.max(self.marks.len().saturating_mul(2));
+        }
+        self.marks.insert(address, now + EJECTION);
+    }
 }
 
 impl Registry {
@@ -305,6 +340,7 @@ impl Registry {
         let now = Instant::now();
         let unhealthy = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner());
         !unhealthy
+            .marks
             .iter()
             .any(|(addr, until)| addr.ip() == ip && *until > now)
     }
@@ -382,7 +418,7 @@ impl Registry {
             let unhealthy = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner());
             candidates
                 .iter()
-                .filter(|(_, a)| unhealthy.get(a).is_none_or(|until| *until <= now))
+                .filter(|(_, a)| unhealthy.marks.get(a).is_none_or(|until| *until <= now))
                 .copied()
                 .collect()
         };
@@ -416,17 +452,22 @@ impl Registry {
     /// Marks an endpoint address unhealthy after a failed connection. Only workload
     /// addresses are remembered (the only ones [`Registry::resolve_addr`] balances over), so
     /// failed passthrough destinations cannot grow the map; expired marks are dropped as new
-    /// ones come.
+    /// ones come (see [`Unhealthy`]).
     pub fn report_failure(&self, address: SocketAddr) {
+        self.report_failure_at(address, Instant::now());
+    }
+
+    /// [`Registry::report_failure`] as if it happened at `now`, so tests can let marks expire
+    /// without waiting [`EJECTION`].
+    #[doc(hidden)]
+    pub fn report_failure_at(&self, address: SocketAddr, now: Instant) {
         if !self.by_address.contains_key(&address.ip().to_canonical()) {
             return;
         }
-        let now = Instant::now();
-        let mut unhealthy = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner());
-        if unhealthy.len() >= PRUNE_UNHEALTHY_ABOVE {
-            unhealthy.retain(|_, until| *until > now);
-        }
-        unhealthy.insert(address, now + EJECTION);
+        self.unhealthy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .mark(address, now);
     }
 
     /// How many endpoint addresses are marked (expired marks included), for tests.
@@ -435,7 +476,17 @@ impl Registry {
         self.unhealthy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .marks
             .len()
+    }
+
+    /// How many times expired marks were swept, for tests.
+    #[doc(hidden)]
+    pub fn unhealthy_sweeps(&self) -> u64 {
+        self.unhealthy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sweeps
     }
 }
 

@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use meshd_config::{LoadOptions, load_str};
-use meshd_proxy::registry::{Protocol, Registry, ResolveError};
+use meshd_proxy::registry::{EJECTION, Protocol, Registry, ResolveError};
 
 const YAML: &str = "
 apiVersion: networking.istio.io/v1
@@ -155,4 +156,51 @@ fn failed_passthrough_destinations_are_not_remembered() {
     assert_eq!(r.unhealthy_len(), 0);
     r.report_failure("10.0.0.1:8080".parse().unwrap());
     assert_eq!(r.unhealthy_len(), 1, "endpoints are still marked");
+}
+
+/// Every (workload address, port) pair the test registry knows: distinct marks to report.
+fn endpoint_addresses() -> impl Iterator<Item = SocketAddr> {
+    ["10.0.0.1", "10.0.0.2"]
+        .into_iter()
+        .flat_map(|ip| (1..=u16::MAX).map(move |port| SocketAddr::new(ip.parse().unwrap(), port)))
+}
+
+#[test]
+fn a_burst_of_failures_does_not_sweep_on_each() {
+    // 20 000 endpoints fail at once (none expired): the map used to be swept under the lock
+    // on every failure past 1024 marks, each sweep O(n) and finding nothing to drop. Sweeps
+    // now run when the map has doubled: a handful, logarithmic in the burst.
+    const BURST: usize = 20_000;
+    let r = registry(&[]);
+    let now = Instant::now();
+    for address in endpoint_addresses().take(BURST) {
+        r.report_failure_at(address, now);
+    }
+    assert_eq!(r.unhealthy_len(), BURST, "every mark is alive");
+    // 1024 → 2048 → … → 16384: five sweeps; 20 leaves room for a different doubling rule.
+    assert!(
+        r.unhealthy_sweeps() <= 20,
+        "{} sweeps for {BURST} failures",
+        r.unhealthy_sweeps()
+    );
+}
+
+#[test]
+fn expired_marks_keep_the_map_bounded() {
+    // 100 000 distinct endpoints fail one millisecond apart, so about 10 000 marks are alive
+    // at any time (EJECTION is 10 s): expired ones are swept and the map never holds more
+    // than twice the live marks.
+    const FAILURES: u32 = 100_000;
+    const STEP: Duration = Duration::from_millis(1);
+    let live = u32::try_from(EJECTION.as_millis() / STEP.as_millis()).unwrap();
+    let bound = usize::try_from(2 * (live + 1)).unwrap();
+    let r = registry(&[]);
+    let start = Instant::now();
+    let mut largest = 0;
+    for (i, address) in (0..FAILURES).zip(endpoint_addresses()) {
+        r.report_failure_at(address, start + STEP * i);
+        largest = largest.max(r.unhealthy_len());
+    }
+    assert!(largest <= bound, "{largest} marks held, bound {bound}");
+    assert!(r.unhealthy_sweeps() >= 1, "expired marks were swept");
 }

@@ -6,8 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use meshd_policy::authz::{Condition, Operation, Rule, Source};
 use meshd_policy::values::{
-    L7_OPERATION_FIELDS, L7_SOURCE_FIELDS, StringPattern, WhenKey, parse_ip_block, parse_port,
-    split_service_account,
+    StringPattern, WhenKey, parse_ip_block, parse_port, split_service_account,
 };
 use meshd_policy::{Action, AuthorizationPolicy};
 
@@ -15,16 +14,40 @@ use crate::connection::Connection;
 
 /// A positive list: `None` when the field is unset (no restriction). `Some(values)` holds when
 /// any value hits, so `Some(empty)` (an empty list, or one whose every value failed to parse)
-/// matches nothing: an emptied list never widens a rule.
+/// matches nothing: in an ALLOW rule an emptied list never widens the rule. In a DENY rule the
+/// list is dropped instead ([`FailClosed::Everything`]), so it never narrows the denial.
 type Positive<T> = Option<Vec<T>>;
+
+/// What a part of a rule that validation would have rejected compiles to (an empty list, a
+/// list whose every value is malformed, a source or operation that restricts nothing): the
+/// reading that can only refuse more. Validation rejects these shapes; this is the defence in
+/// depth SECURITY.md promises if it were bypassed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailClosed {
+    /// ALLOW and AUDIT rules: the part matches nothing, so the rule allows nothing.
+    Nothing,
+    /// DENY and CUSTOM rules: an emptied list is no restriction, and a part left with none
+    /// matches every connection, so the rule denies on what remains (as an L7 part does, M1).
+    Everything,
+}
+
+impl FailClosed {
+    fn of(action: Action) -> FailClosed {
+        match action {
+            Action::Allow | Action::Audit => FailClosed::Nothing,
+            // CUSTOM denies what it matches: meshd has no external authorizer at L4.
+            Action::Deny | Action::Custom => FailClosed::Everything,
+        }
+    }
+}
 
 /// One `from` source, `to` operation or `when` condition, compiled: every set field must hold.
 /// Negative lists exclude what they hit (an empty one excludes nothing).
 ///
-/// A matcher with no restriction left matches every connection. meshd builds one only for an
-/// L7-only part of a DENY rule, which fails closed (M1, [`Matcher::everything`]); a part that
-/// restricts nothing for any other reason (all lists empty or unparseable, which validation
-/// rejects) compiles to [`Matcher::nothing`].
+/// A matcher with no restriction left matches every connection. meshd builds one only in a
+/// DENY-like rule: for an L7-only part (M1) or a part left without restriction by empty or
+/// malformed lists ([`FailClosed::Everything`]); in an ALLOW rule such a part compiles to
+/// [`Matcher::nothing`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Matcher {
     principals: Positive<StringPattern>,
@@ -85,13 +108,36 @@ impl Matcher {
             && self.not_ports.is_empty()
     }
 
-    /// The matcher itself, or, when it restricts nothing: [`Matcher::everything`] for an L7
-    /// part (only DENY-like rules keep those) and [`Matcher::nothing`] otherwise.
-    fn or_fail_closed(self, has_l7: bool) -> Self {
-        match (self.is_unrestricted(), has_l7) {
-            (false, _) => self,
-            (true, true) => Matcher::everything(),
-            (true, false) => Matcher::nothing(),
+    /// The matcher as `mode` reads what validation would have rejected: in a DENY-like rule
+    /// emptied positive lists are dropped, and a matcher that then restricts nothing (an L7
+    /// part, only kept in DENY-like rules, or empty lists) is [`Matcher::everything`]; in an
+    /// ALLOW rule it is [`Matcher::nothing`].
+    fn or_fail_closed(self, mode: FailClosed) -> Self {
+        let matcher = match mode {
+            FailClosed::Nothing => self,
+            FailClosed::Everything => self.without_empty_lists(),
+        };
+        match (matcher.is_unrestricted(), mode) {
+            (false, _) => matcher,
+            (true, FailClosed::Everything) => Matcher::everything(),
+            (true, FailClosed::Nothing) => Matcher::nothing(),
+        }
+    }
+
+    /// Every emptied positive list read as unset: no restriction rather than "matches none".
+    fn without_empty_lists(self) -> Self {
+        fn unset_if_empty<T>(list: Positive<T>) -> Positive<T> {
+            list.filter(|values| !values.is_empty())
+        }
+        Matcher {
+            principals: unset_if_empty(self.principals),
+            namespaces: unset_if_empty(self.namespaces),
+            service_accounts: unset_if_empty(self.service_accounts),
+            trust_domains: unset_if_empty(self.trust_domains),
+            source_ips: unset_if_empty(self.source_ips),
+            destination_ips: unset_if_empty(self.destination_ips),
+            ports: unset_if_empty(self.ports),
+            ..self
         }
     }
 
@@ -219,23 +265,24 @@ pub(crate) fn compile_rules(policy: &AuthorizationPolicy) -> Vec<CompiledRule> {
     let action = policy.spec.action();
     let namespace = policy.metadata.namespace();
     let drop_l7_rules = matches!(action, Action::Allow | Action::Audit);
+    let mode = FailClosed::of(action);
     policy
         .spec
         .rules
         .iter()
         .flatten()
         .filter(|rule| !drop_l7_rules || rule.l7_attributes().is_empty())
-        .map(|rule| compile_rule(rule, namespace))
+        .map(|rule| compile_rule(rule, namespace, mode))
         .collect()
 }
 
-fn compile_rule(rule: &Rule, namespace: &str) -> CompiledRule {
+fn compile_rule(rule: &Rule, namespace: &str, mode: FailClosed) -> CompiledRule {
     let mut clauses = Vec::new();
     if let Some(from) = &rule.from {
         clauses.push(
             from.iter()
                 .filter_map(|f| f.source.as_ref())
-                .map(|s| source_matcher(s, namespace))
+                .map(|s| source_matcher(s, namespace, mode))
                 .collect(),
         );
     }
@@ -243,12 +290,17 @@ fn compile_rule(rule: &Rule, namespace: &str) -> CompiledRule {
         clauses.push(
             to.iter()
                 .filter_map(|t| t.operation.as_ref())
-                .map(operation_matcher)
+                .map(|o| operation_matcher(o, mode))
                 .collect(),
         );
     }
     for condition in rule.when.iter().flatten() {
-        clauses.push(vec![condition_matcher(condition)]);
+        clauses.push(vec![condition_matcher(condition, mode)]);
+    }
+    if mode == FailClosed::Everything {
+        // `from: []` (or only entries without a source) would make the clause match nothing:
+        // in a DENY-like rule it restricts nothing instead.
+        clauses.retain(|clause: &Vec<Matcher>| !clause.is_empty());
     }
     CompiledRule { clauses }
 }
@@ -292,11 +344,7 @@ fn negative<T>(values: Option<Vec<T>>) -> Vec<T> {
     values.unwrap_or_default()
 }
 
-fn source_matcher(source: &Source, namespace: &str) -> Matcher {
-    let has_l7 = source
-        .fields()
-        .iter()
-        .any(|(name, values)| values.is_some() && L7_SOURCE_FIELDS.contains(name));
+fn source_matcher(source: &Source, namespace: &str, mode: FailClosed) -> Matcher {
     Matcher {
         principals: patterns(&source.principals),
         not_principals: negative(patterns(&source.not_principals)),
@@ -310,23 +358,19 @@ fn source_matcher(source: &Source, namespace: &str) -> Matcher {
         not_source_ips: negative(nets(&source.not_ip_blocks)),
         ..Matcher::default()
     }
-    .or_fail_closed(has_l7)
+    .or_fail_closed(mode)
 }
 
-fn operation_matcher(operation: &Operation) -> Matcher {
-    let has_l7 = operation
-        .fields()
-        .iter()
-        .any(|(name, values)| values.is_some() && L7_OPERATION_FIELDS.contains(name));
+fn operation_matcher(operation: &Operation, mode: FailClosed) -> Matcher {
     Matcher {
         ports: ports(&operation.ports),
         not_ports: negative(ports(&operation.not_ports)),
         ..Matcher::default()
     }
-    .or_fail_closed(has_l7)
+    .or_fail_closed(mode)
 }
 
-fn condition_matcher(condition: &Condition) -> Matcher {
+fn condition_matcher(condition: &Condition, mode: FailClosed) -> Matcher {
     let key = WhenKey::parse(condition.key.as_deref().unwrap_or_default());
     let (values, not_values) = (&condition.values, &condition.not_values);
     let matcher = match key {
@@ -358,5 +402,5 @@ fn condition_matcher(condition: &Condition) -> Matcher {
         // Reached only in DENY/CUSTOM/… rules: an L7 condition matches everything (M1).
         WhenKey::Layer7(_) => return Matcher::everything(),
     };
-    matcher.or_fail_closed(false)
+    matcher.or_fail_closed(mode)
 }

@@ -1,7 +1,9 @@
 //! Defence in depth: policies built in code, bypassing validation, with the shapes validation
-//! rejects (issue 9, item A). An empty positive list, or one whose every value fails to parse,
-//! must match nothing: read as "unset" it would turn an ALLOW rule into allow-all. The one
-//! deliberate match-all is the L7-only part of a DENY rule (meshd decision M1).
+//! rejects (issue 9, item A; issue 22, item 7). An empty positive list, or one whose every
+//! value fails to parse, must fail closed: in an ALLOW rule it matches nothing (read as "unset"
+//! it would turn the rule into allow-all), in a DENY or CUSTOM rule it restricts nothing (read
+//! as "matches nothing" it would turn the rule into deny-nothing). The L7-only part of a DENY
+//! rule matches everything for the same reason (meshd decision M1).
 
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
@@ -101,8 +103,9 @@ fn allow_with_empty_principals_allows_nothing() {
 }
 
 #[test]
-fn deny_with_empty_principals_denies_nothing() {
-    // An empty positive list matches nothing, whatever the action.
+fn deny_with_empty_principals_denies_everything() {
+    // The reported fail-open: in a DENY, "matches nothing" denied nothing. The emptied list
+    // restricts nothing instead, so the DENY denies every source, plaintext included.
     let p = policy(
         Action::Deny,
         from(Source {
@@ -110,10 +113,127 @@ fn deny_with_empty_principals_denies_nothing() {
             ..Source::default()
         }),
     );
-    assert_eq!(
-        reasons(&p),
-        [Reason::NoAllowPolicies, Reason::NoAllowPolicies]
+    assert_eq!(reasons(&p), [denied_by_p(), denied_by_p()]);
+}
+
+#[test]
+fn custom_with_empty_principals_denies_everything() {
+    // CUSTOM denies what it matches (no external authorizer at L4): the same reading.
+    let p = policy(
+        Action::Custom,
+        from(Source {
+            principals: Some(Vec::new()),
+            ..Source::default()
+        }),
     );
+    let custom = Reason::CustomDenied(meshd_rbac::PolicyKey::new("app", "p"));
+    assert_eq!(reasons(&p), [custom.clone(), custom]);
+}
+
+#[test]
+fn deny_with_empty_principals_next_to_a_namespace_denies_that_namespace() {
+    // The emptied list is dropped, the real field still holds: the DENY denies on what remains
+    // (frontend), as Istio reads an empty list as unset; never less than that.
+    let p = policy(
+        Action::Deny,
+        from(Source {
+            principals: Some(Vec::new()),
+            namespaces: strings(&["frontend"]),
+            ..Source::default()
+        }),
+    );
+    assert_eq!(reasons(&p), [denied_by_p(), Reason::NoAllowPolicies]);
+}
+
+#[test]
+fn deny_with_only_unparseable_ports_denies_every_port() {
+    // Ports that do not parse are skipped; the list left empty does not make the DENY inert.
+    let p = policy(
+        Action::Deny,
+        to(Operation {
+            ports: strings(&["http"]),
+            ..Operation::default()
+        }),
+    );
+    assert_eq!(reasons(&p), [denied_by_p(), denied_by_p()]);
+}
+
+#[test]
+fn deny_with_only_unparseable_ip_blocks_denies_every_address() {
+    // Same for addresses.
+    let p = policy(
+        Action::Deny,
+        from(Source {
+            ip_blocks: strings(&["10.0.0.0/99", "nope"]),
+            ..Source::default()
+        }),
+    );
+    assert_eq!(reasons(&p), [denied_by_p(), denied_by_p()]);
+}
+
+#[test]
+fn deny_with_only_an_empty_negative_list_denies_everything() {
+    // `notPrincipals: []` alone restricts nothing: in a DENY that is every connection.
+    let p = policy(
+        Action::Deny,
+        from(Source {
+            not_principals: Some(Vec::new()),
+            ..Source::default()
+        }),
+    );
+    assert_eq!(reasons(&p), [denied_by_p(), denied_by_p()]);
+}
+
+#[test]
+fn deny_with_empty_when_values_denies_everything() {
+    // `when: [{key: source.ip, values: []}]` in a DENY.
+    let p = policy(Action::Deny, when("source.ip", Some(Vec::new()), None));
+    assert_eq!(reasons(&p), [denied_by_p(), denied_by_p()]);
+}
+
+#[test]
+fn deny_with_empty_from_denies_everything() {
+    // `from: []`: a clause with no source to match; in a DENY it restricts nothing.
+    let p = policy(
+        Action::Deny,
+        Rule {
+            from: Some(Vec::new()),
+            ..Rule::default()
+        },
+    );
+    assert_eq!(reasons(&p), [denied_by_p(), denied_by_p()]);
+}
+
+#[test]
+fn deny_with_empty_to_next_to_a_source_denies_that_source() {
+    // `to: []` beside a real `from`: the DENY still holds for the source it names.
+    let p = policy(
+        Action::Deny,
+        Rule {
+            from: Some(vec![RuleFrom {
+                source: Some(Source {
+                    namespaces: strings(&["frontend"]),
+                    ..Source::default()
+                }),
+            }]),
+            to: Some(Vec::new()),
+            ..Rule::default()
+        },
+    );
+    assert_eq!(reasons(&p), [denied_by_p(), Reason::NoAllowPolicies]);
+}
+
+#[test]
+fn allow_with_empty_from_allows_nothing() {
+    // `from: []` in an ALLOW: no source can match, so nothing is allowed.
+    let p = policy(
+        Action::Allow,
+        Rule {
+            from: Some(Vec::new()),
+            ..Rule::default()
+        },
+    );
+    assert_eq!(reasons(&p), [Reason::NotAllowed, Reason::NotAllowed]);
 }
 
 #[test]

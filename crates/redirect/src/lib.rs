@@ -40,6 +40,6 @@ pub use error::Error;
 pub use nft::{TABLE_NAME, install, show, uninstall};
 pub use rules::{
     DEFAULT_HBONE_PORT, DEFAULT_INBOUND_PORT, DEFAULT_MARK, DEFAULT_MARK_MASK,
-    DEFAULT_OUTBOUND_PORT, RedirectConfig, render,
+    DEFAULT_OUTBOUND_PORT, RedirectConfig, WELL_KNOWN_PORTS, render,
 };
 pub use socket::{connect_marked, original_dst, set_mark, verify_can_mark};

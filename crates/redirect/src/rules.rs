@@ -14,6 +14,11 @@ pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 pub const DEFAULT_INBOUND_PORT: u16 = 15006;
 /// HBONE (mTLS) inbound port, as ztunnel; never captured, meshd listens on it directly.
 pub const DEFAULT_HBONE_PORT: u16 = 15008;
+/// meshd's well-known ports, always its own whether or not this configuration listens on them:
+/// ztunnel's admin 15000, captured outbound 15001, captured inbound 15006, HBONE 15008,
+/// metrics 15020, readiness 15021, and meshd's SOCKS5 15080. The one home of this list: the
+/// capture rules never divert them, and meshd-proxy's `OwnPorts` never relays to them.
+pub const WELL_KNOWN_PORTS: [u16; 7] = [15000, 15001, 15006, 15008, 15020, 15021, 15080];
 /// Mark on meshd's own sockets: 1337 (0x539), ztunnel's `DEFAULT_INPOD_MARK`.
 pub const DEFAULT_MARK: u32 = 0x539;
 /// Bits of the packet mark the rules compare, as ztunnel's `--mark 0x539/0xfff`, so other
@@ -183,9 +188,12 @@ pub fn render(cfg: &RedirectConfig) -> String {
     s
 }
 
-/// The ports meshd itself listens on, which redirection must never divert.
+/// The ports meshd itself listens on or reserves, which redirection must never divert: the
+/// configured capture ports and every well-known one (a metrics scrape or an admin call must
+/// reach meshd, not be captured into it).
 fn own_ports(cfg: &RedirectConfig) -> Vec<u16> {
-    let mut ports = vec![cfg.outbound_port, cfg.hbone_port];
+    let mut ports = WELL_KNOWN_PORTS.to_vec();
+    ports.extend([cfg.outbound_port, cfg.hbone_port]);
     ports.extend(cfg.inbound_port);
     ports
 }
@@ -282,7 +290,9 @@ mod tests {
         assert!(pre.contains("iifname \"lo\" return"));
         assert!(pre.contains("fib daddr type != local return"));
         assert!(
-            pre.contains("tcp dport { 22, 9090, 15001, 15006, 15008 } return"),
+            pre.contains(
+                "tcp dport { 22, 9090, 15000, 15001, 15006, 15008, 15020, 15021, 15080 } return"
+            ),
             "{pre}"
         );
         assert!(pre.contains("meta l4proto tcp redirect to :15006"));
@@ -297,10 +307,45 @@ mod tests {
         };
         let script = render(&cfg);
         assert!(
-            script.contains("oifname \"lo\" tcp dport { 15001, 15008 } return"),
+            script.contains(
+                "oifname \"lo\" tcp dport { 15000, 15001, 15006, 15008, 15020, 15021, 15080 } return"
+            ),
             "{script}"
         );
         assert!(!script.contains("oifname \"lo\" return"));
+    }
+
+    // Every well-known port is exempt wherever meshd's own ports are, also with capture ports
+    // moved elsewhere: the rules and meshd's refusal of its own ports read one list.
+    #[test]
+    fn every_well_known_port_is_exempt() {
+        let cfg = RedirectConfig {
+            outbound_port: 25001,
+            inbound_port: Some(25006),
+            hbone_port: 25008,
+            capture_loopback: true,
+            ..RedirectConfig::default()
+        };
+        let script = render(&cfg);
+        let (output, prerouting) = script.split_at(script.find("chain prerouting").unwrap());
+        let exempt = |chain: &str, prefix: &str| -> Vec<u16> {
+            let line = chain
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with(prefix) && l.ends_with("} return"))
+                .unwrap_or_else(|| panic!("no `{prefix}` exemption in\n{chain}"));
+            let set = &line[line.find('{').unwrap() + 1..line.find('}').unwrap()];
+            set.split(',').map(|p| p.trim().parse().unwrap()).collect()
+        };
+        let lo = exempt(output, "oifname \"lo\" tcp dport {");
+        let inbound = exempt(prerouting, "tcp dport {");
+        for port in WELL_KNOWN_PORTS.into_iter().chain([25001, 25006, 25008]) {
+            assert!(lo.contains(&port), "{port} captured on loopback: {lo:?}");
+            assert!(
+                inbound.contains(&port),
+                "{port} captured inbound: {inbound:?}"
+            );
+        }
     }
 
     // A custom mark is rendered under its mask.

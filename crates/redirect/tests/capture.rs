@@ -148,7 +148,9 @@ fn nft_accepts_full_config() {
     );
     assert!(table.contains("ip daddr 10.0.0.0/8 return"), "{table}");
     assert!(
-        table.contains("tcp dport { 22, 9090, 15001, 15006, 15008 } return"),
+        table.contains(
+            "tcp dport { 22, 9090, 15000, 15001, 15006, 15008, 15020, 15021, 15080 } return"
+        ),
         "{table}"
     );
 }
