@@ -50,8 +50,12 @@ struct Row {
 
 /// The rows of the key table, by key; fails on a malformed or repeated row.
 fn documented() -> BTreeMap<String, Row> {
-    let start = DOC.find(BEGIN).expect("docs/configuration.md has no key table start marker");
-    let end = DOC.find(END).expect("docs/configuration.md has no key table end marker");
+    let start = DOC
+        .find(BEGIN)
+        .expect("docs/configuration.md has no key table start marker");
+    let end = DOC
+        .find(END)
+        .expect("docs/configuration.md has no key table end marker");
     let mut rows = BTreeMap::new();
     for line in DOC[start..end].lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
