@@ -91,8 +91,8 @@ for path in usr/bin/meshd usr/lib/systemd/system/meshd.service etc/meshd/meshd.y
     [ -e "$root/$path" ] || fail "the package has no /$path"
 done
 # The user's documentation ships; the developers' pages (benchmark figures, test guide) do not.
-for doc in README.md SECURITY.md docs/configuration.md docs/operations.md docs/identity.md \
-    docs/HBONE.md; do
+for doc in README.md SECURITY.md docs/configuration.md docs/operations.md docs/status-page.png \
+    docs/identity.md docs/HBONE.md; do
     cmp "$root/usr/share/doc/meshd/$doc" "$doc" || fail "the package's /usr/share/doc/meshd/$doc differs from $doc"
 done
 for doc in docs/performance.md docs/testing.md docs/architecture.md; do
