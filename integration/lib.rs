@@ -2,7 +2,7 @@
 //! shared development CA, echo servers.
 //!
 //! The tests start real `meshd run` processes, so the binary must be built: `cargo test
-//! --workspace` (the README's test command) builds it before any test runs.
+//! --workspace` (what `scripts/test.sh` runs; docs/testing.md) builds it before any test runs.
 
 pub mod machines;
 pub mod traffic;

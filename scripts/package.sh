@@ -90,6 +90,14 @@ for path in usr/bin/meshd usr/lib/systemd/system/meshd.service etc/meshd/meshd.y
     usr/share/lintian/overrides/meshd usr/share/doc/meshd/examples/capture.conf; do
     [ -e "$root/$path" ] || fail "the package has no /$path"
 done
+# The user's documentation ships; the developers' pages (benchmark figures, test guide) do not.
+for doc in README.md SECURITY.md docs/configuration.md docs/operations.md docs/status-page.png \
+    docs/identity.md docs/HBONE.md; do
+    cmp "$root/usr/share/doc/meshd/$doc" "$doc" || fail "the package's /usr/share/doc/meshd/$doc differs from $doc"
+done
+for doc in docs/performance.md docs/testing.md docs/architecture.md; do
+    [ ! -e "$root/usr/share/doc/meshd/$doc" ] || fail "the package ships the developers' $doc"
+done
 cmp "$root/usr/lib/systemd/system/meshd.service" config/meshd.service ||
     fail "the packaged unit differs from config/meshd.service"
 for conffile in /etc/meshd/meshd.yaml /etc/meshd/conf.d/README; do

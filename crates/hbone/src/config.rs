@@ -10,7 +10,7 @@ pub const DEFAULT_PORT: u16 = 15008;
 
 /// Initial per-stream receive window: 4 MiB, as ztunnel (`HTTP2_STREAM_WINDOW_SIZE`); large
 /// enough that one stream is not window-bound on a LAN (4 MiB / 0.2 ms RTT = 160 Gbit/s); see
-/// HBONE.md for the measurement behind keeping it.
+/// docs/HBONE.md for the measurement behind keeping it.
 pub const DEFAULT_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// Initial connection receive window: 16 MiB, 4x the stream window as ztunnel, so four busy

@@ -19,13 +19,13 @@
 //!   connection closes.
 //! - [`TunnelStream`] is the tunnel as `AsyncRead + AsyncWrite`, with TCP half-close mapped to
 //!   END_STREAM and resets mapped both ways, ready for `tokio::io::copy_bidirectional`.
-//! - Both sides speak ztunnel's wire format (see `HBONE.md` at the repository root): TLS 1.3
+//! - Both sides speak ztunnel's wire format (see `docs/HBONE.md`): TLS 1.3
 //!   with AES-GCM only, ALPN `h2`, no SNI, no resumption (all from meshd-identity's configs);
 //!   classic CONNECT with `:authority ip:port` and the `baggage`, `forwarded`, `traceparent`
 //!   headers; ztunnel's HTTP/2 windows and PING keepalive (10 s / 20 s).
 //! - With the `quic` feature (on by default, experimental, meshd-to-meshd only), the same
 //!   CONNECT semantics over HTTP/3 on QUIC: `Server::spawn_quic` on UDP, and
-//!   `Peer::with_transport(Transport::H3)` on the client. See `HBONE.md` §10 for its gaps.
+//!   `Peer::with_transport(Transport::H3)` on the client. See `docs/HBONE.md` §10 for its gaps.
 //!
 //! # What it does not do
 //! - No policy: whether a peer may reach a destination, and where to dial, is the caller's

@@ -258,7 +258,7 @@ impl Default for Listen {
 /// `maxStreamsPerConnection` streams each; a connection with no streams left is kept for
 /// `unusedReleaseTimeout` so that the next tunnel skips the TCP and TLS handshakes. A shorter
 /// timeout gives memory back sooner after a burst (each idle HBONE connection holds about
-/// 150 KB on each side, mostly h2 and TLS state: README, benchmark) at the price of a handshake
+/// 150 KB on each side, mostly h2 and TLS state: docs/performance.md) at the price of a handshake
 /// for traffic that comes back later.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -1,8 +1,9 @@
 //! A naive evaluator of AuthorizationPolicy, written from the semantics in meshd-rbac's crate
-//! docs and README rather than from its compiler: every policy is looked at for every
-//! connection, straight from the resource types, with no matcher compilation, no scopes index
-//! and no candidate index. It is the differential target's second oracle; the first,
-//! `Engine::compile_unindexed`, shares everything with the engine but the candidate index.
+//! docs and docs/configuration.md ("How policies are enforced") rather than from its compiler:
+//! every policy is looked at for every connection, straight from the resource types, with no
+//! matcher compilation, no scopes index and no candidate index. It is the differential target's
+//! second oracle; the first, `Engine::compile_unindexed`, shares everything with the engine but
+//! the candidate index.
 //!
 //! The effective PeerAuthentication mode is taken from the engine (`Engine::mtls_mode`): it has
 //! no index to check, and its rules are covered by crates/rbac's own tests.
