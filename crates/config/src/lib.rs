@@ -32,7 +32,8 @@ mod snapshot;
 pub mod yaml;
 
 pub use load::{
-    LoadOptions, MAX_FILE_BYTES, is_config_file_name, load_dir, load_str, parse_file, parse_text,
+    LoadOptions, MAX_FILE_BYTES, is_config_file_name, is_ignored_name, load_dir, load_str,
+    parse_file, parse_text,
 };
 pub use problem::Problem;
 pub use snapshot::{LoadError, Snapshot, Sourced};
