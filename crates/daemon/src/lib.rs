@@ -3,9 +3,10 @@
 //!
 //! Start: load the configuration directory (an error is fatal: [`Exit::Config`]), open the
 //! operator endpoints (readiness answers 500 with what is pending from the first moment), wait
-//! for the certificate, start the proxy, report ready. Reload: a new snapshot is built off to
-//! the side and swapped whole; a bad one changes nothing and is reported (log, metrics,
-//! `/config_dump`). Drain: on SIGTERM, SIGINT or `POST /quitquitquit`, stop accepting and give
+//! for the certificate, start the proxy, report ready. Reload: once the directory is still (no
+//! file open for writing, nothing changed across a quiet window: [`stable`]), a new snapshot is
+//! built off to the side and swapped whole; a bad one changes nothing and is reported (log,
+//! metrics, `/config_dump`). Drain: on SIGTERM, SIGINT or `POST /quitquitquit`, stop accepting and give
 //! open connections [`DRAIN`] to finish.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -13,7 +14,9 @@
 
 mod fdlimit;
 mod operator;
+mod reload;
 pub mod settings;
+pub mod stable;
 pub mod systemd;
 pub mod watcher;
 
@@ -33,6 +36,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
 use crate::operator::{Operated, ready_line, start_operator_endpoints, watch_certificate};
+use crate::reload::{Reloader, Trigger};
+use crate::stable::{MAX_WAIT, QUIET, Stability};
 use crate::watcher::{DEBOUNCE, watch_dir};
 
 /// How long open connections get to finish on shutdown.
@@ -139,6 +144,14 @@ async fn stop(
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -265,7 +278,7 @@ impl Running {
         } = signals;
         systemd::spawn_watchdog();
         let changed = Arc::new(Notify::new());
-        let _watcher = {
+        let watcher = {
             let changed = changed.clone();
             watch_dir(&self.config.config_dir, DEBOUNCE, move || {
                 changed.notify_one()
@@ -280,11 +293,30 @@ impl Running {
             operated: &self.operated,
             metrics: &self.metrics,
             generation: 1,
+            stability: Stability {
+                quiet: QUIET,
+                max_wait: MAX_WAIT,
+                writes: watcher.as_ref().map(|w| w.writes()),
+            },
+            last_read: None,
         };
+        let mut retry: Option<tokio::time::Instant> = None;
         loop {
+            let trigger = tokio::select! {
+                _ = hangup.recv() => Trigger::Signal,
+                _ = changed.notified() => Trigger::FileChange,
+                () = sleep_until(retry), if retry.is_some() => Trigger::Retry,
+                _ = self.quit.notified() => {
+                    tracing::info!("drain requested on /quitquitquit");
+                    break;
+                }
+                () = stop(&mut terminate, &mut interrupt) => break,
+            };
+            // A reload may wait for the tree to settle: a stop request ends it at once.
             tokio::select! {
-                _ = hangup.recv() => reloader.reload("SIGHUP").await,
-                _ = changed.notified() => reloader.reload("file change").await,
+                again = reloader.reload(trigger) => {
+                    retry = again.map(|after| tokio::time::Instant::now() + after);
+                }
                 _ = self.quit.notified() => {
                     tracing::info!("drain requested on /quitquitquit");
                     break;
@@ -301,71 +333,5 @@ impl Running {
             }
         }
         Exit::Stopped
-    }
-}
-
-/// Applies new configurations: each load runs off the async workers (a 10 000-policy
-/// directory takes a while to parse and compile), is swapped in whole, and a bad one changes
-/// nothing but the reported error.
-struct Reloader<'a> {
-    config: &'a ProxyConfig,
-    reread: &'a RereadFn,
-    states: &'a watch::Sender<Arc<ProxyState>>,
-    operated: &'a Operated,
-    metrics: &'a Metrics,
-    /// The generation in force: it counts configurations applied, so a rejected one takes no
-    /// number.
-    generation: u64,
-}
-
-impl Reloader<'_> {
-    /// Says which changed keys of the daemon configuration file wait for a restart: a reload
-    /// applies the configuration directory only.
-    fn warn_restart_keys(&self) {
-        match (self.reread)() {
-            Ok(new) => {
-                for key in settings::changed_keys(self.config, &new) {
-                    tracing::warn!(
-                        key,
-                        "daemon configuration key changed: it takes effect after a restart (a reload applies the configuration directory only)"
-                    );
-                }
-            }
-            Err(e) => tracing::warn!("daemon configuration file: {e} (the running one stays)"),
-        }
-    }
-
-    async fn reload(&mut self, why: &str) {
-        systemd::reloading();
-        self.warn_restart_keys();
-        let config = self.config.clone();
-        let next = self.generation + 1;
-        let loaded = tokio::task::spawn_blocking(move || load_state(&config, next))
-            .await
-            .unwrap_or_else(|e| Err(format!("configuration load panicked: {e}")));
-        let error = match loaded {
-            Ok(state) => {
-                self.generation = next;
-                self.states.send_replace(Arc::new(state));
-                self.metrics.config_reloaded(true, next);
-                tracing::info!(generation = next, trigger = why, "configuration reloaded");
-                None
-            }
-            Err(e) => {
-                // The last good configuration stays in force.
-                tracing::error!(
-                    trigger = why,
-                    "reload rejected, keeping the previous configuration: {e}"
-                );
-                self.metrics.config_reloaded(false, self.generation);
-                Some(e)
-            }
-        };
-        systemd::reloaded(self.generation, error.as_deref());
-        *self
-            .operated
-            .last_reload_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = error;
     }
 }
