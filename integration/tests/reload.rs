@@ -187,11 +187,11 @@ impl Watchdog {
     }
 }
 
-/// `text` in 100-byte chunks 50 ms apart, through one descriptor (`reopen` false: an editor or
-/// a program writing as it goes) or opening, appending and closing for each chunk (`reopen`
+/// `text` in 100-byte chunks `pause` apart, through one descriptor (`reopen` false: an editor
+/// or a program writing as it goes) or opening, appending and closing for each chunk (`reopen`
 /// true: a shell loop of `>>`, each close looking like a finished file). `halfway` runs once,
 /// midway.
-fn write_slowly(path: &Path, text: &str, reopen: bool, halfway: impl FnOnce()) {
+fn write_slowly(path: &Path, text: &str, reopen: bool, pause: Duration, halfway: impl FnOnce()) {
     let chunks: Vec<&[u8]> = text.as_bytes().chunks(100).collect();
     let mut halfway = Some(halfway);
     let mut file = Some(std::fs::File::create(path).unwrap());
@@ -209,7 +209,7 @@ fn write_slowly(path: &Path, text: &str, reopen: bool, halfway: impl FnOnce()) {
         {
             f();
         }
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(pause);
     }
 }
 
@@ -222,13 +222,22 @@ fn a_policy_written_in_slow_chunks_is_never_enforced_half_written() {
     assert!(!pair.allowed(), "the first DENY holds");
     let mut g = pair.generation();
 
-    // Rewritten in place through one descriptor, with an operator's SIGHUP halfway: the file
-    // is open for writing, so even the SIGHUP waits for it to be closed.
-    for (step, reopen) in [("one descriptor and SIGHUP", false), ("a >> loop", true)] {
+    // Rewritten in place: through one descriptor with an operator's SIGHUP halfway (the file
+    // is open for writing, so even the SIGHUP waits for its close); by a `>>` loop (every
+    // chunk closed: the quiet window sees the size still moving); through one descriptor with
+    // pauses longer than a debounce window (only the open-for-writing mark holds it back).
+    let fast = Duration::from_millis(50);
+    let slow = Duration::from_millis(250);
+    let steps = [
+        ("one descriptor and SIGHUP", false, fast, 40),
+        ("a >> loop", true, fast, 40),
+        ("one descriptor, long pauses", false, slow, 12),
+    ];
+    for (step, reopen, pause, principals) in steps {
         let watchdog = Watchdog::start(&pair);
-        let text = deny_list(&format!("new{g}-"), 40);
-        write_slowly(&policy, &text, reopen, || {
-            if !reopen {
+        let text = deny_list(&format!("new{g}-"), principals);
+        write_slowly(&policy, &text, reopen, pause, || {
+            if step == "one descriptor and SIGHUP" {
                 b.signal("HUP");
             }
         });
