@@ -220,7 +220,7 @@ fn a_policy_written_in_slow_chunks_is_never_enforced_half_written() {
     std::fs::write(&policy, deny_list("old", 40)).unwrap();
     let (_a, b) = pair.start();
     assert!(!pair.allowed(), "the first DENY holds");
-    let mut g = pair.generation();
+    let first = pair.generation();
 
     // Rewritten in place: through one descriptor with an operator's SIGHUP halfway (the file
     // is open for writing, so even the SIGHUP waits for its close); by a `>>` loop (every
@@ -233,7 +233,8 @@ fn a_policy_written_in_slow_chunks_is_never_enforced_half_written() {
         ("a >> loop", true, fast, 40),
         ("one descriptor, long pauses", false, slow, 12),
     ];
-    for (step, reopen, pause, principals) in steps {
+    // Each step is one reload: the generation before step i is first + i.
+    for (g, (step, reopen, pause, principals)) in (first..).zip(steps) {
         let watchdog = Watchdog::start(&pair);
         let text = deny_list(&format!("new{g}-"), principals);
         write_slowly(&policy, &text, reopen, pause, || {
@@ -262,7 +263,6 @@ fn a_policy_written_in_slow_chunks_is_never_enforced_half_written() {
         );
         assert!(!pair.allowed());
         assert_eq!(pair.last_reload_error(), None);
-        g += 1;
     }
 }
 
