@@ -1,4 +1,4 @@
-//! Reloads that never load half a file: real meshd processes on 127.10.71-74.x, real writers
+//! Reloads that never load half a file: real meshd processes on 127.10.71-75.x, real writers
 //! (slow chunks through one descriptor and through many, `cp -r`), traffic checked all along.
 //! A prefix of a DENY list is valid YAML that denies less; a tree caught mid-copy is a valid
 //! smaller configuration: neither may ever be enforced, and the generation that would have
@@ -385,6 +385,62 @@ fn a_fifo_or_a_device_named_yaml_is_refused_and_sigterm_still_stops() {
         b.wait_exit(Duration::from_secs(10)),
         Some(0),
         "SIGTERM did not stop meshd"
+    );
+}
+
+#[test]
+fn a_file_held_open_is_not_loaded_the_reload_is_postponed_and_sigterm_cuts_the_wait() {
+    // A complete, valid DENY, but its writer has not closed it: as far as meshd can tell more
+    // may come. It is not loaded; after the bound (10 s) the reload is postponed with the
+    // reason shown, and the close loads it.
+    let pair = Pair::new(75);
+    let (_a, mut b) = pair.start();
+    assert!(pair.allowed());
+    let g = pair.generation();
+    let held = pair.policies().join("held.yaml");
+    let mut file = std::fs::File::create(&held).unwrap();
+    file.write_all(deny_list("x", 2).as_bytes()).unwrap();
+    b.signal("HUP");
+    let started = Instant::now();
+    let error = loop {
+        if let Some(error) = pair.last_reload_error() {
+            break error;
+        }
+        assert!(pair.allowed(), "a file still open for writing was loaded");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never postponed"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        error.starts_with(
+            "reload postponed, the configuration directory is still being written after 10"
+        ),
+        "{error}"
+    );
+    assert!(
+        error.ends_with(&format!("s: {}", held.display())),
+        "{error}"
+    );
+    assert_eq!(pair.generation(), g);
+    assert!(pair.allowed(), "the last good configuration stays");
+    drop(file);
+    pair.wait_past(g, "the close");
+    assert!(!pair.allowed(), "the closed DENY is in force");
+    assert_eq!(pair.last_reload_error(), None);
+
+    // A SIGHUP waiting for a held file is cut short by SIGTERM: meshd stops well before the
+    // 10 s bound the wait would otherwise run to.
+    let mut file = std::fs::File::create(pair.policies().join("held2.yaml")).unwrap();
+    file.write_all(b"# more to come\n").unwrap();
+    b.signal("HUP");
+    thread::sleep(Duration::from_secs(1));
+    b.signal("TERM");
+    assert_eq!(
+        b.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "SIGTERM waited for the reload"
     );
 }
 
