@@ -6,8 +6,8 @@
 //! for the certificate, start the proxy, report ready. Reload: once the directory is still (no
 //! file open for writing, nothing changed across a quiet window: [`stable`]), a new snapshot is
 //! built off to the side and swapped whole; a bad one changes nothing and is reported (log,
-//! metrics, `/config_dump`). Drain: on SIGTERM, SIGINT or `POST /quitquitquit`, stop accepting and give
-//! open connections [`DRAIN`] to finish.
+//! metrics, `/config_dump`). Drain: on SIGTERM, SIGINT or `POST /quitquitquit`, stop accepting
+//! and give open connections [`DRAIN`] to finish.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
