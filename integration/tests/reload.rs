@@ -135,6 +135,18 @@ spec: {{address: {b}, serviceAccount: db, labels: {{app: db}}, ports: {{pg: {por
     }
 }
 
+/// Polls `check` every 100 ms for up to `limit`; panics with `what` if it never holds.
+fn eventually_within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn rewrite(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap();
     std::fs::write(path, text.replace(from, to)).unwrap();
@@ -429,6 +441,26 @@ fn a_file_held_open_is_not_loaded_the_reload_is_postponed_and_sigterm_cuts_the_w
     pair.wait_past(g, "the close");
     assert!(!pair.allowed(), "the closed DENY is in force");
     assert_eq!(pair.last_reload_error(), None);
+
+    // Held again, postponed again; the held file deleted: the tree is what was last loaded,
+    // so nothing loads and the postponement is no longer reported.
+    let again = pair.policies().join("again.yaml");
+    let mut file = std::fs::File::create(&again).unwrap();
+    file.write_all(b"# more to come\n").unwrap();
+    b.signal("HUP");
+    let error = eventually_within(Duration::from_secs(30), "the second postponement", || {
+        pair.last_reload_error()
+    });
+    assert!(
+        error.ends_with(&format!("s: {}", again.display())),
+        "{error}"
+    );
+    std::fs::remove_file(&again).unwrap();
+    eventually("the postponement cleared", || {
+        pair.last_reload_error().is_none().then_some(())
+    });
+    assert_eq!(pair.generation(), g + 1, "nothing new was loaded");
+    drop(file);
 
     // A SIGHUP waiting for a held file is cut short by SIGTERM: meshd stops well before the
     // 10 s bound the wait would otherwise run to.

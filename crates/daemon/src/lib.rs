@@ -299,6 +299,8 @@ impl Running {
                 writes: watcher.as_ref().map(|w| w.writes()),
             },
             last_read: None,
+            load_error: None,
+            postponed: false,
         };
         let mut retry: Option<tokio::time::Instant> = None;
         loop {

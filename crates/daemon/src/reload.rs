@@ -48,6 +48,11 @@ pub(crate) struct Reloader<'a> {
     /// The tree as the last load read it: a file event that leaves it unchanged (a second
     /// event of a burst already loaded) loads nothing.
     pub(crate) last_read: Option<Fingerprint>,
+    /// The last load's error, and whether a postponement is reported in its place: when the
+    /// tree settles back to what was last read, the postponement is over and the load's own
+    /// outcome is what stands.
+    pub(crate) load_error: Option<String>,
+    pub(crate) postponed: bool,
 }
 
 impl Reloader<'_> {
@@ -89,6 +94,7 @@ impl Reloader<'_> {
                     retry = ?RETRY,
                     "{e}; keeping the previous configuration"
                 );
+                self.postponed = true;
                 self.report(Some(e));
                 return Some(RETRY);
             }
@@ -98,6 +104,10 @@ impl Reloader<'_> {
                 trigger = why,
                 "configuration directory unchanged; nothing to load"
             );
+            if self.postponed {
+                self.postponed = false;
+                self.report(self.load_error.clone());
+            }
             return None;
         }
         if trigger != Trigger::Signal {
@@ -128,6 +138,8 @@ impl Reloader<'_> {
                 Some(e)
             }
         };
+        self.load_error = error.clone();
+        self.postponed = false;
         self.report(error);
         None
     }
