@@ -13,7 +13,7 @@ use granit_parser::{Event, Options, Parser, ScalarStyle, Span};
 /// At most this many nodes per file, aliases expanded: a guard against alias bombs.
 const MAX_NODES: usize = 4_000_000;
 /// At most this many bytes of scalar text per file, aliases expanded: a guard against alias
-/// bombs by size (a few large scalars repeated by alias stay far below [`MAX_NODES`] while
+/// bombs by size (a few large scalars repeated by alias stay far below the node bound while
 /// each copy costs its full length in memory). Twice the largest file meshd reads
 /// ([`crate::MAX_FILE_BYTES`]), so a file without aliases never reaches it.
 pub const MAX_EXPANDED_BYTES: usize = 2 * crate::MAX_FILE_BYTES as usize;
