@@ -3,7 +3,9 @@
 //! The directory holds the Istio YAML users already write (AuthorizationPolicy,
 //! PeerAuthentication, WorkloadEntry, ServiceEntry), any number of `---`-separated documents per
 //! file, in any number of `*.yaml`/`*.yml` files and subdirectories (symlinks followed; hidden
-//! entries such as Kubernetes' `..data` and editor droppings ignored).
+//! entries such as Kubernetes' `..data` and editor droppings ignored). Only regular files are
+//! read (a FIFO, device or socket named `*.yaml` is refused without being opened), each up to
+//! [`MAX_FILE_BYTES`], and YAML aliases are bounded by expanded nodes and bytes.
 //!
 //! A load is all or nothing: every file is read, every problem is collected with its file, line,
 //! column, resource and field path, and a snapshot is returned only if there is no error. The
@@ -32,7 +34,8 @@ mod snapshot;
 pub mod yaml;
 
 pub use load::{
-    LoadOptions, MAX_FILE_BYTES, is_config_file_name, load_dir, load_str, parse_file, parse_text,
+    LoadOptions, MAX_FILE_BYTES, is_config_file_name, is_ignored_name, load_dir, load_str,
+    parse_file, parse_text,
 };
 pub use problem::Problem;
 pub use snapshot::{LoadError, Snapshot, Sourced};

@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use meshd_policy::{ValidationContext, meta::DEFAULT_ROOT_NAMESPACE};
@@ -48,8 +50,9 @@ pub fn is_config_file_name(name: &OsStr) -> bool {
     name.ends_with(".yaml") || name.ends_with(".yml")
 }
 
-/// Hidden entries (including Kubernetes' `..data` links and `.#` lock files) and droppings.
-fn is_ignored_name(name: &str) -> bool {
+/// Hidden entries (including Kubernetes' `..data` links and `.#` lock files) and droppings:
+/// never read, whatever their kind.
+pub fn is_ignored_name(name: &str) -> bool {
     name.starts_with('.')
         || name.ends_with('~')
         || name.ends_with(".swp")
@@ -130,7 +133,13 @@ fn collect(
                     collect(&path, depth + 1, visited, files, problems);
                 }
             }
-            Ok(_) if is_config_file_name(name) => files.push(path),
+            // Only regular files (or symlinks to them, as in Kubernetes' `..data` layout) are
+            // opened: opening a FIFO blocks until a writer comes, and a device such as
+            // `/dev/zero` reads forever.
+            Ok(meta) if is_config_file_name(name) && meta.is_file() => files.push(path),
+            Ok(meta) if is_config_file_name(name) => {
+                problems.push(Problem::file_error(&path, None, not_regular(&meta)));
+            }
             Ok(_) => {}
             Err(e) if is_config_file_name(name) => {
                 problems.push(Problem::file_error(
@@ -144,19 +153,70 @@ fn collect(
     }
 }
 
+/// Why a file that is not a regular file is not read, naming its kind.
+fn not_regular(meta: &fs::Metadata) -> String {
+    let file_type = meta.file_type();
+    let kind = if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    };
+    format!("{kind}, not a regular file: meshd reads only regular files (it is not opened)")
+}
+
 fn read_text(path: &Path) -> Result<String, Box<Problem>> {
-    let size = fs::metadata(path)
-        .map_err(|e| Box::new(Problem::file_error(path, None, format!("cannot read: {e}"))))?
-        .len();
-    if size > MAX_FILE_BYTES {
-        return Err(Box::new(Problem::file_error(
-            path,
-            None,
-            format!("file is {size} bytes, more than the {MAX_FILE_BYTES} meshd reads"),
+    let bytes = read_capped(path, MAX_FILE_BYTES)?;
+    decode(path, bytes)
+}
+
+/// Reads a regular file of at most `cap` bytes. The kind is checked before opening (a FIFO's
+/// open blocks) and again on the open file, which is opened non-blocking in case a FIFO was
+/// put in its place meanwhile; the cap is enforced while reading, since `/proc`-like files and
+/// files still growing report a size that is not what a read returns.
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, Box<Problem>> {
+    let problem = |message: String| Box::new(Problem::file_error(path, None, message));
+    let cannot = |e: std::io::Error| problem(format!("cannot read: {e}"));
+    let meta = fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(problem(not_regular(&meta)));
+    }
+    if meta.len() > cap {
+        return Err(problem(format!(
+            "file is {} bytes, more than the {cap} meshd reads",
+            meta.len()
         )));
     }
-    let bytes = fs::read(path)
-        .map_err(|e| Box::new(Problem::file_error(path, None, format!("cannot read: {e}"))))?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(problem(not_regular(&meta)));
+    }
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > cap {
+        return Err(problem(format!(
+            "file has more than the {cap} bytes meshd reads"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// UTF-8 text without a byte-order mark; an invalid byte is placed by line and column.
+fn decode(path: &Path, bytes: Vec<u8>) -> Result<String, Box<Problem>> {
     match String::from_utf8(bytes) {
         Ok(mut text) => {
             if text.starts_with('\u{feff}') {
@@ -297,4 +357,23 @@ pub fn parse_text<T: serde::de::DeserializeOwned>(
             message: e.message,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_size_cap_holds_while_reading_not_only_by_metadata() {
+        // /proc files say they are empty, then read as much as they hold: metadata alone
+        // cannot bound them.
+        let path = Path::new("/proc/self/maps");
+        assert_eq!(fs::metadata(path).map(|m| m.len()).ok(), Some(0));
+        let problem = read_capped(path, 64).expect_err("over the cap");
+        assert_eq!(
+            problem.to_string(),
+            "/proc/self/maps: file has more than the 64 bytes meshd reads"
+        );
+        assert!(read_capped(path, MAX_FILE_BYTES).is_ok());
+    }
 }

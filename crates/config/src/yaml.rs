@@ -12,6 +12,11 @@ use granit_parser::{Event, Options, Parser, ScalarStyle, Span};
 
 /// At most this many nodes per file, aliases expanded: a guard against alias bombs.
 const MAX_NODES: usize = 4_000_000;
+/// At most this many bytes of scalar text per file, aliases expanded: a guard against alias
+/// bombs by size (a few large scalars repeated by alias stay far below the node bound while
+/// each copy costs its full length in memory). Twice the largest file meshd reads
+/// ([`crate::MAX_FILE_BYTES`]), so a file without aliases never reaches it.
+pub const MAX_EXPANDED_BYTES: usize = 2 * crate::MAX_FILE_BYTES as usize;
 
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -195,12 +200,26 @@ enum Open {
     Map(Node, usize, Option<Node>),
 }
 
+/// An anchored node with its size, so an alias is measured before it is copied.
+struct Anchored {
+    node: Node,
+    size: Size,
+}
+
+/// How much a node costs once expanded: nodes, and bytes of scalar text.
+#[derive(Debug, Clone, Copy, Default)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+}
+
 #[derive(Default)]
 struct Builder {
     documents: Vec<Node>,
     stack: Vec<Open>,
-    anchors: HashMap<usize, Node>,
-    nodes: usize,
+    anchors: HashMap<usize, Anchored>,
+    /// What the document holds so far, aliases expanded.
+    total: Size,
     current: Option<Node>,
 }
 
@@ -224,6 +243,7 @@ impl Builder {
                     .as_ref()
                     .is_some_and(|t| t.is_yaml_core_schema_tag("str"));
                 let plain = style == ScalarStyle::Plain && !tagged_str;
+                self.add_bytes(text.len())?;
                 let value = if plain && matches!(resolve_plain(&text), Plain::Null) {
                     Value::Null
                 } else {
@@ -262,12 +282,22 @@ impl Builder {
                 }
             },
             Event::Alias(id) => {
-                let node = self
+                let size = self
                     .anchors
                     .get(&id)
-                    .cloned()
+                    .map(|a| a.size)
                     .ok_or_else(|| "alias to an unknown anchor".to_string())?;
-                self.nodes += count(&node);
+                // Measured before copying: the copy is what the bound protects memory from.
+                // `complete` counts the alias's own node.
+                self.total.nodes += size.nodes.saturating_sub(1);
+                self.add_bytes(size.bytes)?;
+                if self.total.nodes > MAX_NODES {
+                    return Err(format!("more than {MAX_NODES} nodes (aliases expanded)"));
+                }
+                let node = match self.anchors.get(&id) {
+                    Some(anchored) => anchored.node.clone(),
+                    None => return Err("alias to an unknown anchor".to_string()),
+                };
                 self.complete(node, 0)?;
             }
             _ => {}
@@ -275,13 +305,30 @@ impl Builder {
         Ok(())
     }
 
+    fn add_bytes(&mut self, bytes: usize) -> Result<(), String> {
+        self.total.bytes = self.total.bytes.saturating_add(bytes);
+        if self.total.bytes > MAX_EXPANDED_BYTES {
+            return Err(format!(
+                "more than {MAX_EXPANDED_BYTES} bytes of text (aliases expanded)"
+            ));
+        }
+        Ok(())
+    }
+
     fn complete(&mut self, node: Node, anchor: usize) -> Result<(), String> {
-        self.nodes += 1;
-        if self.nodes > MAX_NODES {
+        self.total.nodes += 1;
+        if self.total.nodes > MAX_NODES {
             return Err(format!("more than {MAX_NODES} nodes (aliases expanded)"));
         }
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let size = size(&node);
+            self.anchors.insert(
+                anchor,
+                Anchored {
+                    node: node.clone(),
+                    size,
+                },
+            );
         }
         match self.stack.last_mut() {
             Some(Open::Seq(seq, _)) => {
@@ -303,16 +350,23 @@ impl Builder {
     }
 }
 
-fn count(node: &Node) -> usize {
+fn size(node: &Node) -> Size {
+    let add = |a: Size, b: Size| Size {
+        nodes: a.nodes.saturating_add(b.nodes),
+        bytes: a.bytes.saturating_add(b.bytes),
+    };
+    let one = Size { nodes: 1, bytes: 0 };
     match &node.value {
-        Value::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
-        Value::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| count(k) + count(v))
-                .sum::<usize>()
-        }
-        _ => 1,
+        Value::Seq(items) => items.iter().map(size).fold(one, add),
+        Value::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| add(size(k), size(v)))
+            .fold(one, add),
+        Value::Scalar { text, .. } => Size {
+            nodes: 1,
+            bytes: text.len(),
+        },
+        Value::Null => one,
     }
 }
 
@@ -362,6 +416,32 @@ mod tests {
         }
         let (_, err) = parse_documents(&text);
         assert!(err.expect("bounded").message.contains("nodes"));
+    }
+
+    #[test]
+    fn alias_bombs_by_bytes_are_bounded() {
+        // 40 aliases of a 4 MiB scalar: 41 nodes, 164 MiB of text.
+        let mut text = format!("a: &big \"{}\"\nb:\n", "x".repeat(4 << 20));
+        for _ in 0..40 {
+            text.push_str("- *big\n");
+        }
+        let (_, err) = parse_documents(&text);
+        let err = err.expect("bounded");
+        assert_eq!(
+            err.message,
+            format!("more than {MAX_EXPANDED_BYTES} bytes of text (aliases expanded)")
+        );
+        // Placed at the alias that crosses the bound (before it is copied): the keys take 2
+        // bytes, so the anchor and 30 aliases fit and alias 31, on line 2 + 31, crosses.
+        let crossing = (MAX_EXPANDED_BYTES - 2) / (4 << 20);
+        assert_eq!(err.pos.line, 2 + crossing);
+    }
+
+    #[test]
+    fn small_aliases_stay_below_the_bound() {
+        let (docs, err) = parse_documents("a: &s hello\nb: [*s, *s, *s]\n");
+        assert_eq!(err, None);
+        assert_eq!(docs.len(), 1);
     }
 
     #[test]

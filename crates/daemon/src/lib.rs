@@ -5,7 +5,8 @@
 //! fatal: [`Exit::Config`]), open the operator endpoints (readiness answers 500 with what is
 //! pending from the first moment), wait for a usable certificate, bind the proxy's listeners
 //! (waiting while a port is in use), report ready. What time or another agent cures is waited
-//! for, not fatal (module `startup`). Reload: a new snapshot is built off to
+//! for, not fatal (module `startup`). Reload: once the directory is still (no file open for
+//! writing, nothing changed across a quiet window: [`stable`]), a new snapshot is built off to
 //! the side and swapped whole; a bad one changes nothing and is reported (log, metrics,
 //! `/config_dump`). Drain: on SIGTERM, SIGINT or `POST /quitquitquit`, stop accepting and give
 //! open connections [`DRAIN`] to finish.
@@ -15,7 +16,9 @@
 
 mod fdlimit;
 mod operator;
+mod reload;
 pub mod settings;
+pub mod stable;
 mod startup;
 pub mod systemd;
 pub mod watcher;
@@ -36,6 +39,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
 use crate::operator::{Operated, ready_line, start_operator_endpoints, watch_certificate};
+use crate::reload::{Reloader, Trigger};
+use crate::stable::{MAX_WAIT, QUIET, Stability};
 use crate::startup::{Failure, IDENTITY_RETRY, Pauses, Waiting, port_in_use, until_ready};
 use crate::watcher::{DEBOUNCE, watch_dir};
 
@@ -205,6 +210,14 @@ async fn stop(
     }
 }
 
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A started daemon: what the serve loop needs.
 struct Running {
     config: ProxyConfig,
@@ -214,6 +227,10 @@ struct Running {
     operated: Arc<Operated>,
     metrics: Metrics,
     quit: Arc<Notify>,
+    /// Notified by the directory watcher once per change.
+    changed: Arc<Notify>,
+    /// Armed before meshd reports ready, so a change made right after is not missed.
+    watcher: Option<watcher::DirWatcher>,
     _identity: IdentityManager,
     /// The admin, metrics and readiness endpoints' thread: they answer until the daemon ends.
     _operator: meshd_admin::OperatorRuntime,
@@ -312,6 +329,15 @@ async fn start(
         local_workloads = ?local,
         "meshd ready"
     );
+    // Watch before saying ready: a supervisor (or a test) that writes a file as soon as meshd
+    // is ready must see it applied. A change made in between waits as a notification.
+    let changed = Arc::new(Notify::new());
+    let watcher = {
+        let changed = changed.clone();
+        watch_dir(&config.config_dir, DEBOUNCE, move || changed.notify_one())
+            .inspect_err(|e| tracing::warn!("{e}: reload on SIGHUP only"))
+            .ok()
+    };
     // A machine-readable line for supervisors and tests.
     println!("{}", ready_line(proxy.addrs(), operator.bound()));
     systemd::ready(1);
@@ -323,6 +349,8 @@ async fn start(
         operated,
         metrics,
         quit,
+        changed,
+        watcher,
         _identity: identity,
         _operator: operator,
     })
@@ -337,15 +365,7 @@ impl Running {
             mut interrupt,
         } = signals;
         systemd::spawn_watchdog();
-        let changed = Arc::new(Notify::new());
-        let _watcher = {
-            let changed = changed.clone();
-            watch_dir(&self.config.config_dir, DEBOUNCE, move || {
-                changed.notify_one()
-            })
-            .inspect_err(|e| tracing::warn!("{e}: reload on SIGHUP only"))
-            .ok()
-        };
+        let (changed, watcher) = (self.changed.clone(), &self.watcher);
         let mut reloader = Reloader {
             config: &self.config,
             reread: &self.reread,
@@ -353,11 +373,32 @@ impl Running {
             operated: &self.operated,
             metrics: &self.metrics,
             generation: 1,
+            stability: Stability {
+                quiet: QUIET,
+                max_wait: MAX_WAIT,
+                writes: watcher.as_ref().map(|w| w.writes()),
+            },
+            last_read: None,
+            load_error: None,
+            postponed: false,
         };
+        let mut retry: Option<tokio::time::Instant> = None;
         loop {
+            let trigger = tokio::select! {
+                _ = hangup.recv() => Trigger::Signal,
+                _ = changed.notified() => Trigger::FileChange,
+                () = sleep_until(retry), if retry.is_some() => Trigger::Retry,
+                _ = self.quit.notified() => {
+                    tracing::info!("drain requested on /quitquitquit");
+                    break;
+                }
+                () = stop(&mut terminate, &mut interrupt) => break,
+            };
+            // A reload may wait for the tree to settle: a stop request ends it at once.
             tokio::select! {
-                _ = hangup.recv() => reloader.reload("SIGHUP").await,
-                _ = changed.notified() => reloader.reload("file change").await,
+                again = reloader.reload(trigger) => {
+                    retry = again.map(|after| tokio::time::Instant::now() + after);
+                }
                 _ = self.quit.notified() => {
                     tracing::info!("drain requested on /quitquitquit");
                     break;
@@ -374,71 +415,5 @@ impl Running {
             }
         }
         Exit::Stopped
-    }
-}
-
-/// Applies new configurations: each load runs off the async workers (a 10 000-policy
-/// directory takes a while to parse and compile), is swapped in whole, and a bad one changes
-/// nothing but the reported error.
-struct Reloader<'a> {
-    config: &'a ProxyConfig,
-    reread: &'a RereadFn,
-    states: &'a watch::Sender<Arc<ProxyState>>,
-    operated: &'a Operated,
-    metrics: &'a Metrics,
-    /// The generation in force: it counts configurations applied, so a rejected one takes no
-    /// number.
-    generation: u64,
-}
-
-impl Reloader<'_> {
-    /// Says which changed keys of the daemon configuration file wait for a restart: a reload
-    /// applies the configuration directory only.
-    fn warn_restart_keys(&self) {
-        match (self.reread)() {
-            Ok(new) => {
-                for key in settings::changed_keys(self.config, &new) {
-                    tracing::warn!(
-                        key,
-                        "daemon configuration key changed: it takes effect after a restart (a reload applies the configuration directory only)"
-                    );
-                }
-            }
-            Err(e) => tracing::warn!("daemon configuration file: {e} (the running one stays)"),
-        }
-    }
-
-    async fn reload(&mut self, why: &str) {
-        systemd::reloading();
-        self.warn_restart_keys();
-        let config = self.config.clone();
-        let next = self.generation + 1;
-        let loaded = tokio::task::spawn_blocking(move || load_state(&config, next))
-            .await
-            .unwrap_or_else(|e| Err(format!("configuration load panicked: {e}")));
-        let error = match loaded {
-            Ok(state) => {
-                self.generation = next;
-                self.states.send_replace(Arc::new(state));
-                self.metrics.config_reloaded(true, next);
-                tracing::info!(generation = next, trigger = why, "configuration reloaded");
-                None
-            }
-            Err(e) => {
-                // The last good configuration stays in force.
-                tracing::error!(
-                    trigger = why,
-                    "reload rejected, keeping the previous configuration: {e}"
-                );
-                self.metrics.config_reloaded(false, self.generation);
-                Some(e)
-            }
-        };
-        systemd::reloaded(self.generation, error.as_deref());
-        *self
-            .operated
-            .last_reload_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = error;
     }
 }

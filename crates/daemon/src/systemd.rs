@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
+/// The longest STATUS meshd sends, in characters: `systemctl status` shows it on one line, and a
+/// rejected reload's error (one line per problem, a thousand problems in a bad directory) would
+/// otherwise fill the datagram. Enough for the first problem with its file, line and field.
+pub const MAX_STATUS_CHARS: usize = 300;
+
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!(error = %e, "sd_notify failed");
@@ -36,7 +41,31 @@ pub fn reloaded(generation: u64, error: Option<&str>) {
             format!("serving configuration generation {generation}; last reload rejected: {e}")
         }
     };
-    send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    send(&[NotifyState::Ready, NotifyState::Status(&one_line(&status))]);
+}
+
+/// `text` as one bounded line for STATUS=. The notify protocol is newline-separated
+/// `KEY=value` lines, so a newline in an error (one per problem, or in a file name) would end
+/// STATUS early and could start a line of its own (`MAINPID=`, `READY=1`); other control
+/// characters would reach the journal and terminals. Each run of control characters and
+/// whitespace becomes one space; a line longer than [`MAX_STATUS_CHARS`] is cut to that many
+/// characters, the last one `…`.
+pub fn one_line(text: &str) -> String {
+    let mut line = String::new();
+    for word in text.split(|c: char| c.is_control() || c.is_whitespace()) {
+        if word.is_empty() {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if line.chars().count() > MAX_STATUS_CHARS {
+        line = line.chars().take(MAX_STATUS_CHARS - 1).collect();
+        line.push('…');
+    }
+    line
 }
 
 /// Draining before exit.
@@ -73,11 +102,7 @@ pub fn spawn_pinger(
 /// use, and asks systemd to extend its start timeout by `extend` meanwhile. One line: a
 /// newline would end the STATUS field early.
 pub fn waiting(reason: &str, extend: Duration) {
-    let flat: String = reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let status = format!("waiting: {flat}");
+    let status = one_line(&format!("waiting: {reason}"));
     send(&[NotifyState::Status(&status), extend_timeout(extend)]);
 }
 
@@ -88,4 +113,28 @@ pub fn extend_start(by: Duration) {
 
 fn extend_timeout(by: Duration) -> NotifyState<'static> {
     NotifyState::ExtendTimeoutUsec(u32::try_from(by.as_micros()).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_one_line_without_control_characters() {
+        let error = "configuration rejected with 2 errors\n/etc/a.yaml:1:1: bad\r\n\t/etc/b\x1b[31m.yaml: worse\nMAINPID=1";
+        assert_eq!(
+            one_line(error),
+            "configuration rejected with 2 errors /etc/a.yaml:1:1: bad /etc/b [31m.yaml: worse MAINPID=1"
+        );
+    }
+
+    #[test]
+    fn status_is_bounded_on_a_character_boundary() {
+        let long = "é".repeat(MAX_STATUS_CHARS * 3);
+        let line = one_line(&long);
+        assert_eq!(line.chars().count(), MAX_STATUS_CHARS);
+        assert!(line.ends_with("é…"), "{line}");
+        let exact = "x".repeat(MAX_STATUS_CHARS);
+        assert_eq!(one_line(&exact), exact);
+    }
 }

@@ -1,5 +1,6 @@
 //! The configuration directory watcher with real files: every way configuration lands is seen,
-//! bursts coalesce, and a deleted-then-recreated directory is watched again.
+//! bursts coalesce, a deleted-then-recreated directory is watched again, and a file still being
+//! written triggers nothing until it is closed.
 
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
@@ -8,6 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use std::io::Write;
 
 use meshd_daemon::watcher::{DirWatcher, watch_dir};
 
@@ -171,4 +174,75 @@ fn files_beside_the_directory_do_not_trigger_a_reload() {
     assert_eq!(c.settle(), before, "a sibling's change reloaded");
     std::fs::write(dir.join("a.yaml"), "a: 1\n").unwrap();
     c.changed_since(before, "a file in the directory");
+}
+
+#[test]
+fn a_file_being_written_is_open_and_triggers_nothing_until_closed() {
+    // A writer caught between two writes has written a prefix: loading it would enforce a
+    // configuration nobody wrote. Only the close completes the change, for a new file and for
+    // one rewritten in place.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("conf.d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("old.yaml"), "a: 1\n").unwrap();
+    let c = Counter::new(&dir);
+    let writes = c._watcher.writes();
+    for path in [dir.join("new.yaml"), dir.join("old.yaml")] {
+        let before = c.settle();
+        let mut file = std::fs::File::create(&path).unwrap();
+        for i in 0..6 {
+            writeln!(file, "k{i}: v").unwrap();
+            std::thread::sleep(WINDOW / 2);
+        }
+        assert_eq!(c.settle(), before, "{} reloaded while open", path.display());
+        assert_eq!(writes.open_for_writing(), vec![path.clone()]);
+        drop(file);
+        let n = c.changed_since(before, "the close");
+        assert_eq!(c.settle(), n, "one close, one reload");
+        assert!(writes.open_for_writing().is_empty());
+    }
+}
+
+#[test]
+fn files_meshd_does_not_read_are_not_counted_as_open() {
+    // vim keeps its swap file open and writes it while someone types: that must not hold up
+    // reloads of the directory.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("conf.d");
+    std::fs::create_dir(&dir).unwrap();
+    let c = Counter::new(&dir);
+    let writes = c._watcher.writes();
+    let _ = c.settle();
+    let mut swap = std::fs::File::create(dir.join(".a.yaml.swp")).unwrap();
+    swap.write_all(b"swap").unwrap();
+    let before = writes.changes();
+    swap.write_all(b"more").unwrap();
+    std::thread::sleep(WINDOW);
+    assert!(writes.open_for_writing().is_empty());
+    assert_eq!(
+        writes.changes(),
+        before,
+        "a write to a file meshd does not read"
+    );
+}
+
+#[test]
+fn a_symlink_or_fifo_is_not_open_for_writing() {
+    // Created without an open for writing, they have no close to wait for.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("conf.d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(root.path().join("target.yaml"), "a: 1\n").unwrap();
+    let c = Counter::new(&dir);
+    let writes = c._watcher.writes();
+    let n = c.settle();
+    std::os::unix::fs::symlink(root.path().join("target.yaml"), dir.join("link.yaml")).unwrap();
+    let n = c.changed_since(n, "a new symlink");
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.join("pipe.yaml"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    c.changed_since(n, "a new FIFO");
+    assert!(writes.open_for_writing().is_empty());
 }
