@@ -189,13 +189,31 @@ mod tests {
         kib.parse::<usize>().unwrap() * 1024
     }
 
-    /// Held by each test for its whole run: `mallinfo2` and RSS are figures of the whole
-    /// process, so a burst freed by one test reads as "freed since the last trim" in another
-    /// running beside it (cargo test runs them on parallel threads; on two CPUs it failed).
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn serial() -> std::sync::MutexGuard<'static, ()> {
-        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs a test's body in a fresh process of this test binary (the test filtered by its
+    /// exact name). `mallinfo2` and RSS are figures of the whole process, and the free chunks a
+    /// test leaves in its thread's arena stay free for good: a test that ran before made
+    /// "nothing was freed yet" read 32 MB free in the next (seen on two CPUs, in either order).
+    fn alone(name: &str, body: impl FnOnce()) {
+        const CHILD: &str = "MESHD_TRIM_TEST_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            body();
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{name} in its own process:\n{printed}"
+        );
+        assert!(
+            printed.contains("1 passed"),
+            "{name} did not run:\n{printed}"
+        );
     }
 
     /// 32 MB in 8 192 blocks of 4 000 bytes, as many per-connection buffers are.
@@ -210,112 +228,124 @@ mod tests {
     /// came last and pins the top of the arena, so `free` alone cannot shrink it.
     #[test]
     fn trims_what_a_burst_leaves_free_and_nothing_when_nothing_was_freed() {
-        const MIB: usize = 1 << 20;
-        let _serial = serial();
-        // Its own thread: a fresh arena shared with no other test.
-        std::thread::spawn(|| {
-            // Well above what anything else in this test binary allocates at once.
-            let threshold = 16 * MIB;
-            let mut trimmer = Trimmer::default();
-            trimmer.tick_with(threshold);
-            let blocks = burst();
-            let pin = vec![1u8; 4000].into_boxed_slice();
-            assert_eq!(trimmer.tick_with(threshold), None, "nothing was freed yet");
-            let held = rss();
-            drop(blocks);
-            let freed = rss();
-            assert!(
-                freed + 16 * MIB > held,
-                "free gave the 32 MB back by itself: {held} -> {freed}"
-            );
+        alone(
+            "trim::tests::trims_what_a_burst_leaves_free_and_nothing_when_nothing_was_freed",
+            || {
+                const MIB: usize = 1 << 20;
+                // Its own thread: a fresh arena shared with no other test.
+                std::thread::spawn(|| {
+                    // Well above what anything else in this test binary allocates at once.
+                    let threshold = 16 * MIB;
+                    let mut trimmer = Trimmer::default();
+                    trimmer.tick_with(threshold);
+                    let blocks = burst();
+                    let pin = vec![1u8; 4000].into_boxed_slice();
+                    assert_eq!(trimmer.tick_with(threshold), None, "nothing was freed yet");
+                    let held = rss();
+                    drop(blocks);
+                    let freed = rss();
+                    assert!(
+                        freed + 16 * MIB > held,
+                        "free gave the 32 MB back by itself: {held} -> {freed}"
+                    );
 
-            let trimmed = trimmer
-                .tick_with(threshold)
-                .expect("32 MB were freed: trim");
-            assert!(trimmed.released, "{trimmed:?}");
-            assert!(trimmed.free >= 16 * MIB, "{trimmed:?}");
-            assert!(trimmed.resident >= trimmed.low + 16 * MIB, "{trimmed:?}");
-            let after = rss();
-            assert!(
-                after + 16 * MIB <= freed,
-                "RSS {freed} -> {after} after the trim"
-            );
-            assert_eq!(
-                trimmer.tick_with(threshold),
-                None,
-                "nothing freed since the trim"
-            );
-            drop(pin);
-        })
-        .join()
-        .unwrap();
+                    let trimmed = trimmer
+                        .tick_with(threshold)
+                        .expect("32 MB were freed: trim");
+                    assert!(trimmed.released, "{trimmed:?}");
+                    assert!(trimmed.free >= 16 * MIB, "{trimmed:?}");
+                    assert!(trimmed.resident >= trimmed.low + 16 * MIB, "{trimmed:?}");
+                    let after = rss();
+                    assert!(
+                        after + 16 * MIB <= freed,
+                        "RSS {freed} -> {after} after the trim"
+                    );
+                    assert_eq!(
+                        trimmer.tick_with(threshold),
+                        None,
+                        "nothing freed since the trim"
+                    );
+                    drop(pin);
+                })
+                .join()
+                .unwrap();
+            },
+        );
     }
 
     /// A burst that came and went before the first tick (meshd restarted under load) is
     /// trimmed at that tick, not taken as the baseline.
     #[test]
     fn trims_a_burst_freed_before_the_first_tick() {
-        const MIB: usize = 1 << 20;
-        let _serial = serial();
-        std::thread::spawn(|| {
-            let threshold = 16 * MIB;
-            let blocks = burst();
-            let pin = vec![1u8; 4000].into_boxed_slice();
-            drop(blocks);
-            let freed = rss();
-            let mut trimmer = Trimmer::default();
-            let trimmed = trimmer
-                .tick_with(threshold)
-                .expect("32 MB free at the first tick: trim");
-            assert!(trimmed.released, "{trimmed:?}");
-            let after = rss();
-            assert!(
-                after + 16 * MIB <= freed,
-                "RSS {freed} -> {after} after the first tick"
-            );
-            assert_eq!(
-                trimmer.tick_with(threshold),
-                None,
-                "nothing freed since the trim"
-            );
-            drop(pin);
-        })
-        .join()
-        .unwrap();
+        alone(
+            "trim::tests::trims_a_burst_freed_before_the_first_tick",
+            || {
+                const MIB: usize = 1 << 20;
+                std::thread::spawn(|| {
+                    let threshold = 16 * MIB;
+                    let blocks = burst();
+                    let pin = vec![1u8; 4000].into_boxed_slice();
+                    drop(blocks);
+                    let freed = rss();
+                    let mut trimmer = Trimmer::default();
+                    let trimmed = trimmer
+                        .tick_with(threshold)
+                        .expect("32 MB free at the first tick: trim");
+                    assert!(trimmed.released, "{trimmed:?}");
+                    let after = rss();
+                    assert!(
+                        after + 16 * MIB <= freed,
+                        "RSS {freed} -> {after} after the first tick"
+                    );
+                    assert_eq!(
+                        trimmer.tick_with(threshold),
+                        None,
+                        "nothing freed since the trim"
+                    );
+                    drop(pin);
+                })
+                .join()
+                .unwrap();
+            },
+        );
     }
 
     /// Memory freed after a trim (a server releases the last of 1 000 closed connections after
     /// the tick that trimmed) is trimmed at the next tick, though resident memory did not grow.
     #[test]
     fn trims_what_was_freed_after_the_last_trim() {
-        const MIB: usize = 1 << 20;
-        let _serial = serial();
-        std::thread::spawn(|| {
-            let threshold = 16 * MIB;
-            let mut trimmer = Trimmer::default();
-            trimmer.tick_with(threshold);
-            let first = burst();
-            let second = burst();
-            let pin = vec![1u8; 4000].into_boxed_slice();
-            assert_eq!(trimmer.tick_with(threshold), None, "nothing was freed yet");
-            drop(first);
-            trimmer
-                .tick_with(threshold)
-                .expect("the first 32 MB were freed: trim");
-            let before = rss();
-            drop(second);
-            let trimmed = trimmer
-                .tick_with(threshold)
-                .expect("32 MB more were freed after the trim: trim again");
-            assert!(trimmed.released, "{trimmed:?}");
-            let after = rss();
-            assert!(
-                after + 16 * MIB <= before,
-                "RSS {before} -> {after} after the second trim"
-            );
-            drop(pin);
-        })
-        .join()
-        .unwrap();
+        alone(
+            "trim::tests::trims_what_was_freed_after_the_last_trim",
+            || {
+                const MIB: usize = 1 << 20;
+                std::thread::spawn(|| {
+                    let threshold = 16 * MIB;
+                    let mut trimmer = Trimmer::default();
+                    trimmer.tick_with(threshold);
+                    let first = burst();
+                    let second = burst();
+                    let pin = vec![1u8; 4000].into_boxed_slice();
+                    assert_eq!(trimmer.tick_with(threshold), None, "nothing was freed yet");
+                    drop(first);
+                    trimmer
+                        .tick_with(threshold)
+                        .expect("the first 32 MB were freed: trim");
+                    let before = rss();
+                    drop(second);
+                    let trimmed = trimmer
+                        .tick_with(threshold)
+                        .expect("32 MB more were freed after the trim: trim again");
+                    assert!(trimmed.released, "{trimmed:?}");
+                    let after = rss();
+                    assert!(
+                        after + 16 * MIB <= before,
+                        "RSS {before} -> {after} after the second trim"
+                    );
+                    drop(pin);
+                })
+                .join()
+                .unwrap();
+            },
+        );
     }
 }
