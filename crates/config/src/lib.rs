@@ -31,6 +31,7 @@ mod overlap;
 mod problem;
 mod shadowing;
 mod snapshot;
+pub mod tree;
 pub mod yaml;
 
 pub use load::{

@@ -1,7 +1,6 @@
 //! Reading the configuration directory: which files count, and turning their text into a
 //! [`Snapshot`].
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
@@ -15,13 +14,12 @@ use crate::overlap::{self, Site};
 use crate::problem::Problem;
 use crate::shadowing::Catalog;
 use crate::snapshot::{LoadError, Snapshot};
+use crate::tree::{self, Entry};
 use crate::yaml::{Pos, Value, parse_documents};
 
 /// Files larger than this are rejected unread: far beyond any real policy set, small enough that
 /// a stray log file cannot exhaust memory.
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
-/// How deep subdirectories are followed.
-const MAX_DEPTH: usize = 16;
 
 /// Settings a load depends on.
 #[derive(Debug, Clone)]
@@ -65,8 +63,7 @@ pub fn is_ignored_name(name: &str) -> bool {
 pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Snapshot, LoadError> {
     let mut files = Vec::new();
     let mut problems = Vec::new();
-    let mut visited = HashSet::new();
-    collect(dir, 0, &mut visited, &mut files, &mut problems);
+    collect(dir, &mut files, &mut problems);
     let mut loader = Loader::new(options);
     loader.problems = problems;
     for file in files {
@@ -88,69 +85,34 @@ pub fn load_str(name: &str, text: &str, options: &LoadOptions) -> Result<Snapsho
     loader.finish()
 }
 
-fn collect(
-    dir: &Path,
-    depth: usize,
-    visited: &mut HashSet<PathBuf>,
-    files: &mut Vec<PathBuf>,
-    problems: &mut Vec<Problem>,
-) {
-    // Symlinked directories are followed; the canonical path stops loops.
-    if let Ok(canonical) = fs::canonicalize(dir)
-        && !visited.insert(canonical)
-    {
-        return;
-    }
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            problems.push(Problem::file_error(
-                dir,
-                None,
-                format!("cannot read directory: {e}"),
-            ));
-            return;
+/// The files to read and the problems of the tree itself.
+fn collect(dir: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Problem>) {
+    tree::walk(dir, &mut |entry| match entry {
+        Entry::Dir(..) => {}
+        Entry::Unlistable(dir, e) => problems.push(Problem::file_error(
+            dir,
+            None,
+            format!("cannot read directory: {e}"),
+        )),
+        Entry::TooDeep(dir) => problems.push(Problem::file_error(
+            dir,
+            None,
+            format!(
+                "directory nested deeper than {} levels is not read",
+                tree::MAX_DEPTH
+            ),
+        )),
+        // Only regular files (or symlinks to them, as in Kubernetes' `..data` layout) are
+        // opened: opening a FIFO blocks until a writer comes, and a device such as
+        // `/dev/zero` reads forever.
+        Entry::File(path, Ok(meta)) if meta.is_file() => files.push(path.to_path_buf()),
+        Entry::File(path, Ok(meta)) => {
+            problems.push(Problem::file_error(path, None, not_regular(meta)));
         }
-    };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
-        let Some(name) = path.file_name() else {
-            continue;
-        };
-        if name.to_str().is_none_or(is_ignored_name) {
-            continue;
+        Entry::File(path, Err(e)) => {
+            problems.push(Problem::file_error(path, None, format!("cannot read: {e}")));
         }
-        match fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => {
-                if depth + 1 >= MAX_DEPTH {
-                    problems.push(Problem::file_error(
-                        &path,
-                        None,
-                        format!("directory nested deeper than {MAX_DEPTH} levels is not read"),
-                    ));
-                } else {
-                    collect(&path, depth + 1, visited, files, problems);
-                }
-            }
-            // Only regular files (or symlinks to them, as in Kubernetes' `..data` layout) are
-            // opened: opening a FIFO blocks until a writer comes, and a device such as
-            // `/dev/zero` reads forever.
-            Ok(meta) if is_config_file_name(name) && meta.is_file() => files.push(path),
-            Ok(meta) if is_config_file_name(name) => {
-                problems.push(Problem::file_error(&path, None, not_regular(&meta)));
-            }
-            Ok(_) => {}
-            Err(e) if is_config_file_name(name) => {
-                problems.push(Problem::file_error(
-                    &path,
-                    None,
-                    format!("cannot read: {e}"),
-                ));
-            }
-            Err(_) => {}
-        }
-    }
+    });
 }
 
 /// Why a file that is not a regular file is not read, naming its kind.

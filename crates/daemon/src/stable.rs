@@ -10,12 +10,11 @@
 //! The fingerprint is taken from metadata only: nothing is opened, so a FIFO or a device
 //! named `*.yaml` cannot block it (the loader refuses those).
 
-use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshd_config::{is_config_file_name, is_ignored_name};
+use meshd_config::tree::{self, Entry};
 
 use crate::watcher::Writes;
 
@@ -31,9 +30,6 @@ pub const MAX_WAIT: Duration = Duration::from_secs(10);
 /// When a reload that found the tree still changing is tried again (a change seen meanwhile
 /// tries sooner).
 pub const RETRY: Duration = Duration::from_secs(2);
-
-/// How deep subdirectories are followed, as the loader does.
-const MAX_DEPTH: usize = 16;
 
 /// What a load would read, from metadata: equal fingerprints mean an unchanged tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +77,13 @@ impl Fingerprint {
     /// loader reaches them (hidden entries skipped, symlinks followed, loops cut), blocking.
     pub fn of(dir: &Path) -> Fingerprint {
         let mut entries = Vec::new();
-        walk(dir, 0, &mut HashSet::new(), &mut entries);
+        tree::walk(dir, &mut |entry| match entry {
+            Entry::Dir(dir, meta) => entries.push((dir.to_path_buf(), meta.map(Stamp::dir))),
+            Entry::File(path, meta) => {
+                entries.push((path.to_path_buf(), meta.ok().map(Stamp::of)));
+            }
+            Entry::Unlistable(..) | Entry::TooDeep(..) => {}
+        });
         Fingerprint(entries)
     }
 
@@ -97,44 +99,6 @@ impl Fingerprint {
         paths.sort();
         paths.dedup();
         paths
-    }
-}
-
-fn walk(
-    dir: &Path,
-    depth: usize,
-    visited: &mut HashSet<PathBuf>,
-    out: &mut Vec<(PathBuf, Option<Stamp>)>,
-) {
-    out.push((
-        dir.to_path_buf(),
-        std::fs::metadata(dir).ok().as_ref().map(Stamp::dir),
-    ));
-    if let Ok(canonical) = std::fs::canonicalize(dir)
-        && !visited.insert(canonical)
-    {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
-        let Some(name) = path.file_name() else {
-            continue;
-        };
-        if name.to_str().is_none_or(is_ignored_name) {
-            continue;
-        }
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() && depth + 1 < MAX_DEPTH => {
-                walk(&path, depth + 1, visited, out);
-            }
-            Ok(meta) if is_config_file_name(name) => out.push((path, Some(Stamp::of(&meta)))),
-            Err(_) if is_config_file_name(name) => out.push((path, None)),
-            _ => {}
-        }
     }
 }
 
