@@ -338,6 +338,27 @@ fn a_waiting_meshd_stops_on_sigterm() {
     );
 }
 
+#[test]
+fn a_certificate_file_that_hangs_does_not_stop_sigterm() {
+    // B's certificate replaced by a FIFO no one writes (in life, a hung network filesystem):
+    // the identity reload blocks on it in a thread of the blocking pool. SIGTERM must still
+    // end meshd: its runtime does not wait for that thread forever.
+    let setup = Setup::new(180, true);
+    setup.write_valid();
+    let mut b = Meshd::spawn(setup.command(&setup.b_config()));
+    let cert = setup.tls.join("svid.pem");
+    std::fs::remove_file(&cert).unwrap();
+    let made = Command::new("mkfifo").arg(&cert).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    // The certificate watcher debounces for 2 s, then reads: the read is hung after that.
+    std::thread::sleep(Duration::from_secs(4));
+    b.signal("TERM");
+    // Drain (5 s) and then the runtime's shutdown bound; a meshd still running is killed
+    // when `b` drops.
+    let exit = b.wait_exit(Duration::from_secs(15));
+    assert_eq!(exit, Some(0), "{}", b.stderr());
+}
+
 /// The scenario for a port another process holds: B runs, not ready, readiness names the
 /// port; the reason is logged once across the retries; once freed, B is ready and carries
 /// traffic.

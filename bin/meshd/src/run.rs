@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -65,6 +66,10 @@ pub fn load_config(path: Option<&Path>) -> Result<ProxyConfig, String> {
     load_settings(path, &Flags::default()).map(|s| s.config)
 }
 
+/// How long, once the daemon has drained, blocking work (file reads, a configuration load) may
+/// take to finish before meshd exits without it.
+const BLOCKING_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs until SIGINT or SIGTERM; a changed file or SIGHUP reloads the configuration directory.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let set_log_level = init_logging(args.log_format);
@@ -96,7 +101,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    match runtime.block_on(meshd_daemon::run(config, set_log_level, reread))? {
+    let exit = runtime.block_on(meshd_daemon::run(config, set_log_level, reread))?;
+    // Dropping a runtime waits for its blocking threads: one stuck reading a file on a hung
+    // filesystem (a certificate, the configuration) would keep meshd from ever exiting.
+    runtime.shutdown_timeout(BLOCKING_GRACE);
+    match exit {
         Exit::Stopped => Ok(ExitCode::SUCCESS),
         Exit::Config(e) => {
             eprintln!("meshd: {e}");
