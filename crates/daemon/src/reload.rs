@@ -121,7 +121,8 @@ impl Reloader<'_> {
             .unwrap_or_else(|e| Err(format!("configuration load panicked: {e}")));
         self.last_read = Some(fingerprint);
         let error = match loaded {
-            Ok(state) => {
+            Ok(mut state) => {
+                state.succeed(&self.states.borrow());
                 self.generation = next;
                 self.states.send_replace(Arc::new(state));
                 self.metrics.config_reloaded(true, next);

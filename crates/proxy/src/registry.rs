@@ -162,7 +162,8 @@ pub struct Registry {
     /// (namespace, service account) → workloads with that identity.
     by_identity: HashMap<(String, String), Vec<usize>>,
     local: Vec<usize>,
-    unhealthy: Mutex<Unhealthy>,
+    /// Shared with the registries that follow this one on reloads ([`Registry::keep_health_of`]).
+    unhealthy: Arc<Mutex<Unhealthy>>,
 }
 
 /// Endpoint addresses marked unhealthy, until when; expired marks are swept in amortised O(1)
@@ -447,6 +448,13 @@ impl Registry {
             ticket -= weight;
         }
         Err(ResolveError::NoEndpoints(service.key.clone()))
+    }
+
+    /// Takes over `previous`'s endpoint health. A reload builds a new registry; an endpoint
+    /// ejected for a failed connection must stay ejected for the rest of its [`EJECTION`], not
+    /// be tried again by the first connection after every reload.
+    pub fn keep_health_of(&mut self, previous: &Registry) {
+        self.unhealthy = previous.unhealthy.clone();
     }
 
     /// Marks an endpoint address unhealthy after a failed connection. Only workload

@@ -60,6 +60,12 @@ impl ProxyState {
         }
     }
 
+    /// Carries over from the state in force what a reload must not forget: which endpoints
+    /// are ejected for failed connections (the rest is rebuilt from the files).
+    pub fn succeed(&mut self, previous: &ProxyState) {
+        self.registry.keep_health_of(&previous.registry);
+    }
+
     /// The SPIFFE ID of a workload.
     pub fn spiffe_id(&self, workload: &Workload) -> String {
         format!("spiffe://{}", workload.principal(&self.trust_domain))

@@ -119,6 +119,27 @@ fn balancing_follows_weights_and_skips_failed_endpoints() {
 }
 
 #[test]
+fn an_ejected_endpoint_stays_ejected_across_a_reload() {
+    // A reload builds a new registry from the same files: the endpoint that just failed is
+    // still skipped by the new one, and a mark made after the reload is seen by both.
+    let before = registry(&[]);
+    before.report_failure("10.0.0.1:8080".parse().unwrap());
+    let mut after = registry(&[]);
+    after.keep_health_of(&before);
+    assert!(!after.is_healthy("10.0.0.1".parse().unwrap()));
+    for _ in 0..50 {
+        let resolved = after
+            .resolve_host("api.shop.internal", 80)
+            .expect("resolves");
+        assert_eq!(after.workload(resolved.workload.unwrap()).key, "shop/b");
+    }
+    after.report_failure("10.0.0.2:9090".parse().unwrap());
+    assert!(!before.is_healthy("10.0.0.2".parse().unwrap()));
+    // Without it, a rebuilt registry forgets: the behaviour this guards against.
+    assert!(registry(&[]).is_healthy("10.0.0.1".parse().unwrap()));
+}
+
+#[test]
 fn local_workloads_and_addresses() {
     let r = registry(&["shop/a"]);
     assert_eq!(
