@@ -377,3 +377,53 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A test's `NOTIFY_SOCKET`: receives what meshd tells systemd (`READY=1`, `STATUS=…`).
+pub struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    /// The socket's path, for meshd's `NOTIFY_SOCKET` environment variable.
+    pub path: PathBuf,
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    /// Binds `notify.sock` in `dir`.
+    pub fn new(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind NOTIFY_SOCKET");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        NotifySocket {
+            socket,
+            path,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to 15 s for a message containing `needle` and takes it (a later call waits
+    /// for another); messages that did not match are kept for later calls.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(i) = self.seen.iter().position(|m| m.contains(needle)) {
+                return self.seen.remove(i);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {:?}",
+                self.seen
+            );
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                self.seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+
+    /// The messages received and not yet taken by [`NotifySocket::wait_for`].
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+}

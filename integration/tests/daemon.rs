@@ -5,12 +5,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use meshd_integration::{Meshd, Workspace, echo_roundtrip, echo_server, eventually, http};
+use meshd_integration::{
+    Meshd, NotifySocket, Workspace, echo_roundtrip, echo_server, eventually, http,
+};
 
 /// A (web) reaches B (db) through listener 16001 → db:`port`; B's policy directory decides.
 struct Pair {
@@ -211,50 +212,6 @@ fn file_changes_reload_live_and_allowed_connections_survive() {
     g = pair.expect(g, false, "the directory's return");
     std::fs::remove_file(mesh.join("policies/deny.yaml")).unwrap();
     pair.expect(g, true, "a change inside the returned directory");
-}
-
-/// Receives datagrams on a test NOTIFY_SOCKET.
-struct NotifySocket {
-    socket: UnixDatagram,
-    path: PathBuf,
-    seen: Vec<String>,
-}
-
-impl NotifySocket {
-    fn new(dir: &Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        NotifySocket {
-            socket,
-            path,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a message containing `needle`; returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(m) = self.seen.iter().find(|m| m.contains(needle)) {
-                let m = m.clone();
-                self.seen.retain(|x| *x != m);
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in {:?}",
-                self.seen
-            );
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                self.seen
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-    }
 }
 
 #[test]

@@ -11,7 +11,6 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use meshd_integration::{Meshd, Workspace, echo_roundtrip, echo_server, eventually, http};
+use meshd_integration::{
+    Meshd, NotifySocket, Workspace, echo_roundtrip, echo_server, eventually, http,
+};
 
 /// A (web) reaches B (db) through listener 16001 → db; B's policy directory decides.
 #[derive(Clone)]
@@ -476,42 +477,10 @@ fn a_file_held_open_is_not_loaded_the_reload_is_postponed_and_sigterm_cuts_the_w
     );
 }
 
-/// Receives datagrams on a test NOTIFY_SOCKET.
-struct NotifySocket {
-    socket: UnixDatagram,
-    path: PathBuf,
-}
-
-impl NotifySocket {
-    fn new(dir: &Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        NotifySocket { socket, path }
-    }
-
-    /// Waits for a datagram containing `needle`; returns it.
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            assert!(Instant::now() < deadline, "no datagram with {needle:?}");
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if message.contains(needle) {
-                    return message;
-                }
-            }
-        }
-    }
-}
-
 #[test]
 fn a_rejected_reload_reaches_sd_notify_status_as_one_bounded_line() {
     let pair = Pair::new(74);
-    let notify = NotifySocket::new(pair.ws.path());
+    let mut notify = NotifySocket::new(pair.ws.path());
     let mut command = Command::new(meshd_integration::meshd_bin());
     command
         .args(["run", "--config"])

@@ -10,13 +10,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meshd_identity::DevCa;
-use meshd_integration::{Meshd, Workspace, echo_roundtrip, echo_server, eventually, http};
+use meshd_integration::{
+    Meshd, NotifySocket, Workspace, echo_roundtrip, echo_server, eventually, http,
+};
 
 /// B's explicit listener (to nowhere in particular: B's own echo server), so a test can see
 /// that B's outbound side is not serving either.
@@ -217,7 +218,7 @@ fn a_certificate_not_yet_valid_at_start_is_waited_for() {
             && waiting.contains("EXTEND_TIMEOUT_USEC=30000000"),
         "{waiting}"
     );
-    assert!(!notify.seen.iter().any(|m| m.contains("READY=1")));
+    assert!(!notify.seen().iter().any(|m| m.contains("READY=1")));
     let (status, body) = setup.ready();
     assert_eq!(status, 500);
     assert!(body.contains("certificate is not valid before"), "{body}");
@@ -465,46 +466,4 @@ fn configuration_a_person_must_fix_still_exits_78() {
         "{stderr}"
     );
     assert!(started.elapsed() < Duration::from_secs(20));
-}
-
-/// Receives datagrams on a test NOTIFY_SOCKET.
-struct NotifySocket {
-    socket: UnixDatagram,
-    path: PathBuf,
-    seen: Vec<String>,
-}
-
-impl NotifySocket {
-    fn new(dir: &Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        NotifySocket {
-            socket,
-            path,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a message containing `needle`; returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(m) = self.seen.iter().find(|m| m.contains(needle)) {
-                return m.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in {:?}",
-                self.seen
-            );
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                self.seen
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-    }
 }
