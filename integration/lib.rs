@@ -5,6 +5,7 @@
 //! --workspace` (what `scripts/test.sh` runs; docs/testing.md) builds it before any test runs.
 
 pub mod machines;
+pub mod pair;
 pub mod traffic;
 
 use std::io::{BufRead, BufReader, Read, Write};

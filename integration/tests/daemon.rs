@@ -4,30 +4,13 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use meshd_integration::{
-    Meshd, NotifySocket, Workspace, echo_roundtrip, echo_server, eventually, http,
-};
-
-/// A (web) reaches B (db) through listener 16001 → db:`port`; B's policy directory decides.
-struct Pair {
-    ws: Workspace,
-    a: IpAddr,
-    b: IpAddr,
-}
-
-const ALLOW: &str = "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: db-allow-web, namespace: shop}
-spec:
-  selector: {matchLabels: {app: db}}
-  rules:
-  - from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]
-";
+use meshd_integration::pair::{Pair, rewrite};
+use meshd_integration::{Meshd, NotifySocket, Workspace, echo_roundtrip, eventually, http};
 
 const DENY: &str = "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -38,75 +21,6 @@ spec:
   rules:
   - from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]
 ";
-
-impl Pair {
-    fn new(net: u8) -> Pair {
-        let ws = Workspace::new();
-        let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
-        let port = echo_server(SocketAddr::new(b, 0)).port();
-        let workloads = format!(
-            "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: shop}}
-spec: {{address: {a}, serviceAccount: web}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec: {{address: {b}, serviceAccount: db, labels: {{app: db}}, ports: {{pg: {port}}}}}
-"
-        );
-        ws.write("mesh-a/workloads.yaml", &workloads);
-        ws.write("mesh-b/workloads.yaml", &workloads);
-        ws.write("mesh-b/policies/allow.yaml", ALLOW);
-        let listener = format!("listeners:\n- {{listen: '{a}:16001', target: '{b}:{port}'}}\n");
-        let a_config = ws.node_config("a", "web", "shop/web", &a.to_string(), "", &listener);
-        rewrite(&a_config, "/mesh\n", "/mesh-a\n");
-        let b_config = ws.node_config("b", "db", "shop/db", &b.to_string(), "", "");
-        rewrite(&b_config, "/mesh\n", "/mesh-b\n");
-        Pair { ws, a, b }
-    }
-
-    fn policies(&self) -> PathBuf {
-        self.ws.path().join("mesh-b/policies")
-    }
-
-    fn allowed(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect((self.a, 16001)) else {
-            return false;
-        };
-        echo_roundtrip(&mut stream, b"ping").is_some()
-    }
-
-    fn generation(&self) -> u64 {
-        http(SocketAddr::new(self.b, 15000), "GET", "/config_dump")
-            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-            .and_then(|dump| dump["generation"].as_u64())
-            .unwrap_or(0)
-    }
-
-    /// Waits for B to apply a configuration past `after`, then checks the decision.
-    fn expect(&self, after: u64, allowed: bool, step: &str) -> u64 {
-        let generation = eventually(&format!("a reload after {step}"), || {
-            let g = self.generation();
-            (g > after).then_some(g)
-        });
-        assert_eq!(self.allowed(), allowed, "after {step}");
-        generation
-    }
-
-    fn last_reload_error(&self) -> Option<String> {
-        let (_, body) = http(SocketAddr::new(self.b, 15000), "GET", "/config_dump")?;
-        let dump: serde_json::Value = serde_json::from_str(&body).ok()?;
-        dump["lastReloadError"].as_str().map(str::to_string)
-    }
-}
-
-fn rewrite(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    std::fs::write(path, text.replace(from, to)).unwrap();
-}
 
 #[test]
 fn file_changes_reload_live_and_allowed_connections_survive() {

@@ -10,34 +10,15 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use meshd_integration::{
-    Meshd, NotifySocket, Workspace, echo_roundtrip, echo_server, eventually, http,
-};
-
-/// A (web) reaches B (db) through listener 16001 → db; B's policy directory decides.
-#[derive(Clone)]
-struct Pair {
-    ws: Arc<Workspace>,
-    a: IpAddr,
-    b: IpAddr,
-}
-
-const ALLOW: &str = "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: db-allow-web, namespace: shop}
-spec:
-  selector: {matchLabels: {app: db}}
-  rules:
-  - from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]
-";
+use meshd_integration::pair::{ALLOW, Pair};
+use meshd_integration::{Meshd, NotifySocket, eventually};
 
 /// A DENY of `count` principals `<prefix>N` and then web, one per line: every prefix of it
 /// that reaches the list is valid YAML and denies less than the whole.
@@ -62,80 +43,6 @@ spec:
     text
 }
 
-impl Pair {
-    fn new(net: u8) -> Pair {
-        let ws = Workspace::new();
-        let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
-        let port = echo_server(SocketAddr::new(b, 0)).port();
-        let workloads = format!(
-            "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: shop}}
-spec: {{address: {a}, serviceAccount: web}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec: {{address: {b}, serviceAccount: db, labels: {{app: db}}, ports: {{pg: {port}}}}}
-"
-        );
-        ws.write("mesh-a/workloads.yaml", &workloads);
-        ws.write("mesh-b/workloads.yaml", &workloads);
-        ws.write("mesh-b/policies/allow.yaml", ALLOW);
-        let listener = format!("listeners:\n- {{listen: '{a}:16001', target: '{b}:{port}'}}\n");
-        let a_config = ws.node_config("a", "web", "shop/web", &a.to_string(), "", &listener);
-        rewrite(&a_config, "/mesh\n", "/mesh-a\n");
-        let b_config = ws.node_config("b", "db", "shop/db", &b.to_string(), "", "");
-        rewrite(&b_config, "/mesh\n", "/mesh-b\n");
-        Pair {
-            ws: Arc::new(ws),
-            a,
-            b,
-        }
-    }
-
-    fn policies(&self) -> PathBuf {
-        self.ws.path().join("mesh-b/policies")
-    }
-
-    fn start(&self) -> (Meshd, Meshd) {
-        let b = Meshd::start(&self.ws.path().join("b.yaml"));
-        let a = Meshd::start(&self.ws.path().join("a.yaml"));
-        (a, b)
-    }
-
-    fn allowed(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect((self.a, 16001)) else {
-            return false;
-        };
-        echo_roundtrip(&mut stream, b"ping").is_some()
-    }
-
-    fn dump(&self) -> Option<serde_json::Value> {
-        let (_, body) = http(SocketAddr::new(self.b, 15000), "GET", "/config_dump")?;
-        serde_json::from_str(&body).ok()
-    }
-
-    fn generation(&self) -> u64 {
-        self.dump()
-            .and_then(|dump| dump["generation"].as_u64())
-            .unwrap_or(0)
-    }
-
-    fn last_reload_error(&self) -> Option<String> {
-        self.dump()?["lastReloadError"].as_str().map(str::to_string)
-    }
-
-    /// Waits until B's generation passes `after`.
-    fn wait_past(&self, after: u64, step: &str) -> u64 {
-        eventually(&format!("a reload after {step}"), || {
-            let g = self.generation();
-            (g > after).then_some(g)
-        })
-    }
-}
-
 /// Polls `check` every 100 ms for up to `limit`; panics with `what` if it never holds.
 fn eventually_within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -146,11 +53,6 @@ fn eventually_within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> 
         assert!(Instant::now() < deadline, "never happened: {what}");
         thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn rewrite(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    std::fs::write(path, text.replace(from, to)).unwrap();
 }
 
 /// Checks traffic and B's generation over and over until stopped: what a write in progress
