@@ -9,10 +9,12 @@ use meshd_admin::{
 };
 use meshd_identity::{IdentityHandle, IdentityManager, RotationStats};
 use meshd_metrics::Metrics;
+use meshd_proxy::ProxyState;
 use meshd_proxy::dump::config_dump;
 use meshd_proxy::live::Live;
 use meshd_proxy::views;
-use meshd_proxy::{ProxyConfig, ProxyState};
+
+use crate::schema::MeshdConfig;
 use tokio::sync::{Notify, watch};
 
 use crate::startup::{self, Waiting};
@@ -82,7 +84,7 @@ impl Operated {
 /// in use is waited for, and readiness says so); refuses an admin endpoint off loopback that
 /// the configuration does not allow.
 pub(crate) async fn start_operator_endpoints(
-    config: &ProxyConfig,
+    config: &MeshdConfig,
     operated: Arc<Operated>,
     set_log_level: LogLevelFn,
     readiness: Readiness,

@@ -43,7 +43,10 @@ pub mod stack;
 pub mod state;
 pub mod views;
 
-pub use config::{ConfigError, ProxyConfig};
+pub use config::{
+    ConfigError, ExplicitListener, HBONE_PORT, Listen, LocalWorkloads, PoolSettings, ProxyConfig,
+    Socks5Settings,
+};
 pub use error::ProxyError;
 pub use own_ports::OwnPorts;
 pub use runtime::{BoundAddrs, BoundListeners, Proxy, StartError, local_predicate};
