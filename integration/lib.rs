@@ -19,7 +19,7 @@ pub mod resources;
 pub mod traffic;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -388,45 +388,6 @@ impl Workspace {
     /// The CA directory.
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca")
-    }
-
-    /// Writes `<name>.yaml`, a meshd configuration for one node: the `mesh/` directory of this
-    /// workspace, a dev-CA identity `shop/<sa>`, `workload` local, HBONE on `<ip>:15008` and
-    /// admin, metrics and readiness on `<ip>` (15000, 15020, 15021), so nodes run side by side;
-    /// `listen_extra` is appended under `listen:`, `extra` at the top level.
-    pub fn node_config(
-        &self,
-        name: &str,
-        sa: &str,
-        workload: &str,
-        ip: &str,
-        listen_extra: &str,
-        extra: &str,
-    ) -> PathBuf {
-        // An address inside a test's network namespace is not loopback: the admin endpoint may
-        // listen there only when the configuration says so.
-        let remote_admin = if ip.parse::<IpAddr>().is_ok_and(|a| a.is_loopback()) {
-            ""
-        } else {
-            "admin: {allowRemote: true}\n"
-        };
-        self.write(
-            &format!("{name}.yaml"),
-            &format!(
-                "configDir: {mesh}
-identity:
-  devCa: {{dir: {ca}, namespace: shop, serviceAccount: {sa}}}
-local: {{workloads: [{workload}]}}
-listen:
-  hbone: {ip}:15008
-  admin: {ip}:15000
-  metrics: {ip}:15020
-  readiness: {ip}:15021
-{listen_extra}{remote_admin}{extra}",
-                mesh = self.path().join("mesh").display(),
-                ca = self.ca().display(),
-            ),
-        )
     }
 
     /// Writes a file (creating parent directories) and returns its path.

@@ -36,7 +36,7 @@ pub struct Nodes {
 
 impl Nodes {
     /// Writes the configuration of both nodes.
-    pub fn new() -> Nodes {
+    fn new() -> Nodes {
         let mut mesh = Mesh::web_db();
         mesh.shared_dir = true;
         let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
