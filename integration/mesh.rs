@@ -9,8 +9,7 @@
 //! use meshd_integration::resources::{Policy, Rule, principal};
 //!
 //! let mut mesh = Mesh::web_db();
-//! let port = mesh.echo(Mesh::DB);
-//! mesh.workload_mut("db").ports.push(("pg".into(), port));
+//! let port = mesh.serve_echo("db", "pg");
 //! mesh.policy(Policy::allow("db-allow-web").selector("app", "db").rule(Rule::from(principal("web"))));
 //! let target = mesh.addr(Mesh::DB, port);
 //! mesh.node_mut("a").listener(16001, target);
@@ -352,6 +351,21 @@ impl Mesh {
     /// An echo server on host `n` (any port); its port.
     pub fn echo(&self, n: u8) -> u16 {
         echo_server(SocketAddr::new(self.ip(n), 0)).port()
+    }
+
+    /// Starts an echo server on workload `workload`'s address and declares it as the
+    /// workload's port `name`; the port number.
+    pub fn serve_echo(&mut self, workload: &str, name: &str) -> u16 {
+        let entry = self.workload_mut(workload);
+        let port = echo_server(SocketAddr::new(entry.address, 0)).port();
+        entry.ports.push((name.into(), port));
+        port
+    }
+
+    /// Adds label `key: value` to workload `workload`.
+    pub fn label(&mut self, workload: &str, key: &str, value: &str) -> &mut Mesh {
+        (self.workload_mut(workload).labels).push((key.into(), value.into()));
+        self
     }
 
     /// Adds a node; returns it, to change further.

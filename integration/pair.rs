@@ -36,8 +36,7 @@ impl Pair {
     pub fn new() -> Pair {
         let mut mesh = Mesh::web_db();
         let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
-        let port = mesh.echo(Mesh::DB);
-        mesh.workload_mut("db").ports.push(("pg".into(), port));
+        let port = mesh.serve_echo("db", "pg");
         mesh.node_mut("a").listener(16001, SocketAddr::new(b, port));
         mesh.write();
         mesh.ws.write("mesh-b/policies/allow.yaml", ALLOW);

@@ -33,13 +33,11 @@ impl Nodes {
         let mut mesh = Mesh::web_db();
         mesh.shared_dir = true;
         let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
-        let db_port = mesh.echo(Mesh::DB);
-        let admin_port = mesh.echo(Mesh::DB);
-        let web = mesh.workload_mut("web");
-        web.labels = labels(&[("app", "web"), ("version", "v1")]);
-        let db = mesh.workload_mut("db");
-        db.labels = labels(&[("app", "db"), ("version", "v2")]);
-        db.ports = vec![("pg".into(), db_port), ("admin".into(), admin_port)];
+        let db_port = mesh.serve_echo("db", "pg");
+        let admin_port = mesh.serve_echo("db", "admin");
+        mesh.label("web", "app", "web")
+            .label("web", "version", "v1");
+        mesh.label("db", "version", "v2");
         mesh.policy(
             Policy::allow("db-allow-web")
                 .selector("app", "db")
@@ -61,13 +59,6 @@ impl Nodes {
         }
         Meshd::spawn(command)
     }
-}
-
-/// Owned label pairs.
-fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    (pairs.iter())
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn scrape(ip: IpAddr) -> String {

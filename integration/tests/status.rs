@@ -40,13 +40,9 @@ impl Nodes {
         let mut mesh = Mesh::web_db();
         mesh.shared_dir = true;
         let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
-        let db_port = mesh.echo(Mesh::DB);
-        let admin_port = mesh.echo(Mesh::DB);
-        mesh.workload_mut("web")
-            .labels
-            .push(("app".into(), "web".into()));
-        let db = mesh.workload_mut("db");
-        db.ports = vec![("pg".into(), db_port), ("admin".into(), admin_port)];
+        let db_port = mesh.serve_echo("db", "pg");
+        let admin_port = mesh.serve_echo("db", "admin");
+        mesh.label("web", "app", "web");
         mesh.service(
             Service::new("db", "db.shop.mesh.internal")
                 .address(DB_VIP)
