@@ -331,6 +331,18 @@ impl Mesh {
         mesh
     }
 
+    /// [`Mesh::web_db`] with echo servers on db's ports `pg` and `admin` (their numbers
+    /// returned), web labelled `app: web`, and one configuration directory (`mesh/`) for both
+    /// nodes: the mesh of the tests where web may use one port of db and not the other.
+    pub fn web_db_pg_admin() -> (Mesh, u16, u16) {
+        let mut mesh = Mesh::web_db();
+        mesh.shared_dir = true;
+        let pg = mesh.serve_echo("db", "pg");
+        let admin = mesh.serve_echo("db", "admin");
+        mesh.label("web", "app", "web");
+        (mesh, pg, admin)
+    }
+
     /// Host `n` of the mesh's loopback range.
     ///
     /// # Panics

@@ -30,13 +30,9 @@ impl Nodes {
 
     /// The mesh as `change` leaves it, written.
     fn with(change: impl FnOnce(&mut Mesh)) -> Nodes {
-        let mut mesh = Mesh::web_db();
-        mesh.shared_dir = true;
+        let (mut mesh, db_port, admin_port) = Mesh::web_db_pg_admin();
         let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
-        let db_port = mesh.serve_echo("db", "pg");
-        let admin_port = mesh.serve_echo("db", "admin");
-        mesh.label("web", "app", "web")
-            .label("web", "version", "v1");
+        mesh.label("web", "version", "v1");
         mesh.label("db", "version", "v2");
         mesh.policy(
             Policy::allow("db-allow-web")

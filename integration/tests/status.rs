@@ -37,12 +37,8 @@ pub struct Nodes {
 impl Nodes {
     /// Writes the configuration of both nodes.
     fn new() -> Nodes {
-        let mut mesh = Mesh::web_db();
-        mesh.shared_dir = true;
+        let (mut mesh, db_port, admin_port) = Mesh::web_db_pg_admin();
         let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
-        let db_port = mesh.serve_echo("db", "pg");
-        let admin_port = mesh.serve_echo("db", "admin");
-        mesh.label("web", "app", "web");
         mesh.service(
             Service::new("db", "db.shop.mesh.internal")
                 .address(DB_VIP)

@@ -31,12 +31,8 @@ impl Nodes {
     /// their own, with echo servers on two ports of db; only the first is allowed to web. Both
     /// read one configuration directory, `mesh/`.
     fn new() -> Nodes {
-        let mut mesh = Mesh::web_db();
-        mesh.shared_dir = true;
+        let (mut mesh, db_port, admin_port) = Mesh::web_db_pg_admin();
         let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
-        let db_port = mesh.serve_echo("db", "pg");
-        let admin_port = mesh.serve_echo("db", "admin");
-        mesh.label("web", "app", "web");
         mesh.service(
             Service::new("db", DB_HOST)
                 .address("240.240.0.10")
