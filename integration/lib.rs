@@ -60,7 +60,7 @@ pub fn build_meshd() -> PathBuf {
         Some(other) => other,
     };
     let bin = profile_dir.join("meshd");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = workspace_root();
     let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
     let sources = meshd_sources(&workspace)
         .iter()
@@ -101,6 +101,23 @@ pub fn build_meshd() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The workspace this test runs in: the nearest directory above the running package's
+/// (`CARGO_MANIFEST_DIR`, which cargo sets when it runs a test; else this crate's at compile
+/// time) whose Cargo.toml declares `[workspace]`. The run-time value comes first: a test
+/// executable cargo found fresh in a target directory shared with another checkout still has
+/// the other checkout's compile-time path.
+fn workspace_root() -> PathBuf {
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    start
+        .ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|text| text.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map_or_else(|| start.join(".."), Path::to_path_buf)
 }
 
 /// What the meshd binary is built from: the workspace manifest and lock file, and each of
