@@ -2,8 +2,10 @@
 //! same run: bulk throughput of one connection, round-trip latency of 1 byte on an established
 //! connection, and connect + round trip on a warm tunnel pool.
 //!
-//! Both proxies run in this process on loopback (127.20.0.1 and 127.20.0.2, HBONE on 15008),
-//! each with its own SPIFFE identity from a dev CA made for the run.
+//! Both proxies run in this process on loopback (hosts .1 and .2 of a range from the test
+//! fixture's allocator, HBONE on 15008), each with its own SPIFFE identity from a dev CA made
+//! for the run; the mesh's resources come from the fixture's web/db mesh
+//! (`meshd_integration::mesh`).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -12,7 +14,9 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use meshd_config::{LoadOptions, load_str};
-use meshd_identity::{DevCa, DevCaSource, IdentityManager, IdentitySource};
+use meshd_identity::{DevCaSource, IdentityManager, IdentitySource};
+use meshd_integration::mesh::Mesh;
+use meshd_integration::resources::{Policy, Rule, principal};
 use meshd_proxy::config::{ExplicitListener, LocalWorkloads};
 use meshd_proxy::plugins::PluginRegistry;
 use meshd_proxy::record::Sinks;
@@ -23,8 +27,6 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
 const BULK: usize = 64 << 20;
-const A: [u8; 4] = [127, 20, 0, 1];
-const B: [u8; 4] = [127, 20, 0, 2];
 
 /// Echoes everything back.
 async fn echo(listener: TcpListener) {
@@ -59,7 +61,7 @@ async fn sink(listener: TcpListener) {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    _mesh: Mesh,
     _proxies: Vec<Proxy>,
     direct_echo: SocketAddr,
     mesh_echo: SocketAddr,
@@ -68,13 +70,13 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let dir = tempfile::TempDir::new().expect("tempdir");
-    let ca = dir.path().join("ca");
-    DevCa::init("cluster.local", &ca).expect("ca");
-    let echo_listener = TcpListener::bind(SocketAddr::from((B, 0)))
+    let mut mesh = Mesh::web_db();
+    let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
+    let ca = mesh.ws.ca();
+    let echo_listener = TcpListener::bind(SocketAddr::new(b, 0))
         .await
         .expect("bind");
-    let sink_listener = TcpListener::bind(SocketAddr::from((B, 0)))
+    let sink_listener = TcpListener::bind(SocketAddr::new(b, 0))
         .await
         .expect("bind");
     let (echo_addr, sink_addr) = (
@@ -83,33 +85,23 @@ async fn setup() -> Setup {
     );
     tokio::spawn(echo(echo_listener));
     tokio::spawn(sink(sink_listener));
-    let yaml = format!(
-        "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: shop}}
-spec: {{address: 127.20.0.1, serviceAccount: web}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec: {{address: 127.20.0.2, serviceAccount: db, labels: {{app: db}}, ports: {{echo: {}, sink: {}}}}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: db-allow-web, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: db}}}}
-  rules: [{{from: [{{source: {{principals: [cluster.local/ns/shop/sa/web]}}}}]}}]
-",
-        echo_addr.port(),
-        sink_addr.port()
+    let db = mesh.workload_mut("db");
+    db.ports = vec![
+        ("echo".into(), echo_addr.port()),
+        ("sink".into(), sink_addr.port()),
+    ];
+    mesh.policy(
+        Policy::allow("db-allow-web")
+            .selector("app", "db")
+            .rule(Rule::from(principal("web"))),
     );
+    let yaml = mesh.resources_yaml();
     let snapshot = load_str("bench.yaml", &yaml, &LoadOptions::default()).expect("config");
     let mut proxies = Vec::new();
     let mut listeners = Vec::new();
     for (ip, sa, workload, targets) in [
-        (B, "db", "shop/db", vec![]),
-        (A, "web", "shop/web", vec![echo_addr, sink_addr]),
+        (b, "db", "shop/db", vec![]),
+        (a, "web", "shop/web", vec![echo_addr, sink_addr]),
     ] {
         let mut source = DevCaSource::new(&ca);
         source.namespace = "shop".into();
@@ -124,11 +116,11 @@ spec:
             },
             ..ProxyConfig::default()
         };
-        config.listen.hbone = SocketAddr::from((ip, 15008));
+        config.listen.hbone = SocketAddr::new(ip, 15008);
         config.listeners = targets
             .iter()
             .map(|t| ExplicitListener {
-                listen: SocketAddr::from((ip, 0)),
+                listen: SocketAddr::new(ip, 0),
                 target: t.to_string(),
                 allow_remote: false,
             })
@@ -150,7 +142,7 @@ spec:
         proxies.push(proxy);
     }
     Setup {
-        _dir: dir,
+        _mesh: mesh,
         _proxies: proxies,
         direct_echo: echo_addr,
         mesh_echo: listeners[0],

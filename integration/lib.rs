@@ -1,35 +1,161 @@
 //! Helpers for the end-to-end tests under `tests/`: the meshd binary as a child process, a
-//! shared development CA, echo servers.
+//! workspace with a development CA, echo servers, HTTP probes; and the fixture every test
+//! builds on: [`mesh::Mesh`] (N nodes, their workloads, policies and listeners as typed values
+//! from [`resources`]) on a range from [`loopback::Loopback`], the one address allocator;
+//! [`pair::Pair`] (two nodes for reload tests), [`machines`] (three machines as network
+//! namespaces), [`netns`] (what a test does inside one), [`certs`] (leaves meshd must refuse).
 //!
-//! The tests start real `meshd run` processes, so the binary must be built: `cargo test
-//! --workspace` (what `scripts/test.sh` runs; docs/testing.md) builds it before any test runs.
+//! The tests start real `meshd run` processes; [`meshd_bin`] builds the binary (once per test
+//! process, with cargo) before the first one starts, so `cargo test -p meshd-integration
+//! --test two_nodes` works from a clean target directory (docs/testing.md).
 
+pub mod certs;
+pub mod loopback;
 pub mod machines;
+pub mod mesh;
+pub mod netns;
 pub mod pair;
+pub mod resources;
 pub mod traffic;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The `meshd` binary next to the test executable (`target/<profile>/meshd`).
+/// The `meshd` binary of this build: `target/<profile>/meshd`, next to the test executable's
+/// `deps/` directory, built once per test process by [`build_meshd`] so it is never missing
+/// or stale (`cargo test -p meshd-integration` alone builds no binary of another package).
+/// `MESHD_BIN` names another binary instead (e.g. an installed one).
 pub fn meshd_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| match std::env::var_os("MESHD_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => build_meshd(),
+    })
+    .clone()
+}
+
+/// The `meshd` binary of the test executable's profile and target directory, built with
+/// `cargo build -p meshd --bin meshd` when it is missing or older than a source file it is
+/// built from. After `cargo test --workspace` (which builds it, with the workspace's unified
+/// features) it is current and no cargo runs; a nested `cargo build` would select meshd's
+/// features alone and rebuild. Under `cargo test` a nested cargo does not deadlock: cargo
+/// releases its build-directory lock before it runs test executables, and concurrent test
+/// processes wait for each other's build on that lock.
+pub fn build_meshd() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
+        .expect("the test executable lives in target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target/<profile>");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        // Cargo's directory for the `dev` and `test` profiles.
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
     let bin = profile_dir.join("meshd");
+    let workspace = workspace_root();
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let sources = meshd_sources(&workspace)
+        .iter()
+        .filter_map(|p| newest_mtime(p))
+        .max();
+    if built.is_some_and(|built| sources.is_none_or(|newest| newest <= built)) {
+        return bin;
+    }
+    // `cargo test` passes its own path in CARGO; a test executable run by hand finds it on PATH.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = workspace.join("Cargo.toml");
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "meshd",
+            "--bin",
+            "meshd",
+            "--profile",
+            profile,
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo build -p meshd");
+    assert!(
+        out.status.success(),
+        "cargo build -p meshd failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         bin.exists(),
-        "{} is missing: build it first (cargo build -p meshd), or run the suite with cargo test --workspace",
+        "{} is missing after cargo build",
         bin.display()
     );
     bin
+}
+
+/// The workspace this test runs in: the nearest directory above the running package's
+/// (`CARGO_MANIFEST_DIR`, which cargo sets when it runs a test; else this crate's at compile
+/// time) whose Cargo.toml declares `[workspace]`. The run-time value comes first: a test
+/// executable cargo found fresh in a target directory shared with another checkout still has
+/// the other checkout's compile-time path.
+fn workspace_root() -> PathBuf {
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    start
+        .ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|text| text.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map_or_else(|| start.join(".."), Path::to_path_buf)
+}
+
+/// What the meshd binary is built from: the workspace manifest and lock file, and each of
+/// `bin/meshd` and `crates/*`: its manifest, build script and `src/` (not its tests or benches,
+/// which cargo does not build into the binary).
+fn meshd_sources(workspace: &Path) -> Vec<PathBuf> {
+    let crates = std::fs::read_dir(workspace.join("crates"))
+        .map(|dir| dir.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_else(|_| Vec::new());
+    let mut sources = vec![workspace.join("Cargo.toml"), workspace.join("Cargo.lock")];
+    for package in crates.into_iter().chain([workspace.join("bin/meshd")]) {
+        for part in ["Cargo.toml", "build.rs", "src"] {
+            sources.push(package.join(part));
+        }
+    }
+    sources
+}
+
+/// The newest modification time of `path` and, for a directory, of every file under it
+/// (`target/` and hidden directories left out).
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let own = meta.modified().ok();
+    if !meta.is_dir() {
+        return own;
+    }
+    let children = std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !name.starts_with('.') && name != "target"
+        });
+    children
+        .filter_map(|e| newest_mtime(&e.path()))
+        .chain(own)
+        .max()
 }
 
 /// Runs `meshd` with arguments and returns its stdout, failing the test on a non-zero exit.
@@ -262,16 +388,12 @@ pub struct Workspace {
 
 impl Workspace {
     /// A new workspace with a CA for `cluster.local`.
+    /// The CA is made in this process by the code behind `meshd ca init` (so a workspace
+    /// needs no meshd binary: the benches use one too).
     pub fn new() -> Workspace {
         let dir = tempfile::TempDir::new().expect("tempdir");
-        meshd(&[
-            "ca",
-            "init",
-            "--trust-domain",
-            "cluster.local",
-            "--out",
-            &dir.path().join("ca").display().to_string(),
-        ]);
+        meshd_identity::DevCa::init(resources::TRUST_DOMAIN, &dir.path().join("ca"))
+            .expect("meshd ca init");
         Workspace { dir }
     }
 
@@ -283,45 +405,6 @@ impl Workspace {
     /// The CA directory.
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca")
-    }
-
-    /// Writes `<name>.yaml`, a meshd configuration for one node: the `mesh/` directory of this
-    /// workspace, a dev-CA identity `shop/<sa>`, `workload` local, HBONE on `<ip>:15008` and
-    /// admin, metrics and readiness on `<ip>` (15000, 15020, 15021), so nodes run side by side;
-    /// `listen_extra` is appended under `listen:`, `extra` at the top level.
-    pub fn node_config(
-        &self,
-        name: &str,
-        sa: &str,
-        workload: &str,
-        ip: &str,
-        listen_extra: &str,
-        extra: &str,
-    ) -> PathBuf {
-        // An address inside a test's network namespace is not loopback: the admin endpoint may
-        // listen there only when the configuration says so.
-        let remote_admin = if ip.parse::<IpAddr>().is_ok_and(|a| a.is_loopback()) {
-            ""
-        } else {
-            "admin: {allowRemote: true}\n"
-        };
-        self.write(
-            &format!("{name}.yaml"),
-            &format!(
-                "configDir: {mesh}
-identity:
-  devCa: {{dir: {ca}, namespace: shop, serviceAccount: {sa}}}
-local: {{workloads: [{workload}]}}
-listen:
-  hbone: {ip}:15008
-  admin: {ip}:15000
-  metrics: {ip}:15020
-  readiness: {ip}:15021
-{listen_extra}{remote_admin}{extra}",
-                mesh = self.path().join("mesh").display(),
-                ca = self.ca().display(),
-            ),
-        )
     }
 
     /// Writes a file (creating parent directories) and returns its path.

@@ -22,21 +22,23 @@ use std::time::Duration;
 use ipnet::IpNet;
 use meshd_redirect::netns::{Netns, VethEnd, veth_pair};
 
-use crate::{Meshd, Workspace, http, meshd, meshd_bin};
+use crate::mesh::{Identity, Node, Port};
+use crate::resources::Workload;
+use crate::{Meshd, Workspace, http, meshd, netns};
 
 /// The Istio namespace of every workload in the cluster.
 pub const NAMESPACE: &str = "ambient-demo";
 
 /// One machine to build: its workload's name (also the WorkloadEntry's), service account and
-/// labels (a YAML flow mapping body, e.g. `app: httpbin`).
+/// labels.
 #[derive(Debug, Clone, Copy)]
 pub struct Spec {
     /// Workload (and WorkloadEntry) name.
     pub name: &'static str,
     /// Service account: the machine's identity is `cluster.local/ns/ambient-demo/sa/<sa>`.
     pub sa: &'static str,
-    /// WorkloadEntry labels, as the inside of a YAML flow mapping.
-    pub labels: &'static str,
+    /// WorkloadEntry labels.
+    pub labels: &'static [(&'static str, &'static str)],
 }
 
 /// The seed documents' cast: `sleep` (the allowed client), `httpbin` (the protected server) and
@@ -45,17 +47,17 @@ pub const SEED_CAST: [Spec; 3] = [
     Spec {
         name: "sleep",
         sa: "sleep",
-        labels: "app: sleep",
+        labels: &[("app", "sleep")],
     },
     Spec {
         name: "httpbin",
         sa: "httpbin",
-        labels: "app: httpbin, tier: backend",
+        labels: &[("app", "httpbin"), ("tier", "backend")],
     },
     Spec {
         name: "notsleep",
         sa: "notsleep",
-        labels: "app: notsleep, tier: backend",
+        labels: &[("app", "notsleep"), ("tier", "backend")],
     },
 ];
 
@@ -70,7 +72,7 @@ pub struct Machine {
     /// Its service account.
     pub sa: &'static str,
     /// Its WorkloadEntry's labels.
-    labels: &'static str,
+    labels: &'static [(&'static str, &'static str)],
     /// Its address on the bridge.
     pub ip: Ipv4Addr,
     /// Its own directory: `meshd.yaml`, `mesh/` (configuration directory), `tls/` (SVID).
@@ -105,17 +107,13 @@ impl Machine {
 
     /// A command running `meshd ARGS` inside this machine.
     pub fn meshd_command(&self, args: &[&str]) -> Command {
-        let mut command = self.ns.command(meshd_bin());
-        command.args(args);
-        command
+        netns::meshd_in(&self.ns, args)
     }
 
     /// Starts this machine's meshd and waits until it is ready.
     pub fn start(&mut self) {
         assert!(self.meshd.is_none(), "{}: meshd already running", self.name);
-        let mut command = self.meshd_command(&["run", "--config"]);
-        command.arg(self.config_file());
-        self.meshd = Some(Meshd::spawn(command));
+        self.meshd = Some(Meshd::spawn(netns::run_in(&self.ns, &self.config_file())));
     }
 
     /// Kills this machine's meshd at once (SIGKILL), as a crash would.
@@ -134,23 +132,17 @@ impl Machine {
 
     /// Installs the capture rules for this machine's configuration, then checks they are there.
     fn install_capture(&self) {
-        let out = self
-            .meshd_command(&["redirect", "install", "--config"])
-            .arg(self.config_file())
-            .output()
-            .expect("run meshd redirect install");
+        let shown = netns::install_capture(&self.ns, &self.config_file());
         assert!(
-            out.status.success(),
-            "{}: redirect install failed: {out:?}",
+            shown.contains("redirect to :15006"),
+            "{}: {shown}",
             self.name
         );
-        let shown = self
-            .meshd_command(&["redirect", "show"])
-            .output()
-            .expect("run meshd redirect show");
-        let shown = String::from_utf8_lossy(&shown.stdout);
-        assert!(shown.contains("redirect to :15006"), "{shown}");
-        assert!(shown.contains("redirect to :15001"), "{shown}");
+        assert!(
+            shown.contains("redirect to :15001"),
+            "{}: {shown}",
+            self.name
+        );
     }
 
     /// A request to this machine's admin endpoint (127.0.0.1:15000 inside the namespace).
@@ -193,9 +185,7 @@ impl Machine {
     /// An application's plain `connect()` from this machine (captured by its meshd when `to`
     /// is another machine).
     pub fn connect(&self, to: SocketAddr) -> io::Result<TcpStream> {
-        let stream = self
-            .ns
-            .run(move || TcpStream::connect_timeout(&to, Duration::from_secs(5)))?;
+        let stream = netns::connect_in(&self.ns, to)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         Ok(stream)
     }
@@ -203,22 +193,14 @@ impl Machine {
     /// A connection from this machine that bypasses its meshd (a socket carrying meshd's mark,
     /// so capture skips it): plaintext arriving at the destination.
     pub fn connect_plaintext(&self, to: SocketAddr) -> io::Result<TcpStream> {
-        let stream = self.ns.run_async(move || {
-            meshd_redirect::connect_marked(to, meshd_redirect::DEFAULT_MARK, Duration::from_secs(5))
-        })?;
-        let stream = stream.into_std()?;
-        // tokio hands sockets back non-blocking; the tests read them with blocking calls.
-        stream.set_nonblocking(false)?;
+        let stream = netns::connect_marked_in(&self.ns, to)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         Ok(stream)
     }
 
     /// A listener on this machine's address (the socket stays in the namespace).
     pub fn listen(&self, port: u16) -> TcpListener {
-        let addr = self.addr(port);
-        self.ns
-            .run(move || TcpListener::bind(addr))
-            .unwrap_or_else(|e| panic!("{}: bind {addr}: {e}", self.name))
+        netns::listen_in(&self.ns, self.addr(port))
     }
 }
 
@@ -342,26 +324,20 @@ fn machine(ws: &Workspace, bridge: &Netns, label: &str, spec: Spec, n: u8) -> Ma
         "--out",
         &tls.display().to_string(),
     ]);
+    let mut node = Node::new(spec.name, IpAddr::V4(ip), spec.sa);
+    node.identity = Identity::SpiffeHelper(tls);
+    node.workloads = vec![format!("{NAMESPACE}/{}", spec.name)];
+    node.remote_admin = false;
+    // Capture on every address of the machine; the operator endpoints inside it only.
+    node.listen_on(Port::Outbound, "0.0.0.0:15001")
+        .listen_on(Port::InboundPlaintext, "0.0.0.0:15006");
+    for port in [Port::Admin, Port::Metrics, Port::Readiness] {
+        node.listen_on(port, format!("127.0.0.1:{}", port.number()));
+    }
+    node.setting("redirect", "{inboundPort: 15006}");
     ws.write(
         &format!("{}/meshd.yaml", spec.name),
-        &format!(
-            "configDir: {mesh}
-identity:
-  spiffeHelper: {{dir: {tls}}}
-local: {{workloads: [{NAMESPACE}/{name}]}}
-listen:
-  hbone: {ip}:15008
-  outbound: 0.0.0.0:15001
-  inboundPlaintext: 0.0.0.0:15006
-  admin: 127.0.0.1:15000
-  metrics: 127.0.0.1:15020
-  readiness: 127.0.0.1:15021
-redirect: {{inboundPort: 15006}}
-",
-            mesh = dir.join("mesh").display(),
-            tls = tls.display(),
-            name = spec.name,
-        ),
+        &node.yaml(&dir.join("mesh"), &ws.ca()),
     );
     Machine {
         meshd: None,
@@ -376,20 +352,14 @@ redirect: {{inboundPort: 15006}}
 
 /// One WorkloadEntry per machine.
 fn workload_entries(machines: &[Machine]) -> String {
-    machines
-        .iter()
+    (machines.iter())
         .map(|m| {
-            format!(
-                "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: {name}, namespace: {NAMESPACE}}}
-spec: {{address: {ip}, serviceAccount: {sa}, labels: {{{labels}}}}}
-",
-                name = m.name,
-                ip = m.ip,
-                sa = m.sa,
-                labels = m.labels,
-            )
+            let mut workload = Workload::new(m.name, IpAddr::V4(m.ip)).service_account(m.sa);
+            workload.namespace = NAMESPACE.into();
+            for (key, value) in m.labels {
+                workload = workload.label(key, value);
+            }
+            workload.yaml()
         })
         .collect::<Vec<_>>()
         .join("---\n")

@@ -1,11 +1,12 @@
 //! Two meshd on loopback for reload tests: A (web) reaches B (db) through A's listener 16001;
 //! B's policy directory (`mesh-b/policies`, an ALLOW of web to start with) decides.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::{Meshd, Workspace, echo_roundtrip, echo_server, eventually, http};
+use crate::mesh::Mesh;
+use crate::{Meshd, Workspace, echo_roundtrip, eventually, http};
 
 /// B's ALLOW of web, written at the start.
 pub const ALLOW: &str = "apiVersion: security.istio.io/v1
@@ -17,10 +18,12 @@ spec:
   - from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]
 ";
 
-/// A (web, 127.10.`net`.1) and B (db, 127.10.`net`.2), their files in one workspace.
+/// A (web, host .1 of its loopback range) and B (db, host .2), built on [`Mesh::web_db`].
 #[derive(Clone)]
 pub struct Pair {
-    /// The files: `a.yaml`, `b.yaml`, `mesh-a/`, `mesh-b/`.
+    /// The mesh: `a.yaml`, `b.yaml`, `mesh-a/`, `mesh-b/` in its workspace.
+    pub mesh: Mesh,
+    /// The files (the mesh's workspace).
     pub ws: Arc<Workspace>,
     /// A's address.
     pub a: IpAddr,
@@ -30,33 +33,16 @@ pub struct Pair {
 
 impl Pair {
     /// Writes both machines' files (not started).
-    pub fn new(net: u8) -> Pair {
-        let ws = Workspace::new();
-        let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
-        let port = echo_server(SocketAddr::new(b, 0)).port();
-        let workloads = format!(
-            "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: shop}}
-spec: {{address: {a}, serviceAccount: web}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec: {{address: {b}, serviceAccount: db, labels: {{app: db}}, ports: {{pg: {port}}}}}
-"
-        );
-        ws.write("mesh-a/workloads.yaml", &workloads);
-        ws.write("mesh-b/workloads.yaml", &workloads);
-        ws.write("mesh-b/policies/allow.yaml", ALLOW);
-        let listener = format!("listeners:\n- {{listen: '{a}:16001', target: '{b}:{port}'}}\n");
-        let a_config = ws.node_config("a", "web", "shop/web", &a.to_string(), "", &listener);
-        rewrite(&a_config, "/mesh\n", "/mesh-a\n");
-        let b_config = ws.node_config("b", "db", "shop/db", &b.to_string(), "", "");
-        rewrite(&b_config, "/mesh\n", "/mesh-b\n");
+    pub fn new() -> Pair {
+        let mut mesh = Mesh::web_db();
+        let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
+        let port = mesh.serve_echo("db", "pg");
+        mesh.node_mut("a").listener(16001, SocketAddr::new(b, port));
+        mesh.write();
+        mesh.ws.write("mesh-b/policies/allow.yaml", ALLOW);
         Pair {
-            ws: Arc::new(ws),
+            ws: Arc::clone(&mesh.ws),
+            mesh,
             a,
             b,
         }
@@ -64,13 +50,13 @@ spec: {{address: {b}, serviceAccount: db, labels: {{app: db}}, ports: {{pg: {por
 
     /// B's policy directory.
     pub fn policies(&self) -> PathBuf {
-        self.ws.path().join("mesh-b/policies")
+        self.mesh.config_dir("b").join("policies")
     }
 
     /// Starts B, then A.
     pub fn start(&self) -> (Meshd, Meshd) {
-        let b = Meshd::start(&self.ws.path().join("b.yaml"));
-        let a = Meshd::start(&self.ws.path().join("a.yaml"));
+        let b = self.mesh.start("b");
+        let a = self.mesh.start("a");
         (a, b)
     }
 
@@ -120,4 +106,10 @@ spec: {{address: {b}, serviceAccount: db, labels: {{app: db}}, ports: {{pg: {por
 pub fn rewrite(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).expect("read");
     std::fs::write(path, text.replace(from, to)).expect("write");
+}
+
+impl Default for Pair {
+    fn default() -> Self {
+        Pair::new()
+    }
 }

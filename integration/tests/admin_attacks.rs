@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use fantoccini::Client;
 use meshd_integration::{Meshd, http};
 
-use super::Mesh;
+use super::Nodes;
 use super::status_page::{browser_with, chromedriver, section_text};
 
 /// The attacker's pages, by path; `{admin}` stands for meshd's admin address.
@@ -127,7 +127,7 @@ fn unharmed(meshd: &mut Meshd, admin: SocketAddr, level: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_from_other_origins_cannot_stop_meshd_change_its_log_or_read_it() {
-    let mesh = Mesh::new(53);
+    let mesh = Nodes::new();
     let mut meshd = mesh.start("b");
     let admin = SocketAddr::new(mesh.b, 15000);
     let level = log_level(admin);

@@ -7,147 +7,78 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 
-use meshd_integration::{Meshd, Workspace, echo_on, echo_roundtrip, meshd_bin};
+use meshd_integration::mesh::{Mesh, Node, Port};
+use meshd_integration::netns::{
+    connect_in, connect_marked_in, install_capture, listen_in, meshd_in, run_in,
+};
+use meshd_integration::resources::{PeerAuth, Policy, Rule, Workload, principal};
+use meshd_integration::{Meshd, echo_on, echo_roundtrip};
 use meshd_redirect::netns::{Netns, NetnsPair};
 
-const LOCAL: &str = "10.213.0.1";
-const PEER: &str = "10.213.0.2";
+const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 
-fn mesh(ws: &Workspace) {
-    ws.write(
-        "mesh/mesh.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: shop}}
-spec: {{address: {LOCAL}, serviceAccount: web, labels: {{app: web}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec:
-  address: {PEER}
-  serviceAccount: db
-  labels: {{app: db}}
-  ports: {{pg: 5432, replica: 5433, admin: 5434}}
----
-# Web may use pg and replica over the mesh; plaintext from the web machine may use replica.
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: db-access, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: db}}}}
-  rules:
-  - from: [{{source: {{principals: [cluster.local/ns/shop/sa/web]}}}}]
-    to: [{{operation: {{ports: ['5432', '5433']}}}}]
-  - from: [{{source: {{ipBlocks: [{LOCAL}]}}}}]
-    to: [{{operation: {{ports: ['5433']}}}}]
----
-# STRICT for db, except the replica port.
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: db-strict, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: db}}}}
-  mtls: {{mode: STRICT}}
-  portLevelMtls: {{'5433': {{mode: PERMISSIVE}}}}
-"
-        ),
+/// Web on the local machine, db on the peer (pg 5432, replica 5433, admin 5434). Web may use
+/// pg and replica over the mesh; plaintext from the web machine may use replica. STRICT for
+/// db, except the replica port.
+fn mesh() -> Mesh {
+    let mut mesh = Mesh::in_namespaces();
+    let (local, peer) = (IpAddr::V4(LOCAL), IpAddr::V4(PEER));
+    mesh.workload(Workload::new("web", local).label("app", "web"));
+    mesh.workload(
+        Workload::new("db", peer)
+            .label("app", "db")
+            .port("pg", 5432)
+            .port("replica", 5433)
+            .port("admin", 5434),
     );
-}
-
-fn in_ns(ns: &Netns, args: &[&str]) -> Command {
-    let mut command = ns.command(meshd_bin());
-    command.args(args);
-    command
-}
-
-fn install_rules(ns: &Netns, config: &std::path::Path) {
-    let out = in_ns(ns, &["redirect", "install", "--config"])
-        .arg(config)
-        .output()
-        .expect("meshd redirect install");
-    assert!(out.status.success(), "redirect install failed: {out:?}");
-    let shown = in_ns(ns, &["redirect", "show"])
-        .output()
-        .expect("meshd redirect show");
-    assert!(
-        String::from_utf8_lossy(&shown.stdout).contains("redirect to :"),
-        "{shown:?}"
+    mesh.policy(
+        Policy::allow("db-access")
+            .selector("app", "db")
+            .rule(Rule::from(principal("web")).port(5432).port(5433))
+            .rule(Rule::from_ip(LOCAL.to_string()).port(5433)),
     );
+    mesh.peer_auth(
+        PeerAuth::new("db-strict", "STRICT")
+            .selector("app", "db")
+            .port(5433, "PERMISSIVE"),
+    );
+    mesh.shared_dir = true;
+    mesh.node(Node::new("b", peer, "db"))
+        .listen_on(Port::InboundPlaintext, "0.0.0.0:15006")
+        .setting("redirect", "{inboundPort: 15006}");
+    mesh.node(Node::new("a", local, "web"))
+        .listen_on(Port::Outbound, "0.0.0.0:15001")
+        .setting("redirect", "{}");
+    mesh.write();
+    mesh
 }
 
-fn connect_in(ns: &Netns, to: &str) -> TcpStream {
-    try_connect_in(ns, to).expect("connect")
+fn connect(ns: &Netns, ip: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    connect_in(ns, SocketAddr::from((ip, port)))
 }
 
-fn try_connect_in(ns: &Netns, to: &str) -> std::io::Result<TcpStream> {
-    let addr: SocketAddr = to.parse().expect("addr");
-    ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
-}
-
-fn connect_marked_in(ns: &Netns, to: &str) -> TcpStream {
-    try_connect_marked_in(ns, to).expect("connect marked")
-}
-
-fn try_connect_marked_in(ns: &Netns, to: &str) -> std::io::Result<TcpStream> {
-    let addr: SocketAddr = to.parse().expect("addr");
-    let stream = ns.run_async(move || {
-        meshd_redirect::connect_marked(addr, meshd_redirect::DEFAULT_MARK, Duration::from_secs(5))
-    })?;
-    let stream = stream.into_std().expect("std stream");
-    // tokio hands sockets back non-blocking; the test reads them with blocking calls.
-    stream.set_nonblocking(false).expect("blocking");
-    Ok(stream)
+fn connect_marked(ns: &Netns, ip: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    connect_marked_in(ns, SocketAddr::from((ip, port)))
 }
 
 #[test]
 fn captured_connections_are_tunnelled_and_plaintext_meets_peer_authentication() {
     let nodes = NetnsPair::new("capture");
-    let ws = Workspace::new();
-    mesh(&ws);
+    let mesh = mesh();
     for port in [5432, 5433, 5434] {
-        let listener = nodes
-            .peer
-            .run(move || TcpListener::bind((PEER, port)))
-            .expect("bind echo inside the peer namespace");
-        echo_on(listener);
+        echo_on(listen_in(&nodes.peer, SocketAddr::from((PEER, port))));
     }
-    let b_config = ws.node_config(
-        "b",
-        "db",
-        "shop/db",
-        PEER,
-        "  inboundPlaintext: 0.0.0.0:15006\n",
-        "redirect: {inboundPort: 15006}\n",
-    );
-    let a_config = ws.node_config(
-        "a",
-        "web",
-        "shop/web",
-        LOCAL,
-        "  outbound: 0.0.0.0:15001\n",
-        "redirect: {}\n",
-    );
-    let b = Meshd::spawn({
-        let mut c = in_ns(&nodes.peer, &["run", "--config"]);
-        c.arg(&b_config);
-        c
-    });
-    let a = Meshd::spawn({
-        let mut c = in_ns(&nodes.local, &["run", "--config"]);
-        c.arg(&a_config);
-        c
-    });
-    install_rules(&nodes.peer, &b_config);
-    install_rules(&nodes.local, &a_config);
+    let (b_config, a_config) = (mesh.config("b"), mesh.config("a"));
+    let b = Meshd::spawn(run_in(&nodes.peer, &b_config));
+    let a = Meshd::spawn(run_in(&nodes.local, &a_config));
+    install_capture(&nodes.peer, &b_config);
+    install_capture(&nodes.local, &a_config);
 
     // An application's plain connect() is captured by A and tunnelled to B.
-    let mut captured = connect_in(&nodes.local, &format!("{PEER}:5432"));
+    let mut captured = connect(&nodes.local, PEER, 5432).expect("connect");
     assert_eq!(
         echo_roundtrip(&mut captured, b"captured").as_deref(),
         Some(&b"captured"[..])
@@ -161,7 +92,7 @@ fn captured_connections_are_tunnelled_and_plaintext_meets_peer_authentication() 
     // Denied by policy on B (401): the application sees its connection reset. The reset can
     // arrive before connect() returns (connect_timeout then reports it), as the tunnel is
     // pooled and the refusal is quick.
-    match try_connect_in(&nodes.local, &format!("{PEER}:5434")) {
+    match connect(&nodes.local, PEER, 5434) {
         Ok(mut denied) => assert_eq!(echo_roundtrip(&mut denied, b"admin"), None),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
     }
@@ -169,7 +100,7 @@ fn captured_connections_are_tunnelled_and_plaintext_meets_peer_authentication() 
 
     // Plaintext that bypasses A (marked socket) is captured by B: STRICT refuses it...
     // (meshd resets a refused connection; the reset may arrive before connect() returns.)
-    match try_connect_marked_in(&nodes.local, &format!("{PEER}:5432")) {
+    match connect_marked(&nodes.local, PEER, 5432) {
         Ok(mut strict) => assert_eq!(echo_roundtrip(&mut strict, b"plaintext"), None),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
     }
@@ -178,7 +109,7 @@ fn captured_connections_are_tunnelled_and_plaintext_meets_peer_authentication() 
     );
 
     // ...and on the PERMISSIVE port policy decides: the ipBlocks rule admits it.
-    let mut permissive = connect_marked_in(&nodes.local, &format!("{PEER}:5433"));
+    let mut permissive = connect_marked(&nodes.local, PEER, 5433).expect("connect marked");
     assert_eq!(
         echo_roundtrip(&mut permissive, b"plaintext ok").as_deref(),
         Some(&b"plaintext ok"[..])
@@ -194,11 +125,11 @@ fn captured_connections_are_tunnelled_and_plaintext_meets_peer_authentication() 
         "a plaintext connection has no identity: {line}"
     );
 
-    let out = in_ns(&nodes.local, &["redirect", "uninstall"])
+    let out = meshd_in(&nodes.local, &["redirect", "uninstall"])
         .output()
         .expect("uninstall");
     assert!(out.status.success(), "{out:?}");
-    let shown = in_ns(&nodes.local, &["redirect", "show"])
+    let shown = meshd_in(&nodes.local, &["redirect", "show"])
         .output()
         .expect("show");
     assert!(

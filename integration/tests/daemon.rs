@@ -1,5 +1,6 @@
 //! meshd as a service: live reload on file change with traffic flowing, systemd's notify
-//! protocol on a test socket, and draining. Real meshd processes on 127.10.40-49.x.
+//! protocol on a test socket, and draining. Real meshd processes, each test on its own loopback
+//! range (`meshd_integration::loopback`).
 
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
@@ -9,8 +10,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use meshd_integration::mesh::{Mesh, Node, Plugin};
 use meshd_integration::pair::{Pair, rewrite};
-use meshd_integration::{Meshd, NotifySocket, Workspace, echo_roundtrip, eventually, http};
+use meshd_integration::resources::Workload;
+use meshd_integration::{Meshd, NotifySocket, echo_roundtrip, eventually, http};
 
 const DENY: &str = "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -24,9 +27,8 @@ spec:
 
 #[test]
 fn file_changes_reload_live_and_allowed_connections_survive() {
-    let pair = Pair::new(40);
-    let _b = Meshd::start(&pair.ws.path().join("b.yaml"));
-    let _a = Meshd::start(&pair.ws.path().join("a.yaml"));
+    let pair = Pair::new();
+    let (_a, _b) = pair.start();
     assert!(pair.allowed());
     // A long-lived allowed connection: it must survive every step that keeps it allowed.
     let mut held = TcpStream::connect((pair.a, 16001)).unwrap();
@@ -114,7 +116,7 @@ fn file_changes_reload_live_and_allowed_connections_survive() {
 
     // The whole directory deleted: the load fails, the last good configuration stays; when it
     // comes back (with a DENY now) it is watched again.
-    let mesh = pair.ws.path().join("mesh-b");
+    let mesh = pair.mesh.config_dir("b");
     let saved = pair.ws.path().join("mesh-b.saved");
     std::fs::rename(&mesh, &saved).unwrap();
     eventually("the failed load of a missing directory", || {
@@ -130,12 +132,10 @@ fn file_changes_reload_live_and_allowed_connections_survive() {
 
 #[test]
 fn sd_notify_ready_reloading_watchdog_and_stopping() {
-    let pair = Pair::new(41);
+    let pair = Pair::new();
     let mut notify = NotifySocket::new(pair.ws.path());
-    let mut command = Command::new(meshd_integration::meshd_bin());
+    let mut command = pair.mesh.command("b");
     command
-        .args(["run", "--config"])
-        .arg(pair.ws.path().join("b.yaml"))
         .env("NOTIFY_SOCKET", &notify.path)
         .env("WATCHDOG_USEC", "200000");
     let b = Meshd::spawn(command);
@@ -157,12 +157,8 @@ fn sd_notify_ready_reloading_watchdog_and_stopping() {
 
 #[test]
 fn quitquitquit_drains_and_exits_zero() {
-    let pair = Pair::new(42);
-    let mut command = Command::new(meshd_integration::meshd_bin());
-    command
-        .args(["run", "--config"])
-        .arg(pair.ws.path().join("b.yaml"));
-    let mut b = Meshd::spawn(command);
+    let pair = Pair::new();
+    let mut b = pair.mesh.start("b");
     let (status, _) = http(SocketAddr::new(pair.b, 15000), "POST", "/quitquitquit").unwrap();
     assert_eq!(status, 200);
     let code = b.wait_exit(Duration::from_secs(10));
@@ -171,9 +167,8 @@ fn quitquitquit_drains_and_exits_zero() {
 
 #[test]
 fn sigterm_drains_open_connections_and_a_second_sigterm_exits_at_once() {
-    let pair = Pair::new(43);
-    let mut b = Meshd::start(&pair.ws.path().join("b.yaml"));
-    let _a = Meshd::start(&pair.ws.path().join("a.yaml"));
+    let pair = Pair::new();
+    let (_a, mut b) = pair.start();
     let mut held = TcpStream::connect((pair.a, 16001)).unwrap();
     assert!(echo_roundtrip(&mut held, b"held").is_some());
     b.signal("TERM");
@@ -192,8 +187,8 @@ fn sigterm_drains_open_connections_and_a_second_sigterm_exits_at_once() {
 
 #[test]
 fn config_show_names_each_source_and_a_restart_key_change_is_logged() {
-    let pair = Pair::new(44);
-    let config = pair.ws.path().join("b.yaml");
+    let pair = Pair::new();
+    let config = pair.mesh.config("b");
     let out = Command::new(meshd_integration::meshd_bin())
         .args(["config", "show", "--config"])
         .arg(&config)
@@ -254,23 +249,18 @@ fn nofile_of(pid: u32) -> (u64, u64) {
 // limit may be refused even to root, e.g. in a container.)
 #[test]
 fn open_file_soft_limit_raised_to_hard_and_a_low_hard_limit_warned() {
-    let ws = Workspace::new();
-    ws.write(
-        "mesh/workloads.yaml",
-        "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {name: web, namespace: shop}
-spec: {address: 127.10.48.1, serviceAccount: web}
-",
+    let mut mesh = Mesh::new();
+    mesh.shared_dir = true;
+    let web = mesh.ip(1);
+    mesh.workload(Workload::new("web", web));
+    mesh.node(Node::new("a", web, "web"));
+    mesh.node(Node::new("limited", web, "web")).plugin(
+        Plugin::new("connection_limit")
+            .with("maxPerSource", 1000)
+            .with("maxTotal", 1000),
     );
-    let limited = ws.node_config(
-        "limited",
-        "web",
-        "shop/web",
-        "127.10.48.1",
-        "",
-        "plugins:\n- name: connection_limit\n  config: {maxPerSource: 1000, maxTotal: 1000}\n",
-    );
+    mesh.write();
+    let limited = mesh.config("limited");
     let roomy = spawn_with_nofile(&limited, 8192, 512);
     assert_eq!(nofile_of(roomy.pid()), (8192, 8192));
     let log = roomy.wait_for_log("raised the open-file soft limit to the hard limit");
@@ -278,7 +268,7 @@ spec: {address: 127.10.48.1, serviceAccount: web}
     assert!(!log.contains("open-file limit"), "{log}");
     drop(roomy);
 
-    let unlimited = ws.node_config("a", "web", "shop/web", "127.10.48.1", "", "");
+    let unlimited = mesh.config("a");
     let tight = spawn_with_nofile(&unlimited, 4096, 512);
     assert_eq!(nofile_of(tight.pid()), (4096, 4096));
     tight.wait_for_log(
@@ -300,23 +290,17 @@ fn threads_named(pid: u32, prefix: &str) -> usize {
 // (one on a one-CPU machine), not one per CPU. Traffic flows either way.
 #[test]
 fn worker_threads_follow_the_configuration() {
-    let pair = Pair::new(49);
+    let pair = Pair::new();
     // Two as ztunnel, one on a machine with one or two CPUs.
     let default_threads = match std::thread::available_parallelism() {
         Ok(cpus) if cpus.get() <= 2 => 1,
         _ => 2,
     };
-    let mut b = Command::new(meshd_integration::meshd_bin());
-    b.args(["run", "--config"])
-        .arg(pair.ws.path().join("b.yaml"));
-    let b = Meshd::spawn(b);
-    let a_config = pair.ws.path().join("a.yaml");
-    let mut text = std::fs::read_to_string(&a_config).unwrap();
-    text.push_str("workerThreads: 3\n");
-    std::fs::write(&a_config, text).unwrap();
-    let mut a = Command::new(meshd_integration::meshd_bin());
-    a.args(["run", "--config"]).arg(&a_config);
-    let a = Meshd::spawn(a);
+    let b = pair.mesh.start("b");
+    let mut mesh = pair.mesh.clone();
+    mesh.node_mut("a").setting("workerThreads", "3");
+    mesh.write_node("a");
+    let a = mesh.start("a");
     assert!(
         pair.allowed(),
         "traffic through a meshd with 3 worker threads"

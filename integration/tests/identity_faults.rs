@@ -13,6 +13,7 @@ use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
+use meshd_integration::certs;
 use meshd_integration::machines::{Cluster, Machine, NAMESPACE, SEED_CAST, write_atomic};
 use meshd_integration::traffic::echo_transfer;
 use meshd_integration::{echo_on, echo_roundtrip, eventually, meshd};
@@ -229,31 +230,14 @@ fn trust_bundle_rotated_to_a_new_root_with_an_overlap_window() {
 /// Issues `m`'s SVID from the workspace CA with notBefore `starts_in` from now, as a machine
 /// whose clock runs behind the issuer's would see it; (certificate, key) PEM.
 fn not_yet_valid_leaf(c: &Cluster, m: &Machine, starts_in: Duration) -> (String, String) {
-    let ca = c.ws.ca();
-    let ca_key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca.join("ca-key.pem")).unwrap()).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(
-        &std::fs::read_to_string(ca.join("ca-cert.pem")).unwrap(),
-        ca_key,
+    let starts_in = time::Duration::try_from(starts_in).unwrap();
+    certs::leaf(
+        &c.ws.ca(),
+        NAMESPACE,
+        m.sa,
+        starts_in,
+        time::Duration::days(1),
     )
-    .unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let uri = format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/{}", m.sa);
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
-    params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now + starts_in;
-    params.not_after = now + Duration::from_secs(24 * 3600);
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
 }
 
 /// Holds: a certificate whose notBefore is still in the future (clock skew between issuer and

@@ -5,7 +5,7 @@
 //! connection churn and prints the slopes of RSS, descriptors and tasks.
 //!
 //! Ignored by default (minutes, ~10 000 descriptors per process). Run them with a release build,
-//! as root: `cargo build --release -p meshd && cargo test --release -p meshd --test load -- --ignored --nocapture --test-threads 1`
+//! as root: `cargo test --release -p meshd-integration --test load -- --ignored --nocapture --test-threads 1`
 //! (`ten_thousand` or `soak` after `--` picks one; `MESHD_SOAK_SECONDS` shortens the soak).
 
 // Test code: a panic is how a failure is reported.
@@ -16,7 +16,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshd_integration::{Meshd, Workspace, meshd_bin};
+use meshd_integration::Meshd;
+use meshd_integration::mesh::{Mesh, Node, Port};
+use meshd_integration::netns::{install_capture, run_in};
+use meshd_integration::resources::{Policy, Rule, Workload, principal};
 use meshd_redirect::netns::{Netns, VethEnd, veth_pair};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,30 +70,24 @@ fn machines() -> (Netns, Netns) {
     (local, peer)
 }
 
-fn mesh(ws: &Workspace) {
-    ws.write(
-        "mesh/mesh.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: shop}}
-spec: {{address: {LOCAL}, serviceAccount: web, labels: {{app: web}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec: {{address: {PEER}, serviceAccount: db, labels: {{app: db}}}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: db-allow-web, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: db}}}}
-  rules:
-  - from: [{{source: {{principals: [cluster.local/ns/shop/sa/web]}}}}]
-"
-        ),
+/// Web on the local machine, db on the peer, db allowed to web.
+fn mesh() -> Mesh {
+    let mut mesh = Mesh::in_namespaces();
+    let (local, peer) = (LOCAL.parse().unwrap(), PEER.parse().unwrap());
+    mesh.workload(Workload::new("web", local).label("app", "web"));
+    mesh.workload(Workload::new("db", peer).label("app", "db"));
+    mesh.policy(
+        Policy::allow("db-allow-web")
+            .selector("app", "db")
+            .rule(Rule::from(principal("web"))),
     );
+    mesh.shared_dir = true;
+    mesh.node(Node::new("b", peer, "db"));
+    mesh.node(Node::new("a", local, "web"))
+        .listen_on(Port::Outbound, "0.0.0.0:15001")
+        .setting("redirect", "{}");
+    mesh.write();
+    mesh
 }
 
 /// Set in the echo server's process: this test binary run again inside the peer namespace, so
@@ -209,11 +206,11 @@ fn established(ns: &Netns, filter: &str) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-fn in_ns(ns: &Netns, args: &[&str], config: &std::path::Path) -> Command {
-    let mut command = ns.command(meshd_bin());
+fn run(ns: &Netns, config: &std::path::Path) -> Command {
+    let mut command = run_in(ns, config);
     // meshd reads `MESHD_*` variables as configuration keys: the soak's own setting is not one,
     // and meshd would refuse to start on it.
-    command.args(args).arg(config).env_remove(SOAK_SECONDS_ENV);
+    command.env_remove(SOAK_SECONDS_ENV);
     command
 }
 
@@ -279,36 +276,24 @@ struct Rig {
     a: Meshd,
     b: Meshd,
     _echo: EchoProcess,
-    _ws: Workspace,
+    _mesh: Mesh,
     local: Netns,
     peer: Netns,
 }
 
 fn rig() -> Rig {
     let (local, peer) = machines();
-    let ws = Workspace::new();
-    mesh(&ws);
+    let mesh = mesh();
     let _echo = echo_server(&peer);
-    let b_config = ws.node_config("b", "db", "shop/db", PEER, "", "");
-    let a_config = ws.node_config(
-        "a",
-        "web",
-        "shop/web",
-        LOCAL,
-        "  outbound: 0.0.0.0:15001\n",
-        "redirect: {}\n",
-    );
-    let b = Meshd::spawn(in_ns(&peer, &["run", "--config"], &b_config));
-    let a = Meshd::spawn(in_ns(&local, &["run", "--config"], &a_config));
-    let out = in_ns(&local, &["redirect", "install", "--config"], &a_config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "redirect install: {out:?}");
+    let (b_config, a_config) = (mesh.config("b"), mesh.config("a"));
+    let b = Meshd::spawn(run(&peer, &b_config));
+    let a = Meshd::spawn(run(&local, &a_config));
+    install_capture(&local, &a_config);
     Rig {
         a,
         b,
         _echo,
-        _ws: ws,
+        _mesh: mesh,
         local,
         peer,
     }

@@ -1,5 +1,5 @@
-//! Metrics, access log, admin and readiness of real meshd processes on loopback
-//! (127.10.30-39.x).
+//! Metrics, access log, admin and readiness of real meshd processes on loopback (each test on
+//! a range of its own, `meshd_integration::mesh`).
 
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
@@ -8,75 +8,48 @@
 mod operator_flood;
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::process::Command;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 
-use meshd_integration::{
-    Meshd, Workspace, echo_roundtrip, echo_server, eventually, http, meshd, meshd_bin,
-};
+use meshd_integration::mesh::{Identity, Mesh, Node, Plugin, Port};
+use meshd_integration::resources::{Policy, Rule, Workload, principal};
+use meshd_integration::{Meshd, echo_roundtrip, echo_server, eventually, http, meshd};
 
-/// Two machines: A (web, 127.10.`net`.1) and B (db, .2) with an echo server on db's allowed
-/// port and one on a denied port; A reaches them through explicit listeners 16001 (allowed),
-/// 16002 (denied), and 16003 (a port no workload serves).
-struct Mesh {
-    ws: Workspace,
+/// Two machines: A (web, host .1 of the mesh's loopback range) and B (db, .2) with an echo
+/// server on db's allowed port and one on a denied port; A reaches them through explicit
+/// listeners 16001 (allowed), 16002 (denied), and 16003 (a port no workload serves).
+struct Nodes {
+    mesh: Mesh,
     a: IpAddr,
     b: IpAddr,
 }
 
-impl Mesh {
-    fn new(net: u8) -> Mesh {
-        let ws = Workspace::new();
-        let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
-        let db_port = echo_server(SocketAddr::new(b, 0)).port();
-        let admin_port = echo_server(SocketAddr::new(b, 0)).port();
-        ws.write(
-            "mesh/mesh.yaml",
-            &format!(
-                "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: shop}}
-spec: {{address: {a}, serviceAccount: web, labels: {{app: web, version: v1}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec:
-  address: {b}
-  serviceAccount: db
-  labels: {{app: db, version: v2}}
-  ports: {{pg: {db_port}, admin: {admin_port}}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: db-allow-web, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: db}}}}
-  rules:
-  - from: [{{source: {{principals: [cluster.local/ns/shop/sa/web]}}}}]
-    to: [{{operation: {{ports: ['{db_port}']}}}}]
-"
-            ),
+impl Nodes {
+    fn new() -> Nodes {
+        Nodes::with(|_| {})
+    }
+
+    /// The mesh as `change` leaves it, written.
+    fn with(change: impl FnOnce(&mut Mesh)) -> Nodes {
+        let (mut mesh, db_port, admin_port) = Mesh::web_db_pg_admin();
+        let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
+        mesh.label("web", "version", "v1");
+        mesh.label("db", "version", "v2");
+        mesh.policy(
+            Policy::allow("db-allow-web")
+                .selector("app", "db")
+                .rule(Rule::from(principal("web")).port(db_port)),
         );
-        let listeners = format!(
-            "listeners:
-- {{listen: '{a}:16001', target: '{b}:{db_port}'}}
-- {{listen: '{a}:16002', target: '{b}:{admin_port}'}}
-- {{listen: '{a}:16003', target: '{b}:9'}}
-"
-        );
-        ws.node_config("a", "web", "shop/web", &a.to_string(), "", &listeners);
-        ws.node_config("b", "db", "shop/db", &b.to_string(), "", "");
-        Mesh { ws, a, b }
+        mesh.node_mut("a")
+            .listener(16001, SocketAddr::new(b, db_port))
+            .listener(16002, SocketAddr::new(b, admin_port))
+            .listener(16003, SocketAddr::new(b, 9));
+        change(&mut mesh);
+        mesh.write();
+        Nodes { mesh, a, b }
     }
 
     fn start(&self, node: &str, json: bool) -> Meshd {
-        let mut command = Command::new(meshd_bin());
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(self.ws.path().join(format!("{node}.yaml")));
+        let mut command = self.mesh.command(node);
         if json {
             command.args(["--log-format", "json"]);
         }
@@ -116,7 +89,7 @@ fn access_records(meshd: &Meshd) -> Vec<serde_json::Value> {
 
 #[test]
 fn istio_series_for_allowed_denied_and_refused_connections_on_both_reporters() {
-    let mesh = Mesh::new(30);
+    let mesh = Nodes::new();
     let b = mesh.start("b", false);
     let a = mesh.start("a", false);
 
@@ -267,7 +240,7 @@ fn istio_series_for_allowed_denied_and_refused_connections_on_both_reporters() {
 
 #[test]
 fn json_access_log_has_one_record_per_refusal_class() {
-    let mesh = Mesh::new(31);
+    let mesh = Nodes::new();
     let b = mesh.start("b", true);
     let a = mesh.start("a", true);
     // allowed, denied (401), not_local (400)
@@ -326,7 +299,7 @@ fn json_access_log_has_one_record_per_refusal_class() {
 
 #[test]
 fn config_dump_shows_the_snapshot_and_certificate_but_no_key() {
-    let mesh = Mesh::new(32);
+    let mesh = Nodes::new();
     let b = mesh.start("b", false);
     let (status, body) = http(SocketAddr::new(mesh.b, 15000), "GET", "/config_dump").unwrap();
     assert_eq!(status, 200);
@@ -348,12 +321,12 @@ fn config_dump_shows_the_snapshot_and_certificate_but_no_key() {
     assert_eq!(local["workload"], "shop/db");
     assert_eq!(local["policies"][0]["policy"], "shop/db-allow-web");
     assert!(
-        body.contains("mesh.yaml:"),
+        body.contains("resources.yaml:"),
         "resources name their source file: {body}"
     );
     // Never key material: not the PEM header, not the key's bytes.
     assert!(!body.contains("PRIVATE KEY"), "{body}");
-    let key_dir = mesh.ws.ca();
+    let key_dir = mesh.mesh.ws.ca();
     for entry in std::fs::read_dir(&key_dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -366,7 +339,7 @@ fn config_dump_shows_the_snapshot_and_certificate_but_no_key() {
         }
     }
     // A broken file: the dump keeps generation 1 and shows the error.
-    mesh.ws.write("mesh/broken.yaml", "kind: Nope\n");
+    mesh.mesh.ws.write("mesh/broken.yaml", "kind: Nope\n");
     b.signal("HUP");
     let dump = eventually("the reload error in the dump", || {
         let (_, body) = http(SocketAddr::new(mesh.b, 15000), "GET", "/config_dump")?;
@@ -396,7 +369,7 @@ fn config_dump_shows_the_snapshot_and_certificate_but_no_key() {
 
 #[test]
 fn logging_changes_the_level_live() {
-    let mesh = Mesh::new(33);
+    let mesh = Nodes::new();
     let b = mesh.start("b", false);
     let admin = SocketAddr::new(mesh.b, 15000);
     let (status, body) = http(admin, "POST", "/logging?level=debug").unwrap();
@@ -415,27 +388,16 @@ fn logging_changes_the_level_live() {
 fn readiness_waits_for_a_delayed_certificate() {
     // meshd starts before its certificate files exist (spiffe-helper still fetching): not ready
     // (500) until they appear, then ready (200).
-    let ws = Workspace::new();
-    let b = IpAddr::V4(Ipv4Addr::new(127, 10, 34, 2));
-    ws.write(
-        "mesh/mesh.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: db, namespace: shop}}\nspec: {{address: {b}, serviceAccount: db}}\n"
-        ),
-    );
-    let svid = ws.path().join("svid");
+    let mut mesh = Mesh::new();
+    let b = mesh.ip(2);
+    mesh.workload(Workload::new("db", b));
+    let svid = mesh.ws.path().join("svid");
     std::fs::create_dir_all(&svid).unwrap();
-    let config = ws.write(
-        "b.yaml",
-        &format!(
-            "configDir: {mesh}\nidentity:\n  spiffeHelper: {{dir: {svid}}}\nlocal: {{workloads: [shop/db]}}\nlisten:\n  hbone: {b}:15008\n  admin: {b}:15000\n  metrics: {b}:15020\n  readiness: {b}:15021\n",
-            mesh = ws.path().join("mesh").display(),
-            svid = svid.display(),
-        ),
-    );
+    mesh.node(Node::new("b", b, "db")).identity = Identity::SpiffeHelper(svid.clone());
+    mesh.write();
     let ready = SocketAddr::new(b, 15021);
     let issuer = {
-        let ca = ws.ca();
+        let ca = mesh.ws.ca();
         let svid = svid.clone();
         std::thread::spawn(move || {
             let (status, body) = eventually("readiness answering", || {
@@ -457,7 +419,7 @@ fn readiness_waits_for_a_delayed_certificate() {
             ]);
         })
     };
-    let meshd = Meshd::start(&config);
+    let meshd = mesh.start("b");
     issuer.join().unwrap();
     eventually("ready", || {
         (http(ready, "GET", "/healthz/ready")?.0 == 200).then_some(())
@@ -485,23 +447,17 @@ fn socks5(proxy: SocketAddr, target: SocketAddr) -> u8 {
 
 #[test]
 fn outbound_refusals_are_records_too_own_port_limited_and_handshake() {
-    let mesh = Mesh::new(35);
-    let config = mesh.ws.path().join("a.yaml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{text}plugins:\n- name: rate_limit\n  config: {{connectionsPerSecond: 0.001, burst: 1}}\n"
-        )
-        .replace("  readiness:", &format!("  socks5: {}:15080\n  readiness:", mesh.a)),
-    )
-    .unwrap();
+    let mesh = Nodes::with(|mesh| {
+        mesh.node_mut("a").serve(Port::Socks5).plugin(
+            Plugin::new("rate_limit")
+                .with("connectionsPerSecond", 0.001)
+                .with("burst", 1),
+        );
+    });
     let a = mesh.start("a", true);
     let proxy = SocketAddr::new(mesh.a, 15080);
-    let outside = echo_server(SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::new(127, 10, 35, 3)),
-        0,
-    ));
+    // Outside the mesh: no WorkloadEntry at host .3.
+    let outside = echo_server(mesh.mesh.addr(3, 0));
     // own port: refused before any plugin, so the rate limit's one token is still there.
     assert_eq!(socks5(proxy, SocketAddr::new(mesh.a, 15020)), 2);
     assert_eq!(socks5(proxy, outside), 0, "allowed: takes the one token");

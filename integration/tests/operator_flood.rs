@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use meshd_integration::echo_roundtrip;
 
-use super::Mesh;
+use super::Nodes;
 
 /// Slowloris connections kept open at once: several times the per-endpoint cap (32).
 const FLOOD: usize = 160;
@@ -18,7 +18,7 @@ const FLOOD: usize = 160;
 const SAMPLES: usize = 40;
 
 /// The median time of a new tunnel through A's listener 16001 and one 64-byte round trip.
-fn tunnel_latency(mesh: &Mesh) -> Duration {
+fn tunnel_latency(mesh: &Nodes) -> Duration {
     let mut times: Vec<Duration> = (0..SAMPLES)
         .map(|_| {
             let started = Instant::now();
@@ -87,7 +87,7 @@ fn slowloris(
 
 #[test]
 fn a_slowloris_on_the_metrics_port_is_cut_and_tunnels_keep_their_latency() {
-    let mesh = Mesh::new(36);
+    let mesh = Nodes::new();
     let _b = mesh.start("b", false);
     let _a = mesh.start("a", false);
     // Warm up (certificates, pool), then the baseline.

@@ -21,7 +21,7 @@ fn repo() -> PathBuf {
     // At run time: a build shared by clones at other paths keeps the compile-time one.
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("../..")
+        .join("..")
 }
 
 /// Runs `systemd-analyze ARGS`; a missing binary fails the test with what to install.

@@ -1,4 +1,5 @@
-//! Reloads that never load half a file: real meshd processes on 127.10.71-75.x, real writers
+//! Reloads that never load half a file: real meshd processes (two per test, on a loopback range
+//! of its own, `meshd_integration::pair`), real writers
 //! (slow chunks through one descriptor and through many, `cp -r`), traffic checked all along.
 //! A prefix of a DENY list is valid YAML that denies less; a tree caught mid-copy is a valid
 //! smaller configuration: neither may ever be enforced, and the generation that would have
@@ -130,7 +131,7 @@ fn write_slowly(path: &Path, text: &str, reopen: bool, pause: Duration, halfway:
 
 #[test]
 fn a_policy_written_in_slow_chunks_is_never_enforced_half_written() {
-    let pair = Pair::new(71);
+    let pair = Pair::new();
     let policy = pair.policies().join("deny.yaml");
     std::fs::write(&policy, deny_list("old", 40)).unwrap();
     let (_a, b) = pair.start();
@@ -193,7 +194,7 @@ fn a_tree_copied_by_cp_r_under_traffic_is_loaded_once_complete() {
     // `cp --copy-contents` reads: the test decides when its bytes arrive, as a slow disk or
     // network filesystem would, while the other files are already copied and closed. The
     // target directory exists beforehand, so its watch is armed before cp writes into it.
-    let pair = Pair::new(72);
+    let pair = Pair::new();
     let source = pair.ws.path().join("release");
     std::fs::create_dir(&source).unwrap();
     for i in 0..30 {
@@ -253,7 +254,7 @@ fn a_tree_copied_by_cp_r_under_traffic_is_loaded_once_complete() {
 
 #[test]
 fn a_fifo_or_a_device_named_yaml_is_refused_and_sigterm_still_stops() {
-    let pair = Pair::new(73);
+    let pair = Pair::new();
     let (_a, mut b) = pair.start();
     assert!(pair.allowed());
     let dir = pair.policies();
@@ -286,7 +287,7 @@ fn a_fifo_or_a_device_named_yaml_is_refused_and_sigterm_still_stops() {
     );
 
     // meshd.yaml itself replaced by a FIFO: a SIGHUP re-reads it, and must not block.
-    let config = pair.ws.path().join("b.yaml");
+    let config = pair.mesh.config("b");
     let fifo = pair.ws.path().join("b.fifo");
     mkfifo(&fifo);
     std::fs::rename(&fifo, &config).unwrap();
@@ -308,7 +309,7 @@ fn a_file_held_open_is_not_loaded_the_reload_is_postponed_and_sigterm_cuts_the_w
     // A complete, valid DENY, but its writer has not closed it: as far as meshd can tell more
     // may come. It is not loaded; after the bound (10 s) the reload is postponed with the
     // reason shown, and the close loads it.
-    let pair = Pair::new(75);
+    let pair = Pair::new();
     let (_a, mut b) = pair.start();
     assert!(pair.allowed());
     let g = pair.generation();
@@ -381,13 +382,10 @@ fn a_file_held_open_is_not_loaded_the_reload_is_postponed_and_sigterm_cuts_the_w
 
 #[test]
 fn a_rejected_reload_reaches_sd_notify_status_as_one_bounded_line() {
-    let pair = Pair::new(74);
+    let pair = Pair::new();
     let mut notify = NotifySocket::new(pair.ws.path());
-    let mut command = Command::new(meshd_integration::meshd_bin());
-    command
-        .args(["run", "--config"])
-        .arg(pair.ws.path().join("b.yaml"))
-        .env("NOTIFY_SOCKET", &notify.path);
+    let mut command = pair.mesh.command("b");
+    command.env("NOTIFY_SOCKET", &notify.path);
     let b = Meshd::spawn(command);
     notify.wait_for("READY=1");
 

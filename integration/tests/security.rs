@@ -1,44 +1,35 @@
-//! meshd is never a relay: end-to-end refusals with real meshd processes on loopback
-//! (127.10.20-29.x; `two_nodes.rs` uses 127.10.1-19.x).
+//! meshd is never a relay: end-to-end refusals with real meshd processes on loopback (each
+//! test on a range of its own, `meshd_integration::mesh`).
 
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use meshd_hbone::{Client, ClientSettings, Peer, RequestHeaders, Transport};
 use meshd_identity::{DevCaSource, IdentityManager, IdentitySource, SpiffeId};
-use meshd_integration::{Meshd, Workspace, echo_roundtrip, echo_server};
+use meshd_integration::mesh::{Mesh, Node, Plugin, Port};
+use meshd_integration::resources::{Policy, Rule, Workload};
+use meshd_integration::{Meshd, echo_roundtrip, echo_server};
 
-/// A machine `ip` whose only workload, shop/db, names no ports (so it serves every port) and is
-/// allowed to everyone: without the own-port guard, every CONNECT below would be answered 200.
-fn portless_machine(net: u8) -> (Workspace, IpAddr, u16) {
-    let ws = Workspace::new();
-    let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
-    let app_port = echo_server(SocketAddr::new(b, 0)).port();
-    ws.write(
-        "mesh/mesh.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec: {{address: {b}, serviceAccount: db, labels: {{app: db}}}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: allow-all, namespace: shop}}
-spec:
-  rules: [{{}}]
-"
-        ),
-    );
-    (ws, b, app_port)
+/// A machine (node `b`, host .2 of the mesh's range) whose only workload, shop/db, names no
+/// ports (so it serves every port) and is allowed to everyone: without the own-port guard,
+/// every CONNECT below would be answered 200. Its files are written by the caller.
+fn portless_machine() -> (Mesh, IpAddr, u16) {
+    let mut mesh = Mesh::new();
+    let b = mesh.ip(2);
+    let app_port = mesh.echo(2);
+    mesh.workload(Workload::new("db", b).label("app", "db"));
+    mesh.policy(Policy::allow("allow-all").rule(Rule::any()));
+    mesh.shared_dir = true;
+    mesh.node(Node::new("b", b, "db"));
+    (mesh, b, app_port)
 }
 
-async fn client_as_web(ws: &Workspace) -> Client {
-    let mut source = DevCaSource::new(ws.ca());
+async fn client_as_web(mesh: &Mesh) -> Client {
+    let mut source = DevCaSource::new(mesh.ws.ca());
     source.namespace = "shop".into();
     source.service_account = "web".into();
     let identity = IdentityManager::start(&IdentitySource::DevCa(source))
@@ -61,18 +52,16 @@ async fn status(client: &Client, peer: &Peer, authority: SocketAddr) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_each_of_meshds_own_ports_is_400_over_h2_and_h3() {
-    let (ws, b, app_port) = portless_machine(20);
-    let listen = format!(
-        "  hboneQuic: {b}:15008
-  socks5: {b}:15080
-  outbound: {b}:15001
-  inboundPlaintext: {b}:15006
-"
-    );
-    let extra = format!("listeners:\n- {{listen: '{b}:16003', target: '{b}:{app_port}'}}\n");
-    let config = ws.node_config("b", "db", "shop/db", &b.to_string(), &listen, &extra);
-    let meshd = Meshd::start(&config);
-    let client = client_as_web(&ws).await;
+    let (mut mesh, b, app_port) = portless_machine();
+    mesh.node_mut("b")
+        .serve(Port::HboneQuic)
+        .serve(Port::Socks5)
+        .serve(Port::Outbound)
+        .serve(Port::InboundPlaintext)
+        .listener(16003, SocketAddr::new(b, app_port));
+    mesh.write();
+    let meshd = mesh.start("b");
+    let client = client_as_web(&mesh).await;
     let db = SpiffeId::istio("cluster.local", "shop", "db").expect("id");
     let h2 = Peer::new(db.clone(), SocketAddr::new(b, 15008));
     let h3 = Peer::new(db, SocketAddr::new(b, 15008)).with_transport(Transport::H3);
@@ -99,10 +88,12 @@ async fn connect_to_each_of_meshds_own_ports_is_400_over_h2_and_h3() {
 fn plain_connections_straight_to_the_capture_ports_are_closed() {
     // Without capture rules, a connection straight to 15001 or 15006 has no original
     // destination but meshd's own port: it must be closed, never relayed (or looped).
-    let (ws, b, _) = portless_machine(21);
-    let listen = format!("  outbound: {b}:15001\n  inboundPlaintext: {b}:15006\n");
-    let config = ws.node_config("b", "db", "shop/db", &b.to_string(), &listen, "");
-    let meshd = Meshd::start(&config);
+    let (mut mesh, b, _) = portless_machine();
+    mesh.node_mut("b")
+        .serve(Port::Outbound)
+        .serve(Port::InboundPlaintext);
+    mesh.write();
+    let meshd = mesh.start("b");
     for port in [15001, 15006] {
         let mut stream = TcpStream::connect((b, port)).expect("connect");
         stream
@@ -121,11 +112,13 @@ fn plain_connections_straight_to_the_capture_ports_are_closed() {
 #[test]
 fn socks5_to_meshds_own_ports_is_not_allowed() {
     // The outbound side: an application asking meshd's SOCKS5 for meshd's own listeners.
-    let (ws, b, app_port) = portless_machine(22);
-    let listen = format!("  socks5: {b}:15080\n  outbound: {b}:15001\n");
-    let extra = format!("listeners:\n- {{listen: '{b}:16004', target: '{b}:{app_port}'}}\n");
-    let config = ws.node_config("b", "db", "shop/db", &b.to_string(), &listen, &extra);
-    let meshd = Meshd::start(&config);
+    let (mut mesh, b, app_port) = portless_machine();
+    mesh.node_mut("b")
+        .serve(Port::Socks5)
+        .serve(Port::Outbound)
+        .listener(16004, SocketAddr::new(b, app_port));
+    mesh.write();
+    let meshd = mesh.start("b");
     for port in [15080u16, 15001, 16004, 15008] {
         let mut stream = TcpStream::connect((b, 15080)).expect("connect");
         stream.write_all(&[5, 1, 0]).unwrap();
@@ -180,15 +173,9 @@ fn refused_start(config: &std::path::Path) -> (Option<i32>, String) {
 #[test]
 fn socks5_on_a_remote_address_without_allow_remote_exits_78() {
     // Anyone who reaches such a port borrows the machine's identity: refuse to start.
-    let (ws, b, _) = portless_machine(23);
-    let config = ws.node_config(
-        "b",
-        "db",
-        "shop/db",
-        &b.to_string(),
-        "  socks5: 0.0.0.0:0\n",
-        "",
-    );
+    let (mut mesh, _, _) = portless_machine();
+    mesh.node_mut("b").listen_on(Port::Socks5, "0.0.0.0:0");
+    let config = mesh.write_node("b");
     let (code, stderr) = refused_start(&config);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
@@ -203,38 +190,26 @@ fn outbound_plugins_do_not_use_up_inbound_limits() {
     // connection_limit maxTotal: 1 on B. B's own application holds an outbound connection;
     // an inbound connection from A must still be admitted (the two directions used to share
     // one counter).
-    let ws = Workspace::new();
-    let a = IpAddr::V4(Ipv4Addr::new(127, 10, 24, 1));
-    let b = IpAddr::V4(Ipv4Addr::new(127, 10, 24, 2));
+    let mut mesh = Mesh::new();
+    mesh.shared_dir = true;
+    let (a, b) = (mesh.ip(1), mesh.ip(2));
     // Outside the mesh (no WorkloadEntry at .3): B's outbound connection passes through.
-    let outside = echo_server(SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::new(127, 10, 24, 3)),
-        0,
-    ));
-    let app_port = echo_server(SocketAddr::new(b, 0)).port();
-    ws.write(
-        "mesh/mesh.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec: {{address: {b}, serviceAccount: db, ports: {{app: {app_port}}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: shop}}
-spec: {{address: {a}, serviceAccount: web}}
-"
-        ),
-    );
-    let limit = "plugins:\n- name: connection_limit\n  config: {maxPerSource: 5, maxTotal: 1}\n";
-    let b_extra = format!("listeners:\n- {{listen: '{b}:16005', target: '{outside}'}}\n");
-    let b_config = ws.node_config("b", "db", "shop/db", &b.to_string(), "", &b_extra);
-    let text = std::fs::read_to_string(&b_config).unwrap();
-    std::fs::write(&b_config, format!("{text}{limit}")).unwrap();
-    let _b = Meshd::start(&b_config);
-    let a_extra = format!("listeners:\n- {{listen: '{a}:16006', target: '{b}:{app_port}'}}\n");
-    let _a = Meshd::start(&ws.node_config("a", "web", "shop/web", &a.to_string(), "", &a_extra));
+    let outside = echo_server(mesh.addr(3, 0));
+    let app_port = mesh.echo(2);
+    mesh.workload(Workload::new("db", b).port("app", app_port));
+    mesh.workload(Workload::new("web", a));
+    mesh.node(Node::new("b", b, "db"))
+        .listener(16005, outside)
+        .plugin(
+            Plugin::new("connection_limit")
+                .with("maxPerSource", 5)
+                .with("maxTotal", 1),
+        );
+    mesh.node(Node::new("a", a, "web"))
+        .listener(16006, SocketAddr::new(b, app_port));
+    mesh.write();
+    let _b = mesh.start("b");
+    let _a = mesh.start("a");
 
     let mut held = TcpStream::connect((b, 16005)).expect("connect");
     assert_eq!(
@@ -254,8 +229,9 @@ spec: {{address: {a}, serviceAccount: web}}
 fn strict_without_inbound_capture_is_warned_at_start_on_reload_and_by_validate() {
     // A STRICT PeerAuthentication cannot refuse plaintext that never reaches meshd: without
     // inbound capture the promise is not kept, and meshd must say so.
-    let (ws, b, _) = portless_machine(25);
-    ws.write(
+    let (mut mesh, b, _) = portless_machine();
+    mesh.write();
+    mesh.ws.write(
         "mesh/strict.yaml",
         "apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -267,8 +243,8 @@ spec:
     5432: {mode: STRICT}
 ",
     );
-    let config = ws.node_config("b", "db", "shop/db", &b.to_string(), "", "");
-    let meshd = Meshd::start(&config);
+    let config = mesh.config("b");
+    let meshd = mesh.start("b");
     let warning = "PeerAuthentication shop/db-strict requires mTLS (STRICT) for local workload shop/db, but inbound capture is off";
     meshd.wait_for_log(warning);
     meshd.signal("HUP");
@@ -291,14 +267,9 @@ spec:
     );
 
     // With inbound capture configured the warning goes away.
-    let captured = ws.node_config(
-        "c",
-        "db",
-        "shop/db",
-        &b.to_string(),
-        &format!("  inboundPlaintext: {b}:15006\n"),
-        "",
-    );
+    mesh.node(Node::new("c", b, "db"))
+        .serve(Port::InboundPlaintext);
+    let captured = mesh.write_node("c");
     let output = std::process::Command::new(meshd_integration::meshd_bin())
         .args(["validate", "--daemon-config"])
         .arg(&captured)
@@ -322,29 +293,17 @@ fn ready_addr(meshd: &Meshd, key: &str) -> SocketAddr {
 async fn connect_to_operator_ports_is_400_when_configured_elsewhere_or_chosen_by_the_system() {
     // Admin on a port no well-known list has, metrics and readiness on ports the system picks:
     // each, as bound, is meshd's own, and the portless workload never reaches them.
-    let (ws, b, app_port) = portless_machine(26);
-    let config = ws.write(
-        "b.yaml",
-        &format!(
-            "configDir: {mesh}
-identity:
-  devCa: {{dir: {ca}, namespace: shop, serviceAccount: db}}
-local: {{workloads: [shop/db]}}
-listen:
-  hbone: {b}:15008
-  admin: {b}:16100
-  metrics: {b}:0
-  readiness: {b}:0
-",
-            mesh = ws.path().join("mesh").display(),
-            ca = ws.ca().display(),
-        ),
-    );
+    let (mut mesh, b, app_port) = portless_machine();
+    mesh.node_mut("b")
+        .listen_on(Port::Admin, SocketAddr::new(b, 16100))
+        .listen_on(Port::Metrics, SocketAddr::new(b, 0))
+        .listen_on(Port::Readiness, SocketAddr::new(b, 0));
+    let config = mesh.write_node("b");
     let meshd = Meshd::start(&config);
     let metrics = ready_addr(&meshd, "metrics");
     let readiness = ready_addr(&meshd, "readiness");
     assert_eq!(ready_addr(&meshd, "admin"), SocketAddr::new(b, 16100));
-    let client = client_as_web(&ws).await;
+    let client = client_as_web(&mesh).await;
     let db = SpiffeId::istio("cluster.local", "shop", "db").expect("id");
     let peer = Peer::new(db, SocketAddr::new(b, 15008));
     // The control: anything else on the machine is reachable.
@@ -366,23 +325,11 @@ listen:
 fn admin_on_a_remote_address_without_allow_remote_exits_78() {
     // Anyone who reaches it reads the configuration and can stop meshd: refuse to start,
     // before the port is ever bound.
-    let (ws, b, _) = portless_machine(27);
-    let config = ws.write(
-        "b.yaml",
-        &format!(
-            "configDir: {mesh}
-identity:
-  devCa: {{dir: {ca}, namespace: shop, serviceAccount: db}}
-listen:
-  hbone: {b}:15008
-  admin: 0.0.0.0:0
-  metrics: {b}:15020
-  readiness: {b}:15021
-",
-            mesh = ws.path().join("mesh").display(),
-            ca = ws.ca().display(),
-        ),
-    );
+    let (mut mesh, _, _) = portless_machine();
+    let b = mesh.node_mut("b");
+    b.workloads.clear();
+    b.listen_on(Port::Admin, "0.0.0.0:0");
+    let config = mesh.write_node("b");
     let (code, stderr) = refused_start(&config);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(

@@ -1,7 +1,8 @@
 //! Start-up faults that time or another agent cures: meshd keeps running, not ready (readiness
 //! 500 naming the reason, systemd's STATUS saying it), serves nothing, and becomes ready by
 //! itself once the certificate files are valid or the port is free. Configuration only a
-//! person can fix still exits 78 at once. Real meshd processes on 127.10.170-179.x.
+//! person can fix still exits 78 at once. Real meshd processes, each test on a loopback range
+//! of its own (`meshd_integration::mesh`).
 //!
 //! Each test: A (shop/web, dev CA identity) reaches B (shop/db) through A's listener 16001 →
 //! B's echo server; no policies. B is the machine that starts in trouble.
@@ -9,22 +10,26 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshd_identity::DevCa;
-use meshd_integration::{
-    Meshd, NotifySocket, Workspace, echo_roundtrip, echo_server, eventually, http,
-};
+use meshd_integration::certs;
+use meshd_integration::mesh::{Identity, Mesh};
+use meshd_integration::resources::NAMESPACE;
+use meshd_integration::{Meshd, NotifySocket, Workspace, echo_roundtrip, eventually, http};
 
 /// B's explicit listener (to nowhere in particular: B's own echo server), so a test can see
 /// that B's outbound side is not serving either.
 const B_LISTENER: u16 = 16005;
 
 struct Setup {
-    ws: Workspace,
+    mesh: Mesh,
+    /// The mesh's files: `a.yaml`, `b.yaml`, `mesh/` (both nodes' configuration directory).
+    ws: Arc<Workspace>,
     a: IpAddr,
     b: IpAddr,
     /// B's spiffe-helper directory, when B takes its identity from files.
@@ -32,53 +37,49 @@ struct Setup {
 }
 
 impl Setup {
-    /// A and B on 127.10.`net`.{1,2}; B's identity from the spiffe-helper directory `tls/`
-    /// when `files`, else from the dev CA.
-    fn new(net: u8, files: bool) -> Setup {
-        let ws = Workspace::new();
-        let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
-        let port = echo_server(SocketAddr::new(b, 0)).port();
-        ws.write(
-            "mesh/workloads.yaml",
-            &format!(
-                "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: shop}}
-spec: {{address: {a}, serviceAccount: web}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec: {{address: {b}, serviceAccount: db, ports: {{pg: {port}}}}}
-"
-            ),
-        );
-        let listener = format!("listeners:\n- {{listen: '{a}:16001', target: '{b}:{port}'}}\n");
-        ws.node_config("a", "web", "shop/web", &a.to_string(), "", &listener);
-        let b_listener =
-            format!("listeners:\n- {{listen: '{b}:{B_LISTENER}', target: '{b}:{port}'}}\n");
-        let b_config = ws.node_config("b", "db", "shop/db", &b.to_string(), "", &b_listener);
-        let tls = ws.path().join("tls");
+    /// A and B on a loopback range of their own; B's identity from the spiffe-helper
+    /// directory `tls/` when `files`, else from the dev CA.
+    fn new(files: bool) -> Setup {
+        let mut mesh = Mesh::web_db();
+        mesh.shared_dir = true;
+        let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
+        let port = mesh.echo(Mesh::DB);
+        // No labels: there are no policies to select by them.
+        let db = mesh.workload_mut("db");
+        db.labels.clear();
+        db.ports.push(("pg".into(), port));
+        let target = SocketAddr::new(b, port);
+        mesh.node_mut("a").listener(16001, target);
+        let tls = mesh.ws.path().join("tls");
+        let node_b = mesh.node_mut("b");
+        node_b.listener(B_LISTENER, target);
         if files {
             std::fs::create_dir(&tls).unwrap();
-            let text = std::fs::read_to_string(&b_config).unwrap();
-            let (head, rest) = text.split_once("  devCa: ").unwrap();
-            let (_, tail) = rest.split_once('\n').unwrap();
-            let identity = format!("  spiffeHelper: {{dir: {}}}\n", tls.display());
-            std::fs::write(&b_config, format!("{head}{identity}{tail}")).unwrap();
+            node_b.identity = Identity::SpiffeHelper(tls.clone());
         }
-        Setup { ws, a, b, tls }
+        mesh.write();
+        Setup {
+            ws: Arc::clone(&mesh.ws),
+            mesh,
+            a,
+            b,
+            tls,
+        }
     }
 
     fn b_config(&self) -> PathBuf {
-        self.ws.path().join("b.yaml")
+        self.mesh.config("b")
     }
 
     fn command(&self, config: &Path) -> Command {
         let mut command = Command::new(meshd_integration::meshd_bin());
         command.args(["run", "--config"]).arg(config);
         command
+    }
+
+    /// Starts A and waits until it is ready.
+    fn start_a(&self) -> Meshd {
+        self.mesh.start("a")
     }
 
     /// B's readiness: (status, body); `None` until its endpoint is bound.
@@ -136,34 +137,10 @@ spec: {{address: {b}, serviceAccount: db, ports: {{pg: {port}}}}}
     }
 }
 
-/// A shop/db leaf from the CA in `ca_dir`, valid from `from` to `until` (relative to now);
-/// (certificate, key) PEM.
+/// A shop/db leaf (B's identity) from the CA in `ca_dir`, valid from `from` to `until`
+/// (relative to now); (certificate, key) PEM.
 fn leaf(ca_dir: &Path, from: time::Duration, until: time::Duration) -> (String, String) {
-    let ca_key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca-key.pem")).unwrap())
-            .unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(
-        &std::fs::read_to_string(ca_dir.join("ca-cert.pem")).unwrap(),
-        ca_key,
-    )
-    .unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let uri = "spiffe://cluster.local/ns/shop/sa/db".to_string();
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
-    params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now + from;
-    params.not_after = now + until;
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
+    certs::leaf(ca_dir, NAMESPACE, "db", from, until)
 }
 
 /// The shared scenario: B starts on unusable identity files and must wait (running, readiness
@@ -171,7 +148,7 @@ fn leaf(ca_dir: &Path, from: time::Duration, until: time::Duration) -> (String, 
 /// makes it ready by itself, and A's traffic then flows.
 fn waits_for_valid_files(setup: &Setup, reason: &str) -> Meshd {
     let mut b = Meshd::spawn_starting(setup.command(&setup.b_config()));
-    let _a = Meshd::start(&setup.ws.path().join("a.yaml"));
+    let _a = setup.start_a();
     let (status, body) = eventually("readiness names the reason", || {
         let (status, body) = setup.try_ready()?;
         body.contains(reason).then_some((status, body))
@@ -204,7 +181,7 @@ fn waits_for_valid_files(setup: &Setup, reason: &str) -> Meshd {
 /// a valid certificate written over it makes B ready (READY=1) and it carries traffic.
 #[test]
 fn a_certificate_not_yet_valid_at_start_is_waited_for() {
-    let setup = Setup::new(171, true);
+    let setup = Setup::new(true);
     let day = time::Duration::days(1);
     let (cert, key) = leaf(&setup.ws.ca(), day, day * 2);
     setup.write_files(&cert, &key);
@@ -238,7 +215,7 @@ fn a_certificate_not_yet_valid_at_start_is_waited_for() {
 /// Holds: an expired certificate at start is waited out the same way.
 #[test]
 fn an_expired_certificate_at_start_is_waited_for() {
-    let setup = Setup::new(172, true);
+    let setup = Setup::new(true);
     let day = time::Duration::days(1);
     let (cert, key) = leaf(&setup.ws.ca(), -day * 2, -day);
     setup.write_files(&cert, &key);
@@ -249,7 +226,7 @@ fn an_expired_certificate_at_start_is_waited_for() {
 /// is waited out, not fatal.
 #[test]
 fn a_key_of_another_certificate_at_start_is_waited_for() {
-    let setup = Setup::new(173, true);
+    let setup = Setup::new(true);
     let hour = time::Duration::hours(1);
     let (cert, _) = leaf(&setup.ws.ca(), -hour, hour);
     let (_, other_key) = leaf(&setup.ws.ca(), -hour, hour);
@@ -264,7 +241,7 @@ fn a_key_of_another_certificate_at_start_is_waited_for() {
 /// waited out, not fatal.
 #[test]
 fn a_chain_the_bundle_does_not_vouch_for_at_start_is_waited_for() {
-    let setup = Setup::new(174, true);
+    let setup = Setup::new(true);
     let other_ca = setup.ws.path().join("other-ca");
     DevCa::init("cluster.local", &other_ca).unwrap();
     let hour = time::Duration::hours(1);
@@ -281,12 +258,12 @@ fn a_chain_the_bundle_does_not_vouch_for_at_start_is_waited_for() {
 /// later changes still apply.
 #[test]
 fn a_configuration_change_while_waiting_is_in_force_once_ready() {
-    let setup = Setup::new(179, true);
+    let setup = Setup::new(true);
     let day = time::Duration::days(1);
     let (cert, key) = leaf(&setup.ws.ca(), -day * 2, -day);
     setup.write_files(&cert, &key);
     let mut b = Meshd::spawn_starting(setup.command(&setup.b_config()));
-    let _a = Meshd::start(&setup.ws.path().join("a.yaml"));
+    let _a = setup.start_a();
     eventually("B waits", || {
         let (_, body) = setup.try_ready()?;
         body.contains("certificate expired at").then_some(())
@@ -321,7 +298,7 @@ spec:
 /// must not wait for a certificate).
 #[test]
 fn a_waiting_meshd_stops_on_sigterm() {
-    let setup = Setup::new(170, true);
+    let setup = Setup::new(true);
     let day = time::Duration::days(1);
     let (cert, key) = leaf(&setup.ws.ca(), -day * 2, -day);
     setup.write_files(&cert, &key);
@@ -344,7 +321,7 @@ fn a_certificate_file_that_hangs_does_not_stop_sigterm() {
     // B's certificate replaced by a FIFO no one writes (in life, a hung network filesystem):
     // the identity reload blocks on it in a thread of the blocking pool. SIGTERM must still
     // end meshd: its runtime does not wait for that thread forever.
-    let setup = Setup::new(180, true);
+    let setup = Setup::new(true);
     setup.write_valid();
     let mut b = Meshd::spawn(setup.command(&setup.b_config()));
     let cert = setup.tls.join("svid.pem");
@@ -363,12 +340,12 @@ fn a_certificate_file_that_hangs_does_not_stop_sigterm() {
 /// The scenario for a port another process holds: B runs, not ready, readiness names the
 /// port; the reason is logged once across the retries; once freed, B is ready and carries
 /// traffic.
-fn waits_for_port(net: u8, port: u16, what: &str) {
-    let setup = Setup::new(net, false);
+fn waits_for_port(port: u16, what: &str) {
+    let setup = Setup::new(false);
     let held = SocketAddr::new(setup.b, port);
     let holder = TcpListener::bind(held).unwrap();
     let mut b = Meshd::spawn_starting(setup.command(&setup.b_config()));
-    let _a = Meshd::start(&setup.ws.path().join("a.yaml"));
+    let _a = setup.start_a();
     let reason = format!("cannot listen on {held}{what}: Address already in use");
     let body = eventually("readiness names the port", || {
         let (status, body) = setup.try_ready()?;
@@ -397,20 +374,20 @@ fn waits_for_port(net: u8, port: u16, what: &str) {
 /// Holds: the HBONE port held by another process at start is retried until free.
 #[test]
 fn an_hbone_port_in_use_at_start_is_retried_until_free() {
-    waits_for_port(175, 15008, "");
+    waits_for_port(15008, "");
 }
 
 /// Holds: an explicit listener's port held by another process is retried until free.
 #[test]
 fn a_listener_port_in_use_at_start_is_retried_until_free() {
-    waits_for_port(176, B_LISTENER, "");
+    waits_for_port(B_LISTENER, "");
 }
 
 /// Holds: an operator port (metrics) held by another process is retried until free, with
 /// readiness (bound first) saying so.
 #[test]
 fn an_operator_port_in_use_at_start_is_retried_until_free() {
-    waits_for_port(177, 15020, " (Metrics)");
+    waits_for_port(15020, " (Metrics)");
 }
 
 /// Runs B on `config` and expects exit 78 within a few seconds; its stderr.
@@ -426,7 +403,7 @@ fn exits_78(setup: &Setup, config: &Path) -> String {
 /// regular file (it can never exist).
 #[test]
 fn configuration_a_person_must_fix_still_exits_78() {
-    let setup = Setup::new(178, true);
+    let setup = Setup::new(true);
     let day = time::Duration::days(1);
     let (cert, key) = leaf(&setup.ws.ca(), day, day * 2);
     setup.write_files(&cert, &key);

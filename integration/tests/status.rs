@@ -1,5 +1,5 @@
-//! `meshd status` and the admin page against real meshd processes on loopback
-//! (127.10.50-59.x): every view on the command line, as JSON, every rejection, and the page in
+//! `meshd status` and the admin page against real meshd processes on loopback (each test on a
+//! range of its own, `meshd_integration::mesh`): every view on the command line, as JSON, every rejection, and the page in
 //! a real headless Chromium driven through chromedriver.
 
 // Test code: a panic is how a failure is reported.
@@ -12,109 +12,70 @@ mod status_page;
 mod admin_attacks;
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Command, Output};
 
+use meshd_integration::loopback::Loopback;
+use meshd_integration::mesh::Mesh;
+use meshd_integration::resources::{PeerAuth, Policy, Rule, Service, principal};
 use meshd_integration::{Meshd, Workspace, echo_roundtrip, echo_server, eventually, meshd_bin};
 
-/// Two machines: A (web, 127.10.`net`.1) and B (db, .2). B serves db's `pg` port (allowed for
-/// web) and its `admin` port (denied by `shop/deny-admin`); A reaches them through explicit
-/// listeners 16001 and 16002.
-pub struct Mesh {
-    ws: Workspace,
+/// The db service's VIP (shown by the views and the page).
+pub const DB_VIP: &str = "240.240.50.10";
+
+/// Two machines: A (web, host .1 of the mesh's loopback range) and B (db, .2). B serves db's
+/// `pg` port (allowed for web) and its `admin` port (denied by `shop/deny-admin`); A reaches
+/// them through explicit listeners 16001 and 16002.
+pub struct Nodes {
+    mesh: Mesh,
     /// A's address.
     pub a: IpAddr,
     /// B's address.
     pub b: IpAddr,
 }
 
-impl Mesh {
-    /// Writes the configuration of both nodes on 127.10.`net`.x.
-    pub fn new(net: u8) -> Mesh {
-        let ws = Workspace::new();
-        let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
-        let db_port = echo_server(SocketAddr::new(b, 0)).port();
-        let admin_port = echo_server(SocketAddr::new(b, 0)).port();
-        ws.write(
-            "mesh/mesh.yaml",
-            &format!(
-                "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: shop}}
-spec: {{address: {a}, serviceAccount: web, labels: {{app: web}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec:
-  address: {b}
-  serviceAccount: db
-  labels: {{app: db}}
-  ports: {{pg: {db_port}, admin: {admin_port}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db, namespace: shop}}
-spec:
-  hosts: [db.shop.mesh.internal]
-  addresses: [240.240.50.10]
-  ports: [{{number: 5432, name: pg, targetPort: {db_port}}}]
-  resolution: STATIC
-  workloadSelector: {{labels: {{app: db}}}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: db-allow-web, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: db}}}}
-  rules:
-  - from: [{{source: {{principals: [cluster.local/ns/shop/sa/web]}}}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: deny-admin, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: db}}}}
-  action: DENY
-  rules:
-  - to: [{{operation: {{ports: ['{admin_port}']}}}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: audit-paths
-  namespace: shop
-  annotations: {{istio.io/dry-run: 'true'}}
-spec:
-  action: DENY
-  rules:
-  - to: [{{operation: {{paths: [/admin]}}}}]
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: db-strict, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: db}}}}
-  mtls: {{mode: PERMISSIVE}}
-  portLevelMtls: {{'{db_port}': {{mode: STRICT}}}}
-"
-            ),
+impl Nodes {
+    /// Writes the configuration of both nodes.
+    fn new() -> Nodes {
+        let (mut mesh, db_port, admin_port) = Mesh::web_db_pg_admin();
+        let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
+        mesh.service(
+            Service::new("db", "db.shop.mesh.internal")
+                .address(DB_VIP)
+                .port_to(5432, "pg", db_port)
+                .resolution("STATIC")
+                .selector("app", "db"),
         );
-        let listeners = format!(
-            "listeners:
-- {{listen: '{a}:16001', target: '{b}:{db_port}'}}
-- {{listen: '{a}:16002', target: '{b}:{admin_port}'}}
-"
+        mesh.policy(
+            Policy::allow("db-allow-web")
+                .selector("app", "db")
+                .rule(Rule::from(principal("web"))),
         );
-        ws.node_config("a", "web", "shop/web", &a.to_string(), "", &listeners);
-        ws.node_config("b", "db", "shop/db", &b.to_string(), "", "");
-        Mesh { ws, a, b }
+        mesh.policy(
+            Policy::deny("deny-admin")
+                .selector("app", "db")
+                .rule(Rule::to_port(admin_port)),
+        );
+        mesh.policy(
+            Policy::deny("audit-paths")
+                .dry_run()
+                .rule(Rule::any().path("/admin")),
+        );
+        mesh.peer_auth(
+            PeerAuth::new("db-strict", "PERMISSIVE")
+                .selector("app", "db")
+                .port(db_port, "STRICT"),
+        );
+        mesh.node_mut("a")
+            .listener(16001, SocketAddr::new(b, db_port))
+            .listener(16002, SocketAddr::new(b, admin_port));
+        mesh.write();
+        Nodes { mesh, a, b }
     }
 
     /// Starts node `a` or `b` and waits until it is ready.
     pub fn start(&self, node: &str) -> Meshd {
-        Meshd::start(&self.ws.path().join(format!("{node}.yaml")))
+        self.mesh.start(node)
     }
 
     /// An allowed connection from web to db, left open after one round trip.
@@ -154,7 +115,7 @@ fn text(out: &Output) -> (String, String) {
 }
 
 /// `meshd status VIEW --admin B:15000`, which must succeed: its standard output.
-fn view(mesh: &Mesh, args: &[&str]) -> String {
+fn view(mesh: &Nodes, args: &[&str]) -> String {
     let admin = format!("{}:15000", mesh.b);
     let mut all = args.to_vec();
     all.extend(["--admin", &admin]);
@@ -166,7 +127,7 @@ fn view(mesh: &Mesh, args: &[&str]) -> String {
 
 #[test]
 fn every_view_on_the_command_line_and_as_json() {
-    let mesh = Mesh::new(50);
+    let mesh = Nodes::new();
     let _b = mesh.start("b");
     let _a = mesh.start("a");
     let open = mesh.allowed();
@@ -199,7 +160,7 @@ fn every_view_on_the_command_line_and_as_json() {
 
     let services = view(&mesh, &["services"]);
     assert!(
-        services.contains("db.shop.mesh.internal") && services.contains("240.240.50.10"),
+        services.contains("db.shop.mesh.internal") && services.contains(DB_VIP),
         "{services}"
     );
     assert!(services.contains(&format!("{} ok", mesh.b)), "{services}");
@@ -210,7 +171,7 @@ fn every_view_on_the_command_line_and_as_json() {
         .find(|l| l.contains("shop/audit-paths"))
         .unwrap();
     assert!(audit.contains("dry-run"), "{policies}");
-    assert!(audit.contains("mesh.yaml:"), "{policies}");
+    assert!(audit.contains("resources.yaml:"), "{policies}");
     assert!(policies.contains("shop/db-strict"), "{policies}");
 
     let certs = view(&mesh, &["certs"]);
@@ -258,13 +219,15 @@ fn every_view_on_the_command_line_and_as_json() {
 
 #[test]
 fn meshd_not_running_or_a_wrong_address_is_a_clear_error() {
-    let ip = IpAddr::V4(Ipv4Addr::new(127, 10, 51, 1));
+    let net = Loopback::take();
+    let ip = net.host(1);
     // Nothing listens: exit 69, and the message says what to check.
-    let out = status(&["--admin", "127.10.51.1:15000"]);
+    let nowhere = SocketAddr::new(ip, 15000);
+    let out = status(&["--admin", &nowhere.to_string()]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(69), "{stderr}");
     assert!(stdout.is_empty());
-    assert!(stderr.contains("cannot reach meshd's admin endpoint at 127.10.51.1:15000: connection refused (is meshd running?"), "{stderr}");
+    assert!(stderr.contains(&format!("cannot reach meshd's admin endpoint at {nowhere}: connection refused (is meshd running?")), "{stderr}");
 
     // Something else answers (an echo server, not HTTP).
     let echo = echo_server(SocketAddr::new(ip, 0));
@@ -302,11 +265,12 @@ fn meshd_not_running_or_a_wrong_address_is_a_clear_error() {
         "{stderr}"
     );
     // And it is where the configuration says: nothing there yet.
-    let config = ws.write("on.yaml", "listen: {admin: '127.10.51.2:15000'}\n");
+    let there = SocketAddr::new(net.host(2), 15000);
+    let config = ws.write("on.yaml", &format!("listen: {{admin: '{there}'}}\n"));
     let out = status(&["--config", &config.display().to_string()]);
     let (_, stderr) = text(&out);
     assert!(
-        stderr.contains("at 127.10.51.2:15000: connection refused"),
+        stderr.contains(&format!("at {there}: connection refused")),
         "{stderr}"
     );
 }

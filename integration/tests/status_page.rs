@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use super::Mesh;
+use super::Nodes;
 
 /// A chromedriver process, killed on drop.
 pub(super) struct Driver {
@@ -28,7 +28,7 @@ impl Drop for Driver {
 }
 
 /// Starts chromedriver. It only listens on localhost (it has no bind option); the page it
-/// loads and every request the page makes go to the meshd under test on 127.10.5x.x.
+/// loads and every request the page makes go to the meshd under test (on its loopback range).
 pub(super) fn chromedriver() -> Driver {
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
@@ -126,7 +126,7 @@ fn screenshots() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_page_in_a_real_browser() {
-    let mesh = Mesh::new(52);
+    let mesh = Nodes::new();
     let _b = mesh.start("b");
     let _a = mesh.start("a");
     let open = tokio::task::block_in_place(|| mesh.allowed());
@@ -142,17 +142,14 @@ async fn the_admin_page_in_a_real_browser() {
             "workloads",
             &["shop/db", "shop/deny-admin DENY", "STRICT", web],
         ),
-        (
-            "services",
-            &["db.shop.mesh.internal", "240.240.50.10", "ok"],
-        ),
+        ("services", &["db.shop.mesh.internal", super::DB_VIP, "ok"]),
         (
             "policies",
             &[
                 "shop/audit-paths",
                 "dry-run",
                 "shop/db-strict",
-                "mesh.yaml:",
+                "resources.yaml:",
             ],
         ),
         (

@@ -1,19 +1,25 @@
 //! Two meshd processes on distinct loopback addresses, as two machines: an application on A
 //! reaches workloads on B through A's explicit listener or SOCKS5, over HBONE, and B enforces
-//! policy. Each test uses its own 127.10.N.0/24 so tests run in parallel.
+//! policy. Each test's mesh takes a loopback range of its own (`meshd_integration::mesh`), so
+//! tests run in parallel.
 
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use meshd_integration::{Meshd, Workspace, echo_roundtrip, echo_server};
+use meshd_integration::mesh::{Mesh, Node, Plugin, Port};
+use meshd_integration::resources::{Policy, Rule, Service, principal};
+use meshd_integration::{Meshd, echo_roundtrip};
+
+/// The db service's host name and port (its VIP is never dialled: listeners name the host).
+const DB_HOST: &str = "db.shop.mesh.internal";
+const DB_SERVICE_PORT: u16 = 5432;
 
 struct Nodes {
-    ws: Workspace,
+    mesh: Mesh,
     a: IpAddr,
     b: IpAddr,
     db_port: u16,
@@ -21,58 +27,26 @@ struct Nodes {
 }
 
 impl Nodes {
-    /// Two machines 127.10.`net`.1 (web, identity shop/web) and .2 (db, identity shop/db), with
-    /// echo servers on two ports of db; only the first is allowed to web.
-    fn new(net: u8) -> Nodes {
-        let ws = Workspace::new();
-        let a = IpAddr::V4(Ipv4Addr::new(127, 10, net, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(127, 10, net, 2));
-        let db_port = echo_server(SocketAddr::new(b, 0)).port();
-        let admin_port = echo_server(SocketAddr::new(b, 0)).port();
-        ws.write(
-            "mesh/workloads.yaml",
-            &format!(
-                "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: shop}}
-spec: {{address: {a}, serviceAccount: web, labels: {{app: web}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: db, namespace: shop}}
-spec:
-  address: {b}
-  serviceAccount: db
-  labels: {{app: db}}
-  ports: {{pg: {db_port}, admin: {admin_port}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db, namespace: shop}}
-spec:
-  hosts: [db.shop.mesh.internal]
-  addresses: [240.240.{net}.10]
-  ports: [{{number: 5432, name: pg}}]
-  workloadSelector: {{labels: {{app: db}}}}
-"
-            ),
+    /// Two machines (web, identity shop/web) and (db, identity shop/db) on a loopback range of
+    /// their own, with echo servers on two ports of db; only the first is allowed to web. Both
+    /// read one configuration directory, `mesh/`.
+    fn new() -> Nodes {
+        let (mut mesh, db_port, admin_port) = Mesh::web_db_pg_admin();
+        let (a, b) = (mesh.ip(Mesh::WEB), mesh.ip(Mesh::DB));
+        mesh.service(
+            Service::new("db", DB_HOST)
+                .address("240.240.0.10")
+                .port(DB_SERVICE_PORT, "pg")
+                .selector("app", "db"),
         );
-        ws.write(
-            "mesh/policy.yaml",
-            &format!(
-                "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: db-allow-web, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: db}}}}
-  rules:
-  - from: [{{source: {{principals: [cluster.local/ns/shop/sa/web]}}}}]
-    to: [{{operation: {{ports: ['{db_port}']}}}}]
-"
-            ),
+        mesh.policy(
+            Policy::allow("db-allow-web")
+                .selector("app", "db")
+                .rule(Rule::from(principal("web")).port(db_port)),
         );
+        mesh.write();
         Nodes {
-            ws,
+            mesh,
             a,
             b,
             db_port,
@@ -80,59 +54,49 @@ spec:
         }
     }
 
-    fn node_config(
-        &self,
-        name: &str,
-        sa: &str,
-        workload: &str,
-        ip: IpAddr,
-        extra: &str,
-    ) -> PathBuf {
-        self.ws
-            .node_config(name, sa, workload, &ip.to_string(), extra, "")
+    /// Writes node `name` as `change` leaves it (in a copy of the mesh) and starts it.
+    fn start_with(&self, name: &str, change: impl FnOnce(&mut Mesh)) -> Meshd {
+        let mut mesh = self.mesh.clone();
+        change(&mut mesh);
+        mesh.write_node(name);
+        mesh.start(name)
     }
 
     fn start_b(&self) -> Meshd {
-        Meshd::start(&self.node_config("b", "db", "shop/db", self.b, ""))
+        self.mesh.start("b")
     }
 
-    fn start_b_with_plugin(&self, plugin: &str) -> Meshd {
-        let config = self.node_config("b", "db", "shop/db", self.b, "");
-        let text = std::fs::read_to_string(&config).expect("read config");
-        std::fs::write(&config, format!("{text}plugins:\n{plugin}")).expect("write config");
-        Meshd::start(&config)
+    fn start_b_with_plugin(&self, plugin: Plugin) -> Meshd {
+        self.start_with("b", |mesh| {
+            mesh.node_mut("b").plugin(plugin);
+        })
     }
 
+    /// A with SOCKS5, a listener `a:16001` → the db service and one `a:16002` → db's admin
+    /// port.
     fn start_a(&self) -> Meshd {
-        let extra = format!(
-            "  socks5: {a}:15080
-listeners:
-- {{listen: '{a}:16001', target: 'db.shop.mesh.internal:5432'}}
-- {{listen: '{a}:16002', target: '{b}:{admin}'}}
-",
-            a = self.a,
-            b = self.b,
-            admin = self.admin_port
-        );
-        Meshd::start(&self.node_config("a", "web", "shop/web", self.a, &extra))
+        let admin = SocketAddr::new(self.b, self.admin_port);
+        self.start_with("a", |mesh| {
+            mesh.node_mut("a")
+                .serve(Port::Socks5)
+                .listener(16001, format!("{DB_HOST}:{DB_SERVICE_PORT}"))
+                .listener(16002, admin);
+        })
     }
 
     /// A with one listener, `a:16001` → the db service, and `pool` as its `pool:` settings.
     fn start_a_with_pool(&self, pool: &str) -> Meshd {
-        let extra = format!(
-            "listeners:
-- {{listen: '{a}:16001', target: 'db.shop.mesh.internal:5432'}}
-pool: {pool}
-",
-            a = self.a,
-        );
-        Meshd::start(&self.node_config("a", "web", "shop/web", self.a, &extra))
+        self.start_with("a", |mesh| {
+            mesh.node_mut("a")
+                .listener(16001, format!("{DB_HOST}:{DB_SERVICE_PORT}"))
+                .setting("pool", pool);
+        })
     }
 }
 
 #[test]
 fn explicit_listener_allowed_and_denied() {
-    let nodes = Nodes::new(1);
+    let nodes = Nodes::new();
     let b = nodes.start_b();
     let a = nodes.start_a();
 
@@ -199,7 +163,7 @@ fn by_ip(ip: IpAddr, port: u16) -> Vec<u8> {
 
 #[test]
 fn socks5_by_name_and_by_ip() {
-    let nodes = Nodes::new(2);
+    let nodes = Nodes::new();
     let _b = nodes.start_b();
     let _a = nodes.start_a();
     let proxy = SocketAddr::new(nodes.a, 15080);
@@ -233,9 +197,9 @@ async fn hbone_statuses_and_open_proxy_attempts() {
     use meshd_hbone::{Client, ClientSettings, Peer, RequestHeaders};
     use meshd_identity::{DevCaSource, IdentityManager, IdentitySource, SpiffeId};
 
-    let nodes = Nodes::new(3);
+    let nodes = Nodes::new();
     let _b = nodes.start_b();
-    let mut source = DevCaSource::new(nodes.ws.ca());
+    let mut source = DevCaSource::new(nodes.mesh.ws.ca());
     source.namespace = "shop".into();
     source.service_account = "web".into();
     let identity = IdentityManager::start(&IdentitySource::DevCa(source))
@@ -297,7 +261,7 @@ async fn hbone_statuses_and_open_proxy_attempts() {
 
 #[test]
 fn a_reload_closes_connections_the_new_policy_denies_and_a_bad_file_changes_nothing() {
-    let nodes = Nodes::new(4);
+    let nodes = Nodes::new();
     let b = nodes.start_b();
     let _a = nodes.start_a();
     let mut established = TcpStream::connect((nodes.a, 16001)).expect("connect");
@@ -307,17 +271,17 @@ fn a_reload_closes_connections_the_new_policy_denies_and_a_bad_file_changes_noth
     );
 
     // A broken file: B keeps the last good configuration and the connection.
-    nodes.ws.write("mesh/broken.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: shop}\nspec: {rulez: []}\n");
+    nodes.mesh.ws.write("mesh/broken.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: shop}\nspec: {rulez: []}\n");
     b.signal("HUP");
     b.wait_for_log("reload rejected, keeping the previous configuration");
     assert_eq!(
         echo_roundtrip(&mut established, b"still here").as_deref(),
         Some(&b"still here"[..])
     );
-    std::fs::remove_file(nodes.ws.path().join("mesh/broken.yaml")).expect("remove");
+    std::fs::remove_file(nodes.mesh.config_dir("b").join("broken.yaml")).expect("remove");
 
     // A policy that denies web: the established connection is closed.
-    nodes.ws.write(
+    nodes.mesh.ws.write(
         "mesh/deny.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-web, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]}]\n",
     );
@@ -335,8 +299,8 @@ fn a_reload_closes_connections_the_new_policy_denies_and_a_bad_file_changes_noth
 
 #[test]
 fn connection_limit_plugin_refuses_with_429() {
-    let nodes = Nodes::new(5);
-    let _b = nodes.start_b_with_plugin("- name: connection_limit\n  config: {maxPerSource: 1}\n");
+    let nodes = Nodes::new();
+    let _b = nodes.start_b_with_plugin(Plugin::new("connection_limit").with("maxPerSource", 1));
     let a = nodes.start_a();
     let mut first = TcpStream::connect((nodes.a, 16001)).expect("connect");
     assert_eq!(
@@ -358,8 +322,9 @@ fn connection_limit_plugin_refuses_with_429() {
 
 #[test]
 fn bad_startup_configuration_exits_78() {
-    let nodes = Nodes::new(6);
-    let config = nodes.node_config("bad", "db", "shop/db", nodes.b, "");
+    let mut nodes = Nodes::new();
+    nodes.mesh.node(Node::new("bad", nodes.b, "db"));
+    let config = nodes.mesh.write_node("bad");
     let text = std::fs::read_to_string(&config).expect("read");
     // Runs meshd on the configuration with `tail` appended; it must exit 78.
     let stderr_with = |tail: &str| {
@@ -388,16 +353,14 @@ fn bad_startup_configuration_exits_78() {
 
 #[test]
 fn hbone_over_quic_when_the_workload_asks_for_it() {
-    let nodes = Nodes::new(7);
-    let workloads = nodes.ws.path().join("mesh/workloads.yaml");
-    let text = std::fs::read_to_string(&workloads).expect("read");
-    let text = text.replace(
-        "metadata: {name: db, namespace: shop}",
-        "metadata: {name: db, namespace: shop, annotations: {meshd.io/tunnel: quic}}",
-    );
-    std::fs::write(&workloads, text).expect("write");
-    let extra = format!("  hboneQuic: {}:15008\n", nodes.b);
-    let b = Meshd::start(&nodes.node_config("b", "db", "shop/db", nodes.b, &extra));
+    let mut nodes = Nodes::new();
+    let db = nodes.mesh.workload_mut("db");
+    db.annotations
+        .push(("meshd.io/tunnel".into(), "quic".into()));
+    nodes.mesh.write();
+    let b = nodes.start_with("b", |mesh| {
+        mesh.node_mut("b").serve(Port::HboneQuic);
+    });
     let a = nodes.start_a();
     let mut stream = TcpStream::connect((nodes.a, 16001)).expect("connect");
     assert_eq!(
@@ -422,7 +385,7 @@ fn first_bytes_reach_only_an_allowed_destination() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    let nodes = Nodes::new(8);
+    let mut nodes = Nodes::new();
     // On B, a port the policy does not open to web, which counts what reaches it.
     let watched = TcpListener::bind((nodes.b, 0)).expect("bind watched port");
     let watched_port = watched.local_addr().expect("local addr").port();
@@ -437,25 +400,16 @@ fn first_bytes_reach_only_an_allowed_destination() {
         }
     });
     // Declared on db (else B answers 400 before policy is asked), not allowed to web.
-    let workloads = nodes.ws.path().join("mesh/workloads.yaml");
-    let text = std::fs::read_to_string(&workloads).expect("read workloads");
-    let declared = format!("admin: {}}}", nodes.admin_port);
-    assert!(text.contains(&declared), "{text}");
-    let text = text.replace(
-        &declared,
-        &format!("admin: {}, watched: {watched_port}}}", nodes.admin_port),
-    );
-    std::fs::write(&workloads, text).expect("write workloads");
+    let db = nodes.mesh.workload_mut("db");
+    db.ports.push(("watched".into(), watched_port));
+    nodes.mesh.write();
     let _b = nodes.start_b();
-    let extra = format!(
-        "listeners:
-- {{listen: '{a}:16001', target: 'db.shop.mesh.internal:5432'}}
-- {{listen: '{a}:16003', target: '{b}:{watched_port}'}}
-",
-        a = nodes.a,
-        b = nodes.b,
-    );
-    let a = Meshd::start(&nodes.node_config("a", "web", "shop/web", nodes.a, &extra));
+    let watched = SocketAddr::new(nodes.b, watched_port);
+    let a = nodes.start_with("a", |mesh| {
+        mesh.node_mut("a")
+            .listener(16001, format!("{DB_HOST}:{DB_SERVICE_PORT}"))
+            .listener(16003, watched);
+    });
 
     for _ in 0..20 {
         let mut allowed = TcpStream::connect((nodes.a, 16001)).expect("connect listener");
@@ -493,7 +447,7 @@ fn pooled_connections(node: IpAddr) -> Option<u64> {
 // connection once no tunnel has used it for that long, and never one a tunnel still uses.
 #[test]
 fn pool_unused_release_timeout_closes_only_unused_connections() {
-    let nodes = Nodes::new(9);
+    let nodes = Nodes::new();
     let _b = nodes.start_b();
     let _a = nodes.start_a_with_pool("{unusedReleaseTimeout: 1s}");
 
@@ -527,7 +481,7 @@ fn pool_unused_release_timeout_closes_only_unused_connections() {
 // concurrent tunnel to one peer opens a second HBONE connection when each may carry two.
 #[test]
 fn pool_max_streams_per_connection_opens_another_connection() {
-    let nodes = Nodes::new(10);
+    let nodes = Nodes::new();
     let _b = nodes.start_b();
     let _a = nodes.start_a_with_pool("{maxStreamsPerConnection: 2}");
     let mut held = Vec::new();
