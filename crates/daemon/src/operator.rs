@@ -15,6 +15,7 @@ use meshd_proxy::views;
 use meshd_proxy::{ProxyConfig, ProxyState};
 use tokio::sync::{Notify, watch};
 
+use crate::StartupError;
 use crate::startup::{self, Waiting};
 
 /// What the operator endpoints read: filled in as the daemon starts, so readiness answers
@@ -89,9 +90,9 @@ pub(crate) async fn start_operator_endpoints(
     quit: Arc<Notify>,
     metrics: Metrics,
     waiting: &Waiting,
-) -> Result<OperatorRuntime, String> {
+) -> Result<OperatorRuntime, StartupError> {
     // Before anything is bound: a refused admin address must never answer, even briefly.
-    config.check_admin().map_err(|e| e.to_string())?;
+    config.check_admin()?;
     let config_dump: meshd_admin::DumpFn = {
         let operated = operated.clone();
         Arc::new(
@@ -123,8 +124,8 @@ pub(crate) async fn start_operator_endpoints(
         allowed_hosts: config.admin.allowed_hosts.clone(),
         limits: Limits::default(),
     };
-    let mut operator = OperatorRuntime::start(handlers, settings)
-        .map_err(|e| format!("cannot start the operator endpoints: {e}"))?;
+    let mut operator =
+        OperatorRuntime::start(handlers, settings).map_err(StartupError::Operator)?;
     for (endpoint, addr) in [
         (Endpoint::Readiness, config.listen.readiness),
         (Endpoint::Admin, config.listen.admin),
@@ -136,7 +137,11 @@ pub(crate) async fn start_operator_endpoints(
         let listener = listener
             .into_std()
             .and_then(|listener| operator.serve(endpoint, listener))
-            .map_err(|e| format!("cannot serve {addr} ({endpoint:?}): {e}"))?;
+            .map_err(|source| StartupError::Serve {
+                addr,
+                endpoint,
+                source,
+            })?;
         tracing::debug!(?endpoint, addr = %listener, "operator endpoint bound");
     }
     Ok(operator)
