@@ -14,7 +14,7 @@
 //!   validated [`InboundRequest`] and its [`Responder`], with which the service answers once it
 //!   knows (after policy and its upstream dial): `accept()` sends `200` and returns the
 //!   tunnel, `refuse(`[`Refusal`]`)` sends its status; a responder dropped unanswered sends
-//!   `503`. The service runs in the stream's own task, so a client that resets the CONNECT
+//!   `503` (HTTP/3: resets the stream). The service runs in the stream's own task, so a client that resets the CONNECT
 //!   cancels it. Shutdown is graceful (GOAWAY, then a deadline), with one lifecycle for both
 //!   transports.
 //! - Both sides re-verify an established connection's peer chain on every rotation of the local
@@ -47,7 +47,7 @@
 //! With h2 we own flow control (capacity reserved per write, released per read), PING, GOAWAY
 //! and the pool. Since h2 0.4.12 an authority-only request sends a classic CONNECT (no
 //! `:scheme`/`:path`).
-
+//!
 //! # Features
 //! - `quic` (default): HBONE over HTTP/3, above.
 //! - `test-util`: `Decide`, `Decision` and `TunnelHandler`, a shortcut for tests, benchmarks

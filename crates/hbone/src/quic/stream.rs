@@ -74,7 +74,7 @@ enum Op {
 
 type SendFuture = Pin<Box<dyn Future<Output = (SendHalf, io::Result<()>)> + Send>>;
 
-/// The HTTP/3 halves of a CONNECT stream, as used by [`TunnelStream`].
+/// The HTTP/3 halves of a CONNECT stream, as used by [`TunnelStream`](crate::TunnelStream).
 pub(crate) struct H3Io {
     // None while an operation owns it.
     send: Option<SendHalf>,

@@ -1,6 +1,6 @@
 //! HBONE over HTTP/2: accept mTLS on TCP, serve HTTP/2, hand each CONNECT to the caller's
 //! service. Admission, handshake reports, idle, drain and revocation are the shared
-//! [`lifecycle`](super::lifecycle)'s; this file turns its steps into HTTP/2 frames.
+//! [`lifecycle`]'s; this file turns its steps into HTTP/2 frames.
 
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
