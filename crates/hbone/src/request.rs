@@ -80,6 +80,7 @@ impl ConnectionInfo {
             authority,
             transport: self.transport,
             reason,
+            error: None,
         });
         StatusCode::BAD_REQUEST
     }

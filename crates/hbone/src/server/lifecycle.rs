@@ -115,6 +115,7 @@ impl Admission {
                     authority: None,
                     transport: self.transport,
                     reason: refusal.reason(),
+                    error: None,
                 });
                 None
             }
@@ -180,7 +181,7 @@ pub(crate) async fn handshake<T>(
     handshake: impl Future<Output = Result<T, Error>>,
 ) -> Option<T> {
     let label = label(admission.transport);
-    let failed = tokio::select! {
+    let (stage, error) = tokio::select! {
         result = tokio::time::timeout(timeout, handshake) => match result {
             Ok(Ok(done)) => return Some(done),
             Ok(Err(error)) => {
@@ -189,22 +190,27 @@ pub(crate) async fn handshake<T>(
                     Error::ConnectionLimit { .. } => Stage::ConnectionLimit,
                     _ => Stage::Handshake,
                 };
-                (stage, error.to_string())
+                (stage, Some(error))
             }
             Err(_) => {
                 tracing::warn!(src.addr = %peer_addr, "{label} handshake timed out");
-                (Stage::Handshake, "handshake timed out".to_string())
+                (Stage::Handshake, None)
             }
         },
         () = reached(phase, Phase::Draining) => return None,
     };
+    let reason = match &error {
+        Some(error) => error.to_string(),
+        None => "handshake timed out".to_string(),
+    };
     admission.observer.refused(&Refused {
-        stage: failed.0,
+        stage,
         peer_addr,
         peer_identity: None,
         authority: None,
         transport: admission.transport,
-        reason: &failed.1,
+        reason: &reason,
+        error: error.as_ref(),
     });
     None
 }
