@@ -19,7 +19,7 @@ use crate::peer::Transport;
 use crate::request::{ConnectionInfo, response, validate};
 use crate::responder::{ConnectService, H3Answer, Inbound, Responder};
 use crate::revoke::PeerChain;
-use crate::server::lifecycle::{self, Admission, Lifecycle, Phase, Step};
+use crate::server::lifecycle::{self, Admission, FORCE_GRACE, Lifecycle, Phase, Step};
 use crate::server::{Server, ServerHandle};
 use crate::stream::TunnelStream;
 use crate::{Error, ServerSettings};
@@ -179,25 +179,31 @@ async fn serve_connection(
         peer_chain,
         phase,
     );
-    serve_h3(&mut h3, life, info, service).await;
+    if serve_h3(&mut h3, life, info, service).await == Step::Drained {
+        // quinn drops what is still unsent when a connection closes: give the last streams'
+        // final bytes time to reach the client (it may close first), as HTTP/2 does.
+        let _ = tokio::time::timeout(FORCE_GRACE, conn.closed()).await;
+    }
     conn.close(quinn::VarInt::from_u32(0), b"");
 }
 
 /// Serves an authenticated connection's requests until it ends, turning the lifecycle's steps
-/// into HTTP/3: GOAWAY, and closing once drained (h3 does not close one on its own).
+/// into HTTP/3: GOAWAY, and the end once drained (h3 does not close one on its own). Returns
+/// how it ended: [`Step::Drained`], or [`Step::Close`] for anything abrupt.
 async fn serve_h3(
     h3: &mut h3::server::Connection<h3_quinn::Connection, Bytes>,
     mut life: Lifecycle,
     info: Arc<ConnectionInfo>,
     service: ConnectService,
-) {
-    loop {
+) -> Step {
+    let ended = loop {
         tokio::select! {
             step = life.next() => match step {
                 Step::GoAway => {
                     let _ = h3.shutdown(0).await;
                 }
-                Step::Drained | Step::Close => break,
+                Step::Drained => break Step::Drained,
+                Step::Close => break Step::Close,
             },
             next = h3.accept() => match next {
                 // Dropping the resolver refuses a request sent before our GOAWAY arrived.
@@ -205,11 +211,12 @@ async fn serve_h3(
                 Ok(Some(resolver)) => {
                     life.spawn(serve_stream(resolver, Arc::clone(&info), service.clone()));
                 }
-                Ok(None) | Err(_) => break,
+                Ok(None) | Err(_) => break Step::Close,
             },
         }
-    }
+    };
     life.abort_streams();
+    ended
 }
 
 /// A server-side HTTP/3 request stream, as the responder holds it.
