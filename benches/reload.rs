@@ -178,7 +178,7 @@ impl Reloader {
         let next = self.generation + 1;
         let loaded = tokio::task::spawn_blocking(move || load_state(&config, next))
             .await
-            .unwrap_or_else(|e| Err(format!("configuration load panicked: {e}")));
+            .unwrap_or_else(|e| panic!("configuration load panicked: {e}"));
         match loaded {
             Ok(state) => {
                 self.generation = next;

@@ -24,19 +24,21 @@ mod startup;
 pub mod systemd;
 pub mod watcher;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshd_admin::{LogLevelFn, Readiness};
-use meshd_config::{LoadOptions, load_dir};
+use meshd_admin::{Endpoint, LogLevelFn, Readiness};
+use meshd_config::{LoadError, LoadOptions, load_dir};
 use meshd_identity::{IdentityManager, IdentitySource};
 use meshd_metrics::{HbonePool, Metrics};
 use meshd_proxy::access_log::AccessLog;
 use meshd_proxy::exposure::strict_without_capture;
-use meshd_proxy::plugins::PluginRegistry;
+use meshd_proxy::plugins::{PluginError, PluginRegistry};
 use meshd_proxy::record::Sinks;
 use meshd_proxy::{Proxy, ProxyState, StartError, local_predicate};
 
+use crate::schema::CheckError;
 pub use crate::schema::MeshdConfig;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
@@ -54,13 +56,60 @@ pub const DRAIN: Duration = Duration::from_secs(5);
 pub type RereadFn = Arc<dyn Fn() -> Result<MeshdConfig, String> + Send + Sync>;
 
 /// How the daemon ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Exit {
     /// Stopped on request after draining.
     Stopped,
     /// The configuration cannot run and only a person can fix it (files, an unsafe listener,
     /// an identity path that can never exist, a port that is not ours): exit 78 (EX_CONFIG).
-    Config(String),
+    Config(StartupError),
+}
+
+/// Why start-up ended with [`Exit::Config`]: what only a person can fix. Each variant keeps
+/// the error it comes from as its source; the message is what `meshd` prints.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartupError {
+    /// The configuration directory does not load.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The daemon settings are unusable (listeners, the admin address).
+    #[error(transparent)]
+    Settings(#[from] CheckError),
+    /// A configured plugin is unknown or its configuration invalid.
+    #[error(transparent)]
+    Plugins(#[from] PluginError),
+    /// The identity cannot start: a path that can never exist, or files no agent will mend.
+    #[error("identity: {0}")]
+    Identity(#[source] meshd_identity::Error),
+    /// A port cannot be bound for a reason other than another process holding it.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What was to listen there.
+        what: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operator endpoints' runtime could not start.
+    #[error("cannot start the operator endpoints: {0}")]
+    Operator(#[source] std::io::Error),
+    /// An operator endpoint could not serve its bound listener.
+    #[error("cannot serve {addr} ({endpoint:?}): {source}")]
+    Serve {
+        /// The address.
+        addr: SocketAddr,
+        /// Which endpoint.
+        endpoint: Endpoint,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The proxy could not bind its listeners or start.
+    #[error(transparent)]
+    Proxy(#[from] StartError),
 }
 
 /// Why the daemon could not run at all (signals, the runtime).
@@ -73,11 +122,11 @@ pub enum DaemonError {
 }
 
 /// Loads the directory into a new state (generation `generation`), logging its warnings.
-pub fn load_state(config: &MeshdConfig, generation: u64) -> Result<ProxyState, String> {
+pub fn load_state(config: &MeshdConfig, generation: u64) -> Result<ProxyState, LoadError> {
     let options = LoadOptions {
         root_namespace: config.root_namespace.clone(),
     };
-    let snapshot = load_dir(&config.config_dir, &options).map_err(|e| e.to_string())?;
+    let snapshot = load_dir(&config.config_dir, &options)?;
     for warning in &snapshot.warnings {
         tracing::warn!("{warning}");
     }
@@ -102,7 +151,7 @@ pub fn load_state(config: &MeshdConfig, generation: u64) -> Result<ProxyState, S
 async fn start_identity(
     config: &MeshdConfig,
     waiting: &Waiting,
-) -> Result<IdentityManager, String> {
+) -> Result<IdentityManager, StartupError> {
     let source = &config.identity;
     let agent_files = !matches!(source, IdentitySource::DevCa(_));
     if let IdentitySource::DevCa(dev) = source {
@@ -113,11 +162,10 @@ async fn start_identity(
     }
     until_ready(waiting, Pauses::every(IDENTITY_RETRY), || async move {
         IdentityManager::start(source).await.map_err(|e| {
-            let message = format!("identity: {e}");
             if agent_files && e.curable_by_new_files() {
-                Failure::Wait(message)
+                Failure::Wait(StartupError::Identity(e))
             } else {
-                Failure::Fatal(message)
+                Failure::Fatal(StartupError::Identity(e))
             }
         })
     })
@@ -134,12 +182,12 @@ async fn start_proxy(
     sinks: Sinks,
     waiting: &Waiting,
     reserved: &[u16],
-) -> Result<Proxy, String> {
+) -> Result<Proxy, StartupError> {
     let config = &config.proxy();
     let listeners = until_ready(waiting, Pauses::bind(), || async move {
         Proxy::bind(config).await.map_err(|e| match &e {
-            StartError::Bind { source, .. } if port_in_use(source) => Failure::Wait(e.to_string()),
-            _ => Failure::Fatal(e.to_string()),
+            StartError::Bind { source, .. } if port_in_use(source) => Failure::Wait(e.into()),
+            _ => Failure::Fatal(e.into()),
         })
     })
     .await?;
@@ -153,7 +201,7 @@ async fn start_proxy(
         reserved,
     )
     .await
-    .map_err(|e| e.to_string())
+    .map_err(StartupError::from)
 }
 
 /// Reads the configuration directory again after start-up waited: it was read before the
@@ -176,7 +224,7 @@ fn reread_after_waiting(
             *operated
                 .last_reload_error
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(e);
+                .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
         }
     }
 }
@@ -263,7 +311,7 @@ async fn start(
     set_log_level: LogLevelFn,
     reread: RereadFn,
 ) -> Result<Running, Exit> {
-    let state = load_state(&config, 1).map_err(Exit::Config)?;
+    let state = load_state(&config, 1).map_err(|e| Exit::Config(e.into()))?;
     // What only a person can fix ends start-up before anything is waited for.
     startup::check_config(&config).map_err(Exit::Config)?;
     fdlimit::raise(&config);

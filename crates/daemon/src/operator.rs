@@ -17,6 +17,7 @@ use meshd_proxy::views;
 use crate::schema::MeshdConfig;
 use tokio::sync::{Notify, watch};
 
+use crate::StartupError;
 use crate::startup::{self, Waiting};
 
 /// What the operator endpoints read: filled in as the daemon starts, so readiness answers
@@ -91,9 +92,9 @@ pub(crate) async fn start_operator_endpoints(
     quit: Arc<Notify>,
     metrics: Metrics,
     waiting: &Waiting,
-) -> Result<OperatorRuntime, String> {
+) -> Result<OperatorRuntime, StartupError> {
     // Before anything is bound: a refused admin address must never answer, even briefly.
-    config.check_admin().map_err(|e| e.to_string())?;
+    config.check_admin()?;
     let config_dump: meshd_admin::DumpFn = {
         let operated = operated.clone();
         Arc::new(
@@ -125,8 +126,8 @@ pub(crate) async fn start_operator_endpoints(
         allowed_hosts: config.admin.allowed_hosts.clone(),
         limits: Limits::default(),
     };
-    let mut operator = OperatorRuntime::start(handlers, settings)
-        .map_err(|e| format!("cannot start the operator endpoints: {e}"))?;
+    let mut operator =
+        OperatorRuntime::start(handlers, settings).map_err(StartupError::Operator)?;
     for (endpoint, addr) in [
         (Endpoint::Readiness, config.listen.readiness),
         (Endpoint::Admin, config.listen.admin),
@@ -138,7 +139,11 @@ pub(crate) async fn start_operator_endpoints(
         let listener = listener
             .into_std()
             .and_then(|listener| operator.serve(endpoint, listener))
-            .map_err(|e| format!("cannot serve {addr} ({endpoint:?}): {e}"))?;
+            .map_err(|source| StartupError::Serve {
+                addr,
+                endpoint,
+                source,
+            })?;
         tracing::debug!(?endpoint, addr = %listener, "operator endpoint bound");
     }
     Ok(operator)

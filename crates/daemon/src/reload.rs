@@ -118,9 +118,12 @@ impl Reloader<'_> {
         self.warn_restart_keys().await;
         let config = self.config.clone();
         let next = self.generation + 1;
-        let loaded = tokio::task::spawn_blocking(move || load_state(&config, next))
-            .await
-            .unwrap_or_else(|e| Err(format!("configuration load panicked: {e}")));
+        // The reason is kept as text from here: it is shown (log, systemd, /config_dump), not
+        // matched on.
+        let loaded = match tokio::task::spawn_blocking(move || load_state(&config, next)).await {
+            Ok(loaded) => loaded.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("configuration load panicked: {e}")),
+        };
         self.last_read = Some(fingerprint);
         let error = match loaded {
             Ok(mut state) => {

@@ -21,7 +21,7 @@ use meshd_admin::Readiness;
 use meshd_proxy::plugins::PluginRegistry;
 use tokio::net::TcpListener;
 
-use crate::systemd;
+use crate::{StartupError, systemd};
 
 /// First pause after a port found in use; doubled after each further failure.
 pub(crate) const BIND_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -121,9 +121,9 @@ impl Drop for AbortOnDrop {
 /// How a failed attempt ends start-up.
 pub(crate) enum Failure {
     /// Time or another agent can cure it: say why, pause, try again.
-    Wait(String),
-    /// Only a person can: exit 78 with this message.
-    Fatal(String),
+    Wait(StartupError),
+    /// Only a person can: exit 78 with this error.
+    Fatal(StartupError),
 }
 
 /// The pauses between tries: doubling from `first` up to `max` (equal for a fixed period).
@@ -163,7 +163,7 @@ pub(crate) async fn until_ready<T, F, Fut>(
     waiting: &Waiting,
     mut pauses: Pauses,
     mut attempt: F,
-) -> Result<T, String>
+) -> Result<T, StartupError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
@@ -176,7 +176,7 @@ where
             }
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Wait(reason)) => {
-                waiting.set(reason);
+                waiting.set(reason.to_string());
                 tokio::time::sleep(pauses.next()).await;
             }
         }
@@ -186,15 +186,13 @@ where
 /// Checks everything in `config` that only a person can fix and that would otherwise surface
 /// only after a wait (for a certificate, a port): unsafe listeners, plugins, identity paths
 /// that can never exist. Warnings are left to the proxy's start, which logs them once.
-pub(crate) fn check_config(config: &MeshdConfig) -> Result<(), String> {
-    config.check().map_err(|e| e.to_string())?;
-    PluginRegistry::builtin()
-        .build(&config.plugins)
-        .map_err(|e| e.to_string())?;
+pub(crate) fn check_config(config: &MeshdConfig) -> Result<(), StartupError> {
+    config.check()?;
+    PluginRegistry::builtin().build(&config.plugins)?;
     config
         .identity
         .check_paths()
-        .map_err(|e| format!("identity: {e}"))
+        .map_err(StartupError::Identity)
 }
 
 /// Whether a failed bind may succeed later without a configuration change: the port is held
@@ -209,14 +207,19 @@ pub(crate) async fn bind(
     waiting: &Waiting,
     addr: SocketAddr,
     what: &str,
-) -> Result<TcpListener, String> {
+) -> Result<TcpListener, StartupError> {
     until_ready(waiting, Pauses::bind(), || async move {
-        TcpListener::bind(addr).await.map_err(|e| {
-            let message = format!("cannot listen on {addr} ({what}): {e}");
-            if port_in_use(&e) {
-                Failure::Wait(message)
+        TcpListener::bind(addr).await.map_err(|source| {
+            let in_use = port_in_use(&source);
+            let error = StartupError::Listen {
+                addr,
+                what: what.to_string(),
+                source,
+            };
+            if in_use {
+                Failure::Wait(error)
             } else {
-                Failure::Fatal(message)
+                Failure::Fatal(error)
             }
         })
     })
@@ -272,9 +275,54 @@ mod tests {
         let addr: SocketAddr = "192.0.2.1:0".parse().unwrap();
         let e = bind(&waiting, addr, "test").await.unwrap_err();
         assert!(
-            e.starts_with("cannot listen on 192.0.2.1:0 (test): "),
+            e.to_string()
+                .starts_with("cannot listen on 192.0.2.1:0 (test): "),
             "{e}"
         );
+        // The OS error is kept as the cause, not only as text.
+        let StartupError::Listen { source, .. } = &e else {
+            panic!("expected a listen error, got {e:?}");
+        };
+        assert_eq!(source.kind(), io::ErrorKind::AddrNotAvailable);
         assert!(!waiting.is_waiting());
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use std::error::Error as _;
+
+    use crate::{MeshdConfig, StartupError, load_state};
+
+    #[test]
+    fn a_directory_that_does_not_load_keeps_its_problems() {
+        // Bad YAML: the load error itself (with the file and line) is what start-up ends with,
+        // and its message is unchanged.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.yaml"), "kind: [unclosed\n").unwrap();
+        let config = MeshdConfig {
+            config_dir: dir.path().to_path_buf(),
+            ..MeshdConfig::default()
+        };
+        let Err(load) = load_state(&config, 1) else {
+            panic!("a broken file loaded");
+        };
+        assert!(load.errors().next().is_some(), "{load}");
+        let shown = load.to_string();
+        assert!(shown.contains("bad.yaml"), "{shown}");
+        let startup = StartupError::from(load.clone());
+        assert_eq!(startup.to_string(), shown);
+        assert!(matches!(&startup, StartupError::Load(l) if *l == load));
+    }
+
+    #[test]
+    fn an_identity_failure_keeps_the_identity_error_as_its_source() {
+        // What `start_identity` and `check_config` end with: the message says "identity: …",
+        // and the identity crate's error is there to match on.
+        let cause = meshd_identity::Error::NoPeerCertificate;
+        let startup = StartupError::Identity(cause.clone());
+        assert_eq!(startup.to_string(), format!("identity: {cause}"));
+        let source = startup.source().map(ToString::to_string);
+        assert_eq!(source, Some(cause.to_string()));
     }
 }

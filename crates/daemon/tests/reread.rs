@@ -98,7 +98,7 @@ listen:
     signal("TERM");
     let sent = Instant::now();
     let (exit, stopped) = daemon.join().unwrap();
-    assert_eq!(exit, Exit::Stopped);
+    assert!(matches!(exit, Exit::Stopped), "{exit:?}");
     let took = stopped.duration_since(sent);
     assert!(
         took < SLOW_READ / 2,

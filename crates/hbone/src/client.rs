@@ -7,50 +7,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use meshd_identity::{IdentityHandle, Purpose, SpiffeId};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
+use meshd_identity::IdentityHandle;
 
 use crate::headers::{RequestHeaders, TraceParent, authority_string};
+use crate::peer::{Peer, Transport};
 use crate::pool::{Pool, PoolKey, SlotGuard};
-use crate::revoke::PeerChain;
 use crate::stream::TunnelStream;
-use crate::{ClientSettings, Error, Transport};
-
-/// The HTTP/2 connection type the pool drives: h2 over rustls over TCP.
-pub(crate) type H2Connection = h2::client::Connection<TlsStream<TcpStream>, Bytes>;
-
-/// TCP keepalive on HBONE sockets: 180 s idle, 180 s interval, as ztunnel; the PING keepalive
-/// notices dead peers sooner, this keeps NAT and conntrack entries alive.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(180);
-
-/// Where a tunnel goes through: the peer meshd (or ztunnel) and what it must prove.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Peer {
-    /// The SPIFFE ID the peer's certificate must carry (checked during the TLS handshake).
-    pub identity: SpiffeId,
-    /// The peer's HBONE address, normally `<node ip>:15008`.
-    pub addr: SocketAddr,
-    /// HTTP/2 (interoperable) or HTTP/3 (experimental, meshd only).
-    pub transport: Transport,
-}
-
-impl Peer {
-    /// An HTTP/2 peer.
-    pub fn new(identity: SpiffeId, addr: SocketAddr) -> Peer {
-        Peer {
-            identity,
-            addr,
-            transport: Transport::H2,
-        }
-    }
-
-    /// The same peer over another transport.
-    pub fn with_transport(mut self, transport: Transport) -> Peer {
-        self.transport = transport;
-        self
-    }
-}
+use crate::{ClientSettings, Error};
 
 /// Opens HBONE tunnels as the local identity; cheap to clone (all clones share one pool).
 #[derive(Clone)]
@@ -217,7 +180,7 @@ async fn send_connect_inner(
 ) -> Result<TunnelStream, Attempt> {
     let mut send = match send.ready().await {
         Ok(send) => send,
-        Err(e) => return Err(Attempt::Retry(Error::h2(&e), slot)),
+        Err(e) => return Err(Attempt::Retry(Error::h2(e), slot)),
     };
     // An authority-only URI makes h2 send a classic CONNECT: no :scheme, no :path.
     let mut request = match Request::builder()
@@ -226,27 +189,27 @@ async fn send_connect_inner(
         .body(())
     {
         Ok(request) => request,
-        Err(e) => return Err(Attempt::Fail(Error::Config(e.to_string()))),
+        Err(e) => return Err(Attempt::Fail(Error::Request(crate::Cause::new(e)))),
     };
     headers.write_to(request.headers_mut());
     let (response, mut send_stream) = match send.send_request(request, false) {
         Ok(pair) => pair,
-        Err(e) => return Err(Attempt::Retry(Error::h2(&e), slot)),
+        Err(e) => return Err(Attempt::Retry(Error::h2(e), slot)),
     };
     if !first.is_empty() {
         // Queued behind the HEADERS: the connection task writes both in one flush. h2 holds
         // it until the stream's send window allows, as any tunnel data.
         if let Err(e) = send_stream.send_data(first, false) {
-            return Err(Attempt::Retry(Error::h2(&e), slot));
+            return Err(Attempt::Retry(Error::h2(e), slot));
         }
     }
     let response = match response.await {
         Ok(response) => response,
         // REFUSED_STREAM (also what a GOAWAY'd stream gets) guarantees no processing.
         Err(e) if e.reason() == Some(h2::Reason::REFUSED_STREAM) => {
-            return Err(Attempt::Retry(Error::h2(&e), slot));
+            return Err(Attempt::Retry(Error::h2(e), slot));
         }
-        Err(e) => return Err(Attempt::Fail(Error::h2(&e))),
+        Err(e) => return Err(Attempt::Fail(Error::h2(e))),
     };
     if response.status() != StatusCode::OK {
         return Err(Attempt::Fail(Error::HttpStatus(response.status())));
@@ -256,110 +219,4 @@ async fn send_connect_inner(
         response.into_body(),
         Some(slot),
     ))
-}
-
-/// A TCP connection to `addr`, marked before connecting so not even the SYN is captured.
-async fn connect_tcp(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
-    let Some(mark) = mark else {
-        return TcpStream::connect(addr).await;
-    };
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket2::SockRef::from(&socket).set_mark(mark)?;
-    socket.connect(addr).await
-}
-
-/// A new connection to a peer, before the pool's first PING round trip on it.
-pub(crate) struct Dialed {
-    pub(crate) send: SendRequest<Bytes>,
-    pub(crate) connection: H2Connection,
-    /// The certificates the server presented, to verify again on every rotation.
-    pub(crate) peer_chain: PeerChain,
-    /// The end of the handshake time: setup steps after the handshake (the pool's PING round
-    /// trip) share it, so one dial never takes longer than connect + handshake timeouts.
-    pub(crate) deadline: tokio::time::Instant,
-}
-
-/// Opens TCP, then mTLS, then HTTP/2 to `addr`.
-pub(crate) async fn dial(
-    addr: SocketAddr,
-    tls: Arc<rustls::ClientConfig>,
-    settings: &ClientSettings,
-) -> Result<Dialed, Error> {
-    let tcp = match tokio::time::timeout(
-        settings.connect_timeout,
-        connect_tcp(addr, settings.socket_mark),
-    )
-    .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            return Err(Error::Connect {
-                addr,
-                reason: e.to_string(),
-            });
-        }
-        Err(_) => {
-            return Err(Error::Timeout {
-                what: "tcp connect",
-                after: settings.connect_timeout,
-            });
-        }
-    };
-    tune_socket(&tcp);
-    let deadline = tokio::time::Instant::now() + settings.handshake_timeout;
-    let handshake = async {
-        let tls = meshd_identity::tls::connect(tls, tcp)
-            .await
-            .map_err(|e| Error::tls(addr, &e))?;
-        let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
-        let peer_chain = PeerChain::new(certs, Purpose::ServerAuth);
-        let (send, connection) =
-            h2_builder(settings)
-                .handshake(tls)
-                .await
-                .map_err(|e| Error::Http2Handshake {
-                    addr,
-                    reason: e.to_string(),
-                })?;
-        Ok(Dialed {
-            send,
-            connection,
-            peer_chain,
-            deadline,
-        })
-    };
-    tokio::time::timeout_at(deadline, handshake)
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "tls and http2 handshake",
-            after: settings.handshake_timeout,
-        })?
-}
-
-fn h2_builder(settings: &ClientSettings) -> h2::client::Builder {
-    let h = &settings.http2;
-    let mut builder = h2::client::Builder::new();
-    builder
-        .initial_window_size(h.stream_window)
-        .initial_connection_window_size(h.connection_window)
-        .max_frame_size(h.max_frame_size)
-        .max_header_list_size(h.max_header_list_size)
-        .max_send_buffer_size(h.max_send_buffer)
-        .enable_push(false)
-        // Until the server's SETTINGS arrive, assume it allows what the pool will use.
-        .initial_max_send_streams(settings.max_streams_per_connection as usize);
-    builder
-}
-
-/// NODELAY (tunnels carry interactive traffic; h2 already batches frames) and TCP keepalive.
-pub(crate) fn tune_socket(tcp: &TcpStream) {
-    // Best effort: a socket that refuses an option still works.
-    let _ = tcp.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(TCP_KEEPALIVE)
-        .with_interval(TCP_KEEPALIVE);
-    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
 }

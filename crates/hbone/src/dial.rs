@@ -1,4 +1,5 @@
-//! One dial in flight per pool key, shared by every request that needs it.
+//! Dialing a peer: one mutual-TLS HTTP/2 connection ([`dial`]), and one dial in flight per
+//! pool key, shared by every request that needs it ([`DialSlot`]).
 //!
 //! A request that finds no usable connection joins the dial already under way, or starts one;
 //! everyone waiting gets its result, success or failure, at the same moment. So a burst to a new
@@ -7,13 +8,23 @@
 //! Keys are independent: a dead peer never delays a request to another.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use h2::client::SendRequest;
+use meshd_identity::Purpose;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
-use crate::Error;
+use crate::revoke::PeerChain;
+use crate::{ClientSettings, Error, socket};
+
+/// The HTTP/2 connection type the pool drives: h2 over rustls over TCP.
+pub(crate) type H2Connection = h2::client::Connection<TlsStream<TcpStream>, Bytes>;
 
 type SharedDial<T> = Shared<BoxFuture<'static, Result<T, Error>>>;
 
@@ -71,6 +82,89 @@ impl<T: Clone + Send + Sync + 'static> DialSlot<T> {
     }
 }
 
+/// A new connection to a peer, before the pool's first PING round trip on it.
+pub(crate) struct Dialed {
+    pub(crate) send: SendRequest<Bytes>,
+    pub(crate) connection: H2Connection,
+    /// The certificates the server presented, to verify again on every rotation.
+    pub(crate) peer_chain: PeerChain,
+    /// The end of the handshake time: setup steps after the handshake (the pool's PING round
+    /// trip) share it, so one dial never takes longer than connect + handshake timeouts.
+    pub(crate) deadline: tokio::time::Instant,
+}
+
+/// Opens TCP, then mTLS, then HTTP/2 to `addr`.
+pub(crate) async fn dial(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    settings: &ClientSettings,
+) -> Result<Dialed, Error> {
+    let tcp = match tokio::time::timeout(
+        settings.connect_timeout,
+        socket::connect(addr, settings.socket_mark),
+    )
+    .await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            return Err(Error::Connect {
+                addr,
+                source: crate::Cause::new(e),
+            });
+        }
+        Err(_) => {
+            return Err(Error::Timeout {
+                what: "tcp connect",
+                after: settings.connect_timeout,
+            });
+        }
+    };
+    socket::tune(&tcp);
+    let deadline = tokio::time::Instant::now() + settings.handshake_timeout;
+    let handshake = async {
+        let tls = meshd_identity::tls::connect(tls, tcp)
+            .await
+            .map_err(|e| Error::tls(addr, e))?;
+        let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        let peer_chain = PeerChain::new(certs, Purpose::ServerAuth);
+        let (send, connection) =
+            h2_builder(settings)
+                .handshake(tls)
+                .await
+                .map_err(|e| Error::Http2Handshake {
+                    addr,
+                    source: crate::Cause::new(e),
+                })?;
+        Ok(Dialed {
+            send,
+            connection,
+            peer_chain,
+            deadline,
+        })
+    };
+    tokio::time::timeout_at(deadline, handshake)
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "tls and http2 handshake",
+            after: settings.handshake_timeout,
+        })?
+}
+
+fn h2_builder(settings: &ClientSettings) -> h2::client::Builder {
+    let h = &settings.http2;
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(h.stream_window)
+        .initial_connection_window_size(h.connection_window)
+        .max_frame_size(h.max_frame_size)
+        .max_header_list_size(h.max_header_list_size)
+        .max_send_buffer_size(h.max_send_buffer)
+        .enable_push(false)
+        // Until the server's SETTINGS arrive, assume it allows what the pool will use.
+        .initial_max_send_streams(settings.max_streams_per_connection as usize);
+    builder
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -104,7 +198,7 @@ mod tests {
         assert!(
             results
                 .iter()
-                .all(|r| r == &Err(Error::Pool("dead".into())))
+                .all(|r| matches!(r, Err(Error::Pool(m)) if m == "dead"))
         );
         assert_eq!(started.load(Ordering::Relaxed), 1);
         let _ = call().await;

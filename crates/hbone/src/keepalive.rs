@@ -15,7 +15,7 @@ pub(crate) async fn run(mut pings: PingPong, settings: Keepalive) -> Error {
         tokio::time::sleep(settings.interval).await;
         match tokio::time::timeout(settings.timeout, pings.ping(Ping::opaque())).await {
             Ok(Ok(_pong)) => {}
-            Ok(Err(e)) => return Error::h2(&e),
+            Ok(Err(e)) => return Error::h2(e),
             Err(_) => {
                 return Error::Timeout {
                     what: "keepalive ping",

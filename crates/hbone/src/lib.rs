@@ -9,10 +9,14 @@
 //!   response), evicts broken connections and closes idle ones.
 //! - [`Server`] accepts mTLS connections, reads the client's SPIFFE ID, serves HTTP/2 within
 //!   limits (handshakes in flight overall and per source before authentication, authenticated
-//!   connections, streams per connection, header size, handshake and idle timeouts),
-//!   validates each `CONNECT` and hands an [`InboundRequest`] to a caller-supplied
-//!   `tower::Service`, which answers with a [`Decision`]: a handler for the accepted tunnel or a
-//!   [`Refusal`] with its status. Shutdown is graceful (GOAWAY, then a deadline).
+//!   connections, streams per connection, header size, handshake and idle timeouts) and
+//!   validates each `CONNECT`. The caller's `tower::Service` then gets an [`Inbound`]: the
+//!   validated [`InboundRequest`] and its [`Responder`], with which the service answers once it
+//!   knows (after policy and its upstream dial): `accept()` sends `200` and returns the
+//!   tunnel, `refuse(`[`Refusal`]`)` sends its status; a responder dropped unanswered sends
+//!   `503` (HTTP/3: resets the stream). The service runs in the stream's own task, so a client that resets the CONNECT
+//!   cancels it. Shutdown is graceful (GOAWAY, then a deadline), with one lifecycle for both
+//!   transports.
 //! - Both sides re-verify an established connection's peer chain on every rotation of the local
 //!   credential set and when a certificate in it expires; a peer no longer trusted gets no new
 //!   streams at once, and its open ones a grace period (`revocation_grace`) before the
@@ -43,6 +47,13 @@
 //! With h2 we own flow control (capacity reserved per write, released per read), PING, GOAWAY
 //! and the pool. Since h2 0.4.12 an authority-only request sends a classic CONNECT (no
 //! `:scheme`/`:path`).
+//!
+//! # Features
+//! - `quic` (default): HBONE over HTTP/3, above.
+//! - `test-util`: `Decide`, `Decision` and `TunnelHandler`, a shortcut for tests, benchmarks
+//!   and fuzz targets whose service decides before doing anything else. meshd itself answers
+//!   through the [`Responder`].
+//! - `fuzzing`: `Server::serve_authenticated`, one connection over any transport.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -51,21 +62,25 @@
 mod admission;
 mod client;
 mod config;
+#[cfg(feature = "test-util")]
+mod decide;
 mod dial;
 mod error;
 pub mod headers;
 mod keepalive;
 mod observe;
+mod peer;
 mod pool;
 #[cfg(feature = "quic")]
 mod quic;
+mod request;
 mod responder;
 mod revoke;
 mod server;
-mod service;
+mod socket;
 mod stream;
 
-pub use client::{Client, Peer};
+pub use client::Client;
 pub use config::{
     ClientSettings, DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_CLIENT_MAX_HEADER_LIST,
     DEFAULT_CLIENT_SEND_BUFFER, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW,
@@ -76,10 +91,13 @@ pub use config::{
     DEFAULT_SERVER_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_MAX_HEADER_LIST,
     DEFAULT_SERVER_SEND_BUFFER, DEFAULT_STREAM_WINDOW, Http2Settings, Keepalive, ServerSettings,
 };
-pub use error::Error;
+#[cfg(feature = "test-util")]
+pub use decide::{Decide, Decision, TunnelHandler};
+pub use error::{Cause, Error};
 pub use headers::{Forwarded, RequestHeaders, TraceParent};
 pub use observe::{NoObserver, Observer, Refused, Stage};
-pub use responder::{Inbound, Responder};
+pub use peer::{Peer, Transport};
+pub use request::{InboundRequest, Refusal};
+pub use responder::{BoxError, Inbound, Responder};
 pub use server::{Server, ServerHandle};
-pub use service::{BoxError, Decide, Decision, InboundRequest, Refusal, TunnelHandler};
-pub use stream::{Transport, TunnelStream};
+pub use stream::TunnelStream;

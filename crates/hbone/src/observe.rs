@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use meshd_identity::SpiffeId;
 
-use crate::Transport;
+use crate::{Error, Transport};
 
 /// Where in its life a connection or request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,7 @@ pub enum Stage {
 
 /// One refusal.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct Refused<'a> {
     /// The stage.
     pub stage: Stage,
@@ -37,6 +38,9 @@ pub struct Refused<'a> {
     pub transport: Transport,
     /// Why, in words.
     pub reason: &'a str,
+    /// The failure itself, with its cause, when a handshake failed or the connection limit
+    /// was reached (`reason` is its text).
+    pub error: Option<&'a Error>,
 }
 
 /// Told about every refusal the server makes on its own. Called on the connection's task:

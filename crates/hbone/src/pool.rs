@@ -24,8 +24,7 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use meshd_identity::{IdentityHandle, SpiffeId};
 
-use crate::client::{Dialed, H2Connection, dial};
-use crate::dial::DialSlot;
+use crate::dial::{DialSlot, Dialed, H2Connection, dial};
 use crate::revoke::{self, PeerChain};
 use crate::{ClientSettings, Error, keepalive};
 
@@ -340,7 +339,7 @@ async fn drive(
         let warmup = tokio::select! {
             pong = p.ping(h2::Ping::opaque()) => pong.map(|_| ()).map_err(|e| h2_error(key.addr, e)),
             done = &mut connection => Err(match done {
-                Ok(()) => Error::H2("connection closed during setup".into()),
+                Ok(()) => Error::ClosedDuringSetup,
                 Err(e) => h2_error(key.addr, e),
             }),
         };
@@ -414,16 +413,15 @@ async fn drive(
 }
 
 /// An error during connection setup. An I/O error there is almost always the server's TLS
-/// alert rejecting our certificate (TLS 1.3 delivers it on the client's first read); h2 keeps
-/// only its text, so it is reported as a TLS error without the typed identity cause.
+/// alert rejecting our certificate (TLS 1.3 delivers it on the client's first read), so it is
+/// reported as a TLS error, with the typed identity cause when the alert carries one.
 fn h2_error(addr: SocketAddr, e: h2::Error) -> Error {
-    match e.get_io() {
-        Some(io) => Error::Tls {
-            addr,
-            identity: meshd_identity::Error::from_io(io),
-            reason: io.to_string(),
-        },
-        None => Error::h2(&e),
+    if !e.is_io() {
+        return Error::h2(e);
+    }
+    match e.into_io() {
+        Some(io) => Error::tls(addr, io),
+        None => Error::ClosedDuringSetup,
     }
 }
 

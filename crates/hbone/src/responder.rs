@@ -14,10 +14,28 @@ use std::task::Poll;
 use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
-use http::{Response, StatusCode};
+use http::StatusCode;
+use tower::util::BoxCloneService;
 
-use crate::service::{InboundRequest, Refusal};
-use crate::{Error, TunnelStream};
+use crate::Error;
+use crate::request::{InboundRequest, Refusal, response};
+use crate::stream::TunnelStream;
+
+/// A boxed error from the caller's service.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The service type the server stores: any caller service, boxed once at construction.
+pub(crate) type ConnectService = BoxCloneService<Inbound, (), BoxError>;
+
+/// An HTTP/3 request stream's answer. Implemented by the `quic` module, which plugs into the
+/// responder through this trait so that the responder does not depend on it.
+#[cfg(feature = "quic")]
+pub(crate) trait H3Answer: Send {
+    /// Sends `200` and turns the request stream into a tunnel.
+    fn accept(self: Box<Self>) -> futures::future::BoxFuture<'static, Result<TunnelStream, Error>>;
+    /// Sends `status` and finishes the stream.
+    fn refuse(self: Box<Self>, status: StatusCode) -> futures::future::BoxFuture<'static, ()>;
+}
 
 /// One CONNECT as the caller's service receives it: what was asked, and how to answer.
 #[derive(Debug)]
@@ -40,7 +58,7 @@ enum Kind {
     },
     #[cfg(feature = "quic")]
     // Boxed: an h3 request stream is several times the size of the h2 handles.
-    H3(Box<crate::quic::ServerRequestStream>),
+    H3(Box<dyn H3Answer>),
     Answered,
 }
 
@@ -65,8 +83,8 @@ impl Responder {
     }
 
     #[cfg(feature = "quic")]
-    pub(crate) fn h3(stream: crate::quic::ServerRequestStream) -> Responder {
-        Responder(Kind::H3(Box::new(stream)))
+    pub(crate) fn h3(stream: Box<dyn H3Answer>) -> Responder {
+        Responder(Kind::H3(stream))
     }
 
     /// Sends `200` and returns the tunnel. Fails when the client went away first.
@@ -76,11 +94,11 @@ impl Responder {
                 let mut respond = take(&respond).ok_or_else(gone)?;
                 let send = respond
                     .send_response(response(StatusCode::OK), false)
-                    .map_err(|e| Error::h2(&e))?;
+                    .map_err(Error::h2)?;
                 Ok(TunnelStream::h2(send, body, None))
             }
             #[cfg(feature = "quic")]
-            Kind::H3(stream) => crate::quic::accept(*stream).await,
+            Kind::H3(stream) => stream.accept().await,
             Kind::Answered => Err(gone()),
         }
     }
@@ -96,7 +114,7 @@ impl Responder {
                 }
             }
             #[cfg(feature = "quic")]
-            Kind::H3(stream) => crate::quic::refuse(*stream, refusal.status()).await,
+            Kind::H3(stream) => stream.refuse(refusal.status()).await,
             Kind::Answered => {}
         }
     }
@@ -133,11 +151,5 @@ fn take(respond: &SharedRespond) -> Option<SendResponse<Bytes>> {
 }
 
 fn gone() -> Error {
-    Error::Io("the client reset the CONNECT before it was answered".into())
-}
-
-pub(crate) fn response(status: StatusCode) -> Response<()> {
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    response
+    Error::ClientReset
 }

@@ -20,25 +20,19 @@ use bytes::{Buf, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::peer::Transport;
 use crate::pool::SlotGuard;
 
-/// Which HTTP version carries a tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Transport {
-    /// HTTP/2 over mTLS over TCP: the ztunnel-compatible default.
-    #[default]
-    H2,
-    /// HTTP/3 over QUIC (experimental, meshd-to-meshd only; needs the `quic` feature).
-    H3,
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::H2 => "h2",
-            Transport::H3 => "h3",
-        })
-    }
+/// The halves of an HTTP/3 CONNECT stream. Implemented by the `quic` module, which plugs into
+/// the stream through this trait so that the stream does not depend on it.
+#[cfg(feature = "quic")]
+pub(crate) trait H3Tunnel: Send {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>>;
+    fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>>;
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn reset(&mut self);
 }
 
 /// One tunneled TCP connection: `AsyncRead + AsyncWrite`, ready for
@@ -53,7 +47,7 @@ enum Inner {
     H2(H2Io),
     // Boxed: h3's stream halves are large, and HTTP/2 is the common case.
     #[cfg(feature = "quic")]
-    H3(Box<crate::quic::H3Io>),
+    H3(Box<dyn H3Tunnel>),
 }
 
 impl TunnelStream {
@@ -69,11 +63,12 @@ impl TunnelStream {
         }
     }
 
+    /// An HTTP/3 tunnel (no pool slot: QUIC enforces its own stream limits).
     #[cfg(feature = "quic")]
-    pub(crate) fn h3(io: crate::quic::H3Io, slot: Option<SlotGuard>) -> Self {
+    pub(crate) fn h3(io: Box<dyn H3Tunnel>) -> Self {
         TunnelStream {
-            inner: Inner::H3(Box::new(io)),
-            _slot: slot,
+            inner: Inner::H3(io),
+            _slot: None,
         }
     }
 

@@ -10,12 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Pki, echo};
-use meshd_hbone::{Observer, Refused, Server, ServerSettings, Stage};
+use meshd_hbone::{Error, Observer, Refused, Server, ServerSettings, Stage};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// One refusal as seen: stage, reason, peer identity, typed error.
+type Seen1 = (Stage, String, Option<String>, Option<Error>);
+
 #[derive(Default)]
-struct Seen(Mutex<Vec<(Stage, String, Option<String>)>>);
+struct Seen(Mutex<Vec<Seen1>>);
 
 impl Observer for Seen {
     fn refused(&self, r: &Refused<'_>) {
@@ -23,17 +26,24 @@ impl Observer for Seen {
             r.stage,
             r.reason.to_string(),
             r.peer_identity.map(ToString::to_string),
+            r.error.cloned(),
         ));
     }
 }
 
 impl Seen {
     async fn wait(&self, stage: Stage) -> (String, Option<String>) {
+        let (reason, id, _) = self.wait_error(stage).await;
+        (reason, id)
+    }
+
+    async fn wait_error(&self, stage: Stage) -> (String, Option<String>, Option<Error>) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some((_, reason, id)) = self.0.lock().unwrap().iter().find(|(s, ..)| *s == stage)
+            if let Some((_, reason, id, error)) =
+                self.0.lock().unwrap().iter().find(|(s, ..)| *s == stage)
             {
-                return (reason.clone(), id.clone());
+                return (reason.clone(), id.clone(), error.clone());
             }
             assert!(Instant::now() < deadline, "no {stage:?} refusal");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -70,9 +80,18 @@ async fn a_failed_tls_handshake_is_observed() {
     let addr = start(&pki, seen.clone()).await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-    let (reason, identity) = seen.wait(Stage::Handshake).await;
+    let (reason, identity, error) = seen.wait_error(Stage::Handshake).await;
     assert!(reason.starts_with("tls error with 127.0.0.1:"), "{reason}");
     assert_eq!(identity, None, "never authenticated");
+    // The typed failure travels with its text, and keeps rustls' error as its cause.
+    let Some(Error::Tls { source, .. }) = &error else {
+        panic!("expected a TLS error, got {error:?}");
+    };
+    let io = source.get_ref().downcast_ref::<std::io::Error>();
+    assert_eq!(
+        io.map(std::io::Error::kind),
+        Some(std::io::ErrorKind::InvalidData)
+    );
 }
 
 #[tokio::test]

@@ -308,7 +308,8 @@ async fn identity_mismatch_is_refused(transport: Transport) {
     match (transport, err) {
         (Transport::H2, Error::Tls { identity, .. }) => assert_eq!(identity, Some(mismatch)),
         // quinn passes the rustls rejection on as text only.
-        (Transport::H3, Error::Tls { reason, .. }) => {
+        (Transport::H3, Error::Tls { source, .. }) => {
+            let reason = source.to_string();
             assert!(reason.contains(&wrong.to_string()), "{reason}")
         }
         (_, other) => panic!("expected a TLS identity error, got {other:?}"),

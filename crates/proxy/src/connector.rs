@@ -58,8 +58,7 @@ impl Connector for MeshConnector {
     ) -> BoxFuture<'static, Result<BoxIo, TunnelError>> {
         let client = self.client.clone();
         Box::pin(async move {
-            let identity =
-                SpiffeId::new(&request.identity).map_err(|e| TunnelError::Failed(e.to_string()))?;
+            let identity = SpiffeId::new(&request.identity).map_err(meshd_hbone::Error::from)?;
             let namespace = identity.namespace().map(str::to_string);
             let headers = RequestHeaders {
                 baggage: namespace.map(|ns| format!("k8s.namespace.name={ns}")),
@@ -80,7 +79,7 @@ impl Connector for MeshConnector {
                 Ok(stream) => Ok(Box::new(stream) as BoxIo),
                 Err(e) => match e.http_status() {
                     Some(status) => Err(TunnelError::Status(status.as_u16())),
-                    None => Err(TunnelError::Failed(e.to_string())),
+                    None => Err(TunnelError::Failed(e)),
                 },
             }
         })

@@ -56,12 +56,14 @@ pub enum ProxyError {
     #[error("peer meshd refused the tunnel with HTTP status {0}")]
     TunnelStatus(u16),
     /// Establishing the tunnel failed (TLS, identity, HTTP/2).
-    #[error("tunnel to {addr} failed: {reason}")]
+    #[error("tunnel to {addr} failed: {source}")]
     Tunnel {
         /// The peer meshd.
         addr: SocketAddr,
-        /// Why.
-        reason: String,
+        /// Why (boxed: the transport's error is large, and this one travels in every
+        /// connection's `Result`).
+        #[source]
+        source: Box<meshd_hbone::Error>,
     },
     /// Answering the downstream side failed.
     #[error("downstream failed: {0}")]
@@ -86,5 +88,36 @@ impl ProxyError {
             | ProxyError::Tunnel { .. } => Outcome::Unreachable,
             ProxyError::Downstream(_) | ProxyError::Copy(_) => Outcome::Failed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_failed_tunnel_keeps_the_transport_error_as_its_cause() {
+        // The access log line reads as before, and the HBONE error is there to match on.
+        let addr: SocketAddr = ([10, 0, 0, 2], 15008).into();
+        let cause = meshd_hbone::Error::Timeout {
+            what: "tls and http2 handshake",
+            after: Duration::from_secs(10),
+        };
+        let error = ProxyError::Tunnel {
+            addr,
+            source: Box::new(cause.clone()),
+        };
+        assert_eq!(
+            error.to_string(),
+            "tunnel to 10.0.0.2:15008 failed: tls and http2 handshake timed out after 10s"
+        );
+        let source = error
+            .source()
+            .and_then(|s| s.downcast_ref::<Box<meshd_hbone::Error>>());
+        assert_eq!(source.map(|s| &**s), Some(&cause));
+        assert_eq!(error.outcome(), Outcome::Unreachable);
     }
 }

@@ -15,8 +15,10 @@ use super::stream::{H3Io, RecvHalf, SendHalf};
 use super::{ALPN_H3, h3_error, handshake_error, lock, peer_chain, transport_config};
 use crate::dial::DialSlot;
 use crate::headers::{RequestHeaders, authority_string};
+use crate::peer::Peer;
 use crate::revoke::{self, PeerChain};
-use crate::{ClientSettings, Error, Peer, TunnelStream};
+use crate::stream::TunnelStream;
+use crate::{ClientSettings, Error};
 
 type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
@@ -65,7 +67,7 @@ impl QuicClient {
             .method(Method::CONNECT)
             .uri(authority_string(authority))
             .body(())
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::Request(crate::Cause::new(e)))?;
         headers.write_to(request.headers_mut());
         // Bounded as over HTTP/2: a peer that never answers fails the tunnel, not holds it.
         let timeout = self.settings.response_timeout;
@@ -90,7 +92,7 @@ impl QuicClient {
         }
         let (send, recv) = stream.split();
         let io = H3Io::new(SendHalf::Client(send), RecvHalf::Client(recv));
-        Ok(TunnelStream::h3(io, None))
+        Ok(TunnelStream::h3(Box::new(io)))
     }
 
     async fn checkout(&self, peer: &Peer) -> Result<SendRequest, Error> {
@@ -142,8 +144,8 @@ async fn dial(parts: DialParts) -> Result<(quinn::Connection, SendRequest), Erro
     let addr = peer.addr;
     let mut tls = (*meshd_identity::tls::client_config(&identity, &peer.identity)?).clone();
     tls.alpn_protocols = vec![ALPN_H3.to_vec()];
-    let crypto =
-        QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| Error::Config(e.to_string()))?;
+    let crypto = QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|e| Error::QuicConfig(crate::Cause::new(e)))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(
         &settings.http2,
@@ -155,7 +157,7 @@ async fn dial(parts: DialParts) -> Result<(quinn::Connection, SendRequest), Erro
         .connect_with(config, addr, "0.0.0.0")
         .map_err(|e| Error::Connect {
             addr,
-            reason: e.to_string(),
+            source: crate::Cause::new(e),
         })?;
     let timeout = settings.handshake_timeout;
     let setup = async {
@@ -166,7 +168,7 @@ async fn dial(parts: DialParts) -> Result<(quinn::Connection, SendRequest), Erro
             .await
             .map_err(|e| Error::Http2Handshake {
                 addr,
-                reason: e.to_string(),
+                source: crate::Cause::new(e),
             })?;
         tokio::spawn(async move {
             let _closed = poll_fn(|cx| driver.poll_close(cx)).await;
@@ -239,7 +241,7 @@ impl QuicClient {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         };
         let e = quinn::Endpoint::client(SocketAddr::new(bind, 0))
-            .map_err(|e| Error::Io(e.to_string()))?;
+            .map_err(|e| Error::io("binding a QUIC client endpoint", e))?;
         endpoints.insert(v6, e.clone());
         Ok(e)
     }

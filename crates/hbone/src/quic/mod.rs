@@ -23,8 +23,6 @@ use std::sync::{Mutex, MutexGuard};
 use crate::{Error, Http2Settings, Keepalive};
 
 pub(crate) use client::QuicClient;
-pub(crate) use server::{ServerRequestStream, accept, refuse};
-pub(crate) use stream::H3Io;
 
 /// ALPN for HTTP/3.
 const ALPN_H3: &[u8] = b"h3";
@@ -45,37 +43,29 @@ fn transport_config(
     t
 }
 
-fn h3_error(e: impl std::fmt::Display) -> Error {
-    Error::H2(format!("h3: {e}"))
+fn h3_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::H3(crate::Cause::new(e))
 }
 
-/// Maps a failed QUIC handshake; TLS failures travel as CRYPTO_ERROR transport codes.
+/// Maps a failed QUIC handshake; TLS failures travel as CRYPTO_ERROR transport codes, and
+/// reach us as text only (no typed identity cause).
 fn handshake_error(addr: SocketAddr, e: quinn::ConnectionError) -> Error {
-    match e {
-        quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("crypto") => {
-            Error::Tls {
-                addr,
-                identity: None,
-                reason: t.to_string(),
-            }
-        }
-        quinn::ConnectionError::ConnectionClosed(c)
-            if c.error_code.to_string().contains("crypto") =>
-        {
-            Error::Tls {
-                addr,
-                identity: None,
-                reason: c.to_string(),
-            }
-        }
-        quinn::ConnectionError::TimedOut => Error::Connect {
+    let tls = match &e {
+        quinn::ConnectionError::TransportError(t) => t.code.to_string().contains("crypto"),
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code.to_string().contains("crypto"),
+        _ => false,
+    };
+    if tls {
+        Error::Tls {
             addr,
-            reason: "QUIC handshake timed out".into(),
-        },
-        other => Error::Connect {
+            identity: None,
+            source: crate::Cause::new(e),
+        }
+    } else {
+        Error::Connect {
             addr,
-            reason: other.to_string(),
-        },
+            source: crate::Cause::new(e),
+        }
     }
 }
 

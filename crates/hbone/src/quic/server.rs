@@ -1,88 +1,66 @@
-//! The HTTP/3 server: a quinn endpoint feeding the same CONNECT service as HTTP/2.
+//! The HTTP/3 server: a quinn endpoint feeding the same CONNECT service as HTTP/2, through
+//! the same [`lifecycle`] (admission, handshake reports, idle, drain, revocation).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http::StatusCode;
-use meshd_identity::{IdentityHandle, Purpose};
+use meshd_identity::Purpose;
 use quinn::crypto::rustls::QuicServerConfig;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::stream::{H3Io, RecvHalf, SendHalf};
-use super::{ALPN_H3, handshake_error, peer_chain, transport_config};
-use crate::admission::{HandshakeBudget, HandshakeTicket};
-use crate::observe::{Observer, Refused, Stage};
-use crate::responder::{Inbound, Responder, response};
-use crate::revoke::{self, PeerChain};
-use crate::server::{ActiveGuard, Phase, log_refusal, reached, sleep_opt};
-use crate::service::{ConnectService, ConnectionInfo, validate};
-use crate::{Error, Server, ServerHandle, Transport, TunnelStream};
+use super::{ALPN_H3, h3_error, handshake_error, peer_chain, transport_config};
+use crate::admission::HandshakeTicket;
+use crate::peer::Transport;
+use crate::request::{ConnectionInfo, response, validate};
+use crate::responder::{ConnectService, H3Answer, Inbound, Responder};
+use crate::revoke::PeerChain;
+use crate::server::lifecycle::{self, Admission, FORCE_GRACE, Lifecycle, Phase, Step};
+use crate::server::{Server, ServerHandle};
+use crate::stream::TunnelStream;
+use crate::{Error, ServerSettings};
 
 impl Server {
     /// Starts serving HBONE over HTTP/3 on UDP `addr` (experimental; meshd peers only).
     pub fn spawn_quic(self, addr: SocketAddr) -> Result<ServerHandle, Error> {
-        let (identity, tls, settings, service, observer) = self.parts();
-        let mut tls = (*tls).clone();
+        let mut tls = (*self.tls).clone();
         tls.alpn_protocols = vec![ALPN_H3.to_vec()];
-        let crypto =
-            QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| Error::Config(e.to_string()))?;
+        let crypto = QuicServerConfig::try_from(Arc::new(tls))
+            .map_err(|e| Error::QuicConfig(crate::Cause::new(e)))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(
-            &settings.http2,
-            settings.keepalive,
-            settings.max_concurrent_streams,
+            &self.settings.http2,
+            self.settings.keepalive,
+            self.settings.max_concurrent_streams,
         )));
-        let endpoint =
-            quinn::Endpoint::server(config, addr).map_err(|e| Error::Io(e.to_string()))?;
+        let endpoint = quinn::Endpoint::server(config, addr)
+            .map_err(|e| Error::io("binding the QUIC endpoint", e))?;
         let local_addr = endpoint
             .local_addr()
-            .map_err(|e| Error::Io(e.to_string()))?;
-        let (phase, watch_phase) = watch::channel(Phase::Running);
-        let active = Arc::new(AtomicUsize::new(0));
-        let budget = settings.handshake_budget();
-        let task = tokio::spawn(accept_loop(
-            endpoint,
-            local_addr,
-            settings,
-            service,
-            identity,
-            observer,
-            watch_phase,
-            Arc::clone(&active),
-            budget.clone(),
-        ));
-        Ok(ServerHandle::from_parts(
-            local_addr, phase, task, active, budget,
-        ))
+            .map_err(|e| Error::io("reading the QUIC endpoint's address", e))?;
+        let admission = Admission::new(&self.settings, Arc::clone(&self.observer), Transport::H3);
+        let accepting = admission.clone();
+        Ok(ServerHandle::start(local_addr, admission, move |phase| {
+            accept_loop(endpoint, local_addr, self, phase, accepting)
+        }))
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
-    settings: Arc<crate::ServerSettings>,
-    service: ConnectService,
-    identity: IdentityHandle,
-    observer: Arc<dyn Observer>,
+    server: Server,
     mut phase: watch::Receiver<Phase>,
-    active: Arc<AtomicUsize>,
-    budget: HandshakeBudget,
+    admission: Admission,
 ) {
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            changed = phase.changed() => {
-                if changed.is_err() || *phase.borrow() != Phase::Running {
-                    break;
-                }
-            }
+            () = lifecycle::reached(&mut phase, Phase::Draining) => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
@@ -95,36 +73,22 @@ async fn accept_loop(
                     let _ = incoming.retry();
                     continue;
                 }
-                let peer_addr = incoming.remote_address();
-                let ticket = match budget.try_admit(peer_addr.ip()) {
-                    Ok(ticket) => ticket,
-                    Err(refusal) => {
-                        log_refusal(refusal, peer_addr);
-                        observer.refused(&Refused {
-                            stage: Stage::Budget,
-                            peer_addr,
-                            peer_identity: None,
-                            authority: None,
-                            transport: Transport::H3,
-                            reason: refusal.reason(),
-                        });
-                        incoming.refuse();
-                        continue;
-                    }
+                let Some(admitted) = admission.admit(incoming.remote_address()) else {
+                    incoming.refuse();
+                    continue;
                 };
-                let counter = ActiveGuard::new(&active);
                 let conn = Parts {
-                    identity: identity.clone(),
+                    identity: server.identity.clone(),
                     endpoint_addr: local_addr,
-                    settings: Arc::clone(&settings),
-                    service: service.clone(),
-                    limit: Arc::clone(&limit),
-                    observer: Arc::clone(&observer),
+                    settings: Arc::clone(&server.settings),
+                    service: server.service.clone(),
+                    admission: admission.clone(),
                 };
                 let phase = phase.clone();
                 connections.spawn(async move {
+                    let lifecycle::Admitted { ticket, active } = admitted;
                     serve_connection(incoming, conn, phase, ticket).await;
-                    drop(counter);
+                    drop(active);
                 });
             }
         }
@@ -133,7 +97,7 @@ async fn accept_loop(
     endpoint.set_server_config(None);
     tokio::select! {
         () = async { while connections.join_next().await.is_some() {} } => {}
-        () = reached(&mut phase, Phase::Force) => {}
+        () = lifecycle::reached(&mut phase, Phase::Force) => {}
     }
     endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
     connections.abort_all();
@@ -141,13 +105,11 @@ async fn accept_loop(
 
 /// What one connection task needs from its server.
 struct Parts {
-    identity: IdentityHandle,
+    identity: meshd_identity::IdentityHandle,
     endpoint_addr: SocketAddr,
-    settings: Arc<crate::ServerSettings>,
+    settings: Arc<ServerSettings>,
     service: ConnectService,
-    /// Places for authenticated connections (`max_connections`).
-    limit: Arc<Semaphore>,
-    observer: Arc<dyn Observer>,
+    admission: Admission,
 }
 
 async fn serve_connection(
@@ -161,8 +123,7 @@ async fn serve_connection(
         endpoint_addr,
         settings,
         service,
-        limit,
-        observer,
+        admission,
     } = parts;
     let peer_addr = incoming.remote_address();
     let arrived_on = incoming.local_ip();
@@ -178,13 +139,12 @@ async fn serve_connection(
             .ok_or(Error::Identity(meshd_identity::Error::NoPeerCertificate))?;
         let id = meshd_identity::x509::inspect_leaf(leaf)?.id;
         let chain = PeerChain::new(&certs, Purpose::ClientAuth);
-        // Authenticated: counted against `max_connections` from here, as over HTTP/2.
-        drop(ticket);
-        let Ok(permit) = limit.try_acquire_owned() else {
-            conn.close(quinn::VarInt::from_u32(0), b"connection limit");
-            return Err(Error::ConnectionLimit {
-                limit: settings.max_connections,
-            });
+        let permit = match admission.authenticated(ticket) {
+            Ok(permit) => permit,
+            Err(error) => {
+                conn.close(quinn::VarInt::from_u32(0), b"connection limit");
+                return Err(error);
+            }
         };
         let h3 = h3::server::builder()
             .max_field_section_size(u64::from(settings.http2.max_header_list_size))
@@ -192,45 +152,16 @@ async fn serve_connection(
             .await
             .map_err(|e| Error::Http2Handshake {
                 addr: peer_addr,
-                reason: e.to_string(),
+                source: crate::Cause::new(e),
             })?;
         Ok::<_, Error>((conn, id, chain, h3, permit))
     };
+    let timeout = settings.handshake_timeout;
     // The permit is held by the connection from authentication to its end.
-    let (conn, peer_identity, peer_chain, mut h3, _permit) = tokio::select! {
-        r = tokio::time::timeout(settings.handshake_timeout, handshake) => match r {
-            Ok(Ok(done)) => done,
-            Ok(Err(error)) => {
-                tracing::warn!(src.addr = %peer_addr, %error, "hbone/h3 connection failed");
-                let stage = match error {
-                    Error::ConnectionLimit { .. } => Stage::ConnectionLimit,
-                    _ => Stage::Handshake,
-                };
-                let reason = error.to_string();
-                observer.refused(&Refused {
-                    stage,
-                    peer_addr,
-                    peer_identity: None,
-                    authority: None,
-                    transport: Transport::H3,
-                    reason: &reason,
-                });
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(src.addr = %peer_addr, "hbone/h3 handshake timed out");
-                observer.refused(&Refused {
-                    stage: Stage::Handshake,
-                    peer_addr,
-                    peer_identity: None,
-                    authority: None,
-                    transport: Transport::H3,
-                    reason: "handshake timed out",
-                });
-                return;
-            }
-        },
-        () = reached(&mut phase, Phase::Draining) => return,
+    let Some((conn, peer_identity, peer_chain, mut h3, _permit)) =
+        lifecycle::handshake(&admission, timeout, peer_addr, &mut phase, handshake).await
+    else {
+        return;
     };
     let local_ip = conn.local_ip().or(arrived_on).unwrap_or(endpoint_addr.ip());
     let info = Arc::new(ConnectionInfo {
@@ -238,70 +169,58 @@ async fn serve_connection(
         peer_addr,
         local_addr: SocketAddr::new(local_ip, endpoint_addr.port()),
         transport: Transport::H3,
-        observer: Arc::clone(&observer),
+        observer: Arc::clone(&admission.observer),
     });
-    let mut streams = JoinSet::new();
-    let period =
-        (settings.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
-    let mut idle_check = tokio::time::interval(period);
-    let mut idle_since = Instant::now();
-    let mut draining = false;
-    // As over HTTP/2: once the client's chain stops verifying, GOAWAY and no new requests; open
-    // streams get the grace period, then the connection is closed.
-    let revoked = revoke::revoked(&identity, &peer_chain);
-    tokio::pin!(revoked);
-    let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    loop {
-        tokio::select! {
-            error = &mut revoked, if grace.is_none() => {
-                tracing::warn!(src.addr = %peer_addr, src.identity = %info.peer_identity, %error,
-                    "client certificate no longer verifies; closing hbone/h3 connection");
-                grace = Some(Box::pin(tokio::time::sleep(settings.revocation_grace)));
-                if !draining {
-                    draining = true;
-                    let _ = h3.shutdown(0).await;
-                }
-            }
-            () = sleep_opt(&mut grace) => break,
-            changed = phase.changed() => {
-                let now = if changed.is_err() { Phase::Force } else { *phase.borrow_and_update() };
-                if now == Phase::Force {
-                    break;
-                }
-                if now == Phase::Draining && !draining {
-                    draining = true;
-                    let _ = h3.shutdown(0).await;
-                }
-            }
-            Some(_) = streams.join_next(), if !streams.is_empty() => {
-                if streams.is_empty() {
-                    idle_since = Instant::now();
-                    if draining {
-                        break;
-                    }
-                }
-            }
-            _ = idle_check.tick() => {
-                if streams.is_empty() && (draining || idle_since.elapsed() >= settings.idle_timeout) {
-                    break;
-                }
-            }
-            next = h3.accept() => match next {
-                // Dropping the resolver refuses a request sent before our GOAWAY arrived.
-                Ok(Some(_)) if grace.is_some() => {}
-                Ok(Some(resolver)) => {
-                    streams.spawn(serve_stream(resolver, Arc::clone(&info), service.clone()));
-                }
-                Ok(None) | Err(_) => break,
-            },
-        }
+    let life = Lifecycle::new(
+        &settings,
+        Transport::H3,
+        (peer_addr, info.peer_identity.clone()),
+        identity,
+        peer_chain,
+        phase,
+    );
+    if serve_h3(&mut h3, life, info, service).await == Step::Drained {
+        // quinn drops what is still unsent when a connection closes: give the last streams'
+        // final bytes time to reach the client (it may close first), as HTTP/2 does.
+        let _ = tokio::time::timeout(FORCE_GRACE, conn.closed()).await;
     }
-    streams.abort_all();
     conn.close(quinn::VarInt::from_u32(0), b"");
 }
 
+/// Serves an authenticated connection's requests until it ends, turning the lifecycle's steps
+/// into HTTP/3: GOAWAY, and the end once drained (h3 does not close one on its own). Returns
+/// how it ended: [`Step::Drained`], or [`Step::Close`] for anything abrupt.
+async fn serve_h3(
+    h3: &mut h3::server::Connection<h3_quinn::Connection, Bytes>,
+    mut life: Lifecycle,
+    info: Arc<ConnectionInfo>,
+    service: ConnectService,
+) -> Step {
+    let ended = loop {
+        tokio::select! {
+            step = life.next() => match step {
+                Step::GoAway => {
+                    let _ = h3.shutdown(0).await;
+                }
+                Step::Drained => break Step::Drained,
+                Step::Close => break Step::Close,
+            },
+            next = h3.accept() => match next {
+                // Dropping the resolver refuses a request sent before our GOAWAY arrived.
+                Ok(Some(_)) if life.refusing() => {}
+                Ok(Some(resolver)) => {
+                    life.spawn(serve_stream(resolver, Arc::clone(&info), service.clone()));
+                }
+                Ok(None) | Err(_) => break Step::Close,
+            },
+        }
+    };
+    life.abort_streams();
+    ended
+}
+
 /// A server-side HTTP/3 request stream, as the responder holds it.
-pub(crate) type ServerRequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type ServerRequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 /// Answers one CONNECT: validates it, then runs the caller's service on it in this task.
 async fn serve_stream(
@@ -318,7 +237,7 @@ async fn serve_stream(
         Ok(request) => {
             let inbound = Inbound {
                 request,
-                responder: Responder::h3(stream),
+                responder: Responder::h3(Box::new(stream)),
             };
             if let Err(error) = tower::ServiceExt::oneshot(service, inbound).await {
                 tracing::warn!(src.addr = %info.peer_addr, %error, "connect service failed");
@@ -327,19 +246,29 @@ async fn serve_stream(
     }
 }
 
+impl H3Answer for ServerRequestStream {
+    fn accept(self: Box<Self>) -> BoxFuture<'static, Result<TunnelStream, Error>> {
+        Box::pin(accept(*self))
+    }
+
+    fn refuse(self: Box<Self>, status: StatusCode) -> BoxFuture<'static, ()> {
+        Box::pin(refuse(*self, status))
+    }
+}
+
 /// Sends `200` and turns the request stream into a tunnel.
-pub(crate) async fn accept(mut stream: ServerRequestStream) -> Result<TunnelStream, Error> {
+async fn accept(mut stream: ServerRequestStream) -> Result<TunnelStream, Error> {
     stream
         .send_response(response(StatusCode::OK))
         .await
-        .map_err(|e| Error::Io(format!("http/3 response: {e}")))?;
+        .map_err(h3_error)?;
     let (send, recv) = stream.split();
     let io = H3Io::new(SendHalf::Server(send), RecvHalf::Server(recv));
-    Ok(TunnelStream::h3(io, None))
+    Ok(TunnelStream::h3(Box::new(io)))
 }
 
 /// Sends `status` and finishes the stream.
-pub(crate) async fn refuse(mut stream: ServerRequestStream, status: StatusCode) {
+async fn refuse(mut stream: ServerRequestStream, status: StatusCode) {
     if stream.send_response(response(status)).await.is_ok() {
         let _ = stream.finish().await;
     }

@@ -1,4 +1,5 @@
-//! The HTTP/3 halves of a CONNECT stream behind [`TunnelStream`](crate::TunnelStream).
+//! The HTTP/3 halves of a CONNECT stream behind [`TunnelStream`](crate::TunnelStream), which
+//! reaches them through [`H3Tunnel`].
 
 use std::future::Future;
 use std::io;
@@ -9,6 +10,8 @@ use bytes::{Buf, Bytes};
 use h3::error::{Code, StreamError};
 use tokio::io::ReadBuf;
 use tokio::sync::oneshot;
+
+use crate::stream::H3Tunnel;
 
 /// Largest single write taken into the one-write send buffer.
 const MAX_WRITE: usize = 256 * 1024;
@@ -71,7 +74,7 @@ enum Op {
 
 type SendFuture = Pin<Box<dyn Future<Output = (SendHalf, io::Result<()>)> + Send>>;
 
-/// The HTTP/3 halves of a CONNECT stream, as used by [`TunnelStream`].
+/// The HTTP/3 halves of a CONNECT stream, as used by [`TunnelStream`](crate::TunnelStream).
 pub(crate) struct H3Io {
     // None while an operation owns it.
     send: Option<SendHalf>,
@@ -162,11 +165,7 @@ impl H3Io {
         Poll::Ready(Ok(()))
     }
 
-    pub(crate) fn poll_read(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_fill(cx))?;
         let n = self.pending.len().min(buf.remaining());
         buf.put_slice(&self.pending[..n]);
@@ -175,22 +174,14 @@ impl H3Io {
     }
 
     /// The next received bytes, at most `max`, without a copy; empty at the end.
-    pub(crate) fn poll_read_bytes(
-        &mut self,
-        cx: &mut Context<'_>,
-        max: usize,
-    ) -> Poll<io::Result<Bytes>> {
+    fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
         ready!(self.poll_fill(cx))?;
         Poll::Ready(Ok(self
             .pending
             .split_to(self.pending.len().min(max.max(1)))))
     }
 
-    pub(crate) fn poll_write(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -210,11 +201,11 @@ impl H3Io {
         Poll::Ready(Ok(n))
     }
 
-    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_drive(cx)
     }
 
-    pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drive(cx))?;
         if self.finished {
             return Poll::Ready(Ok(()));
@@ -224,7 +215,7 @@ impl H3Io {
         self.poll_drive(cx)
     }
 
-    pub(crate) fn reset(&mut self) {
+    fn reset(&mut self) {
         self.reset = true;
         if let Some(half) = self.send.as_mut() {
             half.reset();
@@ -244,6 +235,32 @@ impl H3Io {
         // lib.rs:394), and h3's frame reader can leave one behind even after handing out
         // data, as it polls ahead for the next frame: no flag of ours can tell.
         self.recv = None;
+    }
+}
+
+impl H3Tunnel for H3Io {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        H3Io::poll_read(self, cx, buf)
+    }
+
+    fn poll_read_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Bytes>> {
+        H3Io::poll_read_bytes(self, cx, max)
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        H3Io::poll_write(self, cx, buf)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        H3Io::poll_flush(self, cx)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        H3Io::poll_shutdown(self, cx)
+    }
+
+    fn reset(&mut self) {
+        H3Io::reset(self)
     }
 }
 

@@ -14,12 +14,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
-use super::{ConnectionParts, Phase, h2_builder, serve_http2};
+use super::Server;
+use super::http2::{h2_builder, serve_http2};
+use super::lifecycle::Phase;
+use crate::Error;
+use crate::peer::Transport;
+use crate::request::ConnectionInfo;
 use crate::revoke::PeerChain;
-use crate::service::ConnectionInfo;
-use crate::{Error, Server, Transport};
 
 impl Server {
     /// Serves one connection whose client presented `peer_chain` (leaf first), as if its TLS
@@ -40,20 +43,12 @@ impl Server {
             .first()
             .ok_or(Error::Identity(meshd_identity::Error::NoPeerCertificate))?;
         let peer_identity = meshd_identity::x509::inspect_leaf(leaf)?.id;
-        let parts = ConnectionParts {
-            identity: self.identity.clone(),
-            tls: Arc::clone(&self.tls),
-            settings: Arc::clone(&self.settings),
-            service: self.service.clone(),
-            limit: Arc::new(Semaphore::new(self.settings.max_connections)),
-            observer: Arc::clone(&self.observer),
-        };
         let conn = h2_builder(&self.settings)
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| Error::Http2Handshake {
                 addr: peer_addr,
-                reason: e.to_string(),
+                source: crate::Cause::new(e),
             })?;
         let info = Arc::new(ConnectionInfo {
             peer_identity,
@@ -65,7 +60,7 @@ impl Server {
         // The sender lives for the whole connection: a dropped one reads as a forced stop.
         let (_phase, phase) = watch::channel(Phase::Running);
         let chain = PeerChain::new(peer_chain, meshd_identity::Purpose::ClientAuth);
-        serve_http2(conn, info, &chain, parts, phase).await;
+        serve_http2(conn, info, chain, self.share(), phase).await;
         Ok(())
     }
 }

@@ -25,9 +25,9 @@ pub enum TunnelError {
     /// The peer meshd answered with this HTTP status.
     #[error("HTTP status {0}")]
     Status(u16),
-    /// Anything else (TCP, TLS, identity, HTTP/2).
-    #[error("{0}")]
-    Failed(String),
+    /// Anything else (TCP, TLS, identity, HTTP/2), with the transport's error as the cause.
+    #[error(transparent)]
+    Failed(#[from] meshd_hbone::Error),
 }
 
 /// Opens upstream connections. Plain connects must carry meshd's socket mark so traffic capture
@@ -110,9 +110,12 @@ impl Service<Conn> for Connect {
                                 .refuse(refusal, ProxyError::TunnelStatus(status))
                                 .await);
                         }
-                        Err(TunnelError::Failed(reason)) => {
+                        Err(TunnelError::Failed(source)) => {
                             conn.ctx.state.registry.report_failure(endpoint);
-                            let error = ProxyError::Tunnel { addr: peer, reason };
+                            let error = ProxyError::Tunnel {
+                                addr: peer,
+                                source: Box::new(source),
+                            };
                             return Err(conn.refuse(Refusal::Unreachable, error).await);
                         }
                     }

@@ -1,35 +1,17 @@
-//! What the server hands the caller for each CONNECT, and what it expects back.
-//!
-//! The transport validates what it can judge alone (method, authority syntax, that the
-//! authority names the address the tunnel arrived on) and asks the caller's `tower::Service`
-//! about the rest, handing it an [`Inbound`]: the request and its
-//! [`Responder`](crate::Responder), which the service uses to accept or refuse when it knows
-//! (see `responder.rs`). Services that decide before doing anything else can be written as
-//! [`Decision`]s and adapted with [`Decide`].
+//! What the server makes of one CONNECT before the caller's service sees it: the checks the
+//! transport judges alone (method, authority syntax, that the authority names the address the
+//! tunnel arrived on), the [`InboundRequest`] the service gets, and the [`Refusal`]s it may
+//! answer with, each mapped to its HTTP status in one place.
 
-use std::fmt;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use std::task::{Context, Poll};
-
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method, Response, StatusCode};
 use meshd_identity::SpiffeId;
-use tower::Service;
-use tower::util::BoxCloneService;
 
 use crate::headers::{RequestHeaders, canonical, parse_authority};
 use crate::observe::{Observer, Refused, Stage};
-use crate::responder::Inbound;
-use crate::{Transport, TunnelStream};
-
-/// A boxed error from the caller's service.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The service type the server stores: any caller service, boxed once at construction.
-pub(crate) type ConnectService = BoxCloneService<Inbound, (), BoxError>;
+use crate::peer::Transport;
 
 /// One validated CONNECT, as the proxy's service sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,54 +29,6 @@ pub struct InboundRequest {
     pub headers: RequestHeaders,
     /// Which transport carried the request.
     pub transport: Transport,
-}
-
-/// The service's answer to an [`InboundRequest`].
-pub enum Decision {
-    /// Send `200` and run the handler on the tunnel.
-    Accept(TunnelHandler),
-    /// Send the refusal's status and end the stream.
-    Refuse(Refusal),
-}
-
-impl Decision {
-    /// Accept the tunnel and run `handler` on it (typically `copy_bidirectional` with the
-    /// upstream connection the service already opened).
-    pub fn accept<F, Fut>(handler: F) -> Decision
-    where
-        F: FnOnce(TunnelStream) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        Decision::Accept(TunnelHandler(Box::new(move |stream| {
-            Box::pin(handler(stream))
-        })))
-    }
-
-    /// Refuse with `refusal`'s status.
-    pub fn refuse(refusal: Refusal) -> Decision {
-        Decision::Refuse(refusal)
-    }
-}
-
-impl fmt::Debug for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Decision::Accept(_) => f.write_str("Accept"),
-            Decision::Refuse(r) => f.debug_tuple("Refuse").field(r).finish(),
-        }
-    }
-}
-
-type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// What runs on an accepted tunnel; built by [`Decision::accept`].
-pub struct TunnelHandler(Box<dyn FnOnce(TunnelStream) -> BoxFuture + Send>);
-
-impl TunnelHandler {
-    /// Runs the handler on an accepted tunnel.
-    pub async fn run(self, stream: TunnelStream) {
-        (self.0)(stream).await
-    }
 }
 
 /// Why a tunnel is refused; each maps to the status ztunnel uses.
@@ -146,6 +80,7 @@ impl ConnectionInfo {
             authority,
             transport: self.transport,
             reason,
+            error: None,
         });
         StatusCode::BAD_REQUEST
     }
@@ -185,41 +120,9 @@ pub(crate) fn validate(
     })
 }
 
-/// Adapts a service that decides first and handles the accepted tunnel afterwards
-/// ([`Decision`]) to the [`Responder`](crate::Responder) interface the server calls: the
-/// decision is sent as soon as it is made, then the handler runs on the tunnel. For callers
-/// with nothing to do between deciding and answering (tests, tools); the proxy answers through
-/// the responder itself, after dialing.
-#[derive(Debug, Clone)]
-pub struct Decide<S>(pub S);
-
-impl<S> Service<Inbound> for Decide<S>
-where
-    S: Service<InboundRequest, Response = Decision> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-    type Response = ();
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.0.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, inbound: Inbound) -> Self::Future {
-        let decided = self.0.call(inbound.request);
-        let responder = inbound.responder;
-        Box::pin(async move {
-            // An error drops the responder unanswered: the client gets 503.
-            match decided.await.map_err(Into::into)? {
-                Decision::Accept(handler) => {
-                    let stream = responder.accept().await?;
-                    handler.run(stream).await;
-                }
-                Decision::Refuse(refusal) => responder.refuse(refusal).await,
-            }
-            Ok(())
-        })
-    }
+/// A response head with `status` and no body, as every CONNECT answer is.
+pub(crate) fn response(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response
 }
