@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use meshd_metrics::Metrics;
-use meshd_proxy::record::{
+use meshd_record::{
     ConnectionRecord, Direction, RecordHandle, RecordSink, Sinks, Verdict, WorkloadMeta,
 };
 

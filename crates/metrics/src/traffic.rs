@@ -22,7 +22,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use meshd_proxy::record::{ByteMeter, ConnectionRecord, Direction, Outcome, WorkloadMeta};
+use meshd_record::{ByteMeter, ConnectionRecord, Direction, Outcome, WorkloadMeta};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use exposition::{check_exposition, samples};
 use meshd_metrics::{DENIED_PRINCIPAL, MAX_PEER_PRINCIPALS, Metrics, OVERFLOW_PRINCIPAL};
-use meshd_proxy::record::{
+use meshd_record::{
     ConnectionRecord, Direction, Meters, Outcome, RecordHandle, Sinks, Verdict, WorkloadMeta,
 };
 

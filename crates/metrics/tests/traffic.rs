@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use exposition::{Traffic, assert_line, check_exposition, samples};
 use meshd_metrics::{Metrics, Options};
-use meshd_proxy::record::{
+use meshd_record::{
     ConnectionRecord, Direction, Outcome, RecordHandle, Sinks, Verdict, WorkloadMeta,
 };
 

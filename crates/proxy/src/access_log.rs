@@ -8,7 +8,7 @@
 //! response flag. Its shape (text key=value or one
 //! JSON object) is the log formatter's: `meshd run --log-format json` makes every line JSON.
 
-use crate::record::{ConnectionRecord, Outcome, RecordSink};
+use meshd_record::{ConnectionRecord, Outcome, RecordSink};
 
 /// Logs each connection when it ends.
 #[derive(Debug, Clone, Copy, Default)]

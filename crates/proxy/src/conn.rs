@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::record::{Direction, RecordHandle};
+use meshd_record::{Direction, RecordHandle};
 use crate::state::ProxyState;
 
 /// A bidirectional byte stream a relay carries.

@@ -12,7 +12,7 @@ use tower::{Service, ServiceExt};
 
 use crate::conn::{BoxIo, Conn, ConnCtx, Downstream, Refusal, Target};
 use crate::layers::ConnService;
-use crate::record::{ConnectionRecord, Direction, Outcome, RecordHandle, Sinks};
+use meshd_record::{ConnectionRecord, Direction, Outcome, RecordHandle, Sinks};
 use crate::runtime::source_workload;
 use crate::state::ProxyState;
 

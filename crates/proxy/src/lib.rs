@@ -7,7 +7,8 @@
 //! - [`plugins`]: layers added by name from configuration (connection limit, rate limit),
 //!   after authorization.
 //! - [`access_log`]: the access log, a sink of connection records.
-//! - [`record`]: one record per connection, for metrics, access logs and admin.
+//! - connection records (meshd-record, re-exported as [`record`]): one per connection, opened
+//!   where it enters, filled in by the layers, for metrics, access logs and admin.
 //! - [`live`] and [`views`]: the operator views (open connections, recent denials,
 //!   workloads, services, policies, certificate) that `meshd status` and the admin page show.
 //! - [`runtime`]: binds the listeners (HBONE 15008, captured inbound 15006, captured outbound
@@ -34,7 +35,6 @@ pub mod live;
 pub mod metered;
 pub mod own_ports;
 pub mod plugins;
-pub mod record;
 pub mod registry;
 pub mod relay;
 pub mod runtime;
@@ -44,6 +44,7 @@ pub mod state;
 pub mod views;
 
 pub use config::{ConfigError, ProxyConfig};
+pub use meshd_record as record;
 pub use error::ProxyError;
 pub use own_ports::OwnPorts;
 pub use runtime::{BoundAddrs, BoundListeners, Proxy, StartError, local_predicate};

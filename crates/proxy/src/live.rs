@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use meshd_status::view;
+use meshd_view as view;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::record::{ByteMeter, ConnectionRecord, Outcome, RecordRef, RecordSink};
+use meshd_record::{ByteMeter, ConnectionRecord, Outcome, RecordRef, RecordSink};
 
 /// How many refused or denied connections are kept: enough to look back over a burst of
 /// scans without the ring itself becoming a memory cost (a few hundred bytes each).
@@ -196,7 +196,7 @@ mod tests {
 
     use super::*;
     use crate::ProxyError;
-    use crate::record::{Direction, RecordHandle, Sinks, Verdict};
+    use meshd_record::{Direction, RecordHandle, Sinks, Verdict};
 
     fn record(direction: Direction) -> ConnectionRecord {
         ConnectionRecord::new(

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::conn::Io;
-use crate::record::Meters;
+use meshd_record::Meters;
 
 /// Which side of the connection a wrapped stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::conn::{BoxIo, Io};
 use crate::error::ProxyError;
 use crate::metered::{Metered, Side};
-use crate::record::{Meters, RecordHandle};
+use meshd_record::{Meters, RecordHandle};
 use crate::state::ProxyState;
 
 /// Decides whether an established connection may stay open under a new configuration: `Err`

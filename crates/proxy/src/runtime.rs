@@ -22,7 +22,7 @@ use crate::layers::ConnService;
 use crate::layers::resolve::ResolveLayer;
 use crate::own_ports::OwnPorts;
 use crate::plugins::{PluginError, PluginRegistry};
-use crate::record::{ConnectionRecord, Direction, Outcome, RecordHandle, Sinks, WorkloadMeta};
+use meshd_record::{ConnectionRecord, Direction, Outcome, RecordHandle, Sinks, WorkloadMeta};
 use crate::registry::Workload;
 use crate::relay::Relay;
 use crate::socks5;

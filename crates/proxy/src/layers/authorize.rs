@@ -12,7 +12,7 @@ use tower::{Layer, Service};
 use crate::conn::{Conn, Refusal, Target, Upstream};
 use crate::error::ProxyError;
 use crate::own_ports::OwnPorts;
-use crate::record::{RecordHandle, Verdict};
+use meshd_record::{RecordHandle, Verdict};
 use crate::relay::Relay;
 use crate::state::ProxyState;
 

@@ -1,8 +1,16 @@
-//! One record per connection: what metrics, access logs and the admin API consume.
+//! meshd's connection records: one [`ConnectionRecord`] per connection, what metrics, access
+//! logs and the operator views consume.
 //!
-//! Layers fill the record as the connection meets them (identity, decision, upstream, bytes);
-//! the outermost layer stamps the duration and error and hands the finished record to every
-//! [`RecordSink`]. Sinks are called once per connection, off the data path's hot loop.
+//! The proxy opens a record where a connection enters ([`RecordHandle::open`]), its layers fill
+//! it in as the connection meets them (identity, decision, upstream, bytes), and when the last
+//! handle is dropped the record is closed and handed to every [`RecordSink`] exactly once. Sinks
+//! that count bytes as they flow hand out a [`ByteMeter`] when the connection is established.
+//!
+//! A crate of its own so that the sinks (meshd-metrics) depend on the records only, not on the
+//! proxy that fills them in. It does not log, count or serve anything itself.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -355,7 +363,7 @@ impl RecordHandle {
 
     /// Records why the connection failed or was refused (the first reason given wins: a
     /// refusal is not overwritten by the error its refusal causes further out).
-    pub fn fail(&self, error: &crate::ProxyError) {
+    pub fn fail(&self, error: &dyn Failure) {
         self.fail_with(error.outcome(), error.to_string());
     }
 
@@ -369,6 +377,13 @@ impl RecordHandle {
             }
         });
     }
+}
+
+/// An error that ends a connection: the class it puts the connection in, and its words (its
+/// `Display`, what access logs print).
+pub trait Failure: fmt::Display {
+    /// The refusal class, for metrics and logs.
+    fn outcome(&self) -> Outcome;
 }
 
 /// A consumer of connection records (metrics, access log, admin).
