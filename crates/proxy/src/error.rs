@@ -3,8 +3,8 @@
 use std::io;
 use std::net::SocketAddr;
 
-use meshd_record::Outcome;
 use crate::registry::ResolveError;
+use meshd_record::Outcome;
 
 /// The error a connection stack ends with; its Display is what access logs print.
 #[derive(Debug, thiserror::Error)]

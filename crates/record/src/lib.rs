@@ -20,6 +20,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+pub use meshd_hbone::TraceParent;
+pub use meshd_identity::SpiffeId;
+
 /// Which way a connection goes through this meshd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -138,23 +141,104 @@ pub type Meters = Arc<[Arc<dyn ByteMeter>]>;
 /// No meters, shared, so a connection without metering sinks allocates nothing for them.
 static NO_METERS: LazyLock<Meters> = LazyLock::new(|| Arc::new([]));
 
-/// Everything known about one connection when it ends.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ConnectionRecord {
-    /// The trace id (from `traceparent`), shared by both meshd instances of a tunnel.
-    pub id: String,
-    /// Unique within this process: tells sinks which open record a closed one is (the trace
-    /// id is shared by both directions of a tunnel through one meshd).
-    #[serde(skip)]
-    pub serial: u64,
+/// A SPIFFE ID as a record keeps it: the ID itself, typed, for whatever decides on it, and its
+/// URI rendered once, for the labels and log lines that print it (a sink borrows the text for
+/// each connection instead of rendering it again).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    id: SpiffeId,
+    uri: Box<str>,
+}
+
+impl Identity {
+    /// `id`, with its URI rendered now.
+    pub fn new(id: SpiffeId) -> Self {
+        let uri = id.to_string().into_boxed_str();
+        Identity { id, uri }
+    }
+
+    /// The SPIFFE ID.
+    pub fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    /// The ID as a URI, `spiffe://<trust domain>/<path>`.
+    pub fn as_str(&self) -> &str {
+        &self.uri
+    }
+}
+
+/// Parses a SPIFFE ID (configuration, tests); the proxy builds identities from typed IDs.
+impl std::str::FromStr for Identity {
+    type Err = meshd_identity::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SpiffeId::new(s).map(Identity::new)
+    }
+}
+
+impl From<SpiffeId> for Identity {
+    fn from(id: SpiffeId) -> Self {
+        Identity::new(id)
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.uri)
+    }
+}
+
+/// What a connection is, known where it enters meshd and fixed from then on: who it came from,
+/// which way it goes, under which trace. One value per connection, shared (one `Arc`) by its
+/// record and by the context the proxy's layers read, so the two never disagree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Facts {
+    /// The trace context: the peer's `traceparent` (inbound HBONE), else made at entry; shared
+    /// by both meshd instances of a tunnel.
+    pub trace: TraceParent,
     /// Inbound or outbound.
     pub direction: Direction,
     /// Where the connection came from.
-    pub source_addr: SocketAddr,
-    /// The authenticated source identity (inbound mTLS) or this meshd's (outbound).
-    pub source_identity: Option<String>,
-    /// The source workload, when the registry knows the source address.
-    pub source_workload_meta: Option<Arc<WorkloadMeta>>,
+    pub source: SocketAddr,
+    /// The authenticated source identity (inbound mTLS: the peer's certificate) or this
+    /// meshd's (outbound); `None` for plaintext inbound.
+    pub source_identity: Option<Arc<Identity>>,
+    /// The source workload, when the registry knows the source.
+    pub source_workload: Option<Arc<WorkloadMeta>>,
+}
+
+impl Facts {
+    /// A connection from `source`, going `direction`, under `trace`; no identity or workload
+    /// known.
+    pub fn new(trace: TraceParent, direction: Direction, source: SocketAddr) -> Self {
+        Facts {
+            trace,
+            direction,
+            source,
+            source_identity: None,
+            source_workload: None,
+        }
+    }
+
+    /// The authenticated peer: the source identity of an inbound connection (an outbound one's
+    /// is this meshd's own, never a peer's).
+    pub fn peer(&self) -> Option<&SpiffeId> {
+        match self.direction {
+            Direction::Inbound => self.source_identity.as_deref().map(Identity::id),
+            Direction::Outbound => None,
+        }
+    }
+}
+
+/// Everything known about one connection when it ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionRecord {
+    /// What the connection is: set where it entered, shared with the proxy's context.
+    pub facts: Arc<Facts>,
+    /// Unique within this process: tells sinks which open record a closed one is (the trace
+    /// id is shared by both directions of a tunnel through one meshd).
+    pub serial: u64,
     /// The destination workload, once resolved.
     pub destination_workload_meta: Option<Arc<WorkloadMeta>>,
     /// True when the downstream side (inbound) or the upstream side (outbound) used mTLS.
@@ -163,14 +247,15 @@ pub struct ConnectionRecord {
     pub outcome: Outcome,
     /// True once allowed and connected on both sides.
     pub established: bool,
-    /// The destination as asked for (original destination, CONNECT authority, SOCKS target).
+    /// The destination as asked for (original destination, CONNECT authority, SOCKS target),
+    /// as the client put it; `-` until known (a SOCKS5 request not read yet).
     pub destination: String,
     /// The address actually connected to (a workload, or a peer meshd's HBONE port).
     pub upstream_addr: Option<SocketAddr>,
     /// The destination workload (`namespace/name`).
     pub destination_workload: Option<String>,
     /// The destination identity expected (outbound) or served (inbound).
-    pub destination_identity: Option<String>,
+    pub destination_identity: Option<Arc<Identity>>,
     /// The service, when the destination was one (`namespace/name`).
     pub destination_service: Option<String>,
     /// The service's host name (its first `hosts` entry), when the destination was one.
@@ -184,7 +269,6 @@ pub struct ConnectionRecord {
     /// Bytes from the upstream side back to the downstream side.
     pub bytes_out: u64,
     /// When the connection was accepted.
-    #[serde(skip)]
     pub started: SystemTime,
     /// How long it lasted.
     pub duration: Duration,
@@ -196,25 +280,16 @@ pub struct ConnectionRecord {
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 impl ConnectionRecord {
-    /// A record for a connection accepted now.
-    pub fn new(
-        id: String,
-        direction: Direction,
-        source_addr: SocketAddr,
-        destination: String,
-    ) -> Self {
+    /// A record for a connection accepted now, with its `facts`, asked for `destination`.
+    pub fn new(facts: Arc<Facts>, destination: impl Into<String>) -> Self {
         ConnectionRecord {
-            id,
+            facts,
             serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
-            direction,
-            source_addr,
-            source_identity: None,
-            source_workload_meta: None,
             destination_workload_meta: None,
             mtls: false,
             outcome: Outcome::Allowed,
             established: false,
-            destination,
+            destination: destination.into(),
             upstream_addr: None,
             destination_workload: None,
             destination_identity: None,
@@ -228,6 +303,11 @@ impl ConnectionRecord {
             duration: Duration::ZERO,
             error: None,
         }
+    }
+
+    /// The trace id: the `traceparent` header's value.
+    pub fn trace_id(&self) -> String {
+        self.facts.trace.to_string()
     }
 }
 
@@ -496,12 +576,12 @@ mod tests {
     }
 
     fn record() -> ConnectionRecord {
-        ConnectionRecord::new(
-            "t".into(),
+        let facts = Facts::new(
+            TraceParent::random(),
             Direction::Inbound,
             "10.0.0.1:5000".parse().expect("address"),
-            "10.0.0.2:80".into(),
-        )
+        );
+        ConnectionRecord::new(Arc::new(facts), "10.0.0.2:80")
     }
 
     #[test]
