@@ -19,3 +19,7 @@ pub type ConnService = BoxCloneSyncService<Conn, Relay, ProxyError>;
 /// The services after the layer that chooses the upstream (the plugins, the connect stage):
 /// they take only connections whose upstream is chosen.
 pub type ChosenService = BoxCloneSyncService<Conn<Upstream>, Relay, ProxyError>;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
