@@ -9,9 +9,8 @@ use meshd_admin::{
 };
 use meshd_identity::{IdentityHandle, IdentityManager, RotationStats};
 use meshd_metrics::Metrics;
-use meshd_proxy::dump::config_dump;
-use meshd_proxy::live::Live;
 use meshd_proxy::views;
+use meshd_proxy::{Live, config_dump};
 use meshd_proxy::{ProxyConfig, ProxyState};
 use tokio::sync::{Notify, watch};
 

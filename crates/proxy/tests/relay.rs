@@ -7,11 +7,11 @@
 use std::sync::Arc;
 
 use meshd_config::Snapshot;
+use meshd_proxy::BoxIo;
 use meshd_proxy::ProxyError;
 use meshd_proxy::ProxyState;
-use meshd_proxy::conn::BoxIo;
+use meshd_proxy::Relay;
 use meshd_proxy::record::{ConnectionRecord, Direction, Facts, Outcome, RecordHandle, TraceParent};
-use meshd_proxy::relay::Relay;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 use tokio::sync::watch;
 

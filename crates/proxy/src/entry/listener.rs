@@ -12,11 +12,11 @@ use meshd_record::{Direction, Identity, Outcome};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use super::socks5;
 use super::{Arrival, Gate};
 use crate::conn::{Downstream, Target};
 use crate::layers::ConnService;
 use crate::relay::Relay;
-use crate::socks5;
 
 /// How accepted connections on a listener find their target.
 #[derive(Clone)]

@@ -1,7 +1,7 @@
 //! Where connections enter meshd. Every way in opens the connection's record here, once, with
 //! the same set-up ([`Gate::open`]): HBONE CONNECTs over HTTP/2 and HTTP/3 and what the HBONE
 //! server refuses before one ([`hbone`]), captured inbound and outbound connections, SOCKS5
-//! and explicit listeners ([`listener`]).
+//! ([`socks5`] reads its request) and explicit listeners ([`listener`]).
 //!
 //! The set-up: the configuration in force is taken, the source workload looked up
 //! ([`ProxyState::source_workload`]), and the connection's [`Facts`] (trace, direction,
@@ -11,6 +11,7 @@
 
 pub(crate) mod hbone;
 pub(crate) mod listener;
+pub mod socks5;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
