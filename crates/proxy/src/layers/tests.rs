@@ -623,3 +623,35 @@ async fn the_context_and_the_record_share_their_facts() {
         "an inbound source identity is the peer"
     );
 }
+
+// A peer identity outside Istio's `ns/<ns>/sa/<sa>` form matches no principal or namespace:
+// the connection is denied (fail closed), even with no policy at all, and never dialled.
+#[tokio::test]
+async fn a_peer_identity_outside_istio_form_is_denied() {
+    let h = Harness::new(MESH, Answer::Connect);
+    let (result, client, _) = h
+        .connect(
+            &h.inbound(Plugins::new(Vec::new())),
+            Direction::Inbound,
+            Some("spiffe://cluster.local/workload/sleep"),
+            WEB,
+        )
+        .await;
+    assert!(
+        matches!(result, Err(ProxyError::Denied { .. })),
+        "{result:?}"
+    );
+    assert_eq!(client.refusal(), Some(Refusal::Denied));
+    assert!(h.connector.dials().is_empty());
+    let record = h.only_record();
+    assert_eq!(record.outcome, Outcome::Denied);
+    let verdict = record.verdict.unwrap();
+    assert!(!verdict.allowed);
+    assert!(
+        verdict
+            .reason
+            .contains("\"cluster.local/workload/sleep\" is not of the form"),
+        "{}",
+        verdict.reason
+    );
+}
