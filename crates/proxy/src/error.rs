@@ -1,10 +1,10 @@
 //! Why a proxied connection ended without success.
 
+use meshd_record::Outcome;
 use std::io;
 use std::net::SocketAddr;
 
 use crate::registry::ResolveError;
-use meshd_record::Outcome;
 
 /// The error a connection stack ends with; its Display is what access logs print.
 #[derive(Debug, thiserror::Error)]

@@ -18,13 +18,13 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use meshd_record::{Meters, RecordHandle};
 use tokio::sync::watch;
 
 use crate::conn::{BoxIo, Io};
 use crate::error::ProxyError;
 use crate::metered::{Metered, Side};
 use crate::state::ProxyState;
-use meshd_record::{Meters, RecordHandle};
 
 /// Decides whether an established connection may stay open under a new configuration: `Err`
 /// closes it with that error.

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use meshd_identity::SpiffeId;
 use meshd_rbac::{Connection, Destination, Peer};
-use meshd_record::{Facts, Identity};
+use meshd_record::{Facts, Identity, RecordHandle, Verdict};
 use tower::{Layer, Service};
 
 use crate::conn::{Conn, Refusal, Target, Upstream};
@@ -17,7 +17,6 @@ use crate::error::ProxyError;
 use crate::own_ports::OwnPorts;
 use crate::relay::Relay;
 use crate::state::ProxyState;
-use meshd_record::{RecordHandle, Verdict};
 
 /// Adds [`Authorize`].
 #[derive(Debug, Clone, Default)]
