@@ -61,6 +61,12 @@ impl fmt::Display for Identity {
 /// What a connection is, known where it enters meshd and fixed from then on: who it came from,
 /// which way it goes, under which trace. One value per connection, shared (one `Arc`) by its
 /// record and by the context the proxy's layers read, so the two never disagree.
+///
+/// The destination asked for is not among them: a SOCKS5 client names it after the record is
+/// open. The proxy's entry writes it into the record ([`ConnectionRecord::destination`]) in the
+/// same step that gives the context its typed target.
+///
+/// [`ConnectionRecord::destination`]: crate::ConnectionRecord::destination
 #[derive(Debug, Clone, PartialEq)]
 pub struct Facts {
     /// The trace context: the peer's `traceparent` (inbound HBONE), else made at entry; shared
