@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meshd_benches::policy_yaml;
+use meshd_daemon::MeshdConfig;
 use meshd_daemon::load_state;
 use meshd_daemon::watcher::{DEBOUNCE, watch_dir};
-use meshd_proxy::{ProxyConfig, ProxyState};
+use meshd_proxy::ProxyState;
 use meshd_rbac::{Connection, Destination, Peer};
 use tokio::runtime::Runtime;
 use tokio::sync::{Notify, watch};
@@ -87,7 +88,7 @@ spec:
 /// `/tmp` would trigger reloads of its own.
 struct BenchDir {
     _base: tempfile::TempDir,
-    config: ProxyConfig,
+    config: MeshdConfig,
     toggle: PathBuf,
 }
 
@@ -110,14 +111,14 @@ impl BenchDir {
         }
         let toggle = dir.join("probe.yaml");
         std::fs::write(&toggle, toggle_yaml(false)).expect("write toggle");
-        let config = ProxyConfig {
+        let config = MeshdConfig {
             config_dir: dir,
             // Named, so the local-workload check binds no socket.
             local: meshd_proxy::config::LocalWorkloads {
                 addresses: Vec::new(),
                 workloads: vec!["app/web".to_string()],
             },
-            ..ProxyConfig::default()
+            ..MeshdConfig::default()
         };
         BenchDir {
             _base: base,
@@ -166,7 +167,7 @@ fn runtime() -> Runtime {
 /// The daemon's reload step (`Reloader::reload` without its logs, metrics and systemd
 /// notifications): load off the async workers, swap the whole state in.
 struct Reloader {
-    config: ProxyConfig,
+    config: MeshdConfig,
     states: watch::Sender<Arc<ProxyState>>,
     generation: u64,
 }

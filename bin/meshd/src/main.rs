@@ -1,8 +1,6 @@
 //! `meshd`: the node proxy's command line. Parses flags and wires the library crates; every
 //! behaviour lives in a crate under `crates/`.
-// Not `forbid`: the `trim` module calls glibc's malloc_trim (see there); everything else
-// stays free of unsafe code.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 mod authz;
@@ -10,8 +8,6 @@ mod ca;
 mod redirect;
 mod run;
 mod status;
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-mod trim;
 mod validate;
 
 use std::path::PathBuf;

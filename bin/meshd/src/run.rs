@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::Args;
 use meshd_admin::LogLevelFn;
 use meshd_daemon::Exit;
+use meshd_daemon::MeshdConfig;
 use meshd_daemon::settings::{self, Base, Flags, Settings};
-use meshd_proxy::ProxyConfig;
 use tracing_subscriber::EnvFilter;
 
 /// The embedded default configuration (a dev setup on the example directory).
@@ -62,7 +62,7 @@ pub fn load_settings(path: Option<&Path>, flags: &Flags) -> Result<Settings, Str
 }
 
 /// The effective daemon configuration (see [`load_settings`]), without flags.
-pub fn load_config(path: Option<&Path>) -> Result<ProxyConfig, String> {
+pub fn load_config(path: Option<&Path>) -> Result<MeshdConfig, String> {
     load_settings(path, &Flags::default()).map(|s| s.config)
 }
 
@@ -74,13 +74,9 @@ const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let set_log_level = init_logging(args.log_format);
     // glibc keeps what a burst of connections freed; the trim thread gives it back, and glibc
-    // stops shrinking and regrowing its heap under bulk traffic meanwhile (see trim.rs).
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        crate::trim::keep_freed_pages();
-        if let Err(e) = crate::trim::spawn() {
-            tracing::warn!(error = %e, "cannot start the heap trimming thread: freed memory stays resident");
-        }
+    // stops shrinking and regrowing its heap under bulk traffic meanwhile (crates/memory).
+    if let Err(e) = meshd_memory::start() {
+        tracing::warn!(error = %e, "cannot start the heap trimming thread: freed memory stays resident");
     }
     let flags = Flags {
         config_dir: args.config_dir.clone(),

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use meshd_config::{LoadOptions, load_dir};
+use meshd_daemon::MeshdConfig;
 use meshd_proxy::strict_without_capture;
-use meshd_proxy::{ProxyConfig, ProxyState, local_predicate};
+use meshd_proxy::{ProxyState, local_predicate};
 
 /// Prints every problem, then a one-line summary; exit 1 when there is any error.
 pub fn run(
@@ -68,7 +69,7 @@ pub fn run(
 
 /// The daemon configuration's own checks and what it cannot enforce on this machine; false
 /// when the daemon would refuse to start.
-fn check_daemon(config: &ProxyConfig, path: &Path, snapshot: &meshd_config::Snapshot) -> bool {
+fn check_daemon(config: &MeshdConfig, path: &Path, snapshot: &meshd_config::Snapshot) -> bool {
     match config.check() {
         Ok(warnings) => {
             for warning in warnings {
@@ -84,8 +85,13 @@ fn check_daemon(config: &ProxyConfig, path: &Path, snapshot: &meshd_config::Snap
             return false;
         }
     }
-    let state = ProxyState::build(snapshot, &config.trust_domain, 0, local_predicate(config));
-    for warning in strict_without_capture(config, &state) {
+    let state = ProxyState::build(
+        snapshot,
+        &config.trust_domain,
+        0,
+        local_predicate(&config.proxy()),
+    );
+    for warning in strict_without_capture(&config.proxy(), &state) {
         println!("{}: warning: {warning}", path.display());
     }
     true

@@ -26,6 +26,7 @@ pub mod guard;
 mod readiness;
 mod runtime;
 mod server;
+mod settings;
 
 pub use guard::{Refusal, STATE_CHANGE_HEADER};
 pub use readiness::Readiness;
@@ -34,6 +35,7 @@ pub use server::{
     CONNECTION_LIFETIME, Endpoint, HEADER_READ_TIMEOUT, Limits, MAX_CONNECTIONS, ServeSettings,
     serve,
 };
+pub use settings::{AdminSettings, SettingsError};
 
 use std::sync::Arc;
 

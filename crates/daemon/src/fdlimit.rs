@@ -3,7 +3,7 @@
 //! soft `RLIMIT_NOFILE` to the hard limit at start, and warns when even the hard limit is below
 //! what its listeners could need.
 
-use meshd_proxy::ProxyConfig;
+use crate::schema::MeshdConfig;
 use rlimit::Resource;
 
 /// Descriptors a proxied connection holds in meshd: the application's socket and the one meshd
@@ -20,7 +20,7 @@ const RESERVE: u64 = 256;
 /// What meshd's listeners could need, and why: with a `connection_limit` plugin's `maxTotal`,
 /// that many connections in each direction (inbound and outbound have their own instance);
 /// otherwise [`ASSUMED_CONNECTIONS`].
-pub(crate) fn needed(config: &ProxyConfig) -> (u64, String) {
+pub(crate) fn needed(config: &MeshdConfig) -> (u64, String) {
     let max_total = config
         .plugins
         .iter()
@@ -43,7 +43,7 @@ pub(crate) fn needed(config: &ProxyConfig) -> (u64, String) {
 
 /// Raises the soft open-file limit to the hard limit and logs what it did; a hard limit below
 /// [`needed`] is a warning, not an error: meshd still works, up to that many connections.
-pub(crate) fn raise(config: &ProxyConfig) {
+pub(crate) fn raise(config: &MeshdConfig) {
     let (soft, hard) = match rlimit::getrlimit(Resource::NOFILE) {
         Ok(limits) => limits,
         Err(e) => {
@@ -83,7 +83,7 @@ pub(crate) fn raise(config: &ProxyConfig) {
 mod tests {
     use super::*;
 
-    fn config(plugins: &str) -> ProxyConfig {
+    fn config(plugins: &str) -> MeshdConfig {
         serde_json::from_str(&format!("{{\"plugins\": {plugins}}}")).unwrap()
     }
 

@@ -17,6 +17,7 @@
 mod fdlimit;
 mod operator;
 mod reload;
+pub mod schema;
 pub mod settings;
 pub mod stable;
 mod startup;
@@ -34,7 +35,9 @@ use meshd_proxy::AccessLog;
 use meshd_proxy::plugins::PluginRegistry;
 use meshd_proxy::record::Sinks;
 use meshd_proxy::strict_without_capture;
-use meshd_proxy::{Proxy, ProxyConfig, ProxyState, StartError, local_predicate};
+use meshd_proxy::{Proxy, ProxyState, StartError, local_predicate};
+
+pub use crate::schema::MeshdConfig;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
@@ -48,7 +51,7 @@ use crate::watcher::{DEBOUNCE, watch_dir};
 pub const DRAIN: Duration = Duration::from_secs(5);
 
 /// Re-reads the daemon configuration file (and its environment and flag layers).
-pub type RereadFn = Arc<dyn Fn() -> Result<ProxyConfig, String> + Send + Sync>;
+pub type RereadFn = Arc<dyn Fn() -> Result<MeshdConfig, String> + Send + Sync>;
 
 /// How the daemon ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +73,7 @@ pub enum DaemonError {
 }
 
 /// Loads the directory into a new state (generation `generation`), logging its warnings.
-pub fn load_state(config: &ProxyConfig, generation: u64) -> Result<ProxyState, String> {
+pub fn load_state(config: &MeshdConfig, generation: u64) -> Result<ProxyState, String> {
     let options = LoadOptions {
         root_namespace: config.root_namespace.clone(),
     };
@@ -83,9 +86,9 @@ pub fn load_state(config: &ProxyConfig, generation: u64) -> Result<ProxyState, S
         &snapshot,
         &config.trust_domain,
         generation,
-        local_predicate(config),
+        local_predicate(&config.proxy()),
     );
-    for warning in strict_without_capture(config, &state) {
+    for warning in strict_without_capture(&config.proxy(), &state) {
         tracing::warn!("{warning}");
     }
     Ok(state)
@@ -97,7 +100,7 @@ pub fn load_state(config: &ProxyConfig, generation: u64) -> Result<ProxyState, S
 /// on readiness; a configuration error ends start-up, as does any dev CA failure (meshd
 /// writes those files itself, so no agent will mend them).
 async fn start_identity(
-    config: &ProxyConfig,
+    config: &MeshdConfig,
     waiting: &Waiting,
 ) -> Result<IdentityManager, String> {
     let source = &config.identity;
@@ -125,13 +128,14 @@ async fn start_identity(
 /// serving with `identity`. A failed attempt keeps none of the listeners, so nothing is
 /// accepted before meshd is ready.
 async fn start_proxy(
-    config: &ProxyConfig,
+    config: &MeshdConfig,
     identity: &IdentityManager,
     updates: watch::Receiver<Arc<ProxyState>>,
     sinks: Sinks,
     waiting: &Waiting,
     reserved: &[u16],
 ) -> Result<Proxy, String> {
+    let config = &config.proxy();
     let listeners = until_ready(waiting, Pauses::bind(), || async move {
         Proxy::bind(config).await.map_err(|e| match &e {
             StartError::Bind { source, .. } if port_in_use(source) => Failure::Wait(e.to_string()),
@@ -157,7 +161,7 @@ async fn start_proxy(
 /// missed until the next one. Nothing was served yet, so the new state keeps generation 1; a
 /// directory that no longer loads changes nothing but the reported error, as a reload.
 fn reread_after_waiting(
-    config: &ProxyConfig,
+    config: &MeshdConfig,
     states: &watch::Sender<Arc<ProxyState>>,
     operated: &Operated,
 ) {
@@ -220,7 +224,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 /// A started daemon: what the serve loop needs.
 struct Running {
-    config: ProxyConfig,
+    config: MeshdConfig,
     reread: RereadFn,
     proxy: Proxy,
     states: watch::Sender<Arc<ProxyState>>,
@@ -238,7 +242,7 @@ struct Running {
 
 /// Runs the daemon until it is asked to stop.
 pub async fn run(
-    config: ProxyConfig,
+    config: MeshdConfig,
     set_log_level: LogLevelFn,
     reread: RereadFn,
 ) -> Result<Exit, DaemonError> {
@@ -255,7 +259,7 @@ pub async fn run(
 
 /// Start: configuration, operator endpoints, certificate, proxy; `Err` is how it ended.
 async fn start(
-    config: ProxyConfig,
+    config: MeshdConfig,
     set_log_level: LogLevelFn,
     reread: RereadFn,
 ) -> Result<Running, Exit> {

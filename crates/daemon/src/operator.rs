@@ -10,8 +10,9 @@ use meshd_admin::{
 use meshd_identity::{IdentityHandle, IdentityManager, RotationStats};
 use meshd_metrics::Metrics;
 use meshd_proxy::views;
-use meshd_proxy::{Live, config_dump};
-use meshd_proxy::{ProxyConfig, ProxyState};
+use meshd_proxy::{Live, ProxyState, config_dump};
+
+use crate::schema::MeshdConfig;
 use tokio::sync::{Notify, watch};
 
 use crate::startup::{self, Waiting};
@@ -81,7 +82,7 @@ impl Operated {
 /// in use is waited for, and readiness says so); refuses an admin endpoint off loopback that
 /// the configuration does not allow.
 pub(crate) async fn start_operator_endpoints(
-    config: &ProxyConfig,
+    config: &MeshdConfig,
     operated: Arc<Operated>,
     set_log_level: LogLevelFn,
     readiness: Readiness,

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshd_metrics::Metrics;
-use meshd_proxy::{ProxyConfig, ProxyState};
+use meshd_proxy::ProxyState;
+
+use crate::schema::MeshdConfig;
 use tokio::sync::watch;
 
 use crate::operator::Operated;
@@ -36,7 +38,7 @@ impl Trigger {
 
 /// Applies new configurations.
 pub(crate) struct Reloader<'a> {
-    pub(crate) config: &'a ProxyConfig,
+    pub(crate) config: &'a MeshdConfig,
     pub(crate) reread: &'a RereadFn,
     pub(crate) states: &'a watch::Sender<Arc<ProxyState>>,
     pub(crate) operated: &'a Operated,

@@ -14,10 +14,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::schema::MeshdConfig;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::{Figment, Metadata, Source};
 use meshd_config::{parse_file, parse_text};
-use meshd_proxy::ProxyConfig;
 
 /// Where meshd looks for its configuration file when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/meshd/meshd.yaml";
@@ -62,7 +62,7 @@ pub enum SettingsError {
 #[derive(Debug)]
 pub struct Settings {
     /// The configuration meshd runs with.
-    pub config: ProxyConfig,
+    pub config: MeshdConfig,
     figment: Figment,
     flags: Flags,
 }
@@ -82,11 +82,11 @@ pub struct Shown {
 pub fn load(base: Base<'_>, flags: &Flags) -> Result<Settings, SettingsError> {
     let file = match base {
         Base::File(path) => {
-            parse_file::<ProxyConfig>(path).map_err(|p| SettingsError::File(p.to_string()))?;
+            parse_file::<MeshdConfig>(path).map_err(|p| SettingsError::File(p.to_string()))?;
             Figment::new().merge(Yaml::file_exact(path))
         }
         Base::Embedded { name, text } => {
-            parse_text::<ProxyConfig>(Path::new(name), text)
+            parse_text::<MeshdConfig>(Path::new(name), text)
                 .map_err(|p| SettingsError::File(p.to_string()))?;
             Figment::new().merge(Yaml::string(text))
         }
@@ -96,7 +96,7 @@ pub fn load(base: Base<'_>, flags: &Flags) -> Result<Settings, SettingsError> {
         figment = figment.merge(Serialized::default("configDir", dir));
     }
     let config = figment
-        .extract::<ProxyConfig>()
+        .extract::<MeshdConfig>()
         .map_err(|e| SettingsError::Layer(layer_error(&e)))?;
     Ok(Settings {
         config,
@@ -129,8 +129,8 @@ impl Settings {
 }
 
 /// The keys whose values differ between two configurations (dotted), for "needs a restart".
-pub fn changed_keys(old: &ProxyConfig, new: &ProxyConfig) -> Vec<String> {
-    let flatten = |config: &ProxyConfig| {
+pub fn changed_keys(old: &MeshdConfig, new: &MeshdConfig) -> Vec<String> {
+    let flatten = |config: &MeshdConfig| {
         let mut values = BTreeMap::new();
         let value = serde_json::to_value(config).unwrap_or_default();
         leaves(&value, String::new(), &mut |k, v| {

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::schema::MeshdConfig;
 use meshd_admin::Readiness;
-use meshd_proxy::ProxyConfig;
 use meshd_proxy::plugins::PluginRegistry;
 use tokio::net::TcpListener;
 
@@ -186,7 +186,7 @@ where
 /// Checks everything in `config` that only a person can fix and that would otherwise surface
 /// only after a wait (for a certificate, a port): unsafe listeners, plugins, identity paths
 /// that can never exist. Warnings are left to the proxy's start, which logs them once.
-pub(crate) fn check_config(config: &ProxyConfig) -> Result<(), String> {
+pub(crate) fn check_config(config: &MeshdConfig) -> Result<(), String> {
     config.check().map_err(|e| e.to_string())?;
     PluginRegistry::builtin()
         .build(&config.plugins)

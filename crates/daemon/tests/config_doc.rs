@@ -1,7 +1,7 @@
 //! docs/configuration.md's table of `meshd.yaml` keys, checked against the code so that the page
 //! cannot drift from what meshd accepts.
 //!
-//! The code's keys are what [`ProxyConfig`] serializes: every struct of the schema is
+//! The code's keys are what [`MeshdConfig`] serializes: every struct of the schema is
 //! `deny_unknown_fields` and serializes the field names it reads, so the dotted leaves of a
 //! configuration with every optional part filled in (one list element, each identity source)
 //! are exactly the keys a `meshd.yaml` may hold. The test fails on a key missing from either
@@ -15,12 +15,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use figment::Jail;
+use meshd_daemon::MeshdConfig;
 use meshd_daemon::settings::{Base, Flags, load};
 use meshd_identity::{
     DevCaSource, FilesSource, IdentitySource, SpiffeHelperSource, SpiffeId, TrustDomain,
 };
-use meshd_proxy::ProxyConfig;
-use meshd_proxy::config::ExplicitListener;
+use meshd_proxy::ExplicitListener;
 use meshd_proxy::plugins::PluginSpec;
 use serde_json::Value;
 
@@ -80,7 +80,7 @@ fn unquote(cell: &str) -> String {
 }
 
 /// One configuration per identity source, each with every optional part present.
-fn filled_in() -> Vec<ProxyConfig> {
+fn filled_in() -> Vec<MeshdConfig> {
     let td = TrustDomain::new("partner.example").unwrap();
     let id = SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap();
     let federated = BTreeMap::from([(td, PathBuf::from("/partner.pem"))]);
@@ -109,7 +109,7 @@ fn filled_in() -> Vec<ProxyConfig> {
     }
     sources
         .into_iter()
-        .map(|identity| ProxyConfig {
+        .map(|identity| MeshdConfig {
             identity,
             listeners: vec![ExplicitListener {
                 listen: "127.0.0.1:9080".parse().unwrap(),
@@ -120,7 +120,7 @@ fn filled_in() -> Vec<ProxyConfig> {
                 name: "connection_limit".into(),
                 config: serde_json::json!({}),
             }],
-            ..ProxyConfig::default()
+            ..MeshdConfig::default()
         })
         .collect()
 }
@@ -161,7 +161,7 @@ fn accepted() -> BTreeSet<String> {
 fn defaults() -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     leaves(
-        &serde_json::to_value(ProxyConfig::default()).unwrap(),
+        &serde_json::to_value(MeshdConfig::default()).unwrap(),
         "",
         &mut out,
     );

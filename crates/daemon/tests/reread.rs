@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use meshd_daemon::MeshdConfig;
 use meshd_daemon::{Exit, RereadFn};
-use meshd_proxy::ProxyConfig;
 
 /// How long the re-read of `meshd.yaml` takes.
 const SLOW_READ: Duration = Duration::from_secs(4);
@@ -59,7 +59,7 @@ listen:
         ca.display()
     );
     let path = root.path().join("meshd.yaml");
-    let config: ProxyConfig = meshd_config::parse_text(&path, &text).unwrap();
+    let config: MeshdConfig = meshd_config::parse_text(&path, &text).unwrap();
     let rereads = Arc::new(AtomicUsize::new(0));
     let reread: RereadFn = {
         let (config, rereads) = (config.clone(), rereads.clone());

@@ -265,7 +265,7 @@ fn the_command_line_s_own_variables_are_not_keys() {
 
 #[test]
 fn changed_keys_lists_what_differs() {
-    let a = meshd_proxy::ProxyConfig::default();
+    let a = meshd_daemon::MeshdConfig::default();
     let mut b = a.clone();
     b.listen.admin = None;
     b.hbone_port = 1;

@@ -12,7 +12,7 @@
 //!   used idle ones are evicted; see `traffic/table.rs`);
 //! - meshd's own series (`meshd_*`): authorization decisions and refusals (also from the
 //!   records, so nothing is counted twice), configuration reloads, the certificate, the HBONE
-//!   pool, HBONE streams;
+//!   pool, HBONE streams, and what the memory policy (meshd-memory) did (`heap.rs`);
 //! - `process_*` (from `/proc/self`) and `tokio_*` (the runtime's stable metrics), read at
 //!   scrape time.
 //!
@@ -24,6 +24,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+mod heap;
 mod own;
 mod process;
 mod runtime;
@@ -109,6 +110,9 @@ impl Metrics {
         registry
             .sub_registry_with_prefix("tokio")
             .register_collector(Box::new(runtime::RuntimeCollector::new(&runtime)));
+        registry
+            .sub_registry_with_prefix("meshd")
+            .register_collector(Box::new(heap::HeapCollector));
 
         let istio = registry.sub_registry_with_prefix("istio");
         let build = Family::<BuildLabels, Gauge>::default();

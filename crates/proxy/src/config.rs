@@ -1,12 +1,11 @@
-//! The daemon configuration (`meshd.yaml`): identity, listeners, local workloads, plugins.
+//! The proxy's sections of `meshd.yaml`: listeners, local workloads, explicit listeners,
+//! plugins, SOCKS5 and the HBONE pool. The file's schema (which sections exist, the top-level
+//! keys, the layers) is the daemon's: crates/daemon/src/schema.rs.
 
 use std::net::{IpAddr, SocketAddr};
-use std::num::{NonZeroU32, NonZeroUsize};
-use std::path::PathBuf;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
-use meshd_identity::{DevCaSource, IdentitySource};
-use meshd_redirect::RedirectConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::plugins::PluginSpec;
@@ -14,78 +13,48 @@ use crate::plugins::PluginSpec;
 /// Default HBONE port, as ztunnel.
 pub const HBONE_PORT: u16 = 15008;
 
-/// meshd's configuration file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// The proxy's part of meshd's configuration: what it binds, which workloads are local, the
+/// plugins, the HBONE client's pool and the mark captured traffic's upstream sockets carry.
+/// The sections are meshd.yaml's (`local:`, `listen:`, `hbonePort`, `listeners:`, `plugins:`,
+/// `socks5:`, `pool:`); the file's schema is the daemon's (meshd-daemon, `MeshdConfig`), which
+/// builds this from it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxyConfig {
-    /// The directory of Istio YAML (policies, workloads, services).
-    #[serde(default = "default_config_dir")]
-    pub config_dir: PathBuf,
-    /// The mesh trust domain: workload identities are `spiffe://<td>/ns/<ns>/sa/<sa>`.
-    #[serde(default = "default_trust_domain")]
-    pub trust_domain: String,
-    /// The mesh root namespace: its policies apply mesh-wide.
-    #[serde(default = "default_root_namespace")]
-    pub root_namespace: String,
-    /// Where this meshd's certificate comes from.
-    #[serde(default = "default_identity")]
-    pub identity: IdentitySource,
     /// Which workloads are on this machine.
-    #[serde(default)]
     pub local: LocalWorkloads,
     /// Listener addresses.
-    #[serde(default)]
     pub listen: Listen,
     /// The port peers' meshd accept HBONE on.
-    #[serde(default = "default_hbone_port")]
     pub hbone_port: u16,
     /// Explicit outbound listeners, for machines where traffic capture is not allowed.
-    #[serde(default)]
     pub listeners: Vec<ExplicitListener>,
     /// Plugins, in order, after authorization.
-    #[serde(default)]
     pub plugins: Vec<PluginSpec>,
-    /// Traffic-capture rules (`meshd redirect install`).
-    #[serde(default)]
-    pub redirect: RedirectConfig,
     /// SOCKS5 settings.
-    #[serde(default)]
     pub socks5: Socks5Settings,
-    /// Admin endpoint settings: who it answers (`listen.admin` is where).
-    #[serde(default)]
-    pub admin: AdminSettings,
-    /// Threads that run connections. Default: 2, as ztunnel (`ZTUNNEL_WORKER_THREADS`), on
-    /// machines with more than two CPUs; 1 on one or two, where meshd would otherwise contend
-    /// with the workloads it serves for every CPU ([`default_worker_threads`]).
-    #[serde(default = "default_worker_threads")]
-    pub worker_threads: NonZeroUsize,
     /// The HBONE client's connection pool.
-    #[serde(default)]
     pub pool: PoolSettings,
+    /// The mark upstream sockets carry when traffic is captured (`redirect.mark`), so the
+    /// capture rules let meshd's own connections through.
+    pub mark: u32,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
-            config_dir: default_config_dir(),
-            trust_domain: default_trust_domain(),
-            root_namespace: default_root_namespace(),
-            identity: default_identity(),
             local: LocalWorkloads::default(),
             listen: Listen::default(),
-            hbone_port: default_hbone_port(),
+            hbone_port: HBONE_PORT,
             listeners: Vec::new(),
             plugins: Vec::new(),
-            redirect: RedirectConfig::default(),
             socks5: Socks5Settings::default(),
-            admin: AdminSettings::default(),
-            worker_threads: default_worker_threads(),
             pool: PoolSettings::default(),
+            mark: meshd_redirect::RedirectConfig::default().mark,
         }
     }
 }
 
-/// A daemon configuration that parses but must not run.
+/// A proxy configuration that parses but must not run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -102,32 +71,14 @@ pub enum ConfigError {
         /// The key that allows it.
         allow: String,
     },
-    /// The admin endpoint would be reachable from other machines without the configuration
-    /// saying so.
-    #[error(
-        "listen.admin: {addr} is not a loopback address: anyone who reaches it can read the whole configuration and stop meshd; keep it on loopback (use ssh -L to reach it) or set admin.allowRemote: true"
-    )]
-    RemoteAdmin {
-        /// The address.
-        addr: SocketAddr,
-    },
-    /// An `admin.allowedHosts` entry that is not a host name.
-    #[error(
-        "admin.allowedHosts[{index}]: {name:?} is not a host name (no port, no scheme, no spaces, not empty)"
-    )]
-    AllowedHost {
-        /// Its position in the list.
-        index: usize,
-        /// The entry.
-        name: String,
-    },
 }
 
 impl ProxyConfig {
     /// Checks what serde cannot: refuses outbound entries reachable from other machines unless
-    /// allowed, and returns warnings for what is allowed but risky.
+    /// allowed, and returns warnings for what is allowed but risky. (The admin endpoint's
+    /// address is checked by meshd-admin's `AdminSettings::check`, before it is bound.)
     pub fn check(&self) -> Result<Vec<String>, ConfigError> {
-        let mut warnings = self.check_admin()?;
+        let mut warnings = Vec::new();
         let mut entries = Vec::new();
         if let Some(addr) = self.listen.socks5 {
             entries.push((
@@ -159,17 +110,10 @@ impl ProxyConfig {
         Ok(warnings)
     }
 
-    /// The admin endpoint's part of [`ProxyConfig::check`], for the daemon to run before it
-    /// binds the admin port: off loopback only with `admin.allowRemote`, well-formed
-    /// `admin.allowedHosts`.
-    pub fn check_admin(&self) -> Result<Vec<String>, ConfigError> {
-        self.admin.check(self.listen.admin)
-    }
-
     /// The mark upstream sockets carry: needed only when traffic is captured.
     pub fn socket_mark(&self) -> Option<u32> {
         (self.listen.outbound.is_some() || self.listen.inbound_plaintext.is_some())
-            .then_some(self.redirect.mark)
+            .then_some(self.mark)
     }
 }
 
@@ -305,53 +249,6 @@ pub struct Socks5Settings {
     pub allow_remote: bool,
 }
 
-/// `admin:` settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AdminSettings {
-    /// Lets `listen.admin` be a non-loopback address. Anyone who reaches it reads the whole
-    /// configuration and can stop meshd, so it is off by default and warned about when on.
-    #[serde(default)]
-    pub allow_remote: bool,
-    /// Host names the admin endpoint answers to besides its address, loopback addresses and
-    /// `localhost` (e.g. the machine's name when `allowRemote` is on). Any other `Host` header
-    /// is refused (421): that is what stops DNS rebinding.
-    #[serde(default)]
-    pub allowed_hosts: Vec<String>,
-}
-
-impl AdminSettings {
-    /// Refuses an admin endpoint off loopback unless allowed, and malformed host names.
-    fn check(&self, listen: Option<SocketAddr>) -> Result<Vec<String>, ConfigError> {
-        for (index, name) in self.allowed_hosts.iter().enumerate() {
-            let malformed = name.is_empty()
-                || name.chars().any(|c| {
-                    c.is_whitespace()
-                        || c.is_control()
-                        || matches!(c, ':' | '/' | '[' | ']' | '@' | '*')
-                });
-            if malformed {
-                return Err(ConfigError::AllowedHost {
-                    index,
-                    name: name.clone(),
-                });
-            }
-        }
-        let Some(addr) = listen else {
-            return Ok(Vec::new());
-        };
-        if addr.ip().to_canonical().is_loopback() {
-            return Ok(Vec::new());
-        }
-        if !self.allow_remote {
-            return Err(ConfigError::RemoteAdmin { addr });
-        }
-        Ok(vec![format!(
-            "listen.admin: {addr} accepts connections from other machines (admin.allowRemote: true): anyone who reaches it reads the configuration and can stop meshd"
-        )])
-    }
-}
-
 /// `127.0.0.1:9080 → reviews.default:9080`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -383,45 +280,6 @@ impl ExplicitListener {
             port,
         ))
     }
-}
-
-fn default_config_dir() -> PathBuf {
-    PathBuf::from("/etc/meshd/mesh")
-}
-
-fn default_trust_domain() -> String {
-    meshd_identity::DEFAULT_TRUST_DOMAIN.to_string()
-}
-
-fn default_root_namespace() -> String {
-    meshd_policy::meta::DEFAULT_ROOT_NAMESPACE.to_string()
-}
-
-fn default_identity() -> IdentitySource {
-    IdentitySource::DevCa(DevCaSource::new("/var/lib/meshd/dev-ca"))
-}
-
-/// Threads by default: ztunnel's two, or one where the process may use at most two CPUs.
-///
-/// On a two-CPU machine a second worker mostly wakes to find nothing to do: each connection's
-/// tasks hop between the two threads (futex wake-ups) while the applications and the kernel's
-/// network stack want the same CPUs. Measured with benches/e2e (two vCPUs, both machines
-/// sharing them), one worker a side against two: the 1 KiB request/response rate went from
-/// 0.79–0.82 to 0.97–0.99 of the plain relay's, CPU per GB with 8 streams from 1.39–1.42× to
-/// 1.08–1.13× the relay's, and CPU per new connection from 272/320 µs to 172/184 µs
-/// (client/server), with bulk throughput unchanged within noise.
-pub fn default_worker_threads() -> NonZeroUsize {
-    const ONE: NonZeroUsize = NonZeroUsize::MIN;
-    const ZTUNNEL: NonZeroUsize = NonZeroUsize::new(2).expect("2 is not zero");
-    match std::thread::available_parallelism() {
-        Ok(cpus) if cpus.get() > 2 => ZTUNNEL,
-        Ok(_) => ONE,
-        Err(_) => ZTUNNEL,
-    }
-}
-
-fn default_hbone_port() -> u16 {
-    HBONE_PORT
 }
 
 /// Admin on loopback only, as ztunnel: it can change log levels and drain the proxy.

@@ -10,7 +10,7 @@
 //! - it starts at [`SMALL`] and grows fourfold (to [`LARGE`]) each time a read fills at least
 //!   half of it. A connection moving bulk gives its buffer back too when a read has to wait,
 //!   and takes one at its next read: one `malloc` per wake-up, served from what glibc keeps
-//!   (`bin/meshd/src/trim.rs`), and a bulk connection that then goes idle pins nothing. (Bytes
+//!   (`crates/memory/src/trim.rs`), and a bulk connection that then goes idle pins nothing. (Bytes
 //!   handed to a tunnel are in h2's hands anyway: the next read needs a new buffer either way.)
 //! - buffers are uninitialised spare capacity (`BytesMut`, `poll_read_buf`): taking one does not
 //!   zero it, so a 1-byte read touches one page, not 256 KiB.

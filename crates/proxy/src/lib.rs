@@ -25,7 +25,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
-// Modules other crates use are public: `config` (the `meshd.yaml` schema), `plugins` (the
+// Modules other crates use are public: `config` (the proxy's sections of `meshd.yaml`), `plugins` (the
 // plugin API), `views` (the operator views the daemon serves). The rest are private; what
 // other crates need of them is re-exported below.
 mod access_log;
@@ -50,7 +50,10 @@ mod state;
 pub mod views;
 
 pub use access_log::AccessLog;
-pub use config::{ConfigError, ProxyConfig};
+pub use config::{
+    ConfigError, ExplicitListener, HBONE_PORT, Listen, LocalWorkloads, PoolSettings, ProxyConfig,
+    Socks5Settings,
+};
 pub use conn::{BoxIo, Conn, ConnCtx, Downstream, Io, Refusal, Target, TunnelRequest, Upstream};
 pub use dump::config_dump;
 pub use entry::socks5;

@@ -1,5 +1,5 @@
-//! Daemon-configuration checks that serde cannot make: outbound entries reachable from other
-//! machines, and meshd's own ports.
+//! The proxy sections' checks that serde cannot make: outbound entries reachable from other
+//! machines, and meshd's own ports. (The admin section's are in crates/daemon/tests/schema.rs.)
 
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
@@ -92,76 +92,6 @@ fn own_ports_cover_every_configured_listener() {
     let own = OwnPorts::new(config.listen.configured_ports().collect::<Vec<_>>());
     for port in [15000, 15008, 15020, 15021] {
         assert!(own.contains(port), "{port}");
-    }
-}
-
-#[test]
-fn admin_on_a_remote_address_is_refused_by_default() {
-    // Anyone who reaches it reads the configuration and can stop meshd.
-    let mut config = ProxyConfig::default();
-    config.listen.admin = Some("0.0.0.0:15000".parse().unwrap());
-    let err = config.check_admin().unwrap_err();
-    assert_eq!(
-        err,
-        ConfigError::RemoteAdmin {
-            addr: "0.0.0.0:15000".parse().unwrap()
-        }
-    );
-    assert!(
-        err.to_string()
-            .starts_with("listen.admin: 0.0.0.0:15000 is not a loopback address")
-            && err.to_string().ends_with("or set admin.allowRemote: true"),
-        "{err}"
-    );
-    // check() (what `meshd validate` runs) says the same.
-    assert_eq!(config.check().unwrap_err(), err);
-}
-
-#[test]
-fn admin_on_a_remote_address_is_allowed_with_a_warning() {
-    let mut config = ProxyConfig::default();
-    config.listen.admin = Some("[::]:15000".parse().unwrap());
-    config.admin.allow_remote = true;
-    let warnings = config.check().unwrap();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(
-        warnings[0].starts_with("listen.admin: [::]:15000 accepts connections from other machines"),
-        "{}",
-        warnings[0]
-    );
-}
-
-#[test]
-fn admin_on_loopback_or_off_needs_nothing() {
-    let mut config = ProxyConfig::default();
-    assert_eq!(config.check_admin().unwrap(), Vec::<String>::new());
-    config.listen.admin = Some("[::1]:15000".parse().unwrap());
-    assert_eq!(config.check_admin().unwrap(), Vec::<String>::new());
-    config.listen.admin = None;
-    assert_eq!(config.check_admin().unwrap(), Vec::<String>::new());
-}
-
-#[test]
-fn allowed_hosts_must_be_bare_host_names() {
-    // A port, a scheme, a wildcard or an empty entry is a mistake, never "allow more".
-    for bad in [
-        "",
-        "meshd.example:15000",
-        "http://meshd.example",
-        "*",
-        "a b",
-        "[::1]",
-    ] {
-        let mut config = ProxyConfig::default();
-        config.admin.allowed_hosts = vec!["node1.example".into(), bad.into()];
-        assert_eq!(
-            config.check_admin().unwrap_err(),
-            ConfigError::AllowedHost {
-                index: 1,
-                name: bad.into()
-            },
-            "{bad:?}"
-        );
     }
 }
 

@@ -16,11 +16,14 @@
 //! (`MADV_DONTNEED`). A plain thread does it, at most every [`INTERVAL`], and only when there is
 //! at least [`THRESHOLD`] to return (see [`Trimmer`]), so an idle meshd never trims.
 //!
-//! The FFI calls are the only unsafe code in meshd; both are plain glibc calls without
+//! The FFI calls are the only unsafe code in meshd; all three are plain glibc calls without
 //! arguments that point anywhere.
 #![allow(unsafe_code)]
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::Stats;
 
 /// How often the heap's figures are read. `mallinfo2` takes each arena's lock while it walks the
 /// free lists: 0.4 ms measured right after the 1 000 connections closed, less when idle. The
@@ -61,6 +64,8 @@ pub struct Trimmed {
     pub low: usize,
     /// Whether glibc gave any memory back.
     pub released: bool,
+    /// Anonymous resident bytes right after the trim (0 if they could not be read).
+    pub resident_after: usize,
 }
 
 impl Trimmer {
@@ -86,15 +91,16 @@ impl Trimmer {
         if free < threshold || !(burst_came_and_went || freed_since_trim) {
             return None;
         }
-        let trimmed = Trimmed {
+        let released = trim();
+        self.low = anon_resident();
+        self.free_low = Some(heap_free());
+        Some(Trimmed {
             free,
             resident,
             low,
-            released: trim(),
-        };
-        self.low = anon_resident();
-        self.free_low = Some(heap_free());
-        Some(trimmed)
+            released,
+            resident_after: self.low.unwrap_or(0),
+        })
     }
 }
 
@@ -133,26 +139,59 @@ pub fn keep_freed_pages() {
     }
 }
 
-/// Starts the trimming thread; it runs until the process exits.
+/// What the trimming thread has done, for [`crate::stats`]: process-wide, as the heap is.
+static STARTED: AtomicBool = AtomicBool::new(false);
+static TRIMS: AtomicU64 = AtomicU64::new(0);
+static RETURNED: AtomicU64 = AtomicU64::new(0);
+static FREE: AtomicU64 = AtomicU64::new(0);
+
+/// Starts the trimming thread once; it runs until the process exits. A second call does
+/// nothing (one thread per process is the policy: the heap is the process's).
 pub fn spawn() -> std::io::Result<()> {
-    std::thread::Builder::new()
+    if STARTED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let spawned = std::thread::Builder::new()
         .name("malloc-trim".into())
         .spawn(|| {
             let mut trimmer = Trimmer::default();
             loop {
                 std::thread::sleep(INTERVAL);
-                if let Some(t) = trimmer.tick() {
+                let trimmed = trimmer.tick();
+                FREE.store(heap_free() as u64, Ordering::Relaxed);
+                if let Some(t) = trimmed {
+                    account(&t);
                     tracing::debug!(
                         free = t.free,
                         resident = t.resident,
                         low = t.low,
                         released = t.released,
+                        resident_after = t.resident_after,
                         "heap trimmed"
                     );
                 }
             }
-        })
-        .map(drop)
+        });
+    if spawned.is_err() {
+        STARTED.store(false, Ordering::SeqCst);
+    }
+    spawned.map(drop)
+}
+
+/// Adds one trim to the process's figures.
+fn account(t: &Trimmed) {
+    TRIMS.fetch_add(1, Ordering::Relaxed);
+    let returned = t.resident.saturating_sub(t.resident_after);
+    RETURNED.fetch_add(returned as u64, Ordering::Relaxed);
+}
+
+/// The figures so far; `None` until [`spawn`] ran.
+pub(crate) fn stats() -> Option<Stats> {
+    STARTED.load(Ordering::Relaxed).then(|| Stats {
+        trims: TRIMS.load(Ordering::Relaxed),
+        returned_bytes: RETURNED.load(Ordering::Relaxed),
+        free_bytes: FREE.load(Ordering::Relaxed),
+    })
 }
 
 /// Bytes free in glibc's arenas (chunks glibc mmapped on their own are returned on `free`
@@ -175,6 +214,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    const MIB: usize = 1 << 20;
 
     /// Resident set size of this process (`VmRSS` of /proc/self/status), in bytes.
     fn rss() -> usize {
@@ -231,7 +272,6 @@ mod tests {
         alone(
             "trim::tests::trims_what_a_burst_leaves_free_and_nothing_when_nothing_was_freed",
             || {
-                const MIB: usize = 1 << 20;
                 // Its own thread: a fresh arena shared with no other test.
                 std::thread::spawn(|| {
                     // Well above what anything else in this test binary allocates at once.
@@ -280,7 +320,6 @@ mod tests {
         alone(
             "trim::tests::trims_a_burst_freed_before_the_first_tick",
             || {
-                const MIB: usize = 1 << 20;
                 std::thread::spawn(|| {
                     let threshold = 16 * MIB;
                     let blocks = burst();
@@ -317,7 +356,6 @@ mod tests {
         alone(
             "trim::tests::trims_what_was_freed_after_the_last_trim",
             || {
-                const MIB: usize = 1 << 20;
                 std::thread::spawn(|| {
                     let threshold = 16 * MIB;
                     let mut trimmer = Trimmer::default();
@@ -345,6 +383,52 @@ mod tests {
                 })
                 .join()
                 .unwrap();
+            },
+        );
+    }
+
+    /// A trim is counted with the resident memory it gave back; a trim that gave nothing back
+    /// (or whose figure after could not be read) adds nothing to the bytes.
+    #[test]
+    fn figures_count_each_trim_and_what_it_returned() {
+        alone(
+            "trim::tests::figures_count_each_trim_and_what_it_returned",
+            || {
+                assert_eq!(stats(), None, "nothing is reported before the thread runs");
+                spawn().unwrap();
+                spawn().unwrap();
+                let start = stats().expect("started");
+                assert_eq!((start.trims, start.returned_bytes), (0, 0));
+                let trimmed = |resident, resident_after| Trimmed {
+                    free: 2 * MIB,
+                    resident,
+                    low: 0,
+                    released: true,
+                    resident_after,
+                };
+                account(&trimmed(10 * MIB, 7 * MIB));
+                account(&trimmed(10 * MIB, 12 * MIB));
+                let now = stats().expect("started");
+                assert_eq!(now.trims, 2);
+                assert_eq!(now.returned_bytes, 3 * MIB as u64);
+                // A thread names itself once it runs: wait for it, then count.
+                let trim_threads = || {
+                    std::fs::read_dir("/proc/self/task")
+                        .unwrap()
+                        .filter(|t| {
+                            let comm = t.as_ref().unwrap().path().join("comm");
+                            std::fs::read_to_string(comm).unwrap_or_default().trim()
+                                == "malloc-trim"
+                        })
+                        .count()
+                };
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while trim_threads() == 0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                let threads = trim_threads();
+                assert_eq!(threads, 1, "a second spawn starts no second thread");
             },
         );
     }

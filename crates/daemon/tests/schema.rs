@@ -1,0 +1,112 @@
+//! meshd.yaml's schema as a whole: each section's check runs from `MeshdConfig::check` (what
+//! `meshd validate` and start-up run), the admin section's also alone before its port is bound.
+
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
+use meshd_admin::SettingsError;
+use meshd_daemon::MeshdConfig;
+use meshd_daemon::schema::CheckError;
+use meshd_proxy::ConfigError;
+
+#[test]
+fn admin_on_a_remote_address_is_refused_by_default() {
+    // Anyone who reaches it reads the configuration and can stop meshd.
+    let mut config = MeshdConfig::default();
+    config.listen.admin = Some("0.0.0.0:15000".parse().unwrap());
+    let err = config.check_admin().unwrap_err();
+    assert_eq!(
+        err,
+        CheckError::Admin(SettingsError::RemoteAdmin {
+            addr: "0.0.0.0:15000".parse().unwrap()
+        })
+    );
+    assert!(
+        err.to_string()
+            .starts_with("listen.admin: 0.0.0.0:15000 is not a loopback address")
+            && err.to_string().ends_with("or set admin.allowRemote: true"),
+        "{err}"
+    );
+    // check() (what `meshd validate` runs) says the same.
+    assert_eq!(config.check().unwrap_err(), err);
+}
+
+#[test]
+fn admin_on_a_remote_address_is_allowed_with_a_warning() {
+    let mut config = MeshdConfig::default();
+    config.listen.admin = Some("[::]:15000".parse().unwrap());
+    config.admin.allow_remote = true;
+    let warnings = config.check().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("listen.admin: [::]:15000 accepts connections from other machines"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn admin_on_loopback_or_off_needs_nothing() {
+    let mut config = MeshdConfig::default();
+    assert_eq!(config.check_admin().unwrap(), Vec::<String>::new());
+    config.listen.admin = Some("[::1]:15000".parse().unwrap());
+    assert_eq!(config.check_admin().unwrap(), Vec::<String>::new());
+    config.listen.admin = None;
+    assert_eq!(config.check_admin().unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn allowed_hosts_must_be_bare_host_names() {
+    // A port, a scheme, a wildcard or an empty entry is a mistake, never "allow more".
+    for bad in [
+        "",
+        "meshd.example:15000",
+        "http://meshd.example",
+        "*",
+        "a b",
+        "[::1]",
+    ] {
+        let mut config = MeshdConfig::default();
+        config.admin.allowed_hosts = vec!["node1.example".into(), bad.into()];
+        assert_eq!(
+            config.check_admin().unwrap_err(),
+            CheckError::Admin(SettingsError::AllowedHost {
+                index: 1,
+                name: bad.into()
+            }),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn a_proxy_section_refusal_comes_through_the_whole_check() {
+    let mut config = MeshdConfig::default();
+    config.listen.socks5 = Some("0.0.0.0:1080".parse().unwrap());
+    let err = config.check().unwrap_err();
+    assert!(
+        matches!(&err, CheckError::Proxy(ConfigError::RemoteEntry { field, .. }) if field == "listen.socks5"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("listen.socks5: 0.0.0.0:1080 is not a loopback address"),
+        "{err}"
+    );
+    // The admin check alone does not look at the proxy's sections.
+    assert_eq!(config.check_admin().unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn the_proxy_gets_its_sections_and_the_capture_mark() {
+    let mut config = MeshdConfig::default();
+    config.redirect.mark = 0x539;
+    config.hbone_port = 17008;
+    let proxy = config.proxy();
+    assert_eq!(proxy.hbone_port, 17008);
+    assert_eq!(proxy.listen, config.listen);
+    // No capture listener: upstream sockets need no mark.
+    assert_eq!(proxy.socket_mark(), None);
+    config.listen.outbound = Some("127.0.0.1:15001".parse().unwrap());
+    assert_eq!(config.proxy().socket_mark(), Some(0x539));
+}
