@@ -7,25 +7,30 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use meshd_metrics::Metrics;
-use meshd_proxy::record::{
-    ConnectionRecord, Direction, RecordHandle, RecordSink, Sinks, Verdict, WorkloadMeta,
+use meshd_record::{
+    ConnectionRecord, Direction, Facts, RecordHandle, RecordSink, Sinks, TraceParent, Verdict,
+    WorkloadMeta,
 };
 
 /// An inbound HBONE connection as the stack fills it by the time it is established.
 fn record() -> ConnectionRecord {
-    let mut r = ConnectionRecord::new(
-        "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+    let mut facts = Facts::new(
+        TraceParent::random(),
         Direction::Inbound,
         "10.0.0.1:40000".parse().expect("address"),
-        "10.0.0.2:8080".into(),
     );
-    r.source_identity = Some("spiffe://cluster.local/ns/client/sa/sleep".into());
-    r.source_workload_meta = Some(Arc::new(WorkloadMeta {
+    facts.source_identity = Some(Arc::new(
+        "spiffe://cluster.local/ns/client/sa/sleep"
+            .parse()
+            .expect("id"),
+    ));
+    facts.source_workload = Some(Arc::new(WorkloadMeta {
         name: "sleep".into(),
         namespace: "client".into(),
         app: Some("sleep".into()),
         version: Some("v1".into()),
     }));
+    let mut r = ConnectionRecord::new(Arc::new(facts), "10.0.0.2:8080");
     r.destination_workload = Some("apps/httpbin".into());
     r.destination_workload_meta = Some(Arc::new(WorkloadMeta {
         name: "httpbin".into(),
@@ -33,7 +38,11 @@ fn record() -> ConnectionRecord {
         app: Some("httpbin".into()),
         version: Some("v1".into()),
     }));
-    r.destination_identity = Some("spiffe://cluster.local/ns/apps/sa/httpbin".into());
+    r.destination_identity = Some(Arc::new(
+        "spiffe://cluster.local/ns/apps/sa/httpbin"
+            .parse()
+            .expect("id"),
+    ));
     r.mtls = true;
     r.transport = Some("h2".into());
     r.verdict = Some(Verdict {

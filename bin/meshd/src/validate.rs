@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use meshd_config::{LoadOptions, load_dir};
 use meshd_daemon::MeshdConfig;
-use meshd_proxy::exposure::strict_without_capture;
+use meshd_proxy::strict_without_capture;
 use meshd_proxy::{ProxyState, local_predicate};
 
 /// Prints every problem, then a one-line summary; exit 1 when there is any error.

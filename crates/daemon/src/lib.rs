@@ -32,10 +32,10 @@ use meshd_admin::{Endpoint, LogLevelFn, Readiness};
 use meshd_config::{LoadError, LoadOptions, load_dir};
 use meshd_identity::{IdentityManager, IdentitySource};
 use meshd_metrics::{HbonePool, Metrics};
-use meshd_proxy::access_log::AccessLog;
-use meshd_proxy::exposure::strict_without_capture;
+use meshd_proxy::AccessLog;
 use meshd_proxy::plugins::{PluginError, PluginRegistry};
 use meshd_proxy::record::Sinks;
+use meshd_proxy::strict_without_capture;
 use meshd_proxy::{Proxy, ProxyState, StartError, local_predicate};
 
 use crate::schema::CheckError;

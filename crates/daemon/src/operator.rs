@@ -9,10 +9,8 @@ use meshd_admin::{
 };
 use meshd_identity::{IdentityHandle, IdentityManager, RotationStats};
 use meshd_metrics::Metrics;
-use meshd_proxy::ProxyState;
-use meshd_proxy::dump::config_dump;
-use meshd_proxy::live::Live;
 use meshd_proxy::views;
+use meshd_proxy::{Live, ProxyState, config_dump};
 
 use crate::schema::MeshdConfig;
 use tokio::sync::{Notify, watch};

@@ -33,7 +33,7 @@ mod value;
 
 use std::sync::Arc;
 
-use meshd_proxy::record::{ByteMeter, ConnectionRecord, RecordRef, RecordSink};
+use meshd_record::{ByteMeter, ConnectionRecord, RecordRef, RecordSink};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use meshd_proxy::record::{ConnectionRecord, Direction};
+use meshd_record::{ConnectionRecord, Direction};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -169,7 +169,7 @@ impl Own {
         }
         if !record.established {
             let labels = RefusalLabels {
-                direction: Value::fixed(direction(record.direction)),
+                direction: Value::fixed(direction(record.facts.direction)),
                 reason: Value::fixed(record.outcome.as_str()),
             };
             self.refusals.get_or_create(&labels).inc();
@@ -179,7 +179,7 @@ impl Own {
     /// Counts an HBONE stream when the record used one.
     pub(crate) fn stream(&self, record: &ConnectionRecord) {
         if let Some(transport) = record.transport.as_deref() {
-            self.streams.inc(record.direction, transport);
+            self.streams.inc(record.facts.direction, transport);
         }
     }
 

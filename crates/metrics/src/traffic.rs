@@ -22,7 +22,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use meshd_proxy::record::{ByteMeter, ConnectionRecord, Direction, Outcome, WorkloadMeta};
+use meshd_record::{ByteMeter, ConnectionRecord, Direction, Identity, Outcome, WorkloadMeta};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -172,19 +172,21 @@ struct KeyRef<'a> {
 impl<'a> KeyRef<'a> {
     fn of(record: &'a ConnectionRecord) -> KeyRef<'a> {
         KeyRef {
-            direction: record.direction,
+            direction: record.facts.direction,
             mtls: record.mtls,
             // ztunnel takes source_principal only from the mTLS handshake (inbound: the peer's
             // certificate; outbound over HBONE: its own identity), never from a lookup. A
             // denied peer gets no series of its own (see the table module).
             source_principal: record
+                .facts
                 .source_identity
                 .as_deref()
+                .map(Identity::as_str)
                 .filter(|_| record.mtls)
                 .map(|p| if denied(record) { DENIED_PRINCIPAL } else { p }),
-            source: record.source_workload_meta.as_deref().map(MetaRef::of),
+            source: record.facts.source_workload.as_deref().map(MetaRef::of),
             destination: record.destination_workload_meta.as_deref().map(MetaRef::of),
-            destination_principal: record.destination_identity.as_deref(),
+            destination_principal: record.destination_identity.as_deref().map(Identity::as_str),
             destination_service: record.destination_service.as_deref(),
             destination_service_host: record.destination_service_host.as_deref(),
         }
@@ -454,7 +456,7 @@ impl Traffic {
 
     /// A connection was accepted.
     pub(crate) fn opened(&self, record: &ConnectionRecord) {
-        self.sockets(record.direction).inc();
+        self.sockets(record.facts.direction).inc();
     }
 
     /// A connection is established: it is opened, and its series counts its bytes.
@@ -468,7 +470,7 @@ impl Traffic {
     /// ([`ByteMeter::closed`]); one refused after its destination was resolved is opened and
     /// closed here, and true is returned.
     pub(crate) fn closed(&self, record: &ConnectionRecord) -> bool {
-        self.sockets(record.direction).dec();
+        self.sockets(record.facts.direction).dec();
         let opened_now = !record.established && resolved(record);
         if opened_now {
             let series = self.series(record);
@@ -520,7 +522,7 @@ impl Traffic {
 /// the principal, gets no series of its own. Outbound, the principal is this meshd's own
 /// identity, kept when the peer refuses the tunnel.
 fn denied(record: &ConnectionRecord) -> bool {
-    matches!(record.direction, Direction::Inbound)
+    matches!(record.facts.direction, Direction::Inbound)
         && (matches!(record.outcome, Outcome::Denied)
             || record.verdict.as_ref().is_some_and(|v| !v.allowed))
 }
@@ -539,17 +541,18 @@ fn resolved(record: &ConnectionRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshd_record::{Facts, TraceParent};
 
     #[test]
     fn owned_key_views_equal_and_hash_equal() {
-        let mut record = ConnectionRecord::new(
-            "t".into(),
+        let mut facts = Facts::new(
+            TraceParent::random(),
             Direction::Inbound,
             "10.0.0.1:5000".parse().expect("address"),
-            "10.0.0.2:80".into(),
         );
+        facts.source_identity = Some(Arc::new("spiffe://td/ns/a/sa/b".parse().expect("id")));
+        let mut record = ConnectionRecord::new(Arc::new(facts), "10.0.0.2:80");
         record.mtls = true;
-        record.source_identity = Some("spiffe://td/ns/a/sa/b".into());
         record.destination_workload_meta = Some(Arc::new(WorkloadMeta {
             name: "web".into(),
             namespace: "apps".into(),
@@ -565,13 +568,13 @@ mod tests {
 
     #[test]
     fn source_principal_only_with_mtls() {
-        let mut record = ConnectionRecord::new(
-            "t".into(),
+        let mut facts = Facts::new(
+            TraceParent::random(),
             Direction::Outbound,
             "10.0.0.1:5000".parse().expect("address"),
-            "10.0.0.2:80".into(),
         );
-        record.source_identity = Some("spiffe://td/ns/a/sa/b".into());
+        facts.source_identity = Some(Arc::new("spiffe://td/ns/a/sa/b".parse().expect("id")));
+        let mut record = ConnectionRecord::new(Arc::new(facts), "10.0.0.2:80");
         assert_eq!(KeyRef::of(&record).source_principal, None);
         record.mtls = true;
         assert_eq!(

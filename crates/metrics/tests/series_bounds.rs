@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use exposition::{check_exposition, samples};
 use meshd_metrics::{DENIED_PRINCIPAL, MAX_PEER_PRINCIPALS, Metrics, OVERFLOW_PRINCIPAL};
-use meshd_proxy::record::{
-    ConnectionRecord, Direction, Meters, Outcome, RecordHandle, Sinks, Verdict, WorkloadMeta,
+use meshd_record::{
+    ConnectionRecord, Direction, Facts, Meters, Outcome, RecordHandle, Sinks, TraceParent, Verdict,
+    WorkloadMeta,
 };
 
 /// Distinct peer identities driven through the sink.
@@ -39,13 +40,13 @@ fn encode(metrics: &Metrics) -> String {
 
 /// An inbound mTLS connection from `principal` to the local httpbin, authorized as `allowed`.
 fn inbound(principal: &str, allowed: bool) -> ConnectionRecord {
-    let mut r = ConnectionRecord::new(
-        "trace".into(),
+    let mut facts = Facts::new(
+        TraceParent::random(),
         Direction::Inbound,
         "10.0.0.1:40000".parse().unwrap(),
-        "10.0.0.2:8080".into(),
     );
-    r.source_identity = Some(principal.to_string());
+    facts.source_identity = Some(Arc::new(principal.parse().unwrap()));
+    let mut r = ConnectionRecord::new(Arc::new(facts), "10.0.0.2:8080");
     r.mtls = true;
     r.transport = Some("h2".into());
     r.destination_workload = Some("apps/httpbin-vm".into());
@@ -55,7 +56,9 @@ fn inbound(principal: &str, allowed: bool) -> ConnectionRecord {
         app: Some("httpbin".into()),
         version: Some("v1".into()),
     }));
-    r.destination_identity = Some("spiffe://cluster.local/ns/apps/sa/httpbin".into());
+    r.destination_identity = Some(Arc::new(
+        "spiffe://cluster.local/ns/apps/sa/httpbin".parse().unwrap(),
+    ));
     r.verdict = Some(Verdict {
         allowed,
         policy: Some(if allowed { "apps/allow" } else { "apps/deny" }.into()),

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use exposition::{Traffic, assert_line, check_exposition, samples};
 use meshd_metrics::{Metrics, Options};
-use meshd_proxy::record::{
-    ConnectionRecord, Direction, Outcome, RecordHandle, Sinks, Verdict, WorkloadMeta,
+use meshd_record::{
+    ConnectionRecord, Direction, Facts, Outcome, RecordHandle, Sinks, TraceParent, Verdict,
+    WorkloadMeta,
 };
 
 const SLEEP_ID: &str = "spiffe://cluster.local/ns/client/sa/sleep";
@@ -55,14 +56,14 @@ fn httpbin() -> WorkloadMeta {
 
 /// An inbound HBONE connection from sleep to httpbin, as the inbound stack fills it.
 fn inbound() -> ConnectionRecord {
-    let mut r = ConnectionRecord::new(
-        "trace-in".into(),
+    let mut facts = Facts::new(
+        TraceParent::random(),
         Direction::Inbound,
         "10.0.0.1:40000".parse().expect("addr"),
-        "10.0.0.2:8080".into(),
     );
-    r.source_identity = Some(SLEEP_ID.into());
-    r.source_workload_meta = Some(Arc::new(sleep()));
+    facts.source_identity = Some(Arc::new(SLEEP_ID.parse().expect("id")));
+    facts.source_workload = Some(Arc::new(sleep()));
+    let mut r = ConnectionRecord::new(Arc::new(facts), "10.0.0.2:8080");
     r.mtls = true;
     r.transport = Some("h2".into());
     r
@@ -72,7 +73,7 @@ fn inbound() -> ConnectionRecord {
 fn authorize(r: &mut ConnectionRecord, allowed: bool, policy: Option<&str>) {
     r.destination_workload = Some("apps/httpbin-vm".into());
     r.destination_workload_meta = Some(Arc::new(httpbin()));
-    r.destination_identity = Some(HTTPBIN_ID.into());
+    r.destination_identity = Some(Arc::new(HTTPBIN_ID.parse().expect("id")));
     r.verdict = Some(Verdict {
         allowed,
         policy: policy.map(str::to_string),
@@ -82,22 +83,21 @@ fn authorize(r: &mut ConnectionRecord, allowed: bool, policy: Option<&str>) {
 
 /// An outbound connection from sleep through the httpbin ServiceEntry, resolved to a tunnel.
 fn outbound() -> ConnectionRecord {
-    let mut r = ConnectionRecord::new(
-        "trace-out".into(),
+    let mut facts = Facts::new(
+        TraceParent::random(),
         Direction::Outbound,
         "10.0.0.1:40001".parse().expect("addr"),
-        "240.240.0.1:8000".into(),
     );
-    r.source_identity = Some(SLEEP_ID.into());
-    r.source_workload_meta = Some(Arc::new(sleep()));
-    r
+    facts.source_identity = Some(Arc::new(SLEEP_ID.parse().expect("id")));
+    facts.source_workload = Some(Arc::new(sleep()));
+    ConnectionRecord::new(Arc::new(facts), "240.240.0.1:8000")
 }
 
 fn resolve_tunnel(r: &mut ConnectionRecord) {
     r.destination_service = Some("apps/httpbin".into());
     r.destination_workload = Some("apps/httpbin-vm".into());
     r.destination_workload_meta = Some(Arc::new(httpbin()));
-    r.destination_identity = Some(HTTPBIN_ID.into());
+    r.destination_identity = Some(Arc::new(HTTPBIN_ID.parse().expect("id")));
     r.upstream_addr = Some("10.0.0.2:15008".parse().expect("addr"));
     r.transport = Some("h2".into());
     r.mtls = true;
@@ -231,7 +231,7 @@ async fn same_labels_same_series() {
 async fn plaintext_outbound_unknown_source() {
     let metrics = metrics();
     let mut record = outbound();
-    record.source_workload_meta = None;
+    Arc::make_mut(&mut record.facts).source_workload = None;
     let handle = RecordHandle::open(record, sinks(&metrics));
     handle.update(|r| {
         r.destination_workload_meta = Some(Arc::new(WorkloadMeta {
@@ -427,7 +427,7 @@ async fn cluster_id_is_configurable() {
 async fn label_values_are_escaped() {
     let metrics = metrics();
     let mut record = outbound();
-    record.source_workload_meta = Some(Arc::new(WorkloadMeta {
+    Arc::make_mut(&mut record.facts).source_workload = Some(Arc::new(WorkloadMeta {
         name: "we\"ird\\na\nme".into(),
         namespace: "client".into(),
         app: None,

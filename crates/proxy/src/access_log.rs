@@ -8,7 +8,7 @@
 //! response flag. Its shape (text key=value or one
 //! JSON object) is the log formatter's: `meshd run --log-format json` makes every line JSON.
 
-use crate::record::{ConnectionRecord, Outcome, RecordSink};
+use meshd_record::{ConnectionRecord, Outcome, RecordSink};
 
 /// Logs each connection when it ends.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,21 +34,21 @@ impl RecordSink for AccessLog {
             Outcome::Failed | Outcome::Unreachable => "connection failed",
             _ => "connection refused",
         };
-        let src = r.source_workload_meta.as_ref();
+        let src = r.facts.source_workload.as_ref();
         let dst = r.destination_workload_meta.as_ref();
         tracing::info!(
             target: "access",
-            trace_id = %r.id,
-            direction = %r.direction,
-            src.addr = %r.source_addr,
-            src.identity = r.source_identity.as_deref().unwrap_or("-"),
+            trace_id = %r.facts.trace,
+            direction = %r.facts.direction,
+            src.addr = %r.facts.source,
+            src.identity = r.facts.source_identity.as_ref().map_or("-", |i| i.as_str()),
             src.workload = src.map_or("-", |m| m.name.as_str()),
             src.namespace = src.map_or("-", |m| m.namespace.as_str()),
             dst.addr = %r.upstream_addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
             dst = %r.destination,
             dst.workload = dst.map_or("-", |m| m.name.as_str()),
             dst.namespace = dst.map_or("-", |m| m.namespace.as_str()),
-            dst.identity = r.destination_identity.as_deref().unwrap_or("-"),
+            dst.identity = r.destination_identity.as_ref().map_or("-", |i| i.as_str()),
             dst.service = r.destination_service.as_deref().unwrap_or("-"),
             transport = r.transport.as_deref().unwrap_or("tcp"),
             mtls = r.mtls,

@@ -1,5 +1,7 @@
-//! What travels through a connection stack: the connection's facts ([`ConnCtx`]) and its
-//! downstream side, which each stage may answer or refuse ([`Downstream`]).
+//! What travels through a connection stack: the connection's context ([`ConnCtx`]: its
+//! facts, shared with its record, and the configuration it is handled under), its downstream
+//! side, which each stage may answer or refuse ([`Downstream`]), and, once chosen, its
+//! [`Upstream`].
 
 use std::fmt;
 use std::io;
@@ -12,12 +14,13 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 
 use futures::future::BoxFuture;
-use meshd_hbone::TunnelStream;
+use meshd_hbone::{TraceParent, TunnelStream};
+use meshd_identity::SpiffeId;
+use meshd_record::{Facts, RecordHandle};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::record::{Direction, RecordHandle};
 use crate::state::ProxyState;
 
 /// A bidirectional byte stream a relay carries.
@@ -213,69 +216,96 @@ pub struct TunnelRequest {
     /// The peer meshd's HBONE address (`<workload ip>:15008`).
     pub peer: SocketAddr,
     /// The SPIFFE ID the peer must present: the destination workload's.
-    pub identity: String,
+    pub identity: SpiffeId,
     /// The CONNECT authority: the workload's address and target port.
     pub authority: SocketAddr,
     /// The service host name, when the destination was a service (`forwarded: ...;host=`).
     pub service_host: Option<String>,
     /// The application's address (`forwarded: for=`).
     pub client: SocketAddr,
-    /// The trace id (`traceparent`).
-    pub trace_id: String,
+    /// The trace context (`traceparent`): the connection's own, passed on to the peer.
+    pub trace: TraceParent,
     /// HBONE over HTTP/3 (QUIC) instead of HTTP/2.
     pub quic: bool,
 }
 
-/// The facts of one connection, filled in as it moves through the stack.
+/// The context of one connection in a stack: its [`Facts`] (the same value its record holds),
+/// where it asked to go, and the configuration it is handled under.
 #[derive(Clone)]
 pub struct ConnCtx {
-    /// Inbound or outbound.
-    pub direction: Direction,
-    /// The downstream peer's address.
-    pub source: SocketAddr,
-    /// The authenticated peer principal (inbound HBONE); `None` for plaintext.
-    pub peer: Option<String>,
+    /// What the connection is (trace, direction, source, identity): shared with the record.
+    pub facts: Arc<Facts>,
     /// Where the connection is for.
     pub target: Target,
-    /// Trace id shared with the peer meshd.
-    pub trace_id: String,
     /// The configuration in force when the connection was accepted.
     pub state: Arc<ProxyState>,
     /// Later configurations, for re-checking long-lived connections.
     pub updates: watch::Receiver<Arc<ProxyState>>,
     /// The record layers fill in.
     pub record: RecordHandle,
-    /// Where to connect, once a stage has decided.
-    pub upstream: Option<Upstream>,
+}
+
+impl ConnCtx {
+    /// The downstream peer's address.
+    pub fn source(&self) -> SocketAddr {
+        self.facts.source
+    }
+
+    /// The authenticated peer (inbound HBONE); `None` for plaintext and outbound connections.
+    pub fn peer(&self) -> Option<&SpiffeId> {
+        self.facts.peer()
+    }
 }
 
 impl fmt::Debug for ConnCtx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnCtx")
-            .field("direction", &self.direction)
-            .field("source", &self.source)
-            .field("peer", &self.peer)
+            .field("facts", &self.facts)
             .field("target", &self.target)
-            .field("trace_id", &self.trace_id)
             .finish()
     }
 }
 
-/// A connection moving through a stack.
-pub struct Conn {
-    /// Its facts.
+/// A connection moving through a stack. Until a layer has chosen where it goes, `upstream` is
+/// `()`; the layer that decides (outbound resolution, inbound authorization) turns it into a
+/// `Conn<Upstream>` ([`Conn::choose`]), the only kind the plugins and the connect stage take: a
+/// stack wired without that layer does not compile.
+pub struct Conn<U = ()> {
+    /// Its context.
     pub ctx: ConnCtx,
     /// Its downstream side.
     pub downstream: Box<dyn Downstream>,
+    /// Where it goes, once chosen.
+    pub upstream: U,
 }
 
-impl fmt::Debug for Conn {
+impl<U> fmt::Debug for Conn<U> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.ctx.fmt(f)
     }
 }
 
 impl Conn {
+    /// A connection entering a stack: nothing chosen yet.
+    pub fn new(ctx: ConnCtx, downstream: Box<dyn Downstream>) -> Self {
+        Conn {
+            ctx,
+            downstream,
+            upstream: (),
+        }
+    }
+
+    /// The connection with its upstream chosen: what the plugins and the connect stage take.
+    pub fn choose(self, upstream: Upstream) -> Conn<Upstream> {
+        Conn {
+            ctx: self.ctx,
+            downstream: self.downstream,
+            upstream,
+        }
+    }
+}
+
+impl<U> Conn<U> {
     /// Refuses the connection and returns the error that ends its stack.
     pub async fn refuse(self, refusal: Refusal, error: crate::ProxyError) -> crate::ProxyError {
         self.downstream.refuse(refusal).await;

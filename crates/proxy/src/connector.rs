@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use meshd_hbone::{Client, Forwarded, Peer, RequestHeaders, TraceParent, Transport};
-use meshd_identity::SpiffeId;
+use meshd_hbone::{Client, Forwarded, Peer, RequestHeaders, Transport};
 use tokio::net::TcpStream;
 
 use crate::conn::{BoxIo, TunnelRequest};
@@ -58,17 +57,18 @@ impl Connector for MeshConnector {
     ) -> BoxFuture<'static, Result<BoxIo, TunnelError>> {
         let client = self.client.clone();
         Box::pin(async move {
-            let identity = SpiffeId::new(&request.identity).map_err(meshd_hbone::Error::from)?;
-            let namespace = identity.namespace().map(str::to_string);
             let headers = RequestHeaders {
-                baggage: namespace.map(|ns| format!("k8s.namespace.name={ns}")),
+                baggage: request
+                    .identity
+                    .namespace()
+                    .map(|ns| format!("k8s.namespace.name={ns}")),
                 forwarded: Some(Forwarded {
                     client: request.client,
                     host: request.service_host,
                 }),
-                traceparent: request.trace_id.parse::<TraceParent>().ok(),
+                traceparent: Some(request.trace),
             };
-            let mut peer = Peer::new(identity, request.peer);
+            let mut peer = Peer::new(request.identity, request.peer);
             if request.quic {
                 peer = peer.with_transport(Transport::H3);
             }

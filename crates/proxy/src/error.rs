@@ -1,9 +1,9 @@
 //! Why a proxied connection ended without success.
 
+use meshd_record::Outcome;
 use std::io;
 use std::net::SocketAddr;
 
-use crate::record::Outcome;
 use crate::registry::ResolveError;
 
 /// The error a connection stack ends with; its Display is what access logs print.
@@ -71,6 +71,12 @@ pub enum ProxyError {
     /// Copying bytes failed after the connection was established.
     #[error("copy failed: {0}")]
     Copy(io::Error),
+}
+
+impl meshd_record::Failure for ProxyError {
+    fn outcome(&self) -> Outcome {
+        ProxyError::outcome(self)
+    }
 }
 
 impl ProxyError {

@@ -1,17 +1,22 @@
 //! meshd's node proxy: identity, HBONE and the authorization engine composed into inbound and
 //! outbound connection stacks of tower layers.
 //!
-//! - [`registry`]: workloads and services from the configuration snapshot; which are local;
-//!   endpoint choice.
-//! - [`stack`]: the two stacks, layer by layer, in one place; [`layers`] holds the layers.
-//! - [`plugins`]: layers added by name from configuration (connection limit, rate limit),
-//!   after authorization.
-//! - [`access_log`]: the access log, a sink of connection records.
-//! - [`record`]: one record per connection, for metrics, access logs and admin.
-//! - [`live`] and [`views`]: the operator views (open connections, recent denials,
-//!   workloads, services, policies, certificate) that `meshd status` and the admin page show.
-//! - [`runtime`]: binds the listeners (HBONE 15008, captured inbound 15006, captured outbound
-//!   15001, SOCKS5 15080, explicit listeners) and feeds connections to the stacks.
+//! The path of a connection, file by file (`docs/architecture.md` walks it in full):
+//!
+//! - `entry/`: every way in (HBONE over HTTP/2 and HTTP/3, captured inbound and outbound,
+//!   SOCKS5, explicit listeners) opens the connection's record in one place, with the
+//!   connection's facts shared by the record and the stack's context (`conn.rs`).
+//! - `stack.rs`: the two stacks, layer by layer, in one place; `layers/` holds the layers
+//!   (record, authorize, resolve, connect); [`plugins`] adds layers by name from configuration
+//!   (connection limit, rate limit), after authorization. `connector.rs` dials upstreams.
+//! - `relay.rs`, `copy.rs`, `metered.rs`: the established connection's bytes.
+//! - `registry.rs` and `state.rs`: workloads and services from the configuration snapshot,
+//!   which are local, endpoint choice; the state a connection is handled under.
+//! - [`AccessLog`] and [`Live`]: sinks of the connection records ([`record`], meshd-record);
+//!   [`views`]: the operator views (open connections, recent denials, workloads, services,
+//!   policies, certificate) that `meshd status` and the admin page show.
+//! - `runtime.rs`: binds the listeners (HBONE 15008, captured inbound 15006, captured outbound
+//!   15001, SOCKS5 15080, explicit listeners) and starts the ways in.
 //!
 //! It does not load files (meshd-config), decide policy (meshd-rbac), speak HBONE
 //! (meshd-hbone), manage certificates (meshd-identity) or install capture rules
@@ -20,34 +25,45 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
-pub mod access_log;
+// Modules other crates use are public: `config` (the proxy's sections of `meshd.yaml`), `plugins` (the
+// plugin API), `views` (the operator views the daemon serves). The rest are private; what
+// other crates need of them is re-exported below.
+mod access_log;
 pub mod config;
-pub mod conn;
-pub mod connector;
-pub mod copy;
-pub mod dump;
-pub mod error;
-pub mod exposure;
-pub mod inbound;
-pub mod layers;
-pub mod live;
-pub mod metered;
-pub mod own_ports;
+mod conn;
+mod connector;
+mod copy;
+mod dump;
+mod entry;
+mod error;
+mod exposure;
+mod layers;
+mod live;
+mod metered;
+mod own_ports;
 pub mod plugins;
-pub mod record;
-pub mod registry;
-pub mod relay;
-pub mod runtime;
-pub mod socks5;
-pub mod stack;
-pub mod state;
+mod registry;
+mod relay;
+mod runtime;
+mod stack;
+mod state;
 pub mod views;
 
+pub use access_log::AccessLog;
 pub use config::{
     ConfigError, ExplicitListener, HBONE_PORT, Listen, LocalWorkloads, PoolSettings, ProxyConfig,
     Socks5Settings,
 };
+pub use conn::{BoxIo, Conn, ConnCtx, Downstream, Io, Refusal, Target, TunnelRequest, Upstream};
+pub use dump::config_dump;
+pub use entry::socks5;
 pub use error::ProxyError;
+pub use exposure::strict_without_capture;
+pub use layers::{ChosenService, ConnService};
+pub use live::{DENIALS_KEPT, Live};
+pub use meshd_record as record;
 pub use own_ports::OwnPorts;
+pub use registry::{EJECTION, Protocol, Registry, ResolveError, Resolved, Service, Workload};
+pub use relay::{Check, Relay};
 pub use runtime::{BoundAddrs, BoundListeners, Proxy, StartError, local_predicate};
 pub use state::ProxyState;

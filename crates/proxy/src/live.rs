@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use meshd_status::view;
+use meshd_view as view;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::record::{ByteMeter, ConnectionRecord, Outcome, RecordRef, RecordSink};
+use meshd_record::{ByteMeter, ConnectionRecord, Identity, Outcome, RecordRef, RecordSink};
 
 /// How many refused or denied connections are kept: enough to look back over a burst of
 /// scans without the ring itself becoming a memory cost (a few hundred bytes each).
@@ -72,6 +72,11 @@ fn is_refusal(outcome: Outcome) -> bool {
     !matches!(outcome, Outcome::Allowed | Outcome::Failed)
 }
 
+/// An identity as the views show it: its URI.
+fn identity(id: &Option<Arc<Identity>>) -> Option<String> {
+    id.as_ref().map(|i| i.as_str().to_string())
+}
+
 /// Whole seconds: a person reads the time, the trace id tells records apart.
 fn rfc3339(t: SystemTime) -> String {
     let t = OffsetDateTime::from(t);
@@ -98,14 +103,14 @@ impl Live {
                 o.record.read(|r| {
                     let age = now.duration_since(r.started).unwrap_or_default();
                     let connection = view::Connection {
-                        id: r.id.clone(),
-                        direction: r.direction.to_string(),
+                        id: r.trace_id(),
+                        direction: r.facts.direction.to_string(),
                         established: r.established,
-                        source: r.source_addr.to_string(),
-                        source_identity: r.source_identity.clone(),
+                        source: r.facts.source.to_string(),
+                        source_identity: identity(&r.facts.source_identity),
                         destination: r.destination.clone(),
                         upstream: r.upstream_addr.map(|a| a.to_string()),
-                        destination_identity: r.destination_identity.clone(),
+                        destination_identity: identity(&r.destination_identity),
                         transport: r.transport.clone().unwrap_or_else(|| "tcp".into()),
                         mtls: r.mtls,
                         bytes_in: o.meter.downstream.load(Ordering::Relaxed),
@@ -159,10 +164,10 @@ impl RecordSink for Live {
         // Built before the lock: the lock is held for the map and ring updates only.
         let denial = is_refusal(r.outcome).then(|| view::Denial {
             at: rfc3339(SystemTime::now()),
-            id: r.id.clone(),
-            direction: r.direction.to_string(),
-            source: r.source_addr.to_string(),
-            source_identity: r.source_identity.clone(),
+            id: r.trace_id(),
+            direction: r.facts.direction.to_string(),
+            source: r.facts.source.to_string(),
+            source_identity: identity(&r.facts.source_identity),
             destination: r.destination.clone(),
             outcome: r.outcome.as_str().to_string(),
             policy: r.verdict.as_ref().and_then(|v| v.policy.clone()),
@@ -196,15 +201,15 @@ mod tests {
 
     use super::*;
     use crate::ProxyError;
-    use crate::record::{Direction, RecordHandle, Sinks, Verdict};
+    use meshd_record::{Direction, Facts, RecordHandle, Sinks, TraceParent, Verdict};
 
     fn record(direction: Direction) -> ConnectionRecord {
-        ConnectionRecord::new(
-            "trace".into(),
+        let facts = Facts::new(
+            TraceParent::random(),
             direction,
             "127.10.59.1:40000".parse().unwrap(),
-            "127.10.59.2:8080".into(),
-        )
+        );
+        ConnectionRecord::new(Arc::new(facts), "127.10.59.2:8080")
     }
 
     #[test]
@@ -260,10 +265,21 @@ mod tests {
     fn denials_keep_the_deciding_policy_and_the_last_ones_only() {
         let live = Live::default();
         let sinks = Sinks::new(vec![Arc::new(live.clone())]);
+        // Told apart by their trace ids.
+        let trace = |i: usize| TraceParent {
+            trace_id: i as u128 + 1,
+            parent_id: 1,
+            flags: 0,
+        };
         for i in 0..DENIALS_KEPT + 3 {
-            let handle = RecordHandle::open(record(Direction::Inbound), sinks.clone());
+            let facts = Facts::new(
+                trace(i),
+                Direction::Inbound,
+                "127.10.59.1:40000".parse().unwrap(),
+            );
+            let record = ConnectionRecord::new(Arc::new(facts), "127.10.59.2:8080");
+            let handle = RecordHandle::open(record, sinks.clone());
             handle.update(|r| {
-                r.id = format!("t{i}");
                 r.verdict = Some(Verdict {
                     allowed: false,
                     policy: Some("shop/deny-all".into()),
@@ -279,7 +295,7 @@ mod tests {
         assert_eq!(denials.total, (DENIALS_KEPT + 3) as u64);
         assert_eq!(denials.denials.len(), DENIALS_KEPT);
         let newest = &denials.denials[0];
-        assert_eq!(newest.id, format!("t{}", DENIALS_KEPT + 2));
+        assert_eq!(newest.id, trace(DENIALS_KEPT + 2).to_string());
         assert_eq!(newest.outcome, "denied");
         assert_eq!(newest.policy.as_deref(), Some("shop/deny-all"));
         assert!(newest.reason.contains("shop/deny-all"), "{newest:?}");

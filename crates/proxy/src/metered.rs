@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use meshd_record::Meters;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::conn::Io;
-use crate::record::Meters;
 
 /// Which side of the connection a wrapped stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use meshd_policy::networking::{ServicePort, WorkloadEntrySpec};
 use meshd_policy::values::parse_ip_block;
 use rand::Rng;
 
-use crate::record::WorkloadMeta;
+use meshd_record::WorkloadMeta;
 
 /// How long a failed endpoint is skipped.
 pub const EJECTION: Duration = Duration::from_secs(10);

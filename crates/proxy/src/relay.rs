@@ -18,12 +18,12 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use meshd_record::{Meters, RecordHandle};
 use tokio::sync::watch;
 
 use crate::conn::{BoxIo, Io};
 use crate::error::ProxyError;
 use crate::metered::{Metered, Side};
-use crate::record::{Meters, RecordHandle};
 use crate::state::ProxyState;
 
 /// Decides whether an established connection may stay open under a new configuration: `Err`

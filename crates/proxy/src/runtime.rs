@@ -7,25 +7,23 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshd_hbone::{Client, ClientSettings, Server, ServerHandle, ServerSettings, TraceParent};
+use meshd_hbone::{Client, ClientSettings, Server, ServerHandle, ServerSettings};
 use meshd_identity::IdentityHandle;
-use tokio::net::{TcpListener, TcpStream};
+use meshd_record::{Direction, Identity, Sinks};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tower::ServiceExt;
 
 use crate::config::{ConfigError, ProxyConfig};
-use crate::conn::{Conn, ConnCtx, Downstream, Target};
+use crate::conn::Target;
 use crate::connector::MeshConnector;
-use crate::inbound::{HboneInbound, HboneRefusals};
-use crate::layers::ConnService;
+use crate::entry::Gate;
+use crate::entry::hbone::{HboneInbound, HboneRefusals};
+use crate::entry::listener::{Accepted, Listener, serve};
 use crate::layers::resolve::ResolveLayer;
 use crate::own_ports::OwnPorts;
 use crate::plugins::{PluginError, PluginRegistry};
-use crate::record::{ConnectionRecord, Direction, Outcome, RecordHandle, Sinks, WorkloadMeta};
 use crate::registry::Workload;
-use crate::relay::Relay;
-use crate::socks5;
 use crate::stack::{self, Plugins};
 use crate::state::ProxyState;
 
@@ -185,9 +183,9 @@ impl Proxy {
             own_ports,
         };
 
-        let inbound_service =
-            HboneInbound::new(inbound_stack.clone(), states.clone(), sinks.clone());
-        let refusals = Arc::new(HboneRefusals::new(sinks.clone()));
+        let gate = Gate::new(states, sinks);
+        let inbound_service = HboneInbound::new(inbound_stack.clone(), gate.clone());
+        let refusals = Arc::new(HboneRefusals::new(gate.clone()));
         let hbone = Server::new(
             &identity,
             ServerSettings::default(),
@@ -203,22 +201,15 @@ impl Proxy {
             ),
             None => None,
         };
-        let local_identity = identity.current().id().to_string();
+        let local_identity = Arc::new(Identity::new(identity.current().id().clone()));
         let mut tasks = JoinSet::new();
-        let inbound_entry = Entry {
-            direction: Direction::Inbound,
-            stack: inbound_stack.clone(),
-            states: states.clone(),
-            sinks: sinks.clone(),
-            source_identity: None,
-        };
-        let outbound_entry = Entry {
-            direction: Direction::Outbound,
-            stack: outbound_stack,
-            states: states.clone(),
-            sinks: sinks.clone(),
-            source_identity: Some(local_identity),
-        };
+        let inbound_entry = Listener::new(Direction::Inbound, inbound_stack, gate.clone(), None);
+        let outbound_entry = Listener::new(
+            Direction::Outbound,
+            outbound_stack,
+            gate,
+            Some(local_identity),
+        );
         if let Some(listener) = inbound_plaintext {
             tasks.spawn(serve(listener, inbound_entry, Accepted::Captured));
         }
@@ -328,145 +319,4 @@ fn local_addr(listener: &TcpListener) -> SocketAddr {
     listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
-}
-
-/// How accepted connections on a listener find their target.
-#[derive(Clone)]
-enum Accepted {
-    /// Redirected by the capture rules: the original destination.
-    Captured,
-    /// A SOCKS5 request names it.
-    Socks5,
-    /// An explicit listener's configured target.
-    Fixed(Target),
-}
-
-/// What a listener needs to turn a socket into a [`Conn`].
-#[derive(Clone)]
-struct Entry {
-    direction: Direction,
-    stack: ConnService,
-    states: watch::Receiver<Arc<ProxyState>>,
-    sinks: Sinks,
-    source_identity: Option<String>,
-}
-
-impl Entry {
-    /// Serves one accepted connection. The set-up runs in its own allocation, freed once the
-    /// connection is established: the task then holds only the relay.
-    fn handle(
-        self,
-        stream: TcpStream,
-        source: SocketAddr,
-        accepted: Accepted,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        let setup = Box::pin(self.establish(stream, source, accepted));
-        async move {
-            if let Some(relay) = setup.await {
-                // Its failure is in the record already.
-                let _ = relay.run().await;
-            }
-        }
-    }
-
-    /// Takes a connection through the stack: the relay to run, or `None` when it was refused
-    /// or failed (and recorded as such).
-    async fn establish(
-        self,
-        stream: TcpStream,
-        source: SocketAddr,
-        accepted: Accepted,
-    ) -> Option<Relay> {
-        let _ = stream.set_nodelay(true);
-        let state = self.states.borrow().clone();
-        let trace_id = TraceParent::random().to_string();
-        // The record is opened before anything can fail, so a failed handshake is recorded too.
-        let mut record =
-            ConnectionRecord::new(trace_id.clone(), self.direction, source, "-".into());
-        record.source_identity = self.source_identity.clone();
-        record.source_workload_meta = source_workload(&state, self.direction, source, None);
-        let record = RecordHandle::open(record, self.sinks.clone());
-        let (target, downstream): (Target, Box<dyn Downstream>) = match accepted {
-            Accepted::Captured => match meshd_redirect::original_dst(&stream) {
-                Ok(dst) => (Target::Addr(dst), Box::new(stream)),
-                Err(e) => {
-                    let reason = format!("no original destination (was it redirected?): {e}");
-                    record.fail_with(Outcome::Handshake, reason);
-                    return None;
-                }
-            },
-            Accepted::Socks5 => match socks5::handshake(stream, socks5::HANDSHAKE_TIMEOUT).await {
-                Ok((request, target)) => (target, Box::new(request)),
-                Err(e) => {
-                    record.fail_with(Outcome::Handshake, e.to_string());
-                    return None;
-                }
-            },
-            Accepted::Fixed(target) => (target, Box::new(stream)),
-        };
-        record.update(|r| r.destination = target.to_string());
-        let conn = Conn {
-            ctx: ConnCtx {
-                direction: self.direction,
-                source,
-                peer: None,
-                target,
-                trace_id,
-                state,
-                updates: self.states.clone(),
-                record,
-                upstream: None,
-            },
-            downstream,
-        };
-        self.stack.oneshot(conn).await.ok()
-    }
-}
-
-/// The workload a connection comes from: by its source address when that workload's identity
-/// is the peer's (or there is no peer identity); else the one workload with the peer's identity
-/// (a peer meshd's connections may come from another of its machine's addresses); for
-/// outbound traffic from an application on this machine (often 127.0.0.1), the machine's one
-/// local workload.
-pub(crate) fn source_workload(
-    state: &ProxyState,
-    direction: Direction,
-    source: SocketAddr,
-    peer: Option<&meshd_rbac::Peer>,
-) -> Option<Arc<WorkloadMeta>> {
-    let registry = &state.registry;
-    let same_identity = |w: &Workload| {
-        peer.is_none_or(|p| {
-            p.namespace() == w.namespace && p.service_account() == w.service_account
-        })
-    };
-    registry
-        .workload_at(source.ip())
-        .filter(|w| same_identity(w))
-        .or_else(|| {
-            peer.and_then(|p| registry.workload_with_identity(p.namespace(), p.service_account()))
-        })
-        .or_else(|| {
-            let mut local = registry.local_workloads();
-            match (direction, local.next(), local.next()) {
-                (Direction::Outbound, Some(only), None) => Some(only),
-                _ => None,
-            }
-        })
-        .map(Workload::meta)
-}
-
-async fn serve(listener: TcpListener, entry: Entry, accepted: Accepted) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, source)) => {
-                tokio::spawn(entry.clone().handle(stream, source, accepted.clone()));
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }

@@ -5,17 +5,21 @@
 //! inbound:  record → authorize (local workload? policy?) → plugins… → connect (dial, answer, copy)
 //! outbound: record → resolve (service/workload → HBONE or direct) → plugins… → connect
 //! ```
+//!
+//! Authorization and resolution choose the upstream (`Conn` becomes `Conn<Upstream>`); the
+//! plugins and the connect stage take only a `Conn<Upstream>`, so a stack without the
+//! choosing layer is a compile error, not refused traffic.
 
 use std::sync::Arc;
 
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceBuilder};
 
-use crate::layers::ConnService;
 use crate::layers::authorize::AuthorizeLayer;
 use crate::layers::connect::{Connect, Connector};
 use crate::layers::record::RecordLayer;
 use crate::layers::resolve::ResolveLayer;
+use crate::layers::{ChosenService, ConnService};
 use crate::own_ports::OwnPorts;
 use crate::plugins::PluginLayer;
 
@@ -30,10 +34,10 @@ impl Plugins {
     }
 }
 
-impl Layer<ConnService> for Plugins {
-    type Service = ConnService;
+impl Layer<ChosenService> for Plugins {
+    type Service = ChosenService;
 
-    fn layer(&self, inner: ConnService) -> ConnService {
+    fn layer(&self, inner: ChosenService) -> ChosenService {
         self.0
             .iter()
             .rev()

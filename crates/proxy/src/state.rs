@@ -1,10 +1,13 @@
 //! The configuration a connection is handled under: registry and compiled policies, built
 //! together from one snapshot and swapped as a whole.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meshd_config::Snapshot;
+use meshd_identity::SpiffeId;
 use meshd_rbac::Engine;
+use meshd_record::{Direction, WorkloadMeta};
 
 use crate::registry::{Registry, Workload};
 
@@ -66,8 +69,52 @@ impl ProxyState {
         self.registry.keep_health_of(&previous.registry);
     }
 
-    /// The SPIFFE ID of a workload.
+    /// The SPIFFE ID of a workload, as views and dumps print it.
     pub fn spiffe_id(&self, workload: &Workload) -> String {
         format!("spiffe://{}", workload.principal(&self.trust_domain))
+    }
+
+    /// The SPIFFE ID of a workload, typed: what a tunnel to it must be answered by. `Err` when
+    /// the trust domain, namespace or service account cannot form one.
+    pub fn workload_identity(
+        &self,
+        workload: &Workload,
+    ) -> Result<SpiffeId, meshd_identity::Error> {
+        SpiffeId::istio(
+            &self.trust_domain,
+            &workload.namespace,
+            &workload.service_account,
+        )
+    }
+
+    /// The workload a connection comes from: by its source address when that workload's
+    /// identity is the peer's (or there is no peer identity); else the one workload with the
+    /// peer's identity (a peer meshd's connections may come from another of its machine's
+    /// addresses); for outbound traffic from an application on this machine (often 127.0.0.1),
+    /// the machine's one local workload.
+    pub fn source_workload(
+        &self,
+        direction: Direction,
+        source: SocketAddr,
+        peer: Option<&SpiffeId>,
+    ) -> Option<Arc<WorkloadMeta>> {
+        let registry = &self.registry;
+        // A peer identity outside Istio's form names no workload (and, as before, does not
+        // keep the address lookup from finding one).
+        let peer = peer.and_then(|p| Some((p.namespace()?, p.service_account()?)));
+        let same_identity =
+            |w: &Workload| peer.is_none_or(|(ns, sa)| ns == w.namespace && sa == w.service_account);
+        registry
+            .workload_at(source.ip())
+            .filter(|w| same_identity(w))
+            .or_else(|| peer.and_then(|(ns, sa)| registry.workload_with_identity(ns, sa)))
+            .or_else(|| {
+                let mut local = registry.local_workloads();
+                match (direction, local.next(), local.next()) {
+                    (Direction::Outbound, Some(only), None) => Some(only),
+                    _ => None,
+                }
+            })
+            .map(Workload::meta)
     }
 }

@@ -1,12 +1,12 @@
 //! The operator views built from the configuration in force and the certificate
-//! (`meshd status` and the admin page; their shape is meshd-status's). Never key material.
+//! (`meshd status` and the admin page; their shape is meshd-view's). Never key material.
 
 use std::collections::BTreeMap;
 
 use meshd_config::Snapshot;
 use meshd_identity::CredentialSet;
 use meshd_policy::{Kind, PeerAuthnLevel, ResourceKey, WorkloadSelector};
-use meshd_status::view;
+use meshd_view as view;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 

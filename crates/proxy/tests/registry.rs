@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use meshd_config::{LoadOptions, load_str};
-use meshd_proxy::registry::{EJECTION, Protocol, Registry, ResolveError};
+use meshd_proxy::{EJECTION, Protocol, Registry, ResolveError};
 
 const YAML: &str = "
 apiVersion: networking.istio.io/v1

@@ -7,11 +7,11 @@
 use std::sync::Arc;
 
 use meshd_config::Snapshot;
+use meshd_proxy::BoxIo;
 use meshd_proxy::ProxyError;
 use meshd_proxy::ProxyState;
-use meshd_proxy::conn::BoxIo;
-use meshd_proxy::record::{ConnectionRecord, Direction, Outcome, RecordHandle};
-use meshd_proxy::relay::Relay;
+use meshd_proxy::Relay;
+use meshd_proxy::record::{ConnectionRecord, Direction, Facts, Outcome, RecordHandle, TraceParent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 use tokio::sync::watch;
 
@@ -28,12 +28,12 @@ fn state(generation: u64) -> Arc<ProxyState> {
 fn relay() -> (Relay, RecordHandle, DuplexStream, DuplexStream) {
     let (application, downstream) = duplex(1024);
     let (upstream, server) = duplex(1024);
-    let record = RecordHandle::detached(ConnectionRecord::new(
-        "trace".into(),
+    let facts = Facts::new(
+        TraceParent::random(),
         Direction::Outbound,
         "127.0.0.1:1".parse().unwrap(),
-        "127.0.0.1:2".into(),
-    ));
+    );
+    let record = RecordHandle::detached(ConnectionRecord::new(Arc::new(facts), "127.0.0.1:2"));
     let relay = Relay::new(
         Box::new(downstream) as BoxIo,
         Box::new(upstream) as BoxIo,

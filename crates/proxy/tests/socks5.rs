@@ -3,8 +3,8 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
-use meshd_proxy::conn::{Downstream, Refusal, Target};
 use meshd_proxy::socks5::{HANDSHAKE_TIMEOUT, handshake};
+use meshd_proxy::{Downstream, Refusal, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -1,7 +1,9 @@
 //! The operator's view of a running meshd: what `meshd status` prints and the admin page shows.
 //!
 //! - [`view`]: the JSON shape of each view (`GET /status/<view>` on the admin endpoint), one
-//!   serde type per view: the one definition the daemon serializes and the client reads.
+//!   serde type per view: the one definition the daemon serializes and the client reads. It
+//!   lives in meshd-view (re-exported here), which the proxy fills in without depending on
+//!   this crate's client and tables.
 //! - [`client`]: fetches a view from the admin endpoint, with errors a person can act on.
 //! - [`render`] and [`table`]: the views as aligned tables fitted to the terminal.
 //! - [`PAGE`]: the admin web page (one HTML file, no external assets).
@@ -14,7 +16,8 @@
 pub mod client;
 pub mod render;
 pub mod table;
-pub mod view;
+
+pub use meshd_view as view;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

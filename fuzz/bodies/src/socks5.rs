@@ -8,8 +8,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use meshd_proxy::conn::{Downstream, Refusal, Target};
 use meshd_proxy::socks5;
+use meshd_proxy::{Downstream, Refusal, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -3,16 +3,18 @@
 //! configuration denies them, they are closed.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
+use meshd_identity::SpiffeId;
 use meshd_rbac::{Connection, Destination, Peer};
+use meshd_record::{Facts, Identity, RecordHandle, Verdict};
 use tower::{Layer, Service};
 
 use crate::conn::{Conn, Refusal, Target, Upstream};
 use crate::error::ProxyError;
 use crate::own_ports::OwnPorts;
-use crate::record::{RecordHandle, Verdict};
 use crate::relay::Relay;
 use crate::state::ProxyState;
 
@@ -47,16 +49,26 @@ pub struct Authorize<S> {
     own_ports: OwnPorts,
 }
 
-/// The facts a decision is made on, kept to re-decide under later configurations.
+/// What a decision is made on, kept to re-decide under later configurations: the
+/// connection's facts (the same value its record holds) and its destination address.
 #[derive(Debug, Clone)]
-struct Facts {
-    source: SocketAddr,
-    peer: Option<String>,
+struct Decided {
+    facts: Arc<Facts>,
     destination: SocketAddr,
 }
 
+/// The engine's form of a peer identity, from the typed SPIFFE ID's parts; `None` for an
+/// identity outside Istio's `spiffe://<td>/ns/<ns>/sa/<sa>` form.
+fn rbac_peer(id: &SpiffeId) -> Option<Peer> {
+    Some(Peer::new(
+        id.trust_domain_name(),
+        id.namespace()?,
+        id.service_account()?,
+    ))
+}
+
 /// Re-decides an established connection under a new configuration; a denial closes it.
-fn recheck(state: &ProxyState, facts: &Facts, record: &RecordHandle) -> Result<(), ProxyError> {
+fn recheck(state: &ProxyState, facts: &Decided, record: &RecordHandle) -> Result<(), ProxyError> {
     let Err((_, error)) = decide(state, facts, record) else {
         return Ok(());
     };
@@ -66,7 +78,7 @@ fn recheck(state: &ProxyState, facts: &Facts, record: &RecordHandle) -> Result<(
     };
     tracing::info!(
         target: "meshd::authz",
-        source = %facts.source,
+        source = %facts.facts.source,
         destination = %facts.destination,
         policy = policy.as_deref().unwrap_or("-"),
         generation = state.generation,
@@ -79,7 +91,7 @@ fn recheck(state: &ProxyState, facts: &Facts, record: &RecordHandle) -> Result<(
 /// the refusal and error.
 fn decide(
     state: &ProxyState,
-    facts: &Facts,
+    facts: &Decided,
     record: &RecordHandle,
 ) -> Result<(), (Refusal, ProxyError)> {
     let Some(workload) = state.registry.local_workload(facts.destination) else {
@@ -91,13 +103,25 @@ fn decide(
     record.update(|r| {
         r.destination_workload = Some(workload.key.clone());
         r.destination_workload_meta = Some(workload.meta());
-        r.destination_identity = Some(state.spiffe_id(workload));
+        r.destination_identity = state
+            .workload_identity(workload)
+            .ok()
+            .map(|id| Arc::new(Identity::new(id)));
     });
-    let peer = match facts.peer.as_deref().map(Peer::from_principal).transpose() {
+    let peer = match facts
+        .facts
+        .peer()
+        .map(|id| rbac_peer(id).ok_or(id))
+        .transpose()
+    {
         Ok(peer) => peer,
-        Err(e) => {
+        Err(id) => {
             // An identity outside Istio's form can match no principal or namespace: fail closed.
-            let reason = format!("peer identity is not an Istio workload identity: {e}");
+            let reason = format!(
+                "peer identity is not an Istio workload identity: principal {:?} is not of the \
+                 form <trust-domain>/ns/<namespace>/sa/<service-account>",
+                id.principal()
+            );
             record.update(|r| {
                 r.verdict = Some(Verdict {
                     allowed: false,
@@ -116,7 +140,7 @@ fn decide(
     };
     let connection = Connection {
         peer,
-        source_ip: facts.source.ip(),
+        source_ip: facts.facts.source.ip(),
         destination: Destination {
             namespace: workload.namespace.clone(),
             labels: workload.labels.clone(),
@@ -139,8 +163,8 @@ fn decide(
     } else {
         tracing::info!(
             target: "meshd::authz",
-            source = %facts.source,
-            peer = facts.peer.as_deref().unwrap_or("plaintext"),
+            source = %facts.facts.source,
+            peer = %Plaintext(facts.facts.peer()),
             destination = %facts.destination,
             policy = policy.as_deref().unwrap_or("-"),
             "connection denied: {reason}"
@@ -149,9 +173,21 @@ fn decide(
     }
 }
 
+/// A peer for log lines: its principal, or `plaintext`.
+struct Plaintext<'a>(Option<&'a SpiffeId>);
+
+impl std::fmt::Display for Plaintext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => f.write_str(&id.principal()),
+            None => f.write_str("plaintext"),
+        }
+    }
+}
+
 impl<S> Service<Conn> for Authorize<S>
 where
-    S: Service<Conn, Response = Relay, Error = ProxyError> + Clone + Send + 'static,
+    S: Service<Conn<Upstream>, Response = Relay, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = Relay;
@@ -162,7 +198,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut conn: Conn) -> Self::Future {
+    fn call(&mut self, conn: Conn) -> Self::Future {
         let mut inner = self.inner.clone();
         let own_ports = self.own_ports.clone();
         Box::pin(async move {
@@ -175,29 +211,29 @@ where
             if own_ports.contains(destination.port()) {
                 tracing::warn!(
                     target: "meshd::authz",
-                    source = %conn.ctx.source,
-                    peer = conn.ctx.peer.as_deref().unwrap_or("plaintext"),
+                    source = %conn.ctx.source(),
+                    peer = %Plaintext(conn.ctx.peer()),
                     %destination,
                     "refused: the destination is one of meshd's own ports"
                 );
                 let error = ProxyError::OwnPort(destination);
                 return Err(conn.refuse(Refusal::BadDestination, error).await);
             }
-            let facts = Facts {
-                source: conn.ctx.source,
-                peer: conn.ctx.peer.clone(),
+            let facts = Decided {
+                facts: conn.ctx.facts.clone(),
                 destination,
             };
             if let Err((refusal, error)) = decide(&conn.ctx.state, &facts, &conn.ctx.record) {
                 return Err(conn.refuse(refusal, error).await);
             }
-            conn.ctx.upstream = Some(Upstream::Direct(destination));
             conn.ctx
                 .record
                 .update(|r| r.upstream_addr = Some(destination));
             let record = conn.ctx.record.clone();
             let updates = conn.ctx.updates.clone();
-            let mut relay = inner.call(conn).await?;
+            let mut relay = inner
+                .call(conn.choose(Upstream::Direct(destination)))
+                .await?;
             // Kept for the connection's lifetime: the facts and the record, not the context.
             relay.recheck(
                 updates,

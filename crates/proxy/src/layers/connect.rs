@@ -57,7 +57,7 @@ impl Connect {
     }
 }
 
-impl Service<Conn> for Connect {
+impl Service<Conn<Upstream>> for Connect {
     type Response = Relay;
     type Error = ProxyError;
     type Future = BoxFuture<'static, Result<Relay, ProxyError>>;
@@ -66,15 +66,11 @@ impl Service<Conn> for Connect {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut conn: Conn) -> Self::Future {
+    fn call(&mut self, mut conn: Conn<Upstream>) -> Self::Future {
         let connector = self.connector.clone();
         Box::pin(async move {
-            let Some(upstream) = conn.ctx.upstream.clone() else {
-                let error = ProxyError::BadDestination(conn.ctx.target.to_string());
-                return Err(conn.refuse(Refusal::BadDestination, error).await);
-            };
             let mut sent_ahead = 0;
-            let upstream_io = match upstream {
+            let upstream_io = match conn.upstream.clone() {
                 Upstream::Direct(addr) => match connector.direct(addr).await {
                     Ok(io) => io,
                     Err(source) => {

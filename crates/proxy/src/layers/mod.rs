@@ -8,10 +8,18 @@ pub mod resolve;
 
 use tower::util::BoxCloneSyncService;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, Upstream};
 use crate::error::ProxyError;
 use crate::relay::Relay;
 
 /// A connection service: called once per connection, completes when the connection is
 /// established (or refused) with the [`Relay`] the caller runs.
 pub type ConnService = BoxCloneSyncService<Conn, Relay, ProxyError>;
+
+/// The services after the layer that chooses the upstream (the plugins, the connect stage):
+/// they take only connections whose upstream is chosen.
+pub type ChosenService = BoxCloneSyncService<Conn<Upstream>, Relay, ProxyError>;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

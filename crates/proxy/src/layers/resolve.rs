@@ -2,9 +2,11 @@
 //! destination's meshd, or plain TCP for destinations outside the mesh)?
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
+use meshd_record::Identity;
 use tower::{Layer, Service};
 
 use crate::conn::{Conn, ConnCtx, Refusal, Target, TunnelRequest, Upstream};
@@ -51,7 +53,7 @@ pub struct Resolve<S> {
 
 impl<S> Service<Conn> for Resolve<S>
 where
-    S: Service<Conn, Response = Relay, Error = ProxyError> + Clone + Send + 'static,
+    S: Service<Conn<Upstream>, Response = Relay, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = Relay;
@@ -62,15 +64,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut conn: Conn) -> Self::Future {
+    fn call(&mut self, conn: Conn) -> Self::Future {
         let mut inner = self.inner.clone();
         let config = self.config.clone();
         Box::pin(async move {
             match upstream(&conn.ctx, &config).await {
-                Ok(upstream) => {
-                    conn.ctx.upstream = Some(upstream);
-                    inner.call(conn).await
-                }
+                Ok(upstream) => inner.call(conn.choose(upstream)).await,
                 Err((refusal, error)) => Err(conn.refuse(refusal, error).await),
             }
         })
@@ -106,7 +105,7 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
     if config.own_ports.loops_back(resolved.address) {
         tracing::warn!(
             target: "meshd::authz",
-            source = %ctx.source,
+            source = %ctx.source(),
             destination = %resolved.address,
             "refused: the destination is one of meshd's own ports"
         );
@@ -117,22 +116,35 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
     }
     let service = resolved.service.map(|i| registry.service(i));
     let workload = resolved.workload.map(|i| registry.workload(i));
+    // The identity the destination workload has, whatever the transport (ztunnel reports it
+    // for every workload destination).
+    let identity = workload.map(|w| ctx.state.workload_identity(w));
     ctx.record.update(|r| {
         r.destination_service = service.map(|s| s.key.clone());
         r.destination_service_host = service.and_then(|s| s.hosts.first().cloned());
-        // The identity the destination workload has, whatever the transport (ztunnel reports
-        // it for every workload destination).
-        r.destination_identity = workload.map(|w| ctx.state.spiffe_id(w));
+        r.destination_identity = identity
+            .as_ref()
+            .and_then(|i| i.as_ref().ok())
+            .map(|i| Arc::new(Identity::new(i.clone())));
         r.destination_workload = workload.map(|w| w.key.clone());
         r.destination_workload_meta = workload.map(|w| w.meta());
     });
-    match workload {
-        Some(w) if w.protocol != Protocol::Tcp => {
-            let identity = ctx.state.spiffe_id(w);
+    match (workload, identity) {
+        (Some(w), Some(identity)) if w.protocol != Protocol::Tcp => {
             let peer = SocketAddr::new(w.address, config.hbone_port);
+            let identity = identity.map_err(|e| {
+                // Names and namespaces are validated as DNS labels when loaded; a workload
+                // whose identity is still not a SPIFFE ID cannot be tunnelled to.
+                (
+                    Refusal::Unreachable,
+                    ProxyError::Tunnel {
+                        addr: peer,
+                        source: Box::new(meshd_hbone::Error::from(e)),
+                    },
+                )
+            })?;
             let quic = w.protocol == Protocol::HboneQuic;
             ctx.record.update(|r| {
-                r.destination_identity = Some(identity.clone());
                 r.upstream_addr = Some(peer);
                 r.transport = Some(if quic { "h3" } else { "h2" }.to_string());
                 r.mtls = true;
@@ -142,8 +154,8 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
                 identity,
                 authority: resolved.address,
                 service_host: service.and_then(|s| s.hosts.first().cloned()),
-                client: ctx.source,
-                trace_id: ctx.trace_id.clone(),
+                client: ctx.source(),
+                trace: ctx.facts.trace,
                 quic,
             }))
         }

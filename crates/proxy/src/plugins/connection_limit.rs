@@ -10,9 +10,9 @@ use serde::Deserialize;
 use tower::{Layer, Service};
 
 use super::{PluginLayer, parse_config, source_key};
-use crate::conn::{Conn, Refusal};
+use crate::conn::{Conn, Refusal, Upstream};
 use crate::error::ProxyError;
-use crate::layers::ConnService;
+use crate::layers::ChosenService;
 use crate::relay::Relay;
 
 /// Configuration.
@@ -60,10 +60,10 @@ impl ConnectionLimitLayer {
     }
 }
 
-impl Layer<ConnService> for ConnectionLimitLayer {
+impl Layer<ChosenService> for ConnectionLimitLayer {
     type Service = ConnectionLimit;
 
-    fn layer(&self, inner: ConnService) -> ConnectionLimit {
+    fn layer(&self, inner: ChosenService) -> ConnectionLimit {
         ConnectionLimit {
             inner,
             config: self.clone(),
@@ -74,7 +74,7 @@ impl Layer<ConnService> for ConnectionLimitLayer {
 /// See [`ConnectionLimitLayer`].
 #[derive(Clone)]
 pub struct ConnectionLimit {
-    inner: ConnService,
+    inner: ChosenService,
     config: ConnectionLimitLayer,
 }
 
@@ -97,7 +97,7 @@ impl Drop for Slot {
     }
 }
 
-impl Service<Conn> for ConnectionLimit {
+impl Service<Conn<Upstream>> for ConnectionLimit {
     type Response = Relay;
     type Error = ProxyError;
     type Future = BoxFuture<'static, Result<Relay, ProxyError>>;
@@ -106,7 +106,7 @@ impl Service<Conn> for ConnectionLimit {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, conn: Conn) -> Self::Future {
+    fn call(&mut self, conn: Conn<Upstream>) -> Self::Future {
         let key = source_key(&conn);
         let admitted = {
             let mut counts = self.config.counts.lock().unwrap_or_else(|e| e.into_inner());

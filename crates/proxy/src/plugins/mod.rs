@@ -8,7 +8,7 @@
 //!
 //! Plugins sit after authorization and before the upstream connect, in the order listed, so
 //! no plugin can bypass a deny. They are compiled in: a third party adds one by writing a
-//! `tower::Layer` over [`ConnService`] (see the built-in ones in this module), a factory that
+//! `tower::Layer` over [`ChosenService`] (see the built-in ones in this module), a factory that
 //! reads its configuration from a `serde_json::Value`, and registering the factory under a name
 //! with [`PluginRegistry::register`] before the proxy is built.
 
@@ -21,16 +21,16 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tower::util::BoxCloneSyncServiceLayer;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, Upstream};
 use crate::error::ProxyError;
-use crate::layers::ConnService;
+use crate::layers::ChosenService;
 use crate::relay::Relay;
 
 pub use connection_limit::ConnectionLimitLayer;
 pub use rate_limit::RateLimitLayer;
 
 /// A plugin's layer, boxed so plugins of any type stack together.
-pub type PluginLayer = BoxCloneSyncServiceLayer<ConnService, Conn, Relay, ProxyError>;
+pub type PluginLayer = BoxCloneSyncServiceLayer<ChosenService, Conn<Upstream>, Relay, ProxyError>;
 
 /// Builds a plugin's layer from its configuration.
 pub type PluginFactory = fn(&serde_json::Value) -> Result<PluginLayer, String>;
@@ -133,10 +133,11 @@ pub fn parse_config<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T,
     serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
-/// The key limits are counted per: the peer identity when there is one, else the source IP.
-pub(crate) fn source_key(conn: &Conn) -> String {
-    match &conn.ctx.peer {
-        Some(peer) => peer.clone(),
-        None => conn.ctx.source.ip().to_string(),
+/// The key limits are counted per: the peer identity (its Istio principal, as the refusal
+/// reason names it) when there is one, else the source IP.
+pub(crate) fn source_key(conn: &Conn<Upstream>) -> String {
+    match conn.ctx.peer() {
+        Some(peer) => peer.principal(),
+        None => conn.ctx.source().ip().to_string(),
     }
 }

@@ -12,9 +12,9 @@ use serde::Deserialize;
 use tower::{Layer, Service};
 
 use super::{PluginLayer, parse_config, source_key};
-use crate::conn::{Conn, Refusal};
+use crate::conn::{Conn, Refusal, Upstream};
 use crate::error::ProxyError;
-use crate::layers::ConnService;
+use crate::layers::ChosenService;
 use crate::relay::Relay;
 
 /// Configuration.
@@ -170,10 +170,10 @@ impl RateLimitLayer {
     }
 }
 
-impl Layer<ConnService> for RateLimitLayer {
+impl Layer<ChosenService> for RateLimitLayer {
     type Service = RateLimit;
 
-    fn layer(&self, inner: ConnService) -> RateLimit {
+    fn layer(&self, inner: ChosenService) -> RateLimit {
         RateLimit {
             inner,
             config: self.clone(),
@@ -184,11 +184,11 @@ impl Layer<ConnService> for RateLimitLayer {
 /// See [`RateLimitLayer`].
 #[derive(Clone)]
 pub struct RateLimit {
-    inner: ConnService,
+    inner: ChosenService,
     config: RateLimitLayer,
 }
 
-impl Service<Conn> for RateLimit {
+impl Service<Conn<Upstream>> for RateLimit {
     type Response = Relay;
     type Error = ProxyError;
     type Future = BoxFuture<'static, Result<Relay, ProxyError>>;
@@ -197,7 +197,7 @@ impl Service<Conn> for RateLimit {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, conn: Conn) -> Self::Future {
+    fn call(&mut self, conn: Conn<Upstream>) -> Self::Future {
         let key = if self.config.per_source {
             source_key(&conn)
         } else {

@@ -1,5 +1,5 @@
-//! Inbound entries: HBONE CONNECTs (from the HBONE server) and captured plaintext connections,
-//! both turned into [`Conn`]s for the inbound stack.
+//! The HBONE way in: the CONNECTs the HBONE server (HTTP/2 and HTTP/3) hands over, run through
+//! the inbound stack, and what the server refuses on its own before a CONNECT, recorded.
 
 use std::io;
 use std::sync::Arc;
@@ -7,75 +7,43 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use meshd_hbone::{Inbound, Observer, Refused, Responder, Stage, TraceParent};
-use tokio::sync::watch;
+use meshd_record::{Direction, Identity, Outcome};
 use tower::{Service, ServiceExt};
 
-use crate::conn::{BoxIo, Conn, ConnCtx, Downstream, Refusal, Target};
+use super::{Arrival, Gate};
+use crate::conn::{BoxIo, Conn, Downstream, Refusal, Target};
 use crate::layers::ConnService;
-use crate::record::{ConnectionRecord, Direction, Outcome, RecordHandle, Sinks};
-use crate::runtime::source_workload;
-use crate::state::ProxyState;
 
 /// The tower service the HBONE server hands each CONNECT to: it runs the inbound stack on the
 /// request in the stream's own task, and the stack answers through the request's
 /// [`Responder`] (refuse, or accept once the workload is connected). A client reset before the
 /// answer drops this future, and with it the stack's authorization and dial.
 #[derive(Clone)]
-pub struct HboneInbound {
+pub(crate) struct HboneInbound {
     stack: ConnService,
-    states: watch::Receiver<Arc<ProxyState>>,
-    sinks: Sinks,
+    gate: Gate,
 }
 
 impl HboneInbound {
-    /// Runs `stack` under the configurations `states` delivers; records go to `sinks`.
-    pub fn new(stack: ConnService, states: watch::Receiver<Arc<ProxyState>>, sinks: Sinks) -> Self {
-        HboneInbound {
-            stack,
-            states,
-            sinks,
-        }
+    /// Runs `stack` on the CONNECTs that enter through `gate`.
+    pub(crate) fn new(stack: ConnService, gate: Gate) -> Self {
+        HboneInbound { stack, gate }
     }
 
     /// The connection the stack sees for one CONNECT, with its record opened.
     fn conn(&self, Inbound { request, responder }: Inbound) -> Conn {
-        let trace = request
-            .headers
-            .traceparent
-            .unwrap_or_else(TraceParent::random);
-        let peer = request.peer_identity.principal();
-        let state = self.states.borrow().clone();
-        let mut record = ConnectionRecord::new(
-            trace.to_string(),
-            Direction::Inbound,
-            request.peer_addr,
-            request.authority.to_string(),
-        );
-        record.source_identity = Some(request.peer_identity.to_string());
-        let peer_identity = meshd_rbac::Peer::from_principal(&peer).ok();
-        record.source_workload_meta = source_workload(
-            &state,
-            Direction::Inbound,
-            request.peer_addr,
-            peer_identity.as_ref(),
-        );
-        record.transport = Some(transport_name(request.transport).to_string());
-        record.mtls = true;
-        let record = RecordHandle::open(record, self.sinks.clone());
-        Conn {
-            ctx: ConnCtx {
-                direction: Direction::Inbound,
-                source: request.peer_addr,
-                peer: Some(peer),
-                target: Target::Addr(request.authority),
-                trace_id: trace.to_string(),
-                state,
-                updates: self.states.clone(),
-                record,
-                upstream: None,
-            },
-            downstream: Box::new(Tunnel(responder)),
-        }
+        let opened = self.gate.open(Arrival {
+            trace: request
+                .headers
+                .traceparent
+                .unwrap_or_else(TraceParent::random),
+            direction: Direction::Inbound,
+            source: request.peer_addr,
+            identity: Some(Arc::new(Identity::new(request.peer_identity))),
+            transport: Some(request.transport),
+            destination: Some(request.authority.to_string()),
+        });
+        opened.toward(Target::Addr(request.authority), Box::new(Tunnel(responder)))
     }
 }
 
@@ -99,14 +67,6 @@ impl Service<Inbound> for HboneInbound {
             }
             Ok(())
         })
-    }
-}
-
-/// `h2` or `h3`, as access logs print it.
-pub fn transport_name(transport: meshd_hbone::Transport) -> &'static str {
-    match transport {
-        meshd_hbone::Transport::H2 => "h2",
-        meshd_hbone::Transport::H3 => "h3",
     }
 }
 
@@ -140,34 +100,36 @@ impl Downstream for Tunnel {
 /// Turns what the HBONE server refuses on its own (handshake budget, TLS failures, the
 /// connection limit, malformed CONNECTs) into connection records, so those attempts reach the
 /// access log and metrics like every other.
-pub struct HboneRefusals {
-    sinks: Sinks,
+pub(crate) struct HboneRefusals {
+    gate: Gate,
 }
 
 impl HboneRefusals {
-    /// Records go to `sinks`.
-    pub fn new(sinks: Sinks) -> Self {
-        HboneRefusals { sinks }
+    /// Records enter through `gate`.
+    pub(crate) fn new(gate: Gate) -> Self {
+        HboneRefusals { gate }
     }
 }
 
 impl Observer for HboneRefusals {
     fn refused(&self, refused: &Refused<'_>) {
-        let mut record = ConnectionRecord::new(
-            TraceParent::random().to_string(),
-            Direction::Inbound,
-            refused.peer_addr,
-            refused.authority.unwrap_or("-").to_string(),
-        );
-        record.source_identity = refused.peer_identity.map(ToString::to_string);
-        record.mtls = refused.peer_identity.is_some();
-        record.transport = Some(transport_name(refused.transport).to_string());
         let outcome = match refused.stage {
             Stage::Budget | Stage::ConnectionLimit => Outcome::Limited,
             Stage::Request => Outcome::NotLocal,
             _ => Outcome::Handshake,
         };
         // Opened and closed at once: the sinks see one refused attempt.
-        RecordHandle::open(record, self.sinks.clone()).fail_with(outcome, refused.reason);
+        self.gate
+            .open(Arrival {
+                trace: TraceParent::random(),
+                direction: Direction::Inbound,
+                source: refused.peer_addr,
+                identity: refused
+                    .peer_identity
+                    .map(|id| Arc::new(Identity::new(id.clone()))),
+                transport: Some(refused.transport),
+                destination: Some(refused.authority.unwrap_or("-").to_string()),
+            })
+            .fail(outcome, refused.reason);
     }
 }

@@ -1,8 +1,18 @@
-//! One record per connection: what metrics, access logs and the admin API consume.
+//! meshd's connection records: one [`ConnectionRecord`] per connection, what metrics, access
+//! logs and the operator views consume.
 //!
-//! Layers fill the record as the connection meets them (identity, decision, upstream, bytes);
-//! the outermost layer stamps the duration and error and hands the finished record to every
-//! [`RecordSink`]. Sinks are called once per connection, off the data path's hot loop.
+//! The proxy opens a record where a connection enters ([`RecordHandle::open`]), its layers fill
+//! it in as the connection meets them (identity, decision, upstream, bytes), and when the last
+//! handle is dropped the record is closed and handed to every [`RecordSink`] exactly once. Sinks
+//! that count bytes as they flow hand out a [`ByteMeter`] when the connection is established.
+//!
+//! A crate of its own so that the sinks (meshd-metrics) depend on the records only, not on the
+//! proxy that fills them in. It does not log, count or serve anything itself.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+mod facts;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,6 +21,10 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+
+pub use facts::{Facts, Identity};
+pub use meshd_hbone::TraceParent;
+pub use meshd_identity::SpiffeId;
 
 /// Which way a connection goes through this meshd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -131,22 +145,13 @@ pub type Meters = Arc<[Arc<dyn ByteMeter>]>;
 static NO_METERS: LazyLock<Meters> = LazyLock::new(|| Arc::new([]));
 
 /// Everything known about one connection when it ends.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConnectionRecord {
-    /// The trace id (from `traceparent`), shared by both meshd instances of a tunnel.
-    pub id: String,
+    /// What the connection is: set where it entered, shared with the proxy's context.
+    pub facts: Arc<Facts>,
     /// Unique within this process: tells sinks which open record a closed one is (the trace
     /// id is shared by both directions of a tunnel through one meshd).
-    #[serde(skip)]
     pub serial: u64,
-    /// Inbound or outbound.
-    pub direction: Direction,
-    /// Where the connection came from.
-    pub source_addr: SocketAddr,
-    /// The authenticated source identity (inbound mTLS) or this meshd's (outbound).
-    pub source_identity: Option<String>,
-    /// The source workload, when the registry knows the source address.
-    pub source_workload_meta: Option<Arc<WorkloadMeta>>,
     /// The destination workload, once resolved.
     pub destination_workload_meta: Option<Arc<WorkloadMeta>>,
     /// True when the downstream side (inbound) or the upstream side (outbound) used mTLS.
@@ -155,14 +160,15 @@ pub struct ConnectionRecord {
     pub outcome: Outcome,
     /// True once allowed and connected on both sides.
     pub established: bool,
-    /// The destination as asked for (original destination, CONNECT authority, SOCKS target).
+    /// The destination as asked for (original destination, CONNECT authority, SOCKS target),
+    /// as the client put it; `-` until known (a SOCKS5 request not read yet).
     pub destination: String,
     /// The address actually connected to (a workload, or a peer meshd's HBONE port).
     pub upstream_addr: Option<SocketAddr>,
     /// The destination workload (`namespace/name`).
     pub destination_workload: Option<String>,
     /// The destination identity expected (outbound) or served (inbound).
-    pub destination_identity: Option<String>,
+    pub destination_identity: Option<Arc<Identity>>,
     /// The service, when the destination was one (`namespace/name`).
     pub destination_service: Option<String>,
     /// The service's host name (its first `hosts` entry), when the destination was one.
@@ -176,7 +182,6 @@ pub struct ConnectionRecord {
     /// Bytes from the upstream side back to the downstream side.
     pub bytes_out: u64,
     /// When the connection was accepted.
-    #[serde(skip)]
     pub started: SystemTime,
     /// How long it lasted.
     pub duration: Duration,
@@ -188,25 +193,16 @@ pub struct ConnectionRecord {
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 impl ConnectionRecord {
-    /// A record for a connection accepted now.
-    pub fn new(
-        id: String,
-        direction: Direction,
-        source_addr: SocketAddr,
-        destination: String,
-    ) -> Self {
+    /// A record for a connection accepted now, with its `facts`, asked for `destination`.
+    pub fn new(facts: Arc<Facts>, destination: impl Into<String>) -> Self {
         ConnectionRecord {
-            id,
+            facts,
             serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
-            direction,
-            source_addr,
-            source_identity: None,
-            source_workload_meta: None,
             destination_workload_meta: None,
             mtls: false,
             outcome: Outcome::Allowed,
             established: false,
-            destination,
+            destination: destination.into(),
             upstream_addr: None,
             destination_workload: None,
             destination_identity: None,
@@ -220,6 +216,11 @@ impl ConnectionRecord {
             duration: Duration::ZERO,
             error: None,
         }
+    }
+
+    /// The trace id: the `traceparent` header's value.
+    pub fn trace_id(&self) -> String {
+        self.facts.trace.to_string()
     }
 }
 
@@ -355,7 +356,7 @@ impl RecordHandle {
 
     /// Records why the connection failed or was refused (the first reason given wins: a
     /// refusal is not overwritten by the error its refusal causes further out).
-    pub fn fail(&self, error: &crate::ProxyError) {
+    pub fn fail(&self, error: &dyn Failure) {
         self.fail_with(error.outcome(), error.to_string());
     }
 
@@ -369,6 +370,13 @@ impl RecordHandle {
             }
         });
     }
+}
+
+/// An error that ends a connection: the class it puts the connection in, and its words (its
+/// `Display`, what access logs print).
+pub trait Failure: fmt::Display {
+    /// The refusal class, for metrics and logs.
+    fn outcome(&self) -> Outcome;
 }
 
 /// A consumer of connection records (metrics, access log, admin).
@@ -481,12 +489,12 @@ mod tests {
     }
 
     fn record() -> ConnectionRecord {
-        ConnectionRecord::new(
-            "t".into(),
+        let facts = Facts::new(
+            TraceParent::random(),
             Direction::Inbound,
             "10.0.0.1:5000".parse().expect("address"),
-            "10.0.0.2:80".into(),
-        )
+        );
+        ConnectionRecord::new(Arc::new(facts), "10.0.0.2:80")
     }
 
     #[test]

@@ -1,8 +1,17 @@
-//! The views' JSON shape, served by the admin endpoint at `GET /status/<view>` and printed by
-//! `meshd status <view> --json`. Field names are camelCase; a field may be added in a later
+//! meshd's operator views: the JSON shape of each, served by the admin endpoint at
+//! `GET /status/<view>`, filled in by the proxy and the daemon, and printed by `meshd status
+//! <view> --json`. A crate of its own so that what fills the views in (meshd-proxy) does not
+//! depend on what prints them (meshd-status: an HTTP client and terminal tables).
+//!
+//! Field names are camelCase; a field may be added in a later
 //! version, none is renamed or removed without a new view name. Timestamps are RFC 3339 (UTC),
 //! durations seconds, addresses `ip:port`, identities `spiffe://…` URIs. Optional values are
 //! `null` when unknown.
+//!
+//! It does not gather the data, fetch it or render it.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 
