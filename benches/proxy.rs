@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use meshd_config::{LoadOptions, load_str};
 use meshd_identity::{DevCaSource, IdentityManager, IdentitySource};
 use meshd_integration::mesh::Mesh;
 use meshd_integration::resources::{Policy, Rule, principal};
+use meshd_manifests::{LoadOptions, load_str};
 use meshd_proxy::config::{ExplicitListener, LocalWorkloads};
 use meshd_proxy::plugins::PluginRegistry;
 use meshd_proxy::record::Sinks;

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use meshd_benches::{DESTINATION_NAMESPACE, policy_yaml};
-use meshd_config::{LoadOptions, Snapshot, load_str};
+use meshd_manifests::{LoadOptions, Snapshot, load_str};
 use meshd_rbac::{Connection, Destination, Engine, Peer};
 
 fn snapshot(applying: usize, elsewhere: usize) -> Snapshot {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use meshd_config::{LoadOptions, Snapshot, load_dir};
+use meshd_manifests::{LoadOptions, Snapshot, load_dir};
 use meshd_rbac::{Connection, Destination, Engine, Peer};
 use serde::{Deserialize, Serialize};
 

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use meshd_config::{LoadOptions, load_dir};
 use meshd_daemon::MeshdConfig;
+use meshd_manifests::{LoadOptions, load_dir};
 use meshd_proxy::strict_without_capture;
 use meshd_proxy::{ProxyState, local_predicate};
 
@@ -69,7 +69,7 @@ pub fn run(
 
 /// The daemon configuration's own checks and what it cannot enforce on this machine; false
 /// when the daemon would refuse to start.
-fn check_daemon(config: &MeshdConfig, path: &Path, snapshot: &meshd_config::Snapshot) -> bool {
+fn check_daemon(config: &MeshdConfig, path: &Path, snapshot: &meshd_manifests::Snapshot) -> bool {
     match config.check() {
         Ok(warnings) => {
             for warning in warnings {

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshd_admin::{Endpoint, LogLevelFn, Readiness};
-use meshd_config::{LoadError, LoadOptions, load_dir};
 use meshd_identity::{IdentityManager, IdentitySource};
+use meshd_manifests::{LoadError, LoadOptions, load_dir};
 use meshd_metrics::{HbonePool, Metrics};
 use meshd_proxy::AccessLog;
 use meshd_proxy::plugins::{PluginError, PluginRegistry};

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::schema::MeshdConfig;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::{Figment, Metadata, Source};
-use meshd_config::{parse_file, parse_text};
+use meshd_manifests::{parse_file, parse_text};
 
 /// Where meshd looks for its configuration file when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/meshd/meshd.yaml";

@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshd_config::tree::{self, Entry};
+use meshd_manifests::tree::{self, Entry};
 
 use crate::watcher::Writes;
 

@@ -59,7 +59,7 @@ listen:
         ca.display()
     );
     let path = root.path().join("meshd.yaml");
-    let config: MeshdConfig = meshd_config::parse_text(&path, &text).unwrap();
+    let config: MeshdConfig = meshd_manifests::parse_text(&path, &text).unwrap();
     let rereads = Arc::new(AtomicUsize::new(0));
     let reread: RereadFn = {
         let (config, rereads) = (config.clone(), rereads.clone());

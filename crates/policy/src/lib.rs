@@ -5,7 +5,7 @@
 //! ServiceEntry that users write exactly as they would apply them to a cluster. Every struct
 //! rejects unknown fields, so a typo in a security policy can never silently widen or narrow it.
 //!
-//! It does **not** read files (that is `meshd-config`, which also turns field paths into
+//! It does **not** read files (that is `meshd-manifests`, which also turns field paths into
 //! file:line:column positions), and it does **not** decide connections (that is `meshd-rbac`,
 //! which compiles these resources). Values that both validation and the engine must read the same
 //! way (IP blocks, ports, wildcard strings, `when` keys) are parsed in [`values`].
@@ -61,7 +61,7 @@
 //!   becomes an endpoint).
 //!
 //! Checks that need every resource (duplicates, conflicting PeerAuthentications, two workloads
-//! at one address and port, a ServiceEntry shadowing another or a workload) are `meshd-config`'s.
+//! at one address and port, a ServiceEntry shadowing another or a workload) are `meshd-manifests`'s.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]

@@ -84,7 +84,7 @@ fn local_workloads(state: &ProxyState) -> Vec<Value> {
 }
 
 /// Every resource with the file and line it was read from.
-fn resources(snapshot: &meshd_config::Snapshot) -> Vec<Value> {
+fn resources(snapshot: &meshd_manifests::Snapshot) -> Vec<Value> {
     snapshot
         .authorization_policies
         .iter()

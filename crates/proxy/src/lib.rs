@@ -18,7 +18,7 @@
 //! - `runtime.rs`: binds the listeners (HBONE 15008, captured inbound 15006, captured outbound
 //!   15001, SOCKS5 15080, explicit listeners) and starts the ways in.
 //!
-//! It does not load files (meshd-config), decide policy (meshd-rbac), speak HBONE
+//! It does not load files (meshd-manifests), decide policy (meshd-rbac), speak HBONE
 //! (meshd-hbone), manage certificates (meshd-identity) or install capture rules
 //! (meshd-redirect); it composes them.
 #![forbid(unsafe_code)]

@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meshd_config::Snapshot;
+use meshd_manifests::Snapshot;
 use meshd_policy::networking::{ServicePort, WorkloadEntrySpec};
 use meshd_policy::values::parse_ip_block;
 use rand::Rng;

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use meshd_config::Snapshot;
 use meshd_identity::SpiffeId;
+use meshd_manifests::Snapshot;
 use meshd_rbac::Engine;
 use meshd_record::{Direction, WorkloadMeta};
 

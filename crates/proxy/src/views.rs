@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use meshd_config::Snapshot;
 use meshd_identity::CredentialSet;
+use meshd_manifests::Snapshot;
 use meshd_policy::{Kind, PeerAuthnLevel, ResourceKey, WorkloadSelector};
 use meshd_view as view;
 use time::OffsetDateTime;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use meshd_config::{LoadOptions, load_str};
+use meshd_manifests::{LoadOptions, load_str};
 use meshd_proxy::{EJECTION, Protocol, Registry, ResolveError};
 
 const YAML: &str = "

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use meshd_config::Snapshot;
+use meshd_manifests::Snapshot;
 use meshd_proxy::BoxIo;
 use meshd_proxy::ProxyError;
 use meshd_proxy::ProxyState;

@@ -25,7 +25,7 @@
 //! - PeerAuthentication: workload port level, workload, namespace, mesh, default PERMISSIVE;
 //!   UNSET inherits, DISABLE acts as PERMISSIVE (M3, M4).
 //!
-//! It does not read files, validate resources (load them with `meshd-config`), or touch
+//! It does not read files, validate resources (load them with `meshd-manifests`), or touch
 //! connections: the proxy asks, the engine answers.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

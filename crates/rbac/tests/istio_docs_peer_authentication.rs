@@ -4,7 +4,7 @@
 //! the mode the page documents, or meshd's with its decision number
 //! (`docs/istio-l4-authorization.md` §11). AuthorizationPolicy pages are in
 //! `istio_docs_authorization.rs`; the networking kinds and general YAML forms in
-//! `crates/config/tests/istio_docs.rs`.
+//! `crates/manifests/tests/istio_docs.rs`.
 
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]

@@ -1,4 +1,4 @@
-//! The configuration directory loader (`meshd_config::load_dir`) and its strict deserializer.
+//! The configuration directory loader (`meshd_manifests::load_dir`) and its strict deserializer.
 //!
 //! An input is up to four files separated by a line `#%FILE`; they are written to a fresh
 //! directory (the second one in a subdirectory) and loaded as the daemon loads `configDir`.
@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use meshd_config::{LoadOptions, load_dir, load_str, parse_text};
+use meshd_manifests::{LoadOptions, load_dir, load_str, parse_text};
 
 const SEPARATOR: &[u8] = b"\n#%FILE\n";
 const MAX_FILES: usize = 4;

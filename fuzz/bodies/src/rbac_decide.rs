@@ -10,7 +10,7 @@
 //! reports.
 
 use arbitrary::{Arbitrary, Unstructured};
-use meshd_config::{LoadOptions, load_str};
+use meshd_manifests::{LoadOptions, load_str};
 use meshd_rbac::{Connection, Destination, Engine, Peer};
 use serde_json::{Map, Value, json};
 

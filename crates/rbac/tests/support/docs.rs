@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use meshd_config::{LoadOptions, Snapshot, load_str};
+use meshd_manifests::{LoadOptions, Snapshot, load_str};
 use meshd_rbac::Engine;
 
 const ROOT: &str = "istio-system";

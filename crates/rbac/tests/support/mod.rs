@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 pub mod docs;
 
-use meshd_config::{LoadOptions, load_str};
+use meshd_manifests::{LoadOptions, load_str};
 use meshd_rbac::{Connection, Destination, Engine, Peer};
 
 /// Compiles policy YAML, failing the test with every problem if it does not load.

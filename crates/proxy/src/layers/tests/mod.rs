@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use meshd_config::{LoadOptions, load_str};
 use meshd_hbone::TraceParent;
+use meshd_manifests::{LoadOptions, load_str};
 use meshd_record::{ConnectionRecord, Direction, Identity, Outcome, RecordRef, RecordSink, Sinks};
 use tokio::io::{DuplexStream, duplex};
 use tokio::sync::watch;

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use meshd_config::{LoadOptions, Snapshot, load_dir, parse_file};
+use meshd_manifests::{LoadOptions, Snapshot, load_dir, parse_file};
 use tempfile::TempDir;
 
 const POLICY: &str = "apiVersion: security.istio.io/v1
@@ -144,7 +144,7 @@ fn an_alias_bomb_by_bytes_is_refused_naming_the_file() {
     let file = format!("{}:", dir.path().join("bomb.yaml").display());
     let message = format!(
         ": YAML syntax error: more than {} bytes of text (aliases expanded)",
-        meshd_config::yaml::MAX_EXPANDED_BYTES
+        meshd_manifests::yaml::MAX_EXPANDED_BYTES
     );
     assert!(
         problems[0].starts_with(&file) && problems[0].ends_with(&message),

@@ -7,7 +7,7 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
-use meshd_config::{LoadOptions, load_str};
+use meshd_manifests::{LoadOptions, load_str};
 
 /// Loads one document and returns its errors as `line:col field: message` (warnings dropped).
 fn errors(kind: &str, spec: &str) -> Vec<String> {

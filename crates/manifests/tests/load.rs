@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use meshd_config::{LoadOptions, Snapshot, load_dir};
+use meshd_manifests::{LoadOptions, Snapshot, load_dir};
 use tempfile::TempDir;
 
 const POLICY: &str = "apiVersion: security.istio.io/v1

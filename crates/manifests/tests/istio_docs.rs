@@ -8,7 +8,7 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
-use meshd_config::{LoadOptions, Snapshot, load_str};
+use meshd_manifests::{LoadOptions, Snapshot, load_str};
 
 fn load(yaml: &str) -> Snapshot {
     match load_str("page.yaml", yaml, &LoadOptions::default()) {

@@ -4,7 +4,7 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
-use meshd_config::{LoadOptions, load_str};
+use meshd_manifests::{LoadOptions, load_str};
 use meshd_policy::Severity;
 
 /// The problems of one document as `severity field: message`, positions left out.

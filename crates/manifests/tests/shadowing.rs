@@ -8,7 +8,7 @@
 
 use std::fs;
 
-use meshd_config::{LoadOptions, load_dir, load_str};
+use meshd_manifests::{LoadOptions, load_dir, load_str};
 use tempfile::TempDir;
 
 /// A ServiceEntry: line 3 holds `metadata` (`name` at column 12), line 5 `ports`, `body` starts

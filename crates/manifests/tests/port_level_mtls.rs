@@ -6,7 +6,7 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
-use meshd_config::{LoadOptions, Snapshot, load_str};
+use meshd_manifests::{LoadOptions, Snapshot, load_str};
 
 /// A workload-level PeerAuthentication with `ports` as the body of `portLevelMtls`.
 fn text(ports: &str) -> String {

@@ -7,7 +7,7 @@
 
 use std::fs;
 
-use meshd_config::{LoadOptions, load_dir, load_str};
+use meshd_manifests::{LoadOptions, load_dir, load_str};
 use tempfile::TempDir;
 
 fn we(name: &str, address: &str, ports: &str) -> String {
