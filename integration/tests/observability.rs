@@ -358,13 +358,13 @@ fn config_dump_shows_the_snapshot_and_certificate_but_no_key() {
     assert_eq!(
         series(
             &text,
-            "meshd_manifests_reloads_total",
+            "meshd_config_reloads_total",
             &[("result", "failure")]
         ),
         Some(1.0),
         "{text}"
     );
-    assert!(text.contains("meshd_manifests_generation 1"), "{text}");
+    assert!(text.contains("meshd_config_generation 1"), "{text}");
 }
 
 #[test]

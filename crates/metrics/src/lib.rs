@@ -141,7 +141,7 @@ impl Metrics {
     }
 
     /// A configuration load finished: counts it by result, and on success sets
-    /// `meshd_manifests_generation` to the generation now in force.
+    /// `meshd_config_generation` to the generation now in force.
     pub fn config_reloaded(&self, success: bool, generation: u64) {
         self.0.own.config_reloaded(success, generation);
     }

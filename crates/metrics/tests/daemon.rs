@@ -44,9 +44,9 @@ async fn config_reloads() {
     metrics.config_reloaded(true, 2);
     metrics.config_reloaded(false, 3);
     let text = encode(&metrics);
-    assert_line(&text, "meshd_manifests_reloads_total{result=\"success\"} 2");
-    assert_line(&text, "meshd_manifests_reloads_total{result=\"failure\"} 1");
-    assert_line(&text, "meshd_manifests_generation 2");
+    assert_line(&text, "meshd_config_reloads_total{result=\"success\"} 2");
+    assert_line(&text, "meshd_config_reloads_total{result=\"failure\"} 1");
+    assert_line(&text, "meshd_config_generation 2");
 }
 
 // The expiry gauge shows the identity in force only; rotation counters follow the identity
