@@ -85,13 +85,9 @@ fn check_daemon(config: &MeshdConfig, path: &Path, snapshot: &meshd_manifests::S
             return false;
         }
     }
-    let state = ProxyState::build(
-        snapshot,
-        &config.trust_domain,
-        0,
-        local_predicate(&config.proxy()),
-    );
-    for warning in strict_without_capture(&config.proxy(), &state) {
+    let proxy = config.proxy();
+    let state = ProxyState::build(snapshot, &config.trust_domain, 0, local_predicate(&proxy));
+    for warning in strict_without_capture(&proxy, &state) {
         println!("{}: warning: {warning}", path.display());
     }
     true

@@ -131,13 +131,14 @@ pub fn load_state(config: &MeshdConfig, generation: u64) -> Result<ProxyState, L
         tracing::warn!("{warning}");
     }
     tracing::info!("configuration loaded: {}", snapshot.summary());
+    let proxy = config.proxy();
     let state = ProxyState::build(
         &snapshot,
         &config.trust_domain,
         generation,
-        local_predicate(&config.proxy()),
+        local_predicate(&proxy),
     );
-    for warning in strict_without_capture(&config.proxy(), &state) {
+    for warning in strict_without_capture(&proxy, &state) {
         tracing::warn!("{warning}");
     }
     Ok(state)
