@@ -23,7 +23,7 @@ use meshd_manifests::{parse_file, parse_text};
 pub const DEFAULT_PATH: &str = "/etc/meshd/meshd.yaml";
 
 /// Environment variables meshd's command line reads itself, not configuration keys.
-const NOT_KEYS: [&str; 2] = ["config", "log_format"];
+const NOT_KEYS: [&str; 3] = ["config", "log_format", "istio_bundle"];
 
 /// The file layer.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +44,11 @@ pub enum Base<'a> {
 pub struct Flags {
     /// `--config-dir`.
     pub config_dir: Option<PathBuf>,
+    /// `--istio-bundle`: the directory `istioctl x workload entry configure` writes. It is the
+    /// lowest layer of `controlPlane:` (the file and the environment may override its keys),
+    /// and it gives the mesh's trust domain and the identity (the Istio CA's, in
+    /// `controlPlane.certDir`, in place of a development CA).
+    pub istio_bundle: Option<PathBuf>,
 }
 
 /// Why the configuration cannot be used.
@@ -80,29 +85,60 @@ pub struct Shown {
 
 /// Reads the layers.
 pub fn load(base: Base<'_>, flags: &Flags) -> Result<Settings, SettingsError> {
+    let bundle = match &flags.istio_bundle {
+        Some(dir) => Some(
+            meshd_xds::bundle::load(dir)
+                .map_err(|e| SettingsError::Layer(format!("--istio-bundle {}: {e}", dir.display())))?,
+        ),
+        None => None,
+    };
+    let below = match &bundle {
+        Some(cp) => Figment::new().merge(Serialized::default("controlPlane", cp)),
+        None => Figment::new(),
+    };
     let file = match base {
         Base::File(path) => {
             parse_file::<MeshdConfig>(path).map_err(|p| SettingsError::File(p.to_string()))?;
-            Figment::new().merge(Yaml::file_exact(path))
+            below.merge(Yaml::file_exact(path))
         }
         Base::Embedded { name, text } => {
             parse_text::<MeshdConfig>(Path::new(name), text)
                 .map_err(|p| SettingsError::File(p.to_string()))?;
-            Figment::new().merge(Yaml::string(text))
+            below.merge(Yaml::string(text))
         }
     };
     let mut figment = file.merge(env());
     if let Some(dir) = &flags.config_dir {
         figment = figment.merge(Serialized::default("configDir", dir));
     }
-    let config = figment
+    let mut config = figment
         .extract::<MeshdConfig>()
         .map_err(|e| SettingsError::Layer(layer_error(&e)))?;
+    if bundle.is_some() {
+        from_bundle(&mut config);
+    }
     Ok(Settings {
         config,
         figment,
         flags: flags.clone(),
     })
+}
+
+/// What `--istio-bundle` decides beyond `controlPlane:`: the mesh's trust domain is the
+/// bundle's, and a development CA (the embedded file's identity) gives way to the Istio CA's
+/// certificate directory. Another identity source stays (a certificate chaining to istiod's
+/// root also authenticates to it); `MeshdConfig::check` refuses what cannot work.
+fn from_bundle(config: &mut MeshdConfig) {
+    let Some(cp) = &config.control_plane else {
+        return;
+    };
+    config.trust_domain = cp.trust_domain.clone();
+    if matches!(config.identity, meshd_identity::IdentitySource::DevCa(_)) {
+        config.identity = meshd_identity::IdentitySource::IstioCa(meshd_identity::IstioCaSource {
+            cert_dir: cp.cert_dir.clone(),
+            spiffe_id: cp.spiffe_id().ok(),
+        });
+    }
 }
 
 impl Settings {
