@@ -10,6 +10,7 @@
 //! --test two_nodes` works from a clean target directory (docs/testing.md).
 
 pub mod certs;
+pub mod istiod;
 pub mod loopback;
 pub mod machines;
 pub mod mesh;
@@ -17,6 +18,7 @@ pub mod netns;
 pub mod pair;
 pub mod resources;
 pub mod traffic;
+pub mod vm_bundle;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -108,7 +110,7 @@ pub fn build_meshd() -> PathBuf {
 /// time) whose Cargo.toml declares `[workspace]`. The run-time value comes first: a test
 /// executable cargo found fresh in a target directory shared with another checkout still has
 /// the other checkout's compile-time path.
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let start = std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     start

@@ -266,3 +266,7 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
         .map(|f| dir.join(f))
         .collect()
 }
+
+#[cfg(test)]
+#[path = "bundle_tests.rs"]
+mod tests;

@@ -32,10 +32,15 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod ads;
+mod backoff;
 pub mod bundle;
+pub mod ca;
 mod error;
+pub mod metrics;
 pub mod node;
 pub mod settings;
+mod transport;
 
 pub use error::Error;
 pub use settings::ControlPlaneSettings;

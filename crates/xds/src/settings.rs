@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use meshd_identity::{SpiffeId, duration_text};
+use meshd_identity::{SpiffeId, TrustDomain, duration_text};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -155,7 +155,6 @@ impl ControlPlaneSettings {
     pub fn validate(&self) -> Result<(), Error> {
         self.xds_target()?;
         self.ca_target()?;
-        self.spiffe_id()?;
         if self.cluster_id.is_empty() {
             return Err(settings("clusterId", "is empty"));
         }
@@ -178,16 +177,15 @@ impl ControlPlaneSettings {
                 format!("{name:?} cannot be part of a node ID"),
             ));
         }
+        self.spiffe_id()?;
         Ok(())
     }
 
     /// The identity the CA must issue: `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`.
     pub fn spiffe_id(&self) -> Result<SpiffeId, Error> {
-        let text = format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        );
-        SpiffeId::new(&text).map_err(|e| settings("trustDomain", format!("{text}: {e}")))
+        TrustDomain::new(&self.trust_domain).map_err(|e| settings("trustDomain", e.to_string()))?;
+        SpiffeId::istio(&self.trust_domain, &self.namespace, &self.service_account)
+            .map_err(|e| settings("serviceAccount", e.to_string()))
     }
 
     /// Where the xDS stream dials and which name it verifies.
@@ -395,7 +393,7 @@ mod tests {
             (|s| s.connect_to = Some("host:x".into()), "connectTo"),
             (|s| s.ca_address = Some(":1".into()), "caAddress"),
             (|s| s.ca_connect_to = Some("a/b".into()), "caConnectTo"),
-            (|s| s.trust_domain = "Bad Domain".into(), "trustDomain"),
+            (|s| s.trust_domain = "bad/td".into(), "trustDomain"),
             (|s| s.cluster_id = "".into(), "clusterId"),
             (|s| s.ttl = Duration::from_secs(5), "ttl"),
             (|s| s.namespace = "".into(), "namespace"),
