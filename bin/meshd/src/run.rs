@@ -88,7 +88,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         istio_bundle: args.istio_bundle.clone(),
     };
     let config = match load_settings(args.config.as_deref(), &flags) {
-        Ok(settings) => settings.config,
+        Ok(settings) => {
+            for warning in &settings.warnings {
+                tracing::warn!("{warning}");
+            }
+            settings.config
+        }
         Err(e) => {
             eprintln!("meshd: {e}");
             return Ok(ExitCode::from(EX_CONFIG));

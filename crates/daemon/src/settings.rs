@@ -68,6 +68,9 @@ pub enum SettingsError {
 pub struct Settings {
     /// The configuration meshd runs with.
     pub config: MeshdConfig,
+    /// What was ignored: `MESHD_*` environment variables that name no key (a deployment's
+    /// `MESHD_BIN`, a guessed `MESHD_LOG`) are a warning, never a reason not to start.
+    pub warnings: Vec<String>,
     figment: Figment,
     flags: Flags,
 }
@@ -107,6 +110,7 @@ pub fn load(base: Base<'_>, flags: &Flags) -> Result<Settings, SettingsError> {
             below.merge(Yaml::string(text))
         }
     };
+    let warnings = stray_variables();
     let mut figment = file.merge(env());
     if let Some(dir) = &flags.config_dir {
         figment = figment.merge(Serialized::default("configDir", dir));
@@ -119,6 +123,7 @@ pub fn load(base: Base<'_>, flags: &Flags) -> Result<Settings, SettingsError> {
     }
     Ok(Settings {
         config,
+        warnings,
         figment,
         flags: flags.clone(),
     })
@@ -210,11 +215,46 @@ fn describe(metadata: &Metadata) -> String {
     }
 }
 
-/// `MESHD_LISTEN__INBOUND_PLAINTEXT` → `listen.inboundPlaintext`.
+/// The top-level keys of meshd.yaml, as environment variables name their first segment.
+fn top_level_keys() -> Vec<String> {
+    let mut keys: Vec<String> = match serde_json::to_value(MeshdConfig::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    // Optional sections absent from the default.
+    keys.push("controlPlane".to_string());
+    keys
+}
+
+/// Whether `MESHD_<key>` names a key of meshd.yaml (its first segment is a top-level key).
+fn names_a_key(key: &str, keys: &[String]) -> bool {
+    let path = camel_path(key);
+    let first = path.split('.').next().unwrap_or_default();
+    keys.iter().any(|k| k == first)
+}
+
+/// `MESHD_*` variables that are neither keys nor read by the command line, as warnings.
+fn stray_variables() -> Vec<String> {
+    let keys = top_level_keys();
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter_map(|name| {
+            let key = name.strip_prefix("MESHD_")?.to_ascii_lowercase();
+            (!NOT_KEYS.contains(&key.as_str()) && !names_a_key(&key, &keys)).then(|| {
+                format!("environment variable {name} names no meshd.yaml key; ignored")
+            })
+        })
+        .collect()
+}
+
+/// `MESHD_LISTEN__INBOUND_PLAINTEXT` → `listen.inboundPlaintext`; variables that name no key
+/// are left out (see [`stray_variables`]).
 fn env() -> Env {
+    let keys = top_level_keys();
     // `lowercase(false)` last: figment resets it with every filter or map.
     Env::prefixed("MESHD_")
         .ignore(&NOT_KEYS)
+        .filter(move |key| names_a_key(key.as_str(), &keys))
         .map(|key| camel_path(key.as_str()).into())
         .lowercase(false)
 }

@@ -42,6 +42,9 @@ pub struct ControlPlaneSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_to: Option<String>,
     /// istiod's root certificate(s), PEM: the only roots istiod's certificate may chain to.
+    /// Required (serde's default is empty so that a file may give only some keys on top of
+    /// `--istio-bundle`; [`ControlPlaneSettings::validate`] refuses it empty).
+    #[serde(default)]
     pub root_cert: PathBuf,
     /// A Kubernetes service-account token (audience `istio-ca`), read at each connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,9 +61,12 @@ pub struct ControlPlaneSettings {
     /// Trust domain of the identity asked of the CA.
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
-    /// The VM's namespace (`NAMESPACE`; the identity's namespace).
+    /// The VM's namespace (`NAMESPACE`; the identity's namespace). Required, as `rootCert`.
+    #[serde(default)]
     pub namespace: String,
-    /// The VM's service account (`SERVICE_ACCOUNT`; the identity's service account).
+    /// The VM's service account (`SERVICE_ACCOUNT`; the identity's service account). Required,
+    /// as `rootCert`.
+    #[serde(default)]
     pub service_account: String,
     /// `WORKLOAD_NAME` metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,6 +159,9 @@ impl ControlPlaneSettings {
 
     /// Checks every field that can be checked without the network.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.root_cert.as_os_str().is_empty() {
+            return Err(settings("rootCert", "is required: istiod's root certificate file"));
+        }
         self.xds_target()?;
         self.ca_target()?;
         if self.cluster_id.is_empty() {

@@ -50,8 +50,6 @@ pub(crate) struct ControlPlane {
     pub(crate) ca: Option<watch::Receiver<CaStatus>>,
     /// When the persisted state meshd started on was written, if it started on one.
     pub(crate) persisted: Option<SystemTime>,
-    /// ztunnel's `istio_xds_*` series.
-    pub(crate) metrics: Arc<XdsMetrics>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -146,7 +144,7 @@ pub(crate) async fn start_xds(
     let (store, mesh) = store::MeshStore::new(loaded.state, loaded.held);
     persisted::spawn_writer(path, store.held(), store.changed());
     let instance_ip = instance_ip(settings).await?;
-    let client = AdsClient::new(settings.clone(), instance_ip, Some(identity), metrics.clone())
+    let client = AdsClient::new(settings.clone(), instance_ip, Some(identity), metrics)
         .map_err(|e| StartupError::ControlPlane(e.to_string()))?;
     let mut xds = client.status();
     let mut tasks = vec![tokio::spawn(client.run(store))];
@@ -165,7 +163,6 @@ pub(crate) async fn start_xds(
         xds,
         ca,
         persisted,
-        metrics,
         tasks,
     })
 }

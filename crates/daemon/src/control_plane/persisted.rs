@@ -162,10 +162,10 @@ pub(crate) fn spawn_writer(path: PathBuf, held: Arc<Mutex<HeldResources>>, chang
             changed.notified().await;
             tokio::time::sleep(WRITE_EVERY).await;
             let held = held.clone();
-            let path = path.clone();
+            let target = path.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let bytes = encode(&held.lock().unwrap_or_else(|e| e.into_inner()));
-                write_atomically(&path, &bytes)
+                write_atomically(&target, &bytes)
             })
             .await;
             match written {
