@@ -146,6 +146,7 @@ fn decide(
             labels: workload.labels.clone(),
             ip: facts.destination.ip(),
             port: facts.destination.port(),
+            bound_policies: Default::default(),
         },
     };
     let decision = state.engine.decide(&connection);
