@@ -132,8 +132,10 @@ pub fn load_state(config: &MeshdConfig, generation: u64) -> Result<ProxyState, L
     }
     tracing::info!("configuration loaded: {}", snapshot.summary());
     let proxy = config.proxy();
+    // istiod's state joins here once the daemon holds one (issue 24); local-only until then.
     let state = ProxyState::build(
         &snapshot,
+        &meshd_proxy::MeshState::default(),
         &config.trust_domain,
         generation,
         local_predicate(&proxy),
