@@ -155,7 +155,10 @@ fn empty_match_in_a_deny_matches_every_connection() {
         vec![group(vec![vec![Match::default(), ns("frontend")]])],
     );
     let e = engine("", &[mixed]);
-    assert_eq!(reason(&e, &conn(OTHER, "10.0.0.9", DST)), Reason::Denied(istiod_key("m")));
+    assert_eq!(
+        reason(&e, &conn(OTHER, "10.0.0.9", DST)),
+        Reason::Denied(istiod_key("m"))
+    );
     // A rule with no match at all reads the same way in a DENY.
     let no_match = policy(
         "z",

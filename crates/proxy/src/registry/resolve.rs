@@ -35,13 +35,13 @@ impl Registry {
         if let Some(conflict) = self.conflicts.iter().find(|c| c.address == ip) {
             return Err(ResolveError::Conflict(conflict.clone()));
         }
-        if let Some(w) = self.refusal_at(ip) {
-            if let Some(reason) = w.refused {
-                return Err(ResolveError::Refused {
-                    target: w.key.clone(),
-                    reason,
-                });
-            }
+        if let Some(w) = self.refusal_at(ip)
+            && let Some(reason) = w.refused
+        {
+            return Err(ResolveError::Refused {
+                target: w.key.clone(),
+                reason,
+            });
         }
         Ok(())
     }
