@@ -148,9 +148,9 @@ pub fn build_state(
     generation: u64,
 ) -> ProxyState {
     let proxy = config.proxy();
-    let _ = mesh; // SHIM until convert lands
     let state = ProxyState::build(
         snapshot,
+        mesh,
         &config.trust_domain,
         generation,
         local_predicate(&proxy),

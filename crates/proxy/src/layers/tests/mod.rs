@@ -77,6 +77,7 @@ fn state(yaml: &str, generation: u64) -> Arc<ProxyState> {
     let snapshot = load_str("mesh.yaml", yaml, &LoadOptions::default()).unwrap();
     Arc::new(ProxyState::build(
         &snapshot,
+        &Default::default(),
         TRUST_DOMAIN,
         generation,
         |w| w.key == "shop/web",
