@@ -33,12 +33,12 @@ use meshd_admin::{Endpoint, LogLevelFn, Readiness};
 use meshd_identity::{IdentityManager, IdentitySource};
 use meshd_manifests::{LoadError, LoadOptions, Snapshot, load_dir};
 use meshd_metrics::{HbonePool, Metrics};
-use meshd_workloadapi::MeshState;
 use meshd_proxy::AccessLog;
 use meshd_proxy::plugins::{PluginError, PluginRegistry};
 use meshd_proxy::record::Sinks;
 use meshd_proxy::strict_without_capture;
 use meshd_proxy::{Proxy, ProxyState, StartError, local_predicate};
+use meshd_workloadapi::MeshState;
 
 use crate::schema::CheckError;
 pub use crate::schema::MeshdConfig;

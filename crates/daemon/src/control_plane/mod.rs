@@ -73,8 +73,8 @@ pub(crate) async fn start_ca(
     if !matches!(identity, IdentitySource::IstioCa(_)) {
         return Ok(None);
     }
-    let client = CaClient::new(settings.clone())
-        .map_err(|e| StartupError::ControlPlane(e.to_string()))?;
+    let client =
+        CaClient::new(settings.clone()).map_err(|e| StartupError::ControlPlane(e.to_string()))?;
     let client = &client;
     let (credentials, how) = until_ready(waiting, Pauses::every(CA_RETRY), || async move {
         client
@@ -119,7 +119,8 @@ async fn instance_ip(settings: &ControlPlaneSettings) -> Result<IpAddr, StartupE
             target.dial
         ))
     })?;
-    meshd_xds::node::local_address_towards(peer).map_err(|e| StartupError::ControlPlane(e.to_string()))
+    meshd_xds::node::local_address_towards(peer)
+        .map_err(|e| StartupError::ControlPlane(e.to_string()))
 }
 
 /// Starts the xDS stream from the persisted state, if any, and waits until there is a mesh
@@ -133,7 +134,8 @@ pub(crate) async fn start_xds(
 ) -> Result<ControlPlane, StartupError> {
     let path = state_path(settings);
     let loaded = persisted::load(&path);
-    let persisted = (!loaded.state.is_empty()).then_some(loaded.written.unwrap_or(SystemTime::UNIX_EPOCH));
+    let persisted =
+        (!loaded.state.is_empty()).then_some(loaded.written.unwrap_or(SystemTime::UNIX_EPOCH));
     if persisted.is_some() {
         tracing::info!(
             path = %path.display(),
