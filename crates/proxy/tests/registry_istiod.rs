@@ -380,4 +380,12 @@ fn the_state_enforces_istiod_policies_bound_to_istiod_workloads() {
         Reason::NoAllowPolicies,
         "not bound"
     );
+    // The operator view lists the bound policy, named with its source, for w1 only.
+    let view = meshd_proxy::views::workloads(&state);
+    let policies = |key: &str| -> Vec<String> {
+        let w = view.workloads.iter().find(|w| w.name == key).unwrap();
+        w.policies.iter().map(|p| p.policy.clone()).collect()
+    };
+    assert_eq!(policies(&uid("w1")), ["istiod:web/selected"]);
+    assert!(policies(&uid("w2")).is_empty());
 }
