@@ -380,4 +380,49 @@ fn the_state_enforces_istiod_policies_bound_to_istiod_workloads() {
         Reason::NoAllowPolicies,
         "not bound"
     );
+    // The operator view lists the bound policy, named with its source, for w1 only.
+    let view = meshd_proxy::views::workloads(&state);
+    let policies = |key: &str| -> Vec<String> {
+        let w = view.workloads.iter().find(|w| w.name == key).unwrap();
+        w.policies.iter().map(|p| p.policy.clone()).collect()
+    };
+    assert_eq!(policies(&uid("w1")), ["istiod:web/selected"]);
+    assert!(policies(&uid("w2")).is_empty());
+}
+
+#[test]
+fn any_address_of_an_istiod_workload_makes_it_local() {
+    let mesh = Mesh::default().workload(workload("vm", &["fd00::7", "10.0.1.7"]));
+    let mut config = meshd_proxy::ProxyConfig::default();
+    config.local.addresses = vec!["10.0.1.7".parse().unwrap()];
+    let state = ProxyState::build(
+        &files(),
+        &mesh.0,
+        "cluster.local",
+        1,
+        meshd_proxy::local_predicate(&config),
+    );
+    let local = state.registry.local_workload(addr("10.0.1.7:80")).unwrap();
+    assert_eq!(local.key, uid("vm"));
+    assert!(
+        state
+            .registry
+            .local_workload(addr("[fd00::7]:80"))
+            .is_some()
+    );
+    // Bound on loopback: the machine's own address, found by binding it.
+    let mesh = Mesh::default().workload(workload("lo", &["fd00::8", "127.0.0.1"]));
+    let state = ProxyState::build(
+        &Snapshot::default(),
+        &mesh.0,
+        "cluster.local",
+        1,
+        meshd_proxy::local_predicate(&meshd_proxy::ProxyConfig::default()),
+    );
+    assert!(
+        state
+            .registry
+            .local_workload(addr("127.0.0.1:80"))
+            .is_some()
+    );
 }
