@@ -361,16 +361,16 @@ async fn start(
     // What only a person can fix ends start-up before anything is waited for.
     startup::check_config(&config).map_err(Exit::Config)?;
     fdlimit::raise(&config);
-    let xds_metrics = config
+    let cp_metrics = config
         .control_plane
         .as_ref()
-        .map(|_| Arc::new(meshd_xds::metrics::XdsMetrics::default()));
+        .map(|_| control_plane::ControlPlaneMetrics::default());
     let metrics = Metrics::with_extra(
         tokio::runtime::Handle::current(),
         metrics_options(&config),
         |registry| {
-            if let Some(xds) = &xds_metrics {
-                xds.register(registry);
+            if let Some(cp) = &cp_metrics {
+                cp.register(registry);
             }
         },
     );
@@ -408,9 +408,9 @@ async fn start(
     let _ = operated.rotations.set(identity.stats());
     readiness.set_ready("certificates");
     watch_certificate(&identity, &readiness, &metrics);
-    let control = match (&config.control_plane, xds_metrics) {
-        (Some(cp), Some(xds_metrics)) => Some(
-            control_plane::start_xds(cp, identity.handle(), ca, &readiness, xds_metrics)
+    let control = match (&config.control_plane, cp_metrics) {
+        (Some(cp), Some(cp_metrics)) => Some(
+            control_plane::start_xds(cp, identity.handle(), ca, &readiness, cp_metrics)
                 .await
                 .map_err(Exit::Config)?,
         ),
