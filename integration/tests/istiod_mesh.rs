@@ -201,4 +201,48 @@ fn vms_join_with_a_token_and_enforce_istiods_policies() {
         assert!(of_type["acks"].as_u64().unwrap_or(0) >= 1, "{url}: {cp}");
         assert_eq!(of_type["nacks"], 0, "{url}: {cp}");
     }
+    assert_eq!(cp["certificate"]["source"], "token", "{cp}");
+    let istiod_counts = cp["sources"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["source"] == "istiod"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        istiod_counts["workloads"].as_u64().unwrap_or(0) >= 2,
+        "{cp}"
+    );
+
+    // `meshd status control-plane`: the same, as a table.
+    let admin = fleet.mesh.get("b").addr(Port::Admin).to_string();
+    let out = std::process::Command::new(meshd_bin())
+        .args(["status", "control-plane", "--admin", &admin])
+        .env_remove("MESHD_ADMIN")
+        .env_remove("MESHD_CONFIG")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "connected since",
+        "istio.workload.Address",
+        "from the Istio CA (token)",
+    ] {
+        assert!(shown.contains(needle), "no {needle:?} in:\n{shown}");
+    }
+
+    // ztunnel's xDS series, labelled by type URL, and meshd's refusals by reason.
+    let (code, metrics) =
+        http(fleet.mesh.get("b").addr(Port::Metrics), "GET", "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    for series in [
+        "istio_xds_message_total{url=\"type.googleapis.com/istio.workload.Address\"}",
+        "istio_xds_message_bytes_total{url=\"type.googleapis.com/istio.security.Authorization\"}",
+        "meshd_istiod_refused_resources{reason=\"waypoint\"} 0",
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
 }
