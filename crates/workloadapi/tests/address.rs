@@ -1,5 +1,5 @@
 //! Decoding istiod's Workload resources: every field mapped, every refusal, every rejection
-//! field. Resources are built with the generated types and encoded, as istiod sends them.
+//! naming its field. Resources are built with the generated types and encoded, as istiod sends them.
 #![allow(clippy::unwrap_used)]
 
 use std::net::IpAddr;
