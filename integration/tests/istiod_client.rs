@@ -484,3 +484,45 @@ fn ads_by_mtls_with_the_ca_certificate_and_no_token() {
         "{clients:?}"
     );
 }
+
+#[test]
+fn renewal_at_half_life_by_mtls_keeps_the_identity_without_a_token() {
+    let lo = Loopback::take();
+    let istiod = Istiod::start(lo.host(1));
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = vm_settings(&istiod, dir.path(), SA);
+    // Short-lived so that half-life comes within the test.
+    settings.ttl = Duration::from_secs(4);
+    let rt = runtime();
+    let ca = CaClient::new(settings.clone()).unwrap();
+    let (first, _) = rt.block_on(ca.bootstrap()).unwrap();
+    let half = meshd_xds::ca::until_half_life(&first, time::OffsetDateTime::now_utc());
+    assert!(
+        half > Duration::ZERO && half <= Duration::from_secs(2),
+        "{half:?}"
+    );
+    let token_file = settings.token_file.clone().unwrap();
+    istiod.revoke(&std::fs::read_to_string(&token_file).unwrap());
+    std::fs::remove_file(&token_file).unwrap();
+
+    let (tx, rx) = watch::channel(meshd_xds::ca::CaStatus::default());
+    rt.spawn(ca.renew_forever(first.clone(), tx));
+    wait("a renewal by mTLS", PUSH, || {
+        rx.has_changed().is_ok() && rx.borrow().source == "mtls" && {
+            let chain = std::fs::read(dir.path().join("certs/cert-chain.pem")).unwrap();
+            let key = std::fs::read(dir.path().join("certs/key.pem")).unwrap();
+            meshd_identity::Credentials::from_pem(&chain, &key)
+                .is_ok_and(|c| c.serial() != first.serial() && c.id() == first.id())
+        }
+    });
+    let st = rx.borrow().clone();
+    assert_eq!(st.last_error, None);
+    assert!(st.not_after.unwrap() > first.not_after());
+    // Not renewed in a loop: the next renewal waits for the new certificate's half-life.
+    let renewed_once = std::fs::read(dir.path().join("certs/cert-chain.pem")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::read(dir.path().join("certs/cert-chain.pem")).unwrap(),
+        renewed_once
+    );
+}

@@ -205,13 +205,14 @@ impl CaClient {
         Ok((issued.credentials, "token"))
     }
 
-    /// Renews forever at half-life over mTLS with the current certificate; on failure retries
+    /// Renews forever at half-life ([`until_half_life`], from now for `current`) over mTLS with the current certificate; on failure retries
     /// with backoff, keeping the current certificate until it expires, and falls back to the
     /// token once it has (if a token file is configured). Never returns.
     pub async fn renew_forever(self, mut current: Credentials, status: watch::Sender<CaStatus>) {
         let mut retry = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let mut received = OffsetDateTime::now_utc();
         loop {
-            tokio::time::sleep(until_half_life(&current)).await;
+            tokio::time::sleep(until_half_life(&current, received)).await;
             loop {
                 let expired = current.not_after() <= OffsetDateTime::now_utc();
                 let result = if expired && self.settings.token_file.is_some() {
@@ -225,6 +226,7 @@ impl CaClient {
                     Ok((issued, how)) => {
                         tracing::info!(not_after = %issued.credentials.not_after(), how, "Istio CA certificate renewed");
                         current = issued.credentials;
+                        received = OffsetDateTime::now_utc();
                         retry.reset();
                         status.send_replace(CaStatus {
                             not_after: Some(current.not_after()),
@@ -255,12 +257,15 @@ impl CaClient {
     }
 }
 
-/// Time until half of the certificate's lifetime has passed (zero if it has).
-pub fn until_half_life(c: &Credentials) -> Duration {
-    let life = c.not_after() - c.not_before();
-    let at = c.not_before() + life / 2;
-    let left = at - OffsetDateTime::now_utc();
-    Duration::try_from(left).unwrap_or(Duration::ZERO)
+/// Time until half of the certificate's lifetime has passed, counted from when this process
+/// received it if that is later than `notBefore` (zero if it has passed). Istio's CA backdates
+/// `notBefore` to allow for clock skew; counted from there, a short-lived certificate would be
+/// "past half-life" on arrival and renewed in a loop. A persisted certificate loaded at start
+/// thus renews when half of what was left has passed.
+pub fn until_half_life(c: &Credentials, received: OffsetDateTime) -> Duration {
+    let start = c.not_before().max(received);
+    let at = start + (c.not_after() - start) / 2;
+    Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
 }
 
 fn pem_line(pem: &str) -> String {

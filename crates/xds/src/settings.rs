@@ -18,6 +18,9 @@ pub const DEFAULT_PORT: u16 = 15012;
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 /// Certificate lifetime asked of the CA: ztunnel's and pilot-agent's `SECRET_TTL` default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The shortest lifetime accepted: renewal at half-life must leave time for a round trip
+/// (tests use a few seconds; production keeps hours).
+pub const MIN_TTL: Duration = Duration::from_secs(2);
 /// Where the Istio-CA certificate is persisted when no `certDir` is given (meshd's state
 /// directory; pilot-agent writes `/etc/certs`, which a non-root meshd cannot).
 pub const DEFAULT_CERT_DIR: &str = "/var/lib/meshd/istio-certs";
@@ -158,8 +161,8 @@ impl ControlPlaneSettings {
         if self.cluster_id.is_empty() {
             return Err(settings("clusterId", "is empty"));
         }
-        if self.ttl < Duration::from_secs(60) {
-            return Err(settings("ttl", "is shorter than one minute"));
+        if self.ttl < MIN_TTL {
+            return Err(settings("ttl", "is shorter than two seconds"));
         }
         for (field, v) in [
             ("namespace", &self.namespace),
@@ -395,7 +398,7 @@ mod tests {
             (|s| s.ca_connect_to = Some("a/b".into()), "caConnectTo"),
             (|s| s.trust_domain = "bad/td".into(), "trustDomain"),
             (|s| s.cluster_id = "".into(), "clusterId"),
-            (|s| s.ttl = Duration::from_secs(5), "ttl"),
+            (|s| s.ttl = Duration::from_secs(1), "ttl"),
             (|s| s.namespace = "".into(), "namespace"),
             (|s| s.service_account = "a~b".into(), "serviceAccount"),
             (|s| s.name = Some("x~y".into()), "name"),
