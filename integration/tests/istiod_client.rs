@@ -526,3 +526,42 @@ fn renewal_at_half_life_by_mtls_keeps_the_identity_without_a_token() {
         renewed_once
     );
 }
+
+/// The whole join in one call (what the daemon wires): certificate by token, identity from
+/// certDir, ADS authenticated by it; after the token is gone and revoked, a restarted istiod
+/// is rejoined with the certificate alone.
+#[test]
+fn start_joins_and_rejoins_a_restarted_istiod_with_the_certificate_alone() {
+    let lo = Loopback::take();
+    let mut istiod = Istiod::start(lo.host(1));
+    istiod.apply(MESH);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = vm_settings(&istiod, dir.path(), SA);
+    let token_file = settings.token_file.clone().unwrap();
+    let rt = runtime();
+    let store = Shared::default();
+    let joined = rt
+        .block_on(meshd_xds::start(settings, store.clone(), Arc::default()))
+        .unwrap();
+    assert_eq!(
+        joined.identity.handle().current().id().to_string(),
+        "spiffe://cluster.local/ns/vms/sa/db-vm"
+    );
+    assert_eq!(joined.ca.borrow().source, "token");
+    wait("ready", PUSH, || joined.xds.borrow().ready);
+
+    istiod.revoke(&std::fs::read_to_string(&token_file).unwrap());
+    std::fs::remove_file(&token_file).unwrap();
+    istiod.restart();
+    istiod.apply(&policy("after-restart"));
+    wait("rejoined by certificate", PUSH, || {
+        store.has(AUTHORIZATION_TYPE, "vms/after-restart")
+    });
+    let st = joined.xds.borrow().clone();
+    assert!(st.connections >= 2, "{st:?}");
+    let clients = istiod.clients();
+    assert_eq!(
+        clients[0]["identity"],
+        "spiffe://cluster.local/ns/vms/sa/db-vm"
+    );
+}
