@@ -242,7 +242,7 @@ fn target(
 ) -> Result<Target, Error> {
     let (host, port) = split_host_port(address).map_err(|r| settings(field, r))?;
     let server_name = match hostname {
-        Some(h) if h.is_empty() => return Err(settings("hostname", "is empty")),
+        Some("") => return Err(settings("hostname", "is empty")),
         Some(h) => h.to_string(),
         None => host.clone(),
     };
@@ -384,7 +384,8 @@ mod tests {
 
     #[test]
     fn rejects_each_bad_field() {
-        let cases: Vec<(fn(&mut ControlPlaneSettings), &str)> = vec![
+        type Edit = fn(&mut ControlPlaneSettings);
+        let cases: Vec<(Edit, &str)> = vec![
             (|s| s.address = "".into(), "address"),
             (|s| s.address = "http://istiod:15012".into(), "address"),
             (|s| s.address = "istiod:0".into(), "address"),
