@@ -565,3 +565,49 @@ fn start_joins_and_rejoins_a_restarted_istiod_with_the_certificate_alone() {
         "spiffe://cluster.local/ns/vms/sa/db-vm"
     );
 }
+
+/// istiod is verified: a name its certificate does not carry, or a root it does not chain
+/// to, ends the connection before any credential is sent; the right name reached through
+/// another address (istioctl's hosts file) is accepted.
+#[test]
+fn istiod_is_verified_by_root_and_name_not_by_address() {
+    let lo = Loopback::take();
+    let istiod = Istiod::start(lo.host(1));
+    let dir = tempfile::tempdir().unwrap();
+    let settings = vm_settings(&istiod, dir.path(), SA);
+    let rt = runtime();
+    assert_eq!(
+        settings.xds_target().unwrap().dial,
+        istiod.address().to_string(),
+        "the hosts file sends istiod's name to the harness"
+    );
+
+    let mut wrong_name = settings.clone();
+    wrong_name.hostname = Some("istiod.example.com".into());
+    let err = rt
+        .block_on(CaClient::new(wrong_name).unwrap().bootstrap())
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    let other_root = dir.path().join("other-root.pem");
+    let other = meshd_identity::DevCa::generate("cluster.local").unwrap();
+    std::fs::write(&other_root, other.root_pem()).unwrap();
+    let mut wrong_root = settings.clone();
+    wrong_root.root_cert = other_root;
+    let err = rt
+        .block_on(CaClient::new(wrong_root).unwrap().bootstrap())
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+
+    // The same refusal ends each ADS attempt: never ready, the error in the status.
+    let mut ads = settings.clone();
+    ads.hostname = Some("istiod.example.com".into());
+    let status = start_ads(&rt, &ads, None, Shared::default(), Arc::default());
+    wait("a refused attempt", PUSH, || {
+        status.borrow().last_error.is_some()
+    });
+    assert!(!status.borrow().ready);
+    assert_eq!(status.borrow().connections, 0);
+    assert!(istiod.clients().is_empty());
+}

@@ -282,3 +282,7 @@ pub fn persisted_files(cert_dir: &Path) -> [PathBuf; 3] {
         cert_dir.join(ISTIO_ROOT_CERT_FILE),
     ]
 }
+
+#[cfg(test)]
+#[path = "ca_tests.rs"]
+mod tests;
