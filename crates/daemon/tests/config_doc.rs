@@ -18,7 +18,8 @@ use figment::Jail;
 use meshd_daemon::MeshdConfig;
 use meshd_daemon::settings::{Base, Flags, load};
 use meshd_identity::{
-    DevCaSource, FilesSource, IdentitySource, SpiffeHelperSource, SpiffeId, TrustDomain,
+    DevCaSource, FilesSource, IdentitySource, IstioCaSource, SpiffeHelperSource, SpiffeId,
+    TrustDomain,
 };
 use meshd_proxy::ExplicitListener;
 use meshd_proxy::plugins::PluginSpec;
@@ -98,13 +99,18 @@ fn filled_in() -> Vec<MeshdConfig> {
             spiffe_id: Some(id),
         }),
         IdentitySource::DevCa(DevCaSource::new("/dev-ca")),
+        IdentitySource::IstioCa(IstioCaSource {
+            cert_dir: "/var/lib/meshd/istio-certs".into(),
+            spiffe_id: Some(SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap()),
+        }),
     ];
     for source in &sources {
         // A new source fails to compile here: add an instance of it to `sources` above.
         match source {
             IdentitySource::Files(_)
             | IdentitySource::SpiffeHelper(_)
-            | IdentitySource::DevCa(_) => {}
+            | IdentitySource::DevCa(_)
+            | IdentitySource::IstioCa(_) => {}
         }
     }
     sources

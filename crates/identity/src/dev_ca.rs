@@ -334,7 +334,8 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
 /// never readable by others, even for a moment, whatever its final mode.
 const TEMP_MODE: u32 = 0o600;
 
-/// Writes a sibling temporary file and renames it over `path`.
+/// Writes a sibling temporary file and renames it over `path` (also meshd-xds' way of
+/// persisting the Istio-CA certificate: one home for this).
 ///
 /// The temporary's name is predictable, so whoever can write the directory could plant a
 /// symlink there: it is created exclusively (`O_EXCL`) and without following a symlink
@@ -342,7 +343,7 @@ const TEMP_MODE: u32 = 0o600;
 /// choosing. An entry already there (a leftover of an interrupted write, or a planted link) is
 /// removed (unlinking never follows a link) and the creation tried once more; a second
 /// collision is an error naming the temporary.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

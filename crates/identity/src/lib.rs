@@ -6,8 +6,9 @@
 //! - Loads a workload's X.509 SVID (certificate chain + private key in PKCS#8, SEC1 or PKCS#1
 //!   PEM) and a trust bundle per trust domain ([`TrustBundle`]; several for federation), and
 //!   validates them together as a [`CredentialSet`].
-//! - Keeps that set fresh ([`IdentityManager`]) from one of three [`IdentitySource`]s: explicit
-//!   files, a spiffe-helper directory, or the built-in development CA ([`DevCa`]). File sources
+//! - Keeps that set fresh ([`IdentityManager`]) from one of four [`IdentitySource`]s: explicit
+//!   files, a spiffe-helper directory, the certificate directory meshd-xds keeps from the Istio
+//!   CA, or the built-in development CA ([`DevCa`]). File sources
 //!   are watched by directory, so atomic renames and Kubernetes `..data` symlink swaps work; a
 //!   changed set that does not validate is logged and rejected once, and the previous set
 //!   stays; one refused only as not valid yet (issuer clock ahead) is retried until it is.
@@ -19,7 +20,7 @@
 //! # What it does not do
 //! - No authorization: it says *who* the peer is; whether that principal may connect is the
 //!   RBAC crate's decision.
-//! - No SPIRE Workload API client, no Istio CA (CSR) client, no CRL/OCSP checking.
+//! - No SPIRE Workload API client, no Istio CA (CSR) client (meshd-xds has it), no CRL/OCSP checking.
 //! - No TLS 1.2, no session resumption, no DNS or IP name checks (SPIFFE forbids them).
 //! - The dev CA is for trying meshd; production uses certificates from a real CA.
 //!
@@ -75,8 +76,9 @@ pub use credentials::{CredentialSet, Credentials};
 pub use dev_ca::{DevCa, IssuedSvid};
 pub use error::Error;
 pub use source::{
-    DEFAULT_DEV_TTL, DEFAULT_TRUST_DOMAIN, DevCaSource, FilesSource, IdentitySource,
-    SpiffeHelperSource, duration_text, format_duration, parse_duration,
+    DEFAULT_DEV_TTL, DEFAULT_TRUST_DOMAIN, DevCaSource, FilesSource, ISTIO_CERT_CHAIN_FILE,
+    ISTIO_KEY_FILE, ISTIO_ROOT_CERT_FILE, IdentitySource, IstioCaSource, SpiffeHelperSource,
+    duration_text, format_duration, parse_duration,
 };
 pub use spiffe_id::{MAX_SPIFFE_ID_LEN, SPIFFE_PREFIX, SpiffeId, TrustDomain};
 pub use watch::{

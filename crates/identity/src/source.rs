@@ -16,7 +16,7 @@ pub const DEFAULT_DEV_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default trust domain of the dev CA: `cluster.local`, Istio's default.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
-/// The source of the local workload identity (one of three; externally tagged in YAML).
+/// The source of the local workload identity (one of four; externally tagged in YAML).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum IdentitySource {
@@ -26,6 +26,9 @@ pub enum IdentitySource {
     SpiffeHelper(SpiffeHelperSource),
     /// meshd's built-in development CA issues and renews the SVID itself.
     DevCa(DevCaSource),
+    /// A directory kept by meshd's Istio CA client (meshd-xds): `cert-chain.pem`, `key.pem`,
+    /// `root-cert.pem`, Istio's `OUTPUT_CERTS` names; loaded and rotated like spiffe-helper's.
+    IstioCa(IstioCaSource),
 }
 
 /// Explicit certificate, key and bundle files.
@@ -58,6 +61,36 @@ pub struct SpiffeHelperSource {
     /// The SPIFFE ID the certificate must carry; if unset, any ID the bundle vouches for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spiffe_id: Option<SpiffeId>,
+}
+
+/// Istio's certificate file names in a `certDir` (pilot-agent's `OUTPUT_CERTS`).
+pub const ISTIO_CERT_CHAIN_FILE: &str = "cert-chain.pem";
+/// The private key (PKCS#8 PEM, mode 0600).
+pub const ISTIO_KEY_FILE: &str = "key.pem";
+/// The roots of the mesh.
+pub const ISTIO_ROOT_CERT_FILE: &str = "root-cert.pem";
+
+/// The certificate directory meshd's Istio CA client writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioCaSource {
+    /// The directory holding `cert-chain.pem`, `key.pem` and `root-cert.pem`.
+    pub cert_dir: PathBuf,
+    /// The SPIFFE ID the certificate must carry; if unset, any ID the bundle vouches for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+impl From<&IstioCaSource> for FilesSource {
+    fn from(src: &IstioCaSource) -> Self {
+        FilesSource {
+            cert: src.cert_dir.join(ISTIO_CERT_CHAIN_FILE),
+            key: src.cert_dir.join(ISTIO_KEY_FILE),
+            bundle: src.cert_dir.join(ISTIO_ROOT_CERT_FILE),
+            federated_bundles: BTreeMap::new(),
+            spiffe_id: src.spiffe_id.clone(),
+        }
+    }
 }
 
 /// The built-in development CA (for trying meshd; not for production).
@@ -221,6 +254,10 @@ impl IdentitySource {
             IdentitySource::DevCa(d) => {
                 paths.push(("devCa.dir".into(), &d.dir, true));
                 ("devCa", &BTreeMap::new())
+            }
+            IdentitySource::IstioCa(c) => {
+                paths.push(("istioCa.certDir".into(), &c.cert_dir, true));
+                ("istioCa", &BTreeMap::new())
             }
         };
         let (prefix, bundles) = federated;

@@ -124,6 +124,7 @@ impl IdentityManager {
         match source {
             IdentitySource::Files(files) => start_files(files.clone(), options),
             IdentitySource::SpiffeHelper(helper) => start_files(FilesSource::from(helper), options),
+            IdentitySource::IstioCa(ca) => start_files(FilesSource::from(ca), options),
             IdentitySource::DevCa(dev) => start_dev_ca(dev.clone(), options),
         }
     }

@@ -13,7 +13,8 @@ use meshd_identity::dev_ca::{
     CA_CERT_FILE, CA_KEY_FILE, SVID_BUNDLE_FILE, SVID_FILE, SVID_KEY_FILE,
 };
 use meshd_identity::{
-    DevCa, DevCaSource, Error, FilesSource, IdentityManager, IdentitySource, IssuedSvid,
+    DevCa, DevCaSource, Error, FilesSource, ISTIO_CERT_CHAIN_FILE, ISTIO_KEY_FILE,
+    ISTIO_ROOT_CERT_FILE, IdentityManager, IdentitySource, IssuedSvid, IstioCaSource,
     ManagerOptions, SpiffeHelperSource, TrustDomain, tls, x509,
 };
 use time::OffsetDateTime;
@@ -511,4 +512,42 @@ async fn rotation_under_load_never_fails_a_connection() {
         handshakes.load(Ordering::Relaxed)
     );
     assert!(manager.not_after() == h.not_after);
+}
+
+/// The istioCa source reads Istio's file names in its certDir and rotates when meshd-xds
+/// replaces them (atomically, with the same helper it uses).
+#[tokio::test]
+async fn istio_ca_source_loads_istio_names_and_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::generate(TD).unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let put = |svid: &IssuedSvid| {
+        for (name, pem, mode) in [
+            (ISTIO_ROOT_CERT_FILE, &svid.bundle_pem, 0o644),
+            (ISTIO_KEY_FILE, &svid.key_pem, 0o600),
+            (ISTIO_CERT_CHAIN_FILE, &svid.cert_pem, 0o644),
+        ] {
+            meshd_identity::dev_ca::write_atomic(&certs.join(name), pem.as_bytes(), mode).unwrap();
+        }
+    };
+    let first = ca.issue("bar", "vm", Duration::from_secs(3600)).unwrap();
+    put(&first);
+    let source = IdentitySource::IstioCa(IstioCaSource {
+        cert_dir: certs.clone(),
+        spiffe_id: Some(first.id.clone()),
+    });
+    source.check_paths().unwrap();
+    let manager = IdentityManager::start(&source).await.unwrap();
+    let handle = manager.handle();
+    assert_eq!(handle.current().id(), &first.id);
+
+    let mut rx = handle.subscribe();
+    let second = ca.issue("bar", "vm", Duration::from_secs(3600)).unwrap();
+    put(&second);
+    tokio::time::timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(handle.current().not_after(), second.not_after);
 }
