@@ -98,6 +98,7 @@ enum AuthzCommand {
 fn show_config(args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let flags = meshd_daemon::settings::Flags {
         config_dir: args.config_dir.clone(),
+        istio_bundle: None,
     };
     let settings = match run::load_settings(args.config.as_deref(), &flags) {
         Ok(settings) => settings,

@@ -31,6 +31,11 @@ pub struct RunArgs {
     /// sets it in the environment layer).
     #[arg(long)]
     config_dir: Option<PathBuf>,
+    /// Join an Istio mesh with the directory `istioctl x workload entry configure` writes
+    /// (cluster.env, mesh.yaml, root-cert.pem, istio-token, hosts): it becomes the lowest layer
+    /// of `controlPlane:`, gives the trust domain, and the identity comes from the Istio CA.
+    #[arg(long, env = "MESHD_ISTIO_BUNDLE")]
+    istio_bundle: Option<PathBuf>,
     /// Log lines (access log included) as text (key=value) or one JSON object each.
     #[arg(long, env = "MESHD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -80,9 +85,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let flags = Flags {
         config_dir: args.config_dir.clone(),
+        istio_bundle: args.istio_bundle.clone(),
     };
     let config = match load_settings(args.config.as_deref(), &flags) {
-        Ok(settings) => settings.config,
+        Ok(settings) => {
+            for warning in &settings.warnings {
+                tracing::warn!("{warning}");
+            }
+            settings.config
+        }
         Err(e) => {
             eprintln!("meshd: {e}");
             return Ok(ExitCode::from(EX_CONFIG));

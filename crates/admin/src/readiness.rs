@@ -12,6 +12,7 @@ type Check = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 pub struct Readiness {
     pending: Arc<Mutex<BTreeSet<String>>>,
     checks: Arc<Mutex<Vec<Check>>>,
+    notes: Arc<Mutex<Vec<Check>>>,
 }
 
 impl Readiness {
@@ -46,6 +47,21 @@ impl Readiness {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Arc::new(check));
+    }
+
+    /// Adds a note run at every request: `Some(text)` is said beside "ready" without keeping
+    /// meshd from being ready (e.g. which state it runs on while its control plane is away).
+    pub fn add_note(&self, note: impl Fn() -> Option<String> + Send + Sync + 'static) {
+        self.notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(note));
+    }
+
+    /// The notes that apply now.
+    pub fn notes(&self) -> Vec<String> {
+        let notes = self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        notes.iter().filter_map(|note| note()).collect()
     }
 
     /// Everything that keeps meshd from being ready; empty when ready.

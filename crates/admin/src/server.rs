@@ -242,7 +242,13 @@ fn not_found() -> Response<Full<Bytes>> {
 fn ready(handlers: &Handlers) -> Response<Full<Bytes>> {
     let blockers = handlers.readiness.blockers();
     if blockers.is_empty() {
-        text(StatusCode::OK, "ready\n")
+        let notes = handlers.readiness.notes();
+        let mut body = "ready\n".to_string();
+        for note in notes {
+            body.push_str(&note);
+            body.push('\n');
+        }
+        text(StatusCode::OK, &body)
     } else {
         text(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -14,6 +14,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+mod control_plane;
 mod fdlimit;
 mod operator;
 mod reload;
@@ -30,8 +31,9 @@ use std::time::Duration;
 
 use meshd_admin::{Endpoint, LogLevelFn, Readiness};
 use meshd_identity::{IdentityManager, IdentitySource};
-use meshd_manifests::{LoadError, LoadOptions, load_dir};
+use meshd_manifests::{LoadError, LoadOptions, Snapshot, load_dir};
 use meshd_metrics::{HbonePool, Metrics};
+use meshd_workloadapi::MeshState;
 use meshd_proxy::AccessLog;
 use meshd_proxy::plugins::{PluginError, PluginRegistry};
 use meshd_proxy::record::Sinks;
@@ -110,6 +112,9 @@ pub enum StartupError {
     /// The proxy could not bind its listeners or start.
     #[error(transparent)]
     Proxy(#[from] StartError),
+    /// The control-plane clients cannot start (settings, the VM's address).
+    #[error("control plane: {0}")]
+    ControlPlane(String),
 }
 
 /// Why the daemon could not run at all (signals, the runtime).
@@ -121,8 +126,8 @@ pub enum DaemonError {
     Signals(#[from] std::io::Error),
 }
 
-/// Loads the directory into a new state (generation `generation`), logging its warnings.
-pub fn load_state(config: &MeshdConfig, generation: u64) -> Result<ProxyState, LoadError> {
+/// Loads the configuration directory into a snapshot, logging its warnings.
+pub fn load_snapshot(config: &MeshdConfig) -> Result<Snapshot, LoadError> {
     let options = LoadOptions {
         root_namespace: config.root_namespace.clone(),
     };
@@ -131,9 +136,21 @@ pub fn load_state(config: &MeshdConfig, generation: u64) -> Result<ProxyState, L
         tracing::warn!("{warning}");
     }
     tracing::info!("configuration loaded: {}", snapshot.summary());
+    Ok(snapshot)
+}
+
+/// Builds the proxy's state (generation `generation`) from the directory's snapshot and what
+/// istiod sent (empty without a control plane), logging what it warns about.
+pub fn build_state(
+    config: &MeshdConfig,
+    snapshot: &Snapshot,
+    mesh: &MeshState,
+    generation: u64,
+) -> ProxyState {
     let proxy = config.proxy();
+    let _ = mesh; // SHIM until convert lands
     let state = ProxyState::build(
-        &snapshot,
+        snapshot,
         &config.trust_domain,
         generation,
         local_predicate(&proxy),
@@ -141,7 +158,17 @@ pub fn load_state(config: &MeshdConfig, generation: u64) -> Result<ProxyState, L
     for warning in strict_without_capture(&proxy, &state) {
         tracing::warn!("{warning}");
     }
-    Ok(state)
+    state
+}
+
+/// Loads the directory into a new state (generation `generation`) beside istiod's `mesh`.
+pub fn load_state(
+    config: &MeshdConfig,
+    generation: u64,
+    mesh: &MeshState,
+) -> Result<ProxyState, LoadError> {
+    let snapshot = load_snapshot(config)?;
+    Ok(build_state(config, &snapshot, mesh, generation))
 }
 
 /// Starts the identity. Files another agent writes (spiffe-helper, cert-manager) that cannot
@@ -211,10 +238,11 @@ async fn start_proxy(
 /// directory that no longer loads changes nothing but the reported error, as a reload.
 fn reread_after_waiting(
     config: &MeshdConfig,
+    mesh: &MeshState,
     states: &watch::Sender<Arc<ProxyState>>,
     operated: &Operated,
 ) {
-    match load_state(config, 1) {
+    match load_state(config, 1, mesh) {
         Ok(state) => {
             states.send_replace(Arc::new(state));
         }
@@ -263,6 +291,21 @@ async fn stop(
     }
 }
 
+/// Resolves when istiod's state changed; never without a control plane, or once its client
+/// is gone (the daemon is ending).
+async fn mesh_changed(mesh: &mut Option<watch::Receiver<Arc<MeshState>>>) -> Option<()> {
+    match mesh {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => {
+                *mesh = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until `at`, or forever when there is nothing to wait for.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
@@ -284,6 +327,8 @@ struct Running {
     changed: Arc<Notify>,
     /// Armed before meshd reports ready, so a change made right after is not missed.
     watcher: Option<watcher::DirWatcher>,
+    /// istiod's clients, when meshd joins a mesh; their state changes rebuild the proxy's.
+    control: Option<control_plane::ControlPlane>,
     _identity: IdentityManager,
     /// The admin, metrics and readiness endpoints' thread: they answer until the daemon ends.
     _operator: meshd_admin::OperatorRuntime,
@@ -312,13 +357,29 @@ async fn start(
     set_log_level: LogLevelFn,
     reread: RereadFn,
 ) -> Result<Running, Exit> {
-    let state = load_state(&config, 1).map_err(|e| Exit::Config(e.into()))?;
+    let snapshot = load_snapshot(&config).map_err(|e| Exit::Config(e.into()))?;
     // What only a person can fix ends start-up before anything is waited for.
     startup::check_config(&config).map_err(Exit::Config)?;
     fdlimit::raise(&config);
-    let metrics = Metrics::new(tokio::runtime::Handle::current());
+    let xds_metrics = config
+        .control_plane
+        .as_ref()
+        .map(|_| Arc::new(meshd_xds::metrics::XdsMetrics::default()));
+    let metrics = Metrics::with_extra(
+        tokio::runtime::Handle::current(),
+        metrics_options(&config),
+        |registry| {
+            if let Some(xds) = &xds_metrics {
+                xds.register(registry);
+            }
+        },
+    );
     metrics.config_reloaded(true, 1);
-    let readiness = Readiness::new(["certificates", "listeners"]);
+    let mut pending = vec!["certificates", "listeners"];
+    if config.control_plane.is_some() {
+        pending.push(control_plane::READY_CONDITION);
+    }
+    let readiness = Readiness::new(pending);
     let waiting = Waiting::new(&readiness);
     let _extend = waiting.extend_start_timeout();
     let operated = Arc::new(Operated::default());
@@ -334,6 +395,12 @@ async fn start(
     )
     .await
     .map_err(Exit::Config)?;
+    let ca = match &config.control_plane {
+        Some(cp) => control_plane::start_ca(cp, &config.identity, &waiting)
+            .await
+            .map_err(Exit::Config)?,
+        None => None,
+    };
     let identity = start_identity(&config, &waiting)
         .await
         .map_err(Exit::Config)?;
@@ -341,6 +408,23 @@ async fn start(
     let _ = operated.rotations.set(identity.stats());
     readiness.set_ready("certificates");
     watch_certificate(&identity, &readiness, &metrics);
+    let control = match (&config.control_plane, xds_metrics) {
+        (Some(cp), Some(xds_metrics)) => Some(
+            control_plane::start_xds(cp, identity.handle(), ca, &readiness, xds_metrics)
+                .await
+                .map_err(Exit::Config)?,
+        ),
+        _ => None,
+    };
+    if let Some(control) = &control {
+        readiness.add_note(control.readiness_note());
+        let _ = operated.control_plane.set(control.view());
+    }
+    let mesh = control
+        .as_ref()
+        .map(|c| c.mesh.borrow().clone())
+        .unwrap_or_default();
+    let state = build_state(&config, &snapshot, &mesh, 1);
     let local: Vec<String> = state
         .registry
         .local_workloads()
@@ -368,7 +452,7 @@ async fn start(
     .await
     .map_err(Exit::Config)?;
     if waiting.waited() {
-        reread_after_waiting(&config, &states, &operated);
+        reread_after_waiting(&config, &mesh, &states, &operated);
     }
     readiness.set_ready("listeners");
     let client = proxy.hbone_client().clone();
@@ -404,9 +488,20 @@ async fn start(
         quit,
         changed,
         watcher,
+        control,
         _identity: identity,
         _operator: operator,
     })
+}
+
+/// How the metrics label what records do not say: istiod's cluster id when meshd joins one.
+fn metrics_options(config: &MeshdConfig) -> meshd_metrics::Options {
+    match &config.control_plane {
+        Some(cp) => meshd_metrics::Options {
+            cluster_id: cp.cluster_id.clone(),
+        },
+        None => meshd_metrics::Options::default(),
+    }
 }
 
 impl Running {
@@ -434,12 +529,15 @@ impl Running {
             last_read: None,
             load_error: None,
             postponed: false,
+            mesh: self.control.as_ref().map(|c| c.mesh.clone()),
         };
         let mut retry: Option<tokio::time::Instant> = None;
+        let mut mesh = self.control.as_ref().map(|c| c.mesh.clone());
         loop {
             let trigger = tokio::select! {
                 _ = hangup.recv() => Trigger::Signal,
                 _ = changed.notified() => Trigger::FileChange,
+                Some(()) = mesh_changed(&mut mesh) => Trigger::ControlPlane,
                 () = sleep_until(retry), if retry.is_some() => Trigger::Retry,
                 _ = self.quit.notified() => {
                     tracing::info!("drain requested on /quitquitquit");

@@ -26,6 +26,8 @@ pub(crate) struct Operated {
     pub(crate) identity: OnceLock<IdentityHandle>,
     pub(crate) rotations: OnceLock<Arc<RotationStats>>,
     pub(crate) last_reload_error: Mutex<Option<String>>,
+    /// istiod's clients, when meshd joins a mesh.
+    pub(crate) control_plane: OnceLock<crate::control_plane::ControlPlaneView>,
     /// Open connections and recent denials: a sink of the connection records.
     pub(crate) live: Live,
 }
@@ -97,11 +99,19 @@ pub(crate) async fn start_operator_endpoints(
         let operated = operated.clone();
         Arc::new(
             move || match (operated.states.get(), operated.identity.get()) {
-                (Some(states), Some(identity)) => config_dump(
-                    &states.borrow(),
-                    &identity.current(),
-                    operated.last_reload_error().as_deref(),
-                ),
+                (Some(states), Some(identity)) => {
+                    let mut dump = config_dump(
+                        &states.borrow(),
+                        &identity.current(),
+                        operated.last_reload_error().as_deref(),
+                    );
+                    if let (Some(view), Some(map)) =
+                        (operated.control_plane.get(), dump.as_object_mut())
+                    {
+                        map.insert("controlPlane".to_string(), view.to_json());
+                    }
+                    dump
+                }
                 _ => serde_json::json!({"pending": "meshd is still starting"}),
             },
         )

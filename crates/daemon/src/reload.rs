@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use meshd_metrics::Metrics;
 use meshd_proxy::ProxyState;
+use meshd_workloadapi::MeshState;
 
 use crate::schema::MeshdConfig;
 use tokio::sync::watch;
 
 use crate::operator::Operated;
 use crate::stable::{Fingerprint, RETRY, Stability};
-use crate::{RereadFn, load_state, settings, systemd};
+use crate::{RereadFn, build_state, load_state, settings, systemd};
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,9 @@ pub(crate) enum Trigger {
     FileChange,
     /// An earlier attempt found the tree still changing.
     Retry,
+    /// istiod's state changed: the proxy state is rebuilt from it and the directory's
+    /// snapshot in force, without reading the directory.
+    ControlPlane,
 }
 
 impl Trigger {
@@ -32,6 +36,7 @@ impl Trigger {
             Trigger::Signal => "SIGHUP",
             Trigger::FileChange => "file change",
             Trigger::Retry => "retry",
+            Trigger::ControlPlane => "istiod push",
         }
     }
 }
@@ -55,6 +60,8 @@ pub(crate) struct Reloader<'a> {
     /// outcome is what stands.
     pub(crate) load_error: Option<String>,
     pub(crate) postponed: bool,
+    /// istiod's state, when meshd joins a mesh: every state is built from its latest value.
+    pub(crate) mesh: Option<watch::Receiver<Arc<MeshState>>>,
 }
 
 impl Reloader<'_> {
@@ -78,8 +85,42 @@ impl Reloader<'_> {
         }
     }
 
+    /// istiod's latest state (empty without a control plane).
+    fn mesh(&self) -> Arc<MeshState> {
+        self.mesh
+            .as_ref()
+            .map(|m| m.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// Rebuilds the state in force with istiod's latest state, off the async workers. The
+    /// directory is not read again: its snapshot in force is kept, whether or not a later
+    /// edit of it was rejected.
+    async fn apply_mesh(&mut self) {
+        let config = self.config.clone();
+        let snapshot = self.states.borrow().snapshot.clone();
+        let mesh = self.mesh();
+        let next = self.generation + 1;
+        let built =
+            tokio::task::spawn_blocking(move || build_state(&config, &snapshot, &mesh, next)).await;
+        match built {
+            Ok(mut state) => {
+                state.succeed(&self.states.borrow());
+                self.generation = next;
+                self.states.send_replace(Arc::new(state));
+                self.metrics.config_reloaded(true, next);
+                tracing::info!(generation = next, "istiod's state applied");
+            }
+            Err(e) => tracing::error!("applying istiod's state panicked, keeping the previous one: {e}"),
+        }
+    }
+
     /// One reload; returns when to try again if the tree did not settle.
     pub(crate) async fn reload(&mut self, trigger: Trigger) -> Option<Duration> {
+        if trigger == Trigger::ControlPlane {
+            self.apply_mesh().await;
+            return None;
+        }
         let why = trigger.name();
         // systemd's notify-reload protocol wants RELOADING=1 as soon as SIGHUP is taken; a
         // file change says so only once it loads something.
@@ -118,9 +159,12 @@ impl Reloader<'_> {
         self.warn_restart_keys().await;
         let config = self.config.clone();
         let next = self.generation + 1;
+        let mesh = self.mesh();
         // The reason is kept as text from here: it is shown (log, systemd, /config_dump), not
         // matched on.
-        let loaded = match tokio::task::spawn_blocking(move || load_state(&config, next)).await {
+        let loaded = match tokio::task::spawn_blocking(move || load_state(&config, next, &mesh))
+            .await
+        {
             Ok(loaded) => loaded.map_err(|e| e.to_string()),
             Err(e) => Err(format!("configuration load panicked: {e}")),
         };

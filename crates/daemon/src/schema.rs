@@ -14,6 +14,7 @@ use meshd_proxy::{
     ExplicitListener, HBONE_PORT, Listen, LocalWorkloads, PoolSettings, ProxyConfig, Socks5Settings,
 };
 use meshd_redirect::RedirectConfig;
+use meshd_xds::ControlPlaneSettings;
 use serde::{Deserialize, Serialize};
 
 /// meshd's configuration file.
@@ -64,6 +65,11 @@ pub struct MeshdConfig {
     /// The HBONE client's connection pool.
     #[serde(default)]
     pub pool: PoolSettings,
+    /// istiod: workloads, services and policies over Delta xDS, merged with `configDir`'s,
+    /// and the certificate from the Istio CA (`meshd run --istio-bundle DIR` fills it from
+    /// what `istioctl x workload entry configure` writes). Absent: local files only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlaneSettings>,
 }
 
 impl Default for MeshdConfig {
@@ -83,6 +89,7 @@ impl Default for MeshdConfig {
             admin: AdminSettings::default(),
             worker_threads: default_worker_threads(),
             pool: PoolSettings::default(),
+            control_plane: None,
         }
     }
 }
@@ -97,6 +104,9 @@ pub enum CheckError {
     /// The proxy's sections.
     #[error(transparent)]
     Proxy(#[from] meshd_proxy::ConfigError),
+    /// The `controlPlane:` section, alone or against the identity and trust domain.
+    #[error("controlPlane: {0}")]
+    ControlPlane(String),
 }
 
 impl MeshdConfig {
@@ -106,7 +116,38 @@ impl MeshdConfig {
     pub fn check(&self) -> Result<Vec<String>, CheckError> {
         let mut warnings = self.check_admin()?;
         warnings.extend(self.proxy().check()?);
+        self.check_control_plane()?;
         Ok(warnings)
+    }
+
+    /// `controlPlane:` with the rest: its own fields, one trust domain for the mesh, and an
+    /// identity istiod accepts (the Istio CA's certificate directory must be the one the CA
+    /// client writes; a dev CA's certificate chains to no root istiod knows).
+    pub fn check_control_plane(&self) -> Result<(), CheckError> {
+        let Some(cp) = &self.control_plane else {
+            return Ok(());
+        };
+        cp.validate()
+            .map_err(|e| CheckError::ControlPlane(e.to_string()))?;
+        if cp.trust_domain != self.trust_domain {
+            return Err(CheckError::ControlPlane(format!(
+                "trustDomain {:?} differs from controlPlane.trustDomain {:?}: the mesh has one",
+                self.trust_domain, cp.trust_domain
+            )));
+        }
+        match &self.identity {
+            IdentitySource::IstioCa(ca) if ca.cert_dir != cp.cert_dir => {
+                Err(CheckError::ControlPlane(format!(
+                    "identity.istioCa.certDir {} is not controlPlane.certDir {}: the CA client writes the latter",
+                    ca.cert_dir.display(),
+                    cp.cert_dir.display()
+                )))
+            }
+            IdentitySource::DevCa(_) => Err(CheckError::ControlPlane(
+                "identity is the development CA, whose certificates istiod does not accept: use istioCa (the default with --istio-bundle), files or spiffeHelper chaining to istiod's root".to_string(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The admin endpoint's part of [`MeshdConfig::check`], for the daemon to run before it

@@ -23,7 +23,7 @@ use meshd_manifests::{parse_file, parse_text};
 pub const DEFAULT_PATH: &str = "/etc/meshd/meshd.yaml";
 
 /// Environment variables meshd's command line reads itself, not configuration keys.
-const NOT_KEYS: [&str; 2] = ["config", "log_format"];
+const NOT_KEYS: [&str; 3] = ["config", "log_format", "istio_bundle"];
 
 /// The file layer.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +44,11 @@ pub enum Base<'a> {
 pub struct Flags {
     /// `--config-dir`.
     pub config_dir: Option<PathBuf>,
+    /// `--istio-bundle`: the directory `istioctl x workload entry configure` writes. It is the
+    /// lowest layer of `controlPlane:` (the file and the environment may override its keys),
+    /// and it gives the mesh's trust domain and the identity (the Istio CA's, in
+    /// `controlPlane.certDir`, in place of a development CA).
+    pub istio_bundle: Option<PathBuf>,
 }
 
 /// Why the configuration cannot be used.
@@ -63,6 +68,9 @@ pub enum SettingsError {
 pub struct Settings {
     /// The configuration meshd runs with.
     pub config: MeshdConfig,
+    /// What was ignored: `MESHD_*` environment variables that name no key (a deployment's
+    /// `MESHD_BIN`, a guessed `MESHD_LOG`) are a warning, never a reason not to start.
+    pub warnings: Vec<String>,
     figment: Figment,
     flags: Flags,
 }
@@ -80,29 +88,62 @@ pub struct Shown {
 
 /// Reads the layers.
 pub fn load(base: Base<'_>, flags: &Flags) -> Result<Settings, SettingsError> {
+    let bundle = match &flags.istio_bundle {
+        Some(dir) => Some(
+            meshd_xds::bundle::load(dir)
+                .map_err(|e| SettingsError::Layer(format!("--istio-bundle {}: {e}", dir.display())))?,
+        ),
+        None => None,
+    };
+    let below = match &bundle {
+        Some(cp) => Figment::new().merge(Serialized::default("controlPlane", cp)),
+        None => Figment::new(),
+    };
     let file = match base {
         Base::File(path) => {
             parse_file::<MeshdConfig>(path).map_err(|p| SettingsError::File(p.to_string()))?;
-            Figment::new().merge(Yaml::file_exact(path))
+            below.merge(Yaml::file_exact(path))
         }
         Base::Embedded { name, text } => {
             parse_text::<MeshdConfig>(Path::new(name), text)
                 .map_err(|p| SettingsError::File(p.to_string()))?;
-            Figment::new().merge(Yaml::string(text))
+            below.merge(Yaml::string(text))
         }
     };
+    let warnings = stray_variables();
     let mut figment = file.merge(env());
     if let Some(dir) = &flags.config_dir {
         figment = figment.merge(Serialized::default("configDir", dir));
     }
-    let config = figment
+    let mut config = figment
         .extract::<MeshdConfig>()
         .map_err(|e| SettingsError::Layer(layer_error(&e)))?;
+    if bundle.is_some() {
+        from_bundle(&mut config);
+    }
     Ok(Settings {
         config,
+        warnings,
         figment,
         flags: flags.clone(),
     })
+}
+
+/// What `--istio-bundle` decides beyond `controlPlane:`: the mesh's trust domain is the
+/// bundle's, and a development CA (the embedded file's identity) gives way to the Istio CA's
+/// certificate directory. Another identity source stays (a certificate chaining to istiod's
+/// root also authenticates to it); `MeshdConfig::check` refuses what cannot work.
+fn from_bundle(config: &mut MeshdConfig) {
+    let Some(cp) = &config.control_plane else {
+        return;
+    };
+    config.trust_domain = cp.trust_domain.clone();
+    if matches!(config.identity, meshd_identity::IdentitySource::DevCa(_)) {
+        config.identity = meshd_identity::IdentitySource::IstioCa(meshd_identity::IstioCaSource {
+            cert_dir: cp.cert_dir.clone(),
+            spiffe_id: cp.spiffe_id().ok(),
+        });
+    }
 }
 
 impl Settings {
@@ -174,11 +215,46 @@ fn describe(metadata: &Metadata) -> String {
     }
 }
 
-/// `MESHD_LISTEN__INBOUND_PLAINTEXT` → `listen.inboundPlaintext`.
+/// The top-level keys of meshd.yaml, as environment variables name their first segment.
+fn top_level_keys() -> Vec<String> {
+    let mut keys: Vec<String> = match serde_json::to_value(MeshdConfig::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    // Optional sections absent from the default.
+    keys.push("controlPlane".to_string());
+    keys
+}
+
+/// Whether `MESHD_<key>` names a key of meshd.yaml (its first segment is a top-level key).
+fn names_a_key(key: &str, keys: &[String]) -> bool {
+    let path = camel_path(key);
+    let first = path.split('.').next().unwrap_or_default();
+    keys.iter().any(|k| k == first)
+}
+
+/// `MESHD_*` variables that are neither keys nor read by the command line, as warnings.
+fn stray_variables() -> Vec<String> {
+    let keys = top_level_keys();
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter_map(|name| {
+            let key = name.strip_prefix("MESHD_")?.to_ascii_lowercase();
+            (!NOT_KEYS.contains(&key.as_str()) && !names_a_key(&key, &keys)).then(|| {
+                format!("environment variable {name} names no meshd.yaml key; ignored")
+            })
+        })
+        .collect()
+}
+
+/// `MESHD_LISTEN__INBOUND_PLAINTEXT` → `listen.inboundPlaintext`; variables that name no key
+/// are left out (see [`stray_variables`]).
 fn env() -> Env {
+    let keys = top_level_keys();
     // `lowercase(false)` last: figment resets it with every filter or map.
     Env::prefixed("MESHD_")
         .ignore(&NOT_KEYS)
+        .filter(move |key| names_a_key(key.as_str(), &keys))
         .map(|key| camel_path(key.as_str()).into())
         .lowercase(false)
 }

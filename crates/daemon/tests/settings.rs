@@ -53,6 +53,7 @@ fn each_layer_overrides_the_one_below_and_says_so() {
         let path = PathBuf::from("meshd.yaml");
         let flags = Flags {
             config_dir: Some(PathBuf::from("/from/flag")),
+            ..Flags::default()
         };
         let settings = load(Base::File(&path), &flags).unwrap();
         let c = &settings.config;
@@ -236,6 +237,21 @@ fn an_unknown_environment_key_is_an_error_naming_it() {
         let text = err.to_string();
         assert!(text.contains("admn"), "{text}");
         assert!(text.contains("environment"), "{text}");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_variable_naming_no_section_is_a_warning_not_an_error() {
+    // A deployment script's MESHD_BIN or a guessed MESHD_LOG must not stop meshd; a typo
+    // inside a section (above) still does.
+    Jail::expect_with(|jail| {
+        jail.set_env("MESHD_BIN", "/usr/local/bin/meshd");
+        jail.set_env("MESHD_LOG", "debug");
+        let settings = load_empty().expect("stray variables are not keys");
+        let warnings = settings.warnings.join("\n");
+        assert!(warnings.contains("MESHD_BIN"), "{warnings}");
+        assert!(warnings.contains("MESHD_LOG"), "{warnings}");
         Ok(())
     });
 }

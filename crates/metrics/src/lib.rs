@@ -105,7 +105,18 @@ impl Metrics {
 
     /// Metrics with `options`.
     pub fn with_options(runtime: tokio::runtime::Handle, options: Options) -> Metrics {
+        Metrics::with_extra(runtime, options, |_| {})
+    }
+
+    /// Metrics with `options` and series another crate owns (meshd-xds's `istio_xds_*`):
+    /// `extra` registers them in the root registry once, before any scrape.
+    pub fn with_extra(
+        runtime: tokio::runtime::Handle,
+        options: Options,
+        extra: impl FnOnce(&mut Registry),
+    ) -> Metrics {
         let mut registry = Registry::default();
+        extra(&mut registry);
         registry.register_collector(Box::new(process::ProcessCollector::new()));
         registry
             .sub_registry_with_prefix("tokio")

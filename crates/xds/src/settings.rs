@@ -45,6 +45,9 @@ pub struct ControlPlaneSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_to: Option<String>,
     /// istiod's root certificate(s), PEM: the only roots istiod's certificate may chain to.
+    /// Required (serde's default is empty so that a file may give only some keys on top of
+    /// `--istio-bundle`; [`ControlPlaneSettings::validate`] refuses it empty).
+    #[serde(default)]
     pub root_cert: PathBuf,
     /// A Kubernetes service-account token (audience `istio-ca`), read at each connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,9 +64,12 @@ pub struct ControlPlaneSettings {
     /// Trust domain of the identity asked of the CA.
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
-    /// The VM's namespace (`NAMESPACE`; the identity's namespace).
+    /// The VM's namespace (`NAMESPACE`; the identity's namespace). Required, as `rootCert`.
+    #[serde(default)]
     pub namespace: String,
-    /// The VM's service account (`SERVICE_ACCOUNT`; the identity's service account).
+    /// The VM's service account (`SERVICE_ACCOUNT`; the identity's service account). Required,
+    /// as `rootCert`.
+    #[serde(default)]
     pub service_account: String,
     /// `WORKLOAD_NAME` metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +162,9 @@ impl ControlPlaneSettings {
 
     /// Checks every field that can be checked without the network.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.root_cert.as_os_str().is_empty() {
+            return Err(settings("rootCert", "is required: istiod's root certificate file"));
+        }
         self.xds_target()?;
         self.ca_target()?;
         if self.cluster_id.is_empty() {
@@ -418,14 +427,25 @@ mod tests {
     fn unknown_and_missing_fields_are_refused() {
         for bad in [
             r#"{"rootCert":"/r","namespace":"a","serviceAccount":"b","tokenfile":"/t"}"#,
-            r#"{"namespace":"a","serviceAccount":"b"}"#,
-            r#"{"rootCert":"/r","namespace":"a"}"#,
             r#"{"rootCert":"/r","namespace":"a","serviceAccount":"b","ttl":"soon"}"#,
         ] {
             assert!(
                 serde_json::from_str::<ControlPlaneSettings>(bad).is_err(),
                 "{bad}"
             );
+        }
+        // Required keys may come from another layer (--istio-bundle), so serde accepts their
+        // absence and validate() names the one missing.
+        for (text, field) in [
+            (r#"{"namespace":"a","serviceAccount":"b"}"#, "rootCert"),
+            (r#"{"rootCert":"/r","serviceAccount":"b"}"#, "namespace"),
+            (r#"{"rootCert":"/r","namespace":"a"}"#, "serviceAccount"),
+        ] {
+            let s: ControlPlaneSettings = serde_json::from_str(text).unwrap();
+            match s.validate() {
+                Err(Error::Settings { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
         }
     }
 }

@@ -1,0 +1,221 @@
+//! istiod as a second source of the mesh: the certificate from the Istio CA, workloads,
+//! services and policies over Delta xDS, and the state persisted between runs.
+//!
+//! Start-up order: the certificate first (the identity manager loads what the CA client
+//! writes in `controlPlane.certDir`), then the xDS stream (authenticated by that certificate,
+//! or the token), then the mesh state: the one persisted by the last run if there is one
+//! (meshd enforces what it last knew while istiod is away), else meshd waits for istiod's
+//! first answer of both types. It never starts on an empty state it was not told is empty: a
+//! workload whose policies live in istiod would be open to all until they arrived.
+
+mod persisted;
+mod store;
+mod view;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshd_admin::Readiness;
+use meshd_identity::{IdentityHandle, IdentitySource};
+use meshd_workloadapi::MeshState;
+use meshd_xds::ControlPlaneSettings;
+use meshd_xds::ads::{AdsClient, XdsStatus};
+use meshd_xds::ca::{CaClient, CaStatus};
+use meshd_xds::metrics::XdsMetrics;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::StartupError;
+use crate::startup::{Failure, Pauses, Waiting, until_ready};
+
+pub use persisted::STATE_FILE;
+pub(crate) use view::ControlPlaneView;
+
+/// The readiness condition pending until meshd has a mesh state (istiod's or persisted).
+pub(crate) const READY_CONDITION: &str = "control-plane";
+
+/// How often a first certificate is asked for again while the CA cannot give one (istiod
+/// unreachable, a token it refuses: an operator may be replacing it).
+const CA_RETRY: Duration = Duration::from_secs(1);
+
+/// The running control-plane clients and what they publish.
+pub(crate) struct ControlPlane {
+    /// The mesh state, after every response applied.
+    pub(crate) mesh: watch::Receiver<Arc<MeshState>>,
+    /// The xDS stream's status.
+    pub(crate) xds: watch::Receiver<XdsStatus>,
+    /// The CA client's status, when meshd's identity is the Istio CA's.
+    pub(crate) ca: Option<watch::Receiver<CaStatus>>,
+    /// When the persisted state meshd started on was written, if it started on one.
+    pub(crate) persisted: Option<SystemTime>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The certificate from the Istio CA, when the identity source is the CA client's directory:
+/// the persisted one if still good, else one asked for with the token (waiting, with the
+/// reason on readiness, while istiod cannot give one). Then renews it at half-life for the
+/// life of the process. `None` when the identity comes from elsewhere.
+pub(crate) async fn start_ca(
+    settings: &ControlPlaneSettings,
+    identity: &IdentitySource,
+    waiting: &Waiting,
+) -> Result<Option<(watch::Receiver<CaStatus>, JoinHandle<()>)>, StartupError> {
+    if !matches!(identity, IdentitySource::IstioCa(_)) {
+        return Ok(None);
+    }
+    let client = CaClient::new(settings.clone())
+        .map_err(|e| StartupError::ControlPlane(e.to_string()))?;
+    let client = &client;
+    let (credentials, how) = until_ready(waiting, Pauses::every(CA_RETRY), || async move {
+        client
+            .bootstrap()
+            .await
+            .map_err(|e| Failure::Wait(StartupError::ControlPlane(format!("Istio CA: {e}"))))
+    })
+    .await?;
+    tracing::info!(
+        id = %credentials.id(),
+        not_after = %credentials.not_after(),
+        how,
+        "certificate from the Istio CA"
+    );
+    let (status, updates) = watch::channel(CaStatus {
+        not_after: Some(credentials.not_after()),
+        since: Some(time::OffsetDateTime::now_utc()),
+        source: how.to_string(),
+        last_error: None,
+    });
+    let renewer = client.clone();
+    let task = tokio::spawn(async move { renewer.renew_forever(credentials, status).await });
+    Ok(Some((updates, task)))
+}
+
+/// The address istiod is told the VM has: `controlPlane.instanceIp`, else the local address
+/// the kernel routes towards istiod.
+async fn instance_ip(settings: &ControlPlaneSettings) -> Result<IpAddr, StartupError> {
+    if let Some(ip) = settings.instance_ip {
+        return Ok(ip);
+    }
+    let target = settings
+        .xds_target()
+        .map_err(|e| StartupError::ControlPlane(e.to_string()))?;
+    let peer: Option<SocketAddr> = tokio::net::lookup_host(&target.dial)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next());
+    let peer = peer.ok_or_else(|| {
+        StartupError::ControlPlane(format!(
+            "cannot resolve {} to find this machine's address towards istiod: set controlPlane.instanceIp",
+            target.dial
+        ))
+    })?;
+    meshd_xds::node::local_address_towards(peer).map_err(|e| StartupError::ControlPlane(e.to_string()))
+}
+
+/// Starts the xDS stream from the persisted state, if any, and waits until there is a mesh
+/// state to run on.
+pub(crate) async fn start_xds(
+    settings: &ControlPlaneSettings,
+    identity: IdentityHandle,
+    ca: Option<(watch::Receiver<CaStatus>, JoinHandle<()>)>,
+    readiness: &Readiness,
+    metrics: Arc<XdsMetrics>,
+) -> Result<ControlPlane, StartupError> {
+    let path = state_path(settings);
+    let loaded = persisted::load(&path);
+    let persisted = (!loaded.state.is_empty()).then_some(loaded.written.unwrap_or(SystemTime::UNIX_EPOCH));
+    if persisted.is_some() {
+        tracing::info!(
+            path = %path.display(),
+            skipped = loaded.skipped,
+            "starting on the istiod state persisted by the last run"
+        );
+    }
+    let (store, mesh) = store::MeshStore::new(loaded.state, loaded.held);
+    persisted::spawn_writer(path, store.held(), store.changed());
+    let instance_ip = instance_ip(settings).await?;
+    let client = AdsClient::new(settings.clone(), instance_ip, Some(identity), metrics)
+        .map_err(|e| StartupError::ControlPlane(e.to_string()))?;
+    let mut xds = client.status();
+    let mut tasks = vec![tokio::spawn(client.run(store))];
+    let (ca, ca_task) = match ca {
+        Some((status, task)) => (Some(status), Some(task)),
+        None => (None, None),
+    };
+    tasks.extend(ca_task);
+    if persisted.is_none() {
+        // Nothing to enforce yet: wait for istiod's first answer of both types.
+        let _ = xds.wait_for(|s| s.ready).await;
+    }
+    readiness.set_ready(READY_CONDITION);
+    Ok(ControlPlane {
+        mesh,
+        xds,
+        ca,
+        persisted,
+        tasks,
+    })
+}
+
+/// Where the state is persisted: beside the certificate, in `controlPlane.certDir`.
+fn state_path(settings: &ControlPlaneSettings) -> PathBuf {
+    settings.cert_dir.join(STATE_FILE)
+}
+
+impl ControlPlane {
+    /// What operators see, read at each request.
+    pub(crate) fn view(&self) -> ControlPlaneView {
+        ControlPlaneView {
+            xds: self.xds.clone(),
+            ca: self.ca.clone(),
+            mesh: self.mesh.clone(),
+            persisted: self.persisted,
+        }
+    }
+
+    /// What `/healthz/ready` says beside "ready" while istiod is away.
+    pub(crate) fn readiness_note(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
+        let xds = self.xds.clone();
+        let persisted = self.persisted;
+        move || {
+            let status = xds.borrow();
+            if status.state == meshd_xds::ads::StreamState::Connected && status.ready {
+                return None;
+            }
+            let why = status
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "connecting".to_string());
+            Some(match (status.ready, persisted) {
+                (false, Some(at)) => format!(
+                    "control plane: istiod not reached yet ({why}); enforcing the state persisted at {}",
+                    humantime_secs(at)
+                ),
+                _ => format!(
+                    "control plane: istiod unreachable ({why}); enforcing the last state it sent"
+                ),
+            })
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, as the persisted state's time is shown.
+fn humantime_secs(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| secs.to_string())
+}
