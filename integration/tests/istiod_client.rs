@@ -496,7 +496,7 @@ fn renewal_at_half_life_by_mtls_keeps_the_identity_without_a_token() {
     let rt = runtime();
     let ca = CaClient::new(settings.clone()).unwrap();
     let (first, _) = rt.block_on(ca.bootstrap()).unwrap();
-    let half = meshd_xds::ca::until_half_life(&first, time::OffsetDateTime::now_utc());
+    let half = meshd_xds::ca::until_half_life(&first);
     assert!(
         half > Duration::ZERO && half <= Duration::from_secs(2),
         "{half:?}"

@@ -24,6 +24,11 @@ use crate::{Error, backoff::Backoff, transport};
 /// Renewal retry: from 0.5 s doubling to 150 s, ztunnel's CA client backoff.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(150);
+/// How far Istio's CA backdates `notBefore` (`ClockSkewGracePeriod`,
+/// security/pkg/pki/util/generate_cert.go).
+pub const CLOCK_SKEW_GRACE: Duration = Duration::from_secs(120);
+/// Shortest wait between two successful renewals, whatever a CA's backdating: no hot loop.
+const MIN_RENEW_GAP: Duration = Duration::from_secs(1);
 /// A persisted certificate with less than this left is not worth starting with.
 const MIN_REMAINING: Duration = Duration::from_secs(60);
 
@@ -205,14 +210,15 @@ impl CaClient {
         Ok((issued.credentials, "token"))
     }
 
-    /// Renews forever at half-life ([`until_half_life`], from now for `current`) over mTLS with the current certificate; on failure retries
+    /// Renews forever at half-life ([`until_half_life`]) over mTLS with the current certificate; on failure retries
     /// with backoff, keeping the current certificate until it expires, and falls back to the
     /// token once it has (if a token file is configured). Never returns.
     pub async fn renew_forever(self, mut current: Credentials, status: watch::Sender<CaStatus>) {
         let mut retry = Backoff::new(RETRY_MIN, RETRY_MAX);
-        let mut received = OffsetDateTime::now_utc();
+        let mut gap = Duration::ZERO;
         loop {
-            tokio::time::sleep(until_half_life(&current, received)).await;
+            tokio::time::sleep(until_half_life(&current).max(gap)).await;
+            gap = MIN_RENEW_GAP;
             loop {
                 let expired = current.not_after() <= OffsetDateTime::now_utc();
                 let result = if expired && self.settings.token_file.is_some() {
@@ -226,7 +232,6 @@ impl CaClient {
                     Ok((issued, how)) => {
                         tracing::info!(not_after = %issued.credentials.not_after(), how, "Istio CA certificate renewed");
                         current = issued.credentials;
-                        received = OffsetDateTime::now_utc();
                         retry.reset();
                         status.send_replace(CaStatus {
                             not_after: Some(current.not_after()),
@@ -257,13 +262,13 @@ impl CaClient {
     }
 }
 
-/// Time until half of the certificate's lifetime has passed, counted from when this process
-/// received it if that is later than `notBefore` (zero if it has passed). Istio's CA backdates
-/// `notBefore` to allow for clock skew; counted from there, a short-lived certificate would be
-/// "past half-life" on arrival and renewed in a loop. A persisted certificate loaded at start
-/// thus renews when half of what was left has passed.
-pub fn until_half_life(c: &Credentials, received: OffsetDateTime) -> Duration {
-    let start = c.not_before().max(received);
+/// Time until half of the certificate's lifetime has passed (zero if it has). The lifetime is
+/// counted from `notBefore` plus Istio's backdating ([`CLOCK_SKEW_GRACE`]), i.e. from when the
+/// CA issued it: counted from `notBefore` itself, a certificate of a few seconds would be past
+/// half-life on arrival and renewed in a loop. A persisted certificate loaded at start that is
+/// already past half-life is renewed at once.
+pub fn until_half_life(c: &Credentials) -> Duration {
+    let start = (c.not_before() + CLOCK_SKEW_GRACE).min(c.not_after());
     let at = start + (c.not_after() - start) / 2;
     Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
 }

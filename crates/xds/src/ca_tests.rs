@@ -158,24 +158,43 @@ fn persisted_files_are_atomic_private_and_only_reused_when_valid_and_ours() {
     assert!(f.client.load_persisted().is_none());
 }
 
-#[test]
-fn half_life_counts_from_receipt() {
-    let f = fixture();
-    let svid = issue(&f.ca, "db-vm", 3600);
-    let c =
-        meshd_identity::Credentials::from_pem(svid.cert_pem.as_bytes(), svid.key_pem.as_bytes())
-            .unwrap();
+/// A leaf of `ca`'s identity `db-vm` valid from `from` to `to` (relative to now).
+fn leaf_between(from: i64, to: i64) -> Credentials {
+    use rcgen::{CertificateParams, Issuer, KeyPair};
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::default();
     let now = OffsetDateTime::now_utc();
-    let d = until_half_life(&c, now);
+    p.not_before = now + time::Duration::seconds(from);
+    p.not_after = now + time::Duration::seconds(to);
+    let uri = "spiffe://cluster.local/ns/vms/sa/db-vm".to_string();
+    p.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    Credentials::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+}
+
+#[test]
+fn half_life_is_counted_from_issuance() {
+    // Istio's shape: notBefore two minutes back, ten seconds to live: half-life in 5 s.
+    let d = until_half_life(&leaf_between(-120, 10));
     assert!(
-        d > Duration::from_secs(1700) && d <= Duration::from_secs(1800),
+        d > Duration::from_secs(3) && d <= Duration::from_secs(5),
         "{d:?}"
     );
-    // Received late in its life: half of what is left.
-    let late = now + Duration::from_secs(3000);
-    let d = until_half_life(&c, late);
+    // A day's certificate issued now: in 12 h.
+    let d = until_half_life(&leaf_between(-120, 86_400));
     assert!(
-        d > Duration::from_secs(3250) && d <= Duration::from_secs(3300),
+        d > Duration::from_secs(43_190) && d <= Duration::from_secs(43_200),
         "{d:?}"
     );
+    // Loaded after a restart 20 h into its day: at once.
+    assert_eq!(
+        until_half_life(&leaf_between(-72_000, 14_400)),
+        Duration::ZERO
+    );
+    // Expired: at once.
+    assert_eq!(until_half_life(&leaf_between(-7_200, -60)), Duration::ZERO);
 }
