@@ -6,18 +6,15 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshd_identity::{CredentialSet, IdentityHandle};
 use meshd_integration::istiod::Istiod;
 use meshd_integration::loopback::Loopback;
 use meshd_integration::vm_bundle::VmBundle;
-use meshd_xds::ads::{
-    ADDRESS_TYPE, AUTHORIZATION_TYPE, AdsClient, Handler, Rejection, Resource, XdsStatus,
-};
+use meshd_xds::ads::{ADDRESS_TYPE, AUTHORIZATION_TYPE, AdsClient, XdsStatus};
 use meshd_xds::ca::{Auth, CaClient};
 use meshd_xds::metrics::XdsMetrics;
 use meshd_xds::{ControlPlaneSettings, Error, bundle};
@@ -79,89 +76,9 @@ fn policy(name: &str) -> String {
     )
 }
 
-/// What the test's handler holds, and what the client asked of it.
-#[derive(Default)]
-struct Store {
-    held: BTreeMap<(String, String), String>,
-    /// Names refused by `apply` (a stand-in for a resource meshd cannot convert).
-    refuse: HashSet<String>,
-    /// Every `held()` answer, i.e. each `initial_resource_versions` sent.
-    initial: Vec<(String, HashMap<String, String>)>,
-    /// Every name seen in an update, and every removal.
-    updates: Vec<String>,
-    removals: Vec<String>,
-}
-
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Store>>);
-
-impl Handler for Shared {
-    fn apply(&mut self, t: &str, updated: Vec<Resource>, removed: Vec<String>) -> Vec<Rejection> {
-        let mut s = self.0.lock().unwrap();
-        let mut rejected = vec![];
-        for r in updated {
-            s.updates.push(r.name.clone());
-            assert!(
-                !r.body.is_empty() || t == AUTHORIZATION_TYPE,
-                "{} has a body",
-                r.name
-            );
-            if s.refuse.contains(&r.name) {
-                rejected.push(Rejection {
-                    name: r.name,
-                    message: "cannot convert".into(),
-                });
-            } else {
-                s.held.insert((t.to_string(), r.name), r.version);
-            }
-        }
-        for n in removed {
-            s.removals.push(n.clone());
-            s.held.remove(&(t.to_string(), n));
-        }
-        rejected
-    }
-
-    fn held(&self, t: &str) -> HashMap<String, String> {
-        let mut s = self.0.lock().unwrap();
-        let held: HashMap<String, String> = s
-            .held
-            .iter()
-            .filter(|((ty, _), _)| ty == t)
-            .map(|((_, n), v)| (n.clone(), v.clone()))
-            .collect();
-        s.initial.push((t.to_string(), held.clone()));
-        held
-    }
-
-    fn count(&self, t: &str) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .held
-            .keys()
-            .filter(|(ty, _)| ty == t)
-            .count()
-    }
-}
-
-impl Shared {
-    fn has(&self, t: &str, name: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap()
-            .held
-            .contains_key(&(t.to_string(), name.to_string()))
-    }
-    fn names(&self, t: &str) -> Vec<String> {
-        let s = self.0.lock().unwrap();
-        s.held
-            .keys()
-            .filter(|(ty, _)| ty == t)
-            .map(|(_, n)| n.clone())
-            .collect()
-    }
-}
+#[path = "istiod_client/store.rs"]
+mod store;
+use store::Shared;
 
 fn wait(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
