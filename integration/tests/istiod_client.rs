@@ -528,3 +528,50 @@ fn istiod_is_verified_by_root_and_name_not_by_address() {
     assert_eq!(status.borrow().connections, 0);
     assert!(istiod.clients().is_empty());
 }
+
+/// A push larger than gRPC's usual 4 MiB limit (a mesh's whole state arrives in one response)
+/// is received: 2,500 service hosts of 250 ports each.
+#[test]
+fn a_push_over_four_mebibytes_is_received() {
+    let lo = Loopback::take();
+    let istiod = Istiod::start(lo.host(1));
+    let hosts: Vec<String> = (0..2500).map(|i| format!("h{i}.big.example")).collect();
+    let ports: String = (0..250)
+        .map(|p| {
+            format!(
+                "  - {{number: {}, name: tcp-{p}, protocol: TCP}}\n",
+                10_000 + p
+            )
+        })
+        .collect();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: vms\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: big\n  namespace: vms\nspec:\n  hosts: [{}]\n  ports:\n{ports}  resolution: STATIC\n  workloadSelector:\n    labels: {{app: big}}\n",
+        hosts.join(", ")
+    );
+    istiod.apply(&yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = vm_settings(&istiod, dir.path(), SA);
+    let rt = runtime();
+    // A first client sees the services arrive as istiod's index builds them.
+    let first = Shared::default();
+    start_ads(&rt, &settings, None, first.clone(), Arc::default());
+    wait(
+        "istiod's index of 2,500 services",
+        Duration::from_secs(60),
+        || first.names(ADDRESS_TYPE).len() == 2500,
+    );
+    // A second one gets them all in its first response.
+    let store = Shared::default();
+    let metrics = Arc::new(XdsMetrics::default());
+    let status = start_ads(&rt, &settings, None, store.clone(), metrics.clone());
+    wait("ready", Duration::from_secs(60), || ready(&status));
+    let bytes = metrics.message_bytes(ADDRESS_TYPE);
+    assert!(bytes > 4 << 20, "the push was only {bytes} bytes");
+    assert_eq!(
+        metrics.messages(ADDRESS_TYPE),
+        1,
+        "one response carried it all"
+    );
+    assert_eq!(store.names(ADDRESS_TYPE).len(), 2500);
+    assert_eq!(status.borrow().types[ADDRESS_TYPE].nacks, 0);
+}
