@@ -160,7 +160,10 @@ impl ControlPlaneSettings {
     /// Checks every field that can be checked without the network.
     pub fn validate(&self) -> Result<(), Error> {
         if self.root_cert.as_os_str().is_empty() {
-            return Err(settings("rootCert", "is required: istiod's root certificate file"));
+            return Err(settings(
+                "rootCert",
+                "is required: istiod's root certificate file",
+            ));
         }
         self.xds_target()?;
         self.ca_target()?;
