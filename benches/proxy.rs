@@ -125,7 +125,13 @@ async fn setup() -> Setup {
                 allow_remote: false,
             })
             .collect();
-        let state = ProxyState::build(&snapshot, "cluster.local", 1, local_predicate(&config));
+        let state = ProxyState::build(
+            &snapshot,
+            &Default::default(),
+            "cluster.local",
+            1,
+            local_predicate(&config),
+        );
         let (_tx, rx) = watch::channel(Arc::new(state));
         let proxy = Proxy::start(
             &config,

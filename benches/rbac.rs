@@ -45,6 +45,7 @@ fn connection(principal: &str, source_ip: [u8; 4], port: u16) -> Connection {
             .into(),
             ip: IpAddr::from([10, 0, 0, 2]),
             port,
+            bound_policies: Default::default(),
         },
     }
 }

@@ -145,6 +145,7 @@ fn probe_allowed(state: &ProxyState, peer: &Peer, destination: SocketAddr) -> Op
             labels: workload.labels.clone(),
             ip: destination.ip(),
             port: destination.port(),
+            bound_policies: Default::default(),
         },
     };
     Some(state.engine.decide(&connection).allowed())

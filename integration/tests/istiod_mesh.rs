@@ -155,9 +155,15 @@ fn vms_join_with_a_token_and_enforce_istiods_policies() {
     );
     let took = until(&fleet, TO_ADMIN, false);
     eprintln!("ALLOW enforced {took:?} after the apply returned");
-    assert!(through(&fleet, TO_PG, b"still").is_some(), "pg stays allowed");
+    assert!(
+        through(&fleet, TO_PG, b"still").is_some(),
+        "pg stays allowed"
+    );
     let denied = b.wait_for_log("connection denied");
-    assert!(denied.contains("db-allow-web") || denied.contains("ALLOW"), "{denied}");
+    assert!(
+        denied.contains("db-allow-web") || denied.contains("ALLOW"),
+        "{denied}"
+    );
 
     // The policy deleted in the cluster: istiod removes it, admin is allowed again.
     fleet
@@ -166,8 +172,8 @@ fn vms_join_with_a_token_and_enforce_istiods_policies() {
     until(&fleet, TO_ADMIN, true);
 
     // The control plane as operators see it.
-    let (code, dump) = http(fleet.mesh.get("b").addr(Port::Admin), "GET", "/config_dump")
-        .expect("config_dump");
+    let (code, dump) =
+        http(fleet.mesh.get("b").addr(Port::Admin), "GET", "/config_dump").expect("config_dump");
     assert_eq!(code, 200, "{dump}");
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     let cp = &dump["controlPlane"];
@@ -178,6 +184,9 @@ fn vms_join_with_a_token_and_enforce_istiods_policies() {
         "type.googleapis.com/istio.workload.Address",
         "type.googleapis.com/istio.security.Authorization",
     ] {
-        assert!(cp["types"][url]["acks"].as_u64().unwrap_or(0) >= 1, "{url}: {cp}");
+        assert!(
+            cp["types"][url]["acks"].as_u64().unwrap_or(0) >= 1,
+            "{url}: {cp}"
+        );
     }
 }

@@ -161,6 +161,7 @@ fn parse_line(line: &str) -> Result<Connection, String> {
             labels: input.destination.labels,
             ip: input.destination.ip,
             port: input.destination.port,
+            bound_policies: Default::default(),
         },
     })
 }
@@ -220,6 +221,7 @@ fn human(
             labels,
             ip,
             port,
+            bound_policies: Default::default(),
         },
     };
     let out = decide(engine, &conn);

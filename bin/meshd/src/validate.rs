@@ -86,7 +86,13 @@ fn check_daemon(config: &MeshdConfig, path: &Path, snapshot: &meshd_manifests::S
         }
     }
     let proxy = config.proxy();
-    let state = ProxyState::build(snapshot, &config.trust_domain, 0, local_predicate(&proxy));
+    let state = ProxyState::build(
+        snapshot,
+        &meshd_proxy::MeshState::default(),
+        &config.trust_domain,
+        0,
+        local_predicate(&proxy),
+    );
     for warning in strict_without_capture(&proxy, &state) {
         println!("{}: warning: {warning}", path.display());
     }

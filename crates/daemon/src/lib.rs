@@ -33,12 +33,12 @@ use meshd_admin::{Endpoint, LogLevelFn, Readiness};
 use meshd_identity::{IdentityManager, IdentitySource};
 use meshd_manifests::{LoadError, LoadOptions, Snapshot, load_dir};
 use meshd_metrics::{HbonePool, Metrics};
-use meshd_workloadapi::MeshState;
 use meshd_proxy::AccessLog;
 use meshd_proxy::plugins::{PluginError, PluginRegistry};
 use meshd_proxy::record::Sinks;
 use meshd_proxy::strict_without_capture;
 use meshd_proxy::{Proxy, ProxyState, StartError, local_predicate};
+use meshd_workloadapi::MeshState;
 
 use crate::schema::CheckError;
 pub use crate::schema::MeshdConfig;
@@ -148,9 +148,9 @@ pub fn build_state(
     generation: u64,
 ) -> ProxyState {
     let proxy = config.proxy();
-    let _ = mesh; // SHIM until convert lands
     let state = ProxyState::build(
         snapshot,
+        mesh,
         &config.trust_domain,
         generation,
         local_predicate(&proxy),
@@ -361,16 +361,16 @@ async fn start(
     // What only a person can fix ends start-up before anything is waited for.
     startup::check_config(&config).map_err(Exit::Config)?;
     fdlimit::raise(&config);
-    let xds_metrics = config
+    let cp_metrics = config
         .control_plane
         .as_ref()
-        .map(|_| Arc::new(meshd_xds::metrics::XdsMetrics::default()));
+        .map(|_| control_plane::ControlPlaneMetrics::default());
     let metrics = Metrics::with_extra(
         tokio::runtime::Handle::current(),
         metrics_options(&config),
         |registry| {
-            if let Some(xds) = &xds_metrics {
-                xds.register(registry);
+            if let Some(cp) = &cp_metrics {
+                cp.register(registry);
             }
         },
     );
@@ -408,9 +408,9 @@ async fn start(
     let _ = operated.rotations.set(identity.stats());
     readiness.set_ready("certificates");
     watch_certificate(&identity, &readiness, &metrics);
-    let control = match (&config.control_plane, xds_metrics) {
-        (Some(cp), Some(xds_metrics)) => Some(
-            control_plane::start_xds(cp, identity.handle(), ca, &readiness, xds_metrics)
+    let control = match (&config.control_plane, cp_metrics) {
+        (Some(cp), Some(cp_metrics)) => Some(
+            control_plane::start_xds(cp, identity.handle(), ca, &readiness, cp_metrics)
                 .await
                 .map_err(Exit::Config)?,
         ),

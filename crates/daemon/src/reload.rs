@@ -111,7 +111,9 @@ impl Reloader<'_> {
                 self.metrics.config_reloaded(true, next);
                 tracing::info!(generation = next, "istiod's state applied");
             }
-            Err(e) => tracing::error!("applying istiod's state panicked, keeping the previous one: {e}"),
+            Err(e) => {
+                tracing::error!("applying istiod's state panicked, keeping the previous one: {e}")
+            }
         }
     }
 
@@ -162,12 +164,11 @@ impl Reloader<'_> {
         let mesh = self.mesh();
         // The reason is kept as text from here: it is shown (log, systemd, /config_dump), not
         // matched on.
-        let loaded = match tokio::task::spawn_blocking(move || load_state(&config, next, &mesh))
-            .await
-        {
-            Ok(loaded) => loaded.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("configuration load panicked: {e}")),
-        };
+        let loaded =
+            match tokio::task::spawn_blocking(move || load_state(&config, next, &mesh)).await {
+                Ok(loaded) => loaded.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("configuration load panicked: {e}")),
+            };
         self.last_read = Some(fingerprint);
         let error = match loaded {
             Ok(mut state) => {

@@ -88,13 +88,13 @@ pub struct Shown {
 
 /// Reads the layers.
 pub fn load(base: Base<'_>, flags: &Flags) -> Result<Settings, SettingsError> {
-    let bundle = match &flags.istio_bundle {
-        Some(dir) => Some(
-            meshd_xds::bundle::load(dir)
-                .map_err(|e| SettingsError::Layer(format!("--istio-bundle {}: {e}", dir.display())))?,
-        ),
-        None => None,
-    };
+    let bundle =
+        match &flags.istio_bundle {
+            Some(dir) => Some(meshd_xds::bundle::load(dir).map_err(|e| {
+                SettingsError::Layer(format!("--istio-bundle {}: {e}", dir.display()))
+            })?),
+            None => None,
+        };
     let below = match &bundle {
         Some(cp) => Figment::new().merge(Serialized::default("controlPlane", cp)),
         None => Figment::new(),
@@ -240,9 +240,8 @@ fn stray_variables() -> Vec<String> {
         .filter_map(|(name, _)| name.into_string().ok())
         .filter_map(|name| {
             let key = name.strip_prefix("MESHD_")?.to_ascii_lowercase();
-            (!NOT_KEYS.contains(&key.as_str()) && !names_a_key(&key, &keys)).then(|| {
-                format!("environment variable {name} names no meshd.yaml key; ignored")
-            })
+            (!NOT_KEYS.contains(&key.as_str()) && !names_a_key(&key, &keys))
+                .then(|| format!("environment variable {name} names no meshd.yaml key; ignored"))
         })
         .collect()
 }

@@ -31,9 +31,9 @@ const DOC: &str = include_str!("../../../docs/configuration.md");
 const BEGIN: &str = "<!-- meshd.yaml keys: begin -->";
 const END: &str = "<!-- meshd.yaml keys: end -->";
 
-/// Keys whose values are maps with user-chosen keys (trust domain → bundle file): documented as
+/// Keys whose values are maps with user-chosen keys (trust domain → bundle file, label → value): documented as
 /// one key, not descended into.
-const MAPS: [&str; 1] = ["federatedBundles"];
+const MAPS: [&str; 2] = ["federatedBundles", "labels"];
 /// Keys whose built-in default depends on the machine (`workerThreads`: 1 or 2 by CPU count),
 /// so the page describes it in words.
 const MACHINE_DEPENDENT: [&str; 1] = ["workerThreads"];
@@ -126,9 +126,27 @@ fn filled_in() -> Vec<MeshdConfig> {
                 name: "connection_limit".into(),
                 config: serde_json::json!({}),
             }],
+            control_plane: Some(control_plane()),
             ..MeshdConfig::default()
         })
         .collect()
+}
+
+/// A `controlPlane:` section with every optional key set.
+fn control_plane() -> meshd_xds::ControlPlaneSettings {
+    let mut cp = meshd_xds::ControlPlaneSettings::new("/etc/meshd/istio/root-cert.pem", "shop", "web");
+    cp.hostname = Some("istiod.istio-system.svc".into());
+    cp.connect_to = Some("10.0.0.1:15012".into());
+    cp.token_file = Some("/etc/meshd/istio/istio-token".into());
+    cp.mesh_id = Some("mesh1".into());
+    cp.workload_name = Some("web".into());
+    cp.name = Some("web-1".into());
+    cp.labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+    cp.auto_register_group = Some("web".into());
+    cp.instance_ip = Some("10.0.0.2".parse().unwrap());
+    cp.ca_address = Some("istiod.istio-system.svc:15012".into());
+    cp.ca_connect_to = Some("10.0.0.1:15012".into());
+    cp
 }
 
 /// The dotted leaves of a serialized configuration: `listen.admin`, `listeners[].target`.

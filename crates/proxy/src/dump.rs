@@ -28,6 +28,10 @@ pub fn config_dump(
                 "labels": w.labels,
                 "ports": w.ports,
                 "protocol": format!("{:?}", w.protocol),
+                "origin": format!("{:?}", w.origin),
+                "otherAddresses": w.other_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "refused": w.refused.map(|r| r.to_string()),
+                "boundPolicies": &*w.bound_policies,
             })
         })
         .collect();
@@ -40,6 +44,8 @@ pub fn config_dump(
                 "hosts": s.hosts,
                 "vips": s.vips.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "ports": s.ports.iter().map(|p| json!({"number": p.number, "name": p.name, "targetPort": p.target})).collect::<Vec<_>>(),
+                "origin": format!("{:?}", s.origin),
+                "refused": s.refused.map(|r| r.to_string()),
             })
         })
         .collect();

@@ -10,8 +10,9 @@
 //!   (record, authorize, resolve, connect); [`plugins`] adds layers by name from configuration
 //!   (connection limit, rate limit), after authorization. `connector.rs` dials upstreams.
 //! - `relay.rs`, `copy.rs`, `metered.rs`: the established connection's bytes.
-//! - `registry.rs` and `state.rs`: workloads and services from the configuration snapshot,
-//!   which are local, endpoint choice; the state a connection is handled under.
+//! - `registry/` and `state.rs`: workloads and services from the configuration snapshot and
+//!   istiod's state (meshd-workloadapi), which are local, endpoint choice, refused and
+//!   conflicted addresses; the state a connection is handled under.
 //! - [`AccessLog`] and [`Live`]: sinks of the connection records ([`record`], meshd-record);
 //!   [`views`]: the operator views (open connections, recent denials, workloads, services,
 //!   policies, certificate) that `meshd status` and the admin page show.
@@ -62,8 +63,12 @@ pub use exposure::strict_without_capture;
 pub use layers::{ChosenService, ConnService};
 pub use live::{DENIALS_KEPT, Live};
 pub use meshd_record as record;
+pub use meshd_workloadapi::MeshState;
 pub use own_ports::OwnPorts;
-pub use registry::{EJECTION, Protocol, Registry, ResolveError, Resolved, Service, Workload};
+pub use registry::{
+    Conflict, EJECTION, MeshRefusal, Origin, Protocol, Registry, ResolveError, Resolved, Service,
+    Workload,
+};
 pub use relay::{Check, Relay};
 pub use runtime::{BoundAddrs, BoundListeners, Proxy, StartError, local_predicate};
 pub use state::ProxyState;

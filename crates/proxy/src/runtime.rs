@@ -90,11 +90,13 @@ pub fn local_predicate(config: &ProxyConfig) -> impl Fn(&Workload) -> bool + Sen
     let workloads: HashSet<String> = config.local.workloads.iter().cloned().collect();
     let explicit = !addresses.is_empty() || !workloads.is_empty();
     move |w: &Workload| {
+        // Every address of the workload counts (istiod's workloads may have several).
         if explicit {
-            addresses.contains(&w.address) || workloads.contains(&w.key)
+            w.addresses().any(|a| addresses.contains(&a)) || workloads.contains(&w.key)
         } else {
             // Only an address of this machine can be bound (without IP_FREEBIND).
-            std::net::TcpListener::bind((w.address, 0)).is_ok()
+            w.addresses()
+                .any(|a| std::net::TcpListener::bind((a, 0)).is_ok())
         }
     }
 }

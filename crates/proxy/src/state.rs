@@ -1,5 +1,6 @@
 //! The configuration a connection is handled under: registry and compiled policies, built
-//! together from one snapshot and swapped as a whole.
+//! together from one snapshot of the directory and one of istiod's state, and swapped as a
+//! whole.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use meshd_identity::SpiffeId;
 use meshd_manifests::Snapshot;
 use meshd_rbac::Engine;
 use meshd_record::{Direction, WorkloadMeta};
+use meshd_workloadapi::MeshState;
 
 use crate::registry::{Registry, Workload};
 
@@ -18,7 +20,8 @@ pub struct ProxyState {
     pub registry: Registry,
     /// Compiled authorization.
     pub engine: Engine,
-    /// The mesh trust domain: workload identities are `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    /// The mesh trust domain: workload identities are `spiffe://<td>/ns/<ns>/sa/<sa>`, with
+    /// the workload's own trust domain instead for istiod's workloads.
     pub trust_domain: String,
     /// Counts snapshots applied, for logs.
     pub generation: u64,
@@ -43,18 +46,22 @@ impl Drop for ProxyState {
 }
 
 impl ProxyState {
-    /// Builds the state for a snapshot.
+    /// Builds the state for a snapshot of the directory and istiod's state (an empty
+    /// [`MeshState`] for a local-only meshd): the union of both, istiod's policies beside the
+    /// files' (never shadowed by them).
     pub fn build(
         snapshot: &Snapshot,
+        mesh: &MeshState,
         trust_domain: &str,
         generation: u64,
         is_local: impl Fn(&Workload) -> bool,
     ) -> Self {
         ProxyState {
-            registry: Registry::build(snapshot, is_local),
-            engine: Engine::compile(
+            registry: Registry::build(snapshot, mesh, is_local),
+            engine: Engine::compile_all(
                 snapshot.policies(),
                 snapshot.peer_auths(),
+                mesh.policies().map(|p| &**p),
                 &snapshot.root_namespace,
             ),
             trust_domain: trust_domain.to_string(),
@@ -69,7 +76,8 @@ impl ProxyState {
         self.registry.keep_health_of(&previous.registry);
     }
 
-    /// The SPIFFE ID of a workload, as views and dumps print it.
+    /// The SPIFFE ID of a workload (its own trust domain, else the mesh's), as views and dumps
+    /// print it.
     pub fn spiffe_id(&self, workload: &Workload) -> String {
         format!("spiffe://{}", workload.principal(&self.trust_domain))
     }
@@ -81,7 +89,7 @@ impl ProxyState {
         workload: &Workload,
     ) -> Result<SpiffeId, meshd_identity::Error> {
         SpiffeId::istio(
-            &self.trust_domain,
+            workload.trust_domain(&self.trust_domain),
             &workload.namespace,
             &workload.service_account,
         )

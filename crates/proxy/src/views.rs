@@ -61,7 +61,7 @@ pub fn workloads(state: &ProxyState) -> view::Workloads {
 fn selecting(state: &ProxyState, w: &Workload) -> Vec<view::PolicyRef> {
     state
         .engine
-        .policies_for(&w.namespace, &w.labels)
+        .policies_for_workload(&w.namespace, &w.labels, &w.bound_policies)
         .into_iter()
         .map(|(key, action)| view::PolicyRef {
             policy: key.to_string(),

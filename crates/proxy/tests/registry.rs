@@ -50,7 +50,9 @@ spec:
 fn registry(local: &[&str]) -> Registry {
     let snapshot = load_str("r.yaml", YAML, &LoadOptions::default()).expect("loads");
     let local: Vec<String> = local.iter().map(|s| s.to_string()).collect();
-    Registry::build(&snapshot, move |w| local.contains(&w.key))
+    Registry::build(&snapshot, &Default::default(), move |w| {
+        local.contains(&w.key)
+    })
 }
 
 #[test]

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 fn state(generation: u64) -> Arc<ProxyState> {
     Arc::new(ProxyState::build(
         &Snapshot::default(),
+        &Default::default(),
         "cluster.local",
         generation,
         |_| false,

@@ -16,7 +16,7 @@ use crate::connection::Connection;
 /// any value hits, so `Some(empty)` (an empty list, or one whose every value failed to parse)
 /// matches nothing: in an ALLOW rule an emptied list never widens the rule. In a DENY rule the
 /// list is dropped instead ([`FailClosed::Everything`]), so it never narrows the denial.
-type Positive<T> = Option<Vec<T>>;
+pub(crate) type Positive<T> = Option<Vec<T>>;
 
 /// What a part of a rule that validation would have rejected compiles to (an empty list, a
 /// list whose every value is malformed, a source or operation that restricts nothing): the
@@ -50,20 +50,20 @@ impl FailClosed {
 /// [`Matcher::nothing`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Matcher {
-    principals: Positive<StringPattern>,
-    not_principals: Vec<StringPattern>,
-    namespaces: Positive<StringPattern>,
-    not_namespaces: Vec<StringPattern>,
-    service_accounts: Positive<(String, String)>,
-    not_service_accounts: Vec<(String, String)>,
-    trust_domains: Positive<StringPattern>,
-    not_trust_domains: Vec<StringPattern>,
-    source_ips: Positive<IpNet>,
-    not_source_ips: Vec<IpNet>,
-    destination_ips: Positive<IpNet>,
-    not_destination_ips: Vec<IpNet>,
-    ports: Positive<u16>,
-    not_ports: Vec<u16>,
+    pub(crate) principals: Positive<StringPattern>,
+    pub(crate) not_principals: Vec<StringPattern>,
+    pub(crate) namespaces: Positive<StringPattern>,
+    pub(crate) not_namespaces: Vec<StringPattern>,
+    pub(crate) service_accounts: Positive<(String, String)>,
+    pub(crate) not_service_accounts: Vec<(String, String)>,
+    pub(crate) trust_domains: Positive<StringPattern>,
+    pub(crate) not_trust_domains: Vec<StringPattern>,
+    pub(crate) source_ips: Positive<IpNet>,
+    pub(crate) not_source_ips: Vec<IpNet>,
+    pub(crate) destination_ips: Positive<IpNet>,
+    pub(crate) not_destination_ips: Vec<IpNet>,
+    pub(crate) ports: Positive<u16>,
+    pub(crate) not_ports: Vec<u16>,
 }
 
 /// A positive list holds when unset or when any value hits; a negative one when no value hits.
@@ -77,13 +77,13 @@ fn contains(nets: &IpNet, ip: &IpAddr) -> bool {
 
 impl Matcher {
     /// Matches every connection: only for the L7-only part of a DENY rule (M1).
-    fn everything() -> Self {
+    pub(crate) fn everything() -> Self {
         Matcher::default()
     }
 
     /// Matches no connection. Spelt as "no destination port", so the candidate index, which
     /// reads required ports, never even offers a rule that needs it.
-    fn nothing() -> Self {
+    pub(crate) fn nothing() -> Self {
         Matcher {
             ports: Some(Vec::new()),
             ..Matcher::default()
@@ -220,7 +220,7 @@ fn principal_namespace(principal: &str) -> Option<&str> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct CompiledRule {
     /// Each clause matches when any of its matchers does.
-    clauses: Vec<Vec<Matcher>>,
+    pub(crate) clauses: Vec<Vec<Matcher>>,
 }
 
 impl CompiledRule {

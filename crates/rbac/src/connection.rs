@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use meshd_policy::authz::Labels;
 
@@ -83,6 +84,10 @@ pub struct Destination {
     pub ip: IpAddr,
     /// The workload's (target) port the connection is for.
     pub port: u16,
+    /// The istiod WORKLOAD_SELECTOR policies (`<namespace>/<name>`) istiod bound to the
+    /// workload (its `authorization_policies`): istiod sends no labels, so this list is the only
+    /// way such a policy applies. Empty for workloads from files.
+    pub bound_policies: Arc<[String]>,
 }
 
 /// One connection to decide about.

@@ -9,8 +9,10 @@ use std::collections::HashMap as StdHashMap;
 
 use meshd_policy::authz::Labels;
 use meshd_policy::{Action, AuthorizationPolicy, PeerAuthentication};
+use meshd_workloadapi::model::{self as istiod, Authorization};
 
 use crate::PolicyKey;
+use crate::istiod::compile_istiod_rules;
 
 /// Index maps are keyed by configuration values and hashed on every decision: foldhash is several
 /// times faster than SipHash on short keys, and its per-process seed keeps it unpredictable.
@@ -26,12 +28,29 @@ struct CompiledPolicy {
     action: Action,
     /// Empty for namespace-wide and mesh-wide policies.
     selector: Labels,
+    /// The scope of an istiod policy; `None` for a file's (scoped by namespace and selector).
+    istiod_scope: Option<istiod::Scope>,
     rules: Vec<CompiledRule>,
 }
 
 impl CompiledPolicy {
     fn selects(&self, labels: &Labels) -> bool {
         self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// True when it applies to a workload (for views; decisions go through the index).
+    fn applies_to(&self, root: &str, namespace: &str, labels: &Labels, bound: &[String]) -> bool {
+        match self.istiod_scope {
+            None => {
+                (self.key.namespace == root || self.key.namespace == namespace)
+                    && self.selects(labels)
+            }
+            Some(istiod::Scope::Global) => true,
+            Some(istiod::Scope::Namespace) => self.key.namespace == namespace,
+            Some(istiod::Scope::WorkloadSelector) => bound
+                .iter()
+                .any(|b| b.split_once('/') == Some((&self.key.namespace, &self.key.name))),
+        }
     }
 
     fn matches(&self, conn: &Connection) -> bool {
@@ -136,6 +155,20 @@ struct Bucket {
     report: Vec<(u32, bool)>,
 }
 
+impl Bucket {
+    /// Files the policy at `index` by what it can do to a decision.
+    fn insert(&mut self, index: u32, policy: &CompiledPolicy, dry_run: bool, indexed: bool) {
+        match (policy.action, dry_run) {
+            (Action::Audit, _) | (_, true) => self.report.push((index, dry_run)),
+            (Action::Deny | Action::Custom, false) => self.deny.insert(index, policy, indexed),
+            (Action::Allow, false) => {
+                self.allow.insert(index, policy, indexed);
+                self.allow_all.push(index);
+            }
+        }
+    }
+}
+
 /// Selector policies by their first label, so a workload only meets those that could select it.
 #[derive(Debug, Clone, Default)]
 struct SelectorIndex(HashMap<String, HashMap<String, Bucket>>);
@@ -173,6 +206,9 @@ pub struct Engine {
     global: Bucket,
     root_selected: SelectorIndex,
     namespaces: HashMap<String, NamespaceIndex>,
+    /// istiod's WORKLOAD_SELECTOR policies by `<namespace>/<name>`, met only by destinations
+    /// that list them.
+    bound: HashMap<String, Bucket>,
     peer_authn: PeerAuthnIndex,
     skipped: Vec<PolicyKey>,
     root_namespace: String,
@@ -186,7 +222,18 @@ impl Engine {
         peer_authentications: impl IntoIterator<Item = &'a PeerAuthentication>,
         root_namespace: &str,
     ) -> Self {
-        Self::compile_with(policies, peer_authentications, root_namespace, true)
+        Self::compile_with(policies, peer_authentications, [], root_namespace, true)
+    }
+
+    /// Compiles the files' policies and istiod's together: one engine, one decision order, keys
+    /// apart by source (see the crate documentation for how istiod's scopes bind).
+    pub fn compile_all<'a>(
+        policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
+        peer_authentications: impl IntoIterator<Item = &'a PeerAuthentication>,
+        istiod: impl IntoIterator<Item = &'a Authorization>,
+        root_namespace: &str,
+    ) -> Self {
+        Self::compile_with(policies, peer_authentications, istiod, root_namespace, true)
     }
 
     /// Like [`Engine::compile`] but every policy of a scope is a candidate for every
@@ -197,12 +244,30 @@ impl Engine {
         peer_authentications: impl IntoIterator<Item = &'a PeerAuthentication>,
         root_namespace: &str,
     ) -> Self {
-        Self::compile_with(policies, peer_authentications, root_namespace, false)
+        Self::compile_with(policies, peer_authentications, [], root_namespace, false)
+    }
+
+    /// [`Engine::compile_all`] without the candidate index, as [`Engine::compile_unindexed`].
+    #[doc(hidden)]
+    pub fn compile_all_unindexed<'a>(
+        policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
+        peer_authentications: impl IntoIterator<Item = &'a PeerAuthentication>,
+        istiod: impl IntoIterator<Item = &'a Authorization>,
+        root_namespace: &str,
+    ) -> Self {
+        Self::compile_with(
+            policies,
+            peer_authentications,
+            istiod,
+            root_namespace,
+            false,
+        )
     }
 
     fn compile_with<'a>(
         policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
         peer_authentications: impl IntoIterator<Item = &'a PeerAuthentication>,
+        istiod: impl IntoIterator<Item = &'a Authorization>,
         root_namespace: &str,
         indexed: bool,
     ) -> Self {
@@ -233,6 +298,7 @@ impl Engine {
                     .as_ref()
                     .map(|s| s.match_labels.clone())
                     .unwrap_or_default(),
+                istiod_scope: None,
                 rules: compile_rules(policy),
             };
             let ns = policy.metadata.namespace();
@@ -248,19 +314,47 @@ impl Engine {
                     .bucket(&compiled.selector),
             };
             let index = u32::try_from(engine.policies.len()).unwrap_or(u32::MAX);
-            match (compiled.action, dry_run) {
-                (Action::Audit, _) | (_, true) => bucket.report.push((index, dry_run)),
-                (Action::Deny | Action::Custom, false) => {
-                    bucket.deny.insert(index, &compiled, indexed)
-                }
-                (Action::Allow, false) => {
-                    bucket.allow.insert(index, &compiled, indexed);
-                    bucket.allow_all.push(index);
-                }
-            }
+            bucket.insert(index, &compiled, dry_run, indexed);
             engine.policies.push(compiled);
         }
+        engine.add_istiod(istiod, indexed);
         engine
+    }
+
+    /// Adds istiod's policies after the files', in key order.
+    fn add_istiod<'a>(
+        &mut self,
+        istiod: impl IntoIterator<Item = &'a Authorization>,
+        indexed: bool,
+    ) {
+        let mut sorted: Vec<&Authorization> = istiod.into_iter().collect();
+        sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for policy in sorted {
+            let compiled = CompiledPolicy {
+                key: PolicyKey::istiod(&policy.namespace, &policy.name),
+                action: match policy.action {
+                    istiod::Action::Allow => Action::Allow,
+                    istiod::Action::Deny => Action::Deny,
+                },
+                selector: Labels::new(),
+                istiod_scope: Some(policy.scope),
+                rules: compile_istiod_rules(policy),
+            };
+            let bucket = match policy.scope {
+                istiod::Scope::Global => &mut self.global,
+                istiod::Scope::Namespace => {
+                    &mut self
+                        .namespaces
+                        .entry(policy.namespace.clone())
+                        .or_default()
+                        .wide
+                }
+                istiod::Scope::WorkloadSelector => self.bound.entry(policy.key()).or_default(),
+            };
+            let index = u32::try_from(self.policies.len()).unwrap_or(u32::MAX);
+            bucket.insert(index, &compiled, policy.dry_run, indexed);
+            self.policies.push(compiled);
+        }
     }
 
     /// Policies loaded but not enforced because they use `targetRef(s)`.
@@ -287,12 +381,20 @@ impl Engine {
     /// key order: mesh-wide and namespace-wide ones, and those whose selector matches. For
     /// operators' views; decisions go through [`Engine::decide`].
     pub fn policies_for(&self, namespace: &str, labels: &Labels) -> Vec<(&PolicyKey, Action)> {
+        self.policies_for_workload(namespace, labels, &[])
+    }
+
+    /// [`Engine::policies_for`] a workload istiod bound policies to (`bound`, its
+    /// `authorization_policies`): files' policies first, then istiod's, each in key order.
+    pub fn policies_for_workload(
+        &self,
+        namespace: &str,
+        labels: &Labels,
+        bound: &[String],
+    ) -> Vec<(&PolicyKey, Action)> {
         self.policies
             .iter()
-            .filter(|p| {
-                (p.key.namespace == self.root_namespace || p.key.namespace == namespace)
-                    && p.selects(labels)
-            })
+            .filter(|p| p.applies_to(&self.root_namespace, namespace, labels, bound))
             .map(|p| (&p.key, p.action))
             .collect()
     }
@@ -335,6 +437,12 @@ impl Engine {
                         .map(|b| (b, true)),
                 )
                 .chain(self.root_selected.buckets(&dst.labels).map(|b| (b, true)))
+                .chain(
+                    dst.bound_policies
+                        .iter()
+                        .filter_map(|key| self.bound.get(key.as_str()))
+                        .map(|b| (b, false)),
+                )
         };
         let applies = |index: u32, check: bool| {
             let policy = &self.policies[index as usize];

@@ -25,6 +25,14 @@
 //! - PeerAuthentication: workload port level, workload, namespace, mesh, default PERMISSIVE;
 //!   UNSET inherits, DISABLE acts as PERMISSIVE (M3, M4).
 //!
+//! - istiod's policies ([`Engine::compile_all`]): `istio.security.Authorization` resources
+//!   (meshd-workloadapi), already converted to L4 by istiod, are a second input beside the
+//!   files: GLOBAL applies mesh-wide, NAMESPACE to its namespace, WORKLOAD_SELECTOR only to
+//!   destinations whose workload lists it ([`Destination::bound_policies`]). Same decision
+//!   order; keys carry their source ([`PolicySource`]), so a file never shadows an istiod
+//!   policy. An empty match (istiod's rendering of an L7-only part) matches every connection in
+//!   a DENY and makes its group never match in an ALLOW (never an allow-all).
+//!
 //! It does not read files, validate resources (load them with `meshd-manifests`), or touch
 //! connections: the proxy asks, the engine answers.
 #![forbid(unsafe_code)]
@@ -35,6 +43,7 @@ mod compile;
 mod connection;
 mod decision;
 mod engine;
+mod istiod;
 mod peer_authn;
 
 use std::fmt;
@@ -44,27 +53,54 @@ pub use decision::{Decision, Reason};
 pub use engine::Engine;
 pub use peer_authn::EffectiveMode;
 
-/// `<namespace>/<name>` of a policy.
+/// Where a policy came from. Keys of the two sources never collide: a file cannot shadow, replace
+/// or weaken a policy istiod sent under the same `<namespace>/<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum PolicySource {
+    /// A file of the configuration directory (AuthorizationPolicy or PeerAuthentication).
+    #[default]
+    File,
+    /// An `istio.security.Authorization` from istiod.
+    Istiod,
+}
+
+/// `<namespace>/<name>` of a policy, and its source.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyKey {
     /// Namespace.
     pub namespace: String,
     /// Name.
     pub name: String,
+    /// Where it came from.
+    pub source: PolicySource,
 }
 
 impl PolicyKey {
-    /// A key from its parts.
+    /// The key of a policy from a file.
     pub fn new(namespace: &str, name: &str) -> Self {
         PolicyKey {
             namespace: namespace.to_string(),
             name: name.to_string(),
+            source: PolicySource::File,
+        }
+    }
+
+    /// The key of a policy from istiod.
+    pub fn istiod(namespace: &str, name: &str) -> Self {
+        PolicyKey {
+            source: PolicySource::Istiod,
+            ..PolicyKey::new(namespace, name)
         }
     }
 }
 
+/// `<namespace>/<name>` for a file's policy, `istiod:<namespace>/<name>` for istiod's, so that
+/// decisions, logs and `meshd authz check` name the source (`:` cannot occur in a namespace).
 impl fmt::Display for PolicyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.source == PolicySource::Istiod {
+            f.write_str("istiod:")?;
+        }
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }

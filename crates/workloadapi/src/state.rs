@@ -56,21 +56,28 @@ pub struct MeshState {
 
 impl MeshState {
     /// Decodes one resource and puts it in place of any resource of that name. On error the
-    /// state is unchanged (the last good version stays).
+    /// state is unchanged (the last good version stays). `Ok(Some(reason))`: the resource is
+    /// held but refused (a workload or service meshd will not reach), for the caller to log.
     pub fn apply(
         &mut self,
         kind: ResourceKind,
         name: &str,
         body: &[u8],
-    ) -> Result<(), DecodeError> {
+    ) -> Result<Option<Refusal>, DecodeError> {
         match kind {
             ResourceKind::Address => {
                 let address = decode_address(body)?;
-                self.insert_address(name, address)
+                let refused = match &address {
+                    Address::Workload(w) => w.refused,
+                    Address::Service(s) => s.refused,
+                };
+                self.insert_address(name, address)?;
+                Ok(refused)
             }
             ResourceKind::Authorization => {
                 let policy = decode_authorization(body)?;
-                self.insert_authorization(name, Arc::new(policy))
+                self.insert_authorization(name, Arc::new(policy))?;
+                Ok(None)
             }
         }
     }

@@ -60,9 +60,11 @@ fn resources_are_inserted_replaced_and_removed_by_name() {
     assert!(state.policy("ns1/p").is_some());
 
     // Replaced: a waypoint appears, then goes away; the refusal count follows.
-    state
-        .apply(ResourceKind::Address, "c/w1", &workload("c/w1", true))
-        .unwrap();
+    assert_eq!(
+        state.apply(ResourceKind::Address, "c/w1", &workload("c/w1", true)),
+        Ok(Some(Refusal::Waypoint)),
+        "the caller learns the refusal, to log it"
+    );
     assert_eq!(state.len(ResourceKind::Address), 2);
     assert_eq!(state.refused().get(&Refusal::Waypoint), Some(&1));
     state

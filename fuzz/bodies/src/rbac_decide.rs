@@ -383,6 +383,7 @@ impl Conn {
                     .collect(),
                 ip: ip(self.ip),
                 port: PORTS[usize::from(self.port) % PORTS.len()],
+                bound_policies: Default::default(),
             },
         }
     }

@@ -8,6 +8,7 @@
 //! first answer of both types. It never starts on an empty state it was not told is empty: a
 //! workload whose policies live in istiod would be open to all until they arrived.
 
+mod metrics;
 mod persisted;
 mod store;
 mod view;
@@ -23,13 +24,13 @@ use meshd_workloadapi::MeshState;
 use meshd_xds::ControlPlaneSettings;
 use meshd_xds::ads::{AdsClient, XdsStatus};
 use meshd_xds::ca::{CaClient, CaStatus};
-use meshd_xds::metrics::XdsMetrics;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::StartupError;
 use crate::startup::{Failure, Pauses, Waiting, until_ready};
 
+pub(crate) use metrics::ControlPlaneMetrics;
 pub use persisted::STATE_FILE;
 pub(crate) use view::ControlPlaneView;
 
@@ -73,8 +74,8 @@ pub(crate) async fn start_ca(
     if !matches!(identity, IdentitySource::IstioCa(_)) {
         return Ok(None);
     }
-    let client = CaClient::new(settings.clone())
-        .map_err(|e| StartupError::ControlPlane(e.to_string()))?;
+    let client =
+        CaClient::new(settings.clone()).map_err(|e| StartupError::ControlPlane(e.to_string()))?;
     let client = &client;
     let (credentials, how) = until_ready(waiting, Pauses::every(CA_RETRY), || async move {
         client
@@ -119,7 +120,8 @@ async fn instance_ip(settings: &ControlPlaneSettings) -> Result<IpAddr, StartupE
             target.dial
         ))
     })?;
-    meshd_xds::node::local_address_towards(peer).map_err(|e| StartupError::ControlPlane(e.to_string()))
+    meshd_xds::node::local_address_towards(peer)
+        .map_err(|e| StartupError::ControlPlane(e.to_string()))
 }
 
 /// Starts the xDS stream from the persisted state, if any, and waits until there is a mesh
@@ -129,11 +131,12 @@ pub(crate) async fn start_xds(
     identity: IdentityHandle,
     ca: Option<(watch::Receiver<CaStatus>, JoinHandle<()>)>,
     readiness: &Readiness,
-    metrics: Arc<XdsMetrics>,
+    metrics: ControlPlaneMetrics,
 ) -> Result<ControlPlane, StartupError> {
     let path = state_path(settings);
     let loaded = persisted::load(&path);
-    let persisted = (!loaded.state.is_empty()).then_some(loaded.written.unwrap_or(SystemTime::UNIX_EPOCH));
+    let persisted =
+        (!loaded.state.is_empty()).then_some(loaded.written.unwrap_or(SystemTime::UNIX_EPOCH));
     if persisted.is_some() {
         tracing::info!(
             path = %path.display(),
@@ -141,10 +144,11 @@ pub(crate) async fn start_xds(
             "starting on the istiod state persisted by the last run"
         );
     }
-    let (store, mesh) = store::MeshStore::new(loaded.state, loaded.held);
+    metrics.set_refused(loaded.state.refused());
+    let (store, mesh) = store::MeshStore::new(loaded.state, loaded.held, metrics.clone());
     persisted::spawn_writer(path, store.held(), store.changed());
     let instance_ip = instance_ip(settings).await?;
-    let client = AdsClient::new(settings.clone(), instance_ip, Some(identity), metrics)
+    let client = AdsClient::new(settings.clone(), instance_ip, Some(identity), metrics.xds)
         .map_err(|e| StartupError::ControlPlane(e.to_string()))?;
     let mut xds = client.status();
     let mut tasks = vec![tokio::spawn(client.run(store))];

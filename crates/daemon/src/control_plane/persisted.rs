@@ -73,7 +73,7 @@ pub(crate) fn load(path: &Path) -> Loaded {
         for resource in response.resources {
             let body = resource.resource.map(|any| any.value).unwrap_or_default();
             match loaded.state.apply(kind, &resource.name, &body) {
-                Ok(()) => {
+                Ok(_) => {
                     loaded.held.entry(kind).or_default().insert(
                         resource.name,
                         Held {

@@ -13,6 +13,8 @@ use meshd_workloadapi::{MeshState, ResourceKind};
 use meshd_xds::ads::{Handler, Rejection, Resource};
 use tokio::sync::{Notify, watch};
 
+use super::metrics::ControlPlaneMetrics;
+
 /// One resource as istiod last sent it and meshd accepted it.
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
@@ -31,6 +33,7 @@ pub(crate) struct MeshStore {
     published: watch::Sender<Arc<MeshState>>,
     /// Woken after every change, for the writer of the persisted state.
     changed: Arc<Notify>,
+    metrics: ControlPlaneMetrics,
 }
 
 impl MeshStore {
@@ -39,6 +42,7 @@ impl MeshStore {
     pub(crate) fn new(
         state: MeshState,
         held: HeldResources,
+        metrics: ControlPlaneMetrics,
     ) -> (MeshStore, watch::Receiver<Arc<MeshState>>) {
         let (published, updates) = watch::channel(Arc::new(state.clone()));
         let store = MeshStore {
@@ -46,6 +50,7 @@ impl MeshStore {
             held: Arc::new(Mutex::new(held)),
             published,
             changed: Arc::new(Notify::new()),
+            metrics,
         };
         (store, updates)
     }
@@ -86,7 +91,17 @@ impl Handler for MeshStore {
         let mut accepted = Vec::new();
         for resource in updated {
             match self.state.apply(kind, &resource.name, &resource.body) {
-                Ok(()) => accepted.push(resource),
+                Ok(refused) => {
+                    if let Some(reason) = refused {
+                        // Held (its addresses must resolve to it) but never reached directly.
+                        tracing::warn!(
+                            name = %resource.name,
+                            reason = reason.as_str(),
+                            "istiod resource refused: connections to it are refused"
+                        );
+                    }
+                    accepted.push(resource);
+                }
                 Err(e) => {
                     tracing::warn!(
                         type_url,
@@ -120,6 +135,7 @@ impl Handler for MeshStore {
                 of_kind.remove(name);
             }
         }
+        self.metrics.set_refused(self.state.refused());
         self.published.send_replace(Arc::new(self.state.clone()));
         self.changed.notify_one();
         rejected

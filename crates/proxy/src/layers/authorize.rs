@@ -146,6 +146,7 @@ fn decide(
             labels: workload.labels.clone(),
             ip: facts.destination.ip(),
             port: facts.destination.port(),
+            bound_policies: workload.bound_policies.clone(),
         },
     };
     let decision = state.engine.decide(&connection);

@@ -98,7 +98,18 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
             other => other,
         },
     }
-    .map_err(|e| (Refusal::Unreachable, ProxyError::Resolve(e)))?;
+    .map_err(|e| {
+        if matches!(e, ResolveError::Refused { .. } | ResolveError::Conflict(_)) {
+            // Never around what istiod put in front of a destination, nor to a contested
+            // address: refused, loudly.
+            tracing::warn!(
+                target: "meshd::authz",
+                source = %ctx.source(),
+                "refused: {e}"
+            );
+        }
+        (Refusal::Unreachable, ProxyError::Resolve(e))
+    })?;
 
     // Any address of this machine, not only loopback (10.0.0.5:15001 loops as surely), and
     // whether it would go direct or through a tunnel to this same meshd.

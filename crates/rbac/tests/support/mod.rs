@@ -53,6 +53,7 @@ pub fn conn(from: &str, source_ip: &str, to: &str) -> Connection {
             labels,
             ip: addr.ip(),
             port: addr.port(),
+            bound_policies: Default::default(),
         },
     }
 }

@@ -147,8 +147,9 @@ fn ports(ports: &[pb::Port], field: &str) -> Result<Vec<PortMapping>, DecodeErro
         .collect()
 }
 
-/// `authorization_policies`: each `<namespace>/<name>`.
-fn policy_keys(keys: Vec<String>) -> Result<Vec<String>, DecodeError> {
+/// `authorization_policies`: each `<namespace>/<name>`; a repeated key is kept once (the engine
+/// visits a bound policy once per listing).
+fn policy_keys(mut keys: Vec<String>) -> Result<Vec<String>, DecodeError> {
     for (i, key) in keys.iter().enumerate() {
         match key.split_once('/') {
             Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => {}
@@ -160,6 +161,8 @@ fn policy_keys(keys: Vec<String>) -> Result<Vec<String>, DecodeError> {
             }
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
     Ok(keys)
 }
 

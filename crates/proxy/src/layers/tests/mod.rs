@@ -74,12 +74,18 @@ const CLIENT: &str = "spiffe://cluster.local/ns/client/sa/sleep";
 const OTHER: &str = "spiffe://cluster.local/ns/other/sa/curl";
 
 fn state(yaml: &str, generation: u64) -> Arc<ProxyState> {
+    state_with(yaml, &meshd_workloadapi::MeshState::default(), generation)
+}
+
+/// The local workloads: the file's `shop/web` and istiod's [`istiod::LOCAL_UID`].
+fn state_with(yaml: &str, mesh: &meshd_workloadapi::MeshState, generation: u64) -> Arc<ProxyState> {
     let snapshot = load_str("mesh.yaml", yaml, &LoadOptions::default()).unwrap();
     Arc::new(ProxyState::build(
         &snapshot,
+        mesh,
         TRUST_DOMAIN,
         generation,
-        |w| w.key == "shop/web",
+        |w| w.key == "shop/web" || w.key == istiod::LOCAL_UID,
     ))
 }
 
@@ -228,7 +234,11 @@ impl Client {
 
 impl Harness {
     fn new(yaml: &str, answer: Answer) -> Self {
-        let (states, updates) = watch::channel(state(yaml, 1));
+        Self::with_state(state(yaml, 1), answer)
+    }
+
+    fn with_state(state: Arc<ProxyState>, answer: Answer) -> Self {
+        let (states, updates) = watch::channel(state);
         let records = Records::default();
         let gate = Gate::new(updates, Sinks::new(vec![Arc::new(records.clone())]));
         Harness {
@@ -300,4 +310,5 @@ impl Harness {
 }
 
 mod inbound;
+mod istiod;
 mod outbound;

@@ -1,0 +1,338 @@
+//! The workload registry: which workloads and services exist, where they are, which are local,
+//! built from a configuration snapshot and what istiod sent (meshd-workloadapi's `MeshState`).
+//!
+//! A WorkloadEntry is a workload on some machine; it is *local* when its address is one of this
+//! machine's (or it is named in the daemon configuration), and meshd serves inbound traffic only
+//! for local workloads. A ServiceEntry is a service: hosts and VIPs with ports, backed by
+//! endpoints (WorkloadEntries picked by `workloadSelector`, or inline `endpoints`). istiod's
+//! Workloads and Services join them (`build.rs`): a union, where an address claimed by both a
+//! file's workload and an istiod workload is a [`Conflict`], and where istiod's workloads and
+//! services meshd must not reach directly (waypoint, network gateway, ...) stay, refused.
+//!
+//! Balancing: a connection to a service picks one of its endpoints at random, weighted by the
+//! endpoint's `weight` (default 1), among those not marked unhealthy. An endpoint is marked
+//! unhealthy for [`EJECTION`] after a connection to it fails (passive outlier detection; meshd
+//! runs no active health checks). When every endpoint is marked, all are candidates again, so a
+//! service never becomes unreachable because of stale marks.
+
+mod build;
+mod health;
+mod resolve;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshd_record::WorkloadMeta;
+pub use meshd_workloadapi::model::Refusal as MeshRefusal;
+
+use health::Unhealthy;
+
+/// How long a failed endpoint is skipped.
+pub const EJECTION: Duration = Duration::from_secs(10);
+
+/// The annotation that picks how a workload is reached: `none` (outside the mesh, plain TCP),
+/// `quic` (HBONE over HTTP/3), absent or anything else: HBONE over HTTP/2.
+pub const TUNNEL_ANNOTATION: &str = "meshd.io/tunnel";
+
+/// How a workload is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Through its machine's meshd, over HBONE (the default).
+    Hbone,
+    /// Through its machine's meshd, over HBONE on HTTP/3 (QUIC): experimental, meshd to meshd
+    /// only; chosen with the annotation `meshd.io/tunnel: quic`.
+    HboneQuic,
+    /// Directly over plain TCP: a workload without a meshd in front of it.
+    Tcp,
+}
+
+/// Where a workload or service came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// A file of the configuration directory.
+    File,
+    /// istiod.
+    Istiod,
+}
+
+/// A workload, as the proxy needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// `namespace/name` of its WorkloadEntry (inline endpoints get `namespace/service#index`);
+    /// istiod's uid for an istiod workload.
+    pub key: String,
+    /// Its namespace (part of its identity).
+    pub namespace: String,
+    /// Its address (the first, for an istiod workload with several).
+    pub address: IpAddr,
+    /// Its other addresses (istiod workloads: dual-stack).
+    pub other_addresses: Vec<IpAddr>,
+    /// Its labels (none for istiod workloads: istiod sends none).
+    pub labels: BTreeMap<String, String>,
+    /// Its service account (`default` when unset, as Istio).
+    pub service_account: String,
+    /// Its own trust domain (istiod workloads); `None`: the mesh's.
+    pub trust_domain: Option<String>,
+    /// Named ports.
+    pub ports: BTreeMap<String, u16>,
+    /// How it is reached.
+    pub protocol: Protocol,
+    /// Load-balancing weight.
+    pub weight: u32,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Why meshd refuses connections to it (istiod workloads meshd must not reach directly).
+    pub refused: Option<MeshRefusal>,
+    /// The istiod policies bound to it (its `authorization_policies`).
+    pub bound_policies: Arc<[String]>,
+    /// Per service (`<namespace>/<hostname>`): service port → target port, as istiod resolved
+    /// them for this workload.
+    pub(crate) service_targets: BTreeMap<String, Vec<(u16, u16)>>,
+    // Built once with the registry and shared by every record of a connection to or from the
+    // workload (two copies of four strings per connection, ~500 bytes, before).
+    meta: Arc<WorkloadMeta>,
+}
+
+impl Workload {
+    /// The Istio principal of the workload: its own trust domain if it has one, else `mesh`.
+    pub fn principal(&self, mesh_trust_domain: &str) -> String {
+        format!(
+            "{}/ns/{}/sa/{}",
+            self.trust_domain(mesh_trust_domain),
+            self.namespace,
+            self.service_account
+        )
+    }
+
+    /// Its trust domain: its own (istiod's `trust_domain`) or the mesh's.
+    pub fn trust_domain<'a>(&'a self, mesh_trust_domain: &'a str) -> &'a str {
+        self.trust_domain.as_deref().unwrap_or(mesh_trust_domain)
+    }
+
+    /// Every address of it.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(self.address).chain(self.other_addresses.iter().copied())
+    }
+
+    /// The workload as records label it.
+    pub fn meta(&self) -> Arc<WorkloadMeta> {
+        Arc::clone(&self.meta)
+    }
+
+    /// True when the workload accepts connections on `port`: any of its named ports, or any
+    /// port at all when it names none.
+    pub fn serves_port(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.values().any(|p| *p == port)
+    }
+}
+
+/// A service port and where it leads on each endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    /// The service port.
+    pub number: u16,
+    /// The port name (endpoints' named ports refer to it).
+    pub name: Option<String>,
+    /// The endpoint port when the endpoint does not name one.
+    pub target: Option<u16>,
+}
+
+/// A service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// `namespace/name` of its ServiceEntry; `namespace/hostname` for an istiod service.
+    pub key: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Host names.
+    pub hosts: Vec<String>,
+    /// Its VIPs (single addresses or CIDRs).
+    pub vips: Vec<ipnet::IpNet>,
+    /// Ports.
+    pub ports: Vec<Port>,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Why meshd refuses connections to it (a service behind a waypoint).
+    pub refused: Option<MeshRefusal>,
+    /// Indices into the registry's workloads.
+    endpoints: Vec<usize>,
+}
+
+/// Where a connection should go once the registry has looked at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The workload and port to reach; `None` for a destination outside the registry.
+    pub workload: Option<usize>,
+    /// The address to connect to (the workload's address and target port, or the original).
+    pub address: SocketAddr,
+    /// The service the connection was for, if any.
+    pub service: Option<usize>,
+}
+
+/// Why a destination cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// A known service without this port.
+    #[error("service {service} has no port {port}")]
+    NoSuchPort {
+        /// The service.
+        service: String,
+        /// The requested port.
+        port: u16,
+    },
+    /// A known service with no endpoint.
+    #[error("service {0} has no endpoints")]
+    NoEndpoints(String),
+    /// A host name nothing in the registry carries.
+    #[error("unknown host {0:?}")]
+    UnknownHost(String),
+    /// A workload or service from istiod that meshd must not reach directly.
+    #[error("{target} is {reason}: meshd refuses to connect to it directly")]
+    Refused {
+        /// The workload's uid or the service's key.
+        target: String,
+        /// Why.
+        reason: MeshRefusal,
+    },
+    /// An address both a file's workload and an istiod workload claim.
+    #[error("{0}")]
+    Conflict(Conflict),
+}
+
+/// An address claimed by a workload from a file and by one from istiod. meshd cannot know which
+/// identity and which policies are right for it, so it fails closed: outbound connections to
+/// the address are refused ([`ResolveError::Conflict`]) and neither claim is served as a local
+/// workload, until one of the two sources stops claiming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The address.
+    pub address: IpAddr,
+    /// The file's workload (`namespace/name`).
+    pub file: String,
+    /// istiod's workload (uid).
+    pub istiod: String,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "address {} is claimed by workload {} (file) and by workload {} (istiod); connections to it are refused until one source drops it",
+            self.address, self.file, self.istiod
+        )
+    }
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Registry {
+    workloads: Vec<Workload>,
+    services: Vec<Service>,
+    by_address: HashMap<IpAddr, Vec<usize>>,
+    /// (namespace, service account) → workloads with that identity.
+    by_identity: HashMap<(String, String), Vec<usize>>,
+    local: Vec<usize>,
+    conflicts: Vec<Conflict>,
+    conflicted: HashSet<IpAddr>,
+    /// Shared with the registries that follow this one on reloads ([`Registry::keep_health_of`]).
+    unhealthy: Arc<Mutex<Unhealthy>>,
+}
+
+impl Registry {
+    /// Every workload.
+    pub fn workloads(&self) -> &[Workload] {
+        &self.workloads
+    }
+
+    /// A workload by index.
+    pub fn workload(&self, index: usize) -> &Workload {
+        &self.workloads[index]
+    }
+
+    /// Every service.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// A service by index.
+    pub fn service(&self, index: usize) -> &Service {
+        &self.services[index]
+    }
+
+    /// Addresses claimed by both sources (see [`Conflict`]), for status and logs.
+    pub fn conflicts(&self) -> &[Conflict] {
+        &self.conflicts
+    }
+
+    /// The local workload serving `addr` (address and port), if any: the only destinations
+    /// inbound traffic may reach. A refused istiod workload (meshd must not be its front door:
+    /// its traffic belongs to a waypoint or gateway) and a conflicted address serve nothing.
+    pub fn local_workload(&self, addr: SocketAddr) -> Option<&Workload> {
+        let ip = addr.ip().to_canonical();
+        if self.conflicted.contains(&ip) || self.refusal_at(ip).is_some() {
+            return None;
+        }
+        self.local
+            .iter()
+            .map(|i| &self.workloads[*i])
+            .find(|w| w.addresses().any(|a| a == ip) && w.serves_port(addr.port()))
+    }
+
+    /// The first refused workload at an address, if any: one is enough to refuse the address
+    /// (two istiod workloads may share one, e.g. host-network pods).
+    pub fn refusal_at(&self, ip: IpAddr) -> Option<&Workload> {
+        self.by_address
+            .get(&ip.to_canonical())?
+            .iter()
+            .map(|i| &self.workloads[*i])
+            .find(|w| w.refused.is_some())
+    }
+
+    /// The workload at an address (the first one listed, as outbound resolution picks).
+    pub fn workload_at(&self, ip: IpAddr) -> Option<&Workload> {
+        self.by_address
+            .get(&ip.to_canonical())
+            .and_then(|ws| ws.first())
+            .map(|i| &self.workloads[*i])
+    }
+
+    /// The one workload with this identity, if exactly one has it.
+    pub fn workload_with_identity(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Option<&Workload> {
+        match self
+            .by_identity
+            .get(&(namespace.to_string(), service_account.to_string()))
+            .map(Vec::as_slice)
+        {
+            Some([only]) => Some(&self.workloads[*only]),
+            _ => None,
+        }
+    }
+
+    /// True when the workload at `index` (into [`Registry::workloads`]) is local.
+    pub fn is_local(&self, index: usize) -> bool {
+        self.local.contains(&index)
+    }
+
+    /// A service's endpoints.
+    pub fn endpoints<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a Workload> {
+        service
+            .endpoints
+            .iter()
+            .filter_map(|i| self.workloads.get(*i))
+    }
+
+    /// Local workloads.
+    pub fn local_workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.local.iter().map(|i| &self.workloads[*i])
+    }
+}
