@@ -104,6 +104,16 @@ fn meshd_restarted_while_istiod_is_down_runs_on_its_persisted_state() {
     fleet.istiod.apply(&deny_web_on(fleet.pg).yaml());
     fleet.until(TO_PG, false, PUSH_BOUND);
 
+    // meshd writes what istiod sent beside its certificate (a second after a change): wait
+    // for the DENY to be there, as a meshd restarted later would find it.
+    let state = fleet.cert_dir("b").join("istiod-state.pb");
+    eventually("db's meshd persists the DENY", || {
+        let bytes = std::fs::read(&state).ok()?;
+        bytes
+            .windows(b"db-deny-web".len())
+            .any(|w| w == b"db-deny-web")
+            .then_some(())
+    });
     fleet.istiod.kill();
     drop(db);
     let _db = fleet.start("b");
