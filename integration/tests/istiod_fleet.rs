@@ -70,6 +70,30 @@ fn a_resource_meshd_cannot_read_is_nacked_and_its_last_good_version_kept() {
 }
 
 #[test]
+fn namespace_and_mesh_wide_denies_from_istiod_bind_without_a_selector() {
+    let fleet = Fleet::web_db();
+    let _db = fleet.start("b");
+    let _web = fleet.start("a");
+    // No selector: every workload of namespace shop (scope NAMESPACE in istiod's output).
+    let namespace_wide =
+        Policy::deny("shop-deny-web-pg").rule(Rule::from(principal("web")).port(fleet.pg));
+    fleet.istiod.apply(&namespace_wide.yaml());
+    fleet.until(TO_PG, false, PUSH_BOUND);
+    assert!(fleet.through(TO_ADMIN, b"admin").is_some());
+    fleet
+        .istiod
+        .delete("AuthorizationPolicy", NAMESPACE, "shop-deny-web-pg");
+    fleet.until(TO_PG, true, PUSH_BOUND);
+    // In the root namespace: every workload of the mesh (scope GLOBAL).
+    let mut mesh_wide =
+        Policy::deny("mesh-deny-web-admin").rule(Rule::from(principal("web")).port(fleet.admin));
+    mesh_wide.namespace = "istio-system".into();
+    fleet.istiod.apply(&mesh_wide.yaml());
+    fleet.until(TO_ADMIN, false, PUSH_BOUND);
+    assert!(fleet.through(TO_PG, b"pg").is_some());
+}
+
+#[test]
 fn istiod_killed_keeps_the_last_state_and_deletions_while_away_apply_on_return() {
     let mut fleet = Fleet::web_db();
     let _db = fleet.start("b");
@@ -104,6 +128,16 @@ fn meshd_restarted_while_istiod_is_down_runs_on_its_persisted_state() {
     fleet.istiod.apply(&deny_web_on(fleet.pg).yaml());
     fleet.until(TO_PG, false, PUSH_BOUND);
 
+    // meshd writes what istiod sent beside its certificate (a second after a change): wait
+    // for the DENY to be there, as a meshd restarted later would find it.
+    let state = fleet.cert_dir("b").join("istiod-state.pb");
+    eventually("db's meshd persists the DENY", || {
+        let bytes = std::fs::read(&state).ok()?;
+        bytes
+            .windows(b"db-deny-web".len())
+            .any(|w| w == b"db-deny-web")
+            .then_some(())
+    });
     fleet.istiod.kill();
     drop(db);
     let _db = fleet.start("b");
