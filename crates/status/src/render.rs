@@ -393,7 +393,10 @@ fn control_plane(c: &ControlPlane, o: Options) -> String {
         }
     }
     for conflict in &c.conflicts {
-        rows.push(vec!["conflict".into(), Cell::toned(conflict.clone(), Tone::Bad)]);
+        rows.push(vec![
+            "conflict".into(),
+            Cell::toned(conflict.clone(), Tone::Bad),
+        ]);
     }
     for (reason, n) in &c.refused {
         rows.push(vec![
