@@ -66,6 +66,9 @@ func start(opts options) (*harness, error) {
 	}
 	f := &failer{}
 	discovery := newDiscovery(f, opts, tokens)
+	stop := make(chan struct{})
+	f.Cleanup(func() { close(stop) })
+	useClusterForAutoregistration(f, discovery, discovery.KubeClient(), stop)
 
 	// The authenticators istiod's bootstrap installs, in its order (pilot/pkg/bootstrap/
 	// server.go): a client certificate chaining to the root, then a Kubernetes token checked
