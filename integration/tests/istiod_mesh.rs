@@ -15,7 +15,7 @@ use meshd_integration::istiod::Istiod;
 use meshd_integration::mesh::{Mesh, Node, Port};
 use meshd_integration::resources::{NAMESPACE, Policy, Rule, Workload, principal};
 use meshd_integration::vm_bundle::VmBundle;
-use meshd_integration::{Meshd, echo_roundtrip, echo_server, http};
+use meshd_integration::{Meshd, echo_roundtrip, echo_server, http, meshd_bin};
 
 /// The harness's host on the mesh's loopback range.
 const ISTIOD_HOST: u8 = 9;
@@ -32,6 +32,7 @@ struct Fleet {
     istiod: Istiod,
     web: IpAddr,
     pg: u16,
+    admin: u16,
 }
 
 /// The label istiod reads to mark a WorkloadEntry's workload as reached over HBONE
@@ -67,6 +68,7 @@ impl Fleet {
             istiod,
             web,
             pg,
+            admin,
         };
         for (name, ip, sa) in [("a", web, "web"), ("b", db, "db")] {
             VmBundle::for_istiod(&fleet.istiod, NAMESPACE, sa, sa, ip).write(&fleet.bundle(name));
@@ -165,6 +167,36 @@ fn vms_join_with_a_token_and_enforce_istiods_policies() {
         "{denied}"
     );
 
+    // `meshd authz check` over the state db's meshd persisted: the same decisions, and the
+    // deciding policy named with its source (the state is written within a second of a push).
+    let state = fleet.cert_dir("b").join("istiod-state.pb");
+    let empty = fleet.mesh.ws.path().join("empty-dir");
+    std::fs::create_dir_all(&empty).unwrap();
+    let check = |port: u16| {
+        let out = std::process::Command::new(meshd_bin())
+            .args(["authz", "check", "--from", &principal("web")])
+            .arg("--to")
+            .arg(format!("{NAMESPACE}/db:{port}"))
+            .arg("--config-dir")
+            .arg(&empty)
+            .arg("--istiod-state")
+            .arg(&state)
+            .env_remove("MESHD_CONFIG")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let start = Instant::now();
+    let mut shown = check(fleet.admin);
+    while !shown.starts_with("DENY") && start.elapsed() < PUSH_BOUND {
+        std::thread::sleep(Duration::from_millis(200));
+        shown = check(fleet.admin);
+    }
+    assert!(shown.starts_with("DENY"), "{shown}");
+    let allowed = check(fleet.pg);
+    assert!(allowed.starts_with("ALLOW"), "{allowed}");
+    assert!(allowed.contains("istiod:shop/db-allow-web"), "{allowed}");
+
     // The policy deleted in the cluster: istiod removes it, admin is allowed again.
     fleet
         .istiod
@@ -177,16 +209,72 @@ fn vms_join_with_a_token_and_enforce_istiods_policies() {
     assert_eq!(code, 200, "{dump}");
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     let cp = &dump["controlPlane"];
-    assert_eq!(cp["stream"]["state"], "connected", "{cp}");
+    let (code, view) = http(
+        fleet.mesh.get("b").addr(Port::Admin),
+        "GET",
+        "/status/control-plane",
+    )
+    .expect("status view");
+    assert_eq!(code, 200, "{view}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&view).unwrap(),
+        *cp
+    );
+    assert_eq!(cp["stream"], "connected", "{cp}");
     assert_eq!(cp["ready"], true, "{cp}");
-    assert!(cp["workloads"].as_u64().unwrap_or(0) >= 2, "{cp}");
     for url in [
         "type.googleapis.com/istio.workload.Address",
         "type.googleapis.com/istio.security.Authorization",
     ] {
-        assert!(
-            cp["types"][url]["acks"].as_u64().unwrap_or(0) >= 1,
-            "{url}: {cp}"
-        );
+        let of_type = cp["types"]
+            .as_array()
+            .and_then(|types| types.iter().find(|t| t["typeUrl"] == url))
+            .unwrap_or_else(|| panic!("no {url} in {cp}"));
+        assert!(of_type["acks"].as_u64().unwrap_or(0) >= 1, "{url}: {cp}");
+        assert_eq!(of_type["nacks"], 0, "{url}: {cp}");
+    }
+    assert_eq!(cp["certificate"]["source"], "token", "{cp}");
+    let istiod_counts = cp["sources"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["source"] == "istiod"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        istiod_counts["workloads"].as_u64().unwrap_or(0) >= 2,
+        "{cp}"
+    );
+
+    // `meshd status control-plane`: the same, as a table.
+    let admin = fleet.mesh.get("b").addr(Port::Admin).to_string();
+    let out = std::process::Command::new(meshd_bin())
+        .args(["status", "control-plane", "--admin", &admin])
+        .env_remove("MESHD_ADMIN")
+        .env_remove("MESHD_CONFIG")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "connected since",
+        "istio.workload.Address",
+        "from the Istio CA (token)",
+    ] {
+        assert!(shown.contains(needle), "no {needle:?} in:\n{shown}");
+    }
+
+    // ztunnel's xDS series, labelled by type URL, and meshd's refusals by reason.
+    let (code, metrics) =
+        http(fleet.mesh.get("b").addr(Port::Metrics), "GET", "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    for series in [
+        "istio_xds_message_total{url=\"type.googleapis.com/istio.workload.Address\"}",
+        "istio_xds_message_bytes_total{url=\"type.googleapis.com/istio.security.Authorization\"}",
+        "meshd_istiod_refused_resources{reason=\"waypoint\"} 0",
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
     }
 }

@@ -45,6 +45,9 @@ enum View {
     Policies,
     /// The certificate in force, rotations, trust domains and their roots.
     Certs,
+    /// istiod: the xDS stream, last ACK/NACK per type, resources per source, the Istio CA
+    /// certificate.
+    ControlPlane,
     /// Open connections.
     Connections,
     /// The last refused or denied connections with the deciding policy.
@@ -59,6 +62,7 @@ impl View {
             View::Services => "services",
             View::Policies => "policies",
             View::Certs => "certs",
+            View::ControlPlane => "control-plane",
             View::Connections => "connections",
             View::Denials => "denials",
         }

@@ -68,6 +68,12 @@ impl Operated {
             "workloads" => serde_json::to_value(views::workloads(&state)),
             "services" => serde_json::to_value(views::services(&state)),
             "policies" => serde_json::to_value(views::policies(&state)),
+            "control-plane" => serde_json::to_value(
+                self.control_plane
+                    .get()
+                    .map(|cp| cp.view(&state))
+                    .unwrap_or_default(),
+            ),
             _ => {
                 let (ok, failed) = self
                     .rotations
@@ -108,7 +114,9 @@ pub(crate) async fn start_operator_endpoints(
                     if let (Some(view), Some(map)) =
                         (operated.control_plane.get(), dump.as_object_mut())
                     {
-                        map.insert("controlPlane".to_string(), view.to_json());
+                        let view =
+                            serde_json::to_value(view.view(&states.borrow())).unwrap_or_default();
+                        map.insert("controlPlane".to_string(), view);
                     }
                     dump
                 }

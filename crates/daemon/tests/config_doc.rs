@@ -134,7 +134,8 @@ fn filled_in() -> Vec<MeshdConfig> {
 
 /// A `controlPlane:` section with every optional key set.
 fn control_plane() -> meshd_xds::ControlPlaneSettings {
-    let mut cp = meshd_xds::ControlPlaneSettings::new("/etc/meshd/istio/root-cert.pem", "shop", "web");
+    let mut cp =
+        meshd_xds::ControlPlaneSettings::new("/etc/meshd/istio/root-cert.pem", "shop", "web");
     cp.hostname = Some("istiod.istio-system.svc".into());
     cp.connect_to = Some("10.0.0.1:15012".into());
     cp.token_file = Some("/etc/meshd/istio/istio-token".into());

@@ -266,6 +266,41 @@ fn refused_workloads_and_services_are_refused_never_passed_through() {
 }
 
 #[test]
+fn a_file_service_cannot_shadow_a_refused_istiod_service() {
+    // A ServiceEntry with the VIP and host of istiod's waypoint-bound service, whose endpoint
+    // is a file workload: resolving either must still be refused.
+    let files = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shadow, namespace: web}
+spec:
+  hosts: [pay.web.svc.cluster.local]
+  addresses: [10.96.0.9]
+  ports: [{number: 80}]
+  endpoints: [{address: 10.0.5.5}]
+";
+    let snapshot = load_str("shadow.yaml", files, &LoadOptions::default()).unwrap();
+    let host = "pay.web.svc.cluster.local";
+    let mesh = Mesh::default().service(pb::Service {
+        waypoint: Some(pb::GatewayAddress::default()),
+        ..service(host, [10, 96, 0, 9], 80, 80)
+    });
+    let r = Registry::build(&snapshot, &mesh.0, |_| false);
+    let refused = ResolveError::Refused {
+        target: format!("web/{host}"),
+        reason: MeshRefusal::Waypoint,
+    };
+    assert_eq!(r.resolve_addr(addr("10.96.0.9:80")).unwrap_err(), refused);
+    assert_eq!(r.resolve_host(host, 80).unwrap_err(), refused);
+    // Without istiod's service the file's resolves as before.
+    let r = Registry::build(&snapshot, &MeshState::default(), |_| false);
+    assert_eq!(
+        r.resolve_host(host, 80).unwrap().address,
+        addr("10.0.5.5:80")
+    );
+}
+
+#[test]
 fn refused_endpoints_are_never_picked() {
     let host = "db.web.svc.cluster.local";
     let bound = pb::Workload {

@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use serde::de::DeserializeOwned;
 
 use crate::table::{Cell, Table, Tone};
-use crate::view::{Certs, Connections, Denials, Policies, Services, Summary, Workloads};
+use crate::view::{
+    Certs, Connections, ControlPlane, Denials, Policies, Services, Summary, Workloads, XdsReply,
+};
 
 /// How to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,7 @@ pub fn render(view: &str, value: &serde_json::Value, o: Options) -> Result<Strin
         "services" => services(&parse(view, value)?, o),
         "policies" => policies(&parse(view, value)?, o),
         "certs" => certs(&parse(view, value)?, o),
+        "control-plane" => control_plane(&parse(view, value)?, o),
         "connections" => connections(&parse(view, value)?, o),
         "denials" => denials(&parse(view, value)?, o),
         other => return Err(RenderError::UnknownView(other.to_string())),
@@ -307,6 +310,127 @@ fn certs(c: &Certs, o: Options) -> String {
         }
     }
     let _ = write!(out, "\n{}", roots.render(o.width, o.color));
+    out
+}
+
+/// The facts as a two-column table without its header line.
+fn facts(rows: Vec<Vec<Cell>>, o: Options) -> String {
+    let mut t = Table::new(&["", ""]);
+    for row in rows {
+        t.row(row);
+    }
+    let text = t.render(o.width, o.color);
+    text.split_once('\n')
+        .map_or(text.clone(), |(_, rest)| rest.to_string())
+}
+
+fn reply(r: &Option<XdsReply>) -> Cell {
+    match r {
+        None => "-".into(),
+        Some(r) => {
+            let what = if r.ack { "ACK" } else { "NACK" };
+            let text = match &r.error {
+                Some(e) => format!("{what} {} {} ({e})", r.nonce, r.at),
+                None => format!("{what} {} {}", r.nonce, r.at),
+            };
+            Cell::toned(text, if r.ack { Tone::Plain } else { Tone::Bad })
+        }
+    }
+}
+
+fn control_plane(c: &ControlPlane, o: Options) -> String {
+    if !c.configured {
+        return "no control plane: this meshd reads its configuration directory only\n".into();
+    }
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let stream = show(&c.stream);
+    let tone = if stream == "connected" {
+        Tone::Good
+    } else {
+        Tone::Warn
+    };
+    let mut rows = vec![
+        vec!["istiod".into(), show(&c.address).into()],
+        vec!["dialled".into(), show(&c.dial).into()],
+        vec!["verified as".into(), show(&c.server_name).into()],
+        vec![
+            "stream".into(),
+            Cell::toned(format!("{stream} since {}", show(&c.since)), tone),
+        ],
+        vec![
+            "ready".into(),
+            Cell::toned(
+                if c.ready { "yes" } else { "no" },
+                if c.ready { Tone::Good } else { Tone::Bad },
+            ),
+        ],
+        vec!["streams opened".into(), c.connections.to_string().into()],
+    ];
+    if let Some(e) = &c.last_error {
+        rows.push(vec![
+            "last error".into(),
+            Cell::toned(e.clone(), Tone::Warn),
+        ]);
+    }
+    if let Some(at) = &c.started_on_persisted_state {
+        rows.push(vec![
+            "started on the state persisted at".into(),
+            at.clone().into(),
+        ]);
+    }
+    if let Some(cert) = &c.certificate {
+        let text = format!(
+            "from the Istio CA ({}), until {}",
+            cert.source,
+            show(&cert.not_after)
+        );
+        rows.push(vec!["certificate".into(), text.into()]);
+        if let Some(e) = &cert.last_error {
+            rows.push(vec![
+                "renewal error".into(),
+                Cell::toned(e.clone(), Tone::Bad),
+            ]);
+        }
+    }
+    for conflict in &c.conflicts {
+        rows.push(vec![
+            "conflict".into(),
+            Cell::toned(conflict.clone(), Tone::Bad),
+        ]);
+    }
+    for (reason, n) in &c.refused {
+        rows.push(vec![
+            format!("refused: {reason}").into(),
+            Cell::toned(n.to_string(), Tone::Warn),
+        ]);
+    }
+    let mut out = facts(rows, o);
+    let mut types = Table::new(&["type", "resources", "ACKs", "NACKs", "last", "last NACK"]);
+    for t in &c.types {
+        let short = t.type_url.rsplit('/').next().unwrap_or(&t.type_url);
+        types.row(vec![
+            short.to_string().into(),
+            t.resources.to_string().into(),
+            t.acks.to_string().into(),
+            Cell::toned(
+                t.nacks.to_string(),
+                if t.nacks > 0 { Tone::Warn } else { Tone::Plain },
+            ),
+            reply(&t.last),
+            reply(&t.last_nack),
+        ]);
+    }
+    let _ = write!(out, "\n{}", types.render(o.width, o.color));
+    let mut sources = Table::new(&["source", "workloads", "services", "policies"]);
+    for s in &c.sources {
+        sources.row(vec![
+            s.source.clone().into(),
+            s.workloads.to_string().into(),
+            s.services.to_string().into(),
+            s.policies.to_string().into(),
+        ]);
+    }
+    let _ = write!(out, "\n{}", sources.render(o.width, o.color));
     out
 }
 

@@ -18,12 +18,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// The names of the views, in the order the page and `meshd status` show them.
-pub const VIEWS: [&str; 7] = [
+pub const VIEWS: [&str; 8] = [
     "summary",
     "workloads",
     "services",
     "policies",
     "certs",
+    "control-plane",
     "connections",
     "denials",
 ];
@@ -315,4 +316,101 @@ pub struct Denial {
     pub policy: Option<String>,
     /// Why, in words.
     pub reason: String,
+}
+
+/// `GET /status/control-plane`: istiod as this meshd sees it (`configured: false` and nothing
+/// else for a meshd that reads only its directory).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlane {
+    /// Whether meshd joins an istiod (`controlPlane:` or `--istio-bundle`).
+    pub configured: bool,
+    /// istiod's configured address (`host:port`).
+    pub address: Option<String>,
+    /// What is dialled (`connectTo`, from istioctl's `hosts`, or the address).
+    pub dial: Option<String>,
+    /// The name istiod's certificate is verified against.
+    pub server_name: Option<String>,
+    /// `connected`, `connecting` or `backing off`.
+    pub stream: Option<String>,
+    /// Since when (RFC 3339).
+    pub since: Option<String>,
+    /// Why the last stream ended or the last attempt failed.
+    pub last_error: Option<String>,
+    /// Both types ACKed at least once since start.
+    pub ready: bool,
+    /// Streams opened since start.
+    pub connections: u64,
+    /// Per resource type.
+    pub types: Vec<XdsType>,
+    /// Resources in force, per source (`files`, `istiod`).
+    pub sources: Vec<SourceCounts>,
+    /// istiod workloads and services held but refused, by reason.
+    pub refused: BTreeMap<String, usize>,
+    /// Addresses claimed by a file's WorkloadEntry and an istiod Workload alike: connections
+    /// to and from them are refused until one source drops the claim.
+    pub conflicts: Vec<String>,
+    /// When the persisted state meshd started on was written, if it started on one.
+    pub started_on_persisted_state: Option<String>,
+    /// The Istio CA certificate, when meshd's identity comes from it.
+    pub certificate: Option<IstioCertificate>,
+}
+
+/// One xDS resource type's exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct XdsType {
+    /// The type URL.
+    pub type_url: String,
+    /// Resources held.
+    pub resources: usize,
+    /// ACKs sent.
+    pub acks: u64,
+    /// NACKs sent.
+    pub nacks: u64,
+    /// The last reply.
+    pub last: Option<XdsReply>,
+    /// The last NACK (kept after later ACKs).
+    pub last_nack: Option<XdsReply>,
+}
+
+/// An ACK or NACK meshd sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct XdsReply {
+    /// ACK (`true`) or NACK.
+    pub ack: bool,
+    /// The nonce of the response it answered.
+    pub nonce: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The NACK's error detail.
+    pub error: Option<String>,
+}
+
+/// Resources in force from one source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceCounts {
+    /// `files` (the configuration directory) or `istiod`.
+    pub source: String,
+    /// Workloads.
+    pub workloads: usize,
+    /// Services.
+    pub services: usize,
+    /// Authorization policies.
+    pub policies: usize,
+}
+
+/// The certificate from the Istio CA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioCertificate {
+    /// How the certificate in use was obtained: `token`, `mtls` (renewed with the previous
+    /// one) or `persisted` (read back at start).
+    pub source: String,
+    /// Its expiry (RFC 3339).
+    pub not_after: Option<String>,
+    /// The last renewal failure, until the next success.
+    pub last_error: Option<String>,
 }

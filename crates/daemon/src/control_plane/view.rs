@@ -1,13 +1,16 @@
-//! What operators see of the control plane: `/config_dump`'s `controlPlane` and the status
-//! view `control-plane`.
+//! What operators see of the control plane: the status view `control-plane` (meshd-view's
+//! `ControlPlane`), also `/config_dump`'s `controlPlane`.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use meshd_proxy::{Origin, ProxyState};
+use meshd_status::view::{ControlPlane, IstioCertificate, SourceCounts, XdsReply, XdsType};
 use meshd_workloadapi::{MeshState, ResourceKind};
 use meshd_xds::ads::{Reply, StreamState, XdsStatus};
 use meshd_xds::ca::CaStatus;
-use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 
 /// The receivers the view is read from, at each request.
@@ -19,84 +22,101 @@ pub(crate) struct ControlPlaneView {
     pub(crate) persisted: Option<SystemTime>,
 }
 
-fn unix(at: SystemTime) -> Value {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(Value::Null, |d| json!(d.as_secs()))
+fn rfc3339(at: impl Into<OffsetDateTime>) -> String {
+    at.into().format(&Rfc3339).unwrap_or_default()
 }
 
-fn reply(reply: &Option<Reply>) -> Value {
-    match reply {
-        None => Value::Null,
-        Some(r) => json!({
-            "ack": r.ack,
-            "nonce": r.nonce,
-            "systemVersion": r.system_version,
-            "at": unix(r.at),
-            "error": r.error,
-        }),
-    }
+fn reply(reply: &Option<Reply>) -> Option<XdsReply> {
+    reply.as_ref().map(|r| XdsReply {
+        ack: r.ack,
+        nonce: r.nonce.clone(),
+        at: rfc3339(r.at),
+        error: r.error.clone(),
+    })
+}
+
+/// Resources in force per source: the directory's and istiod's, as the state holds them.
+fn sources(state: &ProxyState, mesh: &MeshState) -> Vec<SourceCounts> {
+    let registry = &state.registry;
+    let count = |origin: Origin| SourceCounts {
+        source: match origin {
+            Origin::File => "files",
+            Origin::Istiod => "istiod",
+        }
+        .to_string(),
+        workloads: registry
+            .workloads()
+            .iter()
+            .filter(|w| w.origin == origin)
+            .count(),
+        services: registry
+            .services()
+            .iter()
+            .filter(|s| s.origin == origin)
+            .count(),
+        policies: match origin {
+            Origin::File => state.snapshot.policies().count(),
+            Origin::Istiod => mesh.policies().count(),
+        },
+    };
+    vec![count(Origin::File), count(Origin::Istiod)]
 }
 
 impl ControlPlaneView {
-    /// The view as JSON: the stream (address, state, last ACK/NACK per type), the resources
-    /// held per type and how many were refused, the certificate's source and expiry.
-    pub(crate) fn to_json(&self) -> Value {
+    /// The view, with the state in force for the per-source counts.
+    pub(crate) fn view(&self, state: &ProxyState) -> ControlPlane {
         let xds = self.xds.borrow().clone();
         let mesh = self.mesh.borrow().clone();
-        let state = match &xds.state {
-            StreamState::Connecting => json!({"state": "connecting"}),
-            StreamState::Connected => json!({"state": "connected"}),
-            StreamState::BackingOff { delay } => {
-                json!({"state": "backing off", "retryInMs": delay.as_millis()})
-            }
+        let stream = match &xds.state {
+            StreamState::Connecting => "connecting",
+            StreamState::Connected => "connected",
+            StreamState::BackingOff { .. } => "backing off",
         };
-        let types: serde_json::Map<String, Value> = xds
+        let types = xds
             .types
             .iter()
-            .map(|(url, t)| {
-                let held = ResourceKind::from_type_url(url).map_or(0, |k| mesh.len(k));
-                (
-                    url.clone(),
-                    json!({
-                        "last": reply(&t.last),
-                        "lastNack": reply(&t.last_nack),
-                        "acks": t.acks,
-                        "nacks": t.nacks,
-                        "resources": held,
-                    }),
-                )
+            .map(|(url, t)| XdsType {
+                type_url: url.clone(),
+                resources: ResourceKind::from_type_url(url).map_or(0, |k| mesh.len(k)),
+                acks: t.acks,
+                nacks: t.nacks,
+                last: reply(&t.last),
+                last_nack: reply(&t.last_nack),
             })
-            .collect();
-        let refused: serde_json::Map<String, Value> = mesh
-            .refused()
-            .iter()
-            .map(|(reason, n)| (reason.as_str().to_string(), json!(n)))
             .collect();
         let certificate = self.ca.as_ref().map(|ca| {
             let ca = ca.borrow().clone();
-            json!({
-                "source": ca.source,
-                "notAfter": ca.not_after.map(|t| t.to_string()),
-                "since": ca.since.map(|t| t.to_string()),
-                "lastError": ca.last_error,
-            })
+            IstioCertificate {
+                source: ca.source,
+                not_after: ca.not_after.map(rfc3339),
+                last_error: ca.last_error,
+            }
         });
-        json!({
-            "address": xds.address,
-            "dial": xds.dial,
-            "serverName": xds.server_name,
-            "stream": state,
-            "since": unix(xds.since),
-            "lastError": xds.last_error,
-            "ready": xds.ready,
-            "connections": xds.connections,
-            "types": types,
-            "workloads": mesh.workloads().count(),
-            "services": mesh.services().count(),
-            "policies": mesh.policies().count(),
-            "refused": refused,
-            "startedOnPersistedState": self.persisted.map(unix),
-            "certificate": certificate,
-        })
+        ControlPlane {
+            configured: true,
+            address: Some(xds.address),
+            dial: Some(xds.dial),
+            server_name: Some(xds.server_name),
+            stream: Some(stream.to_string()),
+            since: Some(rfc3339(xds.since)),
+            last_error: xds.last_error,
+            ready: xds.ready,
+            connections: xds.connections,
+            types,
+            sources: sources(state, &mesh),
+            refused: mesh
+                .refused()
+                .iter()
+                .map(|(reason, n)| (reason.as_str().to_string(), *n))
+                .collect(),
+            conflicts: state
+                .registry
+                .conflicts()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            started_on_persisted_state: self.persisted.map(rfc3339),
+            certificate,
+        }
     }
 }

@@ -14,11 +14,7 @@ impl Registry {
     /// address is that workload; anything else passes through unchanged.
     pub fn resolve_addr(&self, addr: SocketAddr) -> Result<Resolved, ResolveError> {
         let ip = addr.ip().to_canonical();
-        if let Some(index) = self
-            .services
-            .iter()
-            .position(|s| s.vips.iter().any(|v| v.contains(&ip)))
-        {
+        if let Some(index) = self.service_where(|s| s.vips.iter().any(|v| v.contains(&ip)))? {
             return self.pick(index, addr.port());
         }
         self.check_address(ip)?;
@@ -57,14 +53,35 @@ impl Registry {
             return self.resolve_addr(SocketAddr::new(ip, port));
         }
         let index = self
-            .services
-            .iter()
-            .position(|s| {
+            .service_where(|s| {
                 s.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
                     || host.eq_ignore_ascii_case(&format!("{}.{}", s.name, s.namespace))
-            })
+            })?
             .ok_or_else(|| ResolveError::UnknownHost(host.to_string()))?;
         self.pick(index, port)
+    }
+
+    /// The first service matching, unless any matching one is refused: a ServiceEntry from a
+    /// file with the VIP or host of a service istiod put behind a waypoint must not become a
+    /// way around it.
+    fn service_where(
+        &self,
+        matches: impl Fn(&Service) -> bool,
+    ) -> Result<Option<usize>, ResolveError> {
+        let mut first = None;
+        for (index, service) in self.services.iter().enumerate() {
+            if !matches(service) {
+                continue;
+            }
+            if let Some(reason) = service.refused {
+                return Err(ResolveError::Refused {
+                    target: service.key.clone(),
+                    reason,
+                });
+            }
+            first.get_or_insert(index);
+        }
+        Ok(first)
     }
 
     fn pick(&self, index: usize, port: u16) -> Result<Resolved, ResolveError> {
