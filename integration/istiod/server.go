@@ -103,7 +103,12 @@ func start(opts options) (*harness, error) {
 		discovery: discovery,
 		tokens:    tokens,
 		grpc:      server,
-		cluster:   &fakeCluster{client: discovery.KubeClient(), dir: opts.dir, objects: map[string][]byte{}},
+		cluster: &fakeCluster{
+			client:  discovery.KubeClient(),
+			settler: &settler{discovery: discovery, clusterID: opts.clusterID},
+			dir:     opts.dir,
+			objects: map[string][]byte{},
+		},
 	}
 	if err := h.loadInitialState(opts); err != nil {
 		h.stop()
