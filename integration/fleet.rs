@@ -58,15 +58,42 @@ impl Fleet {
 
     /// [`Fleet::web_db`] with db's WorkloadEntry changed by `db` (e.g. a waypoint label).
     pub fn web_db_with(db: impl FnOnce(Workload) -> Workload) -> Fleet {
-        let mut mesh = Mesh::new();
+        let mesh = Mesh::new();
+        let db_entry = db(in_ambient(
+            Workload::new("db", mesh.ip(2)).label("app", "db"),
+        ));
+        Fleet::build(mesh, Some(db_entry))
+    }
+
+    /// [`Fleet::web_db`] where db has no WorkloadEntry: its machine joins with
+    /// `ISTIO_META_AUTO_REGISTER_GROUP` (istioctl's `--autoregister`) and istiod creates the
+    /// entry from WorkloadGroup `db` (`app: db`, service account db) when it connects.
+    pub fn web_db_autoregistering() -> Fleet {
+        let fleet = Fleet::build(Mesh::new(), None);
+        fleet.istiod.apply(&format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {{name: db, namespace: {NAMESPACE}}}
+spec:
+  metadata:
+    labels: {{app: db}}
+  template:
+    serviceAccount: db
+"
+        ));
+        let mut bundle = VmBundle::for_istiod(&fleet.istiod, NAMESPACE, "db", "db", fleet.db_ip());
+        bundle.auto_register = true;
+        bundle.write(&fleet.bundle("b"));
+        fleet
+    }
+
+    fn build(mut mesh: Mesh, db: Option<Workload>) -> Fleet {
         let (web, db_ip) = (mesh.ip(1), mesh.ip(2));
         let istiod = Istiod::start(mesh.ip(ISTIOD_HOST));
         let pg = echo_server(SocketAddr::new(db_ip, 0)).port();
         let admin = echo_server(SocketAddr::new(db_ip, 0)).port();
-        let workloads = vec![
-            in_ambient(Workload::new("web", web).label("app", "web")),
-            db(in_ambient(Workload::new("db", db_ip).label("app", "db"))),
-        ];
+        let mut workloads = vec![in_ambient(Workload::new("web", web).label("app", "web"))];
+        workloads.extend(db);
         for (name, ip, sa) in [("a", web, "web"), ("b", db_ip, "db")] {
             let cert_dir = cert_dir(&mesh, name);
             let node = mesh.node(Node::new(name, ip, sa));

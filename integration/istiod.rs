@@ -300,9 +300,11 @@ impl Istiod {
         let stdin = child.stdin.take().expect("stdin");
         if let Err(e) = wait_ready(&replies, self.addr) {
             let _ = child.kill();
-            let _ = child.wait();
+            let status = child.wait();
+            // The log's last lines arrive after the exit.
+            thread::sleep(Duration::from_millis(200));
             panic!(
-                "istiod harness did not become ready: {e}; its log:\n{}",
+                "istiod harness did not become ready: {e} ({status:?}); its log:\n{}",
                 stderr.lock().expect("lock")
             );
         }

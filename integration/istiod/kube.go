@@ -84,6 +84,7 @@ var kinds = map[string]kindOps{
 // objects written to it (persisted to the state dir after each change).
 type fakeCluster struct {
 	client  kubelib.Client
+	settler *settler
 	dir     string
 	mu      sync.Mutex
 	objects map[string][]byte // key "Kind/namespace/name" -> the object as JSON
@@ -195,6 +196,9 @@ func (c *fakeCluster) apply(text []byte) ([]string, error) {
 		c.objects[d.key] = d.json
 		keys = append(keys, d.key)
 	}
+	if c.settler != nil {
+		c.settler.settle(keys, true)
+	}
 	return keys, c.save()
 }
 
@@ -221,6 +225,9 @@ func (c *fakeCluster) delete(kind, namespace, name string) error {
 		return fmt.Errorf("%s: %w", key, err)
 	}
 	delete(c.objects, key)
+	if c.settler != nil {
+		c.settler.settle([]string{key}, false)
+	}
 	return c.save()
 }
 

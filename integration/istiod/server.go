@@ -66,6 +66,9 @@ func start(opts options) (*harness, error) {
 	}
 	f := &failer{}
 	discovery := newDiscovery(f, opts, tokens)
+	stop := make(chan struct{})
+	f.Cleanup(func() { close(stop) })
+	useClusterForAutoregistration(f, discovery, discovery.KubeClient(), stop)
 
 	// The authenticators istiod's bootstrap installs, in its order (pilot/pkg/bootstrap/
 	// server.go): a client certificate chaining to the root, then a Kubernetes token checked
@@ -100,7 +103,12 @@ func start(opts options) (*harness, error) {
 		discovery: discovery,
 		tokens:    tokens,
 		grpc:      server,
-		cluster:   &fakeCluster{client: discovery.KubeClient(), dir: opts.dir, objects: map[string][]byte{}},
+		cluster: &fakeCluster{
+			client:  discovery.KubeClient(),
+			settler: &settler{discovery: discovery, clusterID: opts.clusterID},
+			dir:     opts.dir,
+			objects: map[string][]byte{},
+		},
 	}
 	if err := h.loadInitialState(opts); err != nil {
 		h.stop()

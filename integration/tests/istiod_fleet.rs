@@ -70,6 +70,22 @@ fn a_resource_meshd_cannot_read_is_nacked_and_its_last_good_version_kept() {
 }
 
 #[test]
+fn a_vm_registers_itself_from_its_workload_group() {
+    let fleet = Fleet::web_db_autoregistering();
+    let _db = fleet.start("b");
+    let _web = fleet.start("a");
+    // web knows db only from the WorkloadEntry istiod made when db connected: reachable
+    // over the mesh, and a policy selecting the group's label binds to it.
+    fleet.until(TO_PG, true, PUSH_BOUND);
+    fleet.istiod.apply(&deny_web_on(fleet.pg).yaml());
+    fleet.until(TO_PG, false, PUSH_BOUND);
+    assert!(fleet.through(TO_ADMIN, b"admin").is_some());
+    // The entry is istiod's, named <group>-<ip> as its auto-registration names it.
+    let entry = format!("db-{}", fleet.db_ip());
+    fleet.istiod.delete("WorkloadEntry", NAMESPACE, &entry);
+}
+
+#[test]
 fn namespace_and_mesh_wide_denies_from_istiod_bind_without_a_selector() {
     let fleet = Fleet::web_db();
     let _db = fleet.start("b");
