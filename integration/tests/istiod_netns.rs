@@ -1,0 +1,328 @@
+//! VMs joined to istiod across a network link: two meshd machines in network namespaces on a
+//! bridge join the istiod harness (Istio's discovery server and CA) running in a third
+//! namespace on the same bridge, each with the directory `istioctl x workload entry configure`
+//! writes (`meshd run --istio-bundle DIR`). Applications' plain `connect()`s are captured by
+//! the rules `meshd redirect install` writes, so traffic takes the path it takes on real VMs:
+//! captured outbound on web's machine, HBONE to db's meshd, or plaintext captured on arrival
+//! at db's. Policies (AuthorizationPolicy, PeerAuthentication) are applied to the harness's
+//! fake cluster and reach meshd only as istiod converts and pushes them.
+//!
+//! Addresses: web 10.215.0.1, db 10.215.0.2, istiod 10.215.0.9 (/16 on the bridge); every one
+//! is in a namespace the test made. Each test fails, never skips, when it cannot build them.
+
+// Test code: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use meshd_integration::fleet::{PUSH_BOUND, in_ambient};
+use meshd_integration::istiod::Istiod;
+use meshd_integration::mesh::{Mesh, Node, Port};
+use meshd_integration::netns::{connect_in, connect_marked_in, install_capture, listen_in, run_in};
+use meshd_integration::resources::{NAMESPACE, Policy, Rule, Workload, principal};
+use meshd_integration::vm_bundle::VmBundle;
+use meshd_integration::{Meshd, echo_on, echo_roundtrip, http};
+use meshd_redirect::netns::{Netns, VethEnd, veth_pair};
+
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 215, 0, 1);
+const DB: Ipv4Addr = Ipv4Addr::new(10, 215, 0, 2);
+const ISTIOD: Ipv4Addr = Ipv4Addr::new(10, 215, 0, 9);
+/// db's application port (an echo server on db's machine).
+const APP: u16 = 5432;
+
+/// The harness and the two machines on one bridge, with their files. Nothing runs on the
+/// machines yet ([`Link::start`] starts their meshd).
+struct Link {
+    // Field order is drop order: istiod, then the namespaces (the bridge last), then the files.
+    istiod: Istiod,
+    web: Netns,
+    db: Netns,
+    _istiod_ns: Netns,
+    _bridge: Netns,
+    mesh: Mesh,
+}
+
+impl Link {
+    fn new(label: &str) -> Link {
+        let bridge = Netns::new(&format!("inx-{label}-br"));
+        bridge
+            .ip(&["link", "add", "br0", "type", "bridge"])
+            .and_then(|_| bridge.ip(&["link", "set", "br0", "up"]))
+            .unwrap_or_else(|e| panic!("cannot create the test bridge: {e}"));
+        let plug = |name: &str, ip: Ipv4Addr| {
+            let ns = Netns::new(&format!("inx-{label}-{name}"));
+            let port = format!("p{}", ip.octets()[3]);
+            veth_pair(
+                VethEnd {
+                    ns: &bridge,
+                    name: &port,
+                    addrs: &[],
+                },
+                VethEnd {
+                    ns: &ns,
+                    name: "eth0",
+                    addrs: &[IpNet::new_assert(IpAddr::V4(ip), 16)],
+                },
+            )
+            .and_then(|()| bridge.ip(&["link", "set", &port, "master", "br0"]))
+            .unwrap_or_else(|e| panic!("cannot wire {name} to the bridge: {e}"));
+            ns
+        };
+        let (web, db, istiod_ns) = (plug("web", WEB), plug("db", DB), plug("istiod", ISTIOD));
+        let istiod = Istiod::start_in(&istiod_ns, IpAddr::V4(ISTIOD), Default::default());
+        // The cluster's base state: the namespace and both VMs as WorkloadEntries reached over
+        // HBONE (the tunnel label), as an operator registers VMs for ambient.
+        let mut cluster = vec![format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n"
+        )];
+        for (name, ip) in [("web", WEB), ("db", DB)] {
+            let entry = Workload::new(name, IpAddr::V4(ip)).label("app", name);
+            cluster.push(in_ambient(entry).yaml());
+        }
+        istiod.apply(&cluster.join("---\n"));
+        let mut mesh = Mesh::in_namespaces();
+        for (name, ip) in [("web", WEB), ("db", DB)] {
+            let cert_dir = mesh.ws.path().join(format!("istio-certs-{name}"));
+            let node = mesh.node(Node::new(name, IpAddr::V4(ip), name));
+            // The workloads come from istiod; the machine serves the one at its address.
+            node.workloads.clear();
+            node.remote_admin = false;
+            node.listen_on(Port::Outbound, "0.0.0.0:15001")
+                .listen_on(Port::InboundPlaintext, "0.0.0.0:15006");
+            for port in [Port::Admin, Port::Metrics, Port::Readiness] {
+                node.listen_on(port, format!("127.0.0.1:{}", port.number()));
+            }
+            node.setting("local", &format!("{{addresses: ['{ip}']}}"));
+            node.setting(
+                "controlPlane",
+                &format!("{{certDir: '{}', instanceIp: '{ip}'}}", cert_dir.display()),
+            );
+            // Both directions captured; istiod's address is not (as an operator excludes the
+            // control plane: meshd's own xDS and CA connections must not loop into it).
+            node.setting(
+                "redirect",
+                &format!("{{inboundPort: 15006, excludeOutboundCidrs: ['{ISTIOD}/32']}}"),
+            );
+        }
+        mesh.write();
+        let link = Link {
+            istiod,
+            web,
+            db,
+            _istiod_ns: istiod_ns,
+            _bridge: bridge,
+            mesh,
+        };
+        for (name, ip) in [("web", WEB), ("db", DB)] {
+            VmBundle::for_istiod(&link.istiod, NAMESPACE, name, name, IpAddr::V4(ip))
+                .write(&link.bundle(name));
+        }
+        link
+    }
+
+    fn bundle(&self, name: &str) -> PathBuf {
+        self.mesh.ws.path().join(format!("bundle-{name}"))
+    }
+
+    fn ns(&self, name: &str) -> &Netns {
+        if name == "web" { &self.web } else { &self.db }
+    }
+
+    /// Installs machine `name`'s capture rules, then starts its meshd with its bundle and
+    /// waits until it is ready (certificate from the Istio CA, both xDS types acknowledged).
+    ///
+    /// In that order, as the packaged service does (`ExecStartPre=meshd redirect install`):
+    /// rules installed under an established xDS stream make conntrack pick the stream up
+    /// mid-flow, and when istiod's next packet comes first it is taken for a new inbound
+    /// connection and redirected to 15006, which breaks the stream until meshd's h2 keepalive
+    /// notices (tens of seconds).
+    fn start(&self, name: &str) -> Meshd {
+        let config = self.mesh.config(name);
+        let shown = install_capture(self.ns(name), &config);
+        assert!(shown.contains("redirect to :15006"), "{name}: {shown}");
+        let mut command = run_in(self.ns(name), &config);
+        command.arg("--istio-bundle").arg(self.bundle(name));
+        Meshd::spawn(command)
+    }
+
+    /// Starts both machines and db's application (an echo server on [`APP`]).
+    fn start_both(&self) -> (Meshd, Meshd) {
+        echo_on(listen_in(&self.db, SocketAddr::from((DB, APP))));
+        let db = self.start("db");
+        let web = self.start("web");
+        (web, db)
+    }
+
+    /// Does web's application get an echo from db's? Its plain `connect()` is captured by
+    /// web's meshd and tunnelled over HBONE (mTLS) to db's.
+    fn meshed(&self) -> bool {
+        roundtrip(connect_in(&self.web, SocketAddr::from((DB, APP))))
+    }
+
+    /// The same from a socket on web's machine that bypasses web's meshd (it carries meshd's
+    /// mark, so capture skips it): plaintext captured on arrival by db's meshd.
+    fn plaintext(&self) -> bool {
+        roundtrip(connect_marked_in(&self.web, SocketAddr::from((DB, APP))))
+    }
+}
+
+/// One echo round trip; false when the connection was refused or reset. meshd resets a
+/// refused connection, and the reset may arrive before connect() returns.
+fn roundtrip(stream: io::Result<TcpStream>) -> bool {
+    let Ok(mut stream) = stream else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    echo_roundtrip(&mut stream, b"ping").as_deref() == Some(&b"ping"[..])
+}
+
+/// Polls `check` until it gives `want`, up to [`PUSH_BOUND`]; the time it took.
+fn until(what: &str, want: bool, check: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < PUSH_BOUND,
+            "{what}: still {} after {PUSH_BOUND:?}",
+            if want { "refused" } else { "allowed" }
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn machines_in_namespaces_join_istiod_and_enforce_its_policy() {
+    let link = Link::new("join");
+    let (web, db) = link.start_both();
+
+    // Each machine holds a certificate from the harness's Istio CA for its service account,
+    // got over the link with the bundle's token.
+    for (name, meshd) in [("web", &web), ("db", &db)] {
+        let log = meshd.wait_for_log("certificate from the Istio CA");
+        let id = format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/{name}");
+        assert!(log.contains(&id), "{name}: not issued as {id}:\n{log}");
+    }
+
+    // No policy in istiod: web's application reaches db's. The access records show the path:
+    // web's meshd knew db only from istiod's WorkloadEntry, and db's meshd saw web's
+    // Istio-CA identity, so the connection went through both meshds over HBONE.
+    assert!(link.meshed(), "no policy: allowed");
+    web.wait_for_log(&format!(
+        "dst={DB}:{APP} dst.workload=\"db\" dst.namespace=\"{NAMESPACE}\""
+    ));
+    db.wait_for_log(&format!(
+        "src.identity=\"spiffe://cluster.local/ns/{NAMESPACE}/sa/web\""
+    ));
+
+    // An ALLOW for another principal only, applied in the cluster: istiod converts and pushes
+    // it, db's meshd refuses web (an ALLOW that matches nothing of web's denies it).
+    link.istiod.apply(
+        &Policy::allow("db-allow-other")
+            .selector("app", "db")
+            .rule(Rule::from(principal("other")))
+            .yaml(),
+    );
+    let took = until(
+        "web to db under an ALLOW for another principal",
+        false,
+        || link.meshed(),
+    );
+    eprintln!("ALLOW enforced {took:?} after the apply returned");
+    // db's meshd says why: web's connection (its address, its Istio-CA principal) met an
+    // ALLOW that did not match it. The machines have no local policy file, so that ALLOW can
+    // only be the one istiod pushed.
+    let log = db.wait_for_log("connection denied");
+    let denied = log
+        .lines()
+        .find(|l| l.contains("connection denied"))
+        .unwrap_or_default();
+    assert!(
+        denied.contains("ALLOW policies apply to the destination, but none matched")
+            && denied.contains(&format!("source={WEB}:"))
+            && denied.contains(&format!("peer=cluster.local/ns/{NAMESPACE}/sa/web ")),
+        "db's denial names web's connection and the unmatched ALLOW: {denied}"
+    );
+
+    // Deleted in the cluster: istiod removes it and web is allowed again.
+    link.istiod
+        .delete("AuthorizationPolicy", NAMESPACE, "db-allow-other");
+    let took = until("web to db after the delete", true, || link.meshed());
+    eprintln!("delete enforced {took:?} after it returned");
+}
+
+/// A mesh-wide STRICT PeerAuthentication (in istiod's root namespace).
+const MESH_STRICT: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+";
+
+#[test]
+fn peer_authentication_strict_from_istiod_refuses_plaintext_and_keeps_hbone() {
+    let link = Link::new("strict");
+    let (_web, db) = link.start_both();
+
+    // Before: no PeerAuthentication (PERMISSIVE), plaintext captured on arrival at db is
+    // allowed, so the refusal below is the STRICT's doing, not the path's.
+    assert!(link.plaintext(), "PERMISSIVE: plaintext allowed");
+    // It went through db's meshd (inbound capture), as plaintext: the path STRICT acts on.
+    let log = db.wait_for_log(&format!("dst={DB}:{APP} "));
+    let record = log
+        .lines()
+        .find(|l| l.contains(&format!("dst={DB}:{APP} ")))
+        .unwrap_or_default();
+    assert!(
+        record.contains("src.identity=\"-\"") && record.contains("mtls=false"),
+        "db's meshd captured the plaintext connection: {record}"
+    );
+    assert!(link.meshed(), "PERMISSIVE: HBONE allowed");
+
+    // STRICT applied in the cluster: istiod sends no PeerAuthentication, it converts it into
+    // a DENY of connections without a principal (istio_converted_static_strict) and pushes it.
+    link.istiod.apply(MESH_STRICT);
+    let took = until("plaintext to db under STRICT", false, || link.plaintext());
+    eprintln!("STRICT enforced {took:?} after the apply returned");
+    let log = db.wait_for_log("istio_converted_static_strict");
+    let denied = log
+        .lines()
+        .find(|l| l.contains("connection denied") && l.contains("istio_converted_static_strict"))
+        .unwrap_or_else(|| panic!("no denial by istiod's converted policy:\n{log}"));
+    // The denial names istiod's policy with its source, and the connection it refused: the
+    // plaintext one from web's machine, without a peer identity.
+    assert!(
+        denied.contains("policy=\"istiod:istio-system/istio_converted_static_strict\"")
+            && denied.contains(&format!("source={WEB}:"))
+            && denied.contains("peer=plaintext "),
+        "the plaintext connection from web's machine, refused by istiod's policy: {denied}"
+    );
+
+    // The operator's view of db's denials (admin, inside db's machine) names it the same way.
+    let (code, view) = link
+        .db
+        .run(|| http("127.0.0.1:15000".parse().ok()?, "GET", "/status/denials"))
+        .expect("db's admin endpoint answers");
+    assert_eq!(code, 200, "{view}");
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    let listed = (view["denials"].as_array().into_iter().flatten()).any(|d| {
+        d["policy"] == "istiod:istio-system/istio_converted_static_strict"
+            && d["source"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&format!("{WEB}:"))
+    });
+    assert!(listed, "no denial by istiod's policy in {view}");
+
+    // HBONE from web's meshd carries web's principal: STRICT lets it through.
+    assert!(link.meshed(), "STRICT: HBONE (mTLS) stays allowed");
+
+    // Deleted in the cluster: plaintext is allowed again.
+    link.istiod
+        .delete("PeerAuthentication", "istio-system", "default");
+    until("plaintext after the delete", true, || link.plaintext());
+}
