@@ -7,126 +7,16 @@
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use meshd_integration::istiod::Istiod;
-use meshd_integration::mesh::{Mesh, Node, Port};
-use meshd_integration::resources::{NAMESPACE, Policy, Rule, Workload, principal};
-use meshd_integration::vm_bundle::VmBundle;
-use meshd_integration::{Meshd, echo_roundtrip, echo_server, http, meshd_bin};
-
-/// The harness's host on the mesh's loopback range.
-const ISTIOD_HOST: u8 = 9;
-/// Explicit listeners on web's machine: to db's pg and admin echo servers.
-const TO_PG: u16 = 16001;
-const TO_ADMIN: u16 = 16002;
-/// How long a pushed change may take to be enforced in these tests (the issue asks for 1 s;
-/// the bound is generous for a loaded 2-core machine, the figure is measured below).
-const PUSH_BOUND: Duration = Duration::from_secs(10);
-
-/// Two VMs (web, db) joined to one istiod, with echo servers on two ports of db.
-struct Fleet {
-    mesh: Mesh,
-    istiod: Istiod,
-    web: IpAddr,
-    pg: u16,
-    admin: u16,
-}
-
-/// The label istiod reads to mark a WorkloadEntry's workload as reached over HBONE
-/// (`networking.istio.io/tunnel: http`, pilot's `setTunnelProtocol`).
-fn in_ambient(workload: Workload) -> Workload {
-    workload.label("networking.istio.io/tunnel", "http")
-}
-
-impl Fleet {
-    fn new() -> Fleet {
-        let mut mesh = Mesh::new();
-        let (web, db) = (mesh.ip(1), mesh.ip(2));
-        let istiod = Istiod::start(mesh.ip(ISTIOD_HOST));
-        let pg = echo_server(SocketAddr::new(db, 0)).port();
-        let admin = echo_server(SocketAddr::new(db, 0)).port();
-        for workload in [
-            in_ambient(Workload::new("web", web).label("app", "web")),
-            in_ambient(Workload::new("db", db).label("app", "db")),
-        ] {
-            istiod.apply(&workload.yaml());
-        }
-        for (name, ip, sa) in [("a", web, "web"), ("b", db, "db")] {
-            let node = mesh.node(Node::new(name, ip, sa));
-            // The workloads come from istiod; the machine serves the one at its address.
-            node.workloads.clear();
-            node.setting("local", &format!("{{addresses: ['{ip}']}}"));
-        }
-        mesh.node_mut("a")
-            .listener(TO_PG, SocketAddr::new(db, pg))
-            .listener(TO_ADMIN, SocketAddr::new(db, admin));
-        let fleet = Fleet {
-            mesh,
-            istiod,
-            web,
-            pg,
-            admin,
-        };
-        for (name, ip, sa) in [("a", web, "web"), ("b", db, "db")] {
-            VmBundle::for_istiod(&fleet.istiod, NAMESPACE, sa, sa, ip).write(&fleet.bundle(name));
-        }
-        fleet.mesh.write();
-        fleet
-    }
-
-    fn bundle(&self, node: &str) -> PathBuf {
-        self.mesh.ws.path().join(format!("bundle-{node}"))
-    }
-
-    fn cert_dir(&self, node: &str) -> PathBuf {
-        self.mesh.ws.path().join(format!("istio-certs-{node}"))
-    }
-
-    /// Starts node `name` with its bundle and waits until it is ready.
-    fn start(&mut self, name: &str) -> Meshd {
-        let ip = self.mesh.get(name).ip;
-        let cert_dir = self.cert_dir(name);
-        self.mesh.node_mut(name).setting(
-            "controlPlane",
-            &format!("{{certDir: '{}', instanceIp: '{ip}'}}", cert_dir.display()),
-        );
-        self.mesh.write_node(name);
-        let mut command = self.mesh.command(name);
-        command.arg("--istio-bundle").arg(self.bundle(name));
-        Meshd::spawn(command)
-    }
-}
-
-/// One echo round trip through `port` of web's machine; `None` when the mesh refused it.
-fn through(fleet: &Fleet, port: u16, message: &[u8]) -> Option<Vec<u8>> {
-    let mut stream = TcpStream::connect((fleet.web, port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    echo_roundtrip(&mut stream, message)
-}
-
-/// Polls until `through` gives `expect` (allowed or refused); the time it took.
-fn until(fleet: &Fleet, port: u16, allowed: bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        let got = through(fleet, port, b"ping").is_some();
-        if got == allowed {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < PUSH_BOUND,
-            "port {port}: still {} after {PUSH_BOUND:?}",
-            if got { "allowed" } else { "refused" }
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use meshd_integration::fleet::{Fleet, PUSH_BOUND, TO_ADMIN, TO_PG};
+use meshd_integration::mesh::Port;
+use meshd_integration::resources::{NAMESPACE, Policy, Rule, principal};
+use meshd_integration::{http, meshd_bin};
 
 #[test]
 fn vms_join_with_a_token_and_enforce_istiods_policies() {
-    let mut fleet = Fleet::new();
+    let fleet = Fleet::web_db();
     let b = fleet.start("b");
     let a = fleet.start("a");
 
@@ -142,10 +32,10 @@ fn vms_join_with_a_token_and_enforce_istiods_policies() {
 
     // No policy in istiod: web reaches both of db's ports over HBONE.
     assert_eq!(
-        through(&fleet, TO_PG, b"no policy").as_deref(),
+        fleet.through(TO_PG, b"no policy").as_deref(),
         Some(&b"no policy"[..])
     );
-    assert!(through(&fleet, TO_ADMIN, b"x").is_some());
+    assert!(fleet.through(TO_ADMIN, b"x").is_some());
 
     // An ALLOW for web on pg only, applied in the cluster: istiod converts and pushes it, db's
     // meshd enforces it.
@@ -155,12 +45,9 @@ fn vms_join_with_a_token_and_enforce_istiods_policies() {
             .rule(Rule::from(principal("web")).port(fleet.pg))
             .yaml(),
     );
-    let took = until(&fleet, TO_ADMIN, false);
+    let took = fleet.until(TO_ADMIN, false, PUSH_BOUND);
     eprintln!("ALLOW enforced {took:?} after the apply returned");
-    assert!(
-        through(&fleet, TO_PG, b"still").is_some(),
-        "pg stays allowed"
-    );
+    assert!(fleet.through(TO_PG, b"still").is_some(), "pg stays allowed");
     let denied = b.wait_for_log("connection denied");
     assert!(
         denied.contains("db-allow-web") || denied.contains("ALLOW"),
@@ -201,7 +88,7 @@ fn vms_join_with_a_token_and_enforce_istiods_policies() {
     fleet
         .istiod
         .delete("AuthorizationPolicy", NAMESPACE, "db-allow-web");
-    until(&fleet, TO_ADMIN, true);
+    fleet.until(TO_ADMIN, true, PUSH_BOUND);
 
     // The control plane as operators see it.
     let (code, dump) =
