@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 pub mod docs;
+pub mod istiod;
 
 use meshd_manifests::{LoadOptions, load_str};
 use meshd_rbac::{Connection, Destination, Engine, Peer};
