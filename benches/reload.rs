@@ -128,7 +128,7 @@ impl BenchDir {
     }
 
     fn load(&self, generation: u64) -> ProxyState {
-        load_state(&self.config, generation)
+        load_state(&self.config, generation, &meshd_proxy::MeshState::default())
             .unwrap_or_else(|e| panic!("bench directory does not load: {e}"))
     }
 }
@@ -177,9 +177,11 @@ impl Reloader {
     async fn reload(&mut self) {
         let config = self.config.clone();
         let next = self.generation + 1;
-        let loaded = tokio::task::spawn_blocking(move || load_state(&config, next))
-            .await
-            .unwrap_or_else(|e| panic!("configuration load panicked: {e}"));
+        let loaded = tokio::task::spawn_blocking(move || {
+            load_state(&config, next, &meshd_proxy::MeshState::default())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("configuration load panicked: {e}"));
         match loaded {
             Ok(state) => {
                 self.generation = next;

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use meshd_redirect::netns::Netns;
 use serde_json::{Value, json};
 
 /// istiod's secure gRPC port (discovery and CA), where istioctl's bundle points a VM.
@@ -61,6 +62,8 @@ impl Default for IstiodOptions {
 /// A running istiod harness, killed on drop.
 pub struct Istiod {
     bin: PathBuf,
+    /// The network namespace it runs in (its `ip netns` name), if not the test's own.
+    netns: Option<String>,
     dir: PathBuf,
     _tmp: tempfile::TempDir,
     addr: SocketAddr,
@@ -89,11 +92,23 @@ impl Istiod {
 
     /// [`Istiod::start`] with other settings.
     pub fn start_with(ip: IpAddr, options: IstiodOptions) -> Istiod {
+        Istiod::launch(None, ip, options)
+    }
+
+    /// Starts the harness inside network namespace `ns` on `ip` (an address of that
+    /// namespace), for meshd processes in namespaces on the same link. `ns` must outlive the
+    /// returned value (declare it first: fields and locals drop in reverse order).
+    pub fn start_in(ns: &Netns, ip: IpAddr, options: IstiodOptions) -> Istiod {
+        Istiod::launch(Some(ns.name().to_string()), ip, options)
+    }
+
+    fn launch(netns: Option<String>, ip: IpAddr, options: IstiodOptions) -> Istiod {
         let bin = harness_bin();
         let tmp = tempfile::TempDir::new().expect("tempdir for the istiod harness");
         let dir = tmp.path().join("istiod");
         let mut istiod = Istiod {
             bin,
+            netns,
             dir,
             _tmp: tmp,
             addr: SocketAddr::new(ip, options.port),
@@ -249,7 +264,16 @@ impl Istiod {
     }
 
     fn spawn(&mut self, config: Option<&Path>) {
-        let mut command = Command::new(&self.bin);
+        let mut command = match &self.netns {
+            None => Command::new(&self.bin),
+            // As Netns::command does: `ip netns exec` execs the program, so the child is the
+            // harness itself and kill() reaches it.
+            Some(name) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", name]).arg(&self.bin);
+                command
+            }
+        };
         command
             .arg("--dir")
             .arg(&self.dir)

@@ -10,6 +10,7 @@
 //! --test two_nodes` works from a clean target directory (docs/testing.md).
 
 pub mod certs;
+pub mod fleet;
 pub mod istiod;
 pub mod loopback;
 pub mod machines;

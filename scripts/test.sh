@@ -22,6 +22,21 @@ fi
 # The HBONE interop test drives our server with an independent HTTP/2 client (Python's h2).
 python3 -c 'import h2' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check h2
 
+# The istiod harness (integration/istiod) is Istio's own discovery and CA servers, in Go: the
+# project's machines have Go 1.26 (README, "Tests"); without it the istiod tests cannot run.
+if ! command -v go >/dev/null; then
+    echo "scripts/test.sh: Go 1.26 is needed to build the istiod harness (integration/istiod): \`go\` is not on PATH" >&2
+    exit 1
+fi
+# Built here so the first test that starts it does not pay a cold build (about 7 minutes on
+# two cores) inside its timeout; the tests rebuild it only when its sources change. The path
+# is the one integration/istiod.rs uses: <target dir>/istiod-harness/istiod-harness.
+harness_out="$(realpath -m "${CARGO_TARGET_DIR:-target}")/istiod-harness"
+mkdir -p "$harness_out"
+(cd integration/istiod && GOTOOLCHAIN=local go build -o "$harness_out/istiod-harness" . &&
+    test -z "$(gofmt -l .)" && GOTOOLCHAIN=local go vet .) ||
+    { echo "scripts/test.sh: the istiod harness does not build, is not gofmt'd or fails go vet" >&2; exit 1; }
+
 # The package test builds a .deb with cargo-deb (pinned in scripts/package.sh).
 cargo deb --version >/dev/null 2>&1 || cargo install cargo-deb --locked --version "$(sed -n 's/^CARGO_DEB_VERSION=//p' scripts/package.sh)"
 

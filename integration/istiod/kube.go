@@ -19,6 +19,7 @@ import (
 	kerrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
 	kubelib "istio.io/istio/pkg/kube"
@@ -61,7 +62,8 @@ func ops[T controllers.ComparableObject](group, version string, namespaced bool)
 }
 
 // kinds are the objects a test may apply: what the ambient index turns into Workload,
-// Service and Authorization resources, plus WorkloadGroup and ServiceAccount.
+// Service and Authorization resources (waypoints included), plus WorkloadGroup and
+// ServiceAccount.
 var kinds = map[string]kindOps{
 	"Namespace":           ops[*corev1.Namespace]("", "v1", false),
 	"ServiceAccount":      ops[*corev1.ServiceAccount]("", "v1", true),
@@ -72,6 +74,10 @@ var kinds = map[string]kindOps{
 	"WorkloadEntry":       ops[*networkingv1.WorkloadEntry]("networking.istio.io", "v1", true),
 	"WorkloadGroup":       ops[*networkingv1.WorkloadGroup]("networking.istio.io", "v1", true),
 	"ServiceEntry":        ops[*networkingv1.ServiceEntry]("networking.istio.io", "v1", true),
+	// Waypoints: a Gateway of class istio-waypoint with status addresses is what the ambient
+	// index binds workloads labelled istio.io/use-waypoint to.
+	"Gateway":      ops[*gatewayv1.Gateway]("gateway.networking.k8s.io", "v1", true),
+	"GatewayClass": ops[*gatewayv1.GatewayClass]("gateway.networking.k8s.io", "v1", false),
 }
 
 // fakeCluster is the fake cluster's content: the kube client istiod's controllers watch, and the

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -48,6 +49,10 @@ type harness struct {
 }
 
 func start(opts options) (*harness, error) {
+	if !features.EnableAmbient {
+		// Without it there is no ambient index and ztunnel nodes are refused.
+		return nil, errors.New("PILOT_ENABLE_AMBIENT is not true in this process")
+	}
 	if err := os.MkdirAll(opts.dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -59,22 +64,8 @@ func start(opts options) (*harness, error) {
 	if err != nil {
 		return nil, err
 	}
-	meshConfig := mesh.DefaultMeshConfig()
-	meshConfig.TrustDomain = opts.trustDomain
-
 	f := &failer{}
-	discovery := xds.NewFakeDiscoveryServer(f, xds.FakeOptions{
-		DefaultClusterName: cluster.ID(opts.clusterID),
-		MeshConfig:         meshConfig,
-		// istiod's default debounce (PILOT_DEBOUNCE_AFTER), not the fake's 0: pushes come
-		// batched as a real istiod sends them.
-		DebounceTime: features.DebounceAfter,
-		KubeClientModifier: func(c kubelib.Client) {
-			if clientset, ok := c.Kube().(*fake.Clientset); ok {
-				tokens.installTokenReview(clientset)
-			}
-		},
-	})
+	discovery := newDiscovery(f, opts, tokens)
 
 	// The authenticators istiod's bootstrap installs, in its order (pilot/pkg/bootstrap/
 	// server.go): a client certificate chaining to the root, then a Kubernetes token checked
@@ -127,6 +118,26 @@ func start(opts options) (*harness, error) {
 		}
 	}()
 	return h, nil
+}
+
+// newDiscovery is Istio's fake discovery server with the ambient index (features.EnableAmbient
+// is true: main re-executes with PILOT_ENABLE_AMBIENT=true), over a fake cluster whose
+// TokenReview the token issuer answers.
+func newDiscovery(f *failer, opts options, tokens *tokenIssuer) *xds.FakeDiscoveryServer {
+	meshConfig := mesh.DefaultMeshConfig()
+	meshConfig.TrustDomain = opts.trustDomain
+	return xds.NewFakeDiscoveryServer(f, xds.FakeOptions{
+		DefaultClusterName: cluster.ID(opts.clusterID),
+		MeshConfig:         meshConfig,
+		// istiod's default debounce (PILOT_DEBOUNCE_AFTER), not the fake's 0: pushes come
+		// batched as a real istiod sends them.
+		DebounceTime: features.DebounceAfter,
+		KubeClientModifier: func(c kubelib.Client) {
+			if clientset, ok := c.Kube().(*fake.Clientset); ok {
+				tokens.installTokenReview(clientset)
+			}
+		},
+	})
 }
 
 // loadInitialState fills the fake cluster: from --config when given (the state replaced, as

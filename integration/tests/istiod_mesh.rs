@@ -32,6 +32,7 @@ struct Fleet {
     istiod: Istiod,
     web: IpAddr,
     pg: u16,
+    admin: u16,
 }
 
 /// The label istiod reads to mark a WorkloadEntry's workload as reached over HBONE
@@ -67,6 +68,7 @@ impl Fleet {
             istiod,
             web,
             pg,
+            admin,
         };
         for (name, ip, sa) in [("a", web, "web"), ("b", db, "db")] {
             VmBundle::for_istiod(&fleet.istiod, NAMESPACE, sa, sa, ip).write(&fleet.bundle(name));
@@ -164,6 +166,36 @@ fn vms_join_with_a_token_and_enforce_istiods_policies() {
         denied.contains("db-allow-web") || denied.contains("ALLOW"),
         "{denied}"
     );
+
+    // `meshd authz check` over the state db's meshd persisted: the same decisions, and the
+    // deciding policy named with its source (the state is written within a second of a push).
+    let state = fleet.cert_dir("b").join("istiod-state.pb");
+    let empty = fleet.mesh.ws.path().join("empty-dir");
+    std::fs::create_dir_all(&empty).unwrap();
+    let check = |port: u16| {
+        let out = std::process::Command::new(meshd_bin())
+            .args(["authz", "check", "--from", &principal("web")])
+            .arg("--to")
+            .arg(format!("{NAMESPACE}/db:{port}"))
+            .arg("--config-dir")
+            .arg(&empty)
+            .arg("--istiod-state")
+            .arg(&state)
+            .env_remove("MESHD_CONFIG")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let start = Instant::now();
+    let mut shown = check(fleet.admin);
+    while !shown.starts_with("DENY") && start.elapsed() < PUSH_BOUND {
+        std::thread::sleep(Duration::from_millis(200));
+        shown = check(fleet.admin);
+    }
+    assert!(shown.starts_with("DENY"), "{shown}");
+    let allowed = check(fleet.pg);
+    assert!(allowed.starts_with("ALLOW"), "{allowed}");
+    assert!(allowed.contains("istiod:shop/db-allow-web"), "{allowed}");
 
     // The policy deleted in the cluster: istiod removes it, admin is allowed again.
     fleet

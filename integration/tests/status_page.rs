@@ -137,7 +137,7 @@ async fn the_admin_page_in_a_real_browser() {
 
     // What each view must show.
     let web = "spiffe://cluster.local/ns/shop/sa/web";
-    let expect: [(&str, &[&str]); 6] = [
+    let expect: [(&str, &[&str]); 7] = [
         (
             "workloads",
             &["shop/db", "shop/deny-admin DENY", "STRICT", web],
@@ -160,7 +160,10 @@ async fn the_admin_page_in_a_real_browser() {
                 "cluster.local",
             ],
         ),
+        // A meshd without istiod says so (istiod_mesh.rs checks a joined one's view).
+        ("control-plane", &["no control plane"]),
         ("connections", &["inbound", web, "h2+mTLS", "2.9 KiB"]),
+        // Last: the page stays on it for the live check below.
         ("denials", &[]),
     ];
     for (view, needles) in expect {

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use meshd_manifests::{LoadOptions, Snapshot, load_dir};
+use meshd_proxy::MeshState;
 use meshd_rbac::{Connection, Destination, Engine, Peer};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,11 @@ pub struct CheckArgs {
     /// Human form: the destination IP (default: the WorkloadEntry's address, else 127.0.0.1).
     #[arg(long)]
     destination_ip: Option<IpAddr>,
+    /// The state a meshd persisted from istiod (`<controlPlane.certDir>/istiod-state.pb`): its
+    /// policies join the directory's, named `istiod:<namespace>/<name>`, and `--to` finds its
+    /// workloads (their address and the policies istiod binds to them).
+    #[arg(long)]
+    istiod_state: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +74,9 @@ struct InputDestination {
     labels: BTreeMap<String, String>,
     ip: IpAddr,
     port: u16,
+    /// The istiod policies bound to the destination workload (its `authorization_policies`).
+    #[serde(default, rename = "boundPolicies")]
+    bound_policies: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,9 +104,24 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let engine = Engine::compile(
+    let mesh = match &args.istiod_state {
+        Some(path) => {
+            let (mesh, skipped) = meshd_daemon::read_state(path)
+                .with_context(|| format!("cannot read the istiod state {}", path.display()))?;
+            if skipped > 0 {
+                eprintln!(
+                    "note: {skipped} resources of {} no longer decode: skipped",
+                    path.display()
+                );
+            }
+            mesh
+        }
+        None => MeshState::default(),
+    };
+    let engine = Engine::compile_all(
         snapshot.policies(),
         snapshot.peer_auths(),
+        mesh.policies().map(|p| &**p),
         &options.root_namespace,
     );
     for key in engine.skipped() {
@@ -106,7 +130,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         );
     }
     match (&args.from, &args.to) {
-        (_, Some(to)) => human(args, to, &snapshot, &engine),
+        (_, Some(to)) => human(args, to, &snapshot, &mesh, &engine),
         (Some(_), None) => bail!("--from needs --to"),
         (None, None) => batch(args, &engine),
     }
@@ -161,7 +185,7 @@ fn parse_line(line: &str) -> Result<Connection, String> {
             labels: input.destination.labels,
             ip: input.destination.ip,
             port: input.destination.port,
-            bound_policies: Default::default(),
+            bound_policies: input.destination.bound_policies.into(),
         },
     })
 }
@@ -179,6 +203,7 @@ fn human(
     args: &CheckArgs,
     to: &str,
     snapshot: &Snapshot,
+    mesh: &MeshState,
     engine: &Engine,
 ) -> anyhow::Result<ExitCode> {
     let (target, port) = to
@@ -195,9 +220,14 @@ fn human(
         .iter()
         .map(|s| &s.resource)
         .find(|w| w.metadata.namespace() == namespace && w.metadata.name() == workload);
-    let mut labels = match entry {
-        Some(w) => w.spec.labels.clone(),
-        None => {
+    // istiod's workloads carry no labels: their selector policies are bound by name.
+    let from_istiod = mesh
+        .workloads()
+        .find(|w| w.namespace == namespace && w.name == workload);
+    let mut labels = match (entry, from_istiod) {
+        (Some(w), _) => w.spec.labels.clone(),
+        (None, Some(_)) => BTreeMap::new(),
+        (None, None) => {
             eprintln!("note: no WorkloadEntry {namespace}/{workload}: using labels app={workload}");
             BTreeMap::from([("app".to_string(), workload.to_string())])
         }
@@ -208,7 +238,11 @@ fn human(
     let ip = args
         .destination_ip
         .or_else(|| entry.and_then(|w| w.spec.address.as_deref()?.parse().ok()))
+        .or_else(|| from_istiod.and_then(|w| w.addresses.first().copied()))
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let bound_policies: Vec<String> = from_istiod
+        .map(|w| w.authorization_policies.clone())
+        .unwrap_or_default();
     let peer = match &args.from {
         Some(p) => Some(Peer::from_principal(p)?),
         None => None,
@@ -221,7 +255,7 @@ fn human(
             labels,
             ip,
             port,
-            bound_policies: Default::default(),
+            bound_policies: bound_policies.into(),
         },
     };
     let out = decide(engine, &conn);

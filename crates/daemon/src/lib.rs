@@ -40,6 +40,7 @@ use meshd_proxy::strict_without_capture;
 use meshd_proxy::{Proxy, ProxyState, StartError, local_predicate};
 use meshd_workloadapi::MeshState;
 
+pub use crate::control_plane::{STATE_FILE, read_state};
 use crate::schema::CheckError;
 pub use crate::schema::MeshdConfig;
 use tokio::signal::unix::{SignalKind, signal};

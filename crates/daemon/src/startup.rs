@@ -304,7 +304,7 @@ mod error_tests {
             config_dir: dir.path().to_path_buf(),
             ..MeshdConfig::default()
         };
-        let Err(load) = load_state(&config, 1) else {
+        let Err(load) = load_state(&config, 1, &Default::default()) else {
             panic!("a broken file loaded");
         };
         assert!(load.errors().next().is_some(), "{load}");

@@ -392,6 +392,12 @@ fn control_plane(c: &ControlPlane, o: Options) -> String {
             ]);
         }
     }
+    for conflict in &c.conflicts {
+        rows.push(vec![
+            "conflict".into(),
+            Cell::toned(conflict.clone(), Tone::Bad),
+        ]);
+    }
     for (reason, n) in &c.refused {
         rows.push(vec![
             format!("refused: {reason}").into(),

@@ -347,6 +347,9 @@ pub struct ControlPlane {
     pub sources: Vec<SourceCounts>,
     /// istiod workloads and services held but refused, by reason.
     pub refused: BTreeMap<String, usize>,
+    /// Addresses claimed by a file's WorkloadEntry and an istiod Workload alike: connections
+    /// to and from them are refused until one source drops the claim.
+    pub conflicts: Vec<String>,
     /// When the persisted state meshd started on was written, if it started on one.
     pub started_on_persisted_state: Option<String>,
     /// The Istio CA certificate, when meshd's identity comes from it.

@@ -138,7 +138,9 @@ fn mesh_yaml_without_discovery_address_means_istios_default() {
 #[test]
 fn every_rejection_names_file_line_and_key() {
     let replace = |from: &str, to: &str| GOLDEN_ENV.replace(from, to);
-    let cases: Vec<(&str, String, &str, Option<&str>, usize, &str)> = vec![
+    /// (what, cluster.env, mesh.yaml, hosts, line, key)
+    type Case<'a> = (&'a str, String, &'a str, Option<&'a str>, usize, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         // (what, cluster.env, mesh.yaml, hosts, line, key)
         (
             "not KEY=value",

@@ -24,6 +24,11 @@ use crate::{Error, backoff::Backoff, transport};
 /// Renewal retry: from 0.5 s doubling to 150 s, ztunnel's CA client backoff.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(150);
+/// How far Istio's CA backdates `notBefore` (`ClockSkewGracePeriod`,
+/// security/pkg/pki/util/generate_cert.go).
+pub const CLOCK_SKEW_GRACE: Duration = Duration::from_secs(120);
+/// Shortest wait between two successful renewals, whatever a CA's backdating: no hot loop.
+const MIN_RENEW_GAP: Duration = Duration::from_secs(1);
 /// A persisted certificate with less than this left is not worth starting with.
 const MIN_REMAINING: Duration = Duration::from_secs(60);
 
@@ -205,13 +210,15 @@ impl CaClient {
         Ok((issued.credentials, "token"))
     }
 
-    /// Renews forever at half-life over mTLS with the current certificate; on failure retries
+    /// Renews forever at half-life ([`until_half_life`]) over mTLS with the current certificate; on failure retries
     /// with backoff, keeping the current certificate until it expires, and falls back to the
     /// token once it has (if a token file is configured). Never returns.
     pub async fn renew_forever(self, mut current: Credentials, status: watch::Sender<CaStatus>) {
         let mut retry = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let mut gap = Duration::ZERO;
         loop {
-            tokio::time::sleep(until_half_life(&current)).await;
+            tokio::time::sleep(until_half_life(&current).max(gap)).await;
+            gap = MIN_RENEW_GAP;
             loop {
                 let expired = current.not_after() <= OffsetDateTime::now_utc();
                 let result = if expired && self.settings.token_file.is_some() {
@@ -255,12 +262,15 @@ impl CaClient {
     }
 }
 
-/// Time until half of the certificate's lifetime has passed (zero if it has).
+/// Time until half of the certificate's lifetime has passed (zero if it has). The lifetime is
+/// counted from `notBefore` plus Istio's backdating ([`CLOCK_SKEW_GRACE`]), i.e. from when the
+/// CA issued it: counted from `notBefore` itself, a certificate of a few seconds would be past
+/// half-life on arrival and renewed in a loop. A persisted certificate loaded at start that is
+/// already past half-life is renewed at once.
 pub fn until_half_life(c: &Credentials) -> Duration {
-    let life = c.not_after() - c.not_before();
-    let at = c.not_before() + life / 2;
-    let left = at - OffsetDateTime::now_utc();
-    Duration::try_from(left).unwrap_or(Duration::ZERO)
+    let start = (c.not_before() + CLOCK_SKEW_GRACE).min(c.not_after());
+    let at = start + (c.not_after() - start) / 2;
+    Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
 }
 
 fn pem_line(pem: &str) -> String {
@@ -277,3 +287,7 @@ pub fn persisted_files(cert_dir: &Path) -> [PathBuf; 3] {
         cert_dir.join(ISTIO_ROOT_CERT_FILE),
     ]
 }
+
+#[cfg(test)]
+#[path = "ca_tests.rs"]
+mod tests;

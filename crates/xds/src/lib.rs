@@ -19,6 +19,8 @@
 //!   the expected SPIFFE ID, persisted atomically in `certDir` as Istio's `cert-chain.pem`,
 //!   `key.pem`, `root-cert.pem`; meshd-identity's `istioCa` source loads and rotates those files
 //!   like any file identity.
+//! - [`start`] does all of it in one call for the daemon: certificate (persisted, else by
+//!   token), identity manager over `certDir`, renewal task, ADS stream task.
 //!
 //! # What it does not do
 //! - It does not decode `Address` or `Authorization`: resources leave as bytes
@@ -37,12 +39,14 @@ mod backoff;
 pub mod bundle;
 pub mod ca;
 mod error;
+mod join;
 pub mod metrics;
 pub mod node;
 pub mod settings;
 mod transport;
 
 pub use error::Error;
+pub use join::{ControlPlane, start};
 pub use settings::ControlPlaneSettings;
 
 /// Generated protobuf and gRPC client code.

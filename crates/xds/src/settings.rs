@@ -18,6 +18,9 @@ pub const DEFAULT_PORT: u16 = 15012;
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 /// Certificate lifetime asked of the CA: ztunnel's and pilot-agent's `SECRET_TTL` default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The shortest lifetime accepted: renewal at half-life must leave time for a round trip
+/// (tests use a few seconds; production keeps hours).
+pub const MIN_TTL: Duration = Duration::from_secs(2);
 /// Where the Istio-CA certificate is persisted when no `certDir` is given (meshd's state
 /// directory; pilot-agent writes `/etc/certs`, which a non-root meshd cannot).
 pub const DEFAULT_CERT_DIR: &str = "/var/lib/meshd/istio-certs";
@@ -170,8 +173,8 @@ impl ControlPlaneSettings {
         if self.cluster_id.is_empty() {
             return Err(settings("clusterId", "is empty"));
         }
-        if self.ttl < Duration::from_secs(60) {
-            return Err(settings("ttl", "is shorter than one minute"));
+        if self.ttl < MIN_TTL {
+            return Err(settings("ttl", "is shorter than two seconds"));
         }
         for (field, v) in [
             ("namespace", &self.namespace),
@@ -251,7 +254,7 @@ fn target(
 ) -> Result<Target, Error> {
     let (host, port) = split_host_port(address).map_err(|r| settings(field, r))?;
     let server_name = match hostname {
-        Some(h) if h.is_empty() => return Err(settings("hostname", "is empty")),
+        Some("") => return Err(settings("hostname", "is empty")),
         Some(h) => h.to_string(),
         None => host.clone(),
     };
@@ -393,7 +396,8 @@ mod tests {
 
     #[test]
     fn rejects_each_bad_field() {
-        let cases: Vec<(fn(&mut ControlPlaneSettings), &str)> = vec![
+        type Edit = fn(&mut ControlPlaneSettings);
+        let cases: Vec<(Edit, &str)> = vec![
             (|s| s.address = "".into(), "address"),
             (|s| s.address = "http://istiod:15012".into(), "address"),
             (|s| s.address = "istiod:0".into(), "address"),
@@ -407,7 +411,7 @@ mod tests {
             (|s| s.ca_connect_to = Some("a/b".into()), "caConnectTo"),
             (|s| s.trust_domain = "bad/td".into(), "trustDomain"),
             (|s| s.cluster_id = "".into(), "clusterId"),
-            (|s| s.ttl = Duration::from_secs(5), "ttl"),
+            (|s| s.ttl = Duration::from_secs(1), "ttl"),
             (|s| s.namespace = "".into(), "namespace"),
             (|s| s.service_account = "a~b".into(), "serviceAccount"),
             (|s| s.name = Some("x~y".into()), "name"),
@@ -426,14 +430,25 @@ mod tests {
     fn unknown_and_missing_fields_are_refused() {
         for bad in [
             r#"{"rootCert":"/r","namespace":"a","serviceAccount":"b","tokenfile":"/t"}"#,
-            r#"{"namespace":"a","serviceAccount":"b"}"#,
-            r#"{"rootCert":"/r","namespace":"a"}"#,
             r#"{"rootCert":"/r","namespace":"a","serviceAccount":"b","ttl":"soon"}"#,
         ] {
             assert!(
                 serde_json::from_str::<ControlPlaneSettings>(bad).is_err(),
                 "{bad}"
             );
+        }
+        // Required keys may come from another layer (--istio-bundle), so serde accepts their
+        // absence and validate() names the one missing.
+        for (text, field) in [
+            (r#"{"namespace":"a","serviceAccount":"b"}"#, "rootCert"),
+            (r#"{"rootCert":"/r","serviceAccount":"b"}"#, "namespace"),
+            (r#"{"rootCert":"/r","namespace":"a"}"#, "serviceAccount"),
+        ] {
+            let s: ControlPlaneSettings = serde_json::from_str(text).unwrap();
+            match s.validate() {
+                Err(Error::Settings { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
         }
     }
 }

@@ -182,3 +182,45 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_rejections() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        assert!(matches!(read_token(&missing), Err(Error::Token { .. })));
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        match read_token(&empty) {
+            Err(Error::Token { file, reason }) => {
+                assert_eq!(file, empty);
+                assert_eq!(reason, "is empty");
+            }
+            r => panic!("{r:?}"),
+        }
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; MAX_TOKEN as usize + 1]).unwrap();
+        assert!(
+            read_token(&big)
+                .unwrap_err()
+                .to_string()
+                .contains("larger than")
+        );
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, "eyJ.x.y").unwrap();
+        assert_eq!(read_token(&ok).unwrap(), "eyJ.x.y");
+        // A token that cannot be a header value is refused, not sent mangled.
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "a\u{1}b").unwrap();
+        let mut s = ControlPlaneSettings::new("/r.pem", "a", "b");
+        s.token_file = Some(bad);
+        assert!(matches!(call_metadata(&s, true), Err(Error::Token { .. })));
+        s.token_file = Some(ok);
+        let md = call_metadata(&s, true).unwrap();
+        assert_eq!(md.get("authorization").unwrap(), "Bearer eyJ.x.y");
+        assert_eq!(md.get("clusterid").unwrap(), "Kubernetes");
+    }
+}

@@ -68,6 +68,15 @@ pub enum Refused {
     Transport(String),
 }
 
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Status(code, message) => write!(f, "gRPC status {code}: {message}"),
+            Refused::Transport(e) => write!(f, "transport: {e}"),
+        }
+    }
+}
+
 /// The outcome of a call: the certificate chain, or why there is none.
 pub type CallResult = Result<Vec<String>, Refused>;
 

@@ -31,7 +31,7 @@ use crate::StartupError;
 use crate::startup::{Failure, Pauses, Waiting, until_ready};
 
 pub(crate) use metrics::ControlPlaneMetrics;
-pub use persisted::STATE_FILE;
+pub use persisted::{STATE_FILE, read_state};
 pub(crate) use view::ControlPlaneView;
 
 /// The readiness condition pending until meshd has a mesh state (istiod's or persisted).

@@ -43,6 +43,17 @@ pub(crate) struct Loaded {
     pub(crate) skipped: usize,
 }
 
+/// Reads a persisted state for tools (`meshd authz check --istiod-state`): a missing,
+/// unreadable or damaged file is an error; resources that no longer decode are skipped and
+/// counted.
+pub fn read_state(path: &Path) -> std::io::Result<(MeshState, usize)> {
+    let bytes = read(path)?
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))?;
+    let loaded = decode(path, &bytes)
+        .ok_or_else(|| std::io::Error::other("not a state meshd persisted (damaged?)"))?;
+    Ok((loaded.state, loaded.skipped))
+}
+
 /// Reads the persisted state; a missing file is an empty state, an unreadable one too (with
 /// a warning: meshd then waits for istiod as on a first start).
 pub(crate) fn load(path: &Path) -> Loaded {
@@ -54,17 +65,23 @@ pub(crate) fn load(path: &Path) -> Loaded {
             return Loaded::default();
         }
     };
-    let mut loaded = Loaded {
-        written: std::fs::metadata(path).and_then(|m| m.modified()).ok(),
-        ..Loaded::default()
+    let Some(mut loaded) = decode(path, &bytes) else {
+        return Loaded::default();
     };
-    let mut rest = bytes.as_slice();
+    loaded.written = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    loaded
+}
+
+/// Decodes a state file's bytes; `None` when the file is damaged (then none of it is used).
+fn decode(path: &Path, bytes: &[u8]) -> Option<Loaded> {
+    let mut loaded = Loaded::default();
+    let mut rest = bytes;
     while !rest.is_empty() {
         let response = match DeltaDiscoveryResponse::decode_length_delimited(&mut rest) {
             Ok(response) => response,
             Err(e) => {
                 tracing::warn!(path = %path.display(), "persisted istiod state is damaged, ignoring it: {e}");
-                return Loaded::default();
+                return None;
             }
         };
         let Some(kind) = ResourceKind::from_type_url(&response.type_url) else {
@@ -89,7 +106,7 @@ pub(crate) fn load(path: &Path) -> Loaded {
             }
         }
     }
-    loaded
+    Some(loaded)
 }
 
 fn read(path: &Path) -> std::io::Result<Option<Vec<u8>>> {

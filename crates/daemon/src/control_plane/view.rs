@@ -109,6 +109,12 @@ impl ControlPlaneView {
                 .iter()
                 .map(|(reason, n)| (reason.as_str().to_string(), *n))
                 .collect(),
+            conflicts: state
+                .registry
+                .conflicts()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             started_on_persisted_state: self.persisted.map(rfc3339),
             certificate,
         }
