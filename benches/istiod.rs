@@ -11,7 +11,8 @@
 //!   empty state (the directory alone).
 //! - `delta`: one workload (its address changes) and one policy (a principal changes) applied
 //!   end to end (state apply, publish, new proxy state), beside the same delta on a mesh of
-//!   100 workloads.
+//!   100 workloads and beside the same delta with the proxy state rebuilt from scratch (what
+//!   every push did before they were applied as deltas).
 //!
 //! Memory: resident (anonymous) memory of the process before and after building and holding
 //! the full state and its proxy state, divided by the workloads; printed, not a criterion
@@ -41,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use meshd_daemon::{MeshdConfig, build_state};
+use meshd_daemon::{MeshdConfig, build_state, update_state};
 use meshd_manifests::{LoadOptions, Snapshot, load_str};
 use meshd_proxy::ProxyState;
 use meshd_workloadapi::proto::{security as sec, workload as pb};
@@ -256,8 +257,10 @@ fn config() -> MeshdConfig {
 }
 
 /// The daemon's path for one push: apply into the store's state, publish it (the store sends
-/// a clone of the state on its watch channel), build the proxy state from it and carry the
-/// health marks over.
+/// a clone of the state on its watch channel), then the proxy state: updated from the one in
+/// force by what changed (`update_state`, as `Reloader::apply_mesh` does), or, for the
+/// baseline, rebuilt from scratch as every push was before (`build_state`, then the health
+/// marks carried over).
 fn push_delta(
     mesh: &mut MeshState,
     delta: &Encoded,
@@ -265,14 +268,19 @@ fn push_delta(
     snapshot: &Snapshot,
     previous: &ProxyState,
     generation: u64,
+    rebuild: bool,
 ) -> ProxyState {
     if let Err(e) = mesh.apply(delta.kind, &delta.name, &delta.body) {
         panic!("{}: {e}", delta.name);
     }
     let published = Arc::new(mesh.clone());
-    let mut state = build_state(config, snapshot, &published, generation);
-    state.succeed(previous);
-    state
+    if rebuild {
+        let mut state = build_state(config, snapshot, &published, generation);
+        state.succeed(previous);
+        state
+    } else {
+        update_state(config, previous, &published, generation)
+    }
 }
 
 /// Times `deltas` applied one after the other (alternating versions, so each is a change);
@@ -280,7 +288,7 @@ fn push_delta(
 fn bench_delta(
     c: &mut Criterion,
     group: &str,
-    cases: [(&str, usize); 2],
+    cases: [(&str, usize, bool); 3],
     delta: fn(usize, usize) -> Encoded,
 ) {
     let config = config();
@@ -289,7 +297,7 @@ fn bench_delta(
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    for (name, workloads) in cases {
+    for (name, workloads, rebuild) in cases {
         let mut mesh = apply_all(&full_push(workloads));
         let mut previous = build_state(&config, &snapshot, &mesh, 1);
         let versions = [delta(7, 1), delta(7, 0)];
@@ -307,6 +315,7 @@ fn bench_delta(
                         &snapshot,
                         &previous,
                         n as u64,
+                        rebuild,
                     );
                     replaced.push(std::mem::replace(&mut previous, next));
                 }
@@ -324,8 +333,9 @@ fn deltas(c: &mut Criterion) {
         c,
         "delta-one-workload",
         [
-            ("baseline-100-workloads", SMALL),
-            ("100000-workloads-10000-policies", WORKLOADS),
+            ("baseline-100-workloads", SMALL, false),
+            ("baseline-full-rebuild-100000", WORKLOADS, true),
+            ("100000-workloads-10000-policies", WORKLOADS, false),
         ],
         workload,
     );
@@ -333,8 +343,9 @@ fn deltas(c: &mut Criterion) {
         c,
         "delta-one-policy",
         [
-            ("baseline-100-workloads", SMALL),
-            ("100000-workloads-10000-policies", WORKLOADS),
+            ("baseline-100-workloads", SMALL, false),
+            ("baseline-full-rebuild-100000", WORKLOADS, true),
+            ("100000-workloads-10000-policies", WORKLOADS, false),
         ],
         policy,
     );
@@ -398,13 +409,15 @@ fn memory(_: &mut Criterion) {
     let snapshot = snapshot();
     let before = anonymous_rss();
     let mesh = apply_all(&push);
+    let decoded = anonymous_rss();
     let state = build_state(&config, &snapshot, &mesh, 1);
     let after = anonymous_rss();
     black_box((&mesh, &state));
-    match (before, after) {
-        (Some(before), Some(after)) => println!(
-            "memory: state + proxy state hold {} bytes resident per workload ({} workloads, {} services, {} policies); the resources' bytes the store keeps add {} bytes per workload",
+    match (before, decoded, after) {
+        (Some(before), Some(decoded), Some(after)) => println!(
+            "memory: state + proxy state hold {} bytes resident per workload ({} of them istiod's state) ({} workloads, {} services, {} policies); the resources' bytes the store keeps add {} bytes per workload",
             after.saturating_sub(before) / WORKLOADS as u64,
+            decoded.saturating_sub(before) / WORKLOADS as u64,
             WORKLOADS,
             SERVICES,
             POLICIES,

@@ -38,8 +38,12 @@ impl<K, V> Clone for SharedMap<K, V> {
 
 impl<K, V> Default for SharedMap<K, V> {
     fn default() -> Self {
+        // Every shard starts as the same empty map: two allocations, not a thousand (a
+        // local-only meshd builds empty maps on every reload); the first insert into a shard
+        // copies the empty map, which allocates nothing.
+        let empty = Arc::new(HashMap::default());
         SharedMap {
-            shards: Arc::new((0..SHARDS).map(|_| Arc::new(HashMap::default())).collect()),
+            shards: Arc::new(vec![empty; SHARDS]),
             len: 0,
         }
     }
