@@ -218,7 +218,7 @@ fn file_workload(
         origin: Origin::File,
         refused: None,
         bound_policies: Arc::from([]),
-        service_targets: BTreeMap::new(),
+        service_targets: Box::default(),
     })
 }
 

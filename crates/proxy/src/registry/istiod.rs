@@ -104,7 +104,7 @@ impl IstiodPart {
         }
         let identity = (old.namespace.clone(), old.service_account.clone());
         take(&mut self.by_identity, &identity, &old);
-        for service in old.service_targets.keys() {
+        for (service, _) in &old.service_targets {
             take(&mut self.endpoints, service, &old);
         }
         self.local.remove(uid);

@@ -92,7 +92,8 @@ pub struct Workload {
     pub bound_policies: Arc<[String]>,
     /// Per service (`<namespace>/<hostname>`): service port → target port, as istiod resolved
     /// them for this workload.
-    pub(crate) service_targets: BTreeMap<String, Vec<(u16, u16)>>,
+    /// Sorted by service key (a boxed slice, not a map: see `ServicePorts`).
+    pub(crate) service_targets: Box<[(String, Box<[(u16, u16)]>)]>,
     // Built once with the registry and shared by every record of a connection to or from the
     // workload (two copies of four strings per connection, ~500 bytes, before).
     meta: Arc<WorkloadMeta>,

@@ -168,7 +168,9 @@ impl Registry {
 fn target_port(workload: &Workload, service: &Service, port: &Port) -> u16 {
     workload
         .service_targets
-        .get(&service.key)
+        .binary_search_by(|(k, _)| k.cmp(&service.key))
+        .ok()
+        .map(|i| &workload.service_targets[i].1)
         .and_then(|ports| ports.iter().find(|(s, _)| *s == port.number))
         .map(|(_, target)| *target)
         .or_else(|| {
