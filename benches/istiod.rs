@@ -98,7 +98,7 @@ fn workload(i: usize, generation: usize) -> Encoded {
         },
     );
     // A third of the workloads are selected by one policy of their namespace.
-    let authorization_policies = if i % 3 == 0 {
+    let authorization_policies = if i.is_multiple_of(3) {
         vec![format!("{ns}/policy-{}", (i / 10) % POLICIES)]
     } else {
         Vec::new()

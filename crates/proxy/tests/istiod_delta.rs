@@ -100,6 +100,7 @@ fn deny(principal: &str) -> sec::Authorization {
 }
 
 /// One push: resources updated and names removed, applied as the store applies them.
+#[allow(clippy::large_enum_variant)] // a test's list of fifteen
 enum Push {
     Workload(pb::Workload),
     Service(pb::Service),

@@ -16,6 +16,9 @@ use std::sync::Arc;
 
 type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::FixedState>;
 
+/// One shard.
+type Shard<K, V> = Arc<HashMap<K, V>>;
+
 /// Shards per map: 100 000 entries make ~100 per shard, so a change copies ~100 entries and a
 /// clone copies 1 024 pointers (both a few microseconds).
 pub const SHARDS: usize = 1024;
@@ -23,7 +26,7 @@ pub const SHARDS: usize = 1024;
 /// A hash map of `K` to `V` in [`SHARDS`] shared shards (see the module documentation).
 #[derive(Debug)]
 pub struct SharedMap<K, V> {
-    shards: Arc<Vec<Arc<HashMap<K, V>>>>,
+    shards: Arc<Vec<Shard<K, V>>>,
     len: usize,
 }
 
@@ -139,7 +142,7 @@ impl<K: Hash + Eq + Clone, V: Clone> SharedMap<K, V> {
         older: &'a SharedMap<K, V>,
         same: impl Fn(&V, &V) -> bool + Copy + 'a,
     ) -> impl Iterator<Item = Change<'a, K, V>> + 'a {
-        let changed = move |(new, old): (&'a Arc<HashMap<K, V>>, &'a Arc<HashMap<K, V>>)| {
+        let changed = move |(new, old): (&'a Shard<K, V>, &'a Shard<K, V>)| {
             let (new, old) = (&**new, &**old);
             let replaced = new.iter().filter_map(move |(k, v)| match old.get(k) {
                 Some(o) if same(o, v) => None,

@@ -60,6 +60,9 @@ pub enum Origin {
     Istiod,
 }
 
+/// Service port → target port, for one service a workload backs.
+pub(crate) type TargetPorts = Box<[(u16, u16)]>;
+
 /// A workload, as the proxy needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
@@ -93,7 +96,7 @@ pub struct Workload {
     /// Per service (`<namespace>/<hostname>`): service port → target port, as istiod resolved
     /// them for this workload.
     /// Sorted by service key (a boxed slice, not a map: see `ServicePorts`).
-    pub(crate) service_targets: Box<[(String, Box<[(u16, u16)]>)]>,
+    pub(crate) service_targets: Box<[(String, TargetPorts)]>,
     // Built once with the registry and shared by every record of a connection to or from the
     // workload (two copies of four strings per connection, ~500 bytes, before).
     meta: Arc<WorkloadMeta>,
