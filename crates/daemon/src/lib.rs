@@ -162,6 +162,23 @@ pub fn build_state(
     state
 }
 
+/// The state for istiod's new state `mesh` (generation `generation`), built from `previous`
+/// by what changed in istiod's state since it (the directory's snapshot is `previous`'s),
+/// logging what it warns about.
+pub fn update_state(
+    config: &MeshdConfig,
+    previous: &ProxyState,
+    mesh: &MeshState,
+    generation: u64,
+) -> ProxyState {
+    let proxy = config.proxy();
+    let state = previous.with_mesh(mesh, generation, local_predicate(&proxy));
+    for warning in strict_without_capture(&proxy, &state) {
+        tracing::warn!("{warning}");
+    }
+    state
+}
+
 /// Loads the directory into a new state (generation `generation`) beside istiod's `mesh`.
 pub fn load_state(
     config: &MeshdConfig,

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::operator::Operated;
 use crate::stable::{Fingerprint, RETRY, Stability};
-use crate::{RereadFn, build_state, load_state, settings, systemd};
+use crate::{RereadFn, load_state, settings, systemd, update_state};
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,19 +93,20 @@ impl Reloader<'_> {
             .unwrap_or_default()
     }
 
-    /// Rebuilds the state in force with istiod's latest state, off the async workers. The
+    /// Updates the state in force with istiod's latest state, off the async workers: by
+    /// what changed since the state in force was built (`ProxyState::with_mesh`). The
     /// directory is not read again: its snapshot in force is kept, whether or not a later
     /// edit of it was rejected.
     async fn apply_mesh(&mut self) {
         let config = self.config.clone();
-        let snapshot = self.states.borrow().snapshot.clone();
+        let previous = self.states.borrow().clone();
         let mesh = self.mesh();
         let next = self.generation + 1;
         let built =
-            tokio::task::spawn_blocking(move || build_state(&config, &snapshot, &mesh, next)).await;
+            tokio::task::spawn_blocking(move || update_state(&config, &previous, &mesh, next))
+                .await;
         match built {
-            Ok(mut state) => {
-                state.succeed(&self.states.borrow());
+            Ok(state) => {
                 self.generation = next;
                 self.states.send_replace(Arc::new(state));
                 self.metrics.config_reloaded(true, next);

@@ -19,7 +19,7 @@ pub fn config_dump(
     let local = local_workloads(state);
     let workloads: Vec<Value> = registry
         .workloads()
-        .iter()
+        .into_iter()
         .map(|w| {
             json!({
                 "workload": w.key,
@@ -37,7 +37,7 @@ pub fn config_dump(
         .collect();
     let services: Vec<Value> = registry
         .services()
-        .iter()
+        .into_iter()
         .map(|s| {
             json!({
                 "service": s.key,

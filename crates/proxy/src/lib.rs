@@ -40,6 +40,7 @@ mod error;
 mod exposure;
 mod layers;
 mod live;
+mod local;
 mod metered;
 mod own_ports;
 pub mod plugins;
@@ -62,6 +63,7 @@ pub use error::ProxyError;
 pub use exposure::strict_without_capture;
 pub use layers::{ChosenService, ConnService};
 pub use live::{DENIALS_KEPT, Live};
+pub use local::local_predicate;
 pub use meshd_record as record;
 pub use meshd_workloadapi::MeshState;
 pub use own_ports::OwnPorts;
@@ -70,5 +72,5 @@ pub use registry::{
     Workload,
 };
 pub use relay::{Check, Relay};
-pub use runtime::{BoundAddrs, BoundListeners, Proxy, StartError, local_predicate};
+pub use runtime::{BoundAddrs, BoundListeners, Proxy, StartError};
 pub use state::ProxyState;

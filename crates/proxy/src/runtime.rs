@@ -1,9 +1,8 @@
 //! The running proxy: binds every listener, feeds accepted connections into the stacks, and
 //! stops accepting on shutdown.
 
-use std::collections::HashSet;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,6 @@ use crate::entry::listener::{Accepted, Listener, serve};
 use crate::layers::resolve::ResolveLayer;
 use crate::own_ports::OwnPorts;
 use crate::plugins::{PluginError, PluginRegistry};
-use crate::registry::Workload;
 use crate::stack::{self, Plugins};
 use crate::state::ProxyState;
 
@@ -77,28 +75,6 @@ pub struct Proxy {
     hbone: ServerHandle,
     hbone_quic: Option<ServerHandle>,
     tasks: JoinSet<()>,
-}
-
-/// Decides which workloads are on this machine.
-pub fn local_predicate(config: &ProxyConfig) -> impl Fn(&Workload) -> bool + Send + Sync + 'static {
-    let addresses: HashSet<IpAddr> = config
-        .local
-        .addresses
-        .iter()
-        .map(|a| a.to_canonical())
-        .collect();
-    let workloads: HashSet<String> = config.local.workloads.iter().cloned().collect();
-    let explicit = !addresses.is_empty() || !workloads.is_empty();
-    move |w: &Workload| {
-        // Every address of the workload counts (istiod's workloads may have several).
-        if explicit {
-            w.addresses().any(|a| addresses.contains(&a)) || workloads.contains(&w.key)
-        } else {
-            // Only an address of this machine can be bound (without IP_FREEBIND).
-            w.addresses()
-                .any(|a| std::net::TcpListener::bind((a, 0)).is_ok())
-        }
-    }
 }
 
 impl Proxy {

@@ -18,8 +18,9 @@ use crate::registry::{Registry, Workload};
 pub struct ProxyState {
     /// Workloads and services.
     pub registry: Registry,
-    /// Compiled authorization.
-    pub engine: Engine,
+    /// Compiled authorization, shared with the state before when neither the directory's nor
+    /// istiod's policies changed (a push of addresses only).
+    pub engine: Arc<Engine>,
     /// The mesh trust domain: workload identities are `spiffe://<td>/ns/<ns>/sa/<sa>`, with
     /// the workload's own trust domain instead for istiod's workloads.
     pub trust_domain: String,
@@ -27,6 +28,8 @@ pub struct ProxyState {
     pub generation: u64,
     /// The snapshot it was built from (sources, for the configuration dump).
     pub snapshot: Arc<Snapshot>,
+    /// istiod's state it was built from: the next push is applied as what changed since.
+    pub mesh: Arc<MeshState>,
 }
 
 /// A state is replaced on every reload, and whichever connection drops the last reference frees
@@ -41,8 +44,19 @@ impl Drop for ProxyState {
         let engine = std::mem::take(&mut self.engine);
         let registry = std::mem::take(&mut self.registry);
         let snapshot = std::mem::take(&mut self.snapshot);
-        runtime.spawn_blocking(move || drop((engine, registry, snapshot)));
+        let mesh = std::mem::take(&mut self.mesh);
+        runtime.spawn_blocking(move || drop((engine, registry, snapshot, mesh)));
     }
+}
+
+/// The files' policies and istiod's, compiled together.
+fn compile(snapshot: &Snapshot, mesh: &MeshState) -> Engine {
+    Engine::compile_all(
+        snapshot.policies(),
+        snapshot.peer_auths(),
+        mesh.policies().map(|p| &**p),
+        &snapshot.root_namespace,
+    )
 }
 
 impl ProxyState {
@@ -58,16 +72,41 @@ impl ProxyState {
     ) -> Self {
         ProxyState {
             registry: Registry::build(snapshot, mesh, is_local),
-            engine: Engine::compile_all(
-                snapshot.policies(),
-                snapshot.peer_auths(),
-                mesh.policies().map(|p| &**p),
-                &snapshot.root_namespace,
-            ),
+            engine: Arc::new(compile(snapshot, mesh)),
             trust_domain: trust_domain.to_string(),
             generation,
             snapshot: Arc::new(snapshot.clone()),
+            // A clone of istiod's state shares its maps (see MeshState).
+            mesh: Arc::new(mesh.clone()),
         }
+    }
+
+    /// The state for istiod's new state `mesh` beside this one's directory snapshot, built from
+    /// what changed since this state's: the registry updated workload by workload, the
+    /// compiled policies shared when no policy changed (else compiled again, whole). The same
+    /// state as [`ProxyState::build`] gives from the same inputs; `is_local` is asked about
+    /// the changed workloads only.
+    pub fn with_mesh(
+        &self,
+        mesh: &MeshState,
+        generation: u64,
+        is_local: impl Fn(&Workload) -> bool,
+    ) -> Self {
+        let engine = if mesh.same_policies(&self.mesh) {
+            Arc::clone(&self.engine)
+        } else {
+            Arc::new(compile(&self.snapshot, mesh))
+        };
+        let mut state = ProxyState {
+            registry: self.registry.with_mesh(&self.mesh, mesh, is_local),
+            engine,
+            trust_domain: self.trust_domain.clone(),
+            generation,
+            snapshot: Arc::clone(&self.snapshot),
+            mesh: Arc::new(mesh.clone()),
+        };
+        state.succeed(self);
+        state
     }
 
     /// Carries over from the state in force what a reload must not forget: which endpoints

@@ -22,10 +22,9 @@ pub fn workloads(state: &ProxyState) -> view::Workloads {
     let registry = &state.registry;
     let mut workloads: Vec<view::Workload> = registry
         .workloads()
-        .iter()
-        .enumerate()
-        .map(|(index, w)| {
-            let local = registry.is_local(index);
+        .into_iter()
+        .map(|w| {
+            let local = registry.is_local(w);
             view::Workload {
                 name: w.key.clone(),
                 local,
@@ -93,7 +92,7 @@ pub fn services(state: &ProxyState) -> view::Services {
     let registry = &state.registry;
     let services = registry
         .services()
-        .iter()
+        .into_iter()
         .map(|s| view::Service {
             name: s.key.clone(),
             hosts: s.hosts.clone(),

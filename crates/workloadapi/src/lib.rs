@@ -10,7 +10,8 @@
 //! not an error: it is kept, marked [`model::Refusal`], so that connections to it are refused
 //! rather than sent around whatever stands in front of it.
 //!
-//! [`MeshState`] holds what istiod sent, by resource name, updated one resource at a time.
+//! [`MeshState`] holds what istiod sent, by resource name, updated one resource at a time, in
+//! maps whose clones share what did not change ([`shared::SharedMap`]).
 //!
 //! It does not speak xDS (meshd-xds), compile policies (meshd-rbac) or route connections
 //! (meshd-proxy).
@@ -21,6 +22,7 @@
 mod convert;
 mod error;
 pub mod model;
+pub mod shared;
 mod state;
 
 pub use convert::{decode_address, decode_authorization};

@@ -1,15 +1,13 @@
 //! What meshd holds from istiod: every resource by its xDS name, updated one at a time.
 
-use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::convert::{decode_address, decode_authorization};
 use crate::error::DecodeError;
 use crate::model::{Address, Authorization, Refusal, Service, Workload};
+use crate::shared::{Change, SharedMap};
 use crate::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
-
-/// Keyed by resource names istiod chose: foldhash, as meshd's other indexes, seeded per process.
-type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 
 /// The two resource types meshd subscribes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,17 +37,19 @@ impl ResourceKind {
     }
 }
 
-/// Everything istiod sent, by resource name, each resource shared (`Arc`) so that a clone of the
-/// state (to build a new proxy snapshot beside the one in force) copies pointers, not resources.
+/// Everything istiod sent, by resource name, each resource shared (`Arc`) and the maps shared
+/// shard by shard ([`SharedMap`]): a clone of the state (published after every push) copies a
+/// few pointers, and the state of one push can be compared with an earlier one's in the time
+/// of what changed between them ([`MeshState::workload_changes`] and its siblings).
 ///
 /// Resource names are checked against the body (a workload's uid, a service's
 /// `<namespace>/<hostname>`, a policy's `<namespace>/<name>`), so a name identifies one
 /// resource and a removal by name removes exactly it.
 #[derive(Debug, Clone, Default)]
 pub struct MeshState {
-    workloads: HashMap<String, Arc<Workload>>,
-    services: HashMap<String, Arc<Service>>,
-    policies: HashMap<String, Arc<Authorization>>,
+    workloads: SharedMap<String, Arc<Workload>>,
+    services: SharedMap<String, Arc<Service>>,
+    policies: SharedMap<String, Arc<Authorization>>,
     /// Refused workloads and services by reason, kept up to date on every change.
     refused: BTreeMap<Refusal, usize>,
 }
@@ -165,6 +165,37 @@ impl MeshState {
     /// The policies, in no particular order.
     pub fn policies(&self) -> impl Iterator<Item = &Arc<Authorization>> {
         self.policies.values()
+    }
+
+    /// The workloads that differ from `older`'s (uid, old, new), in no particular order; the
+    /// cost is that of the changes when `self` descends from `older` (see [`SharedMap::diff`]).
+    pub fn workload_changes<'a>(
+        &'a self,
+        older: &'a MeshState,
+    ) -> impl Iterator<Item = Change<'a, String, Arc<Workload>>> + 'a {
+        self.workloads
+            .diff(&older.workloads, |a, b| Arc::ptr_eq(a, b) || a == b)
+    }
+
+    /// The services that differ from `older`'s, as [`MeshState::workload_changes`].
+    pub fn service_changes<'a>(
+        &'a self,
+        older: &'a MeshState,
+    ) -> impl Iterator<Item = Change<'a, String, Arc<Service>>> + 'a {
+        self.services
+            .diff(&older.services, |a, b| Arc::ptr_eq(a, b) || a == b)
+    }
+
+    /// True when the policies are `older`'s, found without comparing them when `self`
+    /// descends from `older` and no policy was touched since.
+    pub fn same_policies(&self, older: &MeshState) -> bool {
+        self.policies.same_as(&older.policies)
+            || (self.policies.len() == older.policies.len()
+                && self
+                    .policies
+                    .diff(&older.policies, |a, b| Arc::ptr_eq(a, b) || a == b)
+                    .next()
+                    .is_none())
     }
 
     /// A workload by uid.

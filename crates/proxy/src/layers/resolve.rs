@@ -125,8 +125,8 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
             ProxyError::OwnPort(resolved.address),
         ));
     }
-    let service = resolved.service.map(|i| registry.service(i));
-    let workload = resolved.workload.map(|i| registry.workload(i));
+    let service = resolved.service.as_deref();
+    let workload = resolved.workload.as_deref();
     // The identity the destination workload has, whatever the transport (ztunnel reports it
     // for every workload destination).
     let identity = workload.map(|w| ctx.state.workload_identity(w));

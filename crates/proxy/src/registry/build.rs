@@ -10,8 +10,11 @@
 //!   mesh". A workload with no address at all is not reachable and is left out.
 //! - An address claimed by a file's workload and an istiod workload is a [`Conflict`] (see its
 //!   documentation for the fail-closed behaviour).
+//! - istiod's part is kept as its own indexes (`istiod.rs`), updated by what changed between
+//!   two of istiod's states ([`Registry::with_mesh`]) and shared with the registry before;
+//!   the directory's part is shared too, and only the conflicts are found again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -20,9 +23,12 @@ use meshd_policy::networking::{ServicePort, WorkloadEntrySpec};
 use meshd_policy::values::parse_ip_block;
 use meshd_record::WorkloadMeta;
 use meshd_workloadapi::MeshState;
-use meshd_workloadapi::model::{self as xds, Health, Tunnel};
+use meshd_workloadapi::model::{self as xds, Tunnel};
 
-use super::{Conflict, Origin, Port, Protocol, Registry, Service, TUNNEL_ANNOTATION, Workload};
+use super::istiod::IstiodPart;
+use super::{
+    Conflict, FilePart, Origin, Port, Protocol, Registry, Service, TUNNEL_ANNOTATION, Workload,
+};
 
 impl Registry {
     /// Builds the registry from the directory's snapshot and istiod's state (empty when meshd
@@ -32,17 +38,66 @@ impl Registry {
         mesh: &MeshState,
         is_local: impl Fn(&Workload) -> bool,
     ) -> Self {
-        let mut registry = Registry::default();
-        registry.add_files(snapshot);
-        registry.add_istiod(mesh);
-        registry.find_conflicts();
-        registry.local = (0..registry.workloads.len())
-            .filter(|i| is_local(&registry.workloads[*i]))
+        let mut files = FilePart::default();
+        files.add(snapshot);
+        files.local = files
+            .workloads
+            .iter()
+            .filter(|w| is_local(w))
+            .cloned()
             .collect();
+        let mut istiod = IstiodPart::default();
+        istiod.apply(&MeshState::default(), mesh, &is_local);
+        Registry::assemble(Arc::new(files), istiod)
+    }
+
+    /// The registry for istiod's state `newer` beside this one's directory part: istiod's part
+    /// updated by what changed since `older` (the state this registry was built with), shared
+    /// with this registry otherwise. `is_local` is asked about the changed workloads only.
+    pub fn with_mesh(
+        &self,
+        older: &MeshState,
+        newer: &MeshState,
+        is_local: impl Fn(&Workload) -> bool,
+    ) -> Self {
+        let mut istiod = self.istiod.clone();
+        istiod.apply(older, newer, &is_local);
+        Registry::assemble(Arc::clone(&self.files), istiod)
+    }
+
+    fn assemble(files: Arc<FilePart>, istiod: IstiodPart) -> Self {
+        let mut registry = Registry {
+            files,
+            istiod,
+            ..Registry::default()
+        };
+        registry.find_conflicts();
         registry
     }
 
-    fn add_files(&mut self, snapshot: &Snapshot) {
+    /// Every address both sources claim, in address order: the directory's addresses looked
+    /// up among istiod's (a machine's files are few; istiod's workloads are many).
+    fn find_conflicts(&mut self) {
+        let mut conflicts: Vec<Conflict> = self
+            .files
+            .by_address
+            .iter()
+            .filter_map(|(address, files)| {
+                Some(Conflict {
+                    address: *address,
+                    file: files.first()?.key.clone(),
+                    istiod: self.istiod.by_address.get(address)?.first()?.key.clone(),
+                })
+            })
+            .collect();
+        conflicts.sort_by_key(|c| c.address);
+        self.conflicted = conflicts.iter().map(|c| c.address).collect();
+        self.conflicts = conflicts;
+    }
+}
+
+impl FilePart {
+    fn add(&mut self, snapshot: &Snapshot) {
         for entry in &snapshot.workload_entries {
             let meta = &entry.resource.metadata;
             let tunnel = meta.annotations.get(TUNNEL_ANNOTATION).map(String::as_str);
@@ -70,17 +125,19 @@ impl Registry {
                 endpoints: Vec::new(),
             };
             if let Some(selector) = &spec.workload_selector {
-                service.endpoints = (0..self.workloads.len())
-                    .filter(|i| {
-                        let w = &self.workloads[*i];
-                        w.origin == Origin::File
-                            && w.namespace == service.namespace
+                // istiod's workloads carry no labels: a file's selector never picks them.
+                service.endpoints = self
+                    .workloads
+                    .iter()
+                    .filter(|w| {
+                        w.namespace == service.namespace
                             && !w.key.contains('#')
                             && selector
                                 .labels
                                 .iter()
                                 .all(|(k, v)| w.labels.get(k) == Some(v))
                     })
+                    .cloned()
                     .collect();
             }
             for (i, endpoint) in spec.endpoints.iter().flatten().enumerate() {
@@ -89,90 +146,24 @@ impl Registry {
                     service.endpoints.push(self.add_workload(w));
                 }
             }
-            self.services.push(service);
+            self.services.push(Arc::new(service));
         }
     }
 
-    fn add_istiod(&mut self, mesh: &MeshState) {
-        // Key order, so that a registry built twice from the same state is the same (views,
-        // dumps, "the first workload at an address").
-        let mut workloads: Vec<&Arc<xds::Workload>> = mesh.workloads().collect();
-        workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
-        let mut by_service: HashMap<&str, Vec<usize>> = HashMap::new();
-        for w in workloads {
-            let Some(workload) = istiod_workload(w) else {
-                continue;
-            };
-            let index = self.add_workload(workload);
-            if w.health == Health::Healthy {
-                for key in w.services.keys() {
-                    by_service.entry(key.as_str()).or_default().push(index);
-                }
-            }
-        }
-        let mut services: Vec<&Arc<xds::Service>> = mesh.services().collect();
-        services.sort_by(|a, b| (&a.namespace, &a.hostname).cmp(&(&b.namespace, &b.hostname)));
-        for s in services {
-            let key = s.key();
-            let endpoints = by_service.remove(key.as_str()).unwrap_or_default();
-            self.services.push(Service {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                hosts: vec![s.hostname.clone()],
-                vips: s.addresses.iter().map(|a| a.address).collect(),
-                ports: s
-                    .ports
-                    .iter()
-                    .map(|p| Port {
-                        number: p.service_port,
-                        name: None,
-                        target: p.target_port,
-                    })
-                    .collect(),
-                origin: Origin::Istiod,
-                refused: s.refused,
-                endpoints,
-                key,
-            });
-        }
-    }
-
-    pub(super) fn add_workload(&mut self, workload: Workload) -> usize {
-        let index = self.workloads.len();
+    fn add_workload(&mut self, workload: Workload) -> Arc<Workload> {
+        let workload = Arc::new(workload);
         for address in workload.addresses() {
-            self.by_address.entry(address).or_default().push(index);
+            self.by_address
+                .entry(address)
+                .or_default()
+                .push(Arc::clone(&workload));
         }
         self.by_identity
             .entry((workload.namespace.clone(), workload.service_account.clone()))
             .or_default()
-            .push(index);
-        self.workloads.push(workload);
-        index
-    }
-
-    /// Every address both sources claim, in address order.
-    fn find_conflicts(&mut self) {
-        let mut conflicts: Vec<Conflict> = self
-            .by_address
-            .iter()
-            .filter_map(|(address, indices)| {
-                let by = |origin| {
-                    indices
-                        .iter()
-                        .map(|i| &self.workloads[*i])
-                        .find(|w| w.origin == origin)
-                        .map(|w| w.key.clone())
-                };
-                Some(Conflict {
-                    address: *address,
-                    file: by(Origin::File)?,
-                    istiod: by(Origin::Istiod)?,
-                })
-            })
-            .collect();
-        conflicts.sort_by_key(|c| c.address);
-        self.conflicted = conflicts.iter().map(|c| c.address).collect();
-        self.conflicts = conflicts;
+            .push(Arc::clone(&workload));
+        self.workloads.push(Arc::clone(&workload));
+        workload
     }
 }
 
@@ -227,12 +218,12 @@ fn file_workload(
         origin: Origin::File,
         refused: None,
         bound_policies: Arc::from([]),
-        service_targets: BTreeMap::new(),
+        service_targets: Box::default(),
     })
 }
 
 /// An istiod workload, or `None` when it has no address (nothing to reach or to refuse).
-fn istiod_workload(w: &xds::Workload) -> Option<Workload> {
+pub(super) fn istiod_workload(w: &xds::Workload) -> Option<Workload> {
     let (address, others) = w.addresses.split_first()?;
     // Records name it as Istio's canonical labels would (`app`, `version`).
     let mut labels = BTreeMap::new();

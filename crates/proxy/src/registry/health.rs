@@ -76,7 +76,7 @@ impl Registry {
     /// without waiting [`EJECTION`].
     #[doc(hidden)]
     pub fn report_failure_at(&self, address: SocketAddr, now: Instant) {
-        if !self.by_address.contains_key(&address.ip().to_canonical()) {
+        if self.at(address.ip().to_canonical()).next().is_none() {
             return;
         }
         self.unhealthy

@@ -17,6 +17,7 @@
 
 mod build;
 mod health;
+mod istiod;
 mod resolve;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -29,6 +30,7 @@ use meshd_record::WorkloadMeta;
 pub use meshd_workloadapi::model::Refusal as MeshRefusal;
 
 use health::Unhealthy;
+use istiod::IstiodPart;
 
 /// How long a failed endpoint is skipped.
 pub const EJECTION: Duration = Duration::from_secs(10);
@@ -57,6 +59,9 @@ pub enum Origin {
     /// istiod.
     Istiod,
 }
+
+/// Service port → target port, for one service a workload backs.
+pub(crate) type TargetPorts = Box<[(u16, u16)]>;
 
 /// A workload, as the proxy needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +95,8 @@ pub struct Workload {
     pub bound_policies: Arc<[String]>,
     /// Per service (`<namespace>/<hostname>`): service port → target port, as istiod resolved
     /// them for this workload.
-    pub(crate) service_targets: BTreeMap<String, Vec<(u16, u16)>>,
+    /// Sorted by service key (a boxed slice, not a map: see `ServicePorts`).
+    pub(crate) service_targets: Box<[(String, TargetPorts)]>,
     // Built once with the registry and shared by every record of a connection to or from the
     // workload (two copies of four strings per connection, ~500 bytes, before).
     meta: Arc<WorkloadMeta>,
@@ -159,19 +165,20 @@ pub struct Service {
     pub origin: Origin,
     /// Why meshd refuses connections to it (a service behind a waypoint).
     pub refused: Option<MeshRefusal>,
-    /// Indices into the registry's workloads.
-    endpoints: Vec<usize>,
+    /// Its endpoints, for a file's service (istiod's are kept apart, by service key, so that a
+    /// workload pushed alone updates them without copying the service).
+    endpoints: Vec<Arc<Workload>>,
 }
 
 /// Where a connection should go once the registry has looked at it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
-    /// The workload and port to reach; `None` for a destination outside the registry.
-    pub workload: Option<usize>,
+    /// The workload to reach; `None` for a destination outside the registry.
+    pub workload: Option<Arc<Workload>>,
     /// The address to connect to (the workload's address and target port, or the original).
     pub address: SocketAddr,
     /// The service the connection was for, if any.
-    pub service: Option<usize>,
+    pub service: Option<Arc<Service>>,
 }
 
 /// Why a destination cannot be resolved.
@@ -229,45 +236,58 @@ impl fmt::Display for Conflict {
     }
 }
 
-/// The registry.
+/// The registry: the directory's part, rebuilt when the directory is, and istiod's part,
+/// updated resource by resource as istiod pushes ([`IstiodPart`], shared with the registry
+/// before: a push of one workload costs that workload, not the mesh).
 #[derive(Debug, Default)]
 pub struct Registry {
-    workloads: Vec<Workload>,
-    services: Vec<Service>,
-    by_address: HashMap<IpAddr, Vec<usize>>,
-    /// (namespace, service account) → workloads with that identity.
-    by_identity: HashMap<(String, String), Vec<usize>>,
-    local: Vec<usize>,
+    files: Arc<FilePart>,
+    istiod: IstiodPart,
     conflicts: Vec<Conflict>,
     conflicted: HashSet<IpAddr>,
     /// Shared with the registries that follow this one on reloads ([`Registry::keep_health_of`]).
     unhealthy: Arc<Mutex<Unhealthy>>,
 }
 
+/// The directory's WorkloadEntries and ServiceEntries (few: a machine's own files).
+#[derive(Debug, Default)]
+struct FilePart {
+    workloads: Vec<Arc<Workload>>,
+    services: Vec<Arc<Service>>,
+    by_address: HashMap<IpAddr, Vec<Arc<Workload>>>,
+    /// (namespace, service account) → workloads with that identity.
+    by_identity: HashMap<(String, String), Vec<Arc<Workload>>>,
+    local: Vec<Arc<Workload>>,
+}
+
 impl Registry {
-    /// Every workload.
-    pub fn workloads(&self) -> &[Workload] {
-        &self.workloads
+    /// Every workload: the directory's in file order, then istiod's by uid.
+    pub fn workloads(&self) -> Vec<&Arc<Workload>> {
+        let mut istiod: Vec<&Arc<Workload>> = self.istiod.workloads.values().collect();
+        istiod.sort_by(|a, b| a.key.cmp(&b.key));
+        self.files.workloads.iter().chain(istiod).collect()
     }
 
-    /// A workload by index.
-    pub fn workload(&self, index: usize) -> &Workload {
-        &self.workloads[index]
-    }
-
-    /// Every service.
-    pub fn services(&self) -> &[Service] {
-        &self.services
-    }
-
-    /// A service by index.
-    pub fn service(&self, index: usize) -> &Service {
-        &self.services[index]
+    /// Every service: the directory's in file order, then istiod's by key.
+    pub fn services(&self) -> Vec<&Arc<Service>> {
+        let mut istiod: Vec<&Arc<Service>> = self.istiod.services.values().collect();
+        istiod.sort_by(|a, b| a.key.cmp(&b.key));
+        self.files.services.iter().chain(istiod).collect()
     }
 
     /// Addresses claimed by both sources (see [`Conflict`]), for status and logs.
     pub fn conflicts(&self) -> &[Conflict] {
         &self.conflicts
+    }
+
+    /// The workloads at an address: the directory's first, then istiod's by uid.
+    fn at(&self, ip: IpAddr) -> impl Iterator<Item = &Arc<Workload>> {
+        self.files
+            .by_address
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .chain(self.istiod.by_address.get(&ip).into_iter().flatten())
     }
 
     /// The local workload serving `addr` (address and port), if any: the only destinations
@@ -278,28 +298,21 @@ impl Registry {
         if self.conflicted.contains(&ip) || self.refusal_at(ip).is_some() {
             return None;
         }
-        self.local
-            .iter()
-            .map(|i| &self.workloads[*i])
+        self.local_workloads()
             .find(|w| w.addresses().any(|a| a == ip) && w.serves_port(addr.port()))
     }
 
     /// The first refused workload at an address, if any: one is enough to refuse the address
     /// (two istiod workloads may share one, e.g. host-network pods).
     pub fn refusal_at(&self, ip: IpAddr) -> Option<&Workload> {
-        self.by_address
-            .get(&ip.to_canonical())?
-            .iter()
-            .map(|i| &self.workloads[*i])
+        self.at(ip.to_canonical())
             .find(|w| w.refused.is_some())
+            .map(|w| &**w)
     }
 
     /// The workload at an address (the first one listed, as outbound resolution picks).
     pub fn workload_at(&self, ip: IpAddr) -> Option<&Workload> {
-        self.by_address
-            .get(&ip.to_canonical())
-            .and_then(|ws| ws.first())
-            .map(|i| &self.workloads[*i])
+        self.at(ip.to_canonical()).next().map(|w| &**w)
     }
 
     /// The one workload with this identity, if exactly one has it.
@@ -308,31 +321,50 @@ impl Registry {
         namespace: &str,
         service_account: &str,
     ) -> Option<&Workload> {
-        match self
+        let key = (namespace.to_string(), service_account.to_string());
+        let mut with = self
+            .files
             .by_identity
-            .get(&(namespace.to_string(), service_account.to_string()))
-            .map(Vec::as_slice)
-        {
-            Some([only]) => Some(&self.workloads[*only]),
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .chain(self.istiod.by_identity.get(&key).into_iter().flatten());
+        match (with.next(), with.next()) {
+            (Some(only), None) => Some(only),
             _ => None,
         }
     }
 
-    /// True when the workload at `index` (into [`Registry::workloads`]) is local.
-    pub fn is_local(&self, index: usize) -> bool {
-        self.local.contains(&index)
+    /// True when `workload` (one of [`Registry::workloads`]) is local.
+    pub fn is_local(&self, workload: &Workload) -> bool {
+        match workload.origin {
+            Origin::File => self.files.local.iter().any(|w| **w == *workload),
+            Origin::Istiod => self.istiod.local.contains_key(&workload.key),
+        }
     }
 
     /// A service's endpoints.
     pub fn endpoints<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a Workload> {
-        service
-            .endpoints
-            .iter()
-            .filter_map(|i| self.workloads.get(*i))
+        self.endpoints_shared(service).map(|w| &**w)
     }
 
-    /// Local workloads.
+    fn endpoints_shared<'a>(
+        &'a self,
+        service: &'a Service,
+    ) -> impl Iterator<Item = &'a Arc<Workload>> {
+        let istiod = match service.origin {
+            Origin::File => None,
+            Origin::Istiod => self.istiod.endpoints.get(&service.key),
+        };
+        service.endpoints.iter().chain(istiod.into_iter().flatten())
+    }
+
+    /// Local workloads: the directory's, then istiod's by uid.
     pub fn local_workloads(&self) -> impl Iterator<Item = &Workload> {
-        self.local.iter().map(|i| &self.workloads[*i])
+        self.files
+            .local
+            .iter()
+            .chain(self.istiod.local.values())
+            .map(|w| &**w)
     }
 }

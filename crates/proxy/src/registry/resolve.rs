@@ -3,22 +3,23 @@
 //! and conflicted addresses are errors here, so no connection goes around them.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::Rng;
 
-use super::{Port, Registry, ResolveError, Resolved, Service, Workload};
+use super::{Origin, Port, Registry, ResolveError, Resolved, Service, Workload};
 
 impl Registry {
     /// Resolves an address: a service VIP picks an endpoint and maps the port; a workload
     /// address is that workload; anything else passes through unchanged.
     pub fn resolve_addr(&self, addr: SocketAddr) -> Result<Resolved, ResolveError> {
         let ip = addr.ip().to_canonical();
-        if let Some(index) = self.service_where(|s| s.vips.iter().any(|v| v.contains(&ip)))? {
-            return self.pick(index, addr.port());
+        if let Some(service) = self.service_where(|s| s.vips.iter().any(|v| v.contains(&ip)))? {
+            return self.pick(&service, addr.port());
         }
         self.check_address(ip)?;
-        let workload = self.by_address.get(&ip).and_then(|ws| ws.first().copied());
+        let workload = self.at(ip).next().cloned();
         Ok(Resolved {
             workload,
             address: SocketAddr::new(ip, addr.port()),
@@ -52,40 +53,45 @@ impl Registry {
         {
             return self.resolve_addr(SocketAddr::new(ip, port));
         }
-        let index = self
+        let service = self
             .service_where(|s| {
                 s.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
                     || host.eq_ignore_ascii_case(&format!("{}.{}", s.name, s.namespace))
             })?
             .ok_or_else(|| ResolveError::UnknownHost(host.to_string()))?;
-        self.pick(index, port)
+        self.pick(&service, port)
     }
 
-    /// The first service matching, unless any matching one is refused: a ServiceEntry from a
-    /// file with the VIP or host of a service istiod put behind a waypoint must not become a
-    /// way around it.
+    /// The first service matching (the directory's in file order, then istiod's by key),
+    /// unless any matching one is refused: a ServiceEntry from a file with the VIP or host of
+    /// a service istiod put behind a waypoint must not become a way around it.
     fn service_where(
         &self,
         matches: impl Fn(&Service) -> bool,
-    ) -> Result<Option<usize>, ResolveError> {
-        let mut first = None;
-        for (index, service) in self.services.iter().enumerate() {
-            if !matches(service) {
-                continue;
-            }
-            if let Some(reason) = service.refused {
-                return Err(ResolveError::Refused {
-                    target: service.key.clone(),
-                    reason,
-                });
-            }
-            first.get_or_insert(index);
+    ) -> Result<Option<Arc<Service>>, ResolveError> {
+        let refused = |service: &Service| match service.refused {
+            Some(reason) => Err(ResolveError::Refused {
+                target: service.key.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        };
+        let mut first: Option<&Arc<Service>> = None;
+        for service in self.files.services.iter().filter(|s| matches(s)) {
+            refused(service)?;
+            first.get_or_insert(service);
         }
-        Ok(first)
+        for service in self.istiod.services.values().filter(|s| matches(s)) {
+            refused(service)?;
+            // istiod's are in no order here: the smallest key is the first.
+            if first.is_none_or(|f| f.origin == Origin::Istiod && service.key < f.key) {
+                first = Some(service);
+            }
+        }
+        Ok(first.cloned())
     }
 
-    fn pick(&self, index: usize, port: u16) -> Result<Resolved, ResolveError> {
-        let service = &self.services[index];
+    fn pick(&self, service: &Arc<Service>, port: u16) -> Result<Resolved, ResolveError> {
         if let Some(reason) = service.refused {
             return Err(ResolveError::Refused {
                 target: service.key.clone(),
@@ -103,23 +109,18 @@ impl Registry {
         // Endpoints meshd must not reach (refused, conflicted) are never candidates; if they
         // were all there was, the connection is refused with the first one's reason.
         let mut refused = None;
-        let candidates: Vec<(usize, SocketAddr)> = service
-            .endpoints
-            .iter()
-            .filter(|i| {
-                let w = &self.workloads[**i];
-                match self.check_address(w.address) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        refused.get_or_insert(e);
-                        false
-                    }
+        let candidates: Vec<(&Arc<Workload>, SocketAddr)> = self
+            .endpoints_shared(service)
+            .filter(|w| match self.check_address(w.address) {
+                Ok(()) => true,
+                Err(e) => {
+                    refused.get_or_insert(e);
+                    false
                 }
             })
-            .map(|i| {
-                let w = &self.workloads[*i];
+            .map(|w| {
                 (
-                    *i,
+                    w,
                     SocketAddr::new(w.address, target_port(w, service, service_port)),
                 )
             })
@@ -127,7 +128,7 @@ impl Registry {
         if let (true, Some(e)) = (candidates.is_empty(), refused) {
             return Err(e);
         }
-        let healthy: Vec<(usize, SocketAddr)> = {
+        let healthy: Vec<(&Arc<Workload>, SocketAddr)> = {
             let now = Instant::now();
             let unhealthy = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner());
             candidates
@@ -141,21 +142,18 @@ impl Registry {
         } else {
             &healthy
         };
-        let total: u64 = pool
-            .iter()
-            .map(|(i, _)| u64::from(self.workloads[*i].weight.max(1)))
-            .sum();
+        let total: u64 = pool.iter().map(|(w, _)| u64::from(w.weight.max(1))).sum();
         if total == 0 {
             return Err(ResolveError::NoEndpoints(service.key.clone()));
         }
         let mut ticket = rand::rng().random_range(0..total);
-        for (i, address) in pool {
-            let weight = u64::from(self.workloads[*i].weight.max(1));
+        for (w, address) in pool {
+            let weight = u64::from(w.weight.max(1));
             if ticket < weight {
                 return Ok(Resolved {
-                    workload: Some(*i),
+                    workload: Some(Arc::clone(w)),
                     address: *address,
-                    service: Some(index),
+                    service: Some(Arc::clone(service)),
                 });
             }
             ticket -= weight;
@@ -170,7 +168,9 @@ impl Registry {
 fn target_port(workload: &Workload, service: &Service, port: &Port) -> u16 {
     workload
         .service_targets
-        .get(&service.key)
+        .binary_search_by(|(k, _)| k.cmp(&service.key))
+        .ok()
+        .map(|i| &workload.service_targets[i].1)
         .and_then(|ports| ports.iter().find(|(s, _)| *s == port.number))
         .map(|(_, target)| *target)
         .or_else(|| {

@@ -1,12 +1,10 @@
 //! `istio.workload.Workload` and `istio.workload.Service` into the model.
 
-use std::collections::BTreeMap;
-
 use crate::convert::{ip, known, name, net, port, required};
 use crate::error::{DecodeError, Problem};
 use crate::model::{
     DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, Health, LoadBalancing, NetworkAddress,
-    PortMapping, Refusal, Service, Tunnel, Workload, WorkloadType,
+    PortMapping, Refusal, Service, ServicePorts, Tunnel, Workload, WorkloadType,
 };
 use crate::proto::workload as pb;
 
@@ -109,8 +107,8 @@ fn or_default(value: String, default: &str) -> String {
 /// `services`: `<namespace>/<hostname>` → ports, in key order.
 fn services(
     map: std::collections::HashMap<String, pb::PortList>,
-) -> Result<BTreeMap<String, Vec<PortMapping>>, DecodeError> {
-    let mut out = BTreeMap::new();
+) -> Result<ServicePorts, DecodeError> {
+    let mut out = Vec::with_capacity(map.len());
     for (key, list) in map {
         let field = format!("workload.services[{key:?}]");
         match key.split_once('/') {
@@ -118,9 +116,9 @@ fn services(
             _ => return Err(DecodeError::field(field, Problem::BadServiceKey(key))),
         }
         let ports = ports(&list.ports, &field)?;
-        out.insert(key, ports);
+        out.push((key, ports));
     }
-    Ok(out)
+    Ok(out.into_iter().collect())
 }
 
 /// Ports: the service port must be 1–65535; a target port of 0 means "not given" (see
