@@ -165,3 +165,37 @@ fn vms_join_with_a_token_and_enforce_istiods_policies() {
         assert!(metrics.contains(series), "no {series} in:\n{metrics}");
     }
 }
+
+#[test]
+fn without_istiod_or_a_persisted_state_meshd_waits_and_says_why() {
+    // db's meshd joins once (its certificate is persisted), then starts again with neither
+    // istiod nor a persisted state: it has a certificate but no mesh to enforce, so it must
+    // not serve (a workload whose policies live in istiod would be open to all) and must say
+    // what it waits for; once istiod is back it gets the state and becomes ready.
+    let mut fleet = Fleet::web_db();
+    let first = fleet.start("b");
+    drop(first);
+    std::fs::remove_file(fleet.cert_dir("b").join("istiod-state.pb")).ok();
+    fleet.istiod.kill();
+
+    let mut db = meshd_integration::Meshd::spawn_starting(fleet.command("b"));
+    let ready = fleet.mesh.get("b").addr(Port::Readiness);
+    let waiting = meshd_integration::eventually("readiness names the wait for istiod", || {
+        let (code, body) = http(ready, "GET", "/healthz/ready")?;
+        (code == 500 && body.contains("istiod's first push")).then_some(body)
+    });
+    assert!(waiting.contains("pending: control-plane"), "{waiting}");
+    assert!(
+        !db.wait_ready(Duration::from_millis(500)),
+        "ready without any mesh state"
+    );
+
+    fleet.istiod.restart();
+    assert!(
+        db.wait_ready(Duration::from_secs(30)),
+        "not ready after istiod came back: {}",
+        db.stderr()
+    );
+    let (code, body) = http(ready, "GET", "/healthz/ready").expect("readiness");
+    assert_eq!(code, 200, "{body}");
+}

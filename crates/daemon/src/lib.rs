@@ -428,7 +428,7 @@ async fn start(
     watch_certificate(&identity, &readiness, &metrics);
     let control = match (&config.control_plane, cp_metrics) {
         (Some(cp), Some(cp_metrics)) => Some(
-            control_plane::start_xds(cp, identity.handle(), ca, &readiness, cp_metrics)
+            control_plane::start_xds(cp, identity.handle(), ca, &readiness, &waiting, cp_metrics)
                 .await
                 .map_err(Exit::Config)?,
         ),

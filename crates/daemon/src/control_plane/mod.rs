@@ -41,6 +41,14 @@ pub(crate) const READY_CONDITION: &str = "control-plane";
 /// unreachable, a token it refuses: an operator may be replacing it).
 const CA_RETRY: Duration = Duration::from_secs(1);
 
+/// How long istiod's first push is awaited quietly: a reachable istiod answers well within
+/// it, so only a real wait is logged and shown as one.
+const FIRST_PUSH_QUIET: Duration = Duration::from_secs(2);
+
+/// How often start-up looks whether istiod's first push has arrived (the stream itself
+/// reconnects with its own backoff).
+const FIRST_PUSH_POLL: Duration = Duration::from_millis(100);
+
 /// The running control-plane clients and what they publish.
 pub(crate) struct ControlPlane {
     /// The mesh state, after every response applied.
@@ -131,6 +139,7 @@ pub(crate) async fn start_xds(
     identity: IdentityHandle,
     ca: Option<(watch::Receiver<CaStatus>, JoinHandle<()>)>,
     readiness: &Readiness,
+    waiting: &Waiting,
     metrics: ControlPlaneMetrics,
 ) -> Result<ControlPlane, StartupError> {
     let path = state_path(settings);
@@ -158,8 +167,30 @@ pub(crate) async fn start_xds(
     };
     tasks.extend(ca_task);
     if persisted.is_none() {
-        // Nothing to enforce yet: wait for istiod's first answer of both types.
-        let _ = xds.wait_for(|s| s.ready).await;
+        // Nothing to enforce yet: wait for istiod's first answer of both types, as start-up
+        // waits for what time cures (the reason on readiness, systemd's start timeout
+        // extended meanwhile).
+        let quiet = matches!(
+            tokio::time::timeout(FIRST_PUSH_QUIET, xds.wait_for(|s| s.ready)).await,
+            Ok(Ok(_))
+        );
+        let status = &xds;
+        if !quiet {
+            until_ready(waiting, Pauses::every(FIRST_PUSH_POLL), || async move {
+                let now = status.borrow();
+                if now.ready {
+                    return Ok(());
+                }
+                let why = now
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "connecting".into());
+                Err(Failure::Wait(StartupError::ControlPlane(format!(
+                    "istiod's first push of both types ({why})"
+                ))))
+            })
+            .await?;
+        }
     }
     readiness.set_ready(READY_CONDITION);
     Ok(ControlPlane {
