@@ -259,6 +259,15 @@ mod tests {
     }
 
     #[test]
+    fn trust_domain_rejects_what_a_spiffe_id_would_refuse() {
+        // The same rules whether the name arrives alone (meshd.yaml, a bundle's TRUST_DOMAIN)
+        // or inside an ID: spaces, `@`, `%`, non-ASCII and the empty name are refused.
+        for bad in ["Not Valid", "bad td", "a@b", "a%20b", "é.local", "", " "] {
+            assert!(TrustDomain::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn trust_domain_rejects_uri_form() {
         assert!(TrustDomain::new("spiffe://cluster.local").is_err());
         assert_eq!(
