@@ -16,8 +16,10 @@
 //!
 //! Memory: resident (anonymous) memory of the process before and after building and holding
 //! the full state and its proxy state, divided by the workloads; printed, not a criterion
-//! figure. The resources' bytes the daemon also holds (for `initial_resource_versions` and the
-//! persisted state) are counted apart, exactly.
+//! figure. Then the exact heap bytes of each part (stats_alloc counts every allocation):
+//! istiod's workloads, services and policies, the registry and the compiled policies. The
+//! resources' bytes the daemon also holds (for `initial_resource_versions` and the persisted
+//! state) are counted apart, exactly.
 //!
 //! Run: `cargo bench -p meshd-benches --bench istiod` (about 2 min). On the 2-core shared
 //! development VM the figures below were taken with the dev profile at opt-level 2 (the
@@ -25,26 +27,30 @@
 //! than the bench): `cargo bench -p meshd-benches --bench istiod --profile dev --config
 //! 'profile.dev.opt-level=2'`.
 //!
-//! Figures (median, criterion; 2 shared cores, noisy; targets of issue 24 item 6 in brackets).
-//! Before: the code at d1d2506, where every push rebuilt the whole proxy state. After: pushes
-//! applied as deltas (`update_state`), one run, each beside its baselines in that run:
+//! Figures (median, criterion; 2 shared cores, noisy; targets of issue 24 item 6 in brackets),
+//! each beside its baselines in the same run. d1d2506: every push rebuilt the whole proxy
+//! state. a6ac13c: pushes applied as deltas, each workload held twice (istiod's model and the
+//! registry's copy). Now: the registry reads istiod's model, repeated values shared:
 //!
-//! | figure | baselines in the same run | before | after |
-//! |---|---|---|---|
-//! | full push, decode + apply [≤ 3 s with the proxy state] | prost decode alone: 157 ms before, 97 ms after | 612 ms | 572 ms |
-//! | proxy state from the full state | directory only: 5 µs before, 0.30 ms after | 1.02 s | 0.88 s |
-//! | one-workload delta, end to end [≤ 5 ms] | 100-workload mesh 0.16 ms; full rebuild 628 ms | 631 ms | 0.21 ms |
-//! | one-policy delta, end to end | 100-workload mesh 0.15 ms; full rebuild 642 ms | 722 ms | 22.3 ms |
-//! | resident memory per workload [≤ 1 KB] | | 3 650 B | 2 749 B (1 435 B of it istiod's state) |
+//! | figure | baselines in the same run (now) | d1d2506 | a6ac13c | now |
+//! |---|---|---|---|---|
+//! | full push, decode + apply [≤ 3 s with the proxy state] | prost decode alone 187 ms | 612 ms | 572 ms | 683 ms |
+//! | proxy state from the full state | directory only 0.26 ms | 1.02 s | 0.88 s | 0.57 s |
+//! | one-workload delta, end to end [≤ 5 ms] | 100-workload mesh 0.18 ms; full rebuild 553 ms | 631 ms | 0.21 ms | 0.21 ms |
+//! | one-policy delta, end to end | 100-workload mesh 0.18 ms; full rebuild 492 ms | 722 ms | 22.3 ms | 21.9 ms |
+//! | resident memory per workload [≤ 1 KB] | | 3 650 B | 2 749 B | 942 B |
 //!
-//! The store also keeps each resource's bytes (238 B per workload here) for reconnects and
-//! the persisted state. A one-policy delta compiles every policy again (10 000 here); the
-//! registry is shared.
+//! Heap per workload now (exact): istiod's workloads 402 B, services 46 B, policies 65 B;
+//! registry 258 B, compiled policies 118 B. The store also keeps each resource's bytes (238 B
+//! per workload here) for reconnects and the persisted state. A one-policy delta compiles every
+//! policy again (10 000 here); the registry is shared.
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use std::alloc::System;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use meshd_daemon::{MeshdConfig, build_state, update_state};
@@ -53,6 +59,7 @@ use meshd_proxy::ProxyState;
 use meshd_workloadapi::proto::{security as sec, workload as pb};
 use meshd_workloadapi::{MeshState, ResourceKind};
 use prost::Message;
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 /// The issue's scale target (issue 24 item 6).
 const WORKLOADS: usize = 100_000;
@@ -398,6 +405,19 @@ fn full(c: &mut Criterion) {
     g.finish();
 }
 
+/// Every allocation is counted (stats_alloc), for the exact heap bytes of each part; resident
+/// memory also holds the allocator's own overhead.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Heap bytes live now.
+fn live() -> usize {
+    let stats = GLOBAL.stats();
+    let live =
+        stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated;
+    usize::try_from(live).unwrap_or(0)
+}
+
 /// Anonymous resident bytes of this process (resident minus file-backed, `/proc/self/statm`).
 fn anonymous_rss() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -412,6 +432,7 @@ fn memory(_: &mut Criterion) {
     let held: usize = push.iter().map(|r| r.body.len() + r.name.len()).sum();
     let config = config();
     let snapshot = snapshot();
+    // Resident memory first, in a process that has held nothing else yet.
     let before = anonymous_rss();
     let mesh = apply_all(&push);
     let decoded = anonymous_rss();
@@ -430,6 +451,57 @@ fn memory(_: &mut Criterion) {
         ),
         _ => println!("memory: /proc/self/statm unreadable"),
     }
+    drop((state, mesh));
+    heap_by_part(&push, &config, &snapshot);
+}
+
+/// Exact heap bytes (asked of the allocator) per workload, by part: istiod's workloads,
+/// services and policies, then the registry (a proxy state without policies) and the compiled
+/// policies (the rest of the proxy state).
+fn heap_by_part(push: &[Encoded], config: &MeshdConfig, snapshot: &Snapshot) {
+    let is_workload = |r: &&Encoded| r.kind == ResourceKind::Address && r.name.contains("//Pod/");
+    let workloads: Vec<&Encoded> = push.iter().filter(is_workload).collect();
+    let services: Vec<&Encoded> = push
+        .iter()
+        .filter(|r| r.kind == ResourceKind::Address && !is_workload(r))
+        .collect();
+    let policies: Vec<&Encoded> = push
+        .iter()
+        .filter(|r| r.kind == ResourceKind::Authorization)
+        .collect();
+    let per_workload = |start: usize| live().saturating_sub(start) / WORKLOADS;
+    let mut mesh = MeshState::default();
+    let mut parts = Vec::new();
+    for set in [&workloads, &services, &policies] {
+        let start = live();
+        for r in set {
+            if let Err(e) = mesh.apply(r.kind, &r.name, &r.body) {
+                panic!("{}: {e}", r.name);
+            }
+        }
+        parts.push(per_workload(start));
+    }
+    let mut unpoliced = mesh.clone();
+    for r in &policies {
+        unpoliced.remove(r.kind, &r.name);
+    }
+    let start = live();
+    let registry_only = build_state(config, snapshot, &unpoliced, 1);
+    let registry = per_workload(start);
+    drop(registry_only);
+    let start = live();
+    let state = build_state(config, snapshot, &mesh, 1);
+    let proxy = per_workload(start);
+    black_box(&state);
+    println!(
+        "heap per workload: istiod's workloads {} B, services {} B, policies {} B; registry {} B, compiled policies {} B; total {} B",
+        parts[0],
+        parts[1],
+        parts[2],
+        registry,
+        proxy.saturating_sub(registry),
+        parts.iter().sum::<usize>() + proxy,
+    );
 }
 
 criterion_group!(benches, memory, full, deltas);

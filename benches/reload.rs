@@ -141,8 +141,8 @@ fn probe_allowed(state: &ProxyState, peer: &Peer, destination: SocketAddr) -> Op
         peer: Some(peer.clone()),
         source_ip: IpAddr::from([10, 9, 9, 9]),
         destination: Destination {
-            namespace: workload.namespace.clone(),
-            labels: workload.labels.clone(),
+            namespace: workload.namespace().to_string(),
+            labels: workload.labels().clone(),
             ip: destination.ip(),
             port: destination.port(),
             bound_policies: Default::default(),

@@ -6,12 +6,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use meshd_manifests::{LoadOptions, Snapshot, load_dir};
 use meshd_proxy::MeshState;
-use meshd_rbac::{Connection, Destination, Engine, Peer};
+use meshd_rbac::{Connection, Destination, Engine, Peer, Sym};
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigArgs;
@@ -185,7 +186,12 @@ fn parse_line(line: &str) -> Result<Connection, String> {
             labels: input.destination.labels,
             ip: input.destination.ip,
             port: input.destination.port,
-            bound_policies: input.destination.bound_policies.into(),
+            bound_policies: input
+                .destination
+                .bound_policies
+                .into_iter()
+                .map(Sym::from)
+                .collect(),
         },
     })
 }
@@ -240,9 +246,9 @@ fn human(
         .or_else(|| entry.and_then(|w| w.spec.address.as_deref()?.parse().ok()))
         .or_else(|| from_istiod.and_then(|w| w.addresses.first().copied()))
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let bound_policies: Vec<String> = from_istiod
-        .map(|w| w.authorization_policies.clone())
-        .unwrap_or_default();
+    let bound_policies: Arc<[Sym]> = from_istiod
+        .map(|w| Arc::clone(&w.authorization_policies))
+        .unwrap_or_else(|| Arc::from([]));
     let peer = match &args.from {
         Some(p) => Some(Peer::from_principal(p)?),
         None => None,
@@ -255,7 +261,7 @@ fn human(
             labels,
             ip,
             port,
-            bound_policies: bound_policies.into(),
+            bound_policies,
         },
     };
     let out = decide(engine, &conn);

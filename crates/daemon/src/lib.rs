@@ -446,7 +446,7 @@ async fn start(
     let local: Vec<String> = state
         .registry
         .local_workloads()
-        .map(|w| w.key.clone())
+        .map(|w| w.key().to_string())
         .collect();
     let (states, updates) = watch::channel(Arc::new(state));
     let _ = operated.states.set(updates.clone());

@@ -22,16 +22,16 @@ pub fn config_dump(
         .into_iter()
         .map(|w| {
             json!({
-                "workload": w.key,
-                "address": w.address.to_string(),
+                "workload": w.key(),
+                "address": w.address().to_string(),
                 "identity": state.spiffe_id(w),
-                "labels": w.labels,
-                "ports": w.ports,
-                "protocol": format!("{:?}", w.protocol),
-                "origin": format!("{:?}", w.origin),
-                "otherAddresses": w.other_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "refused": w.refused.map(|r| r.to_string()),
-                "boundPolicies": &*w.bound_policies,
+                "labels": w.labels(),
+                "ports": w.ports(),
+                "protocol": format!("{:?}", w.protocol()),
+                "origin": format!("{:?}", w.origin()),
+                "otherAddresses": w.addresses().skip(1).map(|a| a.to_string()).collect::<Vec<_>>(),
+                "refused": w.refused().map(|r| r.to_string()),
+                "boundPolicies": w.bound_policies().iter().map(|k| k.as_str()).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -72,18 +72,18 @@ fn local_workloads(state: &ProxyState) -> Vec<Value> {
         .map(|w| {
             let policies: Vec<Value> = state
                 .engine
-                .policies_for(&w.namespace, &w.labels)
+                .policies_for(w.namespace(), w.labels())
                 .into_iter()
                 .map(|(key, action)| json!({"policy": key.to_string(), "action": action.as_str()}))
                 .collect();
             json!({
-                "workload": w.key,
-                "address": w.address.to_string(),
+                "workload": w.key(),
+                "address": w.address().to_string(),
                 "identity": state.spiffe_id(w),
-                "labels": w.labels,
-                "ports": w.ports,
+                "labels": w.labels(),
+                "ports": w.ports(),
                 "policies": policies,
-                "strictMtls": state.engine.strict_anywhere(&w.namespace, &w.labels).map(|k| k.to_string()),
+                "strictMtls": state.engine.strict_anywhere(w.namespace(), w.labels()).map(|k| k.to_string()),
             })
         })
         .collect()

@@ -18,12 +18,12 @@ pub fn strict_without_capture(config: &ProxyConfig, state: &ProxyState) -> Vec<S
     for workload in state.registry.local_workloads() {
         if let Some(policy) = state
             .engine
-            .strict_anywhere(&workload.namespace, &workload.labels)
+            .strict_anywhere(workload.namespace(), workload.labels())
         {
             by_policy
                 .entry(policy.to_string())
                 .or_default()
-                .push(&workload.key);
+                .push(workload.key());
         }
     }
     by_policy

@@ -33,9 +33,9 @@ pub fn local_predicate(config: &ProxyConfig) -> impl Fn(&Workload) -> bool + Sen
     move |w: &Workload| {
         // Every address of the workload counts (istiod's workloads may have several).
         if explicit {
-            return w.addresses().any(|a| addresses.contains(&a)) || workloads.contains(&w.key);
+            return w.addresses().any(|a| addresses.contains(&a)) || workloads.contains(w.key());
         }
-        match (&own, w.origin) {
+        match (&own, w.origin()) {
             (Some(own), Origin::Istiod) => {
                 w.addresses().any(|a| a.is_loopback() || own.contains(&a))
             }

@@ -129,8 +129,8 @@ impl ProxyState {
     ) -> Result<SpiffeId, meshd_identity::Error> {
         SpiffeId::istio(
             workload.trust_domain(&self.trust_domain),
-            &workload.namespace,
-            &workload.service_account,
+            workload.namespace(),
+            workload.service_account(),
         )
     }
 
@@ -149,8 +149,9 @@ impl ProxyState {
         // A peer identity outside Istio's form names no workload (and, as before, does not
         // keep the address lookup from finding one).
         let peer = peer.and_then(|p| Some((p.namespace()?, p.service_account()?)));
-        let same_identity =
-            |w: &Workload| peer.is_none_or(|(ns, sa)| ns == w.namespace && sa == w.service_account);
+        let same_identity = |w: &Workload| {
+            peer.is_none_or(|(ns, sa)| ns == w.namespace() && sa == w.service_account())
+        };
         registry
             .workload_at(source.ip())
             .filter(|w| same_identity(w))

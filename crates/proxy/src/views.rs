@@ -26,12 +26,12 @@ pub fn workloads(state: &ProxyState) -> view::Workloads {
         .map(|w| {
             let local = registry.is_local(w);
             view::Workload {
-                name: w.key.clone(),
+                name: w.key().to_string(),
                 local,
                 identity: state.spiffe_id(w),
-                address: w.address.to_string(),
-                labels: w.labels.clone(),
-                protocol: match w.protocol {
+                address: w.address().to_string(),
+                labels: w.labels().clone(),
+                protocol: match w.protocol() {
                     Protocol::Hbone => "hbone",
                     Protocol::HboneQuic => "hbone-quic",
                     Protocol::Tcp => "tcp",
@@ -60,7 +60,7 @@ pub fn workloads(state: &ProxyState) -> view::Workloads {
 fn selecting(state: &ProxyState, w: &Workload) -> Vec<view::PolicyRef> {
     state
         .engine
-        .policies_for_workload(&w.namespace, &w.labels, &w.bound_policies)
+        .policies_for_workload(w.namespace(), w.labels(), &w.bound_policies())
         .into_iter()
         .map(|(key, action)| view::PolicyRef {
             policy: key.to_string(),
@@ -71,13 +71,13 @@ fn selecting(state: &ProxyState, w: &Workload) -> Vec<view::PolicyRef> {
 
 /// The mode of every named port, and the workload-wide one (port 0) for the rest.
 fn port_modes(state: &ProxyState, w: &Workload) -> Vec<view::PortMode> {
-    let mut ports: Vec<u16> = w.ports.values().copied().collect();
+    let mut ports: Vec<u16> = w.ports().values().copied().collect();
     ports.sort_unstable();
     ports.dedup();
     std::iter::once(0)
         .chain(ports)
         .map(|port| {
-            let mode = state.engine.mtls_mode(&w.namespace, &w.labels, port);
+            let mode = state.engine.mtls_mode(w.namespace(), w.labels(), port);
             view::PortMode {
                 port,
                 mode: if mode.strict { "STRICT" } else { "PERMISSIVE" }.to_string(),
@@ -109,9 +109,9 @@ pub fn services(state: &ProxyState) -> view::Services {
             endpoints: registry
                 .endpoints(s)
                 .map(|w| view::Endpoint {
-                    workload: w.key.clone(),
-                    address: w.address.to_string(),
-                    healthy: registry.is_healthy(w.address),
+                    workload: w.key().to_string(),
+                    address: w.address().to_string(),
+                    healthy: registry.is_healthy(w.address()),
                 })
                 .collect(),
         })

@@ -141,7 +141,7 @@ fn apply(mesh: &mut MeshState, push: Push) {
 
 /// Local: the file's VM and istiod's `w1`, wherever they are.
 fn is_local(w: &meshd_proxy::Workload) -> bool {
-    w.key == "shop/local-vm" || w.key == uid("w1")
+    w.key() == "shop/local-vm" || w.key() == uid("w1")
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -156,11 +156,11 @@ fn seen(state: &ProxyState) -> String {
         out += &format!("workload {w:?} local={}\n", r.is_local(w));
     }
     for s in r.services() {
-        let endpoints: Vec<&str> = r.endpoints(s).map(|w| w.key.as_str()).collect();
+        let endpoints: Vec<&str> = r.endpoints(s).map(|w| w.key()).collect();
         out += &format!("service {s:?} endpoints={endpoints:?}\n");
     }
     out += &format!("conflicts {:?}\n", r.conflicts());
-    let local: Vec<&str> = r.local_workloads().map(|w| w.key.as_str()).collect();
+    let local: Vec<&str> = r.local_workloads().map(|w| w.key()).collect();
     out += &format!("local {local:?}\n");
     for a in [
         "10.0.0.1:80",
@@ -174,13 +174,13 @@ fn seen(state: &ProxyState) -> String {
     ] {
         let resolved = r.resolve_addr(addr(a)).map(|x| {
             (
-                x.workload.map(|w| w.key.clone()),
+                x.workload.map(|w| w.key().to_string()),
                 x.service.map(|s| s.key.clone()),
             )
         });
         // Balancing picks at random: the endpoint picked is not compared, its service is.
         let resolved = resolved.map(|(w, s)| if s.is_some() { (None, s) } else { (w, s) });
-        let local = r.local_workload(addr(a)).map(|w| w.key.clone());
+        let local = r.local_workload(addr(a)).map(|w| w.key().to_string());
         out += &format!("{a}: {resolved:?} local={local:?}\n");
         let decision = state.engine.decide(&Connection {
             peer: Some(Peer::new("cluster.local", "bad", "x")),

@@ -45,7 +45,10 @@ fn istiod_workload(mesh: &mut MeshState, name: &str, address: &str) {
 
 fn local_key(state: &ProxyState, address: &str) -> Option<String> {
     let addr = SocketAddr::new(address.parse().unwrap(), 80);
-    state.registry.local_workload(addr).map(|w| w.key.clone())
+    state
+        .registry
+        .local_workload(addr)
+        .map(|w| w.key().to_string())
 }
 
 #[test]
@@ -89,11 +92,7 @@ spec: {{address: {FILE_NEIGHBOUR}}}
         )
         .with_mesh(&mesh, 2, local_predicate(&ProxyConfig::default()))
     });
-    let local: Vec<&str> = state
-        .registry
-        .local_workloads()
-        .map(|w| w.key.as_str())
-        .collect();
+    let local: Vec<&str> = state.registry.local_workloads().map(|w| w.key()).collect();
     assert_eq!(
         local,
         [

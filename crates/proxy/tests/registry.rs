@@ -51,7 +51,7 @@ fn registry(local: &[&str]) -> Registry {
     let snapshot = load_str("r.yaml", YAML, &LoadOptions::default()).expect("loads");
     let local: Vec<String> = local.iter().map(|s| s.to_string()).collect();
     Registry::build(&snapshot, &Default::default(), move |w| {
-        local.contains(&w.key)
+        local.iter().any(|k| k == w.key())
     })
 }
 
@@ -61,8 +61,8 @@ fn service_ports_map_to_named_endpoint_ports_then_target_port() {
     for _ in 0..20 {
         let resolved = r.resolve_host("api.shop.internal", 80).expect("resolves");
         let w = resolved.workload.expect("workload");
-        let want = if w.key == "shop/a" { 8080 } else { 9090 };
-        assert_eq!(resolved.address, SocketAddr::new(w.address, want));
+        let want = if w.key() == "shop/a" { 8080 } else { 9090 };
+        assert_eq!(resolved.address, SocketAddr::new(w.address(), want));
         let by_target = r
             .resolve_addr("240.0.0.1:81".parse().unwrap())
             .expect("vip");
@@ -97,7 +97,7 @@ fn balancing_follows_weights_and_skips_failed_endpoints() {
     for _ in 0..4000 {
         let resolved = r.resolve_host("api.shop.internal", 80).expect("resolves");
         *counts
-            .entry(resolved.workload.unwrap().key.clone())
+            .entry(resolved.workload.unwrap().key().to_string())
             .or_default() += 1;
     }
     // Weight 3 against 1: about 3000 against 1000.
@@ -108,7 +108,7 @@ fn balancing_follows_weights_and_skips_failed_endpoints() {
     for _ in 0..50 {
         let resolved = r.resolve_host("api.shop.internal", 80).expect("resolves");
         assert_eq!(
-            resolved.workload.unwrap().key,
+            resolved.workload.unwrap().key(),
             "shop/b",
             "the failed endpoint is skipped"
         );
@@ -133,7 +133,7 @@ fn an_ejected_endpoint_stays_ejected_across_a_reload() {
         let resolved = after
             .resolve_host("api.shop.internal", 80)
             .expect("resolves");
-        assert_eq!(resolved.workload.unwrap().key, "shop/b");
+        assert_eq!(resolved.workload.unwrap().key(), "shop/b");
     }
     after.report_failure("10.0.0.2:9090".parse().unwrap());
     assert!(!before.is_healthy("10.0.0.2".parse().unwrap()));
@@ -146,7 +146,7 @@ fn local_workloads_and_addresses() {
     let r = registry(&["shop/a"]);
     assert_eq!(
         r.local_workload("10.0.0.1:8080".parse().unwrap())
-            .map(|w| w.key.as_str()),
+            .map(|w| w.key()),
         Some("shop/a")
     );
     assert!(
@@ -160,7 +160,7 @@ fn local_workloads_and_addresses() {
     let direct = r
         .resolve_addr("10.0.0.9:5000".parse().unwrap())
         .expect("resolves");
-    assert_eq!(direct.workload.unwrap().protocol, Protocol::Tcp);
+    assert_eq!(direct.workload.unwrap().protocol(), Protocol::Tcp);
     assert_eq!(r.workloads()[0].principal("td"), "td/ns/shop/sa/api");
     let outside = r
         .resolve_addr("198.51.100.1:443".parse().unwrap())

@@ -125,7 +125,9 @@ fn files() -> Snapshot {
 
 fn registry(mesh: &Mesh, local: &[&str]) -> Registry {
     let local: Vec<String> = local.iter().map(|s| s.to_string()).collect();
-    Registry::build(&files(), &mesh.0, move |w| local.contains(&w.key))
+    Registry::build(&files(), &mesh.0, move |w| {
+        local.iter().any(|k| k == w.key())
+    })
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -137,15 +139,15 @@ fn both_sources_are_a_union_with_istiods_identity_and_addresses() {
     let mesh = Mesh::default().workload(workload("w1", &["10.0.1.1", "fd00::11"]));
     let r = registry(&mesh, &[]);
     let file = r.resolve_addr(addr("10.0.0.1:80")).unwrap();
-    assert_eq!(file.workload.unwrap().origin, Origin::File);
+    assert_eq!(file.workload.unwrap().origin(), Origin::File);
     for a in ["10.0.1.1:8080", "[fd00::11]:8080"] {
         let w = r.resolve_addr(addr(a)).unwrap().workload.unwrap();
         assert_eq!(
-            (w.key.as_str(), w.origin),
+            (w.key(), w.origin()),
             (uid("w1").as_str(), Origin::Istiod),
             "{a}"
         );
-        assert_eq!(w.protocol, Protocol::Hbone);
+        assert_eq!(w.protocol(), Protocol::Hbone);
     }
     // The expected identity of a remote istiod workload is in its own trust domain.
     let state = ProxyState::build(&files(), &mesh.0, "cluster.local", 1, |_| false);
@@ -166,7 +168,7 @@ fn both_sources_are_a_union_with_istiods_identity_and_addresses() {
     // A file's ServiceEntry selector (even an empty one) never picks istiod's workloads.
     for _ in 0..20 {
         let picked = r.resolve_host("api.shop.internal", 80).unwrap();
-        assert_eq!(picked.workload.unwrap().origin, Origin::File);
+        assert_eq!(picked.workload.unwrap().origin(), Origin::File);
     }
 }
 
@@ -395,11 +397,11 @@ fn the_state_enforces_istiod_policies_bound_to_istiod_workloads() {
             peer: Some(Peer::new("cluster.local", "bad", "x")),
             source_ip: "10.9.9.9".parse().unwrap(),
             destination: Destination {
-                namespace: w.namespace.clone(),
-                labels: w.labels.clone(),
+                namespace: w.namespace().to_string(),
+                labels: w.labels().clone(),
                 ip: ip.parse().unwrap(),
                 port: 80,
-                bound_policies: w.bound_policies.clone(),
+                bound_policies: w.bound_policies().clone(),
             },
         })
     };
@@ -435,7 +437,7 @@ fn any_address_of_an_istiod_workload_makes_it_local() {
         meshd_proxy::local_predicate(&config),
     );
     let local = state.registry.local_workload(addr("10.0.1.7:80")).unwrap();
-    assert_eq!(local.key, uid("vm"));
+    assert_eq!(local.key(), uid("vm"));
     assert!(
         state
             .registry
@@ -457,4 +459,30 @@ fn any_address_of_an_istiod_workload_makes_it_local() {
             .local_workload(addr("127.0.0.1:80"))
             .is_some()
     );
+}
+
+/// The registry holds no copy of an istiod workload: what it resolves is istiod's model itself,
+/// and two workloads of one deployment share their repeated values (one allocation each).
+#[test]
+fn istiod_workloads_are_held_once() {
+    let mut a = workload("a", &["10.1.0.1"]);
+    a.canonical_name = "web".into();
+    a.node = "node-1".into();
+    let mut b = workload("b", &["10.1.0.2"]);
+    b.canonical_name = "web".into();
+    b.node = "node-1".into();
+    let mesh = Mesh::default().workload(a).workload(b);
+    let r = registry(&mesh, &[]);
+    let held = mesh.0.workload(&uid("a")).unwrap();
+    let resolved = r.workload_at("10.1.0.1".parse().unwrap()).unwrap();
+    assert!(std::ptr::eq(resolved.from_istiod().unwrap(), &**held));
+    let other = mesh.0.workload(&uid("b")).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&held.owner, &other.owner));
+    assert!(std::sync::Arc::ptr_eq(&held.placement, &other.placement));
+    assert_eq!(held.owner.canonical_name, "web");
+    // Read through the model, the registry's answers are the model's.
+    assert_eq!(resolved.key(), uid("a"));
+    assert_eq!(resolved.service_account(), "web-sa");
+    assert_eq!(resolved.trust_domain("cluster.local"), "example.org");
+    assert_eq!(resolved.meta().app.as_deref(), Some("web"));
 }

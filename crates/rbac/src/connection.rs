@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use meshd_policy::authz::Labels;
+use meshd_workloadapi::Sym;
 
 use crate::RbacError;
 
@@ -87,7 +88,7 @@ pub struct Destination {
     /// The istiod WORKLOAD_SELECTOR policies (`<namespace>/<name>`) istiod bound to the
     /// workload (its `authorization_policies`): istiod sends no labels, so this list is the only
     /// way such a policy applies. Empty for workloads from files.
-    pub bound_policies: Arc<[String]>,
+    pub bound_policies: Arc<[Sym]>,
 }
 
 /// One connection to decide about.

@@ -9,6 +9,7 @@ use std::collections::HashMap as StdHashMap;
 
 use meshd_policy::authz::Labels;
 use meshd_policy::{Action, AuthorizationPolicy, PeerAuthentication};
+use meshd_workloadapi::Sym;
 use meshd_workloadapi::model::{self as istiod, Authorization};
 
 use crate::PolicyKey;
@@ -39,7 +40,7 @@ impl CompiledPolicy {
     }
 
     /// True when it applies to a workload (for views; decisions go through the index).
-    fn applies_to(&self, root: &str, namespace: &str, labels: &Labels, bound: &[String]) -> bool {
+    fn applies_to(&self, root: &str, namespace: &str, labels: &Labels, bound: &[Sym]) -> bool {
         match self.istiod_scope {
             None => {
                 (self.key.namespace == root || self.key.namespace == namespace)
@@ -86,21 +87,22 @@ impl CompiledPolicy {
 #[derive(Debug, Clone, Default)]
 struct CandidateIndex {
     any: Vec<u32>,
+    /// `None` until a policy is filed by port or peer namespace: most buckets hold a few
+    /// policies (istiod's bound ones, one), and three empty maps are ~120 bytes each time.
+    keyed: Option<Box<Keyed>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Keyed {
     by_port: HashMap<u16, Vec<u32>>,
     by_namespace: HashMap<String, Vec<u32>>,
     by_port_namespace: HashMap<u16, HashMap<String, Vec<u32>>>,
 }
 
-impl CandidateIndex {
-    fn insert(&mut self, index: u32, policy: &CompiledPolicy, indexed: bool) {
-        if policy.rules.is_empty() {
-            return; // matches nothing: an allow-nothing ALLOW only counts as applying
-        }
-        if !indexed {
-            self.any.push(index);
-            return;
-        }
-        match (policy.required_ports(), policy.required_namespaces()) {
+impl Keyed {
+    /// Files a policy under every port and/or peer namespace it requires.
+    fn file(&mut self, index: u32, ports: Option<Vec<u16>>, namespaces: Option<Vec<String>>) {
+        match (ports, namespaces) {
             (Some(ports), Some(namespaces)) => {
                 for port in ports {
                     let by_namespace = self.by_port_namespace.entry(port).or_default();
@@ -122,7 +124,27 @@ impl CandidateIndex {
                     self.by_namespace.entry(namespace).or_default().push(index);
                 }
             }
+            // Requires neither: the caller files it in `any`.
+            (None, None) => {}
+        }
+    }
+}
+
+impl CandidateIndex {
+    fn insert(&mut self, index: u32, policy: &CompiledPolicy, indexed: bool) {
+        if policy.rules.is_empty() {
+            return; // matches nothing: an allow-nothing ALLOW only counts as applying
+        }
+        if !indexed {
+            self.any.push(index);
+            return;
+        }
+        match (policy.required_ports(), policy.required_namespaces()) {
             (None, None) => self.any.push(index),
+            (ports, namespaces) => {
+                let keyed = self.keyed.get_or_insert_with(Box::default);
+                keyed.file(index, ports, namespaces);
+            }
         }
     }
 
@@ -131,11 +153,13 @@ impl CandidateIndex {
         port: u16,
         peer_namespace: Option<&str>,
     ) -> impl Iterator<Item = u32> + 'a {
-        let by_namespace = peer_namespace.and_then(|ns| self.by_namespace.get(ns));
-        let by_both = peer_namespace.and_then(|ns| self.by_port_namespace.get(&port)?.get(ns));
+        let keyed = self.keyed.as_deref();
+        let by_port = keyed.and_then(|k| k.by_port.get(&port));
+        let by_namespace = peer_namespace.and_then(|ns| keyed?.by_namespace.get(ns));
+        let by_both = peer_namespace.and_then(|ns| keyed?.by_port_namespace.get(&port)?.get(ns));
         self.any
             .iter()
-            .chain(self.by_port.get(&port).into_iter().flatten())
+            .chain(by_port.into_iter().flatten())
             .chain(by_namespace.into_iter().flatten())
             .chain(by_both.into_iter().flatten())
             .copied()
@@ -352,6 +376,8 @@ impl Engine {
                 istiod::Scope::WorkloadSelector => self.bound.entry(policy.key()).or_default(),
             };
             let index = u32::try_from(self.policies.len()).unwrap_or(u32::MAX);
+            // A bound policy's bucket holds that policy alone: an index in it buys nothing.
+            let indexed = indexed && policy.scope != istiod::Scope::WorkloadSelector;
             bucket.insert(index, &compiled, policy.dry_run, indexed);
             self.policies.push(compiled);
         }
@@ -390,7 +416,7 @@ impl Engine {
         &self,
         namespace: &str,
         labels: &Labels,
-        bound: &[String],
+        bound: &[Sym],
     ) -> Vec<(&PolicyKey, Action)> {
         self.policies
             .iter()

@@ -51,6 +51,8 @@ use std::fmt;
 pub use connection::{Connection, Destination, Peer};
 pub use decision::{Decision, Reason};
 pub use engine::Engine;
+/// Policy keys a destination is bound to ([`Destination::bound_policies`]) are istiod's shared strings.
+pub use meshd_workloadapi::Sym;
 pub use peer_authn::EffectiveMode;
 
 /// Where a policy came from. Keys of the two sources never collide: a file cannot shadow, replace

@@ -314,7 +314,7 @@ fn views_list_istiod_policies_by_scope_and_binding() {
         policy("w", Scope::WorkloadSelector, Action::Allow, vec![]),
     ];
     let e = engine("", &policies);
-    let names = |ns: &str, bound: &[String]| -> Vec<String> {
+    let names = |ns: &str, bound: &[meshd_rbac::Sym]| -> Vec<String> {
         e.policies_for_workload(ns, &Default::default(), bound)
             .into_iter()
             .map(|(k, _)| k.to_string())

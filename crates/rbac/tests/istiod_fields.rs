@@ -209,11 +209,10 @@ fn the_index_agrees_with_the_unindexed_oracle() {
         }
     };
     let (indexed, oracle) = (load(true), load(false));
-    let all_bound: Arc<[String]> = policies
+    let all_bound: Arc<[meshd_rbac::Sym]> = policies
         .iter()
-        .map(Authorization::key)
-        .collect::<Vec<_>>()
-        .into();
+        .map(|p| meshd_rbac::Sym::from(p.key()))
+        .collect();
     let mut checked = 0;
     for from in [WEB, OTHER, "", "cluster.local/ns/frontend/sa/other"] {
         for src in ["10.0.0.9", "10.0.1.9"] {

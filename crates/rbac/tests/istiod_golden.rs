@@ -267,7 +267,8 @@ fn connections(namespace: &str, labels: &[(&str, &str)], bound: &str) -> Vec<Con
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let bound: std::sync::Arc<[String]> = std::sync::Arc::from([bound.to_string()]);
+    let bound: std::sync::Arc<[meshd_rbac::Sym]> =
+        std::sync::Arc::from([meshd_rbac::Sym::from(bound)]);
     let mut out = Vec::new();
     for peer in peers() {
         for source in sources {

@@ -21,12 +21,14 @@
 
 mod convert;
 mod error;
+mod intern;
 pub mod model;
 pub mod shared;
 mod state;
 
 pub use convert::{decode_address, decode_authorization};
 pub use error::{DecodeError, Problem};
+pub use intern::Sym;
 pub use state::{MeshState, ResourceKind};
 
 /// The type URL of `istio.workload.Address` resources (workloads and services).

@@ -6,6 +6,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+
+use crate::intern::ServiceList;
+pub use crate::intern::Sym;
 pub use meshd_policy::values::StringPattern;
 
 /// The trust domain of a workload whose `trust_domain` is empty (Istio's default).
@@ -103,7 +106,7 @@ pub enum Health {
 }
 
 /// `WorkloadType`, for records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WorkloadType {
     /// Deployment (also what istiod sends for WorkloadEntries).
     Deployment,
@@ -116,7 +119,7 @@ pub enum WorkloadType {
 }
 
 /// A service port and the port it leads to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortMapping {
     /// The port the service is reached at (1–65535).
     pub service_port: u16,
@@ -129,55 +132,78 @@ pub struct PortMapping {
 }
 
 /// An `istio.workload.Workload`.
+///
+/// What only records and operators read is grouped in two shared parts, each held once for
+/// every workload with the same values: [`Owner`] (a deployment's replicas share it) and
+/// [`Placement`] (the workloads of one node share it). With 10⁵ workloads this halves the
+/// model (benches/istiod.rs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
     /// Its uid: the resource name (e.g. `cluster/networking.istio.io/WorkloadEntry/ns/name`).
-    pub uid: String,
+    pub uid: Sym,
     /// Its name.
-    pub name: String,
+    pub name: Sym,
     /// Its namespace.
-    pub namespace: String,
-    /// Its addresses (0..n, v4 and v6 canonical).
-    pub addresses: Vec<IpAddr>,
+    pub namespace: Sym,
+    /// Its addresses (0..n, v4 and v6 canonical; one, inline, for most workloads).
+    pub addresses: Addresses,
     /// Its hostname (headless or hostname-only workloads).
-    pub hostname: String,
-    /// The network it is on (empty = the default network).
-    pub network: String,
+    pub hostname: Sym,
     /// How it is reached.
     pub tunnel: Tunnel,
     /// It receives HBONE itself (no node proxy in front).
     pub native_tunnel: bool,
     /// Its trust domain (`cluster.local` when istiod sent none).
-    pub trust_domain: String,
+    pub trust_domain: Sym,
     /// Its service account (`default` when istiod sent none).
-    pub service_account: String,
-    /// The node it runs on, for records.
-    pub node: String,
-    /// `canonical_name`, for records.
-    pub canonical_name: String,
-    /// `canonical_revision`, for records.
-    pub canonical_revision: String,
-    /// `workload_type`, for records.
-    pub workload_type: WorkloadType,
-    /// `workload_name`, for records.
-    pub workload_name: String,
+    pub service_account: Sym,
     /// The services it backs: `<namespace>/<hostname>` → its ports for that service.
     pub services: ServicePorts,
     /// The selector policies that apply to it, `<namespace>/<name>` (istiod resolved the
     /// selectors; namespace and mesh-wide policies are not listed).
-    pub authorization_policies: Vec<String>,
+    pub authorization_policies: Arc<[Sym]>,
     /// Its health.
     pub health: Health,
-    /// The cluster it belongs to.
-    pub cluster_id: String,
-    /// Locality (region, zone, subzone), shown only: meshd does not route by locality.
-    pub locality: [String; 3],
     /// `network_mode` HOST_NETWORK: shown only.
     pub host_network: bool,
     /// Load-balancing weight (`capacity`, 1 when unset).
     pub capacity: u32,
     /// Why meshd refuses to reach it, if it does.
     pub refused: Option<Refusal>,
+    /// What runs it, for records.
+    pub owner: Arc<Owner>,
+    /// Where it runs, shown only.
+    pub placement: Arc<Placement>,
+}
+
+/// A workload's addresses: inline up to one (the usual case), no allocation of their own.
+pub type Addresses = smallvec::SmallVec<[IpAddr; 1]>;
+
+/// What runs a workload (records and operators only), shared by the workloads that agree.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// `canonical_name`.
+    pub canonical_name: Sym,
+    /// `canonical_revision`.
+    pub canonical_revision: Sym,
+    /// `workload_type`.
+    pub workload_type: WorkloadType,
+    /// `workload_name`.
+    pub workload_name: Sym,
+}
+
+/// Where a workload runs (shown only: meshd does not route by locality or network), shared
+/// by the workloads that agree.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// The cluster it belongs to.
+    pub cluster_id: Sym,
+    /// The network it is on (empty = the default network).
+    pub network: Sym,
+    /// The node it runs on.
+    pub node: Sym,
+    /// Locality (region, zone, subzone).
+    pub locality: [Sym; 3],
 }
 
 impl Workload {
@@ -191,11 +217,17 @@ impl Workload {
 }
 
 /// The services a workload backs and its ports for each, by service key (`<namespace>/
-/// <hostname>`), in key order. A sorted boxed slice rather than a `BTreeMap`: a workload backs
-/// one or two services, and a map's first node takes ~500 bytes where this takes ~50, for each
-/// of 10⁵ workloads.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ServicePorts(Box<[(String, Box<[PortMapping]>)]>);
+/// <hostname>`), in key order. A sorted shared slice rather than a `BTreeMap`: a workload backs
+/// one or two services, and a map's first node takes ~500 bytes; the slice is shared by every
+/// workload with the same services and ports (a deployment's replicas), and by the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePorts(ServiceList);
+
+impl Default for ServicePorts {
+    fn default() -> Self {
+        ServicePorts(Arc::from(Vec::new()))
+    }
+}
 
 impl ServicePorts {
     /// The ports for a service.
@@ -207,12 +239,12 @@ impl ServicePorts {
     }
 
     /// The service keys, in order.
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
+    pub fn keys(&self) -> impl Iterator<Item = &Sym> {
         self.0.iter().map(|(k, _)| k)
     }
 
     /// (service key, ports), in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &[PortMapping])> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Sym, &[PortMapping])> {
         self.0.iter().map(|(k, p)| (k, &**p))
     }
 
@@ -227,17 +259,21 @@ impl ServicePorts {
     }
 }
 
-impl FromIterator<(String, Vec<PortMapping>)> for ServicePorts {
-    /// Sorted by key; of two entries with one key the last stays (as a map's insert).
-    fn from_iter<I: IntoIterator<Item = (String, Vec<PortMapping>)>>(iter: I) -> Self {
-        let mut entries: Vec<(String, Box<[PortMapping]>)> = iter
-            .into_iter()
-            .map(|(k, v)| (k, v.into_boxed_slice()))
-            .collect();
+impl<K: AsRef<str>> FromIterator<(K, Vec<PortMapping>)> for ServicePorts {
+    /// Sorted by key; of two entries with one key the last stays (as a map's insert). The
+    /// keys, the port lists and the whole list are the process's shared copies.
+    fn from_iter<I: IntoIterator<Item = (K, Vec<PortMapping>)>>(iter: I) -> Self {
+        let mut entries: Vec<(K, Vec<PortMapping>)> = iter.into_iter().collect();
         entries.reverse();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        entries.dedup_by(|a, b| a.0 == b.0);
-        ServicePorts(entries.into_boxed_slice())
+        entries.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        entries.dedup_by(|a, b| a.0.as_ref() == b.0.as_ref());
+        crate::intern::with_pool(|pool| {
+            let list: Vec<(Sym, Arc<[PortMapping]>)> = entries
+                .iter()
+                .map(|(k, v)| (pool.sym(k.as_ref()), pool.ports(v)))
+                .collect();
+            ServicePorts(pool.services(&list))
+        })
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::convert::{decode_address, decode_authorization};
 use crate::error::DecodeError;
+use crate::intern::Sym;
 use crate::model::{Address, Authorization, Refusal, Service, Workload};
 use crate::shared::{Change, SharedMap};
 use crate::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
@@ -47,7 +48,8 @@ impl ResourceKind {
 /// resource and a removal by name removes exactly it.
 #[derive(Debug, Clone, Default)]
 pub struct MeshState {
-    workloads: SharedMap<String, Arc<Workload>>,
+    /// Keyed by the workload's own uid (a shared string, not a second copy).
+    workloads: SharedMap<Sym, Arc<Workload>>,
     services: SharedMap<String, Arc<Service>>,
     policies: SharedMap<String, Arc<Authorization>>,
     /// Refused workloads and services by reason, kept up to date on every change.
@@ -91,7 +93,7 @@ impl MeshState {
                 // replaces the other.
                 self.remove_service(name);
                 self.count(w.refused, 1);
-                if let Some(old) = self.workloads.insert(name.to_string(), w) {
+                if let Some(old) = self.workloads.insert(w.uid.clone(), w) {
                     self.count(old.refused, -1);
                 }
             }
@@ -172,7 +174,7 @@ impl MeshState {
     pub fn workload_changes<'a>(
         &'a self,
         older: &'a MeshState,
-    ) -> impl Iterator<Item = Change<'a, String, Arc<Workload>>> + 'a {
+    ) -> impl Iterator<Item = Change<'a, Sym, Arc<Workload>>> + 'a {
         self.workloads
             .diff(&older.workloads, |a, b| Arc::ptr_eq(a, b) || a == b)
     }

@@ -109,19 +109,22 @@ fn every_workload_field_is_mapped() {
         .iter()
         .map(|a| a.parse().unwrap())
         .collect();
-    assert_eq!(w.addresses, want, "v4-mapped v6 is made v4");
+    assert_eq!(w.addresses.to_vec(), want, "v4-mapped v6 is made v4");
     assert_eq!(w.hostname, "vm-1.example");
-    assert_eq!(w.network, "net-a");
+    assert_eq!(w.placement.network, "net-a");
     assert_eq!(w.tunnel, Tunnel::Hbone);
     assert!(w.native_tunnel);
     assert_eq!(w.principal(), "example.org/ns/ns1/sa/vm-sa");
-    assert_eq!(w.node, "node-1");
+    assert_eq!(w.placement.node, "node-1");
     assert_eq!(
-        (w.canonical_name.as_str(), w.canonical_revision.as_str()),
+        (
+            w.owner.canonical_name.as_str(),
+            w.owner.canonical_revision.as_str()
+        ),
         ("vm", "v1")
     );
-    assert_eq!(w.workload_type, WorkloadType::Pod);
-    assert_eq!(w.workload_name, "vm-group");
+    assert_eq!(w.owner.workload_type, WorkloadType::Pod);
+    assert_eq!(w.owner.workload_name, "vm-group");
     assert_eq!(
         w.services["ns1/web.ns1.svc.cluster.local"],
         vec![
@@ -137,10 +140,13 @@ fn every_workload_field_is_mapped() {
             },
         ]
     );
-    assert_eq!(w.authorization_policies, vec!["ns1/allow-web".to_string()]);
+    assert_eq!(*w.authorization_policies, ["ns1/allow-web"]);
     assert_eq!(w.health, Health::Unhealthy);
-    assert_eq!(w.cluster_id, "cluster-1");
-    assert_eq!(w.locality, ["r".to_string(), "z".into(), "s".into()]);
+    assert_eq!(w.placement.cluster_id, "cluster-1");
+    assert_eq!(
+        w.placement.locality,
+        ["r", "z", "s"].map(meshd_workloadapi::Sym::from)
+    );
     assert!(w.host_network);
     assert_eq!(w.capacity, 5);
     assert_eq!(w.refused, None);
@@ -155,7 +161,7 @@ fn workload_defaults_are_istios() {
     assert_eq!(w.tunnel, Tunnel::None, "NONE is plain TCP");
     assert_eq!(w.capacity, 1);
     assert_eq!(w.health, Health::Healthy);
-    assert_eq!(w.workload_type, WorkloadType::Deployment);
+    assert_eq!(w.owner.workload_type, WorkloadType::Deployment);
     assert!(!w.host_network && !w.native_tunnel);
 }
 

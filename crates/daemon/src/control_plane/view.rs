@@ -47,7 +47,7 @@ fn sources(state: &ProxyState, mesh: &MeshState) -> Vec<SourceCounts> {
         workloads: registry
             .workloads()
             .iter()
-            .filter(|w| w.origin == origin)
+            .filter(|w| w.origin() == origin)
             .count(),
         services: registry
             .services()

@@ -101,7 +101,7 @@ fn decide(
         ));
     };
     record.update(|r| {
-        r.destination_workload = Some(workload.key.clone());
+        r.destination_workload = Some(workload.key().to_string());
         r.destination_workload_meta = Some(workload.meta());
         r.destination_identity = state
             .workload_identity(workload)
@@ -142,11 +142,11 @@ fn decide(
         peer,
         source_ip: facts.facts.source.ip(),
         destination: Destination {
-            namespace: workload.namespace.clone(),
-            labels: workload.labels.clone(),
+            namespace: workload.namespace().to_string(),
+            labels: workload.labels().clone(),
             ip: facts.destination.ip(),
             port: facts.destination.port(),
-            bound_policies: workload.bound_policies.clone(),
+            bound_policies: workload.bound_policies(),
         },
     };
     let decision = state.engine.decide(&connection);

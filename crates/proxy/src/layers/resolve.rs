@@ -137,12 +137,12 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
             .as_ref()
             .and_then(|i| i.as_ref().ok())
             .map(|i| Arc::new(Identity::new(i.clone())));
-        r.destination_workload = workload.map(|w| w.key.clone());
+        r.destination_workload = workload.map(|w| w.key().to_string());
         r.destination_workload_meta = workload.map(|w| w.meta());
     });
     match (workload, identity) {
-        (Some(w), Some(identity)) if w.protocol != Protocol::Tcp => {
-            let peer = SocketAddr::new(w.address, config.hbone_port);
+        (Some(w), Some(identity)) if w.protocol() != Protocol::Tcp => {
+            let peer = SocketAddr::new(w.address(), config.hbone_port);
             let identity = identity.map_err(|e| {
                 // Names and namespaces are validated as DNS labels when loaded; a workload
                 // whose identity is still not a SPIFFE ID cannot be tunnelled to.
@@ -154,7 +154,7 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
                     },
                 )
             })?;
-            let quic = w.protocol == Protocol::HboneQuic;
+            let quic = w.protocol() == Protocol::HboneQuic;
             ctx.record.update(|r| {
                 r.upstream_addr = Some(peer);
                 r.transport = Some(if quic { "h3" } else { "h2" }.to_string());

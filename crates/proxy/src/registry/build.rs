@@ -14,21 +14,15 @@
 //!   two of istiod's states ([`Registry::with_mesh`]) and shared with the registry before;
 //!   the directory's part is shared too, and only the conflicts are found again.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use meshd_manifests::Snapshot;
-use meshd_policy::networking::{ServicePort, WorkloadEntrySpec};
+use meshd_policy::networking::ServicePort;
 use meshd_policy::values::parse_ip_block;
-use meshd_record::WorkloadMeta;
 use meshd_workloadapi::MeshState;
-use meshd_workloadapi::model::{self as xds, Tunnel};
 
 use super::istiod::IstiodPart;
-use super::{
-    Conflict, FilePart, Origin, Port, Protocol, Registry, Service, TUNNEL_ANNOTATION, Workload,
-};
+use super::{Conflict, FilePart, Origin, Port, Registry, Service, TUNNEL_ANNOTATION, Workload};
 
 impl Registry {
     /// Builds the registry from the directory's snapshot and istiod's state (empty when meshd
@@ -85,8 +79,14 @@ impl Registry {
             .filter_map(|(address, files)| {
                 Some(Conflict {
                     address: *address,
-                    file: files.first()?.key.clone(),
-                    istiod: self.istiod.by_address.get(address)?.first()?.key.clone(),
+                    file: files.first()?.key().to_string(),
+                    istiod: self
+                        .istiod
+                        .by_address
+                        .get(address)?
+                        .first()?
+                        .key()
+                        .to_string(),
                 })
             })
             .collect();
@@ -102,7 +102,7 @@ impl FilePart {
             let meta = &entry.resource.metadata;
             let tunnel = meta.annotations.get(TUNNEL_ANNOTATION).map(String::as_str);
             let key = format!("{}/{}", meta.namespace(), meta.name());
-            if let Some(w) = file_workload(key, meta.namespace(), &entry.resource.spec, tunnel) {
+            if let Some(w) = Workload::file(key, meta.namespace(), &entry.resource.spec, tunnel) {
                 self.add_workload(w);
             }
         }
@@ -130,19 +130,19 @@ impl FilePart {
                     .workloads
                     .iter()
                     .filter(|w| {
-                        w.namespace == service.namespace
-                            && !w.key.contains('#')
+                        w.namespace() == service.namespace
+                            && !w.key().contains('#')
                             && selector
                                 .labels
                                 .iter()
-                                .all(|(k, v)| w.labels.get(k) == Some(v))
+                                .all(|(k, v)| w.labels().get(k) == Some(v))
                     })
                     .cloned()
                     .collect();
             }
             for (i, endpoint) in spec.endpoints.iter().flatten().enumerate() {
                 let key = format!("{}#{i}", service.key);
-                if let Some(w) = file_workload(key, &service.namespace, endpoint, None) {
+                if let Some(w) = Workload::file(key, &service.namespace, endpoint, None) {
                     service.endpoints.push(self.add_workload(w));
                 }
             }
@@ -159,112 +159,15 @@ impl FilePart {
                 .push(Arc::clone(&workload));
         }
         self.by_identity
-            .entry((workload.namespace.clone(), workload.service_account.clone()))
+            .entry((
+                workload.namespace().to_string(),
+                workload.service_account().to_string(),
+            ))
             .or_default()
             .push(Arc::clone(&workload));
         self.workloads.push(Arc::clone(&workload));
         workload
     }
-}
-
-/// The workload as records label it: its name, namespace and `app`/`version` labels.
-fn meta(key: &str, namespace: &str, labels: &BTreeMap<String, String>) -> Arc<WorkloadMeta> {
-    let label = |keys: [&str; 2]| keys.iter().find_map(|k| labels.get(*k).cloned());
-    Arc::new(WorkloadMeta {
-        name: key
-            .split_once('/')
-            .map_or(key, |(_, name)| name)
-            .to_string(),
-        namespace: namespace.to_string(),
-        app: label(["app", "app.kubernetes.io/name"]),
-        version: label(["version", "app.kubernetes.io/version"]),
-    })
-}
-
-fn file_workload(
-    key: String,
-    namespace: &str,
-    spec: &WorkloadEntrySpec,
-    tunnel: Option<&str>,
-) -> Option<Workload> {
-    Some(Workload {
-        meta: meta(&key, namespace, &spec.labels),
-        key,
-        namespace: namespace.to_string(),
-        address: spec
-            .address
-            .as_deref()?
-            .parse::<IpAddr>()
-            .ok()?
-            .to_canonical(),
-        other_addresses: Vec::new(),
-        labels: spec.labels.clone(),
-        service_account: spec
-            .service_account
-            .clone()
-            .unwrap_or_else(|| "default".to_string()),
-        trust_domain: None,
-        ports: spec
-            .ports
-            .iter()
-            .filter_map(|(name, p)| Some((name.clone(), u16::try_from(*p).ok()?)))
-            .collect(),
-        protocol: match tunnel {
-            Some("none") | Some("tcp") | Some("TCP") => Protocol::Tcp,
-            Some("quic") | Some("h3") => Protocol::HboneQuic,
-            _ => Protocol::Hbone,
-        },
-        weight: spec.weight.unwrap_or(1),
-        origin: Origin::File,
-        refused: None,
-        bound_policies: Arc::from([]),
-        service_targets: Box::default(),
-    })
-}
-
-/// An istiod workload, or `None` when it has no address (nothing to reach or to refuse).
-pub(super) fn istiod_workload(w: &xds::Workload) -> Option<Workload> {
-    let (address, others) = w.addresses.split_first()?;
-    // Records name it as Istio's canonical labels would (`app`, `version`).
-    let mut labels = BTreeMap::new();
-    if !w.canonical_name.is_empty() {
-        labels.insert("app".to_string(), w.canonical_name.clone());
-    }
-    if !w.canonical_revision.is_empty() {
-        labels.insert("version".to_string(), w.canonical_revision.clone());
-    }
-    let name = if w.name.is_empty() { &w.uid } else { &w.name };
-    Some(Workload {
-        meta: meta(name, &w.namespace, &labels),
-        key: w.uid.clone(),
-        namespace: w.namespace.clone(),
-        address: *address,
-        other_addresses: others.to_vec(),
-        // Labels are for selectors, which istiod resolved already: none are kept.
-        labels: BTreeMap::new(),
-        service_account: w.service_account.clone(),
-        trust_domain: Some(w.trust_domain.clone()),
-        ports: BTreeMap::new(),
-        protocol: match w.tunnel {
-            Tunnel::Hbone => Protocol::Hbone,
-            Tunnel::None => Protocol::Tcp,
-        },
-        weight: w.capacity,
-        origin: Origin::Istiod,
-        refused: w.refused,
-        bound_policies: w.authorization_policies.iter().cloned().collect(),
-        service_targets: w
-            .services
-            .iter()
-            .map(|(key, ports)| {
-                let targets = ports
-                    .iter()
-                    .filter_map(|p| Some((p.service_port, p.target_port?)))
-                    .collect();
-                (key.clone(), targets)
-            })
-            .collect(),
-    })
 }
 
 fn port(p: &ServicePort) -> Option<Port> {

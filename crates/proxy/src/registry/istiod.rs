@@ -11,45 +11,45 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use meshd_workloadapi::MeshState;
 use meshd_workloadapi::model::{self as xds, Health};
 use meshd_workloadapi::shared::SharedMap;
+use meshd_workloadapi::{MeshState, Sym};
 
-use super::build::istiod_workload;
 use super::{Origin, Port, Service, Workload};
 
-/// istiod's workloads and services with their indexes.
+/// istiod's workloads and services with their indexes. A workload here is a pointer to the
+/// model istiod's state holds ([`Workload::istiod`]); the indexes hold pointers to it.
 #[derive(Debug, Default, Clone)]
 pub(super) struct IstiodPart {
-    /// By uid.
-    pub(super) workloads: SharedMap<String, Arc<Workload>>,
-    pub(super) by_address: SharedMap<IpAddr, Vec<Arc<Workload>>>,
+    /// By uid (the model's own string).
+    pub(super) workloads: SharedMap<Sym, Arc<Workload>>,
+    pub(super) by_address: SharedMap<IpAddr, List>,
     /// (namespace, service account) → workloads with that identity.
-    pub(super) by_identity: SharedMap<(String, String), Vec<Arc<Workload>>>,
+    pub(super) by_identity: SharedMap<(Sym, Sym), List>,
     /// By `<namespace>/<hostname>`.
     pub(super) services: SharedMap<String, Arc<Service>>,
     /// Healthy workloads backing a service, by service key (whether or not istiod sent the
     /// service itself yet).
-    pub(super) endpoints: SharedMap<String, Vec<Arc<Workload>>>,
+    pub(super) endpoints: SharedMap<Sym, List>,
     /// The local workloads, by uid (a machine has a handful).
-    pub(super) local: BTreeMap<String, Arc<Workload>>,
+    pub(super) local: BTreeMap<Sym, Arc<Workload>>,
 }
 
+/// Workloads under one index key, in uid order. Most addresses hold one workload: a small
+/// vector keeps it inline rather than in an allocation of its own (one per workload).
+pub(super) type List = smallvec::SmallVec<[Arc<Workload>; 1]>;
+
 /// Inserts `w` into the list, in uid order.
-fn add(list: &mut Vec<Arc<Workload>>, w: &Arc<Workload>) {
-    let at = list.partition_point(|x| x.key < w.key);
+fn add(list: &mut List, w: &Arc<Workload>) {
+    let at = list.partition_point(|x| x.key() < w.key());
     list.insert(at, Arc::clone(w));
 }
 
 /// Removes the workload with `w`'s uid from the list under `key`, and the list once empty.
-fn take<K: std::hash::Hash + Eq + Clone>(
-    map: &mut SharedMap<K, Vec<Arc<Workload>>>,
-    key: &K,
-    w: &Workload,
-) {
+fn take<K: std::hash::Hash + Eq + Clone>(map: &mut SharedMap<K, List>, key: &K, w: &Workload) {
     let Some(list) = map.get(key) else { return };
     let mut list = list.clone();
-    list.retain(|x| x.key != w.key);
+    list.retain(|x| x.key() != w.key());
     if list.is_empty() {
         map.remove(key);
     } else {
@@ -57,11 +57,7 @@ fn take<K: std::hash::Hash + Eq + Clone>(
     }
 }
 
-fn put<K: std::hash::Hash + Eq + Clone>(
-    map: &mut SharedMap<K, Vec<Arc<Workload>>>,
-    key: K,
-    w: &Arc<Workload>,
-) {
+fn put<K: std::hash::Hash + Eq + Clone>(map: &mut SharedMap<K, List>, key: K, w: &Arc<Workload>) {
     let mut list = map.get(&key).cloned().unwrap_or_default();
     add(&mut list, w);
     map.insert(key, list);
@@ -102,24 +98,27 @@ impl IstiodPart {
         for address in old.addresses() {
             take(&mut self.by_address, &address, &old);
         }
-        let identity = (old.namespace.clone(), old.service_account.clone());
+        let Some(model) = old.from_istiod() else {
+            return;
+        };
+        let identity = (model.namespace.clone(), model.service_account.clone());
         take(&mut self.by_identity, &identity, &old);
-        for (service, _) in &old.service_targets {
+        for service in model.services.keys() {
             take(&mut self.endpoints, service, &old);
         }
         self.local.remove(uid);
     }
 
-    fn add_workload(&mut self, w: &xds::Workload, is_local: &impl Fn(&Workload) -> bool) {
+    fn add_workload(&mut self, w: &Arc<xds::Workload>, is_local: &impl Fn(&Workload) -> bool) {
         // A workload with no address is not reachable and is left out.
-        let Some(workload) = istiod_workload(w) else {
+        let Some(workload) = Workload::istiod(w) else {
             return;
         };
         let workload = Arc::new(workload);
         for address in workload.addresses() {
             put(&mut self.by_address, address, &workload);
         }
-        let identity = (workload.namespace.clone(), workload.service_account.clone());
+        let identity = (w.namespace.clone(), w.service_account.clone());
         put(&mut self.by_identity, identity, &workload);
         if w.health == Health::Healthy {
             for service in w.services.keys() {

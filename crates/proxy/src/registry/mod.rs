@@ -19,18 +19,20 @@ mod build;
 mod health;
 mod istiod;
 mod resolve;
+mod workload;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshd_record::WorkloadMeta;
 pub use meshd_workloadapi::model::Refusal as MeshRefusal;
 
 use health::Unhealthy;
 use istiod::IstiodPart;
+use meshd_workloadapi::Sym;
+pub use workload::Workload;
 
 /// How long a failed endpoint is skipped.
 pub const EJECTION: Duration = Duration::from_secs(10);
@@ -58,81 +60,6 @@ pub enum Origin {
     File,
     /// istiod.
     Istiod,
-}
-
-/// Service port → target port, for one service a workload backs.
-pub(crate) type TargetPorts = Box<[(u16, u16)]>;
-
-/// A workload, as the proxy needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Workload {
-    /// `namespace/name` of its WorkloadEntry (inline endpoints get `namespace/service#index`);
-    /// istiod's uid for an istiod workload.
-    pub key: String,
-    /// Its namespace (part of its identity).
-    pub namespace: String,
-    /// Its address (the first, for an istiod workload with several).
-    pub address: IpAddr,
-    /// Its other addresses (istiod workloads: dual-stack).
-    pub other_addresses: Vec<IpAddr>,
-    /// Its labels (none for istiod workloads: istiod sends none).
-    pub labels: BTreeMap<String, String>,
-    /// Its service account (`default` when unset, as Istio).
-    pub service_account: String,
-    /// Its own trust domain (istiod workloads); `None`: the mesh's.
-    pub trust_domain: Option<String>,
-    /// Named ports.
-    pub ports: BTreeMap<String, u16>,
-    /// How it is reached.
-    pub protocol: Protocol,
-    /// Load-balancing weight.
-    pub weight: u32,
-    /// Where it came from.
-    pub origin: Origin,
-    /// Why meshd refuses connections to it (istiod workloads meshd must not reach directly).
-    pub refused: Option<MeshRefusal>,
-    /// The istiod policies bound to it (its `authorization_policies`).
-    pub bound_policies: Arc<[String]>,
-    /// Per service (`<namespace>/<hostname>`): service port → target port, as istiod resolved
-    /// them for this workload.
-    /// Sorted by service key (a boxed slice, not a map: see `ServicePorts`).
-    pub(crate) service_targets: Box<[(String, TargetPorts)]>,
-    // Built once with the registry and shared by every record of a connection to or from the
-    // workload (two copies of four strings per connection, ~500 bytes, before).
-    meta: Arc<WorkloadMeta>,
-}
-
-impl Workload {
-    /// The Istio principal of the workload: its own trust domain if it has one, else `mesh`.
-    pub fn principal(&self, mesh_trust_domain: &str) -> String {
-        format!(
-            "{}/ns/{}/sa/{}",
-            self.trust_domain(mesh_trust_domain),
-            self.namespace,
-            self.service_account
-        )
-    }
-
-    /// Its trust domain: its own (istiod's `trust_domain`) or the mesh's.
-    pub fn trust_domain<'a>(&'a self, mesh_trust_domain: &'a str) -> &'a str {
-        self.trust_domain.as_deref().unwrap_or(mesh_trust_domain)
-    }
-
-    /// Every address of it.
-    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        std::iter::once(self.address).chain(self.other_addresses.iter().copied())
-    }
-
-    /// The workload as records label it.
-    pub fn meta(&self) -> Arc<WorkloadMeta> {
-        Arc::clone(&self.meta)
-    }
-
-    /// True when the workload accepts connections on `port`: any of its named ports, or any
-    /// port at all when it names none.
-    pub fn serves_port(&self, port: u16) -> bool {
-        self.ports.is_empty() || self.ports.values().any(|p| *p == port)
-    }
 }
 
 /// A service port and where it leads on each endpoint.
@@ -264,7 +191,7 @@ impl Registry {
     /// Every workload: the directory's in file order, then istiod's by uid.
     pub fn workloads(&self) -> Vec<&Arc<Workload>> {
         let mut istiod: Vec<&Arc<Workload>> = self.istiod.workloads.values().collect();
-        istiod.sort_by(|a, b| a.key.cmp(&b.key));
+        istiod.sort_by(|a, b| a.key().cmp(b.key()));
         self.files.workloads.iter().chain(istiod).collect()
     }
 
@@ -306,7 +233,7 @@ impl Registry {
     /// (two istiod workloads may share one, e.g. host-network pods).
     pub fn refusal_at(&self, ip: IpAddr) -> Option<&Workload> {
         self.at(ip.to_canonical())
-            .find(|w| w.refused.is_some())
+            .find(|w| w.refused().is_some())
             .map(|w| &**w)
     }
 
@@ -328,7 +255,13 @@ impl Registry {
             .get(&key)
             .into_iter()
             .flatten()
-            .chain(self.istiod.by_identity.get(&key).into_iter().flatten());
+            .chain(
+                self.istiod
+                    .by_identity
+                    .get(&(Sym::from(namespace), Sym::from(service_account)))
+                    .into_iter()
+                    .flatten(),
+            );
         match (with.next(), with.next()) {
             (Some(only), None) => Some(only),
             _ => None,
@@ -337,9 +270,9 @@ impl Registry {
 
     /// True when `workload` (one of [`Registry::workloads`]) is local.
     pub fn is_local(&self, workload: &Workload) -> bool {
-        match workload.origin {
+        match workload.origin() {
             Origin::File => self.files.local.iter().any(|w| **w == *workload),
-            Origin::Istiod => self.istiod.local.contains_key(&workload.key),
+            Origin::Istiod => self.istiod.local.contains_key(workload.key()),
         }
     }
 
@@ -354,7 +287,7 @@ impl Registry {
     ) -> impl Iterator<Item = &'a Arc<Workload>> {
         let istiod = match service.origin {
             Origin::File => None,
-            Origin::Istiod => self.istiod.endpoints.get(&service.key),
+            Origin::Istiod => self.istiod.endpoints.get(service.key.as_str()),
         };
         service.endpoints.iter().chain(istiod.into_iter().flatten())
     }

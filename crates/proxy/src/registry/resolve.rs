@@ -33,10 +33,10 @@ impl Registry {
             return Err(ResolveError::Conflict(conflict.clone()));
         }
         if let Some(w) = self.refusal_at(ip)
-            && let Some(reason) = w.refused
+            && let Some(reason) = w.refused()
         {
             return Err(ResolveError::Refused {
-                target: w.key.clone(),
+                target: w.key().to_string(),
                 reason,
             });
         }
@@ -111,7 +111,7 @@ impl Registry {
         let mut refused = None;
         let candidates: Vec<(&Arc<Workload>, SocketAddr)> = self
             .endpoints_shared(service)
-            .filter(|w| match self.check_address(w.address) {
+            .filter(|w| match self.check_address(w.address()) {
                 Ok(()) => true,
                 Err(e) => {
                     refused.get_or_insert(e);
@@ -121,7 +121,7 @@ impl Registry {
             .map(|w| {
                 (
                     w,
-                    SocketAddr::new(w.address, target_port(w, service, service_port)),
+                    SocketAddr::new(w.address(), target_port(w, service, service_port)),
                 )
             })
             .collect();
@@ -142,13 +142,13 @@ impl Registry {
         } else {
             &healthy
         };
-        let total: u64 = pool.iter().map(|(w, _)| u64::from(w.weight.max(1))).sum();
+        let total: u64 = pool.iter().map(|(w, _)| u64::from(w.weight().max(1))).sum();
         if total == 0 {
             return Err(ResolveError::NoEndpoints(service.key.clone()));
         }
         let mut ticket = rand::rng().random_range(0..total);
         for (w, address) in pool {
-            let weight = u64::from(w.weight.max(1));
+            let weight = u64::from(w.weight().max(1));
             if ticket < weight {
                 return Ok(Resolved {
                     workload: Some(Arc::clone(w)),
@@ -167,16 +167,11 @@ impl Registry {
 /// (Istiod's order; a target of 0 from istiod, "not given", falls through).
 fn target_port(workload: &Workload, service: &Service, port: &Port) -> u16 {
     workload
-        .service_targets
-        .binary_search_by(|(k, _)| k.cmp(&service.key))
-        .ok()
-        .map(|i| &workload.service_targets[i].1)
-        .and_then(|ports| ports.iter().find(|(s, _)| *s == port.number))
-        .map(|(_, target)| *target)
+        .istiod_target(&service.key, port.number)
         .or_else(|| {
             port.name
                 .as_ref()
-                .and_then(|n| workload.ports.get(n).copied())
+                .and_then(|n| workload.ports().get(n).copied())
         })
         .or(port.target)
         .unwrap_or(port.number)

@@ -56,11 +56,7 @@ pub fn engine(files: &str, istiod: &[Authorization]) -> Engine {
 }
 
 pub fn bound(mut c: Connection, keys: &[&str]) -> Connection {
-    c.destination.bound_policies = keys
-        .iter()
-        .map(|k| k.to_string())
-        .collect::<Vec<_>>()
-        .into();
+    c.destination.bound_policies = keys.iter().map(|k| meshd_rbac::Sym::from(*k)).collect();
     c
 }
 

@@ -4,7 +4,7 @@
 
 use ipnet::IpNet;
 
-use crate::convert::{known, net, port, required};
+use crate::convert::{exact, known, net, port, required};
 use crate::error::{DecodeError, Problem};
 use crate::model::{
     Action, Authorization, Group, Match, Rule, Scope, ServiceAccount, StringPattern,
@@ -24,30 +24,16 @@ pub fn authorization(a: pb::Authorization) -> Result<Authorization, DecodeError>
         pb::Action::Allow => Action::Allow,
         pb::Action::Deny => Action::Deny,
     };
-    let groups = a
-        .groups
-        .iter()
-        .enumerate()
-        .map(|(g, group)| {
-            let rules = group
-                .rules
-                .iter()
-                .enumerate()
-                .map(|(r, rule)| {
-                    let matches = rule
-                        .matches
-                        .iter()
-                        .enumerate()
-                        .map(|(m, one)| {
-                            matcher(one, &format!("groups[{g}].rules[{r}].matches[{m}]"))
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok(Rule { matches })
-                })
-                .collect::<Result<Vec<_>, DecodeError>>()?;
-            Ok(Group { rules })
-        })
-        .collect::<Result<Vec<_>, DecodeError>>()?;
+    let groups = exact(a.groups.iter().enumerate().map(|(g, group)| {
+        let rules = exact(group.rules.iter().enumerate().map(|(r, rule)| {
+            let matches =
+                exact(rule.matches.iter().enumerate().map(|(m, one)| {
+                    matcher(one, &format!("groups[{g}].rules[{r}].matches[{m}]"))
+                }))?;
+            Ok(Rule { matches })
+        }))?;
+        Ok(Group { rules })
+    }))?;
     Ok(Authorization {
         name: a.name,
         namespace: a.namespace,
@@ -82,20 +68,16 @@ fn strings(
     at: &str,
     field: &str,
 ) -> Result<Vec<StringPattern>, DecodeError> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| match &v.match_type {
-            Some(pb::string_match::MatchType::Exact(s)) => Ok(StringPattern::Exact(s.clone())),
-            Some(pb::string_match::MatchType::Prefix(s)) => Ok(StringPattern::Prefix(s.clone())),
-            Some(pb::string_match::MatchType::Suffix(s)) => Ok(StringPattern::Suffix(s.clone())),
-            Some(pb::string_match::MatchType::Presence(())) => Ok(StringPattern::Presence),
-            None => Err(DecodeError::field(
-                format!("{at}.{field}[{i}]"),
-                Problem::EmptyOneof,
-            )),
-        })
-        .collect()
+    exact(values.iter().enumerate().map(|(i, v)| match &v.match_type {
+        Some(pb::string_match::MatchType::Exact(s)) => Ok(StringPattern::Exact(s.clone())),
+        Some(pb::string_match::MatchType::Prefix(s)) => Ok(StringPattern::Prefix(s.clone())),
+        Some(pb::string_match::MatchType::Suffix(s)) => Ok(StringPattern::Suffix(s.clone())),
+        Some(pb::string_match::MatchType::Presence(())) => Ok(StringPattern::Presence),
+        None => Err(DecodeError::field(
+            format!("{at}.{field}[{i}]"),
+            Problem::EmptyOneof,
+        )),
+    }))
 }
 
 fn accounts(
@@ -103,37 +85,35 @@ fn accounts(
     at: &str,
     field: &str,
 ) -> Result<Vec<ServiceAccount>, DecodeError> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            required(&v.namespace, &format!("{at}.{field}[{i}].namespace"))?;
-            required(
-                &v.service_account,
-                &format!("{at}.{field}[{i}].serviceAccount"),
-            )?;
-            Ok(ServiceAccount {
-                namespace: v.namespace.clone(),
-                name: v.service_account.clone(),
-            })
+    exact(values.iter().enumerate().map(|(i, v)| {
+        required(&v.namespace, &format!("{at}.{field}[{i}].namespace"))?;
+        required(
+            &v.service_account,
+            &format!("{at}.{field}[{i}].serviceAccount"),
+        )?;
+        Ok(ServiceAccount {
+            namespace: v.namespace.clone(),
+            name: v.service_account.clone(),
         })
-        .collect()
+    }))
 }
 
 /// Address blocks: `length` is always sent by istiod (32 or 128 for a single address; 0 is a
 /// real `/0`, as ztunnel reads it).
 fn nets(values: &[pb::Address], at: &str, field: &str) -> Result<Vec<IpNet>, DecodeError> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, a)| net(&a.address, Some(a.length), &|| format!("{at}.{field}[{i}]")))
-        .collect()
+    exact(
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, a)| net(&a.address, Some(a.length), &|| format!("{at}.{field}[{i}]"))),
+    )
 }
 
 fn ports(values: &[u32], at: &str, field: &str) -> Result<Vec<u16>, DecodeError> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, p)| port(*p, || format!("{at}.{field}[{i}]")))
-        .collect()
+    exact(
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, p)| port(*p, || format!("{at}.{field}[{i}]"))),
+    )
 }

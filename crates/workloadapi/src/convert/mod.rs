@@ -55,6 +55,17 @@ pub fn decode_authorization(bytes: &[u8]) -> Result<Authorization, DecodeError> 
     authorization(policy)
 }
 
+/// Collects results into a vector of exactly their number. A collect of `Result`s cannot know
+/// the length ahead and grows the vector to 4: for 10⁴ policies of one match each (a `Match`
+/// is ~300 bytes), that spare room was most of their memory.
+pub(crate) fn exact<T, E>(items: impl ExactSizeIterator<Item = Result<T, E>>) -> Result<Vec<T>, E> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        out.push(item?);
+    }
+    Ok(out)
+}
+
 /// An IP address from its 4 or 16 network-order bytes (v4-mapped v6 made v4, as the registry
 /// indexes addresses canonically).
 pub(crate) fn ip(bytes: &[u8], field: impl FnOnce() -> String) -> Result<IpAddr, DecodeError> {

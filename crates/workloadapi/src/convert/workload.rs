@@ -1,10 +1,12 @@
 //! `istio.workload.Workload` and `istio.workload.Service` into the model.
 
-use crate::convert::{ip, known, name, net, port, required};
+use crate::convert::{exact, ip, known, name, net, port, required};
 use crate::error::{DecodeError, Problem};
+use crate::intern::{Sym, with_pool};
 use crate::model::{
-    DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, Health, LoadBalancing, NetworkAddress,
-    PortMapping, Refusal, Service, ServicePorts, Tunnel, Workload, WorkloadType,
+    Addresses, DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, Health, LoadBalancing,
+    NetworkAddress, Owner, Placement, PortMapping, Refusal, Service, ServicePorts, Tunnel,
+    Workload, WorkloadType,
 };
 use crate::proto::workload as pb;
 
@@ -22,7 +24,7 @@ pub fn workload(w: pb::Workload) -> Result<Workload, DecodeError> {
         .iter()
         .enumerate()
         .map(|(i, a)| ip(a, || format!("workload.addresses[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Addresses, _>>()?;
     let tunnel_protocol: pb::TunnelProtocol = known(w.tunnel_protocol, "workload.tunnel_protocol")?;
     let application_tunnel = match &w.application_tunnel {
         Some(t) => {
@@ -61,47 +63,61 @@ pub fn workload(w: pb::Workload) -> Result<Workload, DecodeError> {
     } else {
         None
     };
-    let locality = w
-        .locality
-        .map(|l| [l.region, l.zone, l.subzone])
-        .unwrap_or_default();
-    Ok(Workload {
-        services: services(w.services)?,
-        authorization_policies: policy_keys(w.authorization_policies)?,
-        trust_domain: or_default(w.trust_domain, DEFAULT_TRUST_DOMAIN),
-        service_account: or_default(w.service_account, DEFAULT_SERVICE_ACCOUNT),
+    let services = services(w.services)?;
+    let policies = policy_keys(&w.authorization_policies)?;
+    let locality = w.locality.unwrap_or_default();
+    // Every repeated value is the process's shared copy (see `intern`); the uid and the name
+    // are one workload's own.
+    Ok(with_pool(|pool| Workload {
+        services,
+        authorization_policies: {
+            let keys: Vec<Sym> = policies.iter().map(|k| pool.sym(k)).collect();
+            pool.policies(&keys)
+        },
+        trust_domain: pool.sym(or_default(&w.trust_domain, DEFAULT_TRUST_DOMAIN)),
+        service_account: pool.sym(or_default(&w.service_account, DEFAULT_SERVICE_ACCOUNT)),
         tunnel: match tunnel_protocol {
             pb::TunnelProtocol::Hbone => Tunnel::Hbone,
             // LEGACY_ISTIO_MTLS is refused above; NONE is plain TCP.
             pb::TunnelProtocol::None | pb::TunnelProtocol::LegacyIstioMtls => Tunnel::None,
         },
-        uid: w.uid,
-        name: w.name,
-        namespace: w.namespace,
+        uid: Sym::from(w.uid),
+        name: Sym::from(w.name),
+        namespace: pool.sym(&w.namespace),
         addresses,
-        hostname: w.hostname,
-        network: w.network,
+        hostname: pool.sym(&w.hostname),
         native_tunnel: w.native_tunnel,
-        node: w.node,
-        canonical_name: w.canonical_name,
-        canonical_revision: w.canonical_revision,
-        workload_type,
-        workload_name: w.workload_name,
         health,
-        cluster_id: w.cluster_id,
-        locality,
         host_network,
         capacity: w.capacity.unwrap_or(1),
         refused,
-    })
+        owner: {
+            let owner = Owner {
+                canonical_name: pool.sym(&w.canonical_name),
+                canonical_revision: pool.sym(&w.canonical_revision),
+                workload_type,
+                workload_name: pool.sym(&w.workload_name),
+            };
+            pool.owner(owner)
+        },
+        placement: {
+            let placement = Placement {
+                cluster_id: pool.sym(&w.cluster_id),
+                network: pool.sym(&w.network),
+                node: pool.sym(&w.node),
+                locality: [
+                    pool.sym(&locality.region),
+                    pool.sym(&locality.zone),
+                    pool.sym(&locality.subzone),
+                ],
+            };
+            pool.placement(placement)
+        },
+    }))
 }
 
-fn or_default(value: String, default: &str) -> String {
-    if value.is_empty() {
-        default.to_string()
-    } else {
-        value
-    }
+fn or_default<'a>(value: &'a str, default: &'a str) -> &'a str {
+    if value.is_empty() { default } else { value }
 }
 
 /// `services`: `<namespace>/<hostname>` → ports, in key order.
@@ -147,7 +163,7 @@ fn ports(ports: &[pb::Port], field: &str) -> Result<Vec<PortMapping>, DecodeErro
 
 /// `authorization_policies`: each `<namespace>/<name>`; a repeated key is kept once (the engine
 /// visits a bound policy once per listing).
-fn policy_keys(mut keys: Vec<String>) -> Result<Vec<String>, DecodeError> {
+fn policy_keys(keys: &[String]) -> Result<Vec<&str>, DecodeError> {
     for (i, key) in keys.iter().enumerate() {
         match key.split_once('/') {
             Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => {}
@@ -160,8 +176,11 @@ fn policy_keys(mut keys: Vec<String>) -> Result<Vec<String>, DecodeError> {
         }
     }
     let mut seen = std::collections::HashSet::new();
-    keys.retain(|k| seen.insert(k.clone()));
-    Ok(keys)
+    Ok(keys
+        .iter()
+        .map(String::as_str)
+        .filter(|k| seen.insert(*k))
+        .collect())
 }
 
 /// A Service: decoded, validated, and marked refused when it is served by a waypoint.
@@ -171,18 +190,14 @@ pub fn service(s: pb::Service) -> Result<Service, DecodeError> {
         return Err(DecodeError::field("service.hostname", Problem::Empty));
     }
     name(&s.name, "service.name")?;
-    let addresses = s
-        .addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let field = || format!("service.addresses[{i}]");
-            Ok(NetworkAddress {
-                network: a.network.clone(),
-                address: net(&a.address, a.length, &field)?,
-            })
+    let addresses = s.addresses.iter().enumerate().map(|(i, a)| {
+        let field = || format!("service.addresses[{i}]");
+        Ok(NetworkAddress {
+            network: a.network.clone(),
+            address: net(&a.address, a.length, &field)?,
         })
-        .collect::<Result<Vec<_>, DecodeError>>()?;
+    });
+    let addresses = exact(addresses)?;
     let load_balancing = match s.load_balancing {
         Some(lb) => {
             for (i, scope) in lb.routing_preference.iter().enumerate() {

@@ -85,7 +85,7 @@ fn state_with(yaml: &str, mesh: &meshd_workloadapi::MeshState, generation: u64) 
         mesh,
         TRUST_DOMAIN,
         generation,
-        |w| w.key == "shop/web" || w.key == istiod::LOCAL_UID,
+        |w| w.key() == "shop/web" || w.key() == istiod::LOCAL_UID,
     ))
 }
 
