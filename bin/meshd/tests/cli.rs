@@ -255,6 +255,25 @@ fn ca_init_then_issue_writes_a_loadable_svid() {
 }
 
 #[test]
+fn validate_accepts_a_partly_empty_source_as_istio_does() {
+    // Issue 25: Istio accepts `{principals: [], namespaces: [bar]}`; meshd loads it and warns
+    // how it reads the empty list (in an ALLOW: matching nothing).
+    let dir = TempDir::new().expect("tempdir");
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  rules:\n  - from:\n    - source: {principals: [], namespaces: [bar]}\n",
+    )
+    .expect("write");
+    let out = run(meshd().arg("validate").arg(dir.path()), "");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("spec.rules[0].from[0].source.principals: `principals: []` is an empty list, which Istio reads as unset; in an ALLOW rule meshd reads it as matching nothing (fail closed), so this source allows nothing"),
+        "{text}"
+    );
+}
+
+#[test]
 fn validate_rejects_an_empty_principals_list() {
     // Issue 9 item A: `principals: []` used to pass and then match every connection.
     let dir = TempDir::new().expect("tempdir");

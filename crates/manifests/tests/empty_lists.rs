@@ -1,8 +1,9 @@
 //! An empty list is not a value. Istio reads `principals: []` as "unset", so a source, operation
 //! or condition whose lists are all empty would restrict nothing: an ALLOW rule holding one
-//! allows every connection, plaintext included (issue 9, item A). Each scenario is rejected with
-//! the exact field and message asserted here; the engine's own defence is in
-//! `crates/rbac/tests/fail_closed.rs`.
+//! allows every connection, plaintext included (issue 9, item A). Each such scenario is
+//! rejected with the exact field and message asserted here. A part where another field is set
+//! loads, as in Istio, with a warning per empty list saying how meshd reads it (issue 25); the
+//! engine's own defence is in `crates/rbac/tests/fail_closed.rs`.
 
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
@@ -34,6 +35,22 @@ fn authz(spec: &str) -> Vec<String> {
     errors("AuthorizationPolicy", spec)
 }
 
+/// Loads one AuthorizationPolicy that must load, and returns its warnings as `errors` does.
+fn authz_warnings(spec: &str) -> Vec<String> {
+    let text = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: app}}\nspec:\n{spec}"
+    );
+    let snapshot = load_str("t.yaml", &text, &LoadOptions::default()).unwrap();
+    snapshot
+        .warnings
+        .iter()
+        .map(|p| {
+            let pos = p.pos.map(|p| p.to_string()).unwrap_or_default();
+            format!("{pos} {}: {}", p.path, p.message)
+        })
+        .collect()
+}
+
 #[test]
 fn empty_principals_alone_is_an_empty_source() {
     // The reported case: `principals: []` passed validation and then matched every connection.
@@ -59,12 +76,36 @@ fn empty_not_principals_alone_is_an_empty_source() {
 }
 
 #[test]
-fn empty_ip_blocks_next_to_a_real_field_is_rejected() {
-    // Istio would drop `ipBlocks: []` and keep `namespaces`; meshd refuses to guess which was meant.
+fn empty_principals_next_to_namespaces_loads_as_istio_does_with_a_warning() {
+    // Issue 25: Istio accepts `{principals: [], namespaces: [bar]}` (the empty list reads as
+    // unset, namespaces is set), so meshd loads it; the warning says how meshd reads it.
+    let spec = "  rules: [{from: [{source: {principals: [], namespaces: [bar]}}]}]\n";
+    assert_eq!(authz(spec), Vec::<String>::new());
     assert_eq!(
-        authz("  rules: [{from: [{source: {namespaces: [a], ipBlocks: []}}]}]\n"),
+        authz_warnings(spec),
         [
-            "5:46 spec.rules[0].from[0].source.ipBlocks: `ipBlocks: []` is an empty list, which Istio reads as unset: list the values it should match, or remove the field",
+            "5:29 spec.rules[0].from[0].source.principals: `principals: []` is an empty list, which Istio reads as unset; in an ALLOW rule meshd reads it as matching nothing (fail closed), so this source allows nothing: remove the field, or list the values it should match",
+        ]
+    );
+    let deny =
+        "  action: DENY\n  rules: [{from: [{source: {principals: [], namespaces: [bar]}}]}]\n";
+    assert_eq!(
+        authz_warnings(deny),
+        [
+            "6:29 spec.rules[0].from[0].source.principals: `principals: []` is an empty list, which Istio reads as unset; meshd reads it so too: the rest of this source still applies: remove the field, or list the values it should match",
+        ]
+    );
+}
+
+#[test]
+fn empty_ip_blocks_next_to_a_real_field_is_a_warning() {
+    // Istio drops `ipBlocks: []` and keeps `namespaces`.
+    let spec = "  rules: [{from: [{source: {namespaces: [a], ipBlocks: []}}]}]\n";
+    assert_eq!(authz(spec), Vec::<String>::new());
+    assert_eq!(
+        authz_warnings(spec),
+        [
+            "5:46 spec.rules[0].from[0].source.ipBlocks: `ipBlocks: []` is an empty list, which Istio reads as unset; in an ALLOW rule meshd reads it as matching nothing (fail closed), so this source allows nothing: remove the field, or list the values it should match",
         ]
     );
 }
@@ -94,12 +135,14 @@ fn empty_ports_alone_is_an_empty_operation() {
 }
 
 #[test]
-fn empty_not_ports_next_to_ports_is_rejected() {
-    // Harmless in effect, but the same template slip; one rule for every list keeps it simple.
+fn empty_not_ports_next_to_ports_is_a_warning() {
+    // Harmless in effect (an empty negative list excludes nothing), but a slip worth naming.
+    let spec = "  rules: [{to: [{operation: {ports: ['80'], notPorts: []}}]}]\n";
+    assert_eq!(authz(spec), Vec::<String>::new());
     assert_eq!(
-        authz("  rules: [{to: [{operation: {ports: ['80'], notPorts: []}}]}]\n"),
+        authz_warnings(spec),
         [
-            "5:45 spec.rules[0].to[0].operation.notPorts: `notPorts: []` is an empty list, which Istio reads as unset: list the values it should match, or remove the field",
+            "5:45 spec.rules[0].to[0].operation.notPorts: `notPorts: []` is an empty list, which Istio reads as unset; it excludes nothing: remove the field, or list the values it should match",
         ]
     );
 }
@@ -130,12 +173,14 @@ fn when_with_empty_values_and_empty_not_values_is_rejected() {
 }
 
 #[test]
-fn when_with_empty_not_values_next_to_values_is_rejected() {
+fn when_with_empty_not_values_next_to_values_is_a_warning() {
     // The condition keeps its `values`; the empty list is still a slip worth naming.
+    let spec = "  rules: [{when: [{key: source.namespace, values: [a], notValues: []}]}]\n";
+    assert_eq!(authz(spec), Vec::<String>::new());
     assert_eq!(
-        authz("  rules: [{when: [{key: source.namespace, values: [a], notValues: []}]}]\n"),
+        authz_warnings(spec),
         [
-            "5:56 spec.rules[0].when[0].notValues: `notValues: []` is an empty list, which Istio reads as unset: list the values it should match, or remove the field",
+            "5:56 spec.rules[0].when[0].notValues: `notValues: []` is an empty list, which Istio reads as unset; it excludes nothing: remove the field, or list the values it should match",
         ]
     );
 }

@@ -42,9 +42,11 @@
 //!   `workloadSelector`.
 //!
 //! Errors that are meshd's own (Istio accepts these; each could silently widen what is allowed):
-//! - an empty list anywhere values are expected (`principals: []`, `notPorts: []`,
-//!   `values: []`, …), even next to other fields: Istio reads it as unset, and a list emptied by a
-//!   template must not turn a rule into "match everything";
+//! - an empty list where values are expected (`principals: []`, `notPorts: []`,
+//!   `values: []`, …) that leaves its source, operation or condition with nothing set: Istio
+//!   reads it as unset, and a list emptied by a template must not turn a rule into "match
+//!   everything". Next to a field that is set, the empty list is a warning (Istio accepts it),
+//!   saying how meshd reads it: unset in a DENY, matching nothing in an ALLOW;
 //! - `when: []` (the rule would be `{}`: match everything);
 //! - `targetRefs: []` (Istio reads it as unset, so the policy applies to its whole namespace).
 //!

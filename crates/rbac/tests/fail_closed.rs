@@ -321,7 +321,8 @@ fn allow_with_unparseable_destination_port_condition_allows_nothing() {
 
 #[test]
 fn allow_with_empty_principals_next_to_a_namespace_allows_nothing() {
-    // An empty field never reads as "unset", even beside a real one: it fails closed.
+    // An empty field never reads as "unset" in an ALLOW, even beside a real one: it fails
+    // closed. Validation loads this shape with a warning saying so (Istio accepts it, issue 25).
     let p = policy(
         Action::Allow,
         from(Source {

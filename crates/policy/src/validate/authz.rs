@@ -243,7 +243,7 @@ fn validate_rule(rule: &Rule, path: &FieldPath, action: Action, sink: &mut Sink)
             let entry_path = to_path.index(i);
             match &entry.operation {
                 None => sink.error(entry_path, "`to.operation` is required"),
-                Some(op) => validate_operation(op, &entry_path.field("operation"), sink),
+                Some(op) => validate_operation(op, &entry_path.field("operation"), action, sink),
             }
         }
     }
@@ -267,11 +267,12 @@ fn set(values: Option<&Vec<String>>) -> bool {
 
 fn validate_source(source: &Source, path: &FieldPath, action: Action, sink: &mut Sink) {
     let fields = source.fields();
-    checks::no_empty_lists(&fields, path, sink);
     if !fields.iter().any(|(_, values)| set(*values)) {
+        checks::no_empty_lists(&fields, path, sink);
         sink.error(path.clone(), "`from.source` must not be empty");
         return;
     }
+    checks::partly_empty_lists(&fields, path, action, "source", sink);
     let has_sa = set(source.service_accounts.as_ref()) || set(source.not_service_accounts.as_ref());
     let has_principal_or_ns = set(source.principals.as_ref())
         || set(source.not_principals.as_ref())
@@ -306,13 +307,14 @@ fn validate_source(source: &Source, path: &FieldPath, action: Action, sink: &mut
     }
 }
 
-fn validate_operation(op: &Operation, path: &FieldPath, sink: &mut Sink) {
+fn validate_operation(op: &Operation, path: &FieldPath, action: Action, sink: &mut Sink) {
     let fields = op.fields();
-    checks::no_empty_lists(&fields, path, sink);
     if !fields.iter().any(|(_, values)| set(*values)) {
+        checks::no_empty_lists(&fields, path, sink);
         sink.error(path.clone(), "`to.operation` must not be empty");
         return;
     }
+    checks::partly_empty_lists(&fields, path, action, "operation", sink);
     for (name, values) in fields {
         let Some(values) = values else { continue };
         let at = path.field(name);
@@ -359,8 +361,10 @@ fn validate_condition(condition: &Condition, path: &FieldPath, action: Action, s
         ("values", condition.values.as_ref()),
         ("notValues", condition.not_values.as_ref()),
     ];
-    checks::no_empty_lists(&lists, path, sink);
-    if !lists.iter().any(|(_, values)| set(*values)) {
+    if lists.iter().any(|(_, values)| set(*values)) {
+        checks::partly_empty_lists(&lists, path, action, "condition", sink);
+    } else {
+        checks::no_empty_lists(&lists, path, sink);
         sink.error(
             path.clone(),
             "at least one of `values` or `notValues` must be set",

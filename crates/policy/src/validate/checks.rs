@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::Action;
 use crate::path::FieldPath;
 use crate::validate::Sink;
 use crate::values::{parse_ip_block, parse_port};
@@ -70,9 +71,49 @@ pub(crate) fn labels(labels: &BTreeMap<String, String>, path: &FieldPath, sink: 
     }
 }
 
-/// An empty list where values are expected. Istio reads it as unset, which is how `principals: []`
-/// came to match every connection: meshd rejects it wherever it appears (a source, operation or
-/// condition with no other field is then also "must not be empty", as in Istio).
+/// Empty lists in a source, operation or condition where another field is set: Istio reads each
+/// as unset and accepts the policy, so meshd loads it too, with a warning per list saying how
+/// meshd reads it. A negative list excludes nothing either way. A positive one is unset in a
+/// DENY or CUSTOM rule (the rest of the part still restricts, as in Istio); in an ALLOW or AUDIT
+/// rule it matches nothing (meshd fails closed where Istio would drop the restriction), so the
+/// part allows nothing, and the warning says to remove the field for Istio's reading.
+pub(crate) fn partly_empty_lists(
+    fields: &[(&'static str, Option<&Vec<String>>)],
+    path: &FieldPath,
+    action: Action,
+    part: &str,
+    sink: &mut Sink,
+) {
+    for (name, values) in fields {
+        if !values.is_some_and(|v| v.is_empty()) {
+            continue;
+        }
+        let reading = if name.starts_with("not") {
+            "it excludes nothing".to_string()
+        } else if matches!(action, Action::Deny | Action::Custom) {
+            format!("meshd reads it so too: the rest of this {part} still applies")
+        } else {
+            format!(
+                "in an {} rule meshd reads it as matching nothing (fail closed), so this {part} allows nothing",
+                if action == Action::Audit {
+                    "AUDIT"
+                } else {
+                    "ALLOW"
+                }
+            )
+        };
+        sink.warning(
+            path.field(name),
+            format!(
+                "`{name}: []` is an empty list, which Istio reads as unset; {reading}: remove the field, or list the values it should match"
+            ),
+        );
+    }
+}
+
+/// An empty list where values are expected, in a source, operation or condition with no other
+/// field set. Istio reads it as unset, which is how `principals: []` came to match every
+/// connection: the part is then also "must not be empty", as in Istio, and each list an error.
 pub(crate) fn no_empty_lists(
     fields: &[(&'static str, Option<&Vec<String>>)],
     path: &FieldPath,
