@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshd_identity::{CredentialSet, IdentityHandle};
+use meshd_identity::{CredentialSet, IdentityHandle, IdentityManager};
 use meshd_integration::istiod::Istiod;
 use meshd_integration::loopback::Loopback;
 use meshd_integration::vm_bundle::VmBundle;
@@ -444,11 +444,11 @@ fn renewal_at_half_life_by_mtls_keeps_the_identity_without_a_token() {
     );
 }
 
-/// The whole join in one call (what the daemon wires): certificate by token, identity from
-/// certDir, ADS authenticated by it; after the token is gone and revoked, a restarted istiod
-/// is rejoined with the certificate alone.
+/// The join as the daemon wires it (crates/daemon/src/control_plane: certificate by token,
+/// the `istioCa` identity over certDir, renewal, ADS authenticated by the identity); after the
+/// token is gone and revoked, a restarted istiod is rejoined with the certificate alone.
 #[test]
-fn start_joins_and_rejoins_a_restarted_istiod_with_the_certificate_alone() {
+fn a_joined_client_rejoins_a_restarted_istiod_with_the_certificate_alone() {
     let lo = Loopback::take();
     let mut istiod = Istiod::start(lo.host(1));
     istiod.apply(MESH);
@@ -457,15 +457,29 @@ fn start_joins_and_rejoins_a_restarted_istiod_with_the_certificate_alone() {
     let token_file = settings.token_file.clone().unwrap();
     let rt = runtime();
     let store = Shared::default();
-    let joined = rt
-        .block_on(meshd_xds::start(settings, store.clone(), Arc::default()))
+    let (identity, how, xds) = rt.block_on(async {
+        let ca = CaClient::new(settings.clone()).unwrap();
+        let (creds, how) = ca.bootstrap().await.unwrap();
+        let identity = IdentityManager::start(&ca.identity_source()).await.unwrap();
+        let instance_ip = settings.instance_ip.unwrap();
+        let client = AdsClient::new(
+            settings,
+            instance_ip,
+            Some(identity.handle()),
+            Arc::default(),
+        )
         .unwrap();
+        let xds = client.status();
+        tokio::spawn(client.run(store.clone()));
+        drop(creds);
+        (identity, how, xds)
+    });
     assert_eq!(
-        joined.identity.handle().current().id().to_string(),
+        identity.handle().current().id().to_string(),
         "spiffe://cluster.local/ns/vms/sa/db-vm"
     );
-    assert_eq!(joined.ca.borrow().source, "token");
-    wait("ready", PUSH, || joined.xds.borrow().ready);
+    assert_eq!(how.to_string(), "token");
+    wait("ready", PUSH, || xds.borrow().ready);
 
     istiod.revoke(&std::fs::read_to_string(&token_file).unwrap());
     std::fs::remove_file(&token_file).unwrap();
@@ -474,7 +488,7 @@ fn start_joins_and_rejoins_a_restarted_istiod_with_the_certificate_alone() {
     wait("rejoined by certificate", PUSH, || {
         store.has(AUTHORIZATION_TYPE, "vms/after-restart")
     });
-    let st = joined.xds.borrow().clone();
+    let st = xds.borrow().clone();
     assert!(st.connections >= 2, "{st:?}");
     let clients = istiod.clients();
     assert_eq!(

@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use meshd_view as view;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use meshd_record::{ByteMeter, ConnectionRecord, Identity, Outcome, RecordRef, RecordSink};
 
@@ -77,15 +75,6 @@ fn identity(id: &Option<Arc<Identity>>) -> Option<String> {
     id.as_ref().map(|i| i.as_str().to_string())
 }
 
-/// Whole seconds: a person reads the time, the trace id tells records apart.
-fn rfc3339(t: SystemTime) -> String {
-    let t = OffsetDateTime::from(t);
-    t.replace_nanosecond(0)
-        .unwrap_or(t)
-        .format(&Rfc3339)
-        .unwrap_or_default()
-}
-
 impl Live {
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
@@ -115,7 +104,7 @@ impl Live {
                         mtls: r.mtls,
                         bytes_in: o.meter.downstream.load(Ordering::Relaxed),
                         bytes_out: o.meter.upstream.load(Ordering::Relaxed),
-                        started: rfc3339(r.started),
+                        started: view::rfc3339_seconds(r.started),
                         age_seconds: age.as_secs_f64(),
                     };
                     (r.started, connection)
@@ -163,7 +152,7 @@ impl RecordSink for Live {
     fn closed(&self, r: &ConnectionRecord) {
         // Built before the lock: the lock is held for the map and ring updates only.
         let denial = is_refusal(r.outcome).then(|| view::Denial {
-            at: rfc3339(SystemTime::now()),
+            at: view::rfc3339_seconds(SystemTime::now()),
             id: r.trace_id(),
             direction: r.facts.direction.to_string(),
             source: r.facts.source.to_string(),

@@ -8,14 +8,9 @@ use meshd_manifests::Snapshot;
 use meshd_policy::{Kind, PeerAuthnLevel, ResourceKey, WorkloadSelector};
 use meshd_view as view;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::registry::{Protocol, Workload};
 use crate::state::ProxyState;
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
 
 /// The workloads, local first, with the policies and PeerAuthentication modes of local ones.
 pub fn workloads(state: &ProxyState) -> view::Workloads {
@@ -227,14 +222,14 @@ pub fn certificate_warning(set: &CredentialSet, now: OffsetDateTime) -> Option<S
     let c = set.credentials();
     let (not_before, not_after) = (c.not_before(), c.not_after());
     if now >= not_after {
-        return Some(format!("expired at {}", rfc3339(not_after)));
+        return Some(format!("expired at {}", view::rfc3339(not_after)));
     }
     let lifetime = not_after - not_before;
     let left = not_after - now;
     (left * 4 < lifetime).then(|| {
         format!(
             "expires at {}: less than a quarter of its lifetime left and not yet rotated",
-            rfc3339(not_after)
+            view::rfc3339(not_after)
         )
     })
 }
@@ -257,7 +252,7 @@ pub fn certs(set: &CredentialSet, rotations: u64, failed_rotations: u64) -> view
                     |der| match meshd_identity::x509::subject_and_not_after(der) {
                         Ok((subject, not_after)) => view::Root {
                             subject,
-                            not_after: rfc3339(not_after),
+                            not_after: view::rfc3339(not_after),
                         },
                         Err(e) => view::Root {
                             subject: format!("unreadable: {e}"),
@@ -272,8 +267,8 @@ pub fn certs(set: &CredentialSet, rotations: u64, failed_rotations: u64) -> view
         identity: set.id().to_string(),
         serial: serial.join(":"),
         issuer: c.issuer().to_string(),
-        not_before: rfc3339(c.not_before()),
-        not_after: rfc3339(c.not_after()),
+        not_before: view::rfc3339(c.not_before()),
+        not_after: view::rfc3339(c.not_after()),
         seconds_left: (c.not_after() - now).whole_seconds(),
         warning: certificate_warning(set, now),
         rotations,
@@ -296,7 +291,7 @@ pub fn summary(
         generation: state.generation,
         last_reload_error,
         identity: set.id().to_string(),
-        not_after: rfc3339(set.not_after()),
+        not_after: view::rfc3339(set.not_after()),
         seconds_left: (set.not_after() - now).whole_seconds(),
         certificate_warning: certificate_warning(set, now),
         local_workloads: state.registry.local_workloads().count(),

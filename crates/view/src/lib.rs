@@ -16,6 +16,19 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// A view's timestamp: RFC 3339, UTC, as every view writes it.
+pub fn rfc3339(at: impl Into<OffsetDateTime>) -> String {
+    at.into().format(&Rfc3339).unwrap_or_default()
+}
+
+/// [`rfc3339`] to whole seconds, for times a person reads in a table (connection start).
+pub fn rfc3339_seconds(at: impl Into<OffsetDateTime>) -> String {
+    let at = at.into();
+    rfc3339(at.replace_nanosecond(0).unwrap_or(at))
+}
 
 /// The names of the views, in the order the page and `meshd status` show them.
 pub const VIEWS: [&str; 8] = [

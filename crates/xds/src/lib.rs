@@ -19,8 +19,9 @@
 //!   the expected SPIFFE ID, persisted atomically in `certDir` as Istio's `cert-chain.pem`,
 //!   `key.pem`, `root-cert.pem`; meshd-identity's `istioCa` source loads and rotates those files
 //!   like any file identity.
-//! - [`start`] does all of it in one call for the daemon: certificate (persisted, else by
-//!   token), identity manager over `certDir`, renewal task, ADS stream task.
+//! - The daemon wires them (crates/daemon/src/control_plane): certificate (persisted, else by
+//!   token, retried until it comes), identity manager over `certDir`, renewal task, the ADS
+//!   stream over its own store of what istiod sent.
 //!
 //! # What it does not do
 //! - It does not decode `Address` or `Authorization`: resources leave as bytes
@@ -39,14 +40,12 @@ mod backoff;
 pub mod bundle;
 pub mod ca;
 mod error;
-mod join;
 pub mod metrics;
 pub mod node;
 pub mod settings;
 mod transport;
 
 pub use error::Error;
-pub use join::{ControlPlane, start};
 pub use settings::ControlPlaneSettings;
 
 /// Generated protobuf and gRPC client code.

@@ -181,8 +181,11 @@ pub(crate) fn spawn_writer(path: PathBuf, held: Arc<Mutex<HeldResources>>, chang
             let held = held.clone();
             let target = path.clone();
             let written = tokio::task::spawn_blocking(move || {
-                let bytes = encode(&held.lock().unwrap_or_else(|e| e.into_inner()));
-                write_atomically(&target, &bytes)
+                // A copy taken under the lock (names and versions; bodies are shared `Bytes`),
+                // encoded outside it: a push applied meanwhile waits for the copy only, not
+                // for the encoding of the whole state (~20 MB at 10⁵ workloads).
+                let snapshot = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                write_atomically(&target, &encode(&snapshot))
             })
             .await;
             match written {

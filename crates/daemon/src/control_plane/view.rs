@@ -9,8 +9,6 @@ use meshd_status::view::{ControlPlane, IstioCertificate, SourceCounts, XdsReply,
 use meshd_workloadapi::{MeshState, ResourceKind};
 use meshd_xds::ads::{Reply, StreamState, XdsStatus};
 use meshd_xds::ca::CaStatus;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 
 /// The receivers the view is read from, at each request.
@@ -22,15 +20,11 @@ pub(crate) struct ControlPlaneView {
     pub(crate) persisted: Option<SystemTime>,
 }
 
-fn rfc3339(at: impl Into<OffsetDateTime>) -> String {
-    at.into().format(&Rfc3339).unwrap_or_default()
-}
-
 fn reply(reply: &Option<Reply>) -> Option<XdsReply> {
     reply.as_ref().map(|r| XdsReply {
         ack: r.ack,
         nonce: r.nonce.clone(),
-        at: rfc3339(r.at),
+        at: meshd_status::view::rfc3339(r.at),
         error: r.error.clone(),
     })
 }
@@ -88,7 +82,7 @@ impl ControlPlaneView {
             let ca = ca.borrow().clone();
             IstioCertificate {
                 source: ca.source,
-                not_after: ca.not_after.map(rfc3339),
+                not_after: ca.not_after.map(meshd_status::view::rfc3339),
                 last_error: ca.last_error,
             }
         });
@@ -98,7 +92,7 @@ impl ControlPlaneView {
             dial: Some(xds.dial),
             server_name: Some(xds.server_name),
             stream: Some(stream.to_string()),
-            since: Some(rfc3339(xds.since)),
+            since: Some(meshd_status::view::rfc3339(xds.since)),
             last_error: xds.last_error,
             ready: xds.ready,
             connections: xds.connections,
@@ -115,7 +109,7 @@ impl ControlPlaneView {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            started_on_persisted_state: self.persisted.map(rfc3339),
+            started_on_persisted_state: self.persisted.map(meshd_status::view::rfc3339),
             certificate,
         }
     }
