@@ -240,10 +240,35 @@ fn stray_variables() -> Vec<String> {
         .filter_map(|(name, _)| name.into_string().ok())
         .filter_map(|name| {
             let key = name.strip_prefix("MESHD_")?.to_ascii_lowercase();
-            (!NOT_KEYS.contains(&key.as_str()) && !names_a_key(&key, &keys))
-                .then(|| format!("environment variable {name} names no meshd.yaml key; ignored"))
+            (!NOT_KEYS.contains(&key.as_str()) && !names_a_key(&key, &keys)).then(|| {
+                format!(
+                    "environment variable {name} names no meshd.yaml key; ignored (the nearest is {})",
+                    nearest(&name, &keys)
+                )
+            })
         })
         .collect()
+}
+
+/// The variable meshd reads whose name is nearest `name`, said as the warning's hint: one that
+/// `name` begins (`MESHD_LOG` → `MESHD_LOG_FORMAT`), else the fewest edits away; a top-level
+/// key's or one the command line reads.
+fn nearest(name: &str, keys: &[String]) -> String {
+    let as_keys = keys.iter().map(|k| {
+        let var = env_name(std::slice::from_ref(k));
+        let hint = format!("{var}, key `{k}`");
+        (var, hint)
+    });
+    let as_flags = NOT_KEYS.iter().map(|k| {
+        let var = format!("MESHD_{}", k.to_ascii_uppercase());
+        let hint = format!("{var}, read by the command line");
+        (var, hint)
+    });
+    as_keys
+        .chain(as_flags)
+        .min_by_key(|(var, _)| (!var.starts_with(name), strsim::levenshtein(name, var)))
+        .map(|(_, hint)| hint)
+        .unwrap_or_default()
 }
 
 /// `MESHD_LISTEN__INBOUND_PLAINTEXT` → `listen.inboundPlaintext`; variables that name no key

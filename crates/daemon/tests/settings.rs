@@ -251,7 +251,20 @@ fn a_variable_naming_no_section_is_a_warning_not_an_error() {
         let settings = load_empty().expect("stray variables are not keys");
         let warnings = settings.warnings.join("\n");
         assert!(warnings.contains("MESHD_BIN"), "{warnings}");
-        assert!(warnings.contains("MESHD_LOG"), "{warnings}");
+        // Each warning names the nearest variable meshd reads.
+        assert!(
+            warnings.contains(
+                "environment variable MESHD_LOG names no meshd.yaml key; ignored (the nearest is MESHD_LOG_FORMAT, read by the command line)"
+            ),
+            "{warnings}"
+        );
+        jail.set_env("MESHD_LISTN", "x");
+        let settings = load_empty().expect("stray variables are not keys");
+        let warnings = settings.warnings.join("\n");
+        assert!(
+            warnings.contains("MESHD_LISTN names no meshd.yaml key; ignored (the nearest is MESHD_LISTEN, key `listen`)"),
+            "{warnings}"
+        );
         Ok(())
     });
 }
