@@ -8,6 +8,13 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::nft::TABLE_NAME;
 
+/// Only a connection's first packet is redirected. A connection established before the rules
+/// existed has no conntrack entry in a namespace that had no nat rules; once they exist the
+/// kernel picks it up mid-stream (its next packet looks new) and, without this match, sends it
+/// to meshd's port, which resets it: `meshd redirect install` under a running meshd would
+/// break the connections already open, meshd's own stream to istiod among them.
+const FIRST_SYN: &str = "tcp flags & (syn | ack) == syn";
+
 /// Outbound capture port, as ztunnel (REDIRECT target for the applications' connections).
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 /// Plaintext inbound capture port, as ztunnel.
@@ -161,7 +168,7 @@ pub fn render(cfg: &RedirectConfig) -> String {
     if !v6.is_empty() {
         let _ = writeln!(s, "\t\tip6 daddr {} return", set(&v6));
     }
-    let _ = writeln!(s, "\t\tmeta l4proto tcp redirect to :{}", cfg.outbound_port);
+    let _ = writeln!(s, "\t\t{FIRST_SYN} redirect to :{}", cfg.outbound_port);
     let _ = writeln!(s, "\t}}");
 
     // Inbound: connections arriving from the network, NAT hook `prerouting`.
@@ -181,7 +188,7 @@ pub fn render(cfg: &RedirectConfig) -> String {
         // containers or VMs behind it) are not meshd's to capture.
         let _ = writeln!(s, "\t\tfib daddr type != local return");
         let _ = writeln!(s, "\t\ttcp dport {} return", port_set(exempt));
-        let _ = writeln!(s, "\t\tmeta l4proto tcp redirect to :{inbound}");
+        let _ = writeln!(s, "\t\t{FIRST_SYN} redirect to :{inbound}");
         let _ = writeln!(s, "\t}}");
     }
     let _ = writeln!(s, "}}");
@@ -242,7 +249,7 @@ mod tests {
         assert!(script.contains("type nat hook output priority -100; policy accept;"));
         assert!(script.contains("meta mark & 0x00000fff == 0x00000539 return"));
         assert!(script.contains("oifname \"lo\" return"));
-        assert!(script.contains("meta l4proto tcp redirect to :15001"));
+        assert!(script.contains("tcp flags & (syn | ack) == syn redirect to :15001"));
         assert!(!script.contains("prerouting"), "{script}");
         // The exemptions come before the redirect, or they would never be reached.
         let redirect = script.find("redirect to").unwrap();
@@ -295,7 +302,7 @@ mod tests {
             ),
             "{pre}"
         );
-        assert!(pre.contains("meta l4proto tcp redirect to :15006"));
+        assert!(pre.contains("tcp flags & (syn | ack) == syn redirect to :15006"));
     }
 
     // With loopback capture, only meshd's own ports on lo stay exempt.

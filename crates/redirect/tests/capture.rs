@@ -277,3 +277,45 @@ fn no_inbound_capture_by_default() {
         exchange(&mut client, &mut server).await;
     });
 }
+
+// Connections established before the rules are installed keep going where they went: only a
+// connection's first packet (a SYN without ACK) is redirected. Without that, the kernel picks
+// such a connection up mid-stream once the nat hooks exist (its next packet looks new), the
+// redirect sends it to meshd's port, which resets it: an `install` under a running meshd broke
+// its own established connections (its stream to istiod, issue 24).
+#[test]
+fn connections_established_before_install_are_left_alone() {
+    let net = NetnsPair::new("est");
+    let peer_app = listen_in(&net.peer, APP_PORT);
+    net.local.run_async(|| async {
+        let peer_app = into_tokio(peer_app);
+        let local_app = listen(APP_PORT).await;
+        // One connection out to the peer, one in from it, both before any rule.
+        let out_dst = sa(NetnsPair::PEER_V4, APP_PORT);
+        let (out_client, out_server) =
+            tokio::join!(TcpStream::connect(out_dst), accept(&peer_app, "peer app"));
+        let (mut out_client, mut out_server) = (out_client.unwrap(), out_server);
+        let mut in_client = connect_from(&net.peer, sa(NetnsPair::LOCAL_V4, APP_PORT));
+        let mut in_server = accept(&local_app, "local app").await;
+        exchange(&mut out_client, &mut out_server).await;
+        exchange(&mut in_client, &mut in_server).await;
+
+        install(&inbound_cfg()).unwrap();
+        let outbound = listen(15001).await;
+        let inbound = listen(15006).await;
+        // Both still carry data end to end, and neither reached meshd's ports.
+        let carried = async {
+            exchange(&mut out_client, &mut out_server).await;
+            exchange(&mut in_client, &mut in_server).await;
+        };
+        if tokio::time::timeout(ACCEPT_TIMEOUT, carried).await.is_err() {
+            panic!("a connection established before install stopped carrying data");
+        }
+        assert_idle(&outbound, "15001").await;
+        assert_idle(&inbound, "15006").await;
+        // New connections are captured.
+        let (client, server) =
+            tokio::join!(TcpStream::connect(out_dst), accept(&outbound, "15001"));
+        exchange(&mut client.unwrap(), &mut { server }).await;
+    });
+}
