@@ -2,7 +2,8 @@
 //! allowed connection the graph shows an allowed edge from web to db and the chart no denial;
 //! after a denied one the graph shows a denied edge between the same workloads and the chart's
 //! denial count rises. Screenshots before and after the denial are written under the test's
-//! output directory (`target/tmp/status-page/traffic-{before,after}-denial.png`), printed.
+//! output directory (`target/tmp/status-page/traffic-{before,after}-denial.png`), printed;
+//! `meshd status traffic` prints the same edges.
 
 use std::time::{Duration, Instant};
 
@@ -153,6 +154,12 @@ async fn the_traffic_picture_shows_a_denial_appearing() {
     let shot = dir.join("traffic-after-denial.png");
     std::fs::write(&shot, client.screenshot().await.unwrap()).unwrap();
     eprintln!("screenshot after the denial: {}", shot.display());
+
+    // `meshd status traffic` reads the same view: both edges, the denial's policy.
+    let text = tokio::task::block_in_place(|| super::view(&mesh, &["traffic"]));
+    assert!(text.contains("1 refused or denied"), "{text}");
+    assert!(text.contains("shop/web  shop/db  denied"), "{text}");
+    assert!(text.contains("shop/deny-admin"), "{text}");
 
     drop(open);
     client.close().await.unwrap();
