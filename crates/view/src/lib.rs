@@ -430,8 +430,8 @@ pub struct Traffic {
     /// The nodes the edges name, local workloads first (every local workload, idle or not, up
     /// to `maxNodes`).
     pub nodes: Vec<TrafficNode>,
-    /// Who talked to whom: open connections and those that ended within the window, one
-    /// edge per (from, to, verdict), the most recently seen first.
+    /// Who talked to whom: established open connections and those that ended within the
+    /// window, one edge per (from, to, verdict), the most recently seen first.
     pub edges: Vec<TrafficEdge>,
     /// At most this many nodes are shown.
     pub max_nodes: usize,

@@ -12,8 +12,10 @@ use meshd_view as view;
 
 use super::series::WINDOW_SECONDS;
 
-/// Edges kept in memory: a node talks to a few dozen peers, and 256 edges of two names each
-/// stay under ~64 KiB even with long SPIFFE identities.
+/// Edges kept in memory: a node talks to a few dozen peers. An edge holds two names (a
+/// workload name, an address, a SOCKS5 host of at most 255 bytes, or a SPIFFE ID, which the
+/// SPIFFE spec bounds at 2 KiB): ~100 B each as usual, 256 edges stay under ~50 KiB, and under
+/// ~1.1 MiB even if every name were a maximal SPIFFE ID.
 pub const EDGES_KEPT: usize = 256;
 
 /// Nodes the view shows: beyond a few dozen a drawn graph is no longer read at a glance.
@@ -132,16 +134,13 @@ impl Graph {
         }
     }
 
-    /// The graph as shown at `now`: the kept edges with `open` connections (their edge and
-    /// bytes so far) laid over them, and every `local` workload as a node even when idle.
-    /// `time` renders a time.
-    pub(crate) fn view(
+    /// The edges within the window at `now`, with the `open` connections (their edge and bytes
+    /// so far) added.
+    fn with_open(
         &self,
         open: impl IntoIterator<Item = (EdgeKey, u64)>,
-        local: &[String],
         now: u64,
-        time: impl Fn(u64) -> String,
-    ) -> Shown {
+    ) -> HashMap<EdgeKey, Stats> {
         let mut all: HashMap<EdgeKey, Stats> = self
             .edges
             .iter()
@@ -155,6 +154,20 @@ impl Graph {
             stats.bytes = stats.bytes.saturating_add(bytes);
             stats.last_seen = stats.last_seen.max(now);
         }
+        all
+    }
+
+    /// The graph as shown at `now`: the kept edges with `open` connections (their edge and
+    /// bytes so far) laid over them, and every `local` workload as a node even when idle.
+    /// `time` renders a time.
+    pub(crate) fn view(
+        &self,
+        open: impl IntoIterator<Item = (EdgeKey, u64)>,
+        local: &[String],
+        now: u64,
+        time: impl Fn(u64) -> String,
+    ) -> Shown {
+        let all = self.with_open(open, now);
         // Each name once, as the most specific kind it was seen as.
         let mut kinds: BTreeMap<&str, Kind> =
             local.iter().map(|l| (l.as_str(), Kind::Local)).collect();
