@@ -43,23 +43,24 @@ async fn denials_shown(client: &Client) -> u64 {
         .unwrap_or_else(|_| panic!("denial count {text:?}"))
 }
 
-/// The graph's edges as (from, to, verdict, class), read from the SVG the page drew.
-async fn edges(client: &Client) -> Vec<(String, String, String, String)> {
-    let mut out = Vec::new();
-    for path in client
-        .find_all(Locator::Css("#view-traffic svg.graph path.edge"))
+/// The graph's edges as (from, to, verdict, class) and the text of its labels, read from the
+/// SVG the page drew in one script run: the page redraws every 500 ms, so elements found in one
+/// WebDriver call may be gone by the next.
+async fn graph(client: &Client) -> (Vec<(String, String, String, String)>, String) {
+    let read = client
+        .execute(
+            "const svg = document.querySelector('#view-traffic svg.graph');
+             if (!svg) return [[], ''];
+             return [Array.from(svg.querySelectorAll('path.edge')).map(p =>
+                       [p.dataset.from, p.dataset.to, p.dataset.verdict, p.getAttribute('class')]),
+                     Array.from(svg.querySelectorAll('text.edge-label')).map(t => t.textContent).join('\\n')];",
+            vec![],
+        )
         .await
-        .unwrap()
-    {
-        let attr = async |name: &str| path.attr(name).await.unwrap().unwrap_or_default();
-        out.push((
-            attr("data-from").await,
-            attr("data-to").await,
-            attr("data-verdict").await,
-            attr("class").await,
-        ));
-    }
-    out
+        .unwrap();
+    let (edges, labels): (Vec<(String, String, String, String)>, String) =
+        serde_json::from_value(read).unwrap();
+    (edges, labels)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,17 +93,10 @@ async fn the_traffic_picture_shows_a_denial_appearing() {
         appears(&client, allowed, SHOWN_WITHIN).await,
         "no allowed edge into shop/db"
     );
-    let before = edges(&client).await;
+    let (before, labels) = graph(&client).await;
     assert!(before.iter().all(|e| e.2 == "allowed"), "{before:?}");
     let peer = before[0].0.clone();
     assert_eq!(peer, "shop/web", "{before:?}");
-    let labels = client
-        .find(Locator::Css("#view-traffic svg.graph"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     // 3000 bytes each way, counted as they flow.
     assert!(labels.contains("1 conn · 5.9 KiB"), "{labels}");
     assert_eq!(denials_shown(&client).await, 0);
@@ -125,7 +119,7 @@ async fn the_traffic_picture_shows_a_denial_appearing() {
     assert!(
         appears(&client, denied, SHOWN_WITHIN).await,
         "no denied edge from shop/web to shop/db: {:?}",
-        edges(&client).await
+        graph(&client).await
     );
     let deadline = Instant::now() + SHOWN_WITHIN;
     while denials_shown(&client).await < 1 && Instant::now() < deadline {
@@ -141,15 +135,8 @@ async fn the_traffic_picture_shows_a_denial_appearing() {
         .await,
         "the chart shows no denial bar"
     );
-    let after = edges(&client).await;
+    let (after, labels) = graph(&client).await;
     assert_eq!(after.len(), 2, "{after:?}");
-    let labels = client
-        .find(Locator::Css("#view-traffic svg.graph"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert!(labels.contains("1 denial · shop/deny-admin"), "{labels}");
     let shot = dir.join("traffic-after-denial.png");
     std::fs::write(&shot, client.screenshot().await.unwrap()).unwrap();
