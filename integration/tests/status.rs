@@ -8,6 +8,9 @@
 #[path = "status_page.rs"]
 mod status_page;
 
+#[path = "status_traffic.rs"]
+mod status_traffic;
+
 #[path = "admin_attacks.rs"]
 mod admin_attacks;
 

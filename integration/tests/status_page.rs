@@ -118,7 +118,7 @@ pub(super) async fn section_text(
     }
 }
 
-fn screenshots() -> PathBuf {
+pub(super) fn screenshots() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page");
     std::fs::create_dir_all(&dir).expect("screenshot dir");
     dir

@@ -40,8 +40,8 @@ enum Command {
     /// The built-in development CA (for trying meshd; production uses real certificates).
     #[command(subcommand)]
     Ca(ca::CaCommand),
-    /// What a running meshd is doing: workloads, services, policies, certificates, open
-    /// connections, recent denials (from its admin endpoint).
+    /// What a running meshd is doing: traffic, workloads, services, policies, certificates,
+    /// open connections, recent denials (from its admin endpoint).
     Status(status::StatusArgs),
     /// The daemon configuration (meshd.yaml and its layers).
     #[command(subcommand)]

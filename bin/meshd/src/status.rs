@@ -37,6 +37,8 @@ pub struct StatusArgs {
 enum View {
     /// Generation, last reload error, certificate, counts.
     Summary,
+    /// The last ten minutes: connections, denials and bytes, and who talked to whom.
+    Traffic,
     /// Local and remote workloads, the policies selecting local ones, mTLS mode per port.
     Workloads,
     /// Services: hosts, VIPs, ports, endpoints and their health.
@@ -58,6 +60,7 @@ impl View {
     fn name(self) -> &'static str {
         match self {
             View::Summary => "summary",
+            View::Traffic => "traffic",
             View::Workloads => "workloads",
             View::Services => "services",
             View::Policies => "policies",

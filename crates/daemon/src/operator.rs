@@ -45,6 +45,13 @@ impl Operated {
         let live = match view {
             "connections" => Some(serde_json::to_value(self.live.connections())),
             "denials" => Some(serde_json::to_value(self.live.denials())),
+            "traffic" => {
+                let state = self.states.get().map(|s| s.borrow().clone());
+                Some(serde_json::to_value(views::traffic(
+                    state.as_deref(),
+                    &self.live,
+                )))
+            }
             _ => None,
         };
         if let Some(value) = live {

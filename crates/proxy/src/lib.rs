@@ -15,7 +15,8 @@
 //!   conflicted addresses; the state a connection is handled under.
 //! - [`AccessLog`] and [`Live`]: sinks of the connection records ([`record`], meshd-record);
 //!   [`views`]: the operator views (open connections, recent denials, workloads, services,
-//!   policies, certificate) that `meshd status` and the admin page show.
+//!   policies, certificate) that `meshd status` and the admin page show; [`traffic`]: the
+//!   traffic picture's bounded time series and graph, kept by [`Live`].
 //! - `runtime.rs`: binds the listeners (HBONE 15008, captured inbound 15006, captured outbound
 //!   15001, SOCKS5 15080, explicit listeners) and starts the ways in.
 //!
@@ -49,6 +50,7 @@ mod relay;
 mod runtime;
 mod stack;
 mod state;
+pub mod traffic;
 pub mod views;
 
 pub use access_log::AccessLog;

@@ -1,6 +1,7 @@
 //! What is happening now, for operators (`meshd status connections|denials` and the admin
 //! page): a [`RecordSink`] keeping the open connections, their bytes counted as they flow, and
-//! the last [`DENIALS_KEPT`] refused or denied ones.
+//! the last [`DENIALS_KEPT`] refused or denied ones, and the traffic picture (a time series
+//! and a graph of who talks to whom, [`crate::traffic`]).
 //!
 //! The data path pays one lock per open, establish and close (a map insert or remove), and
 //! per byte an atomic add on the meter `established` hands out: never a lock per read. An open
@@ -14,7 +15,11 @@ use std::time::SystemTime;
 
 use meshd_view as view;
 
-use meshd_record::{ByteMeter, ConnectionRecord, Identity, Outcome, RecordRef, RecordSink};
+use meshd_record::{ByteMeter, ConnectionRecord, Identity, RecordRef, RecordSink};
+
+use crate::traffic::graph::{Graph, Refused};
+use crate::traffic::series::{self, Series};
+use crate::traffic::{self, edge_key, is_refusal};
 
 /// How many refused or denied connections are kept: enough to look back over a burst of
 /// scans without the ring itself becoming a memory cost (a few hundred bytes each).
@@ -44,6 +49,14 @@ impl ByteMeter for Meter {
     }
 }
 
+impl Meter {
+    fn total(&self) -> u64 {
+        self.downstream
+            .load(Ordering::Relaxed)
+            .saturating_add(self.upstream.load(Ordering::Relaxed))
+    }
+}
+
 /// Open-connection capacity kept however few are open.
 const SHRINK_ABOVE: usize = 64;
 
@@ -52,6 +65,29 @@ struct Tables {
     open: HashMap<u64, Open>,
     denials: VecDeque<view::Denial>,
     denials_total: u64,
+    series: Series,
+    graph: Graph,
+    /// Bytes of the connections that closed since start (their meters' last counts).
+    closed_bytes: u64,
+    /// Bytes already put in a bucket of the series.
+    counted_bytes: u64,
+    /// The series bucket bytes were last counted in.
+    counted_in: u64,
+}
+
+impl Tables {
+    /// Puts the bytes counted since the last time into the bucket of `now`: the closed
+    /// connections' and the open ones' so far (a sum over the open table, so done once per
+    /// bucket on the data path and whenever the traffic view is read).
+    fn count_bytes(&mut self, now: u64) {
+        let open: u64 = self.open.values().map(|o| o.meter.total()).sum();
+        let total = self.closed_bytes.saturating_add(open);
+        let new = total.saturating_sub(self.counted_bytes);
+        self.counted_bytes = self.counted_bytes.max(total);
+        self.counted_in = Series::index(now);
+        self.series.bytes(now, new);
+        self.graph.expire(now);
+    }
 }
 
 /// Open connections and recent denials; clones share the tables.
@@ -64,10 +100,16 @@ impl std::fmt::Debug for Live {
     }
 }
 
-/// True for the outcomes the denials view lists: refusals and denials, not connections that
-/// carried traffic or failed on their own after being established.
-fn is_refusal(outcome: Outcome) -> bool {
-    !matches!(outcome, Outcome::Allowed | Outcome::Failed)
+/// Seconds since the epoch (0 for a clock before it: the series then counts into its newest
+/// bucket).
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `unix` seconds as RFC 3339.
+fn rfc3339_unix(seconds: u64) -> String {
+    rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
 }
 
 /// An identity as the views show it: its URI.
@@ -127,6 +169,37 @@ impl Live {
         }
     }
 
+    /// The traffic picture: the series of the last minutes and the graph of who talks to
+    /// whom, with every workload of `local` (names as `namespace/name`) a node, idle or not.
+    pub fn traffic(&self, local: &[String]) -> view::Traffic {
+        let now = unix(SystemTime::now());
+        let open: Vec<Open> = self.tables().open.values().cloned().collect();
+        // Read outside the tables' lock, as in `connections`: only established ones have a
+        // final edge (their destination is known).
+        let open: Vec<_> = open
+            .iter()
+            .filter_map(|o| {
+                o.record
+                    .read(|r| r.established.then(|| (edge_key(r), o.meter.total())))
+                    .flatten()
+            })
+            .collect();
+        let mut tables = self.tables();
+        tables.count_bytes(now);
+        let graph = tables.graph.view(open, local, now, rfc3339_unix);
+        view::Traffic {
+            bucket_seconds: series::BUCKET_SECONDS,
+            buckets: tables.series.view(now, rfc3339_unix),
+            nodes: graph.nodes,
+            edges: graph.edges,
+            max_nodes: traffic::NODES_SHOWN,
+            max_edges: traffic::EDGES_SHOWN,
+            omitted_edges: graph.omitted_edges,
+            omitted_nodes: graph.omitted_nodes,
+            forgotten_edges: graph.forgotten_edges,
+        }
+    }
+
     /// How many connections are open, and how many were refused or denied since start.
     pub fn counts(&self) -> (usize, u64) {
         let tables = self.tables();
@@ -140,7 +213,9 @@ impl RecordSink for Live {
             record: live.clone(),
             meter: Arc::default(),
         };
-        self.tables().open.insert(record.serial, open);
+        let mut tables = self.tables();
+        tables.open.insert(record.serial, open);
+        tables.series.opened(unix(record.started));
     }
 
     fn established(&self, record: &ConnectionRecord) -> Option<Arc<dyn ByteMeter>> {
@@ -166,8 +241,19 @@ impl RecordSink for Live {
                 .or_else(|| r.verdict.as_ref().map(|v| v.reason.clone()))
                 .unwrap_or_default(),
         });
+        let now = unix(SystemTime::now());
+        let refused = is_refusal(r.outcome).then(|| Refused {
+            outcome: r.outcome.as_str(),
+            policy: r.verdict.as_ref().and_then(|v| v.policy.clone()),
+        });
+        let key = edge_key(r);
         let mut tables = self.tables();
-        tables.open.remove(&r.serial);
+        let bytes = tables.open.remove(&r.serial).map_or(0, |o| o.meter.total());
+        tables.closed_bytes = tables.closed_bytes.saturating_add(bytes);
+        tables.graph.closed(key, bytes, now, refused);
+        if tables.counted_in != Series::index(now) {
+            tables.count_bytes(now);
+        }
         // A map keeps the capacity of its largest burst; give most of it back once the burst
         // is over (rehashing what is left, at most once per fourfold fall).
         let (len, capacity) = (tables.open.len(), tables.open.capacity());
@@ -180,6 +266,7 @@ impl RecordSink for Live {
             }
             tables.denials.push_back(denial);
             tables.denials_total += 1;
+            tables.series.denied(now);
         }
     }
 }
@@ -190,7 +277,7 @@ mod tests {
 
     use super::*;
     use crate::ProxyError;
-    use meshd_record::{Direction, Facts, RecordHandle, Sinks, TraceParent, Verdict};
+    use meshd_record::{Direction, Facts, Outcome, RecordHandle, Sinks, TraceParent, Verdict};
 
     fn record(direction: Direction) -> ConnectionRecord {
         let facts = Facts::new(
@@ -289,5 +376,60 @@ mod tests {
         assert_eq!(newest.policy.as_deref(), Some("shop/deny-all"));
         assert!(newest.reason.contains("shop/deny-all"), "{newest:?}");
         assert_eq!(live.counts().0, 0);
+    }
+
+    // The records feed the picture: an open allowed connection and a denied one between the
+    // same peers are two edges; the series counts both connections, the denial and the bytes.
+    #[test]
+    fn the_traffic_view_shows_open_and_denied_connections() {
+        let live = Live::default();
+        let sinks = Sinks::new(vec![Arc::new(live.clone())]);
+        let destined = |r: &mut ConnectionRecord| r.destination_workload = Some("shop/db".into());
+        let allowed = RecordHandle::open(record(Direction::Inbound), sinks.clone());
+        allowed.update(destined);
+        let meters = allowed.established();
+        for m in meters.iter() {
+            m.downstream_bytes(3000);
+            m.upstream_bytes(3000);
+        }
+        let before = live.traffic(&["shop/db".to_string()]);
+        assert_eq!(before.buckets.len(), traffic::BUCKETS);
+        assert_eq!(before.edges.len(), 1);
+        assert_eq!(
+            (
+                before.edges[0].verdict.as_str(),
+                before.edges[0].open,
+                before.edges[0].bytes
+            ),
+            ("allowed", 1, 6000)
+        );
+        let denied = RecordHandle::open(record(Direction::Inbound), sinks);
+        denied.update(destined);
+        denied.fail(&ProxyError::Denied {
+            policy: Some("shop/deny-admin".into()),
+            reason: "denied by DENY policy shop/deny-admin".into(),
+        });
+        drop(denied);
+        let after = live.traffic(&["shop/db".to_string()]);
+        let edge = after.edges.iter().find(|e| e.verdict == "denied").unwrap();
+        assert_eq!(
+            (edge.from.as_str(), edge.to.as_str()),
+            ("127.10.59.1", "shop/db")
+        );
+        let sum = |f: fn(&view::TrafficBucket) -> u64| after.buckets.iter().map(f).sum::<u64>();
+        assert_eq!(sum(|b| b.connections), 2);
+        assert_eq!(sum(|b| b.denials), 1);
+        assert_eq!(sum(|b| b.bytes), 6000);
+        // Bytes are counted once: closing the allowed one adds nothing new.
+        drop(meters);
+        drop(allowed);
+        let closed = live.traffic(&[]);
+        assert_eq!(closed.buckets.iter().map(|b| b.bytes).sum::<u64>(), 6000);
+        let edge = closed
+            .edges
+            .iter()
+            .find(|e| e.verdict == "allowed")
+            .unwrap();
+        assert_eq!((edge.open, edge.connections, edge.bytes), (0, 1, 6000));
     }
 }

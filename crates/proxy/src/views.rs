@@ -300,6 +300,22 @@ pub fn summary(
     }
 }
 
+/// The traffic picture: [`crate::Live::traffic`] with the state's local workloads as nodes
+/// (none while meshd starts and has no state yet).
+pub fn traffic(state: Option<&ProxyState>, live: &crate::live::Live) -> view::Traffic {
+    let mut local: Vec<String> = state
+        .map(|s| {
+            s.registry
+                .local_workloads()
+                .map(|w| crate::traffic::workload_name(&w.meta()))
+                .collect()
+        })
+        .unwrap_or_default();
+    local.sort();
+    local.dedup();
+    live.traffic(&local)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -6,7 +6,8 @@ use serde::de::DeserializeOwned;
 
 use crate::table::{Cell, Table, Tone};
 use crate::view::{
-    Certs, Connections, ControlPlane, Denials, Policies, Services, Summary, Workloads, XdsReply,
+    Certs, Connections, ControlPlane, Denials, Policies, Services, Summary, Traffic, Workloads,
+    XdsReply,
 };
 
 /// How to print.
@@ -55,6 +56,7 @@ pub fn render(view: &str, value: &serde_json::Value, o: Options) -> Result<Strin
         "control-plane" => control_plane(&parse(view, value)?, o),
         "connections" => connections(&parse(view, value)?, o),
         "denials" => denials(&parse(view, value)?, o),
+        "traffic" => traffic(&parse(view, value)?, o),
         other => return Err(RenderError::UnknownView(other.to_string())),
     })
 }
@@ -511,4 +513,50 @@ fn denials(d: &Denials, o: Options) -> String {
         t.len(),
         t.render(o.width, o.color)
     )
+}
+
+/// The terminal has no picture: the window's totals, then the graph's edges as rows.
+fn traffic(v: &Traffic, o: Options) -> String {
+    let sum = |f: fn(&crate::view::TrafficBucket) -> u64| v.buckets.iter().map(f).sum::<u64>();
+    let minutes = v.bucket_seconds * v.buckets.len() as u64 / 60;
+    let mut out = format!(
+        "last {minutes} min: {} connections, {} refused or denied, {}\n",
+        sum(|b| b.connections),
+        sum(|b| b.denials),
+        bytes(sum(|b| b.bytes)),
+    );
+    let mut t = Table::new(&[
+        "from",
+        "to",
+        "verdict",
+        "connections",
+        "open",
+        "bytes",
+        "policy",
+    ]);
+    for e in &v.edges {
+        let tone = if e.verdict == "denied" {
+            Tone::Bad
+        } else {
+            Tone::Good
+        };
+        t.row(vec![
+            e.from.clone().into(),
+            e.to.clone().into(),
+            Cell::toned(e.verdict.clone(), tone),
+            e.connections.to_string().into(),
+            e.open.to_string().into(),
+            bytes(e.bytes).into(),
+            opt(&e.policy),
+        ]);
+    }
+    out.push_str(&t.render(o.width, o.color));
+    if v.omitted_edges > 0 || v.omitted_nodes > 0 {
+        let _ = writeln!(
+            out,
+            "{} more edges and {} more nodes not shown (at most {} edges, {} nodes)",
+            v.omitted_edges, v.omitted_nodes, v.max_edges, v.max_nodes
+        );
+    }
+    out
 }

@@ -154,3 +154,28 @@ fn units_read_at_a_glance() {
     assert_eq!(bytes(1023), "1023 B");
     assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
 }
+
+#[test]
+fn traffic_totals_the_window_and_lists_edges_with_their_verdict() {
+    let bucket = |c: u64, d: u64, b: u64| json!({"start": "2026-11-27T22:00:00Z", "connections": c, "denials": d, "bytes": b});
+    let edge = |verdict: &str, policy: Option<&str>| {
+        json!({"from": "shop/web", "to": "shop/db",
+        "verdict": verdict, "connections": 2, "open": 1, "bytes": 6144, "lastSeen": "2026-11-27T22:00:00Z",
+        "outcome": null, "policy": policy})
+    };
+    let value = json!({"bucketSeconds": 10, "buckets": [bucket(2, 0, 6144), bucket(1, 1, 0)],
+        "nodes": [{"id": "shop/db", "kind": "local"}, {"id": "shop/web", "kind": "workload"}],
+        "edges": [edge("allowed", None), edge("denied", Some("shop/deny-admin"))],
+        "maxNodes": 40, "maxEdges": 60, "omittedEdges": 3, "omittedNodes": 2, "forgottenEdges": 0});
+    let text = render("traffic", &value, PLAIN).unwrap();
+    assert!(
+        text.starts_with("last 0 min: 3 connections, 1 refused or denied, 6.0 KiB\n"),
+        "{text}"
+    );
+    assert!(text.contains("shop/web  shop/db  denied"), "{text}");
+    assert!(text.contains("shop/deny-admin"), "{text}");
+    assert!(
+        text.contains("3 more edges and 2 more nodes not shown"),
+        "{text}"
+    );
+}

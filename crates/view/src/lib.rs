@@ -31,8 +31,9 @@ pub fn rfc3339_seconds(at: impl Into<OffsetDateTime>) -> String {
 }
 
 /// The names of the views, in the order the page and `meshd status` show them.
-pub const VIEWS: [&str; 8] = [
+pub const VIEWS: [&str; 9] = [
     "summary",
+    "traffic",
     "workloads",
     "services",
     "policies",
@@ -426,4 +427,85 @@ pub struct IstioCertificate {
     pub not_after: Option<String>,
     /// The last renewal failure, until the next success.
     pub last_error: Option<String>,
+}
+
+/// `GET /status/traffic`: this node's traffic as a picture: who talks to whom (a graph of
+/// workloads and peers) and connections, denials and bytes over the last minutes. Bounded:
+/// at most `bucketCount` buckets, and the busiest-recent edges up to the caps below, whatever
+/// the traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Traffic {
+    /// Seconds each bucket covers.
+    pub bucket_seconds: u64,
+    /// Every bucket of the window, oldest first; the last is the current one (still filling).
+    pub buckets: Vec<TrafficBucket>,
+    /// The nodes the edges name, local workloads first (every local workload, idle or not, up
+    /// to `maxNodes`).
+    pub nodes: Vec<TrafficNode>,
+    /// Who talked to whom: established open connections and those that ended within the
+    /// window, one edge per (from, to, verdict), the most recently seen first.
+    pub edges: Vec<TrafficEdge>,
+    /// At most this many nodes are shown.
+    pub max_nodes: usize,
+    /// At most this many edges are shown.
+    pub max_edges: usize,
+    /// Edges known but not shown (past `maxEdges`, or naming a node past `maxNodes`).
+    pub omitted_edges: usize,
+    /// Nodes known but not shown.
+    pub omitted_nodes: usize,
+    /// Edges forgotten since start because meshd keeps a bounded number of them (the least
+    /// recently seen goes first).
+    pub forgotten_edges: u64,
+}
+
+/// One bucket of the traffic chart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficBucket {
+    /// Its start (RFC 3339).
+    pub start: String,
+    /// Connections accepted in it.
+    pub connections: u64,
+    /// Connections refused or denied in it (as the denials view counts them).
+    pub denials: u64,
+    /// Bytes carried (both directions) counted in it: meshd counts the bytes of open
+    /// connections when a bucket ends with a connection closing, or when this view is read,
+    /// so bytes can land in a later bucket than they flowed in while nobody watches.
+    pub bytes: u64,
+}
+
+/// A node of the traffic graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficNode {
+    /// Its name: a workload's `namespace/name` (or istiod uid), else a peer's SPIFFE identity,
+    /// a service, or an address.
+    pub id: String,
+    /// `local` (a workload this meshd serves), `workload`, `service`, `identity` or `address`.
+    pub kind: String,
+}
+
+/// An edge of the traffic graph: connections from one node to another with one verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficEdge {
+    /// The source node's `id`.
+    pub from: String,
+    /// The destination node's `id`.
+    pub to: String,
+    /// `allowed` (carried traffic, or still open) or `denied` (refused or denied).
+    pub verdict: String,
+    /// Connections: open now, and ended since the edge appeared.
+    pub connections: u64,
+    /// Of which open now.
+    pub open: u64,
+    /// Bytes carried, both directions.
+    pub bytes: u64,
+    /// The last time a connection of it was seen (RFC 3339).
+    pub last_seen: String,
+    /// Denied edges: the outcome of the last one (`denied`, `not_local`, …).
+    pub outcome: Option<String>,
+    /// Denied edges: the policy that decided the last one, when a policy did.
+    pub policy: Option<String>,
 }
