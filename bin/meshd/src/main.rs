@@ -5,6 +5,7 @@
 
 mod authz;
 mod ca;
+mod logging;
 mod redirect;
 mod run;
 mod status;
