@@ -239,3 +239,87 @@ fn a_journal_stream_that_is_not_stderr_logs_text() {
         "meshd sent to the journal"
     );
 }
+
+/// The unit's `ExecReload=` command lines, in order, as systemd runs them (no shell; these
+/// lines quote nothing), with the packaged paths made this test's: the binary this suite
+/// built, node `node`'s meshd.yaml for /etc/meshd/meshd.yaml, `pid` for `$MAINPID`.
+fn reload_commands(pair: &Pair, node: &str, pid: u32) -> Vec<Vec<String>> {
+    let unit = std::fs::read_to_string(repo().join("config/meshd.service")).unwrap();
+    let commands: Vec<Vec<String>> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ExecReload="))
+        .map(|l| {
+            l.split_whitespace()
+                .map(|word| match word {
+                    "/usr/bin/meshd" => meshd_bin().display().to_string(),
+                    "/etc/meshd/meshd.yaml" => pair.mesh.config(node).display().to_string(),
+                    "$MAINPID" => pid.to_string(),
+                    _ => word.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    assert!(!commands.is_empty(), "the unit has no ExecReload=");
+    commands
+}
+
+/// Runs the reload commands as systemd does: one after the other, stopping at the first that
+/// fails. The reload's exit status (that of the last command run) and everything they printed.
+fn systemctl_reload(commands: &[Vec<String>]) -> (i32, String) {
+    let mut printed = String::new();
+    for command in commands {
+        let out = Command::new(&command[0])
+            .args(&command[1..])
+            .output()
+            .unwrap();
+        printed.push_str(&String::from_utf8_lossy(&out.stdout));
+        printed.push_str(&String::from_utf8_lossy(&out.stderr));
+        let status = out.status.code().unwrap();
+        if status != 0 {
+            return (status, printed);
+        }
+    }
+    (0, printed)
+}
+
+fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+// `systemctl reload meshd` with the unit's commands: on a configuration that loads it succeeds
+// and meshd reloads (SIGHUP reached the running process); on a broken file it fails, prints
+// the problem with its file and line, sends no signal, and meshd keeps serving.
+#[test]
+fn systemctl_reload_validates_then_signals_and_fails_visibly() {
+    let pair = Pair::new();
+    let (_a, b) = pair.start();
+    let commands = reload_commands(&pair, "b", b.pid());
+
+    let g = pair.generation();
+    let (status, printed) = systemctl_reload(&commands);
+    assert_eq!(status, 0, "a good configuration: {printed}");
+    assert!(printed.contains(": OK: "), "{printed}");
+    pair.wait_past(g, "systemctl reload");
+    b.wait_for_log("trigger=\"SIGHUP\"");
+    assert!(pair.allowed());
+
+    let broken = pair.policies().join("broken.yaml");
+    std::fs::write(&broken, "kind: [unclosed\n").unwrap();
+    // meshd sees the file change itself and rejects it; then the operator's reload.
+    b.wait_for_log("trigger=\"file change\"");
+    let g = pair.generation();
+    let (status, printed) = systemctl_reload(&commands);
+    eprintln!("systemctl reload meshd (exit {status}):\n{printed}");
+    assert_ne!(status, 0, "a broken file fails the reload: {printed}");
+    assert!(
+        printed.contains(&format!("{}:1:7: YAML syntax error", broken.display())),
+        "{printed}"
+    );
+    assert!(printed.contains("INVALID"), "{printed}");
+    // No signal was sent: no SIGHUP reload after the first, and the configuration in force is
+    // the one before the broken file.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.stderr().matches("trigger=\"SIGHUP\"").count(), 1);
+    assert_eq!(pair.generation(), g);
+    assert!(pair.allowed(), "meshd kept serving");
+}
