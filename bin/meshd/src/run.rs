@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use meshd_daemon::Exit;
 use meshd_daemon::MeshdConfig;
@@ -16,8 +15,7 @@ use crate::logging::LogFormat;
 /// The embedded default configuration (a dev setup on the example directory).
 const DEFAULT_CONFIG: &str = include_str!("../../../config/meshd.yaml");
 
-/// sysexits' EX_CONFIG: systemd's `RestartPreventExitStatus=78` stops restart loops on it.
-const EX_CONFIG: u8 = 78;
+use crate::exit::CONFIG as EX_CONFIG;
 
 /// Arguments of `meshd run`.
 #[derive(Debug, Args)]
@@ -95,11 +93,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let path = args.config.clone();
     let reread: meshd_daemon::RereadFn =
         Arc::new(move || load_settings(path.as_deref(), &flags).map(|s| s.config));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads.get())
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("meshd: cannot start the async runtime: {e}");
+            return Ok(ExitCode::from(crate::exit::SOFTWARE));
+        }
+    };
     let exit = runtime.block_on(meshd_daemon::run(config, set_log_level, reread))?;
     // Dropping a runtime waits for its blocking threads: one stuck reading a file on a hung
     // filesystem (a certificate, the configuration) would keep meshd from ever exiting.
