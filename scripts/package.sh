@@ -61,6 +61,15 @@ if [ "$build" = yes ]; then
 fi
 [ -x "$target_dir/$profile_dir/meshd" ] || fail "$target_dir/$profile_dir/meshd is missing: build it first"
 
+step "man pages and shell completions"
+# From the binary being packaged, so they describe exactly its commands and flags.
+generated="$target_dir/$profile_dir/meshd-generated"
+rm -rf "$generated"
+"$target_dir/$profile_dir/meshd" generate man "$generated/man" >/dev/null
+# -n: no name or time in the header, so the package is reproducible (lintian checks it).
+gzip -9n "$generated"/man/*.1
+"$target_dir/$profile_dir/meshd" generate completions "$generated/completions" >/dev/null
+
 step "packaging"
 out="$target_dir/debian"
 mkdir -p "$out"
@@ -87,7 +96,10 @@ root="$scratch/root"
 dpkg-deb -x "$deb" "$root"
 for path in usr/bin/meshd usr/lib/systemd/system/meshd.service etc/meshd/meshd.yaml \
     etc/meshd/conf.d/README usr/share/doc/meshd/copyright usr/share/doc/meshd/changelog.Debian.gz \
-    usr/share/lintian/overrides/meshd usr/share/doc/meshd/examples/capture.conf; do
+    usr/share/lintian/overrides/meshd usr/share/doc/meshd/examples/capture.conf \
+    usr/share/man/man1/meshd.1.gz usr/share/man/man1/meshd-run.1.gz \
+    usr/share/bash-completion/completions/meshd usr/share/zsh/vendor-completions/_meshd \
+    usr/share/fish/vendor_completions.d/meshd.fish; do
     [ -e "$root/$path" ] || fail "the package has no /$path"
 done
 # The user's documentation ships; the developers' pages (benchmark figures, test guide) do not.
@@ -98,6 +110,8 @@ done
 for doc in docs/performance.md docs/testing.md docs/architecture.md; do
     [ ! -e "$root/usr/share/doc/meshd/$doc" ] || fail "the package ships the developers' $doc"
 done
+zgrep -q '^.SH "EXIT STATUS"' "$root/usr/share/man/man1/meshd.1.gz" ||
+    fail "the man page has no EXIT STATUS section"
 cmp "$root/usr/lib/systemd/system/meshd.service" config/meshd.service ||
     fail "the packaged unit differs from config/meshd.service"
 for conffile in /etc/meshd/meshd.yaml /etc/meshd/conf.d/README; do

@@ -62,7 +62,14 @@ fn unit_file_verifies_and_is_hardened() {
     };
     assert_eq!(one("Type"), "notify");
     assert!(!matches!(one("WatchdogSec"), "" | "0"), "WatchdogSec set");
-    assert!(one("ExecReload").contains("-HUP"), "reload is SIGHUP");
+    assert_eq!(
+        values(&unit, "ExecReload"),
+        [
+            "/usr/bin/meshd validate --daemon-config /etc/meshd/meshd.yaml",
+            "/bin/kill -HUP $MAINPID"
+        ],
+        "reload validates what meshd runs on, then signals (systemd.rs runs them)"
+    );
     assert_eq!(one("Restart"), "on-failure");
     assert!(
         one("RestartPreventExitStatus")
@@ -178,14 +185,12 @@ fn caps<'a>(unit: &'a str, key: &str) -> BTreeSet<&'a str> {
         .collect()
 }
 
-/// Writes `unit` as `dir/meshd.service`, starting the binary this suite built.
+/// Writes `unit` as `dir/meshd.service`, running the binary this suite built.
 fn installed(unit: &str, dir: &Path) -> PathBuf {
     let path = dir.join("meshd.service");
     let bin = meshd_bin();
-    let installed = unit.replace(
-        "ExecStart=/usr/bin/meshd ",
-        &format!("ExecStart={} ", bin.display()),
-    );
+    // ExecStart= and ExecReload=.
+    let installed = unit.replace("=/usr/bin/meshd ", &format!("={} ", bin.display()));
     std::fs::write(&path, installed).unwrap();
     path
 }

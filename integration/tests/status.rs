@@ -244,10 +244,10 @@ fn meshd_not_running_or_a_wrong_address_is_a_clear_error() {
         "{stderr}"
     );
 
-    // Not an address at all: the flag parser says so (exit 2).
+    // Not an address at all: the flag parser says so (exit 64, EX_USAGE).
     let out = status(&["--admin", "localhost"]);
     let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(
         stderr.contains("invalid value 'localhost' for '--admin"),
         "{stderr}"
@@ -255,7 +255,7 @@ fn meshd_not_running_or_a_wrong_address_is_a_clear_error() {
 
     // An unknown view.
     let out = status(&["secrets"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
 
     // The admin address comes from the daemon configuration; switched off, it says so.
     let ws = Workspace::new();

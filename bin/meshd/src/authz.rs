@@ -29,7 +29,7 @@ pub struct CheckArgs {
     #[arg(long, conflicts_with_all = ["from", "to"])]
     input: Option<PathBuf>,
     /// Human form: the source principal (`<td>/ns/<ns>/sa/<sa>`); omit for plaintext.
-    #[arg(long)]
+    #[arg(long, requires = "to")]
     from: Option<String>,
     /// Human form: the destination, `<namespace>/<workload>:<port>`. The workload is a
     /// WorkloadEntry name from the directory (its labels and address are used), or else taken

@@ -5,21 +5,26 @@
 
 mod authz;
 mod ca;
+mod exit;
+mod generate;
+mod logging;
 mod redirect;
 mod run;
 mod status;
 mod validate;
+mod version;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use meshd_policy::meta::DEFAULT_ROOT_NAMESPACE;
 
 /// meshd: Istio ambient's L4 secure overlay (HBONE, SPIFFE identities, AuthorizationPolicy) for
 /// VMs and bare metal.
 #[derive(Debug, Parser)]
-#[command(name = "meshd", version, about, long_about = None)]
+#[command(name = "meshd", version, long_version = version::long(), about, long_about = None,
+    after_help = exit::help())]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +51,9 @@ enum Command {
     /// The daemon configuration (meshd.yaml and its layers).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Man pages and shell completions into a directory (scripts/package.sh).
+    #[command(subcommand, hide = true)]
+    Generate(generate::GenerateCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,7 +112,7 @@ fn show_config(args: &ShowArgs) -> anyhow::Result<ExitCode> {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("meshd: {e}");
-            return Ok(ExitCode::from(78));
+            return Ok(ExitCode::from(exit::CONFIG));
         }
     };
     let shown = settings.show();
@@ -121,8 +129,42 @@ fn show_config(args: &ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are "errors" clap prints to stdout; they succeeded.
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::SUCCESS
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    // A panic on this thread is a bug: say so with EX_SOFTWARE, not Rust's 101. (The panic
+    // message is printed by the default hook first.)
+    let daemon = matches!(cli.command, Command::Run(_));
+    let result = match std::panic::catch_unwind(move || dispatch(cli)) {
+        Ok(result) => result,
+        Err(_) => return ExitCode::from(exit::SOFTWARE),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshd: {e:#}");
+            // The daemon's own failures are internal; a command's are the operation's.
+            ExitCode::from(if daemon {
+                exit::SOFTWARE
+            } else {
+                exit::FAILURE
+            })
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Redirect(command) => redirect::run(&command),
         Command::Validate(args) => validate::run(
@@ -134,12 +176,6 @@ fn main() -> ExitCode {
         Command::Ca(command) => ca::run(&command),
         Command::Config(ConfigCommand::Show(args)) => show_config(&args),
         Command::Status(args) => status::run(&args),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("meshd: {e:#}");
-            ExitCode::from(2)
-        }
+        Command::Generate(command) => generate::run(&command, Cli::command()),
     }
 }

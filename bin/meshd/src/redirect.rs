@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::anyhow;
 use clap::{Args, Subcommand};
 
 use crate::run::load_config;
@@ -22,7 +21,8 @@ pub enum RedirectCommand {
 /// Arguments of `meshd redirect install`.
 #[derive(Debug, Args)]
 pub struct RedirectArgs {
-    /// meshd's configuration file (default: the embedded one).
+    /// meshd's configuration file, as for `meshd run` (default: /etc/meshd/meshd.yaml if it
+    /// exists, else the embedded development configuration).
     #[arg(long, short, env = "MESHD_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -31,7 +31,13 @@ pub struct RedirectArgs {
 pub fn run(command: &RedirectCommand) -> anyhow::Result<ExitCode> {
     match command {
         RedirectCommand::Install(args) => {
-            let config = load_config(args.config.as_deref()).map_err(|e| anyhow!(e))?;
+            let config = match load_config(args.config.as_deref()) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("meshd: {e}");
+                    return Ok(ExitCode::from(crate::exit::CONFIG));
+                }
+            };
             meshd_redirect::install(&config.redirect)?;
             println!(
                 "capture rules installed (nftables table inet {})",

@@ -1,24 +1,21 @@
 //! `meshd run`: the node proxy.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use meshd_admin::LogLevelFn;
 use meshd_daemon::Exit;
 use meshd_daemon::MeshdConfig;
 use meshd_daemon::settings::{self, Base, Flags, Settings};
-use tracing_subscriber::EnvFilter;
+
+use crate::logging::LogFormat;
 
 /// The embedded default configuration (a dev setup on the example directory).
 const DEFAULT_CONFIG: &str = include_str!("../../../config/meshd.yaml");
 
-/// sysexits' EX_CONFIG: systemd's `RestartPreventExitStatus=78` stops restart loops on it.
-const EX_CONFIG: u8 = 78;
+use crate::exit::CONFIG as EX_CONFIG;
 
 /// Arguments of `meshd run`.
 #[derive(Debug, Args)]
@@ -36,18 +33,11 @@ pub struct RunArgs {
     /// of `controlPlane:`, gives the trust domain, and the identity comes from the Istio CA.
     #[arg(long, env = "MESHD_ISTIO_BUNDLE")]
     istio_bundle: Option<PathBuf>,
-    /// Log lines (access log included) as text (key=value) or one JSON object each.
-    #[arg(long, env = "MESHD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    /// Where and how to log (access log included): `auto` is journald's native protocol when
+    /// systemd connected stderr to the journal (`JOURNAL_STREAM`), else `text` (key=value
+    /// lines on stderr); `json` is one JSON object per line on stderr.
+    #[arg(long, env = "MESHD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
-}
-
-/// `--log-format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// key=value fields, journal-friendly.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Reads the daemon configuration in layers: defaults < the file (`path`, else
@@ -77,7 +67,7 @@ const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs until SIGINT or SIGTERM; a changed file or SIGHUP reloads the configuration directory.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let set_log_level = init_logging(args.log_format);
+    let set_log_level = crate::logging::init(args.log_format);
     // glibc keeps what a burst of connections freed; the trim thread gives it back, and glibc
     // stops shrinking and regrowing its heap under bulk traffic meanwhile (crates/memory).
     if let Err(e) = meshd_memory::start() {
@@ -103,11 +93,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let path = args.config.clone();
     let reread: meshd_daemon::RereadFn =
         Arc::new(move || load_settings(path.as_deref(), &flags).map(|s| s.config));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads.get())
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("meshd: cannot start the async runtime: {e}");
+            return Ok(ExitCode::from(crate::exit::SOFTWARE));
+        }
+    };
     let exit = runtime.block_on(meshd_daemon::run(config, set_log_level, reread))?;
     // Dropping a runtime waits for its blocking threads: one stuck reading a file on a hung
     // filesystem (a certificate, the configuration) would keep meshd from ever exiting.
@@ -118,37 +114,5 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("meshd: {e}");
             Ok(ExitCode::from(EX_CONFIG))
         }
-    }
-}
-
-/// Installs the log subscriber (filter from `RUST_LOG`, default `info`) and returns the
-/// function `/logging` changes the filter with.
-fn init_logging(format: LogFormat) -> LogLevelFn {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colour codes only help a person at a terminal; journald and log files get plain text.
-        .with_ansi(std::io::stderr().is_terminal());
-    macro_rules! reloadable {
-        ($builder:expr) => {{
-            let builder = $builder.with_env_filter(filter).with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.init();
-            Arc::new(move |level: &str| {
-                if !level.is_empty() {
-                    let filter = EnvFilter::try_new(level)
-                        .map_err(|e| format!("bad log filter {level:?}: {e}"))?;
-                    handle.reload(filter).map_err(|e| e.to_string())?;
-                    tracing::info!(filter = level, "log filter changed");
-                }
-                handle
-                    .with_current(|f| f.to_string())
-                    .map_err(|e| e.to_string())
-            }) as LogLevelFn
-        }};
-    }
-    match format {
-        LogFormat::Text => reloadable!(builder),
-        LogFormat::Json => reloadable!(builder.json().flatten_event(true)),
     }
 }

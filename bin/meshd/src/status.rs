@@ -7,9 +7,8 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use meshd_status::{Options, StatusError};
 
-/// Exit status when meshd cannot be asked (not running, wrong address, still starting), as
-/// sysexits' EX_UNAVAILABLE.
-const EX_UNAVAILABLE: u8 = 69;
+// Exit status when meshd cannot be asked (not running, wrong address, still starting).
+use crate::exit::UNAVAILABLE as EX_UNAVAILABLE;
 
 /// Arguments of `meshd status`.
 #[derive(Debug, Args)]
@@ -90,7 +89,7 @@ fn admin_addr(args: &StatusArgs) -> Result<SocketAddr, String> {
     })
 }
 
-/// Prints the view; exit 69 when meshd cannot be asked, 2 for anything else that failed.
+/// Prints the view; exit 69 when meshd cannot be asked, 1 for anything else that failed.
 pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let admin = match admin_addr(args) {
         Ok(admin) => admin,

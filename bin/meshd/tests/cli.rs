@@ -247,7 +247,7 @@ fn ca_init_then_issue_writes_a_loadable_svid() {
     );
     // The CA is never overwritten.
     let again = run(meshd().args(["ca", "init", "--out"]).arg(&ca), "");
-    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("ca-key.pem"),
         "{again:?}"
@@ -293,4 +293,127 @@ fn validate_rejects_an_empty_principals_list() {
             "p.yaml:7:16: AuthorizationPolicy/x/p: spec.rules[0].from[0].source.principals: `principals: []` is an empty list, which Istio reads as unset: list the values it should match, or remove the field",
         ]
     );
+}
+
+// Exit statuses from sysexits: a usage error is 64 (EX_USAGE), whatever the command; a
+// configuration meshd rejects is 78 (EX_CONFIG), for `run` and for `redirect install` (which
+// fails on the file before it touches nftables); --help and --version are 0.
+#[test]
+fn exit_statuses_tell_usage_from_configuration() {
+    for args in [
+        &["run", "--bogus"][..],
+        &["no-such-command"],
+        &["status", "--admin", "localhost"],
+        &["authz", "check", "--config-dir", "x", "--from", "a"],
+        &[],
+    ] {
+        let out = run(meshd().args(args), "");
+        assert_eq!(out.status.code(), Some(64), "meshd {args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("error: "),
+            "{out:?}"
+        );
+    }
+    let dir = TempDir::new().expect("tempdir");
+    let bad = dir.path().join("meshd.yaml");
+    std::fs::write(&bad, "listen: {admin: [unclosed\n").expect("write");
+    for command in [&["run"][..], &["redirect", "install"], &["config", "show"]] {
+        let out = run(meshd().args(command).arg("--config").arg(&bad), "");
+        assert_eq!(out.status.code(), Some(78), "meshd {command:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{}:1:", bad.display())),
+            "{stderr}"
+        );
+    }
+    for flag in ["--help", "--version", "-V"] {
+        let out = run(meshd().arg(flag), "");
+        assert_eq!(out.status.code(), Some(0), "meshd {flag}: {out:?}");
+    }
+}
+
+// `meshd --version` names what was built: the version, the git revision (a 40-hex commit in a
+// clone; "unknown" from a tarball, which a test cannot be here), rustc, the profile, the TLS
+// provider and the features.
+#[test]
+fn version_names_revision_compiler_profile_and_crypto_provider() {
+    let out = run(meshd().arg("--version"), "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        concat!("meshd ", env!("CARGO_PKG_VERSION")),
+        "{text}"
+    );
+    let field = |key: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+    };
+    let revision = field("git revision");
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    assert_eq!(revision, head.as_deref().unwrap_or("unknown"), "{text}");
+    assert!(field("rustc").starts_with("rustc 1."), "{text}");
+    assert!(["debug", "release"].contains(&field("profile")), "{text}");
+    assert_eq!(field("crypto provider"), "rustls with aws-lc-rs");
+    assert!(!field("features").is_empty(), "{text}");
+    // -V stays one line, for scripts that parse it.
+    let short = run(meshd().arg("-V"), "");
+    assert_eq!(
+        String::from_utf8_lossy(&short.stdout).trim(),
+        concat!("meshd ", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+// The man pages and completions scripts/package.sh ships: meshd.1 with its EXIT STATUS section
+// (every status meshd uses), a page per subcommand, and the three shells' completions naming
+// the subcommands.
+#[test]
+fn man_pages_and_completions_are_generated() {
+    let dir = TempDir::new().expect("tempdir");
+    let man = dir.path().join("man");
+    let out = run(meshd().args(["generate", "man"]).arg(&man), "");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let page = std::fs::read_to_string(man.join("meshd.1")).expect("meshd.1");
+    let exit = page
+        .split(".SH \"EXIT STATUS\"")
+        .nth(1)
+        .expect("an EXIT STATUS section");
+    for code in ["0", "1", "64", "69", "70", "78"] {
+        assert!(
+            exit.contains(&format!("\\fB{code}\\fR")),
+            "{code} in {exit}"
+        );
+    }
+    for sub in [
+        "meshd-run.1",
+        "meshd-validate.1",
+        "meshd-redirect-install.1",
+    ] {
+        assert!(man.join(sub).exists(), "no {sub}");
+    }
+    assert!(
+        !man.join("meshd-generate.1").exists(),
+        "the hidden command has no page"
+    );
+    let completions = dir.path().join("completions");
+    let out = run(
+        meshd().args(["generate", "completions"]).arg(&completions),
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    for file in ["meshd.bash", "_meshd", "meshd.fish"] {
+        let text = std::fs::read_to_string(completions.join(file)).expect(file);
+        assert!(
+            text.contains("validate") && text.contains("redirect"),
+            "{file}"
+        );
+    }
 }

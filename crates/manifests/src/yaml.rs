@@ -1,7 +1,7 @@
 //! A YAML tree that remembers where each node was written, built from granit-parser's events.
 //!
-//! serde deserializers for YAML either lose positions or field paths (see
-//! `docs/rust-ecosystem.md` §1.3), and meshd's errors need both. So documents are first loaded
+//! serde deserializers for YAML either lose positions (serde_yaml reports a line only for
+//! syntax errors) or field paths, and meshd's errors need both. So documents are first loaded
 //! into this small tree (a pure-Rust, fuzzed, panic-free parser with nesting limits underneath),
 //! then typed with [`crate::de`], which knows the path and position of every node it visits.
 

@@ -5,8 +5,9 @@
 //! The line's fields are ztunnel's (`src.addr`, `src.identity`, `dst.addr` — the next hop —,
 //! `dst.workload`, …) plus `dst`, the destination as asked (original destination, CONNECT
 //! authority, SOCKS5 or listener target), and meshd's decision, deciding policy, reason and
-//! response flag. Its shape (text key=value or one
-//! JSON object) is the log formatter's: `meshd run --log-format json` makes every line JSON.
+//! response flag. Its shape is the log formatter's (bin/meshd/src/logging.rs): text key=value,
+//! one JSON object (`meshd run --log-format json`), or under systemd a journal record whose
+//! fields are these (`SRC_ADDR`, `DECISION`, …).
 
 use meshd_record::{ConnectionRecord, Outcome, RecordSink};
 

@@ -1,5 +1,5 @@
 //! From AuthorizationPolicy rules to matchers: istiod's conversion, with meshd's fail-closed
-//! choices for L7 attributes (decisions M1, M2, M6 of `istio-l4-authorization.md` §11).
+//! choices for L7 attributes (decisions M1, M2, M6 of lib.rs).
 
 use std::net::IpAddr;
 

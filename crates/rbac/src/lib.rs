@@ -2,9 +2,9 @@
 //!
 //! [`Engine::compile`] turns validated resources (from `meshd-policy`) into an indexed set of
 //! matchers, and [`Engine::decide`] answers for one [`Connection`]: allow or deny, which policy
-//! decided, and why. The semantics are Istio's as ztunnel enforces them
-//! (`docs/istio-l4-authorization.md`), with meshd's own fail-closed decisions where ztunnel fails
-//! open:
+//! decided, and why. The semantics are Istio's as ztunnel enforces them, with meshd's own
+//! fail-closed decisions where ztunnel fails open (numbered M1–M11 below; for users, the table in
+//! docs/configuration.md, "How policies are enforced"):
 //!
 //! - Scope: root-namespace policies apply mesh-wide, others to their namespace;
 //!   `selector.matchLabels` narrows to matching workloads (a root-namespace selector policy

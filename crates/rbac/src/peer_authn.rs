@@ -1,5 +1,6 @@
 //! PeerAuthentication: the effective mTLS mode of a workload port (Istio's documented semantics,
-//! `istio-l4-authorization.md` §8.2, without istiod's Q-PA1/Q-PA2 slips — meshd decision M4).
+//! without istiod's two port-level slips — meshd decision M4, see lib.rs and the table in
+//! docs/configuration.md, "How policies are enforced").
 
 use std::collections::HashMap;
 

@@ -26,6 +26,9 @@ pub use server::server_config;
 /// The ALPN protocol HBONE speaks over the mTLS connection.
 pub const ALPN_H2: &[u8] = b"h2";
 
+/// The rustls crypto provider [`crypto_provider`] builds on, by name (`meshd --version`).
+pub const CRYPTO_PROVIDER: &str = "aws-lc-rs";
+
 /// The shared crypto provider: aws-lc-rs, TLS 1.3 suites AES-256-GCM and AES-128-GCM only (as
 /// ztunnel: no ChaCha20), and aws-lc-rs' default key-exchange groups, which include the hybrid
 /// post-quantum X25519MLKEM768 that a ztunnel in `COMPLIANCE_POLICY=pqc` mode insists on.
