@@ -109,7 +109,7 @@ fn unix(t: SystemTime) -> u64 {
 
 /// `unix` seconds as RFC 3339.
 fn rfc3339_unix(seconds: u64) -> String {
-    rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+    view::rfc3339_seconds(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
 }
 
 /// An identity as the views show it: its URI.
