@@ -61,6 +61,13 @@ if [ "$build" = yes ]; then
 fi
 [ -x "$target_dir/$profile_dir/meshd" ] || fail "$target_dir/$profile_dir/meshd is missing: build it first"
 
+step "third-party licence notices"
+# Every crate linked into the binary, with the licence and notice files it ships (the MIT and
+# BSD licences require their notices to travel with it); cargo-deb ships the file as
+# /usr/share/doc/meshd/THIRD-PARTY-LICENSES (bin/meshd/Cargo.toml, assets).
+python3 scripts/third-party-licenses.py "$target_dir/$profile_dir/THIRD-PARTY-LICENSES" ||
+    fail "could not collect the third-party licence notices"
+
 step "packaging"
 out="$target_dir/debian"
 mkdir -p "$out"
@@ -87,9 +94,17 @@ root="$scratch/root"
 dpkg-deb -x "$deb" "$root"
 for path in usr/bin/meshd usr/lib/systemd/system/meshd.service etc/meshd/meshd.yaml \
     etc/meshd/conf.d/README usr/share/doc/meshd/copyright usr/share/doc/meshd/changelog.Debian.gz \
-    usr/share/lintian/overrides/meshd usr/share/doc/meshd/examples/capture.conf; do
+    usr/share/lintian/overrides/meshd usr/share/doc/meshd/examples/capture.conf \
+    usr/share/doc/meshd/THIRD-PARTY-LICENSES; do
     [ -e "$root/$path" ] || fail "the package has no /$path"
 done
+# The notices name each crate linked in, and carry the texts (e.g. rustls's MIT notice).
+for crate in rustls tokio h2; do
+    grep -q "^$crate [0-9]" "$root/usr/share/doc/meshd/THIRD-PARTY-LICENSES" ||
+        fail "THIRD-PARTY-LICENSES does not name $crate"
+done
+grep -q "Permission is hereby granted" "$root/usr/share/doc/meshd/THIRD-PARTY-LICENSES" ||
+    fail "THIRD-PARTY-LICENSES carries no MIT notice"
 # The user's documentation ships; the developers' pages (benchmark figures, test guide) do not.
 for doc in README.md SECURITY.md docs/configuration.md docs/operations.md docs/status-page.png \
     docs/identity.md docs/HBONE.md; do

@@ -37,10 +37,20 @@ mkdir -p "$harness_out"
     test -z "$(gofmt -l .)" && GOTOOLCHAIN=local go vet .) ||
     { echo "scripts/test.sh: the istiod harness does not build, is not gofmt'd or fails go vet" >&2; exit 1; }
 
+# cargo-deny, pinned: a newer one may read deny.toml differently. About 5 minutes to build on
+# two cores (once; cargo install keeps it in ~/.cargo/bin).
+CARGO_DENY_VERSION=0.20.2
+
 # The package test builds a .deb with cargo-deb (pinned in scripts/package.sh).
 cargo deb --version >/dev/null 2>&1 || cargo install cargo-deb --locked --version "$(sed -n 's/^CARGO_DEB_VERSION=//p' scripts/package.sh)"
 
 cargo fmt --all -- --check
+# Supply chain (deny.toml): licences, bans (duplicate versions, serde_yaml), sources (crates.io
+# only) on every run; no network needed.
+cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION" ||
+    cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION"
+cargo deny --locked check licenses bans sources
+scripts/advisories.sh
 # The end-to-end benchmark is run by hand (benches/e2e/run.sh); CI only checks its syntax.
 bash -n benches/e2e/run.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
