@@ -50,6 +50,8 @@ async fn status(client: &Client, peer: &Peer, authority: SocketAddr) -> u16 {
     }
 }
 
+// HTTP/3 needs the `quic` feature (scripts/test.sh turns it on).
+#[cfg(feature = "quic")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_each_of_meshds_own_ports_is_400_over_h2_and_h3() {
     let (mut mesh, b, app_port) = portless_machine();

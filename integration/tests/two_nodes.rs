@@ -351,6 +351,8 @@ fn bad_startup_configuration_exits_78() {
     );
 }
 
+// HBONE over QUIC needs the `quic` feature (scripts/test.sh turns it on).
+#[cfg(feature = "quic")]
 #[test]
 fn hbone_over_quic_when_the_workload_asks_for_it() {
     let mut nodes = Nodes::new();
