@@ -51,6 +51,13 @@ cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION" ||
     cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION"
 cargo deny --locked check -D warnings licenses bans sources
 scripts/advisories.sh
+# Test-only crates (the WebDriver client, benchmark and property-test frameworks) stay out of
+# what the meshd binary links: dev-dependencies only.
+normal_deps=$(cargo tree --locked -e normal -p meshd --features quic --prefix none)
+if grep -E '^(fantoccini|webdriver|criterion|proptest|stats_alloc) ' <<<"$normal_deps"; then
+    echo "scripts/test.sh: a test-only crate is in meshd's normal dependencies (above)" >&2
+    exit 1
+fi
 # The end-to-end benchmark is run by hand (benches/e2e/run.sh); CI only checks its syntax.
 bash -n benches/e2e/run.sh
 # HBONE over QUIC is a cargo feature (`quic`), off in the default build and the .deb. The suite
