@@ -7,6 +7,9 @@
 #
 #   scripts/package.sh              build the dev-profile binary, package it, check it
 #   scripts/package.sh --release    the same with the release profile: the .deb to ship
+#   MESHD_FEATURES=quic scripts/package.sh ...   meshd's cargo features (none by default: the
+#                                   .deb ships without the experimental HBONE over QUIC); the
+#                                   licence notices follow them
 #   scripts/package.sh --no-build   package target/<profile>/meshd as it is (the integration
 #                                   test does this: cargo test has just built it)
 #
@@ -57,7 +60,7 @@ fi
 
 if [ "$build" = yes ]; then
     step "building meshd ($profile profile)"
-    cargo build -p meshd --locked --profile "$profile"
+    cargo build -p meshd --locked --profile "$profile" ${MESHD_FEATURES:+--features "$MESHD_FEATURES"}
 fi
 [ -x "$target_dir/$profile_dir/meshd" ] || fail "$target_dir/$profile_dir/meshd is missing: build it first"
 
@@ -65,7 +68,8 @@ step "third-party licence notices"
 # Every crate linked into the binary, with the licence and notice files it ships (the MIT and
 # BSD licences require their notices to travel with it); cargo-deb ships the file as
 # /usr/share/doc/meshd/THIRD-PARTY-LICENSES (bin/meshd/Cargo.toml, assets).
-python3 scripts/third-party-licenses.py "$target_dir/$profile_dir/THIRD-PARTY-LICENSES" ||
+# shellcheck disable=SC2086 # a comma-separated list, one word
+python3 scripts/third-party-licenses.py "$target_dir/$profile_dir/THIRD-PARTY-LICENSES" ${MESHD_FEATURES:-} ||
     fail "could not collect the third-party licence notices"
 
 step "packaging"

@@ -58,7 +58,8 @@ def main():
         parts = line.split()
         if len(parts) >= 2 and "(/" not in line:  # path crates are meshd's own
             shipped.add((parts[0], parts[1].lstrip("v")))
-    metadata = json.loads(run("cargo", "metadata", "--locked", "--format-version", "1"))
+    # Every optional dependency too, so the packages of any feature set are found.
+    metadata = json.loads(run("cargo", "metadata", "--locked", "--all-features", "--format-version", "1"))
     packages = {(p["name"], p["version"]): p for p in metadata["packages"] if p["source"]}
     missing = sorted(shipped - packages.keys())
     if missing:
