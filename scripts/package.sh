@@ -7,7 +7,7 @@
 #
 #   scripts/package.sh              build the dev-profile binary, package it, check it
 #   scripts/package.sh --release    the same with the release profile: the .deb to ship
-#   MESHD_FEATURES=quic scripts/package.sh ...   meshd's cargo features (none by default: the
+#   DEB_FEATURES=quic scripts/package.sh ...     meshd's cargo features (none by default: the
 #                                   .deb ships without the experimental HBONE over QUIC); the
 #                                   licence notices follow them
 #   scripts/package.sh --no-build   package target/<profile>/meshd as it is (the integration
@@ -60,7 +60,7 @@ fi
 
 if [ "$build" = yes ]; then
     step "building meshd ($profile profile)"
-    cargo build -p meshd --locked --profile "$profile" ${MESHD_FEATURES:+--features "$MESHD_FEATURES"}
+    cargo build -p meshd --locked --profile "$profile" ${DEB_FEATURES:+--features "$DEB_FEATURES"}
 fi
 [ -x "$target_dir/$profile_dir/meshd" ] || fail "$target_dir/$profile_dir/meshd is missing: build it first"
 
@@ -69,7 +69,7 @@ step "third-party licence notices"
 # BSD licences require their notices to travel with it); cargo-deb ships the file as
 # /usr/share/doc/meshd/THIRD-PARTY-LICENSES (bin/meshd/Cargo.toml, assets).
 # shellcheck disable=SC2086 # a comma-separated list, one word
-python3 scripts/third-party-licenses.py "$target_dir/$profile_dir/THIRD-PARTY-LICENSES" ${MESHD_FEATURES:-} ||
+python3 scripts/third-party-licenses.py "$target_dir/$profile_dir/THIRD-PARTY-LICENSES" ${DEB_FEATURES:-} ||
     fail "could not collect the third-party licence notices"
 
 step "packaging"

@@ -250,7 +250,7 @@ fn deb_builds_lints_and_runs() {
     }
     // The binary's features, so the licence notices list what it links.
     if cfg!(feature = "quic") {
-        command.env("MESHD_FEATURES", "quic");
+        command.env("DEB_FEATURES", "quic");
     }
     let out = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
