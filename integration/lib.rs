@@ -86,6 +86,12 @@ pub fn build_meshd() -> PathBuf {
             "--profile",
             profile,
         ])
+        // The binary the tests expect: with HBONE over QUIC when they test it.
+        .args(if cfg!(feature = "quic") {
+            &["--features", "quic"][..]
+        } else {
+            &[][..]
+        })
         .arg("--manifest-path")
         .arg(&manifest)
         .arg("--target-dir")

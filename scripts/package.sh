@@ -7,6 +7,9 @@
 #
 #   scripts/package.sh              build the dev-profile binary, package it, check it
 #   scripts/package.sh --release    the same with the release profile: the .deb to ship
+#   DEB_FEATURES=quic scripts/package.sh ...     meshd's cargo features (none by default: the
+#                                   .deb ships without the experimental HBONE over QUIC); the
+#                                   licence notices follow them
 #   scripts/package.sh --no-build   package target/<profile>/meshd as it is (the integration
 #                                   test does this: cargo test has just built it)
 #
@@ -57,7 +60,7 @@ fi
 
 if [ "$build" = yes ]; then
     step "building meshd ($profile profile)"
-    cargo build -p meshd --locked --profile "$profile"
+    cargo build -p meshd --locked --profile "$profile" ${DEB_FEATURES:+--features "$DEB_FEATURES"}
 fi
 [ -x "$target_dir/$profile_dir/meshd" ] || fail "$target_dir/$profile_dir/meshd is missing: build it first"
 
@@ -69,6 +72,14 @@ rm -rf "$generated"
 # -n: no name or time in the header, so the package is reproducible (lintian checks it).
 gzip -9n "$generated"/man/*.1
 "$target_dir/$profile_dir/meshd" generate completions "$generated/completions" >/dev/null
+
+step "third-party licence notices"
+# Every crate linked into the binary, with the licence and notice files it ships (the MIT and
+# BSD licences require their notices to travel with it); cargo-deb ships the file as
+# /usr/share/doc/meshd/THIRD-PARTY-LICENSES (bin/meshd/Cargo.toml, assets).
+# shellcheck disable=SC2086 # a comma-separated list, one word
+python3 scripts/third-party-licenses.py "$target_dir/$profile_dir/THIRD-PARTY-LICENSES" ${DEB_FEATURES:-} ||
+    fail "could not collect the third-party licence notices"
 
 step "packaging"
 out="$target_dir/debian"
@@ -99,9 +110,17 @@ for path in usr/bin/meshd usr/lib/systemd/system/meshd.service etc/meshd/meshd.y
     usr/share/lintian/overrides/meshd usr/share/doc/meshd/examples/capture.conf \
     usr/share/man/man1/meshd.1.gz usr/share/man/man1/meshd-run.1.gz \
     usr/share/bash-completion/completions/meshd usr/share/zsh/vendor-completions/_meshd \
-    usr/share/fish/vendor_completions.d/meshd.fish; do
+    usr/share/fish/vendor_completions.d/meshd.fish \
+    usr/share/doc/meshd/THIRD-PARTY-LICENSES; do
     [ -e "$root/$path" ] || fail "the package has no /$path"
 done
+# The notices name each crate linked in, and carry the texts (e.g. rustls's MIT notice).
+for crate in rustls tokio h2; do
+    grep -q "^$crate [0-9]" "$root/usr/share/doc/meshd/THIRD-PARTY-LICENSES" ||
+        fail "THIRD-PARTY-LICENSES does not name $crate"
+done
+grep -q "Permission is hereby granted" "$root/usr/share/doc/meshd/THIRD-PARTY-LICENSES" ||
+    fail "THIRD-PARTY-LICENSES carries no MIT notice"
 # The user's documentation ships; the developers' pages (benchmark figures, test guide) do not.
 for doc in README.md SECURITY.md docs/configuration.md docs/operations.md docs/status-page.png \
     docs/identity.md docs/HBONE.md; do

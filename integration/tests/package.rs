@@ -253,6 +253,10 @@ fn deb_builds_lints_and_runs() {
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         command.arg("--release");
     }
+    // The binary's features, so the licence notices list what it links.
+    if cfg!(feature = "quic") {
+        command.env("DEB_FEATURES", "quic");
+    }
     let out = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

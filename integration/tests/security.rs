@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use meshd_hbone::{Client, ClientSettings, Peer, RequestHeaders, Transport};
+use meshd_hbone::{Client, ClientSettings, Peer, RequestHeaders};
 use meshd_identity::{DevCaSource, IdentityManager, IdentitySource, SpiffeId};
 use meshd_integration::mesh::{Mesh, Node, Plugin, Port};
 use meshd_integration::resources::{Policy, Rule, Workload};
@@ -50,6 +50,8 @@ async fn status(client: &Client, peer: &Peer, authority: SocketAddr) -> u16 {
     }
 }
 
+// HTTP/3 needs the `quic` feature (scripts/test.sh turns it on).
+#[cfg(feature = "quic")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_each_of_meshds_own_ports_is_400_over_h2_and_h3() {
     let (mut mesh, b, app_port) = portless_machine();
@@ -64,7 +66,7 @@ async fn connect_to_each_of_meshds_own_ports_is_400_over_h2_and_h3() {
     let client = client_as_web(&mesh).await;
     let db = SpiffeId::istio("cluster.local", "shop", "db").expect("id");
     let h2 = Peer::new(db.clone(), SocketAddr::new(b, 15008));
-    let h3 = Peer::new(db, SocketAddr::new(b, 15008)).with_transport(Transport::H3);
+    let h3 = Peer::new(db, SocketAddr::new(b, 15008)).with_transport(meshd_hbone::Transport::H3);
 
     for peer in [&h2, &h3] {
         // The control: the portless workload is reachable, so a 400 below is the guard's.

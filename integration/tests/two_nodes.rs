@@ -351,6 +351,8 @@ fn bad_startup_configuration_exits_78() {
     );
 }
 
+// HBONE over QUIC needs the `quic` feature (scripts/test.sh turns it on).
+#[cfg(feature = "quic")]
 #[test]
 fn hbone_over_quic_when_the_workload_asks_for_it() {
     let mut nodes = Nodes::new();
@@ -373,6 +375,31 @@ fn hbone_over_quic_when_the_workload_asks_for_it() {
     let mut denied = TcpStream::connect((nodes.a, 16002)).expect("connect");
     assert_eq!(echo_roundtrip(&mut denied, b"no"), None);
     a.wait_for_log("peer meshd refused the tunnel with HTTP status 401");
+}
+
+// Built without `quic` (the default build and the .deb), a workload that asks for HBONE over
+// QUIC is warned about at load and connections to it are refused with the reason: nothing is
+// sent to its meshd, neither over HTTP/2 nor as plaintext. (scripts/test.sh builds the suite
+// with `quic`, where the test above runs instead; this one runs in a default-feature build:
+// `cargo test -p meshd-integration --test two_nodes quic`.)
+#[cfg(not(feature = "quic"))]
+#[test]
+fn a_workload_asking_for_quic_is_refused_without_the_quic_feature() {
+    let mut nodes = Nodes::new();
+    let db = nodes.mesh.workload_mut("db");
+    db.annotations
+        .push(("meshd.io/tunnel".into(), "quic".into()));
+    nodes.mesh.write();
+    let b = nodes.start_b();
+    let a = nodes.start_a();
+    a.wait_for_log(
+        "meshd.io/tunnel: quic asks for HBONE over QUIC, which this meshd is built without",
+    );
+    let mut stream = TcpStream::connect((nodes.a, 16001)).expect("connect");
+    assert_eq!(echo_roundtrip(&mut stream, b"not over h2"), None);
+    a.wait_for_log("transport h3 is not in this build: HBONE over QUIC needs meshd built with `--features quic`");
+    // B's listener was up and never saw the connection, over either transport.
+    assert!(!b.stderr().contains("decision="), "{}", b.stderr());
 }
 
 // An application that speaks at once has its first bytes sent with the CONNECT, before B has

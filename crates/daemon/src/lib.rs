@@ -16,6 +16,7 @@
 
 mod control_plane;
 mod fdlimit;
+mod file_layer;
 mod operator;
 mod reload;
 pub mod schema;

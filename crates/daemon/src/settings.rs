@@ -2,8 +2,9 @@
 //! (`/etc/meshd/meshd.yaml`, `--config FILE`, or the embedded development file) < `MESHD_*`
 //! environment variables < command-line flags.
 //!
-//! The file is first read alone by meshd's positioned YAML parser, so an unknown key or a
-//! wrong type is reported with file, line, column and field, exactly as for the Istio YAML.
+//! The file is read by meshd's positioned YAML parser, once: the tree is typed alone first, so an
+//! unknown key or a wrong type is reported with file, line, column and field, exactly as for the
+//! Istio YAML, and the same tree is the file's figment layer ([`crate::file_layer`]).
 //! Environment variables name nested keys with `__` and snake case:
 //! `MESHD_LISTEN__INBOUND_PLAINTEXT=0.0.0.0:15006` sets `listen.inboundPlaintext`.
 //!
@@ -14,10 +15,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::file_layer::{FileLayer, Origin};
 use crate::schema::MeshdConfig;
-use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::providers::{Env, Serialized};
 use figment::{Figment, Metadata, Source};
-use meshd_manifests::{parse_file, parse_text};
+use meshd_manifests::{parse_tree, read_tree, type_tree};
 
 /// Where meshd looks for its configuration file when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/meshd/meshd.yaml";
@@ -99,17 +101,19 @@ pub fn load(base: Base<'_>, flags: &Flags) -> Result<Settings, SettingsError> {
         Some(cp) => Figment::new().merge(Serialized::default("controlPlane", cp)),
         None => Figment::new(),
     };
-    let file = match base {
-        Base::File(path) => {
-            parse_file::<MeshdConfig>(path).map_err(|p| SettingsError::File(p.to_string()))?;
-            below.merge(Yaml::file_exact(path))
-        }
-        Base::Embedded { name, text } => {
-            parse_text::<MeshdConfig>(Path::new(name), text)
-                .map_err(|p| SettingsError::File(p.to_string()))?;
-            below.merge(Yaml::string(text))
-        }
+    // One read, one parse: the tree is typed first (errors with file, line, column, field)
+    // and then gives figment the file's values.
+    let (root, origin, shown_as) = match base {
+        Base::File(path) => (read_tree(path), Origin::File(path.to_path_buf()), path),
+        Base::Embedded { name, text } => (
+            parse_tree(Path::new(name), text),
+            Origin::Embedded(name.to_string()),
+            Path::new(name),
+        ),
     };
+    let root = root.map_err(|p| SettingsError::File(p.to_string()))?;
+    type_tree::<MeshdConfig>(shown_as, &root).map_err(|p| SettingsError::File(p.to_string()))?;
+    let file = below.merge(FileLayer::new(origin, root));
     let warnings = stray_variables();
     let mut figment = file.merge(env());
     if let Some(dir) = &flags.config_dir {

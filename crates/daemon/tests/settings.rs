@@ -304,3 +304,34 @@ fn changed_keys_lists_what_differs() {
     );
     assert!(changed_keys(&a, &a).is_empty());
 }
+
+#[test]
+fn the_embedded_file_is_named_as_the_source_of_its_values() {
+    Jail::expect_with(|_| {
+        let settings = load(
+            Base::Embedded {
+                name: "<embedded config/meshd.yaml>",
+                text: "hbonePort: 16008\n",
+            },
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(settings.config.hbone_port, 16008);
+        assert_eq!(
+            source_of(&settings.show(), "hbonePort"),
+            ("16008".into(), "<embedded config/meshd.yaml>".into())
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_quoted_number_in_the_file_is_a_string_and_refused_where_a_number_is_meant() {
+    Jail::expect_with(|jail| {
+        jail.create_file("meshd.yaml", "configDir: /x\nhbonePort: \"16008\"\n")?;
+        let text = file_error();
+        assert!(text.starts_with("meshd.yaml:2:12: "), "{text}");
+        assert!(text.contains("hbonePort"), "{text}");
+        Ok(())
+    });
+}

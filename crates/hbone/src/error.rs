@@ -167,7 +167,10 @@ pub enum Error {
     Request(#[source] Cause),
 
     /// The requested transport is not compiled in (HBONE over QUIC needs the `quic` feature).
-    #[error("transport {0} is not available in this build")]
+    /// The connection is refused: it never falls back to another transport.
+    #[error(
+        "transport {0} is not in this build: HBONE over QUIC needs meshd built with `--features quic`"
+    )]
     TransportUnavailable(&'static str),
 }
 

@@ -27,7 +27,7 @@
 //!   with AES-GCM only, ALPN `h2`, no SNI, no resumption (all from meshd-identity's configs);
 //!   classic CONNECT with `:authority ip:port` and the `baggage`, `forwarded`, `traceparent`
 //!   headers; ztunnel's HTTP/2 windows and PING keepalive (10 s / 20 s).
-//! - With the `quic` feature (on by default, experimental, meshd-to-meshd only), the same
+//! - With the `quic` feature (off by default, experimental, meshd-to-meshd only), the same
 //!   CONNECT semantics over HTTP/3 on QUIC: `Server::spawn_quic` on UDP, and
 //!   `Peer::with_transport(Transport::H3)` on the client. See `docs/HBONE.md` §10 for its gaps.
 //!
@@ -49,7 +49,7 @@
 //! `:scheme`/`:path`).
 //!
 //! # Features
-//! - `quic` (default): HBONE over HTTP/3, above.
+//! - `quic`: HBONE over HTTP/3, above ([`QUIC_BUILT`] says whether it is compiled in).
 //! - `test-util`: `Decide`, `Decision` and `TunnelHandler`, a shortcut for tests, benchmarks
 //!   and fuzz targets whose service decides before doing anything else. meshd itself answers
 //!   through the [`Responder`].
@@ -73,6 +73,10 @@ mod peer;
 mod pool;
 #[cfg(feature = "quic")]
 mod quic;
+
+/// Whether HBONE over HTTP/3 (the `quic` feature) is compiled in. Without it a client asked
+/// for [`Transport::H3`] fails with [`Error::TransportUnavailable`], never falls back.
+pub const QUIC_BUILT: bool = cfg!(feature = "quic");
 mod request;
 mod responder;
 mod revoke;

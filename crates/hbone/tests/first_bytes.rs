@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Harness, Pki, authority};
-use meshd_hbone::{Decision, Error, Peer, Transport};
+use meshd_hbone::{Decision, Error, Peer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -120,7 +120,7 @@ async fn a_retried_request_carries_its_first_bytes_again() {
 // sends after the answer, over HTTP/2 and HTTP/3.
 #[tokio::test]
 async fn first_bytes_then_the_rest_reach_the_upstream_in_order() {
-    for transport in [Transport::H2, Transport::H3] {
+    for &transport in common::TRANSPORTS {
         let h = Harness::start(transport, common::echo()).await;
         let mut stream = h
             .client
@@ -145,7 +145,7 @@ async fn first_bytes_then_the_rest_reach_the_upstream_in_order() {
 // integration/tests/two_nodes.rs.)
 #[tokio::test]
 async fn a_refused_tunnel_drops_its_first_bytes() {
-    for transport in [Transport::H2, Transport::H3] {
+    for &transport in common::TRANSPORTS {
         let calls = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&calls);
         let h = Harness::start(transport, move |_req| {

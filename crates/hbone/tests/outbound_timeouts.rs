@@ -6,10 +6,13 @@
 
 mod common;
 
+#[cfg(feature = "quic")]
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
+#[cfg(feature = "quic")]
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Harness, LOCALHOST, authority, echo};

@@ -36,7 +36,7 @@ pub mod yaml;
 
 pub use load::{
     LoadOptions, MAX_FILE_BYTES, is_config_file_name, is_ignored_name, load_dir, load_str,
-    parse_file, parse_text,
+    parse_file, parse_text, parse_tree, read_tree, type_tree,
 };
 pub use problem::Problem;
 pub use snapshot::{LoadError, Snapshot, Sourced};

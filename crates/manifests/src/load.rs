@@ -15,7 +15,7 @@ use crate::problem::Problem;
 use crate::shadowing::Catalog;
 use crate::snapshot::{LoadError, Snapshot};
 use crate::tree::{self, Entry};
-use crate::yaml::{Pos, Value, parse_documents};
+use crate::yaml::{Node, Pos, Value, parse_documents};
 
 /// Files larger than this are rejected unread: far beyond any real policy set, small enough that
 /// a stray log file cannot exhaust memory.
@@ -285,6 +285,20 @@ pub fn parse_text<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
 ) -> Result<T, Box<Problem>> {
+    type_tree(path, &parse_tree(path, text)?)
+}
+
+/// Reads a single-document YAML file into its positioned tree (an empty file is an empty
+/// mapping), with the same size, file-type and UTF-8 checks as the configuration directory.
+/// The daemon both types the tree ([`type_tree`]) and layers its values under the environment,
+/// so the file is read and parsed once, by one parser.
+pub fn read_tree(path: &Path) -> Result<Node, Box<Problem>> {
+    let text = read_text(path)?;
+    parse_tree(path, &text)
+}
+
+/// [`read_tree`] on text already read; `path` names it in errors.
+pub fn parse_tree(path: &Path, text: &str) -> Result<Node, Box<Problem>> {
     let (documents, syntax) = parse_documents(text);
     if let Some(e) = syntax {
         return Err(Box::new(Problem::file_error(
@@ -293,22 +307,28 @@ pub fn parse_text<T: serde::de::DeserializeOwned>(
             format!("YAML syntax error: {}", e.message),
         )));
     }
-    let empty = crate::yaml::Node {
+    let empty = Node {
         value: Value::Map(Vec::new()),
         pos: Pos { line: 1, col: 1 },
     };
-    let root = match documents.as_slice() {
-        [] => &empty,
-        [one] if one.value == Value::Null => &empty,
-        [one] => one,
-        _ => {
-            return Err(Box::new(Problem::file_error(
-                path,
-                None,
-                "expected a single YAML document",
-            )));
-        }
-    };
+    let mut documents = documents.into_iter();
+    match (documents.next(), documents.next()) {
+        (None, _) => Ok(empty),
+        (Some(one), None) if one.value == Value::Null => Ok(empty),
+        (Some(one), None) => Ok(one),
+        (Some(_), Some(_)) => Err(Box::new(Problem::file_error(
+            path,
+            None,
+            "expected a single YAML document",
+        ))),
+    }
+}
+
+/// Types a tree from [`read_tree`] / [`parse_tree`]; errors name `path`, line, column, field.
+pub fn type_tree<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    root: &Node,
+) -> Result<T, Box<Problem>> {
     crate::de::from_node(root).map_err(|e| {
         Box::new(Problem {
             severity: meshd_policy::Severity::Error,

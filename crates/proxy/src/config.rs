@@ -71,6 +71,11 @@ pub enum ConfigError {
         /// The key that allows it.
         allow: String,
     },
+    /// `listen.hboneQuic` is set in a meshd built without HBONE over QUIC.
+    #[error(
+        "listen.hboneQuic: {0}: HBONE over QUIC is not in this build (meshd's `quic` feature, off by default); remove the key or use a meshd built with `--features quic`"
+    )]
+    QuicNotBuilt(SocketAddr),
 }
 
 impl ProxyConfig {
@@ -78,6 +83,7 @@ impl ProxyConfig {
     /// allowed, and returns warnings for what is allowed but risky. (The admin endpoint's
     /// address is checked by meshd-admin's `AdminSettings::check`, before it is bound.)
     pub fn check(&self) -> Result<Vec<String>, ConfigError> {
+        check_quic(&self.listen, meshd_hbone::QUIC_BUILT)?;
         let mut warnings = Vec::new();
         let mut entries = Vec::new();
         if let Some(addr) = self.listen.socks5 {
@@ -114,6 +120,15 @@ impl ProxyConfig {
     pub fn socket_mark(&self) -> Option<u32> {
         (self.listen.outbound.is_some() || self.listen.inbound_plaintext.is_some())
             .then_some(self.mark)
+    }
+}
+
+/// A QUIC listener needs HBONE over QUIC compiled in (`built`: [`meshd_hbone::QUIC_BUILT`],
+/// a parameter so that both answers are tested in either build).
+fn check_quic(listen: &Listen, built: bool) -> Result<(), ConfigError> {
+    match listen.hbone_quic {
+        Some(addr) if !built => Err(ConfigError::QuicNotBuilt(addr)),
+        _ => Ok(()),
     }
 }
 
@@ -300,4 +315,57 @@ fn default_readiness_listen() -> Option<SocketAddr> {
 
 fn default_hbone_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], HBONE_PORT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quic_listen() -> Listen {
+        Listen {
+            hbone_quic: Some(SocketAddr::from(([127, 0, 0, 1], 15009))),
+            ..Listen::default()
+        }
+    }
+
+    #[test]
+    fn a_quic_listener_is_refused_in_a_build_without_quic() {
+        assert_eq!(
+            check_quic(&quic_listen(), false),
+            Err(ConfigError::QuicNotBuilt(SocketAddr::from((
+                [127, 0, 0, 1],
+                15009
+            ))))
+        );
+        // Without the key there is nothing to refuse.
+        assert_eq!(check_quic(&Listen::default(), false), Ok(()));
+    }
+
+    #[test]
+    fn a_quic_listener_is_accepted_in_a_build_with_quic() {
+        assert_eq!(check_quic(&quic_listen(), true), Ok(()));
+    }
+
+    #[test]
+    fn the_proxy_check_follows_this_build() {
+        let config = ProxyConfig {
+            local: LocalWorkloads::default(),
+            listen: quic_listen(),
+            hbone_port: crate::HBONE_PORT,
+            listeners: Vec::new(),
+            plugins: Vec::new(),
+            socks5: Socks5Settings::default(),
+            pool: PoolSettings::default(),
+            mark: 0,
+        };
+        let checked = config.check();
+        if meshd_hbone::QUIC_BUILT {
+            assert_eq!(checked, Ok(Vec::new()));
+        } else {
+            assert!(
+                matches!(checked, Err(ConfigError::QuicNotBuilt(_))),
+                "{checked:?}"
+            );
+        }
+    }
 }

@@ -172,11 +172,19 @@ impl Proxy {
         .with_observer(refusals.clone())
         .spawn(hbone_listener)?;
         let hbone_quic = match config.listen.hbone_quic {
+            #[cfg(feature = "quic")]
             Some(addr) => Some(
                 Server::new(&identity, ServerSettings::default(), inbound_service)?
                     .with_observer(refusals)
                     .spawn_quic(addr)?,
             ),
+            // `ProxyConfig::check` refuses the key first; this keeps a caller that skipped
+            // it from starting without the listener it asked for.
+            #[cfg(not(feature = "quic"))]
+            Some(_) => {
+                drop((inbound_service, refusals));
+                return Err(meshd_hbone::Error::TransportUnavailable("h3").into());
+            }
             None => None,
         };
         let local_identity = Arc::new(Identity::new(identity.current().id().clone()));

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngExt;
 
 /// Doubles from `min` to `max`; each delay is drawn uniformly from [base/2, base] so that
 /// many VMs cut off together do not return together ("equal jitter").

@@ -140,6 +140,13 @@ where
     }
 }
 
+/// The transports this build has: HTTP/2, and HTTP/3 with the `quic` feature.
+pub const TRANSPORTS: &[Transport] = &[
+    Transport::H2,
+    #[cfg(feature = "quic")]
+    Transport::H3,
+];
+
 #[cfg(feature = "quic")]
 async fn quic_spawn(server: Server) -> ServerHandle {
     server.spawn_quic(SocketAddr::new(LOCALHOST, 0)).unwrap()

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::Rng;
+use rand::RngExt;
 
 use super::{Origin, Port, Registry, ResolveError, Resolved, Service, Workload};
 

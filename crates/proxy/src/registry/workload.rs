@@ -68,6 +68,7 @@ impl Workload {
         spec: &WorkloadEntrySpec,
         tunnel: Option<&str>,
     ) -> Option<Workload> {
+        let protocol = tunnel_protocol(&key, tunnel);
         let file = FileWorkload {
             key,
             namespace: namespace.to_string(),
@@ -87,11 +88,7 @@ impl Workload {
                 .iter()
                 .filter_map(|(name, p)| Some((name.clone(), u16::try_from(*p).ok()?)))
                 .collect(),
-            protocol: match tunnel {
-                Some("none") | Some("tcp") | Some("TCP") => Protocol::Tcp,
-                Some("quic") | Some("h3") => Protocol::HboneQuic,
-                _ => Protocol::Hbone,
-            },
+            protocol,
             weight: spec.weight.unwrap_or(1),
             bound_policies: Arc::from([]),
         };
@@ -294,5 +291,24 @@ impl Workload {
                 })
             }
         }))
+    }
+}
+
+/// The `meshd.io/tunnel` annotation's transport.
+fn tunnel_protocol(key: &str, tunnel: Option<&str>) -> Protocol {
+    match tunnel {
+        Some("none") | Some("tcp") | Some("TCP") => Protocol::Tcp,
+        Some("quic") | Some("h3") => {
+            if !meshd_hbone::QUIC_BUILT {
+                // Kept as asked: connections to it are refused with this reason (the client
+                // has no HTTP/3), never sent over HTTP/2 or in plaintext.
+                tracing::warn!(
+                    workload = %key,
+                    "meshd.io/tunnel: quic asks for HBONE over QUIC, which this meshd is built without (the `quic` feature): connections to this workload will be refused"
+                );
+            }
+            Protocol::HboneQuic
+        }
+        _ => Protocol::Hbone,
     }
 }
