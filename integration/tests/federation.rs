@@ -186,3 +186,48 @@ fn the_right_name_in_the_wrong_trust_domain_is_refused() {
         "peer certificate rejected: peer identity spiffe://{TD_A}/ns/shop/sa/db does not match the expected spiffe://{TD_B}/ns/shop/sa/db"
     ));
 }
+
+#[test]
+fn a_namespace_mapped_by_trust_domains_is_reached_in_that_domain() {
+    // db carries no annotation; a's `trustDomains: {shop: td-b}` puts shop's workloads in td-b
+    // (web, local to a, keeps its td-a annotation).
+    let mut d = Domains::new(TD_B);
+    d.mesh.workload_mut("db").annotations.clear();
+    let (web, db) = (d.web, d.db);
+    node(&mut d.mesh, "a", web, "web", TD_A, &[TD_B]);
+    node(&mut d.mesh, "b", db, "db", TD_B, &[TD_A]);
+    (d.mesh.node_mut("a"))
+        .listener(16001, format!("{db}:{}", d.db_port))
+        .setting("trustDomains", &format!("{{shop: {TD_B}}}"));
+    d.mesh.write();
+    let b = d.mesh.start("b");
+    let a = d.mesh.start("a");
+
+    assert!(through((web, 16001), b"a to b"), "{}", a.stderr());
+    b.wait_for_log(&format!("spiffe://{TD_A}/ns/shop/sa/web"));
+}
+
+#[test]
+fn the_annotation_wins_over_trust_domains() {
+    // a maps shop to td-c: db's td-b annotation wins (reached), batch has none, so a expects
+    // spiffe://td-c/ns/shop/sa/batch, which c (td-a) does not hold: refused.
+    let mut d = Domains::new(TD_B);
+    let (web, db, batch) = (d.web, d.db, d.batch);
+    node(&mut d.mesh, "a", web, "web", TD_A, &[TD_B]);
+    node(&mut d.mesh, "b", db, "db", TD_B, &[TD_A]);
+    node(&mut d.mesh, "c", batch, "batch", TD_A, &[TD_B]);
+    (d.mesh.node_mut("a"))
+        .listener(16001, format!("{db}:{}", d.db_port))
+        .listener(16002, format!("{batch}:{}", d.batch_port))
+        .setting("trustDomains", "{shop: td-c}");
+    d.mesh.write();
+    let _b = d.mesh.start("b");
+    let _c = d.mesh.start("c");
+    let a = d.mesh.start("a");
+
+    assert!(through((web, 16001), b"a to b"), "{}", a.stderr());
+    assert!(!through((web, 16002), b"a to c"));
+    a.wait_for_log(&format!(
+        "peer certificate rejected: peer identity spiffe://{TD_A}/ns/shop/sa/batch does not match the expected spiffe://td-c/ns/shop/sa/batch"
+    ));
+}
