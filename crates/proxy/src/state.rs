@@ -22,8 +22,8 @@ pub struct ProxyState {
     /// Compiled authorization, shared with the state before when neither the directory's nor
     /// istiod's policies changed (a push of addresses only).
     pub engine: Arc<Engine>,
-    /// The mesh trust domain: workload identities are `spiffe://<td>/ns/<ns>/sa/<sa>`, with
-    /// the workload's own trust domain instead for istiod's workloads.
+    /// The mesh trust domain: workload identities are `spiffe://<td>/ns/<ns>/sa/<sa>`, unless
+    /// a workload has its own or its namespace is mapped ([`ProxyState::trust_domain_of`]).
     pub trust_domain: String,
     /// meshd.yaml's `trustDomains`: namespaces whose workloads are in another trust domain
     /// than [`ProxyState::trust_domain`] (a workload's own trust domain wins).
