@@ -84,6 +84,8 @@ pub enum Identity {
     DevCa,
     /// Read from a spiffe-helper directory (`svid.pem`, `svid_key.pem`, `svid_bundle.pem`).
     SpiffeHelper(PathBuf),
+    /// Read from a spiffe-helper directory, with `federatedBundles`: (trust domain, roots PEM).
+    Federated(PathBuf, Vec<(String, PathBuf)>),
 }
 
 /// An explicit listener: connections to `listen` go to `target` through the mesh.
@@ -228,6 +230,16 @@ impl Node {
                 self.service_account
             ),
             Identity::SpiffeHelper(dir) => format!("spiffeHelper: {{dir: {}}}", dir.display()),
+            Identity::Federated(dir, bundles) => {
+                let bundles: Vec<String> = (bundles.iter())
+                    .map(|(td, path)| format!("{td}: {}", path.display()))
+                    .collect();
+                format!(
+                    "spiffeHelper: {{dir: {}, federatedBundles: {{{}}}}}",
+                    dir.display(),
+                    bundles.join(", ")
+                )
+            }
         };
         let mut out = format!(
             "configDir: {}\nidentity:\n  {identity}\n",

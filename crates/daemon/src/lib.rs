@@ -156,11 +156,19 @@ pub fn build_state(
         &config.trust_domain,
         generation,
         local_predicate(&proxy),
-    );
+    )
+    .with_namespace_trust_domains(namespace_trust_domains(config));
     for warning in strict_without_capture(&proxy, &state) {
         tracing::warn!("{warning}");
     }
     state
+}
+
+/// meshd.yaml's `trustDomains` as the proxy reads it.
+fn namespace_trust_domains(config: &MeshdConfig) -> std::collections::BTreeMap<String, String> {
+    (config.trust_domains.iter())
+        .map(|(namespace, td)| (namespace.clone(), td.to_string()))
+        .collect()
 }
 
 /// The state for istiod's new state `mesh` (generation `generation`), built from `previous`

@@ -4,11 +4,12 @@
 //! `identity:` meshd-identity's, `redirect:` meshd-redirect's). How the file is layered with
 //! the environment and flags is `settings.rs`.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use meshd_admin::AdminSettings;
-use meshd_identity::{DevCaSource, IdentitySource};
+use meshd_identity::{DevCaSource, IdentitySource, TrustDomain};
 use meshd_proxy::plugins::PluginSpec;
 use meshd_proxy::{
     ExplicitListener, HBONE_PORT, Listen, LocalWorkloads, PoolSettings, ProxyConfig, Socks5Settings,
@@ -27,6 +28,11 @@ pub struct MeshdConfig {
     /// The mesh trust domain: workload identities are `spiffe://<td>/ns/<ns>/sa/<sa>`.
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
+    /// Namespaces whose workloads are in another trust domain than `trustDomain` (federated
+    /// peers); a workload's `security.meshd.io/trust-domain` annotation wins, istiod's
+    /// workloads carry their own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trust_domains: BTreeMap<String, TrustDomain>,
     /// The mesh root namespace: its policies apply mesh-wide.
     #[serde(default = "default_root_namespace")]
     pub root_namespace: String,
@@ -77,6 +83,7 @@ impl Default for MeshdConfig {
         MeshdConfig {
             config_dir: default_config_dir(),
             trust_domain: default_trust_domain(),
+            trust_domains: BTreeMap::new(),
             root_namespace: default_root_namespace(),
             identity: default_identity(),
             local: LocalWorkloads::default(),
@@ -107,6 +114,11 @@ pub enum CheckError {
     /// The `controlPlane:` section, alone or against the identity and trust domain.
     #[error("controlPlane: {0}")]
     ControlPlane(String),
+    /// A `trustDomains` key that no namespace can have: it would never apply.
+    #[error(
+        "trustDomains: {0:?} is not a namespace name (a DNS-1123 label: lower-case letters, digits and '-', at most 63)"
+    )]
+    TrustDomainsNamespace(String),
 }
 
 impl MeshdConfig {
@@ -117,6 +129,9 @@ impl MeshdConfig {
         let mut warnings = self.check_admin()?;
         warnings.extend(self.proxy().check()?);
         self.check_control_plane()?;
+        if let Some(bad) = (self.trust_domains.keys()).find(|ns| !is_dns1123_label(ns)) {
+            return Err(CheckError::TrustDomainsNamespace(bad.clone()));
+        }
         Ok(warnings)
     }
 
@@ -169,6 +184,17 @@ impl MeshdConfig {
             mark: self.redirect.mark,
         }
     }
+}
+
+/// Kubernetes' rule for a namespace name (RFC 1123 label), as the policy loader applies it.
+fn is_dns1123_label(name: &str) -> bool {
+    /// RFC 1123's limit on a label's length.
+    const MAX_LABEL: usize = 63;
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    name.len() <= MAX_LABEL
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+        && (name.chars()).all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn default_config_dir() -> PathBuf {

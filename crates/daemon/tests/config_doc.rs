@@ -31,9 +31,9 @@ const DOC: &str = include_str!("../../../docs/configuration.md");
 const BEGIN: &str = "<!-- meshd.yaml keys: begin -->";
 const END: &str = "<!-- meshd.yaml keys: end -->";
 
-/// Keys whose values are maps with user-chosen keys (trust domain → bundle file, label → value): documented as
-/// one key, not descended into.
-const MAPS: [&str; 2] = ["federatedBundles", "labels"];
+/// Keys whose values are maps with user-chosen keys (trust domain → bundle file, label → value,
+/// namespace → trust domain): documented as one key, not descended into.
+const MAPS: [&str; 3] = ["federatedBundles", "labels", "trustDomains"];
 /// Keys whose built-in default depends on the machine (`workerThreads`: 1 or 2 by CPU count),
 /// so the page describes it in words.
 const MACHINE_DEPENDENT: [&str; 1] = ["workerThreads"];
@@ -127,6 +127,7 @@ fn filled_in() -> Vec<MeshdConfig> {
                 config: serde_json::json!({}),
             }],
             control_plane: Some(control_plane()),
+            trust_domains: BTreeMap::from([("bank".into(), TrustDomain::new("td-b").unwrap())]),
             ..MeshdConfig::default()
         })
         .collect()

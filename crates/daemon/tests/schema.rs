@@ -110,3 +110,22 @@ fn the_proxy_gets_its_sections_and_the_capture_mark() {
     config.listen.outbound = Some("127.0.0.1:15001".parse().unwrap());
     assert_eq!(config.proxy().socket_mark(), Some(0x539));
 }
+
+#[test]
+fn a_trust_domains_key_that_is_no_namespace_is_refused() {
+    // `Shop` can never be a namespace: the mapping would silently never apply.
+    let mut config = MeshdConfig::default();
+    let td = meshd_identity::TrustDomain::new("td-b").unwrap();
+    config.trust_domains.insert("Shop".into(), td.clone());
+    let err = config.check().unwrap_err();
+    assert_eq!(err, CheckError::TrustDomainsNamespace("Shop".into()));
+    assert!(
+        err.to_string()
+            .starts_with("trustDomains: \"Shop\" is not a namespace name"),
+        "{err}"
+    );
+    // A namespace name is accepted.
+    config.trust_domains.clear();
+    config.trust_domains.insert("bank".into(), td);
+    assert_eq!(config.check().unwrap(), Vec::<String>::new());
+}

@@ -110,6 +110,23 @@ fn an_unknown_key_in_the_file_names_file_line_and_field() {
 }
 
 #[test]
+fn an_invalid_trust_domain_in_trust_domains_names_file_line_and_field() {
+    // `trustDomains` values are SPIFFE trust domains, by meshd-identity's rules.
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "meshd.yaml",
+            "configDir: /x\ntrustDomains:\n  bank: 'td@b'\n",
+        )?;
+        let text = file_error();
+        assert_eq!(
+            text,
+            "meshd.yaml:3:9: trustDomains.bank: invalid trust domain \"td@b\": trust domain may only contain ASCII letters (case-insensitive), digits, dots, dashes, and underscores"
+        );
+        Ok(())
+    });
+}
+
+#[test]
 fn zero_worker_threads_is_an_error_naming_file_line_and_field() {
     Jail::expect_with(|jail| {
         jail.create_file("meshd.yaml", "configDir: /x\nworkerThreads: 0\n")?;

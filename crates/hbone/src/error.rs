@@ -79,7 +79,7 @@ pub enum Error {
     /// The TLS handshake failed; `identity` is set when a SPIFFE rule rejected the certificate
     /// (for example [`meshd_identity::Error::IdentityMismatch`] when the server is not who the
     /// client expected).
-    #[error("tls error with {addr}: {source}")]
+    #[error("tls error with {addr}: {}", tls_reason(.identity.as_ref(), .source))]
     Tls {
         /// The remote address of the failed handshake.
         addr: SocketAddr,
@@ -172,6 +172,16 @@ pub enum Error {
         "transport {0} is not in this build: HBONE over QUIC needs meshd built with `--features quic`"
     )]
     TransportUnavailable(&'static str),
+}
+
+/// A TLS failure for a log line: meshd's own rejection in words when there is one (rustls
+/// prints the error it carries with `Debug`, which reads as a type dump: an operator needs
+/// "trust domain td-b is not trusted", not `UntrustedTrustDomain { .. }`), else the handshake's.
+fn tls_reason(identity: Option<&meshd_identity::Error>, source: &Cause) -> String {
+    match identity {
+        Some(rejection) => format!("peer certificate rejected: {rejection}"),
+        None => source.to_string(),
+    }
 }
 
 impl Error {

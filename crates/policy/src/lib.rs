@@ -31,6 +31,8 @@
 //!   `destination.port`, …); a dry-run annotation that is not a boolean or sits on an AUDIT or
 //!   CUSTOM policy.
 //! - Any other kind: the dry-run annotation (Istio's "unsupported annotation").
+//! - `security.meshd.io/trust-domain` (meshd's): a valid SPIFFE trust domain, on a
+//!   WorkloadEntry or ServiceEntry only.
 //! - PeerAuthentication: `portLevelMtls` without a selector with labels; empty `portLevelMtls`;
 //!   port keys that are not decimal 1..65535 (integer keys such as `8080:`, as Istio's examples
 //!   write them, and quoted ones are both read) or that name one port twice (`8080`, `"08080"`);

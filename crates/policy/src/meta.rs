@@ -15,6 +15,11 @@ pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 /// The annotation that marks an AuthorizationPolicy as dry-run (evaluated, never enforced).
 pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
+/// The annotation that gives a WorkloadEntry (or a ServiceEntry's inline endpoints) its own
+/// SPIFFE trust domain: the one its peers' certificates must be issued in. Without it a
+/// workload is in the mesh's trust domain.
+pub const TRUST_DOMAIN_ANNOTATION: &str = "security.meshd.io/trust-domain";
+
 /// `metadata` of a resource. Fields Kubernetes adds on export are accepted and ignored, so that
 /// `kubectl get -o yaml` output can be dropped into the directory as it is.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -56,6 +61,13 @@ impl ObjectMeta {
     /// The namespace, defaulted.
     pub fn namespace(&self) -> &str {
         self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+
+    /// The trust domain the [`TRUST_DOMAIN_ANNOTATION`] names, if any (validation checks it).
+    pub fn trust_domain(&self) -> Option<&str> {
+        self.annotations
+            .get(TRUST_DOMAIN_ANNOTATION)
+            .map(String::as_str)
     }
 
     /// True when the dry-run annotation is set to a true value.

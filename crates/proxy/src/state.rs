@@ -2,6 +2,7 @@
 //! together from one snapshot of the directory and one of istiod's state, and swapped as a
 //! whole.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -21,9 +22,12 @@ pub struct ProxyState {
     /// Compiled authorization, shared with the state before when neither the directory's nor
     /// istiod's policies changed (a push of addresses only).
     pub engine: Arc<Engine>,
-    /// The mesh trust domain: workload identities are `spiffe://<td>/ns/<ns>/sa/<sa>`, with
-    /// the workload's own trust domain instead for istiod's workloads.
+    /// The mesh trust domain: workload identities are `spiffe://<td>/ns/<ns>/sa/<sa>`, unless
+    /// a workload has its own or its namespace is mapped ([`ProxyState::trust_domain_of`]).
     pub trust_domain: String,
+    /// meshd.yaml's `trustDomains`: namespaces whose workloads are in another trust domain
+    /// than [`ProxyState::trust_domain`] (a workload's own trust domain wins).
+    pub namespace_trust_domains: Arc<BTreeMap<String, String>>,
     /// Counts snapshots applied, for logs.
     pub generation: u64,
     /// The snapshot it was built from (sources, for the configuration dump).
@@ -74,6 +78,7 @@ impl ProxyState {
             registry: Registry::build(snapshot, mesh, is_local),
             engine: Arc::new(compile(snapshot, mesh)),
             trust_domain: trust_domain.to_string(),
+            namespace_trust_domains: Arc::default(),
             generation,
             snapshot: Arc::new(snapshot.clone()),
             // A clone of istiod's state shares its maps (see MeshState).
@@ -101,6 +106,7 @@ impl ProxyState {
             registry: self.registry.with_mesh(&self.mesh, mesh, is_local),
             engine,
             trust_domain: self.trust_domain.clone(),
+            namespace_trust_domains: Arc::clone(&self.namespace_trust_domains),
             generation,
             snapshot: Arc::clone(&self.snapshot),
             mesh: Arc::new(mesh.clone()),
@@ -115,10 +121,28 @@ impl ProxyState {
         self.registry.keep_health_of(&previous.registry);
     }
 
-    /// The SPIFFE ID of a workload (its own trust domain, else the mesh's), as views and dumps
+    /// Sets meshd.yaml's `trustDomains` (namespace → trust domain), kept by every state built
+    /// from this one with [`ProxyState::with_mesh`].
+    #[must_use]
+    pub fn with_namespace_trust_domains(mut self, map: BTreeMap<String, String>) -> Self {
+        self.namespace_trust_domains = Arc::new(map);
+        self
+    }
+
+    /// A workload's trust domain: its own (annotation, istiod's), else its namespace's in
+    /// `trustDomains`, else the mesh's. The one place both sources' identities are decided.
+    pub fn trust_domain_of<'a>(&'a self, workload: &'a Workload) -> &'a str {
+        let by_namespace = self.namespace_trust_domains.get(workload.namespace());
+        workload.trust_domain(by_namespace.unwrap_or(&self.trust_domain))
+    }
+
+    /// The SPIFFE ID of a workload (see [`ProxyState::trust_domain_of`]), as views and dumps
     /// print it.
     pub fn spiffe_id(&self, workload: &Workload) -> String {
-        format!("spiffe://{}", workload.principal(&self.trust_domain))
+        format!(
+            "spiffe://{}",
+            workload.principal(self.trust_domain_of(workload))
+        )
     }
 
     /// The SPIFFE ID of a workload, typed: what a tunnel to it must be answered by. `Err` when
@@ -128,7 +152,7 @@ impl ProxyState {
         workload: &Workload,
     ) -> Result<SpiffeId, meshd_identity::Error> {
         SpiffeId::istio(
-            workload.trust_domain(&self.trust_domain),
+            self.trust_domain_of(workload),
             workload.namespace(),
             workload.service_account(),
         )

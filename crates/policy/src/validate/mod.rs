@@ -8,7 +8,9 @@ mod networking;
 mod peer;
 
 use crate::diag::Diagnostic;
-use crate::meta::{DEFAULT_ROOT_NAMESPACE, DRY_RUN_ANNOTATION, Kind, ObjectMeta};
+use crate::meta::{
+    DEFAULT_ROOT_NAMESPACE, DRY_RUN_ANNOTATION, Kind, ObjectMeta, TRUST_DOMAIN_ANNOTATION,
+};
 use crate::path::FieldPath;
 use crate::resource::Resource;
 
@@ -48,6 +50,7 @@ pub fn validate(resource: &Resource, ctx: &ValidationContext) -> Vec<Diagnostic>
             ),
         );
     }
+    validate_trust_domain(resource, &mut sink);
     let spec = FieldPath::root().field("spec");
     match resource {
         Resource::AuthorizationPolicy(p) => authz::validate(p, &spec, ctx, &mut sink),
@@ -71,6 +74,31 @@ impl Sink {
 
     pub(crate) fn warning(&mut self, path: FieldPath, message: impl Into<String>) {
         self.0.push(Diagnostic::warning(path, message));
+    }
+}
+
+/// The trust-domain annotation: a valid SPIFFE trust domain, on the kinds that describe
+/// workloads only (elsewhere it would look like it changed something it does not).
+fn validate_trust_domain(resource: &Resource, sink: &mut Sink) {
+    let Some(value) = resource.meta().trust_domain() else {
+        return;
+    };
+    let path = FieldPath::root()
+        .field("metadata")
+        .field("annotations")
+        .field(TRUST_DOMAIN_ANNOTATION);
+    if !matches!(resource.kind(), Kind::WorkloadEntry | Kind::ServiceEntry) {
+        sink.error(
+            path,
+            format!(
+                "{} has unsupported annotation {TRUST_DOMAIN_ANNOTATION} (only WorkloadEntry and ServiceEntry have a trust domain)",
+                resource.kind()
+            ),
+        );
+        return;
+    }
+    if let Err(e) = meshd_identity::TrustDomain::new(value) {
+        sink.error(path, e.to_string());
     }
 }
 

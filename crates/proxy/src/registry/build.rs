@@ -102,7 +102,9 @@ impl FilePart {
             let meta = &entry.resource.metadata;
             let tunnel = meta.annotations.get(TUNNEL_ANNOTATION).map(String::as_str);
             let key = format!("{}/{}", meta.namespace(), meta.name());
-            if let Some(w) = Workload::file(key, meta.namespace(), &entry.resource.spec, tunnel) {
+            let spec = &entry.resource.spec;
+            let td = meta.trust_domain();
+            if let Some(w) = Workload::file(key, meta.namespace(), spec, tunnel, td) {
                 self.add_workload(w);
             }
         }
@@ -142,7 +144,8 @@ impl FilePart {
             }
             for (i, endpoint) in spec.endpoints.iter().flatten().enumerate() {
                 let key = format!("{}#{i}", service.key);
-                if let Some(w) = Workload::file(key, &service.namespace, endpoint, None) {
+                let td = meta.trust_domain();
+                if let Some(w) = Workload::file(key, &service.namespace, endpoint, None, td) {
                     service.endpoints.push(self.add_workload(w));
                 }
             }

@@ -46,6 +46,9 @@ struct FileWorkload {
     ports: BTreeMap<String, u16>,
     protocol: Protocol,
     weight: u32,
+    /// Its `security.meshd.io/trust-domain` annotation (validated when loaded); `None`: the
+    /// mesh's.
+    trust_domain: Option<String>,
     /// Always empty (a file's workload is bound to no istiod policy); held so that a
     /// connection's decision shares it rather than allocating one.
     bound_policies: Arc<[Sym]>,
@@ -61,12 +64,14 @@ impl Eq for Workload {}
 
 impl Workload {
     /// A workload from a file: `key` is `namespace/name` of its WorkloadEntry (inline endpoints
-    /// get `namespace/service#index`); `None` without a usable address.
+    /// get `namespace/service#index`), `trust_domain` its resource's annotation; `None` without
+    /// a usable address.
     pub(super) fn file(
         key: String,
         namespace: &str,
         spec: &WorkloadEntrySpec,
         tunnel: Option<&str>,
+        trust_domain: Option<&str>,
     ) -> Option<Workload> {
         let protocol = tunnel_protocol(&key, tunnel);
         let file = FileWorkload {
@@ -90,6 +95,7 @@ impl Workload {
                 .collect(),
             protocol,
             weight: spec.weight.unwrap_or(1),
+            trust_domain: trust_domain.map(str::to_string),
             bound_policies: Arc::from([]),
         };
         Some(Workload {
@@ -162,15 +168,17 @@ impl Workload {
         }
     }
 
-    /// Its own trust domain (istiod workloads); `None`: the mesh's.
+    /// Its own trust domain (a file's annotation, istiod's `trust_domain`); `None`: the
+    /// mesh's. Both sources answer here, so every use of a workload's identity (the tunnel's
+    /// expected peer, views, records) treats them alike.
     pub fn own_trust_domain(&self) -> Option<&str> {
         match &self.source {
-            Source::File(_) => None,
+            Source::File(f) => f.trust_domain.as_deref(),
             Source::Istiod(w) => Some(&w.trust_domain),
         }
     }
 
-    /// Its trust domain: its own (istiod's `trust_domain`) or the mesh's.
+    /// Its trust domain: its own (annotation or istiod's `trust_domain`) or the mesh's.
     pub fn trust_domain<'a>(&'a self, mesh_trust_domain: &'a str) -> &'a str {
         self.own_trust_domain().unwrap_or(mesh_trust_domain)
     }

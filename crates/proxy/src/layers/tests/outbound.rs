@@ -123,3 +123,45 @@ async fn the_context_and_the_record_share_their_facts() {
         "an inbound source identity is the peer"
     );
 }
+
+/// A ServiceEntry in another trust domain: its annotation gives its inline endpoints theirs.
+const FEDERATED_SERVICE: &str = "
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: pay
+  namespace: bank
+  annotations: {security.meshd.io/trust-domain: td-b}
+spec:
+  hosts: [pay.bank.internal]
+  addresses: [240.10.23.2]
+  ports: [{number: 443, name: tcp}]
+  endpoints: [{address: 127.10.23.3, serviceAccount: pay}]
+";
+
+// A ServiceEntry's inline endpoint in another trust domain: the tunnel must be answered by
+// that domain's identity, not the mesh's; the mesh's own workloads keep the mesh's.
+#[tokio::test]
+async fn a_tunnel_to_an_annotated_endpoint_expects_its_trust_domain() {
+    let h = Harness::new(&format!("{MESH}{FEDERATED_SERVICE}"), Answer::Connect);
+    for destination in ["240.10.23.2:443", "240.10.23.1:5432"] {
+        let (result, _client, _) = h
+            .connect(&h.outbound(), Direction::Outbound, None, destination)
+            .await;
+        drop(result.unwrap());
+    }
+    let identities: Vec<String> = (h.connector.dials().iter())
+        .map(|dial| match dial {
+            Dial::Tunnel(request, _) => request.identity.to_string(),
+            other => panic!("a tunnel: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        identities,
+        [
+            "spiffe://td-b/ns/bank/sa/pay",
+            "spiffe://cluster.local/ns/data/sa/db"
+        ]
+    );
+}
