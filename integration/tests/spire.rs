@@ -1,0 +1,183 @@
+//! The SPIRE harness (integration/spire.rs: real `spire-server` and `spire-agent` v1.13.3) is
+//! what the identity tests say it is: registration entries created through the server's admin
+//! socket reach the agent, and a workload calling the agent's Workload API gets an
+//! X.509-SVID with the registered SPIFFE ID that chains to the server's bundle, and only the
+//! SVIDs its selectors match.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meshd_identity::{Error, FilesSource, SpiffeId};
+use meshd_integration::Workspace;
+use meshd_integration::loopback::Loopback;
+use meshd_integration::spire::{Spire, SpireOptions};
+
+/// This test process's uid: what the agent's `unix` attestor reads from the caller's socket
+/// credentials (the `spire-agent api fetch` it runs inherits it).
+fn my_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .expect("stat /proc/self")
+        .uid()
+}
+
+/// meshd's own loader and verifier over what the agent handed out, with `bundle` as the roots.
+fn load(svids: &Path, bundle: &Path, id: &str) -> Result<meshd_identity::CredentialSet, Error> {
+    FilesSource {
+        cert: svids.join("svid.0.pem"),
+        key: svids.join("svid.0.key"),
+        bundle: bundle.to_path_buf(),
+        federated_bundles: Default::default(),
+        spiffe_id: Some(SpiffeId::new(id).expect("a valid SPIFFE ID")),
+    }
+    .load()
+}
+
+#[test]
+fn the_agent_hands_a_registered_workload_an_svid_that_chains_to_the_server_bundle() {
+    let lo = Loopback::take();
+    let ttl = Duration::from_secs(600);
+    let spire = Spire::start_with(
+        lo.host(1),
+        SpireOptions {
+            x509_svid_ttl: ttl,
+            ..SpireOptions::default()
+        },
+    );
+    let mine = "spiffe://spire.test/ns/shop/sa/web";
+    let others = "spiffe://spire.test/ns/shop/sa/db";
+    let uid = my_uid();
+    let entry = spire.create_entry(mine, &[&format!("unix:uid:{uid}")]);
+    let other_entry = spire.create_entry(others, &[&format!("unix:uid:{}", uid + 4242)]);
+
+    // Both entries are registered, under the agent.
+    let shown = spire.server_cli(&["entry", "show"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    for (id, spiffe_id) in [(&entry, mine), (&other_entry, others)] {
+        assert!(
+            shown.contains(id.as_str()),
+            "entry {id} not listed:\n{shown}"
+        );
+        assert!(
+            shown.contains(spiffe_id),
+            "{spiffe_id} not listed:\n{shown}"
+        );
+    }
+    assert!(shown.contains(spire.agent_id()), "{shown}");
+
+    let ws = Workspace::new();
+    let svids = ws.path().join("svids");
+    let fetched = spire.fetch_x509(&svids);
+    // Only the entry whose selectors match this process: one SVID, the registered ID.
+    assert!(fetched.contains(mine), "{fetched}");
+    assert!(!fetched.contains(others), "{fetched}");
+    assert!(
+        !svids.join("svid.1.pem").exists(),
+        "a second SVID: {fetched}"
+    );
+
+    // The server's bundle, read through its admin socket: meshd's verifier accepts the SVID
+    // with the registered ID (chain, validity, key match, exactly one SPIFFE URI SAN).
+    let bundle = ws.write("spire-bundle.pem", &spire.bundle_pem());
+    let set = load(&svids, &bundle, mine).expect("the agent's SVID verifies against the bundle");
+    assert_eq!(set.id().to_string(), mine);
+    // The lifetime the server was configured to sign (it backdates notBefore a little).
+    let credentials = set.credentials();
+    let lifetime = credentials.not_after() - credentials.not_before();
+    assert!(
+        lifetime.whole_seconds() >= ttl.as_secs() as i64
+            && lifetime.whole_seconds() <= ttl.as_secs() as i64 + 60,
+        "SVID lifetime {lifetime}, server TTL {ttl:?}"
+    );
+    // The bundle the agent hands out with it is the server's.
+    let handed = std::fs::read_to_string(svids.join("bundle.0.pem")).expect("bundle.0.pem");
+    assert_eq!(handed.trim(), spire.bundle_pem().trim());
+
+    // An independent verifier agrees.
+    let verify = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&bundle)
+        .arg(svids.join("svid.0.pem"))
+        .output()
+        .expect("run openssl (Debian package openssl)");
+    assert!(
+        verify.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // Refusals: the same SVID against roots that did not sign it, and under another ID.
+    let foreign = ws.ca().join(meshd_identity::dev_ca::CA_CERT_FILE);
+    let refused = load(&svids, &foreign, mine).expect_err("another CA's roots");
+    assert!(
+        matches!(refused.cause(), Error::UnknownIssuer { .. }),
+        "{refused:?}"
+    );
+    let refused = load(&svids, &bundle, others).expect_err("an ID it does not carry");
+    assert!(
+        matches!(refused.cause(), Error::IdentityMismatch { .. }),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_restarted_agent_serves_again_and_a_short_ttl_rotates() {
+    let lo = Loopback::take();
+    // Short enough that the agent renews during the test (it renews at half life).
+    let ttl = Duration::from_secs(20);
+    let mut spire = Spire::start_with(
+        lo.host(1),
+        SpireOptions {
+            x509_svid_ttl: ttl,
+            ..SpireOptions::default()
+        },
+    );
+    let id = "spiffe://spire.test/ns/shop/sa/web";
+    spire.create_entry(id, &[&format!("unix:uid:{}", my_uid())]);
+    let ws = Workspace::new();
+    let bundle = ws.write("spire-bundle.pem", &spire.bundle_pem());
+    spire.fetch_x509(&ws.path().join("first"));
+    load(&ws.path().join("first"), &bundle, id).expect("first SVID");
+
+    // Agent gone: the Workload API socket does not answer.
+    spire.kill_agent();
+    let down = spire.try_fetch_x509(&ws.path().join("down"));
+    assert!(down.is_err(), "fetched from a killed agent: {down:?}");
+
+    // Back with the SVID it kept on disk (a join token attests once), same ID.
+    spire.restart_agent();
+    let dir = ws.path().join("restarted");
+    spire.fetch_x509(&dir);
+    let restarted = load(&dir, &bundle, id).expect("an SVID after the restart verifies");
+
+    // Then, from this same agent run, a renewed SVID before the old one expires: the agent
+    // renews at half life, so within one TTL of the restart.
+    let deadline = Instant::now() + ttl + ttl / 2;
+    for n in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "no renewed SVID within {:?} (TTL {ttl:?}); agent log:\n{}",
+            ttl + ttl / 2,
+            spire.agent_log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let dir = ws.path().join(format!("renewed-{n}"));
+        spire.fetch_x509(&dir);
+        let renewed = load(&dir, &bundle, id).expect("a renewed SVID verifies");
+        if renewed.credentials().serial() != restarted.credentials().serial() {
+            assert!(renewed.not_after() > restarted.not_after(), "renewed later");
+            assert!(
+                restarted.not_after() > time_now(),
+                "renewed only after the old SVID expired"
+            );
+            break;
+        }
+    }
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
