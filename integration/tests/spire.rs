@@ -9,7 +9,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use meshd_identity::{Error, FilesSource, SpiffeId};
+use std::sync::Arc;
+
+use meshd_identity::{
+    CredentialSet, Error, FilesSource, IdentityHandle, IdentityManager, IdentitySource, SpiffeId,
+    SpireSource,
+};
 use meshd_integration::Workspace;
 use meshd_integration::loopback::Loopback;
 use meshd_integration::spire::{Spire, SpireOptions};
@@ -180,4 +185,156 @@ fn a_restarted_agent_serves_again_and_a_short_ttl_rotates() {
 
 fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
+}
+
+/// A runtime whose workers run the identity manager's task while the test thread waits.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn spire_source(spire: &Spire, id: Option<&str>) -> IdentitySource {
+    IdentitySource::Spire(SpireSource {
+        socket: format!("unix://{}", spire.workload_socket().display()),
+        spiffe_id: id.map(|id| SpiffeId::new(id).expect("a valid SPIFFE ID")),
+    })
+}
+
+/// Waits up to `limit` for `handle`'s SVID to differ from `serial`; the new set.
+fn wait_new_serial(
+    handle: &IdentityHandle,
+    serial: &[u8],
+    limit: Duration,
+    spire: &Spire,
+) -> Arc<CredentialSet> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let current = handle.current();
+        if current.credentials().serial() != serial {
+            return current;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "meshd's SVID not renewed within {limit:?}; agent log:\n{}",
+            spire.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn identity_spire_follows_the_agent_through_rotation_and_an_agent_restart() {
+    let lo = Loopback::take();
+    let ttl = Duration::from_secs(20);
+    let mut spire = Spire::start_with(
+        lo.host(1),
+        SpireOptions {
+            x509_svid_ttl: ttl,
+            ..SpireOptions::default()
+        },
+    );
+    let id = "spiffe://spire.test/ns/mesh/sa/meshd";
+    spire.create_entry(id, &[&format!("unix:uid:{}", my_uid())]);
+    // What a workload would fetch first: the entry has reached the agent.
+    let ws = Workspace::new();
+    spire.fetch_x509(&ws.path().join("probe"));
+
+    let rt = runtime();
+    let manager = rt
+        .block_on(IdentityManager::start(&spire_source(&spire, Some(id))))
+        .expect("meshd's identity from the agent");
+    let handle = manager.handle();
+    let first = handle.current();
+    assert_eq!(first.id().to_string(), id);
+    // The roots meshd took from the stream are the server's.
+    let bundle = ws.write("spire-bundle.pem", &spire.bundle_pem());
+    let server_roots =
+        meshd_identity::pem::parse_certificates(&std::fs::read(&bundle).expect("read the bundle"))
+            .expect("PEM");
+    let td = meshd_identity::TrustDomain::new("spire.test").expect("trust domain");
+    assert_eq!(first.bundle().roots(&td), Some(server_roots.as_slice()));
+
+    // The agent renews at half life: meshd swaps the renewed SVID in.
+    let renewed = wait_new_serial(&handle, first.credentials().serial(), ttl + ttl / 2, &spire);
+    assert_eq!(renewed.id().to_string(), id);
+    assert!(renewed.not_after() > first.not_after());
+    assert!(manager.stats().rotations() >= 1);
+
+    // Agent gone mid-run: meshd keeps the SVID it has.
+    spire.kill_agent();
+    std::thread::sleep(Duration::from_secs(3));
+    let kept = handle.current();
+    assert!(
+        kept.not_after() > time_now(),
+        "the kept SVID is still valid"
+    );
+    assert_eq!(kept.id().to_string(), id);
+
+    // Back: meshd reconnects and takes the restarted agent's SVID.
+    spire.restart_agent();
+    let after = wait_new_serial(&handle, kept.credentials().serial(), ttl * 2, &spire);
+    assert_eq!(after.id().to_string(), id);
+    drop(manager);
+}
+
+#[test]
+fn identity_spire_refuses_to_start_without_a_usable_svid_and_says_why() {
+    let lo = Loopback::take();
+    let spire = Spire::start(lo.host(1));
+    let rt = runtime();
+    let start = |source: &IdentitySource| match rt.block_on(IdentityManager::start(source)) {
+        Ok(_) => panic!("started without a usable SVID"),
+        Err(e) => e,
+    };
+    let is_agent_error = |e: &Error| matches!(e.cause(), Error::WorkloadApi { .. });
+
+    // Registered for nobody here: the agent has no SVID for meshd (yet) — wait, not fatal.
+    let none = start(&spire_source(&spire, None));
+    assert!(
+        is_agent_error(&none) && none.curable_by_new_files(),
+        "{none}"
+    );
+
+    // An SVID exists, but not the configured ID.
+    spire.create_entry(
+        "spiffe://spire.test/ns/mesh/sa/other",
+        &[&format!("unix:uid:{}", my_uid())],
+    );
+    let ws = Workspace::new();
+    spire.fetch_x509(&ws.path().join("probe"));
+    let wrong = start(&spire_source(
+        &spire,
+        Some("spiffe://spire.test/ns/mesh/sa/meshd"),
+    ));
+    assert!(
+        is_agent_error(&wrong) && wrong.curable_by_new_files(),
+        "{wrong}"
+    );
+    assert!(wrong.to_string().contains("sa/other"), "{wrong}");
+
+    // No agent at the socket: wait (not ready), with the socket named.
+    let away = IdentitySource::Spire(SpireSource {
+        socket: format!("unix://{}", ws.path().join("no-agent.sock").display()),
+        spiffe_id: None,
+    });
+    let err = start(&away);
+    assert!(is_agent_error(&err) && err.curable_by_new_files(), "{err}");
+    assert!(err.to_string().contains("no-agent.sock"), "{err}");
+
+    // Not a Unix socket: a configuration error, fatal.
+    for socket in [
+        "tcp://127.0.0.1:8081",
+        "unix://relative.sock",
+        "/run/spire/agent.sock",
+    ] {
+        let source = IdentitySource::Spire(SpireSource {
+            socket: socket.into(),
+            spiffe_id: None,
+        });
+        let err = source.check_paths().expect_err(socket);
+        assert!(matches!(err, Error::Config { .. }), "{socket}: {err}");
+    }
 }
