@@ -84,6 +84,13 @@ pub enum Identity {
     DevCa,
     /// Read from a spiffe-helper directory (`svid.pem`, `svid_key.pem`, `svid_bundle.pem`).
     SpiffeHelper(PathBuf),
+    /// From a SPIRE agent's Workload API at this socket, the SVID with this SPIFFE ID.
+    Spire {
+        /// The agent's Workload API socket.
+        socket: PathBuf,
+        /// `identity.spire.spiffeId`.
+        spiffe_id: String,
+    },
 }
 
 /// An explicit listener: connections to `listen` go to `target` through the mesh.
@@ -228,6 +235,10 @@ impl Node {
                 self.service_account
             ),
             Identity::SpiffeHelper(dir) => format!("spiffeHelper: {{dir: {}}}", dir.display()),
+            Identity::Spire { socket, spiffe_id } => format!(
+                "spire: {{socket: \"unix://{}\", spiffeId: \"{spiffe_id}\"}}",
+                socket.display()
+            ),
         };
         let mut out = format!(
             "configDir: {}\nidentity:\n  {identity}\n",

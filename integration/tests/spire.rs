@@ -15,9 +15,12 @@ use meshd_identity::{
     CredentialSet, Error, FilesSource, IdentityHandle, IdentityManager, IdentitySource, SpiffeId,
     SpireSource,
 };
-use meshd_integration::Workspace;
+use std::net::SocketAddr;
+
 use meshd_integration::loopback::Loopback;
+use meshd_integration::mesh::{Identity, Mesh};
 use meshd_integration::spire::{Spire, SpireOptions};
+use meshd_integration::{Meshd, Workspace, eventually, http};
 
 /// This test process's uid: what the agent's `unix` attestor reads from the caller's socket
 /// credentials (the `spire-agent api fetch` it runs inherits it).
@@ -337,4 +340,90 @@ fn identity_spire_refuses_to_start_without_a_usable_svid_and_says_why() {
         let err = source.check_paths().expect_err(socket);
         assert!(matches!(err, Error::Config { .. }), "{socket}: {err}");
     }
+}
+
+/// `meshd status certs` against B's admin port: the identity and serial it presents.
+fn presented(admin: SocketAddr) -> Option<(String, String)> {
+    let out = Command::new(meshd_integration::meshd_bin())
+        .args(["status", "certs", "--admin"])
+        .arg(admin.to_string())
+        .env_remove("MESHD_ADMIN")
+        .env_remove("MESHD_CONFIG")
+        .output()
+        .expect("run meshd status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    Some((field("identity")?, field("serial")?))
+}
+
+#[test]
+fn meshd_waits_for_the_agent_then_serves_and_rotates_its_spire_svid() {
+    let mut mesh = Mesh::web_db();
+    let b = mesh.ip(Mesh::DB);
+    let ttl = Duration::from_secs(20);
+    // The mesh's trust domain, so the SVID is the identity the mesh expects of db.
+    let spire = Spire::start_with(
+        mesh.ip(200),
+        SpireOptions {
+            trust_domain: "cluster.local".into(),
+            x509_svid_ttl: ttl,
+            ..SpireOptions::default()
+        },
+    );
+    let id = "spiffe://cluster.local/ns/shop/sa/db";
+    mesh.node_mut("b").identity = Identity::Spire {
+        socket: spire.workload_socket(),
+        spiffe_id: id.into(),
+    };
+    mesh.write();
+    let mut command = Command::new(meshd_integration::meshd_bin());
+    command.args(["run", "--config"]).arg(mesh.config("b"));
+    let mut meshd = Meshd::spawn_starting(command);
+
+    // Nothing registered for meshd yet: running, not ready, the agent's answer as the reason.
+    let ready = SocketAddr::new(b, 15021);
+    let body = eventually("readiness names the SPIRE agent", || {
+        let (status, body) = http(ready, "GET", "/healthz/ready")?;
+        (status == 500 && body.contains("SPIRE agent at unix://")).then_some(body)
+    });
+    assert!(body.contains("waiting: identity: "), "{body}");
+    assert_eq!(meshd.wait_exit(Duration::ZERO), None, "meshd exited");
+
+    // Registered: meshd takes its SVID by itself and becomes ready with it.
+    spire.create_entry(id, &[&format!("unix:uid:{}", my_uid())]);
+    assert!(
+        meshd.wait_ready(spire_sync_wait()),
+        "not ready once registered:\n{}\nagent log:\n{}",
+        meshd.stderr(),
+        spire.agent_log()
+    );
+    let admin = SocketAddr::new(b, 15000);
+    let (identity, serial) = presented(admin).expect("meshd status certs");
+    assert_eq!(identity, id);
+
+    // The agent renews at half life; meshd presents the renewed SVID.
+    let deadline = Instant::now() + ttl + ttl / 2;
+    loop {
+        let (identity, now) = presented(admin).expect("meshd status certs");
+        assert_eq!(identity, id);
+        if now != serial {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "meshd still presents serial {serial} after {:?}:\n{}",
+            ttl + ttl / 2,
+            meshd.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// How long a registered entry may take to give meshd its SVID: the agent's sync, then the
+/// daemon's one-second identity retry.
+fn spire_sync_wait() -> Duration {
+    meshd_integration::spire::ENTRY_PROPAGATION + Duration::from_secs(5)
 }
