@@ -18,6 +18,7 @@ pub mod mesh;
 pub mod netns;
 pub mod pair;
 pub mod resources;
+pub mod spire;
 pub mod traffic;
 pub mod vm_bundle;
 

@@ -86,6 +86,13 @@ pub enum Identity {
     SpiffeHelper(PathBuf),
     /// Read from a spiffe-helper directory, with `federatedBundles`: (trust domain, roots PEM).
     Federated(PathBuf, Vec<(String, PathBuf)>),
+    /// From a SPIRE agent's Workload API at this socket, the SVID with this SPIFFE ID.
+    Spire {
+        /// The agent's Workload API socket.
+        socket: PathBuf,
+        /// `identity.spire.spiffeId`.
+        spiffe_id: String,
+    },
 }
 
 /// An explicit listener: connections to `listen` go to `target` through the mesh.
@@ -240,6 +247,10 @@ impl Node {
                     bundles.join(", ")
                 )
             }
+            Identity::Spire { socket, spiffe_id } => format!(
+                "spire: {{socket: \"unix://{}\", spiffeId: \"{spiffe_id}\"}}",
+                socket.display()
+            ),
         };
         let mut out = format!(
             "configDir: {}\nidentity:\n  {identity}\n",

@@ -22,10 +22,11 @@ fi
 # The HBONE interop test drives our server with an independent HTTP/2 client (Python's h2).
 python3 -c 'import h2' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check h2
 
-# The istiod harness (integration/istiod) is Istio's own discovery and CA servers, in Go: the
-# project's machines have Go 1.26 (README, "Tests"); without it the istiod tests cannot run.
+# The istiod harness (integration/istiod) is Istio's own discovery and CA servers, in Go, and
+# the SPIRE tests run SPIRE's own server and agent: the project's machines have Go 1.26
+# (README, "Tests"); without it those tests cannot run.
 if ! command -v go >/dev/null; then
-    echo "scripts/test.sh: Go 1.26 is needed to build the istiod harness (integration/istiod): \`go\` is not on PATH" >&2
+    echo "scripts/test.sh: Go 1.26 is needed to build the istiod harness (integration/istiod) and SPIRE (integration/spire): \`go\` is not on PATH" >&2
     exit 1
 fi
 # Built here so the first test that starts it does not pay a cold build (about 7 minutes on
@@ -36,6 +37,14 @@ mkdir -p "$harness_out"
 (cd integration/istiod && GOTOOLCHAIN=local go build -o "$harness_out/istiod-harness" . &&
     test -z "$(gofmt -l .)" && GOTOOLCHAIN=local go vet .) ||
     { echo "scripts/test.sh: the istiod harness does not build, is not gofmt'd or fails go vet" >&2; exit 1; }
+# SPIRE (integration/spire: a go.mod naming spire-server and spire-agent v1.13.3 as tools),
+# the identity provider of the SPIRE tests, built beside it: about 8 to 9 minutes cold on two
+# cores, seconds once cached. The path is the one integration/spire.rs uses: <target dir>/spire/.
+spire_out="$(realpath -m "${CARGO_TARGET_DIR:-target}")/spire"
+mkdir -p "$spire_out"
+(cd integration/spire && GOTOOLCHAIN=local go build -o "$spire_out/" \
+    github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent) ||
+    { echo "scripts/test.sh: SPIRE (integration/spire) does not build" >&2; exit 1; }
 
 # cargo-deny, pinned: a newer one may read deny.toml differently. About 5 minutes to build on
 # two cores (once; cargo install keeps it in ~/.cargo/bin).

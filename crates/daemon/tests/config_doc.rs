@@ -19,7 +19,7 @@ use meshd_daemon::MeshdConfig;
 use meshd_daemon::settings::{Base, Flags, load};
 use meshd_identity::{
     DevCaSource, FilesSource, IdentitySource, IstioCaSource, SpiffeHelperSource, SpiffeId,
-    TrustDomain,
+    SpireSource, TrustDomain,
 };
 use meshd_proxy::ExplicitListener;
 use meshd_proxy::plugins::PluginSpec;
@@ -99,6 +99,10 @@ fn filled_in() -> Vec<MeshdConfig> {
             spiffe_id: Some(id),
         }),
         IdentitySource::DevCa(DevCaSource::new("/dev-ca")),
+        IdentitySource::Spire(SpireSource {
+            socket: "unix:///run/spire/agent.sock".into(),
+            spiffe_id: Some(SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap()),
+        }),
         IdentitySource::IstioCa(IstioCaSource {
             cert_dir: "/var/lib/meshd/istio-certs".into(),
             spiffe_id: Some(SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap()),
@@ -110,7 +114,8 @@ fn filled_in() -> Vec<MeshdConfig> {
             IdentitySource::Files(_)
             | IdentitySource::SpiffeHelper(_)
             | IdentitySource::DevCa(_)
-            | IdentitySource::IstioCa(_) => {}
+            | IdentitySource::IstioCa(_)
+            | IdentitySource::Spire(_) => {}
         }
     }
     sources

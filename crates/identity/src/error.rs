@@ -19,6 +19,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// The SPIRE agent's Workload API could not give meshd a usable X.509-SVID: unreachable,
+    /// no SVID registered for meshd (yet), the stream ended, or none with the wanted ID.
+    #[error("SPIRE agent at {socket}: {reason}")]
+    WorkloadApi {
+        /// The configured Workload API endpoint.
+        socket: String,
+        /// What the agent (or the connection to it) said.
+        reason: String,
+    },
+
     /// A string is not a valid SPIFFE trust domain name.
     #[error("invalid trust domain {name:?}: {reason}")]
     InvalidTrustDomain {
@@ -259,7 +269,9 @@ impl Error {
             | Error::IdentityMismatch { .. }
             | Error::KeyMismatch
             | Error::Untrusted { .. }
-            | Error::BadBundle { .. } => true,
+            | Error::BadBundle { .. }
+            // The agent may be starting, restarting, or not yet synced with the entry.
+            | Error::WorkloadApi { .. } => true,
             Error::InvalidTrustDomain { .. }
             | Error::NoPeerCertificate
             | Error::TlsConfig { .. }

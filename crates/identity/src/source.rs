@@ -16,7 +16,7 @@ pub const DEFAULT_DEV_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default trust domain of the dev CA: `cluster.local`, Istio's default.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
-/// The source of the local workload identity (one of four; externally tagged in YAML).
+/// The source of the local workload identity (one of five; externally tagged in YAML).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum IdentitySource {
@@ -29,6 +29,8 @@ pub enum IdentitySource {
     /// A directory kept by meshd's Istio CA client (meshd-xds): `cert-chain.pem`, `key.pem`,
     /// `root-cert.pem`, Istio's `OUTPUT_CERTS` names; loaded and rotated like spiffe-helper's.
     IstioCa(IstioCaSource),
+    /// A SPIRE agent's SPIFFE Workload API: the X.509-SVID stream and the bundles it carries.
+    Spire(crate::spire::SpireSource),
 }
 
 /// Explicit certificate, key and bundle files.
@@ -259,6 +261,30 @@ impl IdentitySource {
                 paths.push(("istioCa.certDir".into(), &c.cert_dir, true));
                 ("istioCa", &BTreeMap::new())
             }
+            IdentitySource::Spire(s) => {
+                // Only a Unix socket: a `tcp:` Workload API would hand meshd's key over the
+                // network unauthenticated.
+                let path = s
+                    .socket
+                    .strip_prefix("unix://")
+                    .filter(|p| p.starts_with('/'));
+                let Some(path) = path else {
+                    return Err(Error::Config {
+                        field: "spire.socket".into(),
+                        reason: format!(
+                            "{:?} is not unix:///absolute/path (the agent's Workload API socket)",
+                            s.socket
+                        ),
+                    });
+                };
+                if let Some(reason) = impossible_socket(Path::new(path)) {
+                    return Err(Error::Config {
+                        field: "spire.socket".into(),
+                        reason,
+                    });
+                }
+                ("spire", &BTreeMap::new())
+            }
         };
         let (prefix, bundles) = federated;
         for (td, path) in bundles {
@@ -271,6 +297,11 @@ impl IdentitySource {
         }
         Ok(())
     }
+}
+
+/// Why no agent could ever listen at `path`: it is a directory, or below a file.
+fn impossible_socket(path: &Path) -> Option<String> {
+    impossible_path(path, false)
 }
 
 /// Why nothing can ever be found at `path` (a directory when `want_dir`, else a file), judged

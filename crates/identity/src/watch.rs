@@ -62,8 +62,8 @@ impl IdentityHandle {
 /// Rotation counters, for metrics.
 #[derive(Debug, Default)]
 pub struct RotationStats {
-    rotations: AtomicU64,
-    failed_rotations: AtomicU64,
+    pub(crate) rotations: AtomicU64,
+    pub(crate) failed_rotations: AtomicU64,
 }
 
 impl RotationStats {
@@ -103,11 +103,11 @@ impl Default for ManagerOptions {
 /// Owns the current identity: loads it at start (failing if it is invalid), then keeps it
 /// fresh from its source. Dropping the manager stops watching; handles keep the last set.
 pub struct IdentityManager {
-    handle: IdentityHandle,
-    stats: Arc<RotationStats>,
-    reload: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
-    _watcher: Option<Debouncer<notify::RecommendedWatcher, RecommendedCache>>,
+    pub(crate) handle: IdentityHandle,
+    pub(crate) stats: Arc<RotationStats>,
+    pub(crate) reload: Arc<Notify>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+    pub(crate) _watcher: Option<Debouncer<notify::RecommendedWatcher, RecommendedCache>>,
 }
 
 impl IdentityManager {
@@ -126,6 +126,7 @@ impl IdentityManager {
             IdentitySource::SpiffeHelper(helper) => start_files(FilesSource::from(helper), options),
             IdentitySource::IstioCa(ca) => start_files(FilesSource::from(ca), options),
             IdentitySource::DevCa(dev) => start_dev_ca(dev.clone(), options),
+            IdentitySource::Spire(spire) => crate::spire::start_spire(spire.clone(), options).await,
         }
     }
 
@@ -422,7 +423,7 @@ fn watch_dirs(
     Ok(debouncer)
 }
 
-fn spawn<F>(future: F) -> Result<tokio::task::JoinHandle<()>, Error>
+pub(crate) fn spawn<F>(future: F) -> Result<tokio::task::JoinHandle<()>, Error>
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -439,14 +440,14 @@ fn hash_error(e: &Error) -> u64 {
     h.finish()
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
 
-fn log_loaded(set: &CredentialSet, msg: &'static str) {
+pub(crate) fn log_loaded(set: &CredentialSet, msg: &'static str) {
     let domains: Vec<&str> = set.bundle().trust_domains().map(|td| td.as_str()).collect();
     info!(
         id = %set.id(),
