@@ -171,15 +171,22 @@ impl ProxyState {
     ) -> Option<Arc<WorkloadMeta>> {
         let registry = &self.registry;
         // A peer identity outside Istio's form names no workload (and, as before, does not
-        // keep the address lookup from finding one).
-        let peer = peer.and_then(|p| Some((p.namespace()?, p.service_account()?)));
+        // keep the address lookup from finding one). The trust domain counts too: a federated
+        // peer `td-b/ns/shop/sa/web` is not this mesh's `shop/web`.
+        let peer =
+            peer.and_then(|p| Some((p.trust_domain_name(), p.namespace()?, p.service_account()?)));
         let same_identity = |w: &Workload| {
-            peer.is_none_or(|(ns, sa)| ns == w.namespace() && sa == w.service_account())
+            peer.is_none_or(|(td, ns, sa)| {
+                td == self.trust_domain_of(w) && ns == w.namespace() && sa == w.service_account()
+            })
         };
         registry
             .workload_at(source.ip())
             .filter(|w| same_identity(w))
-            .or_else(|| peer.and_then(|(ns, sa)| registry.workload_with_identity(ns, sa)))
+            .or_else(|| {
+                peer.and_then(|(_, ns, sa)| registry.workload_with_identity(ns, sa))
+                    .filter(|w| same_identity(w))
+            })
             .or_else(|| {
                 let mut local = registry.local_workloads();
                 match (direction, local.next(), local.next()) {
