@@ -439,12 +439,7 @@ pub fn harness_source() -> PathBuf {
 /// `<target>/istiod-harness/`: beside the test executable's profile directory, so it shares
 /// the Cargo target directory (and is removed by `cargo clean`).
 pub fn harness_out_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash>
-    exe.ancestors()
-        .nth(3)
-        .expect("the test executable lives in target/<profile>/deps")
-        .join("istiod-harness")
+    crate::go_out_dir("istiod-harness")
 }
 
 /// Builds `source` into `out/istiod-harness` with `go build` unless the binary is newer than
@@ -458,7 +453,7 @@ pub fn build_harness(source: &Path, out: &Path) -> PathBuf {
     std::fs::create_dir_all(out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
     let lock = std::fs::File::create(out.join("build.lock")).expect("create the build lock");
     lock.lock().expect("lock the istiod harness build");
-    if is_fresh(&bin, source) {
+    if crate::go_build_is_fresh(&bin, source) {
         return bin;
     }
     let partial = out.join(format!("istiod-harness.{}.partial", std::process::id()));
@@ -485,25 +480,4 @@ pub fn build_harness(source: &Path, out: &Path) -> PathBuf {
     );
     std::fs::rename(&partial, &bin).expect("move the built harness into place");
     bin
-}
-
-/// Whether `bin` exists and is newer than each file of the Go module in `source`.
-fn is_fresh(bin: &Path, source: &Path) -> bool {
-    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
-        return false;
-    };
-    let Ok(entries) = std::fs::read_dir(source) else {
-        return false;
-    };
-    entries.filter_map(Result::ok).all(|entry| {
-        let path = entry.path();
-        let relevant = path.extension().is_some_and(|e| e == "go")
-            || path
-                .file_name()
-                .is_some_and(|n| n == "go.mod" || n == "go.sum");
-        !relevant
-            || std::fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|m| m <= built)
-    })
 }

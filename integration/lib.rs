@@ -130,6 +130,39 @@ pub(crate) fn workspace_root() -> PathBuf {
         .map_or_else(|| start.join(".."), Path::to_path_buf)
 }
 
+/// `<target>/<name>/`: where a Go program the suite builds goes, beside the test executable's
+/// profile directory, so it shares the Cargo target directory (and `cargo clean` removes it).
+pub(crate) fn go_out_dir(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.ancestors()
+        .nth(3)
+        .expect("the test executable lives in target/<profile>/deps")
+        .join(name)
+}
+
+/// Whether `bin` exists and is newer than each file of the Go module in `source` (its `.go`
+/// files, go.mod and go.sum).
+pub(crate) fn go_build_is_fresh(bin: &Path, source: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let Ok(entries) = std::fs::read_dir(source) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).all(|entry| {
+        let path = entry.path();
+        let relevant = path.extension().is_some_and(|e| e == "go")
+            || path
+                .file_name()
+                .is_some_and(|n| n == "go.mod" || n == "go.sum");
+        !relevant
+            || std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m <= built)
+    })
+}
+
 /// What the meshd binary is built from: the workspace manifest and lock file, and each of
 /// `bin/meshd` and `crates/*`: its manifest, build script and `src/` (not its tests or benches,
 /// which cargo does not build into the binary).

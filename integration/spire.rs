@@ -484,12 +484,7 @@ pub fn spire_source() -> PathBuf {
 
 /// `<target>/spire/`: beside the test executable's profile directory, as the istiod harness.
 pub fn spire_out_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash>
-    exe.ancestors()
-        .nth(3)
-        .expect("the test executable lives in target/<profile>/deps")
-        .join("spire")
+    crate::go_out_dir("spire")
 }
 
 /// The commands built, as the module's `tool` lines name them.
@@ -510,7 +505,7 @@ pub fn build_spire(source: &Path, out: &Path) -> PathBuf {
     let lock = std::fs::File::create(out.join("build.lock")).expect("create the build lock");
     lock.lock().expect("lock the SPIRE build");
     let bins = ["spire-server", "spire-agent"].map(|b| out.join(b));
-    if bins.iter().all(|bin| is_fresh(bin, source)) {
+    if bins.iter().all(|bin| crate::go_build_is_fresh(bin, source)) {
         return out.to_path_buf();
     }
     let partial = out.join(format!("partial.{}", std::process::id()));
@@ -542,16 +537,4 @@ pub fn build_spire(source: &Path, out: &Path) -> PathBuf {
     }
     let _ = std::fs::remove_dir(&partial);
     out.to_path_buf()
-}
-
-/// Whether `bin` exists and is newer than the module's go.mod and go.sum.
-fn is_fresh(bin: &Path, source: &Path) -> bool {
-    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
-        return false;
-    };
-    ["go.mod", "go.sum"].iter().all(|name| {
-        std::fs::metadata(source.join(name))
-            .and_then(|m| m.modified())
-            .is_ok_and(|m| m <= built)
-    })
 }
