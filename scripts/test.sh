@@ -54,6 +54,11 @@ CARGO_DENY_VERSION=0.20.2
 cargo deb --version >/dev/null 2>&1 || cargo install cargo-deb --locked --version "$(sed -n 's/^CARGO_DEB_VERSION=//p' scripts/package.sh)"
 
 cargo fmt --all -- --check
+# A merge that left its conflict markers in a tracked file (docs included) fails here, not in review.
+if git grep -nE '^(<<<<<<<|>>>>>>>) |^=======$' -- . ':!*.png' 2>/dev/null; then
+    echo "scripts/test.sh: conflict markers above: a merge was committed unresolved" >&2
+    exit 1
+fi
 # Supply chain (deny.toml): licences, bans (duplicate versions, serde_yaml), sources (crates.io
 # only) on every run; no network needed.
 cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION" ||
