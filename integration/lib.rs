@@ -19,6 +19,8 @@ pub mod netns;
 pub mod pair;
 pub mod resources;
 pub mod spire;
+pub mod spire_build;
+pub mod spire_watch;
 pub mod traffic;
 pub mod vm_bundle;
 

@@ -93,6 +93,14 @@ pub enum Identity {
         /// `identity.spire.spiffeId`.
         spiffe_id: String,
     },
+    /// From a SPIRE agent's Delegated Identity API at this admin socket, the SVID of the
+    /// workload these selectors name.
+    SpireDelegated {
+        /// The agent's admin socket.
+        admin_socket: PathBuf,
+        /// `identity.spireDelegated.selectors`.
+        selectors: Vec<String>,
+    },
 }
 
 /// An explicit listener: connections to `listen` go to `target` through the mesh.
@@ -250,6 +258,13 @@ impl Node {
             Identity::Spire { socket, spiffe_id } => format!(
                 "spire: {{socket: \"unix://{}\", spiffeId: \"{spiffe_id}\"}}",
                 socket.display()
+            ),
+            Identity::SpireDelegated {
+                admin_socket,
+                selectors,
+            } => format!(
+                "spireDelegated: {{adminSocket: \"unix://{}\", selectors: {selectors:?}}}",
+                admin_socket.display()
             ),
         };
         let mut out = format!(

@@ -14,9 +14,11 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+pub use crate::spire_build::{build_spire, spire_bin_dir, spire_out_dir, spire_source};
 
 /// The server's port: SPIRE's default `bind_port` (each test has its own loopback address).
 pub const SPIRE_SERVER_PORT: u16 = 8081;
@@ -43,6 +45,19 @@ pub struct SpireOptions {
     pub x509_svid_ttl: Duration,
     /// The server's port on the test's loopback address.
     pub port: u16,
+    /// When set, the agent serves its admin API (the Delegated Identity API) on
+    /// [`Spire::admin_socket`] to callers whose SPIFFE ID is in this list (its
+    /// `authorized_delegates`; may be empty: nobody is).
+    pub authorized_delegates: Option<Vec<String>>,
+}
+
+/// What an entry has beyond its SPIFFE ID and selectors.
+#[derive(Debug, Clone, Default)]
+pub struct EntryOptions {
+    /// The entry's own X.509-SVID lifetime (`-x509SVIDTTL`), else the server's default.
+    pub x509_svid_ttl: Option<Duration>,
+    /// Trust domains whose bundles the workload receives (`-federatesWith spiffe://<td>`).
+    pub federates_with: Vec<String>,
 }
 
 impl Default for SpireOptions {
@@ -52,6 +67,7 @@ impl Default for SpireOptions {
             // Five minutes: no rotation during a test that does not ask for one.
             x509_svid_ttl: Duration::from_secs(300),
             port: SPIRE_SERVER_PORT,
+            authorized_delegates: None,
         }
     }
 }
@@ -102,7 +118,7 @@ impl Spire {
             server: None,
             agent: None,
         };
-        for dir in ["server/data", "agent/data", "agent/public"] {
+        for dir in ["server/data", "agent/data", "agent/public", "agent/admin"] {
             std::fs::create_dir_all(spire.dir().join(dir)).expect("create SPIRE directories");
         }
         spire.start_server();
@@ -142,6 +158,13 @@ impl Spire {
         self.dir().join("agent/public/api.sock")
     }
 
+    /// The agent's admin socket (the Delegated Identity API), when
+    /// [`SpireOptions::authorized_delegates`] is set; SPIRE wants it outside the Workload
+    /// API socket's directory.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir().join("agent/admin/admin.sock")
+    }
+
     /// The server's admin API socket (what `spire-server` subcommands talk to).
     pub fn server_socket(&self) -> PathBuf {
         self.dir().join("server/api.sock")
@@ -173,17 +196,31 @@ impl Spire {
     /// # Panics
     /// When the server refuses it (its message in the panic).
     pub fn create_entry(&self, spiffe_id: &str, selectors: &[&str]) -> String {
-        let mut args = vec![
-            "entry",
-            "create",
-            "-parentID",
-            &self.agent_id,
-            "-spiffeID",
-            spiffe_id,
-        ];
+        self.create_entry_with(spiffe_id, selectors, &EntryOptions::default())
+    }
+
+    /// [`Spire::create_entry`] with a TTL of its own or federated trust domains.
+    pub fn create_entry_with(
+        &self,
+        spiffe_id: &str,
+        selectors: &[&str],
+        options: &EntryOptions,
+    ) -> String {
+        let mut args: Vec<String> = ["entry", "create", "-parentID", &self.agent_id]
+            .into_iter()
+            .chain(["-spiffeID", spiffe_id])
+            .map(String::from)
+            .collect();
         for selector in selectors {
-            args.extend(["-selector", selector]);
+            args.extend(["-selector".into(), selector.to_string()]);
         }
+        if let Some(ttl) = options.x509_svid_ttl {
+            args.extend(["-x509SVIDTTL".into(), ttl.as_secs().max(1).to_string()]);
+        }
+        for td in &options.federates_with {
+            args.extend(["-federatesWith".into(), format!("spiffe://{td}")]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = success(self.server_cli(&args), "spire-server entry create");
         // "Entry ID         : 9a3b…" (the CLI's pretty output).
         out.lines()
@@ -194,11 +231,48 @@ impl Spire {
             .unwrap_or_else(|| panic!("no entry ID in spire-server's output:\n{out}"))
     }
 
+    /// Rewrites entry `entry_id` (same parent) with these selectors and federated trust
+    /// domains, as `spire-server entry update` wants every field.
+    pub fn update_entry(
+        &self,
+        entry_id: &str,
+        spiffe_id: &str,
+        selectors: &[&str],
+        federates_with: &[&str],
+    ) {
+        let mut args: Vec<String> = ["entry", "update", "-entryID", entry_id]
+            .into_iter()
+            .chain(["-parentID", &self.agent_id, "-spiffeID", spiffe_id])
+            .map(String::from)
+            .collect();
+        for selector in selectors {
+            args.extend(["-selector".into(), selector.to_string()]);
+        }
+        for td in federates_with {
+            args.extend(["-federatesWith".into(), format!("spiffe://{td}")]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        success(self.server_cli(&args), "spire-server entry update");
+    }
+
     /// Deletes a registration entry.
     pub fn delete_entry(&self, entry_id: &str) {
         success(
             self.server_cli(&["entry", "delete", "-entryID", entry_id]),
             "spire-server entry delete",
+        );
+    }
+
+    /// Makes `other`'s trust domain a federated one here: its bundle, set on this server
+    /// (`spire-server bundle set`), reaches the agent with entries that federate with it.
+    pub fn trust_bundle_of(&self, other: &Spire) {
+        let pem = self.dir().join(format!("{}.pem", other.trust_domain()));
+        std::fs::write(&pem, other.bundle_pem()).expect("write the federated bundle");
+        let id = format!("spiffe://{}", other.trust_domain());
+        let path = pem.to_str().expect("a UTF-8 path");
+        success(
+            self.server_cli(&["bundle", "set", "-format", "pem", "-id", &id, "-path", path]),
+            "spire-server bundle set",
         );
     }
 
@@ -359,7 +433,7 @@ plugins {{
     socket_path = "{dir}/agent/public/api.sock"
     trust_bundle_path = "{dir}/agent/bootstrap.pem"
     trust_domain = "{td}"
-}}
+{admin}}}
 
 plugins {{
     NodeAttestor "join_token" {{
@@ -378,6 +452,22 @@ plugins {{
             ip = self.addr.ip(),
             port = self.addr.port(),
             td = self.options.trust_domain,
+            admin = self.admin_conf(),
+        )
+    }
+}
+
+impl Spire {
+    /// The agent's admin socket and delegates, when asked for.
+    fn admin_conf(&self) -> String {
+        let Some(delegates) = &self.options.authorized_delegates else {
+            return String::new();
+        };
+        let quoted: Vec<String> = delegates.iter().map(|d| format!("{d:?}")).collect();
+        format!(
+            "    admin_socket_path = \"{}\"\n    authorized_delegates = [{}]\n",
+            self.admin_socket().display(),
+            quoted.join(", ")
         )
     }
 }
@@ -464,77 +554,4 @@ fn collect(mut pipe: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-}
-
-/// The directory holding `spire-server` and `spire-agent`, built once per test process by
-/// [`build_spire`] (`SPIRE_BIN_DIR` names another directory instead).
-pub fn spire_bin_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| match std::env::var_os("SPIRE_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => build_spire(&spire_source(), &spire_out_dir()),
-    })
-    .clone()
-}
-
-/// The Go module naming SPIRE's commands as tools.
-pub fn spire_source() -> PathBuf {
-    crate::workspace_root().join("integration").join("spire")
-}
-
-/// `<target>/spire/`: beside the test executable's profile directory, as the istiod harness.
-pub fn spire_out_dir() -> PathBuf {
-    crate::go_out_dir("spire")
-}
-
-/// The commands built, as the module's `tool` lines name them.
-const SPIRE_TOOLS: [&str; 2] = [
-    "github.com/spiffe/spire/cmd/spire-server",
-    "github.com/spiffe/spire/cmd/spire-agent",
-];
-
-/// Builds SPIRE's two commands into `out/` with `go build` unless both binaries are newer
-/// than the module's go.mod and go.sum (scripts/test.sh builds them first: 8 to 9 minutes
-/// cold on two cores). Concurrent test processes take turns on a lock file; the binaries are
-/// built into a scratch directory and renamed, so none runs a half-written one.
-///
-/// # Panics
-/// When `go` is not installed or the build fails (Go's output in the message).
-pub fn build_spire(source: &Path, out: &Path) -> PathBuf {
-    std::fs::create_dir_all(out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
-    let lock = std::fs::File::create(out.join("build.lock")).expect("create the build lock");
-    lock.lock().expect("lock the SPIRE build");
-    let bins = ["spire-server", "spire-agent"].map(|b| out.join(b));
-    if bins.iter().all(|bin| crate::go_build_is_fresh(bin, source)) {
-        return out.to_path_buf();
-    }
-    let partial = out.join(format!("partial.{}", std::process::id()));
-    std::fs::create_dir_all(&partial).expect("create the scratch directory");
-    let result = Command::new("go")
-        .arg("build")
-        .arg("-o")
-        .arg(format!("{}/", partial.display()))
-        .args(SPIRE_TOOLS)
-        .current_dir(source)
-        // The go.mod's toolchain, never a download of another one.
-        .env("GOTOOLCHAIN", "local")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "SPIRE needs Go 1.26 (`go` on PATH) to build from {}: {e}",
-                source.display()
-            )
-        });
-    assert!(
-        result.status.success(),
-        "go build of SPIRE ({}) failed:\n{}",
-        source.display(),
-        String::from_utf8_lossy(&result.stderr)
-    );
-    for bin in ["spire-server", "spire-agent"] {
-        std::fs::rename(partial.join(bin), out.join(bin)).expect("move a SPIRE binary into place");
-    }
-    let _ = std::fs::remove_dir(&partial);
-    out.to_path_buf()
 }

@@ -4,31 +4,20 @@
 //! X.509-SVID with the registered SPIFFE ID that chains to the server's bundle, and only the
 //! SVIDs its selectors match.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
-use meshd_identity::{
-    CredentialSet, Error, FilesSource, IdentityHandle, IdentityManager, IdentitySource, SpiffeId,
-    SpireSource,
-};
+use meshd_identity::{Error, FilesSource, IdentityManager, IdentitySource, SpiffeId, SpireSource};
 use std::net::SocketAddr;
 
 use meshd_integration::loopback::Loopback;
 use meshd_integration::mesh::{Identity, Mesh};
 use meshd_integration::spire::{Spire, SpireOptions};
+use meshd_integration::spire_watch::{
+    my_uid, presented, runtime, spire_sync_wait, wait_new_serial,
+};
 use meshd_integration::{Meshd, Workspace, eventually, http};
-
-/// This test process's uid: what the agent's `unix` attestor reads from the caller's socket
-/// credentials (the `spire-agent api fetch` it runs inherits it).
-fn my_uid() -> u32 {
-    std::fs::metadata("/proc/self")
-        .expect("stat /proc/self")
-        .uid()
-}
 
 /// meshd's own loader and verifier over what the agent handed out, with `bundle` as the roots.
 fn load(svids: &Path, bundle: &Path, id: &str) -> Result<meshd_identity::CredentialSet, Error> {
@@ -190,42 +179,11 @@ fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-/// A runtime whose workers run the identity manager's task while the test thread waits.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn spire_source(spire: &Spire, id: Option<&str>) -> IdentitySource {
     IdentitySource::Spire(SpireSource {
         socket: format!("unix://{}", spire.workload_socket().display()),
         spiffe_id: id.map(|id| SpiffeId::new(id).expect("a valid SPIFFE ID")),
     })
-}
-
-/// Waits up to `limit` for `handle`'s SVID to differ from `serial`; the new set.
-fn wait_new_serial(
-    handle: &IdentityHandle,
-    serial: &[u8],
-    limit: Duration,
-    spire: &Spire,
-) -> Arc<CredentialSet> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let current = handle.current();
-        if current.credentials().serial() != serial {
-            return current;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "meshd's SVID not renewed within {limit:?}; agent log:\n{}",
-            spire.agent_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -342,23 +300,6 @@ fn identity_spire_refuses_to_start_without_a_usable_svid_and_says_why() {
     }
 }
 
-/// `meshd status certs` against B's admin port: the identity and serial it presents.
-fn presented(admin: SocketAddr) -> Option<(String, String)> {
-    let out = Command::new(meshd_integration::meshd_bin())
-        .args(["status", "certs", "--admin"])
-        .arg(admin.to_string())
-        .env_remove("MESHD_ADMIN")
-        .env_remove("MESHD_CONFIG")
-        .output()
-        .expect("run meshd status");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
-    };
-    Some((field("identity")?, field("serial")?))
-}
-
 #[test]
 fn meshd_waits_for_the_agent_then_serves_and_rotates_its_spire_svid() {
     let mut mesh = Mesh::web_db();
@@ -420,10 +361,4 @@ fn meshd_waits_for_the_agent_then_serves_and_rotates_its_spire_svid() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// How long a registered entry may take to give meshd its SVID: the agent's sync, then the
-/// daemon's one-second identity retry.
-fn spire_sync_wait() -> Duration {
-    meshd_integration::spire::ENTRY_PROPAGATION + Duration::from_secs(5)
 }

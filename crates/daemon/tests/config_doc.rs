@@ -19,7 +19,7 @@ use meshd_daemon::MeshdConfig;
 use meshd_daemon::settings::{Base, Flags, load};
 use meshd_identity::{
     DevCaSource, FilesSource, IdentitySource, IstioCaSource, SpiffeHelperSource, SpiffeId,
-    SpireSource, TrustDomain,
+    SpireDelegatedSource, SpireSource, TrustDomain,
 };
 use meshd_proxy::ExplicitListener;
 use meshd_proxy::plugins::PluginSpec;
@@ -103,6 +103,11 @@ fn filled_in() -> Vec<MeshdConfig> {
             socket: "unix:///run/spire/agent.sock".into(),
             spiffe_id: Some(SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap()),
         }),
+        IdentitySource::SpireDelegated(SpireDelegatedSource {
+            admin_socket: "unix:///run/spire/admin.sock".into(),
+            selectors: vec!["unix:uid:1001".parse().unwrap()],
+            spiffe_id: Some(SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap()),
+        }),
         IdentitySource::IstioCa(IstioCaSource {
             cert_dir: "/var/lib/meshd/istio-certs".into(),
             spiffe_id: Some(SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap()),
@@ -115,7 +120,8 @@ fn filled_in() -> Vec<MeshdConfig> {
             | IdentitySource::SpiffeHelper(_)
             | IdentitySource::DevCa(_)
             | IdentitySource::IstioCa(_)
-            | IdentitySource::Spire(_) => {}
+            | IdentitySource::Spire(_)
+            | IdentitySource::SpireDelegated(_) => {}
         }
     }
     sources

@@ -6,11 +6,12 @@
 //! - Loads a workload's X.509 SVID (certificate chain + private key in PKCS#8, SEC1 or PKCS#1
 //!   PEM) and a trust bundle per trust domain ([`TrustBundle`]; several for federation), and
 //!   validates them together as a [`CredentialSet`].
-//! - Keeps that set fresh ([`IdentityManager`]) from one of five [`IdentitySource`]s: explicit
+//! - Keeps that set fresh ([`IdentityManager`]) from one of six [`IdentitySource`]s: explicit
 //!   files, a spiffe-helper directory, the certificate directory meshd-xds keeps from the Istio
-//!   CA, the built-in development CA ([`DevCa`]), or a SPIRE agent's Workload API
-//!   ([`SpireSource`]: the X.509-SVID stream; a broken stream keeps the current set and
-//!   reconnects). File sources
+//!   CA, the built-in development CA ([`DevCa`]), a SPIRE agent's Workload API
+//!   ([`SpireSource`]: the X.509-SVID stream), or a SPIRE agent's Delegated Identity API
+//!   ([`SpireDelegatedSource`]: the SVID of the workload its [`Selector`]s name, meshd being an
+//!   authorized delegate); a broken SPIRE stream keeps the current set and reconnects. File sources
 //!   are watched by directory, so atomic renames and Kubernetes `..data` symlink swaps work; a
 //!   changed set that does not validate is logged and rejected once, and the previous set
 //!   stays; one refused only as not valid yet (issuer clock ahead) is retried until it is.
@@ -22,7 +23,8 @@
 //! # What it does not do
 //! - No authorization: it says *who* the peer is; whether that principal may connect is the
 //!   RBAC crate's decision.
-//! - No SPIRE Delegated Identity API (one SVID per local workload), no Istio CA (CSR) client (meshd-xds has it), no CRL/OCSP checking.
+//! - One identity per manager: several local workloads need one manager each; no Istio CA
+//!   (CSR) client (meshd-xds has it), no CRL/OCSP checking.
 //! - No TLS 1.2, no session resumption, no DNS or IP name checks (SPIFFE forbids them).
 //! - The dev CA is for trying meshd; production uses certificates from a real CA.
 //!
@@ -84,7 +86,7 @@ pub use source::{
     duration_text, format_duration, parse_duration,
 };
 pub use spiffe_id::{MAX_SPIFFE_ID_LEN, SPIFFE_PREFIX, SpiffeId, TrustDomain};
-pub use spire::SpireSource;
+pub use spire::{Selector, SpireDelegatedSource, SpireSource};
 pub use watch::{
     DEFAULT_DEBOUNCE, DEFAULT_RESCAN, IdentityHandle, IdentityManager, ManagerOptions,
     RotationStats,

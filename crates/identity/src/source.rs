@@ -16,7 +16,7 @@ pub const DEFAULT_DEV_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default trust domain of the dev CA: `cluster.local`, Istio's default.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
-/// The source of the local workload identity (one of five; externally tagged in YAML).
+/// The source of the local workload identity (one of six; externally tagged in YAML).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum IdentitySource {
@@ -31,6 +31,9 @@ pub enum IdentitySource {
     IstioCa(IstioCaSource),
     /// A SPIRE agent's SPIFFE Workload API: the X.509-SVID stream and the bundles it carries.
     Spire(crate::spire::SpireSource),
+    /// A SPIRE agent's Delegated Identity API (its admin socket): the SVID of the workload its
+    /// selectors name, and the bundles of its trust domain and those it federates with.
+    SpireDelegated(crate::spire::SpireDelegatedSource),
 }
 
 /// Explicit certificate, key and bundle files.
@@ -262,28 +265,16 @@ impl IdentitySource {
                 ("istioCa", &BTreeMap::new())
             }
             IdentitySource::Spire(s) => {
-                // Only a Unix socket: a `tcp:` Workload API would hand meshd's key over the
-                // network unauthenticated.
-                let path = s
-                    .socket
-                    .strip_prefix("unix://")
-                    .filter(|p| p.starts_with('/'));
-                let Some(path) = path else {
-                    return Err(Error::Config {
-                        field: "spire.socket".into(),
-                        reason: format!(
-                            "{:?} is not unix:///absolute/path (the agent's Workload API socket)",
-                            s.socket
-                        ),
-                    });
-                };
-                if let Some(reason) = impossible_socket(Path::new(path)) {
-                    return Err(Error::Config {
-                        field: "spire.socket".into(),
-                        reason,
-                    });
-                }
+                crate::spire::check_socket(
+                    "spire.socket",
+                    &s.socket,
+                    "the agent's Workload API socket",
+                )?;
                 ("spire", &BTreeMap::new())
+            }
+            IdentitySource::SpireDelegated(d) => {
+                crate::spire::check_delegated(d)?;
+                ("spireDelegated", &BTreeMap::new())
             }
         };
         let (prefix, bundles) = federated;
@@ -299,14 +290,9 @@ impl IdentitySource {
     }
 }
 
-/// Why no agent could ever listen at `path`: it is a directory, or below a file.
-fn impossible_socket(path: &Path) -> Option<String> {
-    impossible_path(path, false)
-}
-
 /// Why nothing can ever be found at `path` (a directory when `want_dir`, else a file), judged
 /// by the nearest ancestor that exists; `None` when something could.
-fn impossible_path(path: &Path, want_dir: bool) -> Option<String> {
+pub(crate) fn impossible_path(path: &Path, want_dir: bool) -> Option<String> {
     for at in path.ancestors() {
         // Errors (not there, not a directory, not allowed to look) say nothing: go up.
         let Ok(meta) = std::fs::metadata(at) else {

@@ -127,6 +127,9 @@ impl IdentityManager {
             IdentitySource::IstioCa(ca) => start_files(FilesSource::from(ca), options),
             IdentitySource::DevCa(dev) => start_dev_ca(dev.clone(), options),
             IdentitySource::Spire(spire) => crate::spire::start_spire(spire.clone(), options).await,
+            IdentitySource::SpireDelegated(delegated) => {
+                crate::spire::start_spire_delegated(delegated.clone(), options).await
+            }
         }
     }
 
