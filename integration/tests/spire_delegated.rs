@@ -232,22 +232,16 @@ fn a_federated_trust_domain_added_in_spire_reaches_both_sources_and_its_peer_is_
         "{before:?}"
     );
 
-    // SPIRE federates: the other bundle set on the home server, and both entries (web's and
-    // meshd's own) federate with it.
+    // SPIRE federates: the other bundle set on the home server, and meshd's own entry
+    // federates with it. The Workload API source gains it; web's delegated set does not, though
+    // the agent now holds that bundle (SubscribeToX509Bundles sends it): web's entry does not
+    // federate with other.test, so its client is still refused.
     home.trust_bundle_of(&other);
-    for (entry_id, id, selector) in [
-        (web_entry.as_str(), WEB, WEB_UID.to_string()),
-        (
-            meshd_entry.as_str(),
-            MESHD,
-            format!("unix:uid:{}", my_uid()),
-        ),
-    ] {
-        home.update_entry(entry_id, id, &[&selector], &["other.test"]);
-    }
+    let caller = format!("unix:uid:{}", my_uid());
+    home.update_entry(&meshd_entry, MESHD, &[&caller], &["other.test"]);
     let other_td = TrustDomain::new("other.test").expect("trust domain");
     let other_roots = pem::parse_certificates(other.bundle_pem().as_bytes()).expect("PEM");
-    for (name, handle) in [("spireDelegated", web.handle()), ("spire", own.handle())] {
+    let gains = |name: &str, handle: IdentityHandle| {
         within(
             &format!("{name} gains other.test"),
             ENTRY_PROPAGATION,
@@ -256,8 +250,18 @@ fn a_federated_trust_domain_added_in_spire_reaches_both_sources_and_its_peer_is_
                 let set = handle.current();
                 (set.bundle().roots(&other_td) == Some(other_roots.as_slice())).then_some(())
             },
-        );
-    }
+        )
+    };
+    gains("spire", own.handle());
+    // The agent has pushed the new bundles to every subscriber by now; give it slack.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!web.handle().current().bundle().contains(&other_td));
+    let still = rt.block_on(handshake(&web.handle(), &client, &web_id));
+    assert!(still.is_err(), "{still:?}");
+
+    // Web's entry federates too: its set gains the bundle.
+    home.update_entry(&web_entry, WEB, &[WEB_UID], &["other.test"]);
+    gains("spireDelegated", web.handle());
 
     // After: the same client is accepted, under its own ID.
     let after = rt.block_on(handshake(&web.handle(), &client, &web_id));
