@@ -144,6 +144,45 @@ fn delegated_agent_down_at_start_and_killed_mid_run() {
     );
 }
 
+#[test]
+fn a_meshd_the_agent_does_not_accept_as_a_delegate_is_not_ready_and_says_why() {
+    let mut mesh = Mesh::web_db();
+    let b = mesh.ip(Mesh::DB);
+    // The agent's delegates name someone else; meshd's process has only MESHD's entry.
+    let spire = Spire::start_with(
+        mesh.ip(200),
+        SpireOptions {
+            trust_domain: "cluster.local".into(),
+            authorized_delegates: Some(vec!["spiffe://cluster.local/ns/mesh/sa/other".into()]),
+            ..SpireOptions::default()
+        },
+    );
+    spire.create_entry(MESHD, &[&uid_selector()]);
+    spire.create_entry(DB, &[DB_UID]);
+    spire.fetch_x509(&Workspace::new().path().join("probe"));
+    mesh.node_mut("b").identity = delegated(&spire, DB_UID);
+    mesh.write();
+    let mut command = Command::new(meshd_integration::meshd_bin());
+    command.args(["run", "--config"]).arg(mesh.config("b"));
+    let mut meshd = Meshd::spawn_starting(command);
+    let body = eventually("readiness names the agent's refusal", || {
+        let (status, body) = readiness(b)?;
+        (status == 500 && body.contains("PermissionDenied")).then_some(body)
+    });
+    assert!(
+        body.contains("authorized_delegates") && body.contains("admin.sock"),
+        "{body}"
+    );
+    assert_eq!(meshd.wait_exit(Duration::ZERO), None, "meshd exited");
+    assert!(
+        spire
+            .agent_log()
+            .contains("caller not configured as an authorized delegate"),
+        "{}",
+        spire.agent_log()
+    );
+}
+
 /// How many SVIDs each meshd must go through while traffic flows.
 const ROTATIONS: usize = 2;
 
