@@ -263,3 +263,40 @@ fn hashed_traffic_never_fails_while_both_ends_rotate_their_spire_svids() {
     });
     assert!(carried > 10, "only {carried} connections carried");
 }
+
+#[test]
+fn a_delegated_source_that_names_no_workload_or_no_unix_socket_exits_78_and_says_where() {
+    let mut mesh = Mesh::web_db();
+    mesh.write();
+    let config = mesh.config("b");
+    let text = std::fs::read_to_string(&config).expect("read the node's meshd.yaml");
+    // The node's identity is the one line under `identity:`.
+    let (head, rest) = text.split_once("identity:\n").expect("an identity section");
+    let (_, tail) = rest.split_once('\n').expect("a line after the identity");
+    // Runs meshd with that line replaced; it must exit 78 (only a person can fix it).
+    let stderr_with = |identity: &str| {
+        std::fs::write(&config, format!("{head}identity:\n  {identity}\n{tail}")).expect("write");
+        let out = Command::new(meshd_integration::meshd_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run meshd");
+        assert_eq!(out.status.code(), Some(78), "{identity}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let empty = stderr_with(
+        r#"spireDelegated: {adminSocket: "unix:///run/spire/admin.sock", selectors: []}"#,
+    );
+    assert!(
+        empty.contains("selectors") && empty.contains("is empty: name the workload"),
+        "{empty}"
+    );
+    assert!(empty.contains("b.yaml:"), "the file and position: {empty}");
+    let tcp = stderr_with(
+        r#"spireDelegated: {adminSocket: "tcp://127.0.0.1:8081", selectors: ["unix:uid:1001"]}"#,
+    );
+    assert!(
+        tcp.contains("spireDelegated.adminSocket") && tcp.contains("not unix:///absolute/path"),
+        "{tcp}"
+    );
+}
