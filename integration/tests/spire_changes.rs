@@ -266,7 +266,7 @@ fn hashed_traffic_never_fails_while_both_ends_rotate_their_spire_svids() {
 
 #[test]
 fn a_delegated_source_that_names_no_workload_or_no_unix_socket_exits_78_and_says_where() {
-    let mut mesh = Mesh::web_db();
+    let mesh = Mesh::web_db();
     mesh.write();
     let config = mesh.config("b");
     let text = std::fs::read_to_string(&config).expect("read the node's meshd.yaml");
