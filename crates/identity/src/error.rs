@@ -19,11 +19,12 @@ pub enum Error {
         reason: String,
     },
 
-    /// The SPIRE agent's Workload API could not give meshd a usable X.509-SVID: unreachable,
-    /// no SVID registered for meshd (yet), the stream ended, or none with the wanted ID.
+    /// A SPIRE agent (its Workload API, or its Delegated Identity API on the admin socket)
+    /// could not give meshd a usable X.509-SVID: unreachable, meshd refused as a delegate, no
+    /// SVID registered (yet), the stream ended, or none with the wanted ID.
     #[error("SPIRE agent at {socket}: {reason}")]
     WorkloadApi {
-        /// The configured Workload API endpoint.
+        /// The configured endpoint (the Workload API socket or the admin socket).
         socket: String,
         /// What the agent (or the connection to it) said.
         reason: String,
