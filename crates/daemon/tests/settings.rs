@@ -160,9 +160,13 @@ fn pool_keys_default_to_ztunnel_s_and_read_durations() {
             std::time::Duration::from_secs(300)
         );
         assert_eq!(defaults.config.pool.max_streams_per_connection.get(), 100);
+        assert_eq!(
+            defaults.config.pool.surplus_release_timeout,
+            std::time::Duration::from_secs(10)
+        );
         jail.create_file(
             "meshd.yaml",
-            "configDir: /x\npool: {unusedReleaseTimeout: 1m30s, maxStreamsPerConnection: 20}\n",
+            "configDir: /x\npool: {unusedReleaseTimeout: 1m30s, surplusReleaseTimeout: 2s, maxStreamsPerConnection: 20}\n",
         )?;
         let set = load_file().unwrap();
         assert_eq!(
@@ -170,6 +174,10 @@ fn pool_keys_default_to_ztunnel_s_and_read_durations() {
             std::time::Duration::from_secs(90)
         );
         assert_eq!(set.config.pool.max_streams_per_connection.get(), 20);
+        assert_eq!(
+            set.config.pool.surplus_release_timeout,
+            std::time::Duration::from_secs(2)
+        );
         jail.set_env("MESHD_POOL__UNUSED_RELEASE_TIMEOUT", "10s");
         let env = load_file().unwrap();
         assert_eq!(
@@ -202,6 +210,11 @@ fn bad_pool_values_are_errors_naming_file_line_and_field() {
             "unusedReleaseTimeout: soon",
             "unusedReleaseTimeout",
             "expected a number",
+        ),
+        (
+            "surplusReleaseTimeout: 0s",
+            "surplusReleaseTimeout",
+            "longer than zero",
         ),
         (
             "maxStreamsPerConnection: 0",

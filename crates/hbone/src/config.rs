@@ -92,6 +92,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `POOL_UNUSED_RELEASE_TIMEOUT`.
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Client pool: an unused connection while an older one to the same peer is open is closed
+/// after 10 s. A burst opens one connection per `max_streams_per_connection` tunnels; once it
+/// ends, new tunnels go to the oldest connection first, so the others only hold memory (about
+/// 150 KB a side each) until this timeout, not for [`DEFAULT_CLIENT_IDLE_TIMEOUT`].
+pub const DEFAULT_CLIENT_SURPLUS_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Server: a connection without streams is closed (GOAWAY) after 10 min, longer than the
 /// client's 5 so the client, which knows when it will reuse, normally closes first.
 pub const DEFAULT_SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -187,6 +193,9 @@ pub struct ClientSettings {
     pub max_streams_per_connection: u32,
     /// How long an unused pooled connection is kept.
     pub idle_timeout: Duration,
+    /// How long an unused pooled connection is kept while an older connection to the same
+    /// peer is open (the oldest one is kept for `idle_timeout`). Capped by `idle_timeout`.
+    pub surplus_idle_timeout: Duration,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// TLS + HTTP/2 handshake timeout.
@@ -207,6 +216,7 @@ impl Default for ClientSettings {
             keepalive: Keepalive::default(),
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
+            surplus_idle_timeout: DEFAULT_CLIENT_SURPLUS_IDLE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             socket_mark: None,

@@ -7,7 +7,9 @@
 //! requests wait for one handshake, and share its failure, instead of each dialing in turn.
 //!
 //! Each connection has a driver task that polls h2, runs the PING keepalive and closes the
-//! connection once it has been unused for the idle timeout. A connection that fails (keepalive,
+//! connection once it has been unused for the idle timeout, or for the shorter surplus timeout
+//! while an older connection to the same key is open: checkout fills the oldest connection
+//! first, so after a burst the extra connections drain and go, and one stays for reuse. A connection that fails (keepalive,
 //! I/O error, GOAWAY) is marked closed before anything else, so it is never handed out again,
 //! and removed from the pool when its driver ends. The driver also re-verifies the server's
 //! certificate chain on every rotation and at each certificate's expiry; a chain that no longer
@@ -283,6 +285,16 @@ impl Pool {
         }
     }
 
+    /// Whether a connection for `key` older than `id` is still open: then `id` is surplus.
+    fn has_older(&self, key: &PoolKey, id: u64) -> bool {
+        let keys = lock(&self.keys);
+        keys.get(key).is_some_and(|entry| {
+            lock(&entry.conns)
+                .iter()
+                .any(|c| c.id < id && !c.state.is_closed())
+        })
+    }
+
     pub(crate) fn connection_count(&self) -> usize {
         lock(&self.keys)
             .values()
@@ -361,8 +373,8 @@ async fn drive(
     let revoked = revoke::revoked(&identity, &peer_chain);
     tokio::pin!(revoked);
     // Checking a few times per timeout keeps an idle connection's lifetime within 25 % of it.
-    let period =
-        (settings.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let shortest = settings.surplus_idle_timeout.min(settings.idle_timeout);
+    let period = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
     let mut idle_check = tokio::time::interval(period);
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -394,7 +406,13 @@ async fn drive(
                 return;
             }
             _ = idle_check.tick() => {
-                if state.close_if_idle(settings.idle_timeout) {
+                let surplus = pool.upgrade().is_some_and(|pool| pool.has_older(&key, id));
+                let timeout = if surplus {
+                    shortest
+                } else {
+                    settings.idle_timeout
+                };
+                if state.close_if_idle(timeout) {
                     tracing::debug!(peer = %key.addr, "closing idle hbone connection");
                     // Releasing the pool's SendRequest lets h2 send GOAWAY and close TLS once
                     // no handle and no stream is left.

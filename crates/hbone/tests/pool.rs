@@ -154,6 +154,41 @@ async fn idle_connections_are_released() {
     assert_eq!(h.client.connections_opened(), 2);
 }
 
+// After a burst, the connections beyond the first go after the short surplus timeout, and one
+// stays for the (long) unused timeout, so the next tunnel reuses it without a handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_s_extra_connections_are_released_early_and_one_stays() {
+    let client = ClientSettings {
+        max_streams_per_connection: 10,
+        idle_timeout: Duration::from_secs(60),
+        surplus_idle_timeout: Duration::from_millis(200),
+        ..ClientSettings::default()
+    };
+    let h = Harness::with_settings(Transport::H2, echo(), ServerSettings::default(), client).await;
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        held.push(h.connect(80).await.unwrap());
+    }
+    assert_eq!(h.client.connections_opened(), 3);
+    // In use: none is surplus while it carries a stream, however long.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.client.pooled_connections(), 3);
+    drop(held);
+    wait_until("surplus release", Duration::from_secs(3), || {
+        h.client.pooled_connections() == 1
+    })
+    .await;
+    wait_until("server side close", Duration::from_secs(3), || {
+        h.server().active_connections() == 1
+    })
+    .await;
+    // The survivor is kept well past the surplus timeout and carries the next tunnel.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(h.client.pooled_connections(), 1);
+    let _s = h.connect(80).await.unwrap();
+    assert_eq!(h.client.connections_opened(), 3);
+}
+
 // A connection that breaks (server gone) is evicted and never handed out again: a new
 // server on the same address gets a new connection.
 #[tokio::test]

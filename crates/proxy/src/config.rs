@@ -229,6 +229,15 @@ pub struct PoolSettings {
         with = "meshd_identity::duration_text"
     )]
     pub unused_release_timeout: Duration,
+    /// How long an unused HBONE connection stays open while an older one to the same peer is
+    /// open: `10s` by default. After a burst the pool keeps its oldest connection for
+    /// `unusedReleaseTimeout` and lets the others (idle, since tunnels fill the oldest first) go
+    /// after this; no longer than `unusedReleaseTimeout` in effect. Zero is refused.
+    #[serde(
+        default = "default_surplus_release_timeout",
+        with = "meshd_identity::duration_text"
+    )]
+    pub surplus_release_timeout: Duration,
     /// Streams per HBONE connection before the pool opens another: 100 by default, as
     /// ztunnel's `POOL_MAX_STREAMS_PER_CONNECTION` (the peer's own limit caps it further).
     #[serde(default = "default_max_streams_per_connection")]
@@ -239,6 +248,7 @@ impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
             unused_release_timeout: default_unused_release_timeout(),
+            surplus_release_timeout: default_surplus_release_timeout(),
             max_streams_per_connection: default_max_streams_per_connection(),
         }
     }
@@ -246,6 +256,10 @@ impl Default for PoolSettings {
 
 fn default_unused_release_timeout() -> Duration {
     meshd_hbone::DEFAULT_CLIENT_IDLE_TIMEOUT
+}
+
+fn default_surplus_release_timeout() -> Duration {
+    meshd_hbone::DEFAULT_CLIENT_SURPLUS_IDLE_TIMEOUT
 }
 
 fn default_max_streams_per_connection() -> NonZeroU32 {

@@ -119,6 +119,7 @@ impl Proxy {
         let client_settings = ClientSettings {
             socket_mark: config.socket_mark(),
             idle_timeout: config.pool.unused_release_timeout,
+            surplus_idle_timeout: config.pool.surplus_release_timeout,
             max_streams_per_connection: config.pool.max_streams_per_connection.get(),
             ..ClientSettings::default()
         };
