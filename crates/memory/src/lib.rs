@@ -7,12 +7,17 @@
 //! after a burst ([`trim::Trimmer`]). On a platform without glibc, [`start`] does nothing and
 //! [`stats`] is `None`.
 //!
+//! Once meshd is ready, [`release_start_up_pages`] drops the resident pages of its binary and
+//! libraries that start-up touched (they stay in the page cache; see [`pages`]).
+//!
 //! This crate is the only one in the workspace allowed `unsafe` (three glibc calls, in
-//! `trim.rs`); every other crate forbids it.
+//! `trim.rs`, and one `madvise`, in `pages.rs`); every other crate forbids it.
 //!
 //! Does not: count connections or buffers (the proxy does), serve metrics (meshd-metrics reads
 //! [`stats`] at scrape time).
 
+#[cfg(target_os = "linux")]
+pub mod pages;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub mod trim;
 
@@ -54,5 +59,25 @@ pub fn stats() -> Option<Stats> {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         None
+    }
+}
+
+/// Drops the resident pages of read-only file mappings (the binary's code and constants) that
+/// start-up touched: call once, when the process is ready. Returns the bytes that were resident
+/// in the mappings advised; nothing on other platforms or when /proc cannot be read.
+pub fn release_start_up_pages() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        match pages::release() {
+            Ok(done) => done.resident_bytes,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read /proc/self/smaps: start-up pages stay resident");
+                0
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
     }
 }
