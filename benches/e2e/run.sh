@@ -10,7 +10,10 @@
 #
 # Usage (Linux, as root, from the repository root):  benches/e2e/run.sh
 # Environment: RUNS (default 3), BULK_SECONDS (10), CONNECTS (2000), ROUND_TRIPS (20000),
-# HELD (1000), SETTLE (30), RESULTS (file for the raw figures; default a temporary file),
+# HELD (1000; `max` for as many as the open-file hard limit lets each process hold: the limit
+# less 1 000, and half that through HAProxy, which holds two descriptors a connection),
+# HOLD_PROCESSES (client processes sharing the held connections; default one per 5 000),
+# SETTLE (30), RESULTS (file for the raw figures; default a temporary file),
 # NO_BUILD=1 to use the release binaries already built, MESHD=path to measure another meshd
 # binary (an allocator variant), PHASES (default "idle cold connect hold rr bulk": which
 # measurements to take), PROFILE=heaptrack|perf|strace to run both meshd processes under that
@@ -60,6 +63,18 @@ need ss iproute2
 # Room for the held connections in every process (HAProxy refuses to start without room for
 # its maxconn); children inherit it.
 ulimit -Sn "$(ulimit -Hn)"
+FD_LIMIT=$(ulimit -Hn)
+[[ $FD_LIMIT == unlimited ]] && FD_LIMIT=$(cat /proc/sys/fs/nr_open)
+if [[ $HELD == max ]]; then
+    # meshd holds one descriptor per tunnelled connection on each side (plus one per 100 for
+    # the HBONE connections); the echo server one; 1 000 left for everything else.
+    HELD=$((FD_LIMIT - 1000))
+    RELAY_HELD=$(((FD_LIMIT - 1000) / 2))
+else
+    RELAY_HELD=$HELD
+fi
+HOLD_PROCESSES=${HOLD_PROCESSES:-$(((HELD + 4999) / 5000))}
+RELAY_MAXCONN=$((RELAY_HELD + 200))
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 if [[ -z ${NO_BUILD:-} ]]; then
@@ -158,7 +173,7 @@ node_config "$WORK/relay-rules.yaml" web shop/web $CLIENT_IP $RELAY_PORT
 # 1 KiB request/response rate fell to ~800/s in a trial on a busy 2-core machine.
 cat >"$WORK/haproxy-client.cfg" <<EOF
 global
-    maxconn 4000
+    maxconn $RELAY_MAXCONN
     nbthread 1
     tune.idletimer 0
 defaults
@@ -174,7 +189,7 @@ backend tunnel
 EOF
 cat >"$WORK/haproxy-server.cfg" <<EOF
 global
-    maxconn 4000
+    maxconn $RELAY_MAXCONN
     nbthread 1
     tune.idletimer 0
 defaults
@@ -326,8 +341,10 @@ for run in $(seq "$RUNS"); do
     if phase hold; then
         for m in relay meshd; do
             mode $m
-            in_c "$TOOL" hold --to $ECHO_ADDR --count "$HELD" --pids "$(pids_of $m)" --settle "$SETTLE" |
-                record "$run" $m hold.
+            held=$HELD
+            [[ $m == relay ]] && held=$RELAY_HELD
+            in_c "$TOOL" hold --to $ECHO_ADDR --count "$held" --processes "$HOLD_PROCESSES" \
+                --pids "$(pids_of $m)" --settle "$SETTLE" | record "$run" $m hold.
         done
     fi
     if phase rr; then

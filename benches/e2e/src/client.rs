@@ -23,7 +23,7 @@ pub fn parse_pid(s: &str) -> Result<(String, u32), String> {
     Ok((name.to_owned(), pid))
 }
 
-fn open(to: SocketAddr) -> anyhow::Result<TcpStream> {
+pub(crate) fn open(to: SocketAddr) -> anyhow::Result<TcpStream> {
     let stream =
         TcpStream::connect_timeout(&to, IO_TIMEOUT).with_context(|| format!("connect {to}"))?;
     stream.set_nodelay(true)?;
@@ -33,7 +33,7 @@ fn open(to: SocketAddr) -> anyhow::Result<TcpStream> {
 }
 
 /// Writes `message` and reads as many bytes back; an early close is an error.
-fn echo(stream: &mut TcpStream, message: &[u8], back: &mut [u8]) -> anyhow::Result<()> {
+pub(crate) fn echo(stream: &mut TcpStream, message: &[u8], back: &mut [u8]) -> anyhow::Result<()> {
     stream.write_all(message)?;
     stream
         .read_exact(&mut back[..message.len()])
@@ -107,40 +107,6 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no VmRSS for process {pid}"))
-}
-
-/// Opens `count` connections, holds them, closes them; RSS of each process around it.
-pub fn hold(
-    to: SocketAddr,
-    count: usize,
-    pids: &[(String, u32)],
-    settle: Duration,
-) -> anyhow::Result<String> {
-    let read_all =
-        || -> anyhow::Result<Vec<u64>> { pids.iter().map(|(_, p)| rss_kib(*p)).collect() };
-    let before = read_all()?;
-    let mut held = Vec::with_capacity(count);
-    let mut back = [0u8; 1];
-    for i in 0..count {
-        let mut stream = open(to)?;
-        echo(&mut stream, b"h", &mut back).with_context(|| format!("held connection {i}"))?;
-        held.push(stream);
-    }
-    // Let the proxies finish whatever per-connection work follows the first bytes.
-    std::thread::sleep(Duration::from_secs(2));
-    let during = read_all()?;
-    drop(held);
-    std::thread::sleep(settle);
-    let after = read_all()?;
-    let mut out = String::new();
-    for (i, (name, _)) in pids.iter().enumerate() {
-        let per_conn = (during[i] as f64 - before[i] as f64) * 1024.0 / count as f64;
-        let _ = writeln!(out, "hold_before_kib.{name} {}", before[i]);
-        let _ = writeln!(out, "hold_held_kib.{name} {}", during[i]);
-        let _ = writeln!(out, "hold_after_kib.{name} {}", after[i]);
-        let _ = writeln!(out, "hold_per_conn_bytes.{name} {per_conn:.0}");
-    }
-    Ok(out.trim_end().to_owned())
 }
 
 /// utime + stime of `pid`, in seconds.

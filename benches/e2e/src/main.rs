@@ -11,6 +11,7 @@
 
 mod client;
 mod echo;
+mod hold;
 mod report;
 
 use std::net::SocketAddr;
@@ -56,8 +57,9 @@ enum Command {
         #[arg(long, default_value_t = 1024)]
         size: usize,
     },
-    /// Opens COUNT connections (each proven end to end by a 1-byte echo), holds them, closes
-    /// them, and reports the RSS of PIDS before, while held, and SETTLE seconds after closing.
+    /// Opens COUNT connections (each proven end to end by a 1-byte echo) from PROCESSES
+    /// processes, holds them, closes them, and reports the RSS of PIDS before, while held, and
+    /// SETTLE seconds after closing, with their descriptors while held.
     Hold {
         /// The echo server.
         #[arg(long)]
@@ -65,12 +67,26 @@ enum Command {
         /// Connections held at once.
         #[arg(long, default_value_t = 1000)]
         count: usize,
+        /// Client processes sharing them.
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
         /// Processes to measure (the two proxies), as NAME=PID, comma-separated.
         #[arg(long, value_delimiter = ',', value_parser = client::parse_pid)]
         pids: Vec<(String, u32)>,
         /// Seconds to wait after closing before the last reading.
         #[arg(long, default_value_t = 30)]
         settle: u64,
+    },
+    /// One of `hold`'s client processes: opens COUNT connections, prints `open`, closes them
+    /// when its standard input closes.
+    #[command(hide = true)]
+    HoldPart {
+        /// The echo server.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Connections to hold.
+        #[arg(long)]
+        count: usize,
     },
     /// Runs iperf3 against HOST:PORT and reports Gbit/s and the CPU seconds per GB of payload
     /// that PIDS spent during the run.
@@ -102,7 +118,7 @@ enum Command {
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    // Holding a thousand connections needs more descriptors than the usual 1024 soft limit.
+    // Holding thousands of connections needs more descriptors than the usual 1024 soft limit.
     rlimit::increase_nofile_limit(u64::MAX)?;
     let line = match cli.command {
         Command::Echo { listen } => {
@@ -114,9 +130,14 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Hold {
             to,
             count,
+            processes,
             pids,
             settle,
-        } => client::hold(to, count, &pids, Duration::from_secs(settle))?,
+        } => hold::hold(to, count, processes, &pids, Duration::from_secs(settle))?,
+        Command::HoldPart { to, count } => {
+            hold::part(to, count)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Bulk {
             to,
             seconds,

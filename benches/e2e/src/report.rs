@@ -66,27 +66,52 @@ const LABELS: &[(&str, &str)] = &[
     ),
     (
         "hold.hold_before_kib.client",
-        "RSS before the 1 000 connections, client side, KiB",
+        "RSS before the held connections, client side, KiB",
     ),
     (
         "hold.hold_held_kib.client",
-        "RSS with 1 000 held, client side, KiB",
+        "RSS while held, client side, KiB",
     ),
     (
         "hold.hold_after_kib.client",
-        "RSS 30 s after they close, client side, KiB",
+        "RSS SETTLE s after they close, client side, KiB",
+    ),
+    (
+        "hold.hold_anon_before_kib.client",
+        "anonymous RSS before, client side, KiB",
+    ),
+    (
+        "hold.hold_anon_after_kib.client",
+        "anonymous RSS SETTLE s after, client side, KiB",
     ),
     (
         "hold.hold_before_kib.server",
-        "RSS before the 1 000 connections, server side, KiB",
+        "RSS before the held connections, server side, KiB",
     ),
     (
         "hold.hold_held_kib.server",
-        "RSS with 1 000 held, server side, KiB",
+        "RSS while held, server side, KiB",
     ),
     (
         "hold.hold_after_kib.server",
-        "RSS 30 s after they close, server side, KiB",
+        "RSS SETTLE s after they close, server side, KiB",
+    ),
+    (
+        "hold.hold_anon_before_kib.server",
+        "anonymous RSS before, server side, KiB",
+    ),
+    (
+        "hold.hold_anon_after_kib.server",
+        "anonymous RSS SETTLE s after, server side, KiB",
+    ),
+    ("hold.hold_count", "connections held"),
+    (
+        "hold.hold_fds.client",
+        "descriptors while held, client side",
+    ),
+    (
+        "hold.hold_fds.server",
+        "descriptors while held, server side",
     ),
 ];
 
