@@ -6,6 +6,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 
+/// An inbound dial carries the client's address, for a connector keeping it.
+fn source_ip() -> IpAddr {
+    SOURCE.parse::<SocketAddr>().unwrap().ip()
+}
+
 // A peer the policy denies gets the HBONE 401 equivalent; the denial and the deciding policy
 // are in the record; the workload is never dialled.
 #[tokio::test]
@@ -50,7 +55,7 @@ async fn an_allowed_peer_is_dialled_directly_and_relayed() {
     assert_eq!(client.refusal(), None);
     assert_eq!(
         h.connector.dials(),
-        vec![Dial::Direct(WEB.parse().unwrap())]
+        vec![Dial::Direct(WEB.parse().unwrap(), Some(source_ip()))]
     );
     let mut workload = h.connector.far_end();
     let running = tokio::spawn(relay.run());
@@ -131,7 +136,7 @@ async fn a_failed_dial_is_unreachable() {
     assert_eq!(client.refusal(), Some(Refusal::Unreachable));
     assert_eq!(
         h.connector.dials(),
-        vec![Dial::Direct(WEB.parse().unwrap())]
+        vec![Dial::Direct(WEB.parse().unwrap(), Some(source_ip()))]
     );
     let record = h.only_record();
     assert_eq!(record.outcome, Outcome::Unreachable);
