@@ -37,6 +37,20 @@ fn serve_peer_address(listener: TcpListener) {
     });
 }
 
+/// Connects from `ns` as an application to `workload` and returns what it answered (the
+/// address it saw), the connection closed (records are written when connections end).
+fn ask_workload(ns: &Netns, workload: SocketAddr) -> String {
+    let mut stream = connect_in(ns, workload).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut seen = String::new();
+    stream
+        .read_to_string(&mut seen)
+        .expect("the workload's answer");
+    seen
+}
+
 /// Web on A, db on B (port [`PORT`]) at the pair's addresses of one family; A captures its
 /// outbound traffic, B keeps the client's address when `original_source`.
 fn mesh(v6: bool, original_source: bool) -> (Mesh, IpAddr, IpAddr) {
@@ -79,18 +93,10 @@ fn client_address_seen(nodes: &NetnsPair, v6: bool, original_source: bool) -> Ip
     install_capture(&nodes.peer, &b_config);
     install_capture(&nodes.local, &a_config);
 
-    let mut stream = connect_in(&nodes.local, SocketAddr::new(peer, PORT)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut seen = String::new();
-    stream
-        .read_to_string(&mut seen)
-        .expect("the workload's answer");
+    let seen = ask_workload(&nodes.local, SocketAddr::new(peer, PORT));
     let seen: IpAddr = seen
         .parse()
         .unwrap_or_else(|e| panic!("{seen:?}: {e}; B's log:\n{}", b.stderr()));
-    drop(stream); // records are written when connections end
 
     // B's record keeps both: the client (src.addr) and where meshd connected from.
     let from = if original_source { local } else { peer };
@@ -169,6 +175,30 @@ fn without_original_source_the_workload_sees_meshd() {
     }
 }
 
+// Captured plaintext inbound keeps the client's address too: a client on A that bypasses
+// meshd (A runs none) is captured by B's inbound rules, and B's meshd connects to the workload
+// from A's address.
+#[test]
+fn captured_plaintext_keeps_the_client_address_too() {
+    let nodes = NetnsPair::new("origsrc-plain");
+    let (mut mesh, local, peer) = mesh(false, true);
+    let b = mesh.node_mut("b");
+    b.settings.retain(|(key, _)| key != "redirect");
+    b.listen_on(Port::InboundPlaintext, "0.0.0.0:15006")
+        .setting("redirect", "{inboundPort: 15006, originalSource: true}");
+    mesh.write();
+    serve_peer_address(listen_in(&nodes.peer, SocketAddr::new(peer, PORT)));
+    let config = mesh.config("b");
+    let b = Meshd::spawn(run_in(&nodes.peer, &config));
+    let shown = install_capture(&nodes.peer, &config);
+    assert!(shown.contains("redirect to :15006"), "{shown}");
+
+    let seen = ask_workload(&nodes.local, SocketAddr::new(peer, PORT));
+    assert_eq!(seen, local.to_string(), "B's log:\n{}", b.stderr());
+    let log = b.wait_for_log(&format!("upstream.local_addr={local}:"));
+    assert!(log.contains("mtls=false"), "{log}");
+}
+
 // Install adds the chains, the rule and the route for both families, once however often it
 // runs; uninstall removes all of it; installing with the key off removes the routing too.
 #[test]
@@ -188,6 +218,14 @@ fn install_is_idempotent_and_uninstall_removes_the_routing() {
     )
     .into_owned();
     assert!(shown.contains("chain origsrc_prerouting"), "{shown}");
+    assert!(
+        shown.contains("-4 rule 32764:\tfrom all fwmark 0x111/0xfff lookup 100"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("-6 route table 100: local default dev lo"),
+        "{shown}"
+    );
     assert!(shown.contains("chain origsrc_output"), "{shown}");
     assert!(
         shown.contains(

@@ -48,7 +48,7 @@ pub use error::Error;
 pub use nft::{TABLE_NAME, install, show, uninstall};
 pub use origsrc::{
     MARK as ORIGINAL_SOURCE_MARK, RULE_PRIORITY as ORIGINAL_SOURCE_RULE_PRIORITY,
-    TABLE as ORIGINAL_SOURCE_TABLE,
+    TABLE as ORIGINAL_SOURCE_TABLE, show_routes as show_original_source_routes,
 };
 pub use rules::{
     DEFAULT_HBONE_PORT, DEFAULT_INBOUND_PORT, DEFAULT_MARK, DEFAULT_MARK_MASK,

@@ -120,6 +120,38 @@ pub(crate) fn remove_routes() -> Result<(), Error> {
     Ok(())
 }
 
+/// Original source's routing as `ip` prints it: the rule and table 100's routes, each line
+/// prefixed with its family (`-4`, `-6`); empty when none is installed.
+pub fn show_routes() -> Result<Vec<String>, Error> {
+    let mut lines = Vec::new();
+    if find_program("ip").is_none() {
+        return Ok(lines);
+    }
+    let table = TABLE.to_string();
+    let rule = format!("fwmark {MARK:#x}/{MASK:#x} lookup {TABLE}");
+    for (family, _) in FAMILIES {
+        let words = |w: &[&str]| w.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let rules = match ip(&words(&[family, "rule", "show"])) {
+            Ok(out) => out,
+            Err(e) if no_family(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let ours = rules
+            .lines()
+            .filter(|l| l.starts_with(&format!("{RULE_PRIORITY}:")) && l.contains(&rule));
+        lines.extend(ours.map(|l| format!("{family} rule {}", l.trim())));
+        match ip(&words(&[family, "route", "show", "table", &table])) {
+            Ok(out) => lines.extend(
+                out.lines()
+                    .map(|l| format!("{family} route table {TABLE}: {}", l.trim())),
+            ),
+            Err(e) if absent(&e) || no_family(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(lines)
+}
+
 /// `ip FAMILY rule ACTION fwmark 0x111/0xfff lookup 100 pref 32764`.
 fn rule_args(family: &str, action: &str) -> Vec<String> {
     let words = [
