@@ -93,7 +93,9 @@ pub async fn connect_marked(
 /// it binds, with `TCP_NODELAY`, giving up after `timeout`. The replies come back to it only
 /// with the routing `install` adds for `originalSource`.
 ///
-/// A `src` of the other family than `dst` is refused: there is no such address to bind.
+/// A `src` of the other family than `dst` is refused: there is no such address to bind; so is
+/// a `dst` on loopback from a `src` that is not, which the kernel never delivers (the connect
+/// would only time out).
 pub async fn connect_transparent(
     src: IpAddr,
     dst: SocketAddr,
@@ -114,6 +116,16 @@ pub async fn connect_transparent(
             ));
         }
     };
+    if dst.ip().to_canonical().is_loopback() && !src.is_loopback() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "cannot connect to {dst} from the client's address {src} \
+                 (redirect.originalSource): the kernel drops packets between a loopback \
+                 address and another; give the workload an address of the machine's"
+            ),
+        ));
+    }
     set_transparent(&socket, dst.is_ipv6())?;
     set_mark(&socket, mark)?;
     socket.set_nodelay(true)?;
@@ -227,6 +239,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("address families differ"), "{err}");
+        // A workload on loopback cannot be reached from another machine's address.
+        let err = connect_transparent(
+            "10.0.0.1".parse().unwrap(),
+            dst,
+            DEFAULT_MARK,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("loopback"), "{err}");
         // A v4-mapped client is an IPv4 one.
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         assert_eq!(mapped.to_canonical(), IpAddr::from([127, 0, 0, 1]));
