@@ -100,16 +100,23 @@ fn client_address_seen(nodes: &NetnsPair, v6: bool, original_source: bool) -> Ip
 
     // B's record keeps both: the client (src.addr) and where meshd connected from.
     let from = if original_source { local } else { peer };
-    let src = SocketAddr::new(local, 0).to_string();
-    let src = src.trim_end_matches('0');
-    let upstream = SocketAddr::new(from, 0).to_string();
-    let upstream = upstream.trim_end_matches('0');
+    let (src, upstream) = (any_port(local), any_port(from));
     let log = b.wait_for_log(&format!("upstream.local_addr={upstream}"));
     let line = (log.lines())
         .find(|l| l.contains("upstream.local_addr=") && !l.contains("upstream.local_addr=-"))
         .unwrap_or_default();
     assert!(line.contains(&format!("src.addr={src}")), "{line}");
     seen
+}
+
+/// `ip` as a log line starts an address of it, whatever the port: `10.213.0.1:`,
+/// `[fd00:213::1]:`.
+fn any_port(ip: IpAddr) -> String {
+    let with_port = SocketAddr::new(ip, 0).to_string();
+    with_port
+        .strip_suffix('0')
+        .unwrap_or(&with_port)
+        .to_string()
 }
 
 /// What `ip ARGS` prints inside `ns`.
