@@ -95,7 +95,11 @@ impl Service<Conn<Upstream>> for Connect {
                         io
                     }
                     Err(source) => {
-                        conn.ctx.state.registry.report_failure(addr);
+                        // A dial refused before any packet (no socket can join the client's
+                        // address to this workload) says nothing of the workload's health.
+                        if source.kind() != io::ErrorKind::InvalidInput {
+                            conn.ctx.state.registry.report_failure(addr);
+                        }
                         let error = ProxyError::Connect { addr, source };
                         return Err(conn.refuse(Refusal::Unreachable, error).await);
                     }

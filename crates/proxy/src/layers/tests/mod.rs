@@ -99,6 +99,9 @@ enum Answer {
     Connect,
     /// The upstream refused (a TCP RST; a tunnel that failed before any answer).
     Refused,
+    /// A plain dial no socket can make (original source: the client's address cannot reach
+    /// the workload), refused before any packet.
+    Impossible,
     /// The peer meshd answered the CONNECT with this status.
     Status(u16),
 }
@@ -154,6 +157,7 @@ impl Connector for FakeConnector {
         let result = match self.answer {
             Answer::Connect => Ok(self.connected()),
             Answer::Refused | Answer::Status(_) => Err(io::ErrorKind::ConnectionRefused.into()),
+            Answer::Impossible => Err(io::ErrorKind::InvalidInput.into()),
         };
         Box::pin(async move { result })
     }
@@ -170,12 +174,14 @@ impl Connector for FakeConnector {
             .push(Dial::Tunnel(request, first));
         let result = match self.answer {
             Answer::Connect => Ok(self.connected()),
-            Answer::Refused => Err(TunnelError::Failed(meshd_hbone::Error::Connect {
-                addr: peer,
-                source: meshd_hbone::Cause::new(std::io::Error::from(
-                    std::io::ErrorKind::ConnectionRefused,
-                )),
-            })),
+            Answer::Refused | Answer::Impossible => {
+                Err(TunnelError::Failed(meshd_hbone::Error::Connect {
+                    addr: peer,
+                    source: meshd_hbone::Cause::new(std::io::Error::from(
+                        std::io::ErrorKind::ConnectionRefused,
+                    )),
+                }))
+            }
             Answer::Status(status) => Err(TunnelError::Status(status)),
         };
         Box::pin(async move { result })
