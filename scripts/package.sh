@@ -108,6 +108,7 @@ dpkg-deb -x "$deb" "$root"
 for path in usr/bin/meshd usr/lib/systemd/system/meshd.service etc/meshd/meshd.yaml \
     etc/meshd/conf.d/README usr/share/doc/meshd/copyright usr/share/doc/meshd/changelog.Debian.gz \
     usr/share/lintian/overrides/meshd usr/share/doc/meshd/examples/capture.conf \
+    usr/share/doc/meshd/examples/original-source.conf \
     usr/share/man/man1/meshd.1.gz usr/share/man/man1/meshd-run.1.gz \
     usr/share/bash-completion/completions/meshd usr/share/zsh/vendor-completions/_meshd \
     usr/share/fish/vendor_completions.d/meshd.fish \

@@ -115,10 +115,20 @@ fn unit_file_verifies_and_is_hardened() {
 
 #[test]
 fn capture_drop_in_grants_cap_net_admin_and_installs_the_rules() {
-    // The shipped drop-in for capture, installed next to the unit as an administrator would:
-    // systemd accepts the pair, and the drop-in adds exactly what capture needs.
+    drop_in_grants_cap_net_admin_and_installs_the_rules("capture.conf");
+}
+
+#[test]
+fn original_source_drop_in_grants_cap_net_admin_and_installs_the_rules() {
+    drop_in_grants_cap_net_admin_and_installs_the_rules("original-source.conf");
+}
+
+fn drop_in_grants_cap_net_admin_and_installs_the_rules(name: &str) {
+    // A shipped drop-in (capture, original source), installed next to the unit as an
+    // administrator would: systemd accepts the pair, and the drop-in adds exactly what the
+    // feature needs: CAP_NET_ADMIN, and the rules installed as root before each start.
     let unit = std::fs::read_to_string(repo().join("config/meshd.service")).unwrap();
-    let drop_in = std::fs::read_to_string(repo().join("packaging/systemd/capture.conf")).unwrap();
+    let drop_in = std::fs::read_to_string(repo().join("packaging/systemd").join(name)).unwrap();
     for key in ["AmbientCapabilities", "CapabilityBoundingSet"] {
         assert_eq!(
             caps(&drop_in, key),
@@ -137,7 +147,7 @@ fn capture_drop_in_grants_cap_net_admin_and_installs_the_rules() {
     std::fs::create_dir(&drop_ins).unwrap();
     let bin = meshd_bin();
     std::fs::write(
-        drop_ins.join("capture.conf"),
+        drop_ins.join(name),
         drop_in.replace("/usr/bin/meshd ", &format!("{} ", bin.display())),
     )
     .unwrap();

@@ -10,11 +10,13 @@ use crate::run::load_config;
 /// `meshd redirect` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RedirectCommand {
-    /// Install (or replace) the capture rules from the configuration's `redirect:` section.
+    /// Install (or replace) the capture rules from the configuration's `redirect:` section,
+    /// with `originalSource` also the routing that brings workloads' replies back to meshd.
     Install(RedirectArgs),
-    /// Remove the capture rules (no error if absent).
+    /// Remove the capture rules and original source's routing rule and table (no error if
+    /// absent).
     Uninstall,
-    /// Print the installed rules.
+    /// Print the installed rules (and original source's routing rule and table, if any).
     Show,
 }
 
@@ -40,18 +42,29 @@ pub fn run(command: &RedirectCommand) -> anyhow::Result<ExitCode> {
             };
             meshd_redirect::install(&config.redirect)?;
             println!(
-                "capture rules installed (nftables table inet {})",
-                meshd_redirect::TABLE_NAME
+                "capture rules installed (nftables table inet {}{})",
+                meshd_redirect::TABLE_NAME,
+                if config.redirect.original_source {
+                    ", original source's routing rule and table"
+                } else {
+                    ""
+                }
             );
         }
         RedirectCommand::Uninstall => {
             meshd_redirect::uninstall()?;
             println!("capture rules removed");
         }
-        RedirectCommand::Show => match meshd_redirect::show()? {
-            Some(rules) => print!("{rules}"),
-            None => println!("no capture rules installed"),
-        },
+        RedirectCommand::Show => {
+            match meshd_redirect::show()? {
+                Some(rules) => print!("{rules}"),
+                None => println!("no capture rules installed"),
+            }
+            // redirect.originalSource's routing, when installed (outside nftables).
+            for line in meshd_redirect::show_original_source_routes()? {
+                println!("{line}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

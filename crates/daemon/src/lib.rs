@@ -117,6 +117,12 @@ pub enum StartupError {
     /// The control-plane clients cannot start (settings, the VM's address).
     #[error("control plane: {0}")]
     ControlPlane(String),
+    /// `redirect.originalSource` is on, but this kernel or this process's capabilities do
+    /// not allow connecting from a client's address.
+    #[error(
+        "redirect.originalSource: true, but meshd cannot connect from its clients' addresses: {0}; grant CAP_NET_ADMIN (under systemd: the drop-in /usr/share/doc/meshd/examples/original-source.conf) or set redirect.originalSource: false"
+    )]
+    OriginalSource(#[source] std::io::Error),
 }
 
 /// Why the daemon could not run at all (signals, the runtime).

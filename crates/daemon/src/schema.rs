@@ -182,6 +182,7 @@ impl MeshdConfig {
             socks5: self.socks5.clone(),
             pool: self.pool.clone(),
             mark: self.redirect.mark,
+            original_source: self.redirect.original_source,
         }
     }
 }

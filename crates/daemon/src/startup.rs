@@ -185,10 +185,16 @@ where
 
 /// Checks everything in `config` that only a person can fix and that would otherwise surface
 /// only after a wait (for a certificate, a port): unsafe listeners, plugins, identity paths
-/// that can never exist. Warnings are left to the proxy's start, which logs them once.
+/// that can never exist, original source without the capability it needs (found now rather
+/// than as every inbound connection failing). Warnings are left to the proxy's start, which
+/// logs them once.
 pub(crate) fn check_config(config: &MeshdConfig) -> Result<(), StartupError> {
     config.check()?;
     PluginRegistry::builtin().build(&config.plugins)?;
+    if config.redirect.original_source {
+        meshd_redirect::verify_can_be_transparent(config.redirect.mark)
+            .map_err(StartupError::OriginalSource)?;
+    }
     config
         .identity
         .check_paths()

@@ -4,8 +4,10 @@
 //!
 //! The line's fields are ztunnel's (`src.addr`, `src.identity`, `dst.addr` — the next hop —,
 //! `dst.workload`, …) plus `dst`, the destination as asked (original destination, CONNECT
-//! authority, SOCKS5 or listener target), and meshd's decision, deciding policy, reason and
-//! response flag. Its shape is the log formatter's (bin/meshd/src/logging.rs): text key=value,
+//! authority, SOCKS5 or listener target), `upstream.local_addr`, the address a plain
+//! upstream connection left from (meshd's own, or the client's with
+//! `redirect.originalSource`: with `src.addr` the line keeps both), and meshd's decision,
+//! deciding policy, reason and response flag. Its shape is the log formatter's (bin/meshd/src/logging.rs): text key=value,
 //! one JSON object (`meshd run --log-format json`), or under systemd a journal record whose
 //! fields are these (`SRC_ADDR`, `DECISION`, …).
 
@@ -46,6 +48,7 @@ impl RecordSink for AccessLog {
             src.workload = src.map_or("-", |m| m.name.as_str()),
             src.namespace = src.map_or("-", |m| m.namespace.as_str()),
             dst.addr = %r.upstream_addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            upstream.local_addr = %r.upstream_local.map_or_else(|| "-".to_string(), |a| a.to_string()),
             dst = %r.destination,
             dst.workload = dst.map_or("-", |m| m.name.as_str()),
             dst.namespace = dst.map_or("-", |m| m.namespace.as_str()),

@@ -37,6 +37,10 @@ pub struct ProxyConfig {
     /// The mark upstream sockets carry when traffic is captured (`redirect.mark`), so the
     /// capture rules let meshd's own connections through.
     pub mark: u32,
+    /// Connect to local workloads from the client's address (`redirect.originalSource`),
+    /// from sockets carrying `mark` whether or not traffic is captured: the rules that bring
+    /// the replies back select meshd's connections by it.
+    pub original_source: bool,
 }
 
 impl Default for ProxyConfig {
@@ -50,6 +54,7 @@ impl Default for ProxyConfig {
             socks5: Socks5Settings::default(),
             pool: PoolSettings::default(),
             mark: meshd_redirect::RedirectConfig::default().mark,
+            original_source: false,
         }
     }
 }
@@ -371,6 +376,7 @@ mod tests {
             socks5: Socks5Settings::default(),
             pool: PoolSettings::default(),
             mark: 0,
+            original_source: false,
         };
         let checked = config.check();
         if meshd_hbone::QUIC_BUILT {

@@ -59,6 +59,11 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// not as the clean end of a shorter stream. The default does nothing: an HBONE stream
     /// dropped before its end resets itself.
     fn reset_on_close(&self) {}
+
+    /// The stream's own address, when it is a socket (the access log's `upstream.local_addr`).
+    fn local_addr(&self) -> Option<SocketAddr> {
+        None
+    }
 }
 
 /// Reads at most `max` bytes into a new buffer: [`Io::poll_read_bytes`] for a stream that holds
@@ -77,6 +82,12 @@ impl Io for TcpStream {
     fn reset_on_close(&self) {
         // Best effort: SO_LINGER 0 makes the close send RST instead of FIN.
         let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        TcpStream::local_addr(self)
+            .ok()
+            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
     }
 }
 impl Io for tokio::io::DuplexStream {}
@@ -119,6 +130,10 @@ impl<T: Io + ?Sized> Io for Box<T> {
 
     fn reset_on_close(&self) {
         (**self).reset_on_close()
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        (**self).local_addr()
     }
 }
 

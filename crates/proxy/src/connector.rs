@@ -1,8 +1,9 @@
-//! How the terminal stage reaches upstreams: plain TCP from sockets carrying meshd's mark, and
-//! HBONE tunnels from a pooled client.
+//! How the terminal stage reaches upstreams: plain TCP from sockets carrying meshd's mark (an
+//! inbound one from the client's address with `redirect.originalSource`), and HBONE tunnels
+//! from a pooled client.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -17,23 +18,45 @@ use crate::layers::connect::{CONNECT_TIMEOUT, Connector, TunnelError};
 pub struct MeshConnector {
     client: Client,
     mark: Option<u32>,
+    /// The mark of connections made from the client's address; `None`: from meshd's own.
+    original_source: Option<u32>,
 }
 
 impl MeshConnector {
     /// Tunnels through `client`; plain connections carry `mark` (None: unmarked, for setups
     /// without traffic capture, where nothing could loop).
     pub fn new(client: Client, mark: Option<u32>) -> Self {
-        MeshConnector { client, mark }
+        MeshConnector {
+            client,
+            mark,
+            original_source: None,
+        }
+    }
+
+    /// With `Some(mark)`, inbound connections leave from the client's address, transparent
+    /// sockets carrying `mark` (`redirect.originalSource`).
+    pub fn keep_client_address(mut self, mark: Option<u32>) -> Self {
+        self.original_source = mark;
+        self
     }
 }
 
 impl Connector for MeshConnector {
-    fn direct(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>> {
-        let mark = self.mark;
+    fn direct(
+        &self,
+        addr: SocketAddr,
+        client: Option<IpAddr>,
+    ) -> BoxFuture<'static, io::Result<BoxIo>> {
+        let (mark, original_source) = (self.mark, self.original_source);
         Box::pin(async move {
-            let stream = match mark {
-                Some(mark) => meshd_redirect::connect_marked(addr, mark, CONNECT_TIMEOUT).await?,
-                None => {
+            let stream = match (original_source.zip(client), mark) {
+                (Some((mark, client)), _) => {
+                    meshd_redirect::connect_transparent(client, addr, mark, CONNECT_TIMEOUT).await?
+                }
+                (None, Some(mark)) => {
+                    meshd_redirect::connect_marked(addr, mark, CONNECT_TIMEOUT).await?
+                }
+                (None, None) => {
                     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
                         .await
                         .map_err(|_| {

@@ -124,7 +124,10 @@ impl Proxy {
             ..ClientSettings::default()
         };
         let client = Client::new(identity.clone(), client_settings)?;
-        let connector = Arc::new(MeshConnector::new(client.clone(), config.socket_mark()));
+        let connector = Arc::new(
+            MeshConnector::new(client.clone(), config.socket_mark())
+                .keep_client_address(config.original_source.then_some(config.mark)),
+        );
 
         let BoundListeners {
             hbone: hbone_listener,

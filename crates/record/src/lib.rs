@@ -165,6 +165,9 @@ pub struct ConnectionRecord {
     pub destination: String,
     /// The address actually connected to (a workload, or a peer meshd's HBONE port).
     pub upstream_addr: Option<SocketAddr>,
+    /// The address a plain upstream connection left from: meshd's own, or the client's when
+    /// inbound connections keep it (`redirect.originalSource`); `None` for tunnels.
+    pub upstream_local: Option<SocketAddr>,
     /// The destination workload (`namespace/name`).
     pub destination_workload: Option<String>,
     /// The destination identity expected (outbound) or served (inbound).
@@ -204,6 +207,7 @@ impl ConnectionRecord {
             established: false,
             destination: destination.into(),
             upstream_addr: None,
+            upstream_local: None,
             destination_workload: None,
             destination_identity: None,
             destination_service: None,

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{Error, RedirectConfig, render};
+use crate::{Error, RedirectConfig, origsrc, render};
 
 /// The nftables table meshd owns (family `inet`, so one table covers IPv4 and IPv6).
 pub const TABLE_NAME: &str = "meshd";
@@ -15,20 +15,31 @@ pub const TABLE_NAME: &str = "meshd";
 /// Where `nft` lives when `PATH` lacks the sbin directories (e.g. a non-root service user).
 const SBIN_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
 
-/// Installs (or atomically replaces) table `inet meshd` with the rules for `cfg`.
+/// Installs (or atomically replaces) table `inet meshd` with the rules for `cfg`; with
+/// `originalSource`, first the routing rule and table that bring the workloads' replies back.
+/// Running it again changes nothing.
 pub fn install(cfg: &RedirectConfig) -> Result<(), Error> {
     cfg.validate()?;
+    if cfg.original_source {
+        // Routes before marks: a mark with nowhere to route it would send replies out.
+        origsrc::install_routes()?;
+    } else {
+        // Turning the key off and installing again leaves nothing of it behind.
+        origsrc::remove_routes()?;
+    }
     nft(&["-f", "-"], Some(&render(cfg)))?;
-    tracing::info!(outbound_port = cfg.outbound_port, inbound_port = ?cfg.inbound_port, "installed nftables table inet {TABLE_NAME}");
+    tracing::info!(outbound_port = cfg.outbound_port, inbound_port = ?cfg.inbound_port, original_source = cfg.original_source, "installed nftables table inet {TABLE_NAME}");
     Ok(())
 }
 
-/// Removes table `inet meshd`; succeeds when it is already absent.
+/// Removes table `inet meshd` and original source's routing rule and table route; succeeds
+/// when they are already absent.
 pub fn uninstall() -> Result<(), Error> {
     // Declaring then deleting in one transaction deletes the table whether or not it existed
     // (nft's `destroy` does the same but needs nftables 1.0.8, newer than Debian 12's).
     let script = format!("table inet {TABLE_NAME} {{}}\ndelete table inet {TABLE_NAME}\n");
     nft(&["-f", "-"], Some(&script))?;
+    origsrc::remove_routes()?;
     tracing::info!("removed nftables table inet {TABLE_NAME}");
     Ok(())
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::nft::TABLE_NAME;
+use crate::origsrc;
 
 /// Only a connection's first packet is redirected. A connection established before the rules
 /// existed has no conntrack entry in a namespace that had no nat rules; once they exist the
@@ -57,6 +58,11 @@ pub struct RedirectConfig {
     /// Capture outbound connections to loopback too (default false, as ztunnel: traffic
     /// leaving through `lo` stays on the machine and is not meshd's).
     pub capture_loopback: bool,
+    /// Connect to local workloads from the client's address instead of meshd's (ztunnel's
+    /// `ENABLE_ORIG_SRC`; default false): meshd then needs `CAP_NET_ADMIN` for
+    /// `IP_TRANSPARENT`, and install adds the routing that brings the workloads' replies back
+    /// to meshd (see the `origsrc` module).
+    pub original_source: bool,
 }
 
 impl Default for RedirectConfig {
@@ -70,6 +76,7 @@ impl Default for RedirectConfig {
             exclude_outbound_cidrs: Vec::new(),
             exclude_inbound_ports: DEFAULT_EXCLUDE_INBOUND_PORTS.to_vec(),
             capture_loopback: false,
+            original_source: false,
         }
     }
 }
@@ -113,6 +120,18 @@ impl RedirectConfig {
                 message: format!(
                     "{:#x} has bits outside markMask {:#x}",
                     self.mark, self.mark_mask
+                ),
+            });
+        }
+        // Every packet of meshd's would be routed back to this machine, not only the replies.
+        if self.original_source && self.mark & origsrc::MASK == origsrc::MARK {
+            return Err(Error::InvalidConfig {
+                field: "mark",
+                message: format!(
+                    "{:#x} carries {:#x} under {:#x}, the mark of replies redirect.originalSource routes back to meshd",
+                    self.mark,
+                    origsrc::MARK,
+                    origsrc::MASK
                 ),
             });
         }
@@ -190,6 +209,9 @@ pub fn render(cfg: &RedirectConfig) -> String {
         let _ = writeln!(s, "\t\ttcp dport {} return", port_set(exempt));
         let _ = writeln!(s, "\t\t{FIRST_SYN} redirect to :{inbound}");
         let _ = writeln!(s, "\t}}");
+    }
+    if cfg.original_source {
+        origsrc::render_chains(cfg, &mut s);
     }
     let _ = writeln!(s, "}}");
     s
@@ -401,6 +423,46 @@ mod tests {
         );
     }
 
+    // Original source adds its two chains to the same table; off, the table has neither.
+    #[test]
+    fn original_source_chains() {
+        assert!(!render(&RedirectConfig::default()).contains("origsrc"));
+        let cfg = RedirectConfig {
+            original_source: true,
+            ..RedirectConfig::default()
+        };
+        let script = render(&cfg);
+        let chains = &script[script.find("chain origsrc_prerouting").unwrap()..];
+        assert!(chains.contains("chain origsrc_output"), "{script}");
+        assert!(
+            chains.contains("iifname \"lo\" meta mark & 0x00000fff == 0x00000539 ct mark set"),
+            "{script}"
+        );
+        assert!(script.trim_end().ends_with('}'), "{script}");
+    }
+
+    // With original source, meshd's own mark may not be the one replies are routed back by.
+    #[test]
+    fn original_source_mark_clash() {
+        let cfg = RedirectConfig {
+            original_source: true,
+            mark: 0x111,
+            ..RedirectConfig::default()
+        };
+        match cfg.validate() {
+            Err(Error::InvalidConfig { field, message }) => {
+                assert_eq!(field, "mark");
+                assert!(message.contains("redirect.originalSource"), "{message}");
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+        let off = RedirectConfig {
+            original_source: false,
+            ..cfg
+        };
+        assert_eq!(off.validate(), Ok(()));
+    }
+
     // The config reads from camelCase JSON with defaults and rejects unknown fields.
     #[test]
     fn serde_camel_case() {
@@ -413,6 +475,9 @@ mod tests {
         assert_eq!(cfg.exclude_inbound_ports, vec![22]);
         assert_eq!(cfg.exclude_outbound_cidrs, vec![net("10.0.0.0/8")]);
         assert!(cfg.capture_loopback);
+        assert!(!cfg.original_source);
+        let on: RedirectConfig = serde_json::from_str(r#"{"originalSource": true}"#).unwrap();
+        assert!(on.original_source);
         let err = serde_json::from_str::<RedirectConfig>(r#"{"outbound_port": 1}"#).unwrap_err();
         assert!(
             err.to_string().contains("unknown field `outbound_port`"),

@@ -2,7 +2,7 @@
 //! connected pair goes back up the stack as a [`Relay`], which the entry point runs.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -10,6 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use tower::Service;
+
+use meshd_record::Direction;
 
 use crate::conn::{BoxIo, Conn, Refusal, TunnelRequest, Upstream};
 use crate::error::ProxyError;
@@ -33,8 +35,14 @@ pub enum TunnelError {
 /// Opens upstream connections. Plain connects must carry meshd's socket mark so traffic capture
 /// never loops them back into meshd.
 pub trait Connector: Send + Sync + 'static {
-    /// Plain TCP.
-    fn direct(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>>;
+    /// Plain TCP to `addr`. `client` is the client's address of an inbound connection (to a
+    /// local workload), `None` outbound: a connector keeping the client's address
+    /// (`redirect.originalSource`) connects from it.
+    fn direct(
+        &self,
+        addr: SocketAddr,
+        client: Option<IpAddr>,
+    ) -> BoxFuture<'static, io::Result<BoxIo>>;
     /// An HBONE tunnel, sending `first` right behind its CONNECT (what the application
     /// already sent, [`crate::conn::Downstream::read_sent`]).
     fn tunnel(
@@ -42,6 +50,12 @@ pub trait Connector: Send + Sync + 'static {
         request: TunnelRequest,
         first: Bytes,
     ) -> BoxFuture<'static, Result<BoxIo, TunnelError>>;
+}
+
+/// The client's address, for an inbound connection's dial.
+fn client(conn: &Conn<Upstream>) -> Option<IpAddr> {
+    let facts = &conn.ctx.facts;
+    (facts.direction == Direction::Inbound).then(|| facts.source.ip().to_canonical())
 }
 
 /// The last service of a stack.
@@ -71,10 +85,21 @@ impl Service<Conn<Upstream>> for Connect {
         Box::pin(async move {
             let mut sent_ahead = 0;
             let upstream_io = match conn.upstream.clone() {
-                Upstream::Direct(addr) => match connector.direct(addr).await {
-                    Ok(io) => io,
+                Upstream::Direct(addr) => match connector.direct(addr, client(&conn)).await {
+                    Ok(io) => {
+                        // Where the workload sees the connection come from: meshd's address,
+                        // or the client's with original source (the access log keeps both).
+                        if let Some(local) = io.local_addr() {
+                            conn.ctx.record.update(|r| r.upstream_local = Some(local));
+                        }
+                        io
+                    }
                     Err(source) => {
-                        conn.ctx.state.registry.report_failure(addr);
+                        // A dial refused before any packet (no socket can join the client's
+                        // address to this workload) says nothing of the workload's health.
+                        if source.kind() != io::ErrorKind::InvalidInput {
+                            conn.ctx.state.registry.report_failure(addr);
+                        }
                         let error = ProxyError::Connect { addr, source };
                         return Err(conn.refuse(Refusal::Unreachable, error).await);
                     }

@@ -6,6 +6,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 
+/// An inbound dial carries the client's address, for a connector keeping it.
+fn source_ip() -> IpAddr {
+    SOURCE.parse::<SocketAddr>().unwrap().ip()
+}
+
 // A peer the policy denies gets the HBONE 401 equivalent; the denial and the deciding policy
 // are in the record; the workload is never dialled.
 #[tokio::test]
@@ -50,7 +55,7 @@ async fn an_allowed_peer_is_dialled_directly_and_relayed() {
     assert_eq!(client.refusal(), None);
     assert_eq!(
         h.connector.dials(),
-        vec![Dial::Direct(WEB.parse().unwrap())]
+        vec![Dial::Direct(WEB.parse().unwrap(), Some(source_ip()))]
     );
     let mut workload = h.connector.far_end();
     let running = tokio::spawn(relay.run());
@@ -112,34 +117,41 @@ async fn a_destination_not_served_here_is_refused() {
 }
 
 // An allowed connection whose workload refuses the dial: the peer gets the HBONE 503
-// equivalent and the record says unreachable.
+// equivalent, the record says unreachable, and the workload's address is marked unhealthy. A
+// dial no socket could make (original source's client address cannot reach the workload) is
+// refused the same way and marks nothing: it says nothing of the workload's health.
 #[tokio::test]
 async fn a_failed_dial_is_unreachable() {
-    let h = Harness::new(MESH, Answer::Refused);
-    let (result, client, _) = h
-        .connect(
-            &h.inbound(Plugins::new(Vec::new())),
-            Direction::Inbound,
-            Some(OTHER),
-            WEB,
-        )
-        .await;
-    assert!(
-        matches!(result, Err(ProxyError::Connect { .. })),
-        "{result:?}"
-    );
-    assert_eq!(client.refusal(), Some(Refusal::Unreachable));
-    assert_eq!(
-        h.connector.dials(),
-        vec![Dial::Direct(WEB.parse().unwrap())]
-    );
-    let record = h.only_record();
-    assert_eq!(record.outcome, Outcome::Unreachable);
-    assert!(!record.established);
-    assert!(
-        record.verdict.unwrap().allowed,
-        "authorized, then unreachable"
-    );
+    for (answer, healthy) in [(Answer::Refused, false), (Answer::Impossible, true)] {
+        let h = Harness::new(MESH, answer);
+        let (result, client, _) = h
+            .connect(
+                &h.inbound(Plugins::new(Vec::new())),
+                Direction::Inbound,
+                Some(OTHER),
+                WEB,
+            )
+            .await;
+        assert!(
+            matches!(result, Err(ProxyError::Connect { .. })),
+            "{result:?}"
+        );
+        assert_eq!(client.refusal(), Some(Refusal::Unreachable));
+        assert_eq!(
+            h.connector.dials(),
+            vec![Dial::Direct(WEB.parse().unwrap(), Some(source_ip()))]
+        );
+        let record = h.only_record();
+        assert_eq!(record.outcome, Outcome::Unreachable);
+        assert!(!record.established);
+        assert!(
+            record.verdict.unwrap().allowed,
+            "authorized, then unreachable"
+        );
+        let registry = &h.states.borrow().registry;
+        let workload = [127, 10, 23, 1].into();
+        assert_eq!(registry.is_healthy(workload), healthy, "{answer:?}");
+    }
 }
 
 // A plugin sits after authorization and refuses with its own signal (HBONE 429): the second

@@ -4,7 +4,7 @@
 //! [`Gate`] as in `meshd run`; the downstream is an in-memory pipe.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -67,6 +67,9 @@ spec:
   rules: [{from: [{source: {namespaces: [client]}}]}]
 ";
 
+/// Where every connection the tests run comes from.
+const SOURCE: &str = "127.10.23.9:40000";
+
 /// The local workload, and a port of its that is nobody's own.
 const WEB: &str = "127.10.23.1:8080";
 /// A peer in the namespace `client`, and one in `other`.
@@ -96,6 +99,9 @@ enum Answer {
     Connect,
     /// The upstream refused (a TCP RST; a tunnel that failed before any answer).
     Refused,
+    /// A plain dial no socket can make (original source: the client's address cannot reach
+    /// the workload), refused before any packet.
+    Impossible,
     /// The peer meshd answered the CONNECT with this status.
     Status(u16),
 }
@@ -104,7 +110,7 @@ enum Answer {
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)] // a test's list of a few dials
 enum Dial {
-    Direct(SocketAddr),
+    Direct(SocketAddr, Option<IpAddr>),
     Tunnel(TunnelRequest, Bytes),
 }
 
@@ -142,11 +148,16 @@ impl FakeConnector {
 }
 
 impl Connector for FakeConnector {
-    fn direct(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxIo>> {
-        self.dials.lock().unwrap().push(Dial::Direct(addr));
+    fn direct(
+        &self,
+        addr: SocketAddr,
+        client: Option<IpAddr>,
+    ) -> BoxFuture<'static, io::Result<BoxIo>> {
+        self.dials.lock().unwrap().push(Dial::Direct(addr, client));
         let result = match self.answer {
             Answer::Connect => Ok(self.connected()),
             Answer::Refused | Answer::Status(_) => Err(io::ErrorKind::ConnectionRefused.into()),
+            Answer::Impossible => Err(io::ErrorKind::InvalidInput.into()),
         };
         Box::pin(async move { result })
     }
@@ -163,12 +174,14 @@ impl Connector for FakeConnector {
             .push(Dial::Tunnel(request, first));
         let result = match self.answer {
             Answer::Connect => Ok(self.connected()),
-            Answer::Refused => Err(TunnelError::Failed(meshd_hbone::Error::Connect {
-                addr: peer,
-                source: meshd_hbone::Cause::new(std::io::Error::from(
-                    std::io::ErrorKind::ConnectionRefused,
-                )),
-            })),
+            Answer::Refused | Answer::Impossible => {
+                Err(TunnelError::Failed(meshd_hbone::Error::Connect {
+                    addr: peer,
+                    source: meshd_hbone::Cause::new(std::io::Error::from(
+                        std::io::ErrorKind::ConnectionRefused,
+                    )),
+                }))
+            }
             Answer::Status(status) => Err(TunnelError::Status(status)),
         };
         Box::pin(async move { result })
@@ -278,7 +291,7 @@ impl Harness {
         let opened = self.gate.open(Arrival {
             trace,
             direction,
-            source: "127.10.23.9:40000".parse().unwrap(),
+            source: SOURCE.parse().unwrap(),
             identity: identity.map(|id| Arc::new(id.parse::<Identity>().unwrap())),
             transport: None,
             destination: None,

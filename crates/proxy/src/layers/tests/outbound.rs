@@ -82,6 +82,21 @@ async fn tunnel_statuses_map_to_denied_and_unreachable() {
     }
 }
 
+// A destination outside the mesh is dialled directly, and never from the application's
+// address: keeping the client's address is for inbound connections only.
+#[tokio::test]
+async fn an_outbound_direct_dial_carries_no_client_address() {
+    let h = Harness::new(MESH, Answer::Connect);
+    let (result, _client, _) = h
+        .connect(&h.outbound(), Direction::Outbound, None, "192.0.2.7:443")
+        .await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        h.connector.dials(),
+        vec![Dial::Direct("192.0.2.7:443".parse().unwrap(), None)]
+    );
+}
+
 // An outbound connection that would loop back into one of meshd's own listeners is refused
 // before anything is dialled.
 #[tokio::test]
