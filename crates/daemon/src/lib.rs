@@ -17,6 +17,7 @@
 mod control_plane;
 mod fdlimit;
 mod file_layer;
+mod identities;
 mod operator;
 mod reload;
 pub mod schema;
@@ -232,7 +233,7 @@ async fn start_identity(
 /// accepted before meshd is ready.
 async fn start_proxy(
     config: &MeshdConfig,
-    identity: &IdentityManager,
+    identities: meshd_identity::IdentitySet,
     updates: watch::Receiver<Arc<ProxyState>>,
     sinks: Sinks,
     waiting: &Waiting,
@@ -249,7 +250,7 @@ async fn start_proxy(
     Proxy::start_on(
         listeners,
         config,
-        identity.handle(),
+        identities,
         updates,
         sinks,
         &PluginRegistry::builtin(),
@@ -356,7 +357,7 @@ struct Running {
     watcher: Option<watcher::DirWatcher>,
     /// istiod's clients, when meshd joins a mesh; their state changes rebuild the proxy's.
     control: Option<control_plane::ControlPlane>,
-    _identity: IdentityManager,
+    _identity: identities::Identities,
     /// The admin, metrics and readiness endpoints' thread: they answer until the daemon ends.
     _operator: meshd_admin::OperatorRuntime,
 }
@@ -433,13 +434,29 @@ async fn start(
         .map_err(Exit::Config)?;
     let _ = operated.identity.set(identity.handle());
     let _ = operated.rotations.set(identity.stats());
+    let workloads = identities::start_workloads(&config, &waiting)
+        .await
+        .map_err(Exit::Config)?;
+    let identity = identities::Identities {
+        own: identity,
+        workloads,
+    };
+    let _ = operated.identities.set(identity.set());
     readiness.set_ready("certificates");
-    watch_certificate(&identity, &readiness, &metrics);
+    watch_certificate(&identity.own, &readiness, &metrics);
+    operator::watch_workload_certificates(&identity.workloads, &readiness, &metrics);
     let control = match (&config.control_plane, cp_metrics) {
         (Some(cp), Some(cp_metrics)) => Some(
-            control_plane::start_xds(cp, identity.handle(), ca, &readiness, &waiting, cp_metrics)
-                .await
-                .map_err(Exit::Config)?,
+            control_plane::start_xds(
+                cp,
+                identity.own.handle(),
+                ca,
+                &readiness,
+                &waiting,
+                cp_metrics,
+            )
+            .await
+            .map_err(Exit::Config)?,
         ),
         _ => None,
     };
@@ -470,7 +487,7 @@ async fn start(
     let operator_ports: Vec<u16> = operator.bound().iter().map(|(_, a)| a.port()).collect();
     let proxy = start_proxy(
         &config,
-        &identity,
+        identity.set(),
         updates,
         sinks,
         &waiting,
@@ -488,7 +505,8 @@ async fn start(
         connections_opened: client.connections_opened(),
     });
     tracing::info!(
-        identity = %identity.handle().current().id(),
+        identity = %identity.own.handle().current().id(),
+        workload_identities = identity.workloads.managers().count(),
         hbone = %proxy.addrs().hbone,
         local_workloads = ?local,
         "meshd ready"

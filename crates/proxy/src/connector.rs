@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use meshd_hbone::{Client, Forwarded, Peer, RequestHeaders, Transport};
+use meshd_identity::{IdentitySet, SpiffeId};
 use tokio::net::TcpStream;
 
 use crate::conn::{BoxIo, TunnelRequest};
@@ -17,13 +18,38 @@ use crate::layers::connect::{CONNECT_TIMEOUT, Connector, TunnelError};
 pub struct MeshConnector {
     client: Client,
     mark: Option<u32>,
+    /// The local workloads' own identities: a tunnel presents its source's.
+    identities: Option<IdentitySet>,
 }
 
 impl MeshConnector {
     /// Tunnels through `client`; plain connections carry `mark` (None: unmarked, for setups
     /// without traffic capture, where nothing could loop).
     pub fn new(client: Client, mark: Option<u32>) -> Self {
-        MeshConnector { client, mark }
+        MeshConnector {
+            client,
+            mark,
+            identities: None,
+        }
+    }
+
+    /// Tunnels present their source workload's identity when it is one of `identities`
+    /// (through the same pool, keyed by that identity), else the client's.
+    pub fn with_identities(mut self, identities: Option<IdentitySet>) -> Self {
+        self.identities = identities;
+        self
+    }
+
+    /// The client presenting `source`'s identity, or meshd's own.
+    fn client_for(&self, source: Option<&SpiffeId>) -> Client {
+        let own = || self.client.clone();
+        let Some(identities) = &self.identities else {
+            return own();
+        };
+        match source.and_then(|id| identities.workload(id)) {
+            Some(identity) => self.client.as_identity(identity.clone()),
+            None => own(),
+        }
     }
 }
 
@@ -55,7 +81,7 @@ impl Connector for MeshConnector {
         request: TunnelRequest,
         first: Bytes,
     ) -> BoxFuture<'static, Result<BoxIo, TunnelError>> {
-        let client = self.client.clone();
+        let client = self.client_for(request.source.as_deref().map(|i| i.id()));
         Box::pin(async move {
             let headers = RequestHeaders {
                 baggage: request
