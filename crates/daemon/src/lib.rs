@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshd_admin::{Endpoint, LogLevelFn, Readiness};
-use meshd_identity::{IdentityManager, IdentitySource};
 use meshd_manifests::{LoadError, LoadOptions, Snapshot, load_dir};
 use meshd_metrics::{HbonePool, Metrics};
 use meshd_proxy::AccessLog;
@@ -51,7 +50,7 @@ use tokio::sync::{Notify, watch};
 use crate::operator::{Operated, ready_line, start_operator_endpoints, watch_certificate};
 use crate::reload::{Reloader, Trigger};
 use crate::stable::{MAX_WAIT, QUIET, Stability};
-use crate::startup::{Failure, IDENTITY_RETRY, Pauses, Waiting, port_in_use, until_ready};
+use crate::startup::{Failure, Pauses, Waiting, port_in_use, until_ready};
 use crate::watcher::{DEBOUNCE, watch_dir};
 
 /// How long open connections get to finish on shutdown.
@@ -197,35 +196,6 @@ pub fn load_state(
 ) -> Result<ProxyState, LoadError> {
     let snapshot = load_snapshot(config)?;
     Ok(build_state(config, &snapshot, mesh, generation))
-}
-
-/// Starts the identity. Files another agent writes (spiffe-helper, cert-manager) that cannot
-/// be used yet (missing, half-written, not valid yet, expired, a key of another rotation, a
-/// chain the bundle does not vouch for) are retried every second, not ready, with the reason
-/// on readiness; a configuration error ends start-up, as does any dev CA failure (meshd
-/// writes those files itself, so no agent will mend them).
-async fn start_identity(
-    config: &MeshdConfig,
-    waiting: &Waiting,
-) -> Result<IdentityManager, StartupError> {
-    let source = &config.identity;
-    let agent_files = !matches!(source, IdentitySource::DevCa(_));
-    if let IdentitySource::DevCa(dev) = source {
-        tracing::warn!(
-            "using the development CA in {}: for trying meshd only, production uses real certificates",
-            dev.dir.display()
-        );
-    }
-    until_ready(waiting, Pauses::every(IDENTITY_RETRY), || async move {
-        IdentityManager::start(source).await.map_err(|e| {
-            if agent_files && e.curable_by_new_files() {
-                Failure::Wait(StartupError::Identity(e))
-            } else {
-                Failure::Fatal(StartupError::Identity(e))
-            }
-        })
-    })
-    .await
 }
 
 /// Binds the proxy's listeners, waiting with backoff while a port is in use, and starts
@@ -429,7 +399,7 @@ async fn start(
             .map_err(Exit::Config)?,
         None => None,
     };
-    let identity = start_identity(&config, &waiting)
+    let identity = identities::start_own(&config, &waiting)
         .await
         .map_err(Exit::Config)?;
     let _ = operated.identity.set(identity.handle());

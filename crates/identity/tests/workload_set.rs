@@ -188,3 +188,24 @@ async fn the_dev_ca_issues_one_svid_per_service_account() {
         .has_workload_identities()
     );
 }
+
+#[test]
+fn a_spire_delegated_entry_asks_for_the_service_account_s_svid() {
+    // Several SVIDs may match the selectors: the pin chooses the service account's.
+    let dir = tempfile::tempdir().unwrap();
+    let source = WorkloadSource::SpireDelegated(meshd_identity::SpireDelegatedSource {
+        admin_socket: "unix:///run/spire/admin.sock".into(),
+        selectors: vec!["unix:uid:1001".parse().unwrap()],
+        spiffe_id: None,
+    });
+    let (id, resolved) = source
+        .resolve("shop/web", &td("example.org"), &own_dev_ca(dir.path()))
+        .unwrap();
+    match resolved {
+        IdentitySource::SpireDelegated(s) => {
+            assert_eq!(s.spiffe_id, Some(id));
+            assert_eq!(s.selectors, vec!["unix:uid:1001".parse().unwrap()]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
