@@ -327,3 +327,51 @@ fn each_local_workload_has_its_own_identity_both_ways() {
         );
     }
 }
+
+/// A's admin endpoint: (status, body) of `GET path`.
+fn admin_a(m: &Machines, path: &str) -> Option<(u16, String)> {
+    let path = path.to_string();
+    m.a.run(move || meshd_integration::http("127.0.0.1:15000".parse().ok()?, "GET", &path))
+}
+
+/// Holds: a connection that authenticated as `web` carries no CONNECT to a workload served
+/// under another identity. B's pooled connection to 10.215.0.1 presented web's certificate;
+/// A's configuration then says that address is a workload of service account `db` (B's has
+/// not changed, so B reuses the connection): A refuses the CONNECT, recorded as denied with
+/// the reason.
+#[test]
+fn a_connect_on_a_connection_of_another_identity_is_refused() {
+    let m = start();
+    assert!(echoes(
+        netns::connect_in(&m.b, addr(WEB, APP)),
+        "httpbin to web"
+    ));
+    let generation = |m: &Machines| {
+        let (_, body) = admin_a(m, "/config_dump")?;
+        serde_json::from_str::<serde_json::Value>(&body).ok()?["generation"].as_u64()
+    };
+    let before = eventually("A's generation", || generation(&m));
+    let moved = mesh_yaml().replace(
+        &format!(
+            "name: web, namespace: {NAMESPACE}}}\nspec: {{address: {WEB}, serviceAccount: web"
+        ),
+        &format!("name: web, namespace: {NAMESPACE}}}\nspec: {{address: {WEB}, serviceAccount: db"),
+    );
+    assert_ne!(moved, mesh_yaml(), "the rewrite found web's entry");
+    meshd_integration::machines::write_atomic(&m.ws.path().join("a/mesh/mesh.yaml"), &moved);
+    eventually("A reloaded", || (generation(&m)? > before).then_some(()));
+
+    assert!(!echoes(
+        netns::connect_in(&m.b, addr(WEB, APP)),
+        "httpbin to web, now db's"
+    ));
+    let denials = eventually("A's record of the refusal", || {
+        let (_, body) = admin_a(&m, "/status/denials")?;
+        body.contains("served as spiffe://cluster.local/ns/ambient-demo/sa/db")
+            .then_some(body)
+    });
+    assert!(
+        denials.contains("this connection presented spiffe://cluster.local/ns/ambient-demo/sa/web"),
+        "{denials}"
+    );
+}
