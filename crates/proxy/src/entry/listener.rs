@@ -123,7 +123,13 @@ impl Listener {
                 }
                 Accepted::Fixed(target, workload) => (target, Box::new(stream), workload),
             };
-        let opened = match &self.identities {
+        // With one identity for every workload and no name to check, there is nothing to
+        // choose: the connection keeps meshd's own, at no cost per connection.
+        let identities = self
+            .identities
+            .as_ref()
+            .filter(|i| named.is_some() || i.set().has_workload_identities());
+        let opened = match identities {
             Some(identities) => {
                 match identities.for_source(&opened.state, source, named.as_deref()) {
                     Ok((identity, workload)) => opened.with_source(&identity, workload),
