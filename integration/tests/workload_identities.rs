@@ -375,3 +375,34 @@ fn a_connect_on_a_connection_of_another_identity_is_refused() {
         "{denials}"
     );
 }
+
+/// Holds: with the dev CA, `devCa: {}` entries are issued per service account by meshd's own
+/// CA; an address whose workload has no entry (db) answers with meshd's own certificate, as
+/// does an address no workload has. Read with `openssl s_client`, one machine, two
+/// addresses.
+#[test]
+fn the_dev_ca_issues_each_workload_s_identity_and_others_get_meshd_s() {
+    let ws = Workspace::new();
+    let ns = Netns::new("pw-dev");
+    for ip in [WEB, DB, HTTPBIN] {
+        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+            .unwrap_or_else(|e| panic!("cannot add {ip}: {e}"));
+    }
+    let dir = ws.path().join("a");
+    ws.write("a/mesh/mesh.yaml", &mesh_yaml());
+    let config = ws.write(
+        "a/meshd.yaml",
+        &format!(
+            "configDir: {mesh}\nidentity:\n  devCa: {{dir: {ca}, namespace: {NAMESPACE}, serviceAccount: node-a, ttl: 1h}}\nworkloadIdentities:\n  {NAMESPACE}/web: {{devCa: {{}}}}\nlocal: {{workloads: [{NAMESPACE}/web, {NAMESPACE}/db]}}\nlisten:\n  hbone: 0.0.0.0:15008\n  admin: 127.0.0.1:15000\n  metrics: 127.0.0.1:15020\n  readiness: 127.0.0.1:15021\n",
+            mesh = dir.join("mesh").display(),
+            ca = ws.ca().display(),
+        ),
+    );
+    let _meshd = Meshd::spawn(netns::run_in(&ns, &config));
+    let client = ws.path().join("client");
+    issue(&ws, "httpbin", &client);
+    let id = |sa: &str| format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/{sa}");
+    assert_eq!(san_uri_at(&ns, addr(WEB, 15008), &client), id("web"));
+    assert_eq!(san_uri_at(&ns, addr(DB, 15008), &client), id("node-a"));
+    assert_eq!(san_uri_at(&ns, addr(HTTPBIN, 15008), &client), id("node-a"));
+}
