@@ -123,6 +123,7 @@ async fn setup() -> Setup {
                 listen: SocketAddr::new(ip, 0),
                 target: t.to_string(),
                 allow_remote: false,
+                workload: None,
             })
             .collect();
         let state = ProxyState::build(

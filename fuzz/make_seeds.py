@@ -64,9 +64,12 @@ def hbone():
 def socks5():
     seeds = {
         "connect-ipv4": bytes([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, 0x1f, 0x90]),
-        "connect-ipv6": bytes([5, 2, 0, 2, 5, 1, 0, 4] + [0] * 15 + [1] + [0, 80]),
+        "connect-ipv6": bytes([5, 1, 0, 5, 1, 0, 4] + [0] * 15 + [1] + [0, 80]),
+        # RFC 1929: the user name names the local workload (meshd prefers it when offered).
+        "user-name": b"\x05\x02\x00\x02\x01\x08shop/web\x01x\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50",
+        "user-name-not-utf8": b"\x05\x01\x02\x01\x02\xff\xfe\x00\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50",
         "connect-domain": b"\x05\x01\x00\x05\x01\x00\x03\x0freviews.default\x23\x82",
-        "no-acceptable-method": bytes([5, 1, 2]),
+        "no-acceptable-method": bytes([5, 1, 1]),
         "socks4": bytes([4, 1, 0, 80, 127, 0, 0, 1, 0]),
         "udp-associate": bytes([5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0]),
         "bad-address-type": bytes([5, 1, 0, 5, 1, 0, 9, 1, 2, 3]),

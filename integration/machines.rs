@@ -312,18 +312,7 @@ fn machine(ws: &Workspace, bridge: &Netns, label: &str, spec: Spec, n: u8) -> Ma
     .unwrap_or_else(|e| panic!("cannot wire {} to the bridge: {e}", spec.name));
     let dir = ws.path().join(spec.name);
     let tls = dir.join("tls");
-    meshd(&[
-        "ca",
-        "issue",
-        "--ca",
-        &ws.ca().display().to_string(),
-        "--namespace",
-        NAMESPACE,
-        "--service-account",
-        spec.sa,
-        "--out",
-        &tls.display().to_string(),
-    ]);
+    issue_svid(ws, spec.sa, &tls);
     let mut node = Node::new(spec.name, IpAddr::V4(ip), spec.sa);
     node.identity = Identity::SpiffeHelper(tls);
     node.workloads = vec![format!("{NAMESPACE}/{}", spec.name)];
@@ -348,6 +337,23 @@ fn machine(ws: &Workspace, bridge: &Netns, label: &str, spec: Spec, n: u8) -> Ma
         ip,
         dir,
     }
+}
+
+/// Issues the SVID of `<NAMESPACE>/<sa>` from the workspace's CA into `out` (a spiffe-helper
+/// directory), with `meshd ca issue`.
+pub fn issue_svid(ws: &Workspace, sa: &str, out: &Path) {
+    meshd(&[
+        "ca",
+        "issue",
+        "--ca",
+        &ws.ca().display().to_string(),
+        "--namespace",
+        NAMESPACE,
+        "--service-account",
+        sa,
+        "--out",
+        &out.display().to_string(),
+    ]);
 }
 
 /// One WorkloadEntry per machine.

@@ -267,3 +267,61 @@ fn a_federated_trust_domain_added_in_spire_reaches_both_sources_and_its_peer_is_
     let after = rt.block_on(handshake(&web.handle(), &client, &web_id));
     assert_eq!(after.map(|id| id.to_string()), Ok(client_id.to_string()));
 }
+
+/// A `workloadIdentities` entry (meshd-identity's `WorkloadSource`) resolved for `key`.
+fn workload_entry(spire: &Spire, key: &str, selectors: &[&str]) -> (SpiffeId, IdentitySource) {
+    let IdentitySource::SpireDelegated(source) = delegated(spire, selectors) else {
+        unreachable!("delegated() makes a spireDelegated source")
+    };
+    meshd_identity::WorkloadSource::SpireDelegated(source)
+        .resolve(
+            key,
+            &TrustDomain::new("spire.test").unwrap(),
+            &IdentitySource::DevCa(meshd_identity::DevCaSource::new("/nonexistent")),
+        )
+        .expect("a valid entry")
+}
+
+#[test]
+fn per_workload_entries_take_their_own_service_account_s_svid_and_no_other() {
+    // Both entries match one selector set: each workload entry's pin picks its own SVID. A
+    // service account with no SVID among those the selectors name is never served another's.
+    let lo = Loopback::take();
+    let spire = spire_with_delegates(&lo, &[MESHD]);
+    spire.create_entry_with(WEB, &[WEB_UID], &EntryOptions::default());
+    spire.create_entry_with(DB, &[WEB_UID], &EntryOptions::default());
+    register_caller(&spire, MESHD, &EntryOptions::default());
+
+    let rt = runtime();
+    let entries = [
+        workload_entry(&spire, "shop/web", &[WEB_UID]),
+        workload_entry(&spire, "shop/db", &[WEB_UID]),
+    ];
+    let managers: Vec<_> = entries
+        .iter()
+        .map(|(id, source)| {
+            let manager = start_when_synced(&rt, source, &spire);
+            assert_eq!(manager.handle().current().id(), id);
+            manager
+        })
+        .collect();
+    assert_eq!(managers.len(), 2);
+
+    let (_, cart) = workload_entry(&spire, "shop/cart", &[WEB_UID]);
+    let started = rt.block_on(meshd_identity::WorkloadManagers::start(
+        &[(
+            SpiffeId::new("spiffe://spire.test/ns/shop/sa/cart").unwrap(),
+            cart,
+        )],
+        &meshd_identity::ManagerOptions::default(),
+    ));
+    let Err(e) = started else {
+        panic!("shop/cart was served an SVID of another service account");
+    };
+    assert!(
+        matches!(&e, Error::Workload { identity, .. } if identity == "spiffe://spire.test/ns/shop/sa/cart"),
+        "{e:?}"
+    );
+    // The agent may yet get an entry for it: waited for, not fatal.
+    assert!(e.curable_by_new_files(), "{e}");
+}

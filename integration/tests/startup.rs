@@ -442,5 +442,67 @@ fn configuration_a_person_must_fix_still_exits_78() {
         )),
         "{stderr}"
     );
-    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // A workload identity keyed by no service account, or pinned to another's ID.
+    std::fs::write(
+        &config,
+        format!("{text}workloadIdentities: {{web: {{spiffeHelper: {{dir: {tls}}}}}}}\n"),
+    )
+    .unwrap();
+    let stderr = exits_78(&setup, &config);
+    assert!(
+        stderr.contains("workloadIdentities.\"web\": the key must be <namespace>/<serviceAccount>"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &config,
+        format!("{text}workloadIdentities: {{shop/web: {{spiffeHelper: {{dir: {tls}, spiffeId: spiffe://cluster.local/ns/shop/sa/db}}}}}}\n"),
+    )
+    .unwrap();
+    let stderr = exits_78(&setup, &config);
+    assert!(
+        stderr.contains("workloadIdentities.\"shop/web\".spiffeHelper.spiffeId: spiffe://cluster.local/ns/shop/sa/db is not this service account's identity spiffe://cluster.local/ns/shop/sa/web"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// Holds: a workload identity whose directory holds another service account's SVID (shop/db's
+/// where shop/web's is expected) keeps B waiting, not ready, the reason naming the workload's
+/// identity and both IDs; shop/web's SVID written there makes it ready.
+#[test]
+fn a_workload_identity_of_another_service_account_at_start_is_waited_for() {
+    let setup = Setup::new(true);
+    setup.write_valid();
+    let web = setup.ws.path().join("web-tls");
+    let ca = setup.ca();
+    ca.issue_to_dir("shop", "db", Duration::from_secs(3600), &web)
+        .unwrap();
+    let config = setup.b_config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{text}workloadIdentities: {{shop/web: {{spiffeHelper: {{dir: {}}}}}}}\n",
+            web.display()
+        ),
+    )
+    .unwrap();
+    let mut b = Meshd::spawn_starting(setup.command(&config));
+    let (status, body) = eventually("readiness names the workload identity", || {
+        let (status, body) = setup.try_ready()?;
+        body.contains("workload identity spiffe://cluster.local/ns/shop/sa/web")
+            .then_some((status, body))
+    });
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("spiffe://cluster.local/ns/shop/sa/db"),
+        "{body}"
+    );
+    setup.assert_b_serves_nothing();
+
+    ca.issue_to_dir("shop", "web", Duration::from_secs(3600), &web)
+        .unwrap();
+    assert!(b.wait_ready(Duration::from_secs(15)), "{}", b.stderr());
+    assert_eq!(setup.ready(), (200, "ready\n".to_string()));
 }

@@ -17,6 +17,7 @@
 mod control_plane;
 mod fdlimit;
 mod file_layer;
+mod identities;
 mod operator;
 mod reload;
 pub mod schema;
@@ -31,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshd_admin::{Endpoint, LogLevelFn, Readiness};
-use meshd_identity::{IdentityManager, IdentitySource};
 use meshd_manifests::{LoadError, LoadOptions, Snapshot, load_dir};
 use meshd_metrics::{HbonePool, Metrics};
 use meshd_proxy::AccessLog;
@@ -50,7 +50,7 @@ use tokio::sync::{Notify, watch};
 use crate::operator::{Operated, ready_line, start_operator_endpoints, watch_certificate};
 use crate::reload::{Reloader, Trigger};
 use crate::stable::{MAX_WAIT, QUIET, Stability};
-use crate::startup::{Failure, IDENTITY_RETRY, Pauses, Waiting, port_in_use, until_ready};
+use crate::startup::{Failure, Pauses, Waiting, port_in_use, until_ready};
 use crate::watcher::{DEBOUNCE, watch_dir};
 
 /// How long open connections get to finish on shutdown.
@@ -204,41 +204,12 @@ pub fn load_state(
     Ok(build_state(config, &snapshot, mesh, generation))
 }
 
-/// Starts the identity. Files another agent writes (spiffe-helper, cert-manager) that cannot
-/// be used yet (missing, half-written, not valid yet, expired, a key of another rotation, a
-/// chain the bundle does not vouch for) are retried every second, not ready, with the reason
-/// on readiness; a configuration error ends start-up, as does any dev CA failure (meshd
-/// writes those files itself, so no agent will mend them).
-async fn start_identity(
-    config: &MeshdConfig,
-    waiting: &Waiting,
-) -> Result<IdentityManager, StartupError> {
-    let source = &config.identity;
-    let agent_files = !matches!(source, IdentitySource::DevCa(_));
-    if let IdentitySource::DevCa(dev) = source {
-        tracing::warn!(
-            "using the development CA in {}: for trying meshd only, production uses real certificates",
-            dev.dir.display()
-        );
-    }
-    until_ready(waiting, Pauses::every(IDENTITY_RETRY), || async move {
-        IdentityManager::start(source).await.map_err(|e| {
-            if agent_files && e.curable_by_new_files() {
-                Failure::Wait(StartupError::Identity(e))
-            } else {
-                Failure::Fatal(StartupError::Identity(e))
-            }
-        })
-    })
-    .await
-}
-
 /// Binds the proxy's listeners, waiting with backoff while a port is in use, and starts
 /// serving with `identity`. A failed attempt keeps none of the listeners, so nothing is
 /// accepted before meshd is ready.
 async fn start_proxy(
     config: &MeshdConfig,
-    identity: &IdentityManager,
+    identities: meshd_identity::IdentitySet,
     updates: watch::Receiver<Arc<ProxyState>>,
     sinks: Sinks,
     waiting: &Waiting,
@@ -255,7 +226,7 @@ async fn start_proxy(
     Proxy::start_on(
         listeners,
         config,
-        identity.handle(),
+        identities,
         updates,
         sinks,
         &PluginRegistry::builtin(),
@@ -362,7 +333,7 @@ struct Running {
     watcher: Option<watcher::DirWatcher>,
     /// istiod's clients, when meshd joins a mesh; their state changes rebuild the proxy's.
     control: Option<control_plane::ControlPlane>,
-    _identity: IdentityManager,
+    _identity: identities::Identities,
     /// The admin, metrics and readiness endpoints' thread: they answer until the daemon ends.
     _operator: meshd_admin::OperatorRuntime,
 }
@@ -434,18 +405,34 @@ async fn start(
             .map_err(Exit::Config)?,
         None => None,
     };
-    let identity = start_identity(&config, &waiting)
+    let identity = identities::start_own(&config, &waiting)
         .await
         .map_err(Exit::Config)?;
     let _ = operated.identity.set(identity.handle());
     let _ = operated.rotations.set(identity.stats());
+    let workloads = identities::start_workloads(&config, &waiting)
+        .await
+        .map_err(Exit::Config)?;
+    let identity = identities::Identities {
+        own: identity,
+        workloads,
+    };
+    let _ = operated.identities.set(identity.set());
     readiness.set_ready("certificates");
-    watch_certificate(&identity, &readiness, &metrics);
+    watch_certificate(&identity.own, &readiness, &metrics);
+    operator::watch_workload_certificates(&identity.workloads, &readiness, &metrics);
     let control = match (&config.control_plane, cp_metrics) {
         (Some(cp), Some(cp_metrics)) => Some(
-            control_plane::start_xds(cp, identity.handle(), ca, &readiness, &waiting, cp_metrics)
-                .await
-                .map_err(Exit::Config)?,
+            control_plane::start_xds(
+                cp,
+                identity.own.handle(),
+                ca,
+                &readiness,
+                &waiting,
+                cp_metrics,
+            )
+            .await
+            .map_err(Exit::Config)?,
         ),
         _ => None,
     };
@@ -476,7 +463,7 @@ async fn start(
     let operator_ports: Vec<u16> = operator.bound().iter().map(|(_, a)| a.port()).collect();
     let proxy = start_proxy(
         &config,
-        &identity,
+        identity.set(),
         updates,
         sinks,
         &waiting,
@@ -494,7 +481,8 @@ async fn start(
         connections_opened: client.connections_opened(),
     });
     tracing::info!(
-        identity = %identity.handle().current().id(),
+        identity = %identity.own.handle().current().id(),
+        workload_identities = identity.workloads.managers().count(),
         hbone = %proxy.addrs().hbone,
         local_workloads = ?local,
         "meshd ready"

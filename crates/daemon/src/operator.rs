@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use meshd_admin::{
     Endpoint, Handlers, Limits, LogLevelFn, OperatorRuntime, Readiness, ServeSettings,
 };
-use meshd_identity::{IdentityHandle, IdentityManager, RotationStats};
+use meshd_identity::{
+    IdentityHandle, IdentityManager, IdentitySet, RotationStats, WorkloadManagers,
+};
 use meshd_metrics::Metrics;
 use meshd_proxy::views;
 use meshd_proxy::{Live, ProxyState, config_dump};
@@ -24,6 +26,8 @@ use crate::startup::{self, Waiting};
 pub(crate) struct Operated {
     pub(crate) states: OnceLock<watch::Receiver<Arc<ProxyState>>>,
     pub(crate) identity: OnceLock<IdentityHandle>,
+    /// Every identity meshd holds: its own and the local workloads' own.
+    pub(crate) identities: OnceLock<IdentitySet>,
     pub(crate) rotations: OnceLock<Arc<RotationStats>>,
     pub(crate) last_reload_error: Mutex<Option<String>>,
     /// istiod's clients, when meshd joins a mesh.
@@ -86,7 +90,14 @@ impl Operated {
                     .rotations
                     .get()
                     .map_or((0, 0), |s| (s.rotations(), s.failed_rotations()));
-                serde_json::to_value(views::certs(&certificate, ok, failed))
+                let mut certs = views::certs(&certificate, ok, failed);
+                if let Some(identities) = self.identities.get() {
+                    certs.workloads = identities
+                        .workloads()
+                        .map(|(_, handle)| views::workload_cert(&handle.current()))
+                        .collect();
+                }
+                serde_json::to_value(certs)
             }
         };
         Some(value.map_err(|e| e.to_string()))
@@ -206,6 +217,41 @@ pub(crate) fn watch_certificate(
             }
         }
     });
+}
+
+/// As [`watch_certificate`], for each local workload's own identity: an expired certificate
+/// of any makes meshd unready (its workload could neither serve nor reach anyone), and each
+/// has its series of the expiry gauge, labelled by its identity.
+pub(crate) fn watch_workload_certificates(
+    workloads: &WorkloadManagers,
+    readiness: &Readiness,
+    metrics: &Metrics,
+) {
+    for (id, manager) in workloads.managers() {
+        let handle = manager.handle();
+        let id = id.to_string();
+        readiness.add_check(move || {
+            let not_after = handle.not_after();
+            (not_after <= time::OffsetDateTime::now_utc())
+                .then(|| format!("certificate of {id} expired at {not_after} and was not rotated"))
+        });
+        let mut updates = manager.handle().subscribe();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let set = updates.borrow_and_update().clone();
+                    metrics.workload_certificate(
+                        &set.id().to_string(),
+                        set.not_after().unix_timestamp(),
+                    );
+                }
+                if updates.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// How often the certificate metrics are refreshed when no new certificate arrives.

@@ -9,7 +9,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use meshd_admin::AdminSettings;
-use meshd_identity::{DevCaSource, IdentitySource, TrustDomain};
+use meshd_identity::{DevCaSource, IdentitySource, TrustDomain, WorkloadSource};
 use meshd_proxy::plugins::PluginSpec;
 use meshd_proxy::{
     ExplicitListener, HBONE_PORT, Listen, LocalWorkloads, PoolSettings, ProxyConfig, Socks5Settings,
@@ -39,6 +39,11 @@ pub struct MeshdConfig {
     /// Where this meshd's certificate comes from.
     #[serde(default = "default_identity")]
     pub identity: IdentitySource,
+    /// One identity per local workload: by `<namespace>/<serviceAccount>`, where that service
+    /// account's SVID comes from (pinned to its SPIFFE ID). Workloads of other service
+    /// accounts are served under `identity`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workload_identities: BTreeMap<String, WorkloadSource>,
     /// Which workloads are on this machine.
     #[serde(default)]
     pub local: LocalWorkloads,
@@ -86,6 +91,7 @@ impl Default for MeshdConfig {
             trust_domains: BTreeMap::new(),
             root_namespace: default_root_namespace(),
             identity: default_identity(),
+            workload_identities: BTreeMap::new(),
             local: LocalWorkloads::default(),
             listen: Listen::default(),
             hbone_port: default_hbone_port(),

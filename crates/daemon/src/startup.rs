@@ -198,7 +198,9 @@ pub(crate) fn check_config(config: &MeshdConfig) -> Result<(), StartupError> {
     config
         .identity
         .check_paths()
-        .map_err(StartupError::Identity)
+        .map_err(StartupError::Identity)?;
+    crate::identities::workload_sources(config).map_err(StartupError::Identity)?;
+    Ok(())
 }
 
 /// Whether a failed bind may succeed later without a configuration change: the port is held

@@ -32,8 +32,14 @@ const BEGIN: &str = "<!-- meshd.yaml keys: begin -->";
 const END: &str = "<!-- meshd.yaml keys: end -->";
 
 /// Keys whose values are maps with user-chosen keys (trust domain → bundle file, label → value,
-/// namespace → trust domain): documented as one key, not descended into.
-const MAPS: [&str; 3] = ["federatedBundles", "labels", "trustDomains"];
+/// namespace → trust domain, service account → identity source): documented as one key, not
+/// descended into.
+const MAPS: [&str; 4] = [
+    "federatedBundles",
+    "labels",
+    "trustDomains",
+    "workloadIdentities",
+];
 /// Keys whose built-in default depends on the machine (`workerThreads`: 1 or 2 by CPU count),
 /// so the page describes it in words.
 const MACHINE_DEPENDENT: [&str; 1] = ["workerThreads"];
@@ -132,6 +138,7 @@ fn filled_in() -> Vec<MeshdConfig> {
                 listen: "127.0.0.1:9080".parse().unwrap(),
                 target: "reviews.default:9080".into(),
                 allow_remote: false,
+                workload: Some("shop/web".into()),
             }],
             plugins: vec![PluginSpec {
                 name: "connection_limit".into(),
@@ -139,6 +146,10 @@ fn filled_in() -> Vec<MeshdConfig> {
             }],
             control_plane: Some(control_plane()),
             trust_domains: BTreeMap::from([("bank".into(), TrustDomain::new("td-b").unwrap())]),
+            workload_identities: BTreeMap::from([(
+                "shop/web".into(),
+                meshd_identity::WorkloadSource::DevCa(meshd_identity::WorkloadDevCa {}),
+            )]),
             ..MeshdConfig::default()
         })
         .collect()

@@ -15,7 +15,8 @@ use crate::pool::{Pool, PoolKey, SlotGuard};
 use crate::stream::TunnelStream;
 use crate::{ClientSettings, Error};
 
-/// Opens HBONE tunnels as the local identity; cheap to clone (all clones share one pool).
+/// Opens HBONE tunnels as a local identity; cheap to clone (all clones share one pool, and
+/// so do the views [`Client::as_identity`] makes).
 #[derive(Clone)]
 pub struct Client {
     identity: IdentityHandle,
@@ -38,13 +39,27 @@ impl Client {
         settings.validate()?;
         Ok(Client {
             #[cfg(feature = "quic")]
-            quic: Arc::new(crate::quic::QuicClient::new(
-                identity.clone(),
-                settings.clone(),
-            )),
-            pool: Arc::new(Pool::new(identity.clone(), settings)),
+            quic: Arc::new(crate::quic::QuicClient::new(settings.clone())),
+            pool: Arc::new(Pool::new(settings)),
             identity,
         })
+    }
+
+    /// The same client (the same pool) presenting `identity` instead: the source workload's
+    /// own, when meshd holds one per local workload. The pool key holds the presenting
+    /// identity, so a connection opened under one identity never carries another's tunnels.
+    pub fn as_identity(&self, identity: IdentityHandle) -> Client {
+        Client {
+            identity,
+            pool: Arc::clone(&self.pool),
+            #[cfg(feature = "quic")]
+            quic: Arc::clone(&self.quic),
+        }
+    }
+
+    /// The identity this client presents.
+    pub fn identity(&self) -> &IdentityHandle {
+        &self.identity
     }
 
     /// Opens a tunnel through `peer` to `authority` (the destination workload's `ip:port`,
@@ -84,7 +99,11 @@ impl Client {
         match peer.transport {
             Transport::H2 => self.connect_h2(peer, authority, &headers, first).await,
             #[cfg(feature = "quic")]
-            Transport::H3 => self.quic.connect(peer, authority, &headers, first).await,
+            Transport::H3 => {
+                (self.quic)
+                    .connect(&self.identity, peer, authority, &headers, first)
+                    .await
+            }
             #[cfg(not(feature = "quic"))]
             Transport::H3 => Err(Error::TransportUnavailable("h3")),
         }
@@ -106,7 +125,7 @@ impl Client {
         // and a request the server provably did not process is safe to send elsewhere.
         let mut last = None;
         for _ in 0..2 {
-            let (send, slot) = self.pool.checkout(&key).await?;
+            let (send, slot) = self.pool.checkout(&key, &self.identity).await?;
             let response_timeout = self.pool.settings().response_timeout;
             let request = Connect {
                 authority,

@@ -103,5 +103,5 @@ pub use observe::{NoObserver, Observer, Refused, Stage};
 pub use peer::{Peer, Transport};
 pub use request::{InboundRequest, Refusal};
 pub use responder::{BoxError, Inbound, Responder};
-pub use server::{Server, ServerHandle};
+pub use server::{Server, ServerHandle, ServerIdentities};
 pub use stream::TunnelStream;

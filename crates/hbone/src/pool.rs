@@ -1,7 +1,10 @@
 //! The HTTP/2 connection pool behind [`Client`](crate::Client).
 //!
 //! Keyed by (local identity, expected peer identity, peer address), as ztunnel's
-//! `WorkloadKey` minus the source IP (meshd does not spoof sources). Per key: a list of
+//! `WorkloadKey` minus the source IP (meshd does not spoof sources). The local identity is the
+//! one presented (the source workload's, with one identity per local workload), so two
+//! source identities never share a connection: the server authorizes by the client
+//! certificate, once per connection. Per key: a list of
 //! connections, each with a slot counter capped at min(our stream limit, the server's
 //! SETTINGS_MAX_CONCURRENT_STREAMS), and one shared dial in flight ([`DialSlot`]) so concurrent
 //! requests wait for one handshake, and share its failure, instead of each dialing in turn.
@@ -45,7 +48,6 @@ pub(crate) struct PoolKey {
 }
 
 pub(crate) struct Pool {
-    identity: IdentityHandle,
     settings: ClientSettings,
     keys: Mutex<HashMap<PoolKey, Arc<KeyEntry>>>,
     next_id: AtomicU64,
@@ -138,9 +140,8 @@ impl Drop for SlotGuard {
 }
 
 impl Pool {
-    pub(crate) fn new(identity: IdentityHandle, settings: ClientSettings) -> Pool {
+    pub(crate) fn new(settings: ClientSettings) -> Pool {
         Pool {
-            identity,
             settings,
             keys: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
@@ -153,19 +154,21 @@ impl Pool {
     }
 
     /// A slot on a connection for `key`: a reusable one if any has room, else one on the
-    /// connection being dialed (joining the dial in flight, or starting it).
+    /// connection being dialed (joining the dial in flight, or starting it). `identity` is
+    /// the one presented, whose ID is `key.local`.
     pub(crate) async fn checkout(
         self: &Arc<Self>,
         key: &PoolKey,
+        identity: &IdentityHandle,
     ) -> Result<(SendRequest<Bytes>, SlotGuard), Error> {
-        let entry = self.entry(key)?;
+        let entry = self.entry(key, identity)?;
         loop {
             if let Some(found) = entry.reserve() {
                 return Ok(found);
             }
             let conn = entry
                 .dial
-                .join_or_start(|| self.open(key.clone(), &entry))
+                .join_or_start(|| self.open(key.clone(), &entry, identity.clone()))
                 .await?;
             // A server announcing zero streams still gets one from each dial, so a request
             // always makes progress (the response timeout bounds the wait for its stream).
@@ -188,12 +191,12 @@ impl Pool {
         self: &Arc<Self>,
         key: PoolKey,
         entry: &Arc<KeyEntry>,
+        identity: IdentityHandle,
     ) -> impl Future<Output = Result<Arc<PooledConn>, Error>> + Send + 'static {
         let pool = Arc::downgrade(self);
         let weak_entry = Arc::downgrade(entry);
         let tls = entry.tls.clone();
         let settings = self.settings.clone();
-        let identity = self.identity.clone();
         async move {
             let Dialed {
                 send,
@@ -252,12 +255,12 @@ impl Pool {
         }
     }
 
-    fn entry(&self, key: &PoolKey) -> Result<Arc<KeyEntry>, Error> {
+    fn entry(&self, key: &PoolKey, identity: &IdentityHandle) -> Result<Arc<KeyEntry>, Error> {
         let mut keys = lock(&self.keys);
         if let Some(entry) = keys.get(key) {
             return Ok(Arc::clone(entry));
         }
-        let tls = meshd_identity::tls::client_config(&self.identity, &key.peer)?;
+        let tls = meshd_identity::tls::client_config(identity, &key.peer)?;
         let entry = Arc::new(KeyEntry {
             dial: DialSlot::new(),
             conns: Mutex::new(Vec::new()),

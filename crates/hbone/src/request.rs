@@ -22,6 +22,9 @@ pub struct InboundRequest {
     pub peer_addr: SocketAddr,
     /// The local address the TLS connection arrived on; `authority.ip()` equals its IP.
     pub local_addr: SocketAddr,
+    /// The identity this server presented on the connection (chosen by `local_addr` when the
+    /// server has one per local workload): who the client believes it reached.
+    pub local_identity: SpiffeId,
     /// The destination from `:authority`; the proxy dials it (ztunnel dials
     /// `<arrival ip>:<authority port>`, the same address after the IP check).
     pub authority: SocketAddr,
@@ -65,6 +68,7 @@ pub(crate) struct ConnectionInfo {
     pub(crate) peer_identity: SpiffeId,
     pub(crate) peer_addr: SocketAddr,
     pub(crate) local_addr: SocketAddr,
+    pub(crate) local_identity: SpiffeId,
     pub(crate) transport: Transport,
     pub(crate) observer: Arc<dyn Observer>,
 }
@@ -114,6 +118,7 @@ pub(crate) fn validate(
         peer_identity: info.peer_identity.clone(),
         peer_addr: info.peer_addr,
         local_addr: info.local_addr,
+        local_identity: info.local_identity.clone(),
         authority,
         headers: RequestHeaders::from_headers(headers),
         transport: info.transport,

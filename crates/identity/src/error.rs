@@ -210,6 +210,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+
+    /// One local workload's own identity (meshd.yaml's `workloadIdentities:`) could not be
+    /// loaded; `identity` is the SPIFFE ID it is pinned to, `source` why.
+    #[error("workload identity {identity}: {source}")]
+    Workload {
+        /// The SPIFFE ID the workload's SVID must carry.
+        identity: String,
+        /// Why it could not be loaded.
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -224,7 +234,7 @@ impl Error {
     /// The innermost error, without the file context; tests and metrics match on it.
     pub fn cause(&self) -> &Error {
         match self {
-            Error::InFile { source, .. } => source.cause(),
+            Error::InFile { source, .. } | Error::Workload { source, .. } => source.cause(),
             other => other,
         }
     }
@@ -279,8 +289,9 @@ impl Error {
             | Error::DevCa { .. }
             | Error::Config { .. }
             | Error::Manager { .. }
-            // `cause` never returns this variant.
-            | Error::InFile { .. } => false,
+            // `cause` never returns these variants.
+            | Error::InFile { .. }
+            | Error::Workload { .. } => false,
         }
     }
 

@@ -23,8 +23,11 @@
 //! # What it does not do
 //! - No authorization: it says *who* the peer is; whether that principal may connect is the
 //!   RBAC crate's decision.
-//! - One identity per manager: several local workloads need one manager each; no Istio CA
-//!   (CSR) client (meshd-xds has it), no CRL/OCSP checking.
+//! - One identity per manager: several local workloads get one manager each, gathered in an
+//!   [`IdentitySet`] (meshd's own plus one per service account with a [`WorkloadSource`],
+//!   each pinned to its expected SPIFFE ID); which connection presents which is the HBONE
+//!   and proxy crates' choice. No Istio CA (CSR) client (meshd-xds has it), no CRL/OCSP
+//!   checking.
 //! - No TLS 1.2, no session resumption, no DNS or IP name checks (SPIFFE forbids them).
 //! - The dev CA is for trying meshd; production uses certificates from a real CA.
 //!
@@ -69,6 +72,7 @@ pub mod dev_ca;
 mod error;
 mod expiry;
 pub mod pem;
+mod set;
 mod source;
 mod spiffe_id;
 mod spire;
@@ -80,6 +84,7 @@ pub use bundle::{Purpose, TrustBundle};
 pub use credentials::{CredentialSet, Credentials};
 pub use dev_ca::{DevCa, IssuedSvid};
 pub use error::Error;
+pub use set::{IdentitySet, WorkloadDevCa, WorkloadManagers, WorkloadSource};
 pub use source::{
     DEFAULT_DEV_TTL, DEFAULT_TRUST_DOMAIN, DevCaSource, FilesSource, ISTIO_CERT_CHAIN_FILE,
     ISTIO_KEY_FILE, ISTIO_ROOT_CERT_FILE, IdentitySource, IstioCaSource, SpiffeHelperSource,

@@ -172,6 +172,12 @@ impl Metrics {
             .certificate(identity, not_after_unix, rotations, failed_rotations);
     }
 
+    /// A local workload's own certificate (one identity per local workload): its series of
+    /// the expiry gauge, beside meshd's own. Its identity is pinned, so the series stays.
+    pub fn workload_certificate(&self, identity: &str, not_after_unix: i64) {
+        self.0.own.workload_certificate(identity, not_after_unix);
+    }
+
     /// Where the HBONE pool's figures come from; `source` is called at each scrape.
     pub fn hbone_pool(&self, source: impl Fn() -> HbonePool + Send + Sync + 'static) {
         self.0.own.hbone_pool(Box::new(source));

@@ -221,6 +221,13 @@ impl Own {
             .fetch_max(failed_rotations, Ordering::Relaxed);
     }
 
+    pub(crate) fn workload_certificate(&self, identity: &str, not_after_unix: i64) {
+        let labels = IdentityLabels {
+            identity: Value::from(identity.to_owned()),
+        };
+        self.expiry.get_or_create(&labels).set(not_after_unix);
+    }
+
     pub(crate) fn hbone_pool(&self, source: PoolSource) {
         *self
             .pool

@@ -295,6 +295,11 @@ pub struct ExplicitListener {
     /// identity).
     #[serde(default)]
     pub allow_remote: bool,
+    /// The local workload (`namespace/name`) the listener's connections come from: they
+    /// present its identity when meshd holds one of its own (`workloadIdentities`). Unset: the
+    /// workload at the client's address, else the machine's only local workload, else meshd's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
 }
 
 impl ExplicitListener {

@@ -242,6 +242,9 @@ pub struct TunnelRequest {
     pub trace: TraceParent,
     /// HBONE over HTTP/3 (QUIC) instead of HTTP/2.
     pub quic: bool,
+    /// The identity the tunnel presents (the source workload's, or meshd's own), shared with
+    /// the connection's facts; `None`: meshd's own.
+    pub source: Option<Arc<meshd_record::Identity>>,
 }
 
 /// The context of one connection in a stack: its [`Facts`] (the same value its record holds),

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use meshd_hbone::{Client, Forwarded, Peer, RequestHeaders, Transport};
+use meshd_identity::{IdentitySet, SpiffeId};
 use tokio::net::TcpStream;
 
 use crate::conn::{BoxIo, TunnelRequest};
@@ -20,6 +21,8 @@ pub struct MeshConnector {
     mark: Option<u32>,
     /// The mark of connections made from the client's address; `None`: from meshd's own.
     original_source: Option<u32>,
+    /// The local workloads' own identities: a tunnel presents its source's.
+    identities: Option<IdentitySet>,
 }
 
 impl MeshConnector {
@@ -30,6 +33,7 @@ impl MeshConnector {
             client,
             mark,
             original_source: None,
+            identities: None,
         }
     }
 
@@ -38,6 +42,25 @@ impl MeshConnector {
     pub fn keep_client_address(mut self, mark: Option<u32>) -> Self {
         self.original_source = mark;
         self
+    }
+
+    /// Tunnels present their source workload's identity when it is one of `identities`
+    /// (through the same pool, keyed by that identity), else the client's.
+    pub fn with_identities(mut self, identities: Option<IdentitySet>) -> Self {
+        self.identities = identities;
+        self
+    }
+
+    /// The client presenting `source`'s identity, or meshd's own.
+    fn client_for(&self, source: Option<&SpiffeId>) -> Client {
+        let own = || self.client.clone();
+        let Some(identities) = &self.identities else {
+            return own();
+        };
+        match source.and_then(|id| identities.workload(id)) {
+            Some(identity) => self.client.as_identity(identity.clone()),
+            None => own(),
+        }
     }
 }
 
@@ -78,7 +101,7 @@ impl Connector for MeshConnector {
         request: TunnelRequest,
         first: Bytes,
     ) -> BoxFuture<'static, Result<BoxIo, TunnelError>> {
-        let client = self.client.clone();
+        let client = self.client_for(request.source.as_deref().map(|i| i.id()));
         Box::pin(async move {
             let headers = RequestHeaders {
                 baggage: request

@@ -39,6 +39,7 @@ mod dump;
 mod entry;
 mod error;
 mod exposure;
+mod identities;
 mod layers;
 mod live;
 mod local;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshd_hbone::{Client, ClientSettings, Server, ServerHandle, ServerSettings};
-use meshd_identity::IdentityHandle;
+use meshd_identity::{IdentityHandle, IdentitySet};
 use meshd_record::{Direction, Identity, Sinks};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,6 +19,7 @@ use crate::connector::MeshConnector;
 use crate::entry::Gate;
 use crate::entry::hbone::{HboneInbound, HboneRefusals};
 use crate::entry::listener::{Accepted, Listener, serve};
+use crate::identities::LocalIdentities;
 use crate::layers::resolve::ResolveLayer;
 use crate::own_ports::OwnPorts;
 use crate::plugins::{PluginError, PluginRegistry};
@@ -87,7 +88,8 @@ impl Proxy {
         plugins: &PluginRegistry,
     ) -> Result<Proxy, StartError> {
         let listeners = Proxy::bind(config).await?;
-        Proxy::start_on(listeners, config, identity, states, sinks, plugins, &[]).await
+        let identities = IdentitySet::single(identity);
+        Proxy::start_on(listeners, config, identities, states, sinks, plugins, &[]).await
     }
 
     /// Binds every TCP listener of `config`, or none: on an error the ones already bound are
@@ -99,11 +101,12 @@ impl Proxy {
     /// Starts serving on listeners bound by [`Proxy::bind`] for the same `config`, with
     /// `reserved` ports added to meshd's own: the ports the daemon's operator endpoints were
     /// bound to (a port 0 in the configuration resolved), which no connection may be relayed
-    /// to either.
+    /// to either. `identities` are meshd's own and the local workloads' (one per workload
+    /// with its own): each connection is served under its workload's.
     pub async fn start_on(
         listeners: BoundListeners,
         config: &ProxyConfig,
-        identity: IdentityHandle,
+        identities: IdentitySet,
         states: watch::Receiver<Arc<ProxyState>>,
         sinks: Sinks,
         plugins: &PluginRegistry,
@@ -123,10 +126,17 @@ impl Proxy {
             max_streams_per_connection: config.pool.max_streams_per_connection.get(),
             ..ClientSettings::default()
         };
+        let identity = identities.own().clone();
         let client = Client::new(identity.clone(), client_settings)?;
+        // Outbound names of workloads (a listener's, a SOCKS5 user's) are always checked;
+        // only with identities of their own do inbound connections need the choice.
+        let has_own = identities.has_workload_identities();
+        let sources = LocalIdentities::new(identities, states.clone());
+        let local = has_own.then(|| sources.clone());
         let connector = Arc::new(
             MeshConnector::new(client.clone(), config.socket_mark())
-                .keep_client_address(config.original_source.then_some(config.mark)),
+                .keep_client_address(config.original_source.then_some(config.mark))
+                .with_identities(local.as_ref().map(|l| l.set().clone())),
         );
 
         let BoundListeners {
@@ -166,19 +176,22 @@ impl Proxy {
         };
 
         let gate = Gate::new(states, sinks);
-        let inbound_service = HboneInbound::new(inbound_stack.clone(), gate.clone());
+        let inbound_service = HboneInbound::new(inbound_stack.clone(), gate.clone(), local.clone());
         let refusals = Arc::new(HboneRefusals::new(gate.clone()));
-        let hbone = Server::new(
-            &identity,
-            ServerSettings::default(),
-            inbound_service.clone(),
-        )?
-        .with_observer(refusals.clone())
-        .spawn(hbone_listener)?;
+        let server = |service| -> Result<Server, StartError> {
+            let server = Server::new(&identity, ServerSettings::default(), service)?;
+            Ok(match &local {
+                Some(local) => server.with_identities(Arc::new(local.clone())),
+                None => server,
+            })
+        };
+        let hbone = server(inbound_service.clone())?
+            .with_observer(refusals.clone())
+            .spawn(hbone_listener)?;
         let hbone_quic = match config.listen.hbone_quic {
             #[cfg(feature = "quic")]
             Some(addr) => Some(
-                Server::new(&identity, ServerSettings::default(), inbound_service)?
+                server(inbound_service)?
                     .with_observer(refusals)
                     .spawn_quic(addr)?,
             ),
@@ -199,7 +212,8 @@ impl Proxy {
             outbound_stack,
             gate,
             Some(local_identity),
-        );
+        )
+        .with_identities(Some(sources));
         if let Some(listener) = inbound_plaintext {
             tasks.spawn(serve(listener, inbound_entry, Accepted::Captured));
         }
@@ -209,11 +223,11 @@ impl Proxy {
         if let Some(listener) = socks {
             tasks.spawn(serve(listener, outbound_entry.clone(), Accepted::Socks5));
         }
-        for (listener, target) in explicit {
+        for ((listener, target), spec) in explicit.into_iter().zip(&config.listeners) {
             tasks.spawn(serve(
                 listener,
                 outbound_entry.clone(),
-                Accepted::Fixed(target),
+                Accepted::Fixed(target, spec.workload.clone()),
             ));
         }
         Ok(Proxy {

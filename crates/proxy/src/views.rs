@@ -274,6 +274,21 @@ pub fn certs(set: &CredentialSet, rotations: u64, failed_rotations: u64) -> view
         rotations,
         failed_rotations,
         trust_domains,
+        workloads: Vec::new(),
+    }
+}
+
+/// A local workload's own certificate, for `GET /status/certs`' `workloads`.
+pub fn workload_cert(set: &CredentialSet) -> view::WorkloadCert {
+    let c = set.credentials();
+    let now = OffsetDateTime::now_utc();
+    let serial: Vec<String> = c.serial().iter().map(|b| format!("{b:02x}")).collect();
+    view::WorkloadCert {
+        identity: set.id().to_string(),
+        serial: serial.join(":"),
+        not_after: view::rfc3339(c.not_after()),
+        seconds_left: (c.not_after() - now).whole_seconds(),
+        warning: certificate_warning(set, now),
     }
 }
 

@@ -12,6 +12,7 @@ fn listener(listen: &str, allow_remote: bool) -> ExplicitListener {
         listen: listen.parse().unwrap(),
         target: "web.shop:80".into(),
         allow_remote,
+        workload: None,
     }
 }
 

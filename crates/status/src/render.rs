@@ -312,6 +312,22 @@ fn certs(c: &Certs, o: Options) -> String {
         }
     }
     let _ = write!(out, "\n{}", roots.render(o.width, o.color));
+    if !c.workloads.is_empty() {
+        let mut own = Table::new(&["workload identity", "serial", "not after"]);
+        for w in &c.workloads {
+            let tone = if w.warning.is_some() {
+                Tone::Bad
+            } else {
+                Tone::Good
+            };
+            own.row(vec![
+                w.identity.clone().into(),
+                w.serial.clone().into(),
+                Cell::toned(format!("{} ({})", w.not_after, left(w.seconds_left)), tone),
+            ]);
+        }
+        let _ = write!(out, "\n{}", own.render(o.width, o.color));
+    }
     out
 }
 

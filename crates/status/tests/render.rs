@@ -134,6 +134,35 @@ fn certs_warn_and_list_roots() {
 }
 
 #[test]
+fn certs_list_every_workload_identity_with_its_expiry() {
+    let value = json!({"identity": "spiffe://cluster.local/ns/mesh/sa/meshd", "serial": "01",
+        "issuer": "CN=ca", "notBefore": "2026-11-27T00:00:00Z", "notAfter": "2026-11-28T00:00:00Z",
+        "secondsLeft": 3600, "warning": null, "rotations": 0, "failedRotations": 0, "trustDomains": [],
+        "workloads": [
+            {"identity": "spiffe://cluster.local/ns/shop/sa/web", "serial": "0a", "notAfter": "2026-11-28T01:00:00Z",
+             "secondsLeft": 7200, "warning": null},
+            {"identity": "spiffe://cluster.local/ns/shop/sa/db", "serial": "0b", "notAfter": "2026-11-27T01:00:00Z",
+             "secondsLeft": -5, "warning": "expired at 2026-11-27T01:00:00Z"}]});
+    let text = render("certs", &value, PLAIN).unwrap();
+    assert!(text.contains("WORKLOAD IDENTITY"), "{text}");
+    assert!(
+        text.contains(
+            "spiffe://cluster.local/ns/shop/sa/web  0a      2026-11-28T01:00:00Z (2h 0m left)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("spiffe://cluster.local/ns/shop/sa/db"),
+        "{text}"
+    );
+    // Without workload identities, no such table.
+    let mut single = value.clone();
+    single.as_object_mut().unwrap().remove("workloads");
+    let text = render("certs", &single, PLAIN).unwrap();
+    assert!(!text.contains("WORKLOAD IDENTITY"), "{text}");
+}
+
+#[test]
 fn another_shape_is_refused_with_the_view_named() {
     let err = render("summary", &json!({"pending": "x"}), PLAIN).unwrap_err();
     assert!(

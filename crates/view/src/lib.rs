@@ -231,6 +231,26 @@ pub struct Certs {
     pub failed_rotations: u64,
     /// The trust domains this meshd accepts peers from, with their roots.
     pub trust_domains: Vec<TrustDomain>,
+    /// The local workloads' own identities (one identity per local workload), each with its
+    /// certificate's expiry; empty when every workload is served under `identity`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadCert>,
+}
+
+/// One local workload's own identity in `GET /status/certs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadCert {
+    /// The identity (pinned: the service account's SPIFFE ID).
+    pub identity: String,
+    /// Its certificate's serial number, hex bytes joined by `:`.
+    pub serial: String,
+    /// End of its validity.
+    pub not_after: String,
+    /// Seconds until `notAfter` (negative once expired).
+    pub seconds_left: i64,
+    /// Set when it has expired or has less than a quarter of its lifetime left.
+    pub warning: Option<String>,
 }
 
 /// A trust domain and its bundle.

@@ -2,7 +2,8 @@
 //!
 //! The input is everything the client sends, then it half-closes. The server must either refuse
 //! or produce exactly the target a straightforward RFC 1928 reading of the bytes gives (the
-//! reference below), and what it writes back must be the replies that reading calls for.
+//! reference below; with RFC 1929's user name sub-negotiation when the client offers it, which
+//! meshd prefers), and what it writes back must be the replies that reading calls for.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
@@ -19,9 +20,13 @@ pub fn reference(data: &[u8]) -> Option<Target> {
         return None;
     };
     let (methods, rest) = rest.split_at_checked(usize::from(n))?;
-    if !methods.contains(&0) {
+    let rest = if methods.contains(&2) {
+        user_name(rest)?.1
+    } else if methods.contains(&0) {
+        rest
+    } else {
         return None;
-    }
+    };
     let (&[5, 1, _, atyp], rest) = rest.split_first_chunk::<4>()? else {
         return None;
     };
@@ -49,6 +54,17 @@ pub fn reference(data: &[u8]) -> Option<Target> {
         }
         _ => None,
     }
+}
+
+/// RFC 1929: `[1, ulen, user…, plen, password…]`; the user name (UTF-8) and what follows.
+fn user_name(data: &[u8]) -> Option<(String, &[u8])> {
+    let (&[1, len], rest) = data.split_first_chunk::<2>()? else {
+        return None;
+    };
+    let (user, rest) = rest.split_at_checked(usize::from(len))?;
+    let (&len, rest) = rest.split_first()?;
+    let (_password, rest) = rest.split_at_checked(usize::from(len))?;
+    Some((String::from_utf8(user.to_vec()).ok()?, rest))
 }
 
 struct Loopback {
@@ -122,10 +138,26 @@ pub fn run(data: &[u8]) {
 
 /// The bytes the server sent back are the ones the protocol calls for at the point it stopped.
 fn check_replies(data: &[u8], connected: bool, replies: &[u8]) {
-    let offers_no_auth = data.first() == Some(&5)
-        && data
-            .get(2..2 + usize::from(data.get(1).copied().unwrap_or(0)))
-            .is_some_and(|m| m.contains(&0));
+    let methods = || {
+        data.get(2..2 + usize::from(data.get(1).copied().unwrap_or(0)))
+            .filter(|_| data.first() == Some(&5))
+    };
+    let offers_user = methods().is_some_and(|m| m.contains(&2));
+    let offers_no_auth = methods().is_some_and(|m| m.contains(&0));
+    if data.len() >= 2 && data[0] == 5 && offers_user {
+        // The user name method, then the sub-negotiation's status (when it was read whole).
+        assert_eq!(replies.get(..2), Some(&[5u8, 2][..]), "method selection");
+        if connected {
+            assert_eq!(replies.get(2..4), Some(&[1u8, 0][..]), "user name status");
+            let code = if data.len().is_multiple_of(2) { 0 } else { 2 };
+            assert_eq!(
+                &replies[4..],
+                &[5, code, 0, 1, 0, 0, 0, 0, 0, 0],
+                "CONNECT reply"
+            );
+        }
+        return;
+    }
     if data.len() < 2 || data[0] != 5 {
         assert!(
             replies.is_empty(),

@@ -24,7 +24,6 @@ type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
 /// The HTTP/3 side of [`Client`](crate::Client): one QUIC connection per pool key.
 pub(crate) struct QuicClient {
-    identity: IdentityHandle,
     settings: ClientSettings,
     endpoints: Mutex<HashMap<bool, quinn::Endpoint>>,
     conns: Mutex<HashMap<(SpiffeId, SpiffeId, SocketAddr), Arc<Entry>>>,
@@ -46,23 +45,25 @@ struct DialParts {
 }
 
 impl QuicClient {
-    pub(crate) fn new(identity: IdentityHandle, settings: ClientSettings) -> QuicClient {
+    pub(crate) fn new(settings: ClientSettings) -> QuicClient {
         QuicClient {
-            identity,
             settings,
             endpoints: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
         }
     }
 
+    /// A tunnel presenting `identity` (the source workload's); connections are pooled per
+    /// (local identity, peer identity, peer address), never shared between two identities.
     pub(crate) async fn connect(
         &self,
+        identity: &IdentityHandle,
         peer: &Peer,
         authority: SocketAddr,
         headers: &RequestHeaders,
         first: Bytes,
     ) -> Result<TunnelStream, Error> {
-        let mut send = self.checkout(peer).await?;
+        let mut send = self.checkout(identity, peer).await?;
         let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(authority_string(authority))
@@ -95,9 +96,9 @@ impl QuicClient {
         Ok(TunnelStream::h3(Box::new(io)))
     }
 
-    async fn checkout(&self, peer: &Peer) -> Result<SendRequest, Error> {
+    async fn checkout(&self, identity: &IdentityHandle, peer: &Peer) -> Result<SendRequest, Error> {
         let key = (
-            self.identity.current().id().clone(),
+            identity.current().id().clone(),
             peer.identity.clone(),
             peer.addr,
         );
@@ -120,7 +121,7 @@ impl QuicClient {
             return Ok(send);
         }
         let parts = DialParts {
-            identity: self.identity.clone(),
+            identity: identity.clone(),
             settings: self.settings.clone(),
             endpoint: self.endpoint(peer.addr.is_ipv6())?,
             peer: peer.clone(),

@@ -27,16 +27,7 @@ use crate::{Error, ServerSettings};
 impl Server {
     /// Starts serving HBONE over HTTP/3 on UDP `addr` (experimental; meshd peers only).
     pub fn spawn_quic(self, addr: SocketAddr) -> Result<ServerHandle, Error> {
-        let mut tls = (*self.tls).clone();
-        tls.alpn_protocols = vec![ALPN_H3.to_vec()];
-        let crypto = QuicServerConfig::try_from(Arc::new(tls))
-            .map_err(|e| Error::QuicConfig(crate::Cause::new(e)))?;
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config(
-            &self.settings.http2,
-            self.settings.keepalive,
-            self.settings.max_concurrent_streams,
-        )));
+        let config = quic_config(&self.tls, &self.settings)?;
         let endpoint = quinn::Endpoint::server(config, addr)
             .map_err(|e| Error::io("binding the QUIC endpoint", e))?;
         let local_addr = endpoint
@@ -48,6 +39,24 @@ impl Server {
             accept_loop(endpoint, local_addr, self, phase, accepting)
         }))
     }
+}
+
+/// The endpoint's configuration for a TLS configuration (an identity's).
+fn quic_config(
+    tls: &rustls::ServerConfig,
+    settings: &ServerSettings,
+) -> Result<quinn::ServerConfig, Error> {
+    let mut tls = tls.clone();
+    tls.alpn_protocols = vec![ALPN_H3.to_vec()];
+    let crypto = QuicServerConfig::try_from(Arc::new(tls))
+        .map_err(|e| Error::QuicConfig(crate::Cause::new(e)))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(
+        &settings.http2,
+        settings.keepalive,
+        settings.max_concurrent_streams,
+    )));
+    Ok(config)
 }
 
 async fn accept_loop(
@@ -79,6 +88,7 @@ async fn accept_loop(
                 };
                 let conn = Parts {
                     identity: server.identity.clone(),
+                    identities: Arc::clone(&server.identities),
                     endpoint_addr: local_addr,
                     settings: Arc::clone(&server.settings),
                     service: server.service.clone(),
@@ -106,6 +116,7 @@ async fn accept_loop(
 /// What one connection task needs from its server.
 struct Parts {
     identity: meshd_identity::IdentityHandle,
+    identities: Arc<crate::server::Identities>,
     endpoint_addr: SocketAddr,
     settings: Arc<ServerSettings>,
     service: ConnectService,
@@ -120,6 +131,7 @@ async fn serve_connection(
 ) {
     let Parts {
         identity,
+        identities,
         endpoint_addr,
         settings,
         service,
@@ -127,9 +139,34 @@ async fn serve_connection(
     } = parts;
     let peer_addr = incoming.remote_address();
     let arrived_on = incoming.local_ip();
+    // As over TCP, the certificate is the one of the workload whose address the client
+    // dialed; the endpoint's own configuration holds the default identity.
+    let local_ip = arrived_on.unwrap_or(endpoint_addr.ip());
+    let (identity, chosen) = match identities.for_local(local_ip) {
+        Ok(Some((chosen, tls))) if chosen.current().id() != identity.current().id() => {
+            match quic_config(&tls, &settings) {
+                Ok(config) => (chosen, Some(Arc::new(config))),
+                Err(error) => {
+                    tracing::warn!(src.addr = %peer_addr, %error, "no QUIC configuration for the local address");
+                    incoming.refuse();
+                    return;
+                }
+            }
+        }
+        Ok(_) => (identity, None),
+        Err(error) => {
+            tracing::warn!(src.addr = %peer_addr, %error, "no TLS configuration for the local address");
+            incoming.refuse();
+            return;
+        }
+    };
+    let local_identity = identity.current().id().clone();
     let handshake = async {
-        let conn = incoming
-            .accept()
+        let accepted = match chosen {
+            Some(config) => incoming.accept_with(config),
+            None => incoming.accept(),
+        };
+        let conn = accepted
             .map_err(|e| handshake_error(peer_addr, e))?
             .await
             .map_err(|e| handshake_error(peer_addr, e))?;
@@ -168,6 +205,7 @@ async fn serve_connection(
         peer_identity,
         peer_addr,
         local_addr: SocketAddr::new(local_ip, endpoint_addr.port()),
+        local_identity,
         transport: Transport::H3,
         observer: Arc::clone(&admission.observer),
     });

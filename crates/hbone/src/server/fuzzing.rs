@@ -54,6 +54,7 @@ impl Server {
             peer_identity,
             peer_addr,
             local_addr,
+            local_identity: self.identity.current().id().clone(),
             transport: Transport::H2,
             observer: Arc::clone(&self.observer),
         });

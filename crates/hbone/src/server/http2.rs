@@ -87,6 +87,7 @@ impl Server {
         Server {
             identity: self.identity.clone(),
             tls: Arc::clone(&self.tls),
+            identities: Arc::clone(&self.identities),
             settings: Arc::clone(&self.settings),
             service: self.service.clone(),
             observer: Arc::clone(&self.observer),
@@ -103,14 +104,24 @@ pub(super) struct ConnectionParts {
 async fn serve_connection(
     tcp: TcpStream,
     peer_addr: SocketAddr,
-    parts: ConnectionParts,
+    mut parts: ConnectionParts,
     mut phase: watch::Receiver<Phase>,
     ticket: crate::admission::HandshakeTicket,
 ) {
-    let settings = &parts.server.settings;
     let Ok(local_addr) = tcp.local_addr() else {
         return;
     };
+    // The certificate is the one of the workload whose address the client dialed.
+    match parts.server.identities.for_local(local_addr.ip()) {
+        Ok(Some((identity, tls))) => (parts.server.identity, parts.server.tls) = (identity, tls),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(src.addr = %peer_addr, dst.addr = %local_addr, %error,
+                "no TLS configuration for the local address; closing hbone connection");
+            return;
+        }
+    }
+    let settings = &parts.server.settings;
     socket::tune(&tcp);
     let handshake = async {
         let tls = meshd_identity::tls::accept(Arc::clone(&parts.server.tls), tcp)
@@ -140,6 +151,7 @@ async fn serve_connection(
         peer_identity,
         peer_addr,
         local_addr,
+        local_identity: parts.server.identity.current().id().clone(),
         transport: Transport::H2,
         observer: Arc::clone(&parts.server.observer),
     });

@@ -23,14 +23,22 @@ use crate::{Error, ServerSettings};
 #[cfg(feature = "fuzzing")]
 mod fuzzing;
 mod http2;
+mod identities;
 pub(crate) mod lifecycle;
+
+pub(crate) use identities::Identities;
+pub use identities::ServerIdentities;
 
 use lifecycle::{Admission, FORCE_GRACE, Phase};
 
 /// An HBONE server: TLS and HTTP/2 settings plus the caller's CONNECT service.
 pub struct Server {
+    /// The identity presented on this connection (the default one until a connection's
+    /// local address chose).
     pub(crate) identity: IdentityHandle,
     pub(crate) tls: Arc<rustls::ServerConfig>,
+    /// Every identity the server may present, and how it chooses.
+    pub(crate) identities: Arc<Identities>,
     pub(crate) settings: Arc<ServerSettings>,
     pub(crate) service: ConnectService,
     pub(crate) observer: Arc<dyn Observer>,
@@ -64,13 +72,28 @@ impl Server {
         let service = tower::ServiceBuilder::new()
             .map_err(Into::into)
             .service(service);
+        let identities = Identities::single(identity)?;
         Ok(Server {
             identity: identity.clone(),
-            tls: meshd_identity::tls::server_config(identity)?,
+            tls: Arc::clone(identities.default_config()),
+            identities: Arc::new(identities),
             settings: Arc::new(settings),
             service: ConnectService::new(service),
             observer: Arc::new(NoObserver),
         })
+    }
+
+    /// Presents, on each connection, the identity `chooser` picks for the local address it
+    /// arrived on (one identity per local workload) instead of the one given to
+    /// [`Server::new`]. Each CONNECT carries the identity presented
+    /// ([`InboundRequest::local_identity`](crate::InboundRequest::local_identity)), for the
+    /// service to check against its destination.
+    pub fn with_identities(mut self, chooser: Arc<dyn ServerIdentities>) -> Server {
+        self.identities = Arc::new(Identities::choosing(
+            (self.identity.clone(), Arc::clone(&self.tls)),
+            chooser,
+        ));
+        self
     }
 
     /// Tells `observer` about every connection and request refused before the service is

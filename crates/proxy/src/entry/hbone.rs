@@ -12,6 +12,7 @@ use tower::{Service, ServiceExt};
 
 use super::{Arrival, Gate};
 use crate::conn::{BoxIo, Conn, Downstream, Refusal, Target};
+use crate::identities::LocalIdentities;
 use crate::layers::ConnService;
 
 /// The tower service the HBONE server hands each CONNECT to: it runs the inbound stack on the
@@ -22,16 +23,27 @@ use crate::layers::ConnService;
 pub(crate) struct HboneInbound {
     stack: ConnService,
     gate: Gate,
+    /// With one identity per local workload: the check that a CONNECT's destination is the
+    /// workload whose certificate the connection presented.
+    identities: Option<LocalIdentities>,
 }
 
 impl HboneInbound {
     /// Runs `stack` on the CONNECTs that enter through `gate`.
-    pub(crate) fn new(stack: ConnService, gate: Gate) -> Self {
-        HboneInbound { stack, gate }
+    pub(crate) fn new(stack: ConnService, gate: Gate, identities: Option<LocalIdentities>) -> Self {
+        HboneInbound {
+            stack,
+            gate,
+            identities,
+        }
     }
 
-    /// The connection the stack sees for one CONNECT, with its record opened.
-    fn conn(&self, Inbound { request, responder }: Inbound) -> Conn {
+    /// The connection the stack sees for one CONNECT, with its record opened; `Err` when the
+    /// CONNECT is refused before the stack (recorded, and answered 401).
+    fn conn(
+        &self,
+        Inbound { request, responder }: Inbound,
+    ) -> Result<Conn, BoxFuture<'static, ()>> {
         let opened = self.gate.open(Arrival {
             trace: request
                 .headers
@@ -43,7 +55,17 @@ impl HboneInbound {
             transport: Some(request.transport),
             destination: Some(request.authority.to_string()),
         });
-        opened.toward(Target::Addr(request.authority), Box::new(Tunnel(responder)))
+        if let Some(identities) = &self.identities {
+            let checked =
+                identities.check_inbound(&opened.state, request.authority, &request.local_identity);
+            if let Err(reason) = checked {
+                tracing::info!(src.addr = %request.peer_addr, dst.addr = %request.authority,
+                    "refusing HBONE request: {reason}");
+                opened.fail(Outcome::Denied, reason);
+                return Err(Box::pin(responder.refuse(meshd_hbone::Refusal::Denied)));
+            }
+        }
+        Ok(opened.toward(Target::Addr(request.authority), Box::new(Tunnel(responder))))
     }
 }
 
@@ -59,7 +81,16 @@ impl Service<Inbound> for HboneInbound {
     fn call(&mut self, inbound: Inbound) -> Self::Future {
         // The set-up (the stack's futures, the request) has its own allocation, freed once the
         // tunnel is established: a held tunnel keeps only its relay.
-        let setup = Box::pin(self.stack.clone().oneshot(self.conn(inbound)));
+        let conn = match self.conn(inbound) {
+            Ok(conn) => conn,
+            Err(refused) => {
+                return Box::pin(async move {
+                    refused.await;
+                    Ok(())
+                });
+            }
+        };
+        let setup = Box::pin(self.stack.clone().oneshot(conn));
         Box::pin(async move {
             // The stack answers through the downstream; errors are in the record already.
             if let Ok(relay) = setup.await {

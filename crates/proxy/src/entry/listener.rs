@@ -14,7 +14,8 @@ use tower::ServiceExt;
 
 use super::socks5;
 use super::{Arrival, Gate};
-use crate::conn::{Downstream, Target};
+use crate::conn::{Downstream, Refusal, Target};
+use crate::identities::LocalIdentities;
 use crate::layers::ConnService;
 use crate::relay::Relay;
 
@@ -25,8 +26,8 @@ pub(crate) enum Accepted {
     Captured,
     /// A SOCKS5 request names it.
     Socks5,
-    /// An explicit listener's configured target.
-    Fixed(Target),
+    /// An explicit listener's configured target, and the local workload it speaks for.
+    Fixed(Target, Option<String>),
 }
 
 /// What a listener needs to turn a socket into a connection in its stack.
@@ -36,6 +37,8 @@ pub(crate) struct Listener {
     stack: ConnService,
     gate: Gate,
     identity: Option<Arc<Identity>>,
+    /// Outbound: which identity each connection presents (its source workload's).
+    identities: Option<LocalIdentities>,
 }
 
 impl Listener {
@@ -52,7 +55,14 @@ impl Listener {
             stack,
             gate,
             identity,
+            identities: None,
         }
+    }
+
+    /// Each connection presents its source workload's identity, chosen from `identities`.
+    pub(crate) fn with_identities(mut self, identities: Option<LocalIdentities>) -> Self {
+        self.identities = identities;
+        self
     }
 
     /// Serves one accepted connection. The set-up runs in its own allocation, freed once the
@@ -89,23 +99,50 @@ impl Listener {
             transport: None,
             destination: None,
         });
-        let (target, downstream): (Target, Box<dyn Downstream>) = match accepted {
-            Accepted::Captured => match meshd_redirect::original_dst(&stream) {
-                Ok(dst) => (Target::Addr(dst), Box::new(stream)),
-                Err(e) => {
-                    let reason = format!("no original destination (was it redirected?): {e}");
-                    opened.fail(Outcome::Handshake, reason);
-                    return None;
+        let (target, downstream, named): (Target, Box<dyn Downstream>, Option<String>) =
+            match accepted {
+                Accepted::Captured => match meshd_redirect::original_dst(&stream) {
+                    Ok(dst) => (Target::Addr(dst), Box::new(stream), None),
+                    Err(e) => {
+                        let reason = format!("no original destination (was it redirected?): {e}");
+                        opened.fail(Outcome::Handshake, reason);
+                        return None;
+                    }
+                },
+                Accepted::Socks5 => {
+                    match socks5::handshake(stream, socks5::HANDSHAKE_TIMEOUT).await {
+                        Ok((request, target)) => {
+                            let user = request.user().map(str::to_string);
+                            (target, Box::new(request), user)
+                        }
+                        Err(e) => {
+                            opened.fail(Outcome::Handshake, e.to_string());
+                            return None;
+                        }
+                    }
                 }
-            },
-            Accepted::Socks5 => match socks5::handshake(stream, socks5::HANDSHAKE_TIMEOUT).await {
-                Ok((request, target)) => (target, Box::new(request)),
-                Err(e) => {
-                    opened.fail(Outcome::Handshake, e.to_string());
-                    return None;
+                Accepted::Fixed(target, workload) => (target, Box::new(stream), workload),
+            };
+        // With one identity for every workload and no name to check, there is nothing to
+        // choose: the connection keeps meshd's own, at no cost per connection.
+        let identities = self
+            .identities
+            .as_ref()
+            .filter(|i| named.is_some() || i.set().has_workload_identities());
+        let opened = match identities {
+            Some(identities) => {
+                match identities.for_source(&opened.state, source, named.as_deref()) {
+                    Ok((identity, workload)) => opened.with_source(&identity, workload),
+                    Err(refused) => {
+                        // Fail closed: no identity is presented for a workload not on this
+                        // machine (a mistyped listener `workload`, a SOCKS5 user name).
+                        downstream.refuse(Refusal::Denied).await;
+                        opened.fail(Outcome::Denied, refused.to_string());
+                        return None;
+                    }
                 }
-            },
-            Accepted::Fixed(target) => (target, Box::new(stream)),
+            }
+            None => opened,
         };
         self.stack
             .oneshot(opened.toward(target, downstream))

@@ -17,7 +17,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meshd_hbone::{TraceParent, Transport};
-use meshd_record::{ConnectionRecord, Direction, Facts, Identity, Outcome, RecordHandle, Sinks};
+use meshd_identity::IdentityHandle;
+use meshd_record::{
+    ConnectionRecord, Direction, Facts, Identity, Outcome, RecordHandle, Sinks, WorkloadMeta,
+};
 use tokio::sync::watch;
 
 use crate::conn::{Conn, ConnCtx, Downstream, Target};
@@ -101,6 +104,29 @@ impl Opened {
     /// destination, a refusal by the HBONE server): recorded as `outcome`.
     pub(crate) fn fail(self, outcome: Outcome, reason: impl Into<String>) {
         self.record.fail_with(outcome, reason);
+    }
+
+    /// The connection presents `identity` (its source workload's), and comes from `workload`
+    /// when one was named: the facts change before any stack sees them.
+    pub(crate) fn with_source(
+        mut self,
+        identity: &IdentityHandle,
+        workload: Option<Arc<WorkloadMeta>>,
+    ) -> Opened {
+        let id = identity.current().id().clone();
+        let same = self.facts.source_identity.as_deref().map(Identity::id) == Some(&id);
+        if same && workload.is_none() {
+            return self;
+        }
+        let mut facts = (*self.facts).clone();
+        facts.source_identity = Some(Arc::new(Identity::new(id)));
+        if workload.is_some() {
+            facts.source_workload = workload;
+        }
+        let facts = Arc::new(facts);
+        self.record.update(|r| r.facts = Arc::clone(&facts));
+        self.facts = facts;
+        self
     }
 
     /// The connection asks for `target`: what the stack takes, its context sharing the

@@ -1,5 +1,7 @@
-//! SOCKS5 (RFC 1928) as an outbound entry: no authentication, CONNECT only, to an IPv4, IPv6 or
-//! host-name target. The reply is sent once the stack has decided, so the application sees a
+//! SOCKS5 (RFC 1928) as an outbound entry: CONNECT only, to an IPv4, IPv6 or host-name target;
+//! no authentication, or a user name (RFC 1929) that names the local workload whose identity
+//! the connection presents (its password is ignored: the user name selects, it does not
+//! authenticate; who can reach the port is what `socks5.allowRemote` guards). The reply is sent once the stack has decided, so the application sees a
 //! refusal as a SOCKS5 error code rather than a connection that opens and closes.
 
 use std::io;
@@ -14,6 +16,10 @@ use crate::conn::{BoxIo, Downstream, Refusal, Target};
 
 const VERSION: u8 = 5;
 const NO_AUTH: u8 = 0;
+/// RFC 1929 user name and password.
+const USER_PASSWORD: u8 = 2;
+/// The version of RFC 1929's sub-negotiation.
+const USER_PASSWORD_VERSION: u8 = 1;
 const NO_ACCEPTABLE_METHOD: u8 = 0xff;
 const CMD_CONNECT: u8 = 1;
 
@@ -30,6 +36,14 @@ mod reply {
 /// A SOCKS5 client whose request was read and not yet answered.
 pub struct Socks5Request {
     stream: TcpStream,
+    user: Option<String>,
+}
+
+impl Socks5Request {
+    /// The RFC 1929 user name the client sent: the local workload it speaks for.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
 }
 
 /// How long a client has to send its greeting and request: a local application sends both at
@@ -60,11 +74,18 @@ async fn read_request(mut stream: TcpStream) -> io::Result<(Socks5Request, Targe
     }
     let mut methods = vec![0u8; usize::from(header[1])];
     stream.read_exact(&mut methods).await?;
-    if !methods.contains(&NO_AUTH) {
+    let user = if methods.contains(&USER_PASSWORD) {
+        stream.write_all(&[VERSION, USER_PASSWORD]).await?;
+        Some(read_user(&mut stream).await?)
+    } else if methods.contains(&NO_AUTH) {
+        stream.write_all(&[VERSION, NO_AUTH]).await?;
+        None
+    } else {
         stream.write_all(&[VERSION, NO_ACCEPTABLE_METHOD]).await?;
-        return Err(invalid("client offers no unauthenticated method"));
-    }
-    stream.write_all(&[VERSION, NO_AUTH]).await?;
+        return Err(invalid(
+            "client offers neither no authentication nor a user name",
+        ));
+    };
 
     let mut request = [0u8; 4];
     stream.read_exact(&mut request).await?;
@@ -101,7 +122,30 @@ async fn read_request(mut stream: TcpStream) -> io::Result<(Socks5Request, Targe
             return Err(invalid("unknown address type"));
         }
     };
-    Ok((Socks5Request { stream }, target))
+    Ok((Socks5Request { stream, user }, target))
+}
+
+/// RFC 1929's sub-negotiation: the user name (a workload key, `namespace/name`) is kept, the
+/// password read and dropped. Answered with success: whether the workload is local is the
+/// entry's decision, answered as a refused CONNECT.
+async fn read_user(stream: &mut TcpStream) -> io::Result<String> {
+    let version = stream.read_u8().await?;
+    if version != USER_PASSWORD_VERSION {
+        return Err(invalid("unknown user name sub-negotiation version"));
+    }
+    let len = stream.read_u8().await?;
+    let mut name = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut name).await?;
+    let len = stream.read_u8().await?;
+    let mut password = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut password).await?;
+    let Ok(name) = String::from_utf8(name) else {
+        // Status 1: failure; the client must close.
+        stream.write_all(&[USER_PASSWORD_VERSION, 1]).await?;
+        return Err(invalid("user name is not UTF-8"));
+    };
+    stream.write_all(&[USER_PASSWORD_VERSION, 0]).await?;
+    Ok(name)
 }
 
 fn invalid(message: &str) -> io::Error {

@@ -168,6 +168,7 @@ async fn upstream(ctx: &ConnCtx, config: &ResolveLayer) -> Result<Upstream, (Ref
                 client: ctx.source(),
                 trace: ctx.facts.trace,
                 quic,
+                source: ctx.facts.source_identity.clone(),
             }))
         }
         _ => {
