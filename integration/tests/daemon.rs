@@ -244,8 +244,8 @@ fn nofile_of(pid: u32) -> (u64, u64) {
 
 // meshd raises its open-file soft limit to the hard limit at start; when the hard limit is
 // below what it could need, it says so: with connection_limit maxTotal 1000, 2 directions × 1000
-// × 2 descriptors + 256 = 4 256, within a hard limit of 8 192; without it, the 20 256 it assumes
-// for 10 000 connections, above a hard limit of 4 096. (Only lowered limits: raising a hard
+// tunnels × 1 descriptor + 20 HBONE connections + 128 = 2 148, within a hard limit of 8 192;
+// without it, the 10 228 it assumes for 10 000 tunnels, above a hard limit of 4 096. (Only lowered limits: raising a hard
 // limit may be refused even to root, e.g. in a container.)
 #[test]
 fn open_file_soft_limit_raised_to_hard_and_a_low_hard_limit_warned() {
@@ -272,8 +272,9 @@ fn open_file_soft_limit_raised_to_hard_and_a_low_hard_limit_warned() {
     let tight = spawn_with_nofile(&unlimited, 4096, 512);
     assert_eq!(nofile_of(tight.pid()), (4096, 4096));
     tight.wait_for_log(
-        "open-file limit 4096 is below the 20256 descriptors meshd could need (10000 concurrent \
-         connections, as no connection_limit maxTotal is set)",
+        "open-file limit 4096 is below the 10228 descriptors meshd could need (10000 concurrent \
+         tunnelled connections, as no connection_limit maxTotal is set: one descriptor each, one \
+         per 100 for their HBONE connections)",
     );
 }
 
