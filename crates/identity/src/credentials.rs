@@ -201,4 +201,18 @@ impl CredentialSet {
     pub fn not_after(&self) -> OffsetDateTime {
         self.credentials.not_after()
     }
+
+    /// Whether `other` holds the same certificate chain, private key and roots of every trust
+    /// domain: a source that sends its current set again (a SPIRE agent after a reconnect) has
+    /// not rotated anything.
+    pub fn same_as(&self, other: &CredentialSet) -> bool {
+        let (a, b) = (&self.credentials, &other.credentials);
+        a.chain == b.chain
+            && a.key.secret_der() == b.key.secret_der()
+            && self.bundle.trust_domains().eq(other.bundle.trust_domains())
+            && self
+                .bundle
+                .trust_domains()
+                .all(|td| self.bundle.roots(td) == other.bundle.roots(td))
+    }
 }

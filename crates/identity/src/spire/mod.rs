@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::{Notify, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::credentials::CredentialSet;
 use crate::expiry::ExpiryAlarm;
@@ -111,6 +111,12 @@ async fn follow<A: Agent>(
             }
         };
         match next {
+            Some(Ok(Ok(set))) if set.same_as(&tx.borrow()) => {
+                // The agent sends its current set again after every reconnect: nothing
+                // rotated, and live peers need no re-verification.
+                backoff = RECONNECT_MIN;
+                debug!(socket = %agent.socket(), "the SPIRE agent sent the current SVID again");
+            }
             Some(Ok(Ok(set))) => {
                 backoff = RECONNECT_MIN;
                 log_loaded(&set, "rotated identity from the SPIRE agent");
@@ -174,3 +180,84 @@ pub(crate) async fn start_spire_delegated(
 
 pub(crate) use delegated::check_delegated;
 pub(crate) use workload::check_socket;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DevCa;
+
+    /// An agent whose one stream yields `sets` in order, then stays open.
+    struct Scripted(std::sync::Mutex<Option<Vec<CredentialSet>>>);
+
+    impl Agent for Scripted {
+        fn socket(&self) -> &str {
+            "unix:///scripted"
+        }
+        fn open(&self) -> impl Future<Output = Result<Updates, Error>> + Send {
+            let sets = self
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_default();
+            let updates: Updates = Box::pin(
+                futures::stream::iter(sets.into_iter().map(|s| Ok(Ok(s))))
+                    .chain(futures::stream::pending()),
+            );
+            async move { Ok(updates) }
+        }
+        fn error(&self, reason: String) -> Error {
+            Error::Config {
+                field: "scripted".into(),
+                reason,
+            }
+        }
+    }
+
+    // After a reconnect the agent repeats its current SVID: no rotation is counted and nothing
+    // is swapped; a new SVID still rotates.
+    #[tokio::test]
+    async fn the_same_set_again_is_not_a_rotation() {
+        let ca = DevCa::generate("spire.test").expect("CA");
+        let issue = || {
+            ca.issue("mesh", "meshd", Duration::from_secs(3600))
+                .and_then(|svid| svid.credential_set())
+                .expect("SVID")
+        };
+        let (first, renewed) = (issue(), issue());
+        assert!(first.same_as(&first.clone()));
+        assert!(!first.same_as(&renewed), "a new key and certificate");
+        let agent = Scripted(std::sync::Mutex::new(Some(vec![
+            first.clone(),
+            first.clone(),
+            renewed.clone(),
+        ])));
+        let manager = start(agent, ManagerOptions::default()).await.expect("start");
+        let handle = manager.handle();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !handle.current().same_as(&renewed) {
+            assert!(tokio::time::Instant::now() < deadline, "renewed set never swapped in");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(manager.stats().rotations(), 1, "the repeated set is not counted");
+    }
+
+    // A changed bundle alone (same SVID, new roots for a trust domain) is a change.
+    #[test]
+    fn a_changed_bundle_is_not_the_same_set() {
+        let ca = DevCa::generate("spire.test").expect("CA");
+        let other = DevCa::generate("other.test").expect("second CA");
+        let svid = ca
+            .issue("mesh", "meshd", Duration::from_secs(3600))
+            .expect("SVID");
+        let set = svid.credential_set().expect("set");
+        let mut bundle = set.bundle().clone();
+        let td = crate::TrustDomain::new("other.test").expect("trust domain");
+        let roots = other.bundle().expect("bundle");
+        let federated = roots.roots(&td).expect("roots").to_vec();
+        bundle.insert(td, federated).expect("insert");
+        let widened =
+            CredentialSet::new(set.credentials().clone(), bundle, None).expect("still valid");
+        assert!(!set.same_as(&widened));
+    }
+}
