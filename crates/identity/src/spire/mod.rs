@@ -232,14 +232,23 @@ mod tests {
             first.clone(),
             renewed.clone(),
         ])));
-        let manager = start(agent, ManagerOptions::default()).await.expect("start");
+        let manager = start(agent, ManagerOptions::default())
+            .await
+            .expect("start");
         let handle = manager.handle();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !handle.current().same_as(&renewed) {
-            assert!(tokio::time::Instant::now() < deadline, "renewed set never swapped in");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "renewed set never swapped in"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(manager.stats().rotations(), 1, "the repeated set is not counted");
+        assert_eq!(
+            manager.stats().rotations(),
+            1,
+            "the repeated set is not counted"
+        );
     }
 
     // A changed bundle alone (same SVID, new roots for a trust domain) is a change.
