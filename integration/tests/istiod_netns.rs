@@ -303,19 +303,30 @@ fn peer_authentication_strict_from_istiod_refuses_plaintext_and_keeps_hbone() {
     );
 
     // The operator's view of db's denials (admin, inside db's machine) names it the same way.
-    let (code, view) = link
-        .db
-        .run(|| http("127.0.0.1:15000".parse().ok()?, "GET", "/status/denials"))
-        .expect("db's admin endpoint answers");
-    assert_eq!(code, 200, "{view}");
-    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
-    let listed = (view["denials"].as_array().into_iter().flatten()).any(|d| {
-        d["policy"] == "istiod:istio-system/istio_converted_static_strict"
-            && d["source"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with(&format!("{WEB}:"))
-    });
+    // The access log and the view are two sinks of the same record: the view may take the
+    // denial a moment after the log line, so it is read until it does (or 5 s pass).
+    let read_view = || {
+        let (code, view) = link
+            .db
+            .run(|| http("127.0.0.1:15000".parse().ok()?, "GET", "/status/denials"))
+            .expect("db's admin endpoint answers");
+        assert_eq!(code, 200, "{view}");
+        let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+        let listed = (view["denials"].as_array().into_iter().flatten()).any(|d| {
+            d["policy"] == "istiod:istio-system/istio_converted_static_strict"
+                && d["source"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with(&format!("{WEB}:"))
+        });
+        (listed, view)
+    };
+    let started = std::time::Instant::now();
+    let (mut listed, mut view) = read_view();
+    while !listed && started.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        (listed, view) = read_view();
+    }
     assert!(listed, "no denial by istiod's policy in {view}");
 
     // HBONE from web's meshd carries web's principal: STRICT lets it through.
