@@ -5,7 +5,10 @@
 //! Delegated Identity API of its agent): traffic flows while db's entry federates with
 //! other.test; when SPIRE stops federating it, db's bundle loses other.test and the live
 //! connection from web is closed (the revocation path: a bundle change re-verifies live peers),
-//! new ones refused; when SPIRE federates again, web is accepted again.
+//! new ones refused; when SPIRE federates again, web is accepted again. Then the same on the
+//! client's side, through the Workload API: web's entry stops federating with cluster.local,
+//! web's meshd closes its tunnel to db (the pool re-verifies the server's chain) and comes back
+//! when it federates again.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -91,7 +94,7 @@ fn a_trust_domain_spire_stops_federating_closes_live_connections_and_comes_back(
     let caller = format!("unix:uid:{}", my_uid());
     home.create_entry(MESHD, &[&caller]);
     let db_entry = home.create_entry_with(DB, &[DB_UID], &federates(OTHER));
-    other.create_entry_with(WEB, &[&caller], &federates(HOME));
+    let web_entry = other.create_entry_with(WEB, &[&caller], &federates(HOME));
     let ws = Workspace::new();
     home.fetch_x509(&ws.path().join("home"));
     other.fetch_x509(&ws.path().join("other"));
@@ -162,4 +165,42 @@ fn a_trust_domain_spire_stops_federating_closes_live_connections_and_comes_back(
     // Federated again: web is accepted again.
     home.update_entry(&db_entry, DB, &[DB_UID], &[OTHER]);
     within("web reaches db again", || through(web_ip), logs);
+
+    // The same from the client's side, through the Workload API: SPIRE stops federating web
+    // with cluster.local, web's bundle loses it, and web's meshd re-verifies db's certificate
+    // on its pooled connection: the held tunnel is closed, new ones fail.
+    let mut held = TcpStream::connect((web_ip, LISTENER)).expect("connect listener");
+    assert!(echo_roundtrip(&mut held, b"held").is_some(), "{}", logs());
+    other.update_entry(&web_entry, WEB, &[caller.as_str()], &[]);
+    held.set_read_timeout(Some(ENTRY_PROPAGATION))
+        .expect("read timeout");
+    let read = held.read(&mut byte);
+    let closed = match &read {
+        Ok(n) => *n == 0,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    assert!(
+        closed,
+        "web's held connection survived its bundle change: {read:?}\n{}",
+        logs()
+    );
+    assert!(
+        !through(web_ip),
+        "web reached db without cluster.local's bundle\n{}",
+        logs()
+    );
+    let web_log = nodes[1].stderr();
+    assert!(
+        web_log
+            .lines()
+            .any(|l| l.contains("peer certificate no longer verifies") && l.contains(DB)),
+        "{}",
+        logs()
+    );
+    other.update_entry(&web_entry, WEB, &[caller.as_str()], &[HOME]);
+    within(
+        "web reaches db once federated again",
+        || through(web_ip),
+        logs,
+    );
 }
