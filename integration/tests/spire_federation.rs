@@ -70,6 +70,20 @@ fn within(what: &str, mut check: impl FnMut() -> bool, logs: impl Fn() -> String
     }
 }
 
+/// Asserts `held` is closed (EOF or a reset) within [`ENTRY_PROPAGATION`]: a read timing out
+/// (WouldBlock) means it is still open.
+fn assert_closed(held: &mut TcpStream, what: &str, logs: impl Fn() -> String) {
+    held.set_read_timeout(Some(ENTRY_PROPAGATION))
+        .expect("read timeout");
+    let mut byte = [0u8; 1];
+    let read = held.read(&mut byte);
+    let closed = match &read {
+        Ok(n) => *n == 0,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    assert!(closed, "{what}: {read:?}\n{}", logs());
+}
+
 #[test]
 fn a_trust_domain_spire_stops_federating_closes_live_connections_and_comes_back() {
     let mut mesh = Mesh::new();
@@ -133,19 +147,10 @@ fn a_trust_domain_spire_stops_federating_closes_live_connections_and_comes_back(
     // SPIRE stops federating db with other.test: db's set drops the bundle and re-verifies its
     // live peers; web's connection is closed, and new ones are refused.
     home.update_entry(&db_entry, DB, &[DB_UID], &[]);
-    held.set_read_timeout(Some(ENTRY_PROPAGATION))
-        .expect("read timeout");
-    let mut byte = [0u8; 1];
-    let read = held.read(&mut byte);
-    // Closed: EOF or a reset; a timeout (WouldBlock) means it is still open.
-    let closed = match &read {
-        Ok(n) => *n == 0,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-    };
-    assert!(
-        closed,
-        "the held connection survived the bundle change: {read:?}\n{}",
-        logs()
+    assert_closed(
+        &mut held,
+        "the held connection survived the bundle change",
+        logs,
     );
     assert!(
         !through(web_ip),
@@ -172,17 +177,10 @@ fn a_trust_domain_spire_stops_federating_closes_live_connections_and_comes_back(
     let mut held = TcpStream::connect((web_ip, LISTENER)).expect("connect listener");
     assert!(echo_roundtrip(&mut held, b"held").is_some(), "{}", logs());
     other.update_entry(&web_entry, WEB, &[caller.as_str()], &[]);
-    held.set_read_timeout(Some(ENTRY_PROPAGATION))
-        .expect("read timeout");
-    let read = held.read(&mut byte);
-    let closed = match &read {
-        Ok(n) => *n == 0,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-    };
-    assert!(
-        closed,
-        "web's held connection survived its bundle change: {read:?}\n{}",
-        logs()
+    assert_closed(
+        &mut held,
+        "web's held connection survived its bundle change",
+        logs,
     );
     assert!(
         !through(web_ip),
