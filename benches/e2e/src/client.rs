@@ -102,11 +102,15 @@ pub fn request_response(to: SocketAddr, count: usize, size: usize) -> anyhow::Re
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("process {pid}"))?;
+    status_kib(&status, "VmRSS:").with_context(|| format!("no VmRSS for process {pid}"))
+}
+
+/// A `Field:   123 kB` line of `/proc/PID/status`, in KiB.
+pub(crate) fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS for process {pid}"))
 }
 
 /// utime + stime of `pid`, in seconds.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::client::{echo, open, rss_kib};
+use crate::client::{echo, open, status_kib};
 
 /// One part: opens `count` connections, says `open`, holds them until stdin closes.
 pub fn part(to: SocketAddr, count: usize) -> anyhow::Result<()> {
@@ -45,19 +45,13 @@ struct Reading {
 fn read(pid: u32) -> anyhow::Result<Reading> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("process {pid}"))?;
-    let kib = |field: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .with_context(|| format!("descriptors of process {pid}"))?
         .count() as u64;
     Ok(Reading {
-        rss_kib: rss_kib(pid)?,
-        anon_kib: kib("RssAnon:"),
+        rss_kib: status_kib(&status, "VmRSS:")
+            .with_context(|| format!("no VmRSS for process {pid}"))?,
+        anon_kib: status_kib(&status, "RssAnon:").unwrap_or(0),
         fds,
     })
 }
