@@ -87,7 +87,7 @@ impl LocalIdentities {
         if let Some(key) = named {
             let workload = registry
                 .local_workloads()
-                .find(|w| w.key() == key)
+                .find(|w| w.is_named(key))
                 .ok_or_else(|| NotLocalSource(key.to_string()))?;
             return Ok((
                 self.served_as(state, workload).clone(),

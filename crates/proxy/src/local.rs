@@ -23,7 +23,7 @@ pub fn local_predicate(config: &ProxyConfig) -> impl Fn(&Workload) -> bool + Sen
         .iter()
         .map(|a| a.to_canonical())
         .collect();
-    let workloads: HashSet<String> = config.local.workloads.iter().cloned().collect();
+    let workloads: Vec<String> = config.local.workloads.clone();
     let explicit = !addresses.is_empty() || !workloads.is_empty();
     let own = if explicit {
         None
@@ -33,7 +33,8 @@ pub fn local_predicate(config: &ProxyConfig) -> impl Fn(&Workload) -> bool + Sen
     move |w: &Workload| {
         // Every address of the workload counts (istiod's workloads may have several).
         if explicit {
-            return w.addresses().any(|a| addresses.contains(&a)) || workloads.contains(w.key());
+            return w.addresses().any(|a| addresses.contains(&a))
+                || workloads.iter().any(|name| w.is_named(name));
         }
         match (&own, w.origin()) {
             (Some(own), Origin::Istiod) => {

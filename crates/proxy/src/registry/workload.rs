@@ -122,6 +122,22 @@ impl Workload {
         }
     }
 
+    /// Whether `name` is how meshd.yaml names it (`local.workloads`, `listeners[].workload`, a
+    /// SOCKS5 user name): `namespace/name` of its WorkloadEntry for a file's workload and an
+    /// istiod one alike (an istiod workload's key is istiod's uid, which operators do not
+    /// write, though it is accepted too).
+    pub fn is_named(&self, name: &str) -> bool {
+        match &self.source {
+            Source::File(f) => f.key == name,
+            Source::Istiod(w) => {
+                *w.uid == *name
+                    || name
+                        .split_once('/')
+                        .is_some_and(|(ns, n)| *w.namespace == *ns && *w.name == *n)
+            }
+        }
+    }
+
     /// Its namespace (part of its identity).
     pub fn namespace(&self) -> &str {
         match &self.source {

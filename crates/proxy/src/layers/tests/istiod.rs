@@ -136,3 +136,21 @@ async fn a_tunnel_to_an_istiod_workload_expects_its_own_trust_domain() {
         SpiffeId::new("spiffe://example.org/ns/shop/sa/vm").unwrap()
     );
 }
+
+// meshd.yaml names a local workload `namespace/name` (`local.workloads`, `listeners[].workload`,
+// a SOCKS5 user name): an istiod workload answers to that as a file's does, and to its uid,
+// and to nothing else (another namespace, the bare name).
+#[test]
+fn an_istiod_workload_is_named_by_namespace_and_name() {
+    let state = state_with(MESH, &mesh(), 1);
+    let vm = state
+        .registry
+        .local_workloads()
+        .find(|w| w.key() == LOCAL_UID)
+        .unwrap();
+    assert!(vm.is_named("shop/vm"));
+    assert!(vm.is_named(LOCAL_UID));
+    for other in ["shop/web", "other/vm", "vm", "shop/", "/vm", ""] {
+        assert!(!vm.is_named(other), "{other:?}");
+    }
+}
