@@ -22,7 +22,10 @@ use ipnet::IpNet;
 use meshd_integration::fleet::{PUSH_BOUND, in_ambient};
 use meshd_integration::istiod::Istiod;
 use meshd_integration::mesh::{Mesh, Node, Port};
-use meshd_integration::netns::{connect_in, connect_marked_in, install_capture, listen_in, run_in};
+use meshd_integration::netns::{
+    connect_from_in, connect_in, connect_marked_in, install_capture, listen_in, run_in,
+    served_san_uri,
+};
 use meshd_integration::resources::{NAMESPACE, Policy, Rule, Workload, principal};
 use meshd_integration::vm_bundle::VmBundle;
 use meshd_integration::{Meshd, echo_on, echo_roundtrip, http};
@@ -336,4 +339,209 @@ fn peer_authentication_strict_from_istiod_refuses_plaintext_and_keeps_hbone() {
     link.istiod
         .delete("PeerAuthentication", "istio-system", "default");
     until("plaintext after the delete", true, || link.plaintext());
+}
+
+/// A second workload on web's machine: `batch`, service account batch, on an address of its
+/// own; its identity comes from istiod's CA through web's meshd (`workloadIdentities`).
+const BATCH: Ipv4Addr = Ipv4Addr::new(10, 215, 0, 11);
+
+/// web's meshd.yaml with `batch` as a second local workload whose certificate comes from the
+/// Istio CA with `batch_token` (a file), kept in its own directory; explicit listeners to
+/// db's application as web (127.0.0.1:9001) and as batch (9002); certificates of `ttl`.
+fn with_batch(link: &mut Link, batch_token: &str, ttl: &str) {
+    let ws = link.mesh.ws.path().to_path_buf();
+    let token = ws.join("batch-token");
+    std::fs::write(&token, batch_token).unwrap();
+    let (web_certs, batch_certs) = (ws.join("istio-certs-web"), ws.join("istio-certs-batch"));
+    link.web
+        .ip(&["addr", "add", &format!("{BATCH}/16"), "dev", "eth0"])
+        .unwrap_or_else(|e| panic!("cannot give web's machine batch's address: {e}"));
+    let node = link.mesh.node_mut("web");
+    // HBONE on every address: tunnels to batch arrive at batch's.
+    node.listen_on(Port::Hbone, "0.0.0.0:15008");
+    node.settings
+        .retain(|(key, _)| key != "local" && key != "controlPlane");
+    node.setting("local", &format!("{{addresses: ['{WEB}', '{BATCH}']}}"))
+        .setting(
+            "controlPlane",
+            &format!(
+                "{{certDir: '{}', instanceIp: '{WEB}', ttl: {ttl}}}",
+                web_certs.display()
+            ),
+        )
+        .setting(
+            "workloadIdentities",
+            &format!(
+                "{{{NAMESPACE}/batch: {{istioCa: {{tokenFile: '{}', certDir: '{}'}}}}}}",
+                token.display(),
+                batch_certs.display()
+            ),
+        )
+        .setting(
+            "listeners",
+            &format!(
+                "[{{listen: '127.0.0.1:9001', target: '{DB}:{APP}', workload: {NAMESPACE}/web}}, {{listen: '127.0.0.1:9002', target: '{DB}:{APP}', workload: {NAMESPACE}/batch}}]"
+            ),
+        );
+    link.mesh.write_node("web");
+    let batch = in_ambient(Workload::new("batch", IpAddr::V4(BATCH)).label("app", "batch"));
+    link.istiod.apply(&batch.yaml());
+}
+
+/// The URI SAN of the certificate served at `to`, read with `openssl s_client` from db's
+/// machine (as db, with the certificate istiod gave db's meshd) and verified against
+/// istiod's root.
+fn verified_san_at(link: &Link, to: SocketAddr) -> Result<String, String> {
+    let certs = link.mesh.ws.path().join("istio-certs-db");
+    served_san_uri(
+        &link.db,
+        to,
+        (&certs.join("cert-chain.pem"), &certs.join("key.pem")),
+        Some(&certs.join("root-cert.pem")),
+    )
+}
+
+/// Does an application on web's machine reach db's through `port`, an explicit listener?
+fn through_listener(link: &Link, port: u16) -> bool {
+    roundtrip(link.web.run(|| {
+        let to = SocketAddr::from(([127, 0, 0, 1], port));
+        TcpStream::connect_timeout(&to, Duration::from_secs(5))
+    }))
+}
+
+#[test]
+fn a_second_workload_on_a_machine_gets_its_own_certificate_from_istiod() {
+    let mut link = Link::new("wlca");
+    let token = link.istiod.mint_token(NAMESPACE, "batch");
+    with_batch(&mut link, &token, "20s");
+    echo_on(listen_in(&link.web, SocketAddr::from((BATCH, APP))));
+    let (web, _db) = link.start_both();
+    let batch_id = format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/batch");
+
+    // web's meshd asked istiod's CA for batch's certificate with batch's token: its own CSR.
+    let log = web.wait_for_log(&batch_id);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("certificate from the Istio CA") && l.contains(&batch_id)),
+        "no certificate from the Istio CA for batch:\n{log}"
+    );
+
+    // db allows batch only: web's application is refused, batch's allowed, both ways an
+    // application reaches the mesh (captured from its address, an explicit listener naming
+    // it). So the certificate web's meshd presented was the source workload's, and db's meshd
+    // (which trusts istiod's root only) verified it.
+    link.istiod.apply(
+        &Policy::allow("db-only-batch")
+            .selector("app", "db")
+            .rule(Rule::from(principal("batch")))
+            .yaml(),
+    );
+    until(
+        "web (captured) to db under an ALLOW for batch",
+        false,
+        || link.meshed(),
+    );
+    let from_batch = || {
+        roundtrip(connect_from_in(
+            &link.web,
+            IpAddr::V4(BATCH),
+            SocketAddr::from((DB, APP)),
+        ))
+    };
+    assert!(from_batch(), "batch (captured from its address) is allowed");
+    assert!(
+        through_listener(&link, 9002),
+        "batch's listener is allowed:\n{}",
+        web.stderr()
+    );
+    assert!(!through_listener(&link, 9001), "web's listener is refused");
+
+    // Inbound: db's application reaches batch's, db's meshd expecting batch's identity (from
+    // istiod's Workload) at batch's address; and, independently of meshd, openssl sees each
+    // address of web's machine serve its own workload's certificate, chaining to istiod's root.
+    assert!(
+        roundtrip(connect_in(&link.db, SocketAddr::from((BATCH, APP)))),
+        "db to batch"
+    );
+    assert_eq!(
+        verified_san_at(&link, SocketAddr::from((BATCH, 15008))),
+        Ok(batch_id.clone())
+    );
+    assert_eq!(
+        verified_san_at(&link, SocketAddr::from((WEB, 15008))),
+        Ok(format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/web"))
+    );
+
+    // Renewal: at half of the 20 s lifetime, over mutual TLS with batch's current certificate
+    // (no token), and traffic as batch goes on under the new one.
+    let log = web.wait_for_log("Istio CA certificate renewed");
+    let renewed = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("Istio CA certificate renewed")
+                && l.contains(&batch_id)
+                && l.contains("mtls")
+        })
+    };
+    let started = Instant::now();
+    let mut log = log;
+    while !renewed(&log) && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        log = web.stderr();
+    }
+    assert!(
+        renewed(&log),
+        "batch's certificate not renewed over mTLS:\n{log}"
+    );
+    assert!(through_listener(&link, 9002), "batch after its renewal");
+
+    // The operator's view lists batch's certificate beside meshd's own.
+    let (code, view) = link
+        .web
+        .run(|| {
+            http(
+                "127.0.0.1:15000".parse().ok()?,
+                "GET",
+                "/status/control-plane",
+            )
+        })
+        .expect("web's admin endpoint answers");
+    assert_eq!(code, 200, "{view}");
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    let batch = &view["workloadCertificates"][&batch_id];
+    assert_eq!(batch["source"], "mtls", "{view}");
+    assert!(view["certificate"]["notAfter"].is_string(), "{view}");
+}
+
+#[test]
+fn a_workload_whose_token_is_another_service_account_s_is_never_served() {
+    // batch's token file holds web's token: istiod issues web's identity, which meshd refuses
+    // to present as batch's. meshd waits, not ready, saying why; batch never gets a
+    // certificate of the wrong account.
+    let mut link = Link::new("wltok");
+    let token = link.istiod.mint_token(NAMESPACE, "web");
+    with_batch(&mut link, &token, "1h");
+    let config = link.mesh.config("web");
+    install_capture(&link.web, &config);
+    let mut command = run_in(&link.web, &config);
+    command.arg("--istio-bundle").arg(link.bundle("web"));
+    let mut web = Meshd::spawn_starting(command);
+    let log = web.wait_for_log(&format!(
+        "Istio CA, for spiffe://cluster.local/ns/{NAMESPACE}/sa/batch"
+    ));
+    assert!(
+        !web.wait_ready(Duration::from_secs(3)),
+        "ready without batch's certificate"
+    );
+    let log = web.stderr() + &log;
+    assert!(
+        log.contains(&format!(
+            "Istio CA, for spiffe://cluster.local/ns/{NAMESPACE}/sa/batch"
+        )) && log.contains(&format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/web")),
+        "the wait names batch's identity and the one istiod issued:\n{log}"
+    );
+    let certs = link.mesh.ws.path().join("istio-certs-batch");
+    assert!(
+        !certs.join("cert-chain.pem").exists(),
+        "nothing of the wrong identity kept"
+    );
 }

@@ -16,7 +16,6 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -159,12 +158,7 @@ fn start() -> Machines {
 /// An application's connect from `ns`, bound to `source` first (the workload's address),
 /// captured by that machine's meshd.
 fn connect_from(ns: &Netns, source: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    ns.run(move || {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        socket.bind(&addr(source, 0).into())?;
-        socket.connect_timeout(&to.into(), CONNECT_TIMEOUT)?;
-        Ok(socket.into())
-    })
+    netns::connect_from_in(ns, IpAddr::V4(source), to)
 }
 
 /// Whether one echo round trip on `stream` comes back (allowed) or the connection is cut
@@ -212,41 +206,9 @@ fn socks5_as(ns: &Netns, user: &str, to: SocketAddr) -> (u8, Option<TcpStream>) 
 /// The SAN URI of the certificate `openssl s_client` is shown at `to`, run inside `ns` with
 /// `client`'s SVID (meshd asks for a client certificate).
 fn san_uri_at(ns: &Netns, to: SocketAddr, client: &Path) -> String {
-    let out = ns
-        .command("openssl")
-        .args(["s_client", "-connect", &to.to_string(), "-cert"])
-        .arg(client.join("svid.pem"))
-        .arg("-key")
-        .arg(client.join("svid_key.pem"))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run openssl s_client");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let begin = text
-        .find("-----BEGIN CERTIFICATE-----")
-        .unwrap_or_else(|| panic!("no certificate from {to}: {text}"));
-    let end = text[begin..]
-        .find("-----END CERTIFICATE-----")
-        .map(|i| begin + i + "-----END CERTIFICATE-----".len())
-        .unwrap_or_else(|| panic!("truncated certificate from {to}"));
-    let pem = &text[begin..end];
-    let mut x509 = Command::new("openssl")
-        .args(["x509", "-noout", "-ext", "subjectAltName"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run openssl x509");
-    x509.stdin
-        .take()
-        .expect("stdin")
-        .write_all(pem.as_bytes())
-        .expect("write certificate");
-    let out = x509.wait_with_output().expect("openssl x509");
-    let san = String::from_utf8_lossy(&out.stdout);
-    san.lines()
-        .find_map(|l| l.trim().strip_prefix("URI:"))
-        .unwrap_or_else(|| panic!("no URI SAN in: {san}"))
-        .to_string()
+    let client = (&client.join("svid.pem"), &client.join("svid_key.pem"));
+    netns::served_san_uri(ns, to, (client.0.as_path(), client.1.as_path()), None)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

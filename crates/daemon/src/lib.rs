@@ -399,17 +399,22 @@ async fn start(
     )
     .await
     .map_err(Exit::Config)?;
-    let ca = match &config.control_plane {
-        Some(cp) => control_plane::start_ca(cp, &config.identity, &waiting)
+    let mut cas = control_plane::CaClients::default();
+    if let Some(cp) = &config.control_plane {
+        cas.own = control_plane::start_ca(cp, &config.identity, &waiting)
             .await
-            .map_err(Exit::Config)?,
-        None => None,
-    };
+            .map_err(Exit::Config)?;
+    }
     let identity = identities::start_own(&config, &waiting)
         .await
         .map_err(Exit::Config)?;
     let _ = operated.identity.set(identity.handle());
     let _ = operated.rotations.set(identity.stats());
+    if let Some(cp) = &config.control_plane {
+        cas.workloads = control_plane::start_workload_cas(cp, &config, &waiting)
+            .await
+            .map_err(Exit::Config)?;
+    }
     let workloads = identities::start_workloads(&config, &waiting)
         .await
         .map_err(Exit::Config)?;
@@ -426,7 +431,7 @@ async fn start(
             control_plane::start_xds(
                 cp,
                 identity.own.handle(),
-                ca,
+                cas,
                 &readiness,
                 &waiting,
                 cp_metrics,

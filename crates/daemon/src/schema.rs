@@ -120,6 +120,14 @@ pub enum CheckError {
     /// The `controlPlane:` section, alone or against the identity and trust domain.
     #[error("controlPlane: {0}")]
     ControlPlane(String),
+    /// A `workloadIdentities` entry whose source is the Istio CA, against `controlPlane:`.
+    #[error("workloadIdentities.{key:?}.istioCa: {reason}")]
+    WorkloadIstioCa {
+        /// The entry's key (`namespace/serviceAccount`).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A `trustDomains` key that no namespace can have: it would never apply.
     #[error(
         "trustDomains: {0:?} is not a namespace name (a DNS-1123 label: lower-case letters, digits and '-', at most 63)"
@@ -135,6 +143,7 @@ impl MeshdConfig {
         let mut warnings = self.check_admin()?;
         warnings.extend(self.proxy().check()?);
         self.check_control_plane()?;
+        self.check_workload_istio_ca()?;
         if let Some(bad) = (self.trust_domains.keys()).find(|ns| !is_dns1123_label(ns)) {
             return Err(CheckError::TrustDomainsNamespace(bad.clone()));
         }
@@ -169,6 +178,50 @@ impl MeshdConfig {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// `workloadIdentities` entries from the Istio CA: there is a `controlPlane:` to ask, the
+    /// service account is in its trust domain (the CA issues in no other), and each keeps its
+    /// certificate in a directory of its own (two clients writing one directory would present
+    /// each other's certificates).
+    pub fn check_workload_istio_ca(&self) -> Result<(), CheckError> {
+        let mut dirs: BTreeMap<&std::path::Path, &str> = BTreeMap::new();
+        for (key, source) in &self.workload_identities {
+            let WorkloadSource::IstioCa(ca) = source else {
+                continue;
+            };
+            let error = |reason: String| CheckError::WorkloadIstioCa {
+                key: key.clone(),
+                reason,
+            };
+            let Some(cp) = &self.control_plane else {
+                return Err(error(
+                    "needs controlPlane: (or --istio-bundle): the Istio CA is istiod's".into(),
+                ));
+            };
+            let namespace = key.split_once('/').map_or(key.as_str(), |(ns, _)| ns);
+            if let Some(td) = self.trust_domains.get(namespace)
+                && td.as_str() != cp.trust_domain
+            {
+                return Err(error(format!(
+                    "namespace {namespace} is in trust domain {td} (trustDomains), the Istio CA issues for {}",
+                    cp.trust_domain
+                )));
+            }
+            if ca.cert_dir == cp.cert_dir {
+                return Err(error(format!(
+                    "certDir {} is controlPlane.certDir, where meshd's own certificate is kept",
+                    ca.cert_dir.display()
+                )));
+            }
+            if let Some(other) = dirs.insert(&ca.cert_dir, key) {
+                return Err(error(format!(
+                    "certDir {} is also {other:?}'s",
+                    ca.cert_dir.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The admin endpoint's part of [`MeshdConfig::check`], for the daemon to run before it

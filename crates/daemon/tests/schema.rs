@@ -129,3 +129,90 @@ fn a_trust_domains_key_that_is_no_namespace_is_refused() {
     config.trust_domains.insert("bank".into(), td);
     assert_eq!(config.check().unwrap(), Vec::<String>::new());
 }
+
+/// A configuration joined to istiod (its own identity from the Istio CA) with `entries` as
+/// `workloadIdentities`, each `(key, certDir)` from the Istio CA with a token of its own.
+fn with_istio_ca_workloads(entries: &[(&str, &str)]) -> MeshdConfig {
+    use meshd_identity::{IdentitySource, IstioCaSource, WorkloadIstioCa, WorkloadSource};
+    let mut config = MeshdConfig::default();
+    let mut cp =
+        meshd_xds::ControlPlaneSettings::new("/etc/meshd/istio/root-cert.pem", "shop", "vm");
+    cp.cert_dir = "/var/lib/meshd/istio-certs".into();
+    config.identity = IdentitySource::IstioCa(IstioCaSource {
+        cert_dir: cp.cert_dir.clone(),
+        spiffe_id: None,
+    });
+    config.control_plane = Some(cp);
+    for (key, dir) in entries {
+        config.workload_identities.insert(
+            (*key).to_string(),
+            WorkloadSource::IstioCa(WorkloadIstioCa {
+                token_file: format!("/etc/meshd/tokens/{key}").into(),
+                cert_dir: (*dir).into(),
+            }),
+        );
+    }
+    config
+}
+
+#[test]
+fn workloads_from_the_istio_ca_each_with_a_directory_of_their_own_pass() {
+    let config = with_istio_ca_workloads(&[
+        ("shop/web", "/var/lib/meshd/web"),
+        ("shop/db", "/var/lib/meshd/db"),
+    ]);
+    assert_eq!(config.check().unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn a_workload_from_the_istio_ca_without_a_control_plane_is_refused() {
+    let mut config = with_istio_ca_workloads(&[("shop/web", "/var/lib/meshd/web")]);
+    config.control_plane = None;
+    config.identity = MeshdConfig::default().identity;
+    let err = config.check().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "workloadIdentities.\"shop/web\".istioCa: needs controlPlane: (or --istio-bundle): the Istio CA is istiod's"
+    );
+}
+
+#[test]
+fn a_workload_from_the_istio_ca_in_another_trust_domain_is_refused() {
+    // The Istio CA issues in its own trust domain only: a namespace mapped elsewhere would
+    // wait forever for a certificate it can never get.
+    let mut config = with_istio_ca_workloads(&[("bank/teller", "/var/lib/meshd/teller")]);
+    config.trust_domains.insert(
+        "bank".into(),
+        meshd_identity::TrustDomain::new("bank.example").unwrap(),
+    );
+    let err = config.check().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "workloadIdentities.\"bank/teller\".istioCa: namespace bank is in trust domain bank.example (trustDomains), the Istio CA issues for cluster.local"
+    );
+}
+
+#[test]
+fn a_workload_keeping_its_certificate_in_meshd_s_own_directory_is_refused() {
+    // Both clients would write cert-chain.pem there: meshd would present the workload's
+    // certificate as its own, or the other way round.
+    let config = with_istio_ca_workloads(&[("shop/web", "/var/lib/meshd/istio-certs")]);
+    let err = config.check().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "workloadIdentities.\"shop/web\".istioCa: certDir /var/lib/meshd/istio-certs is controlPlane.certDir, where meshd's own certificate is kept"
+    );
+}
+
+#[test]
+fn two_workloads_sharing_a_certificate_directory_are_refused() {
+    let config = with_istio_ca_workloads(&[
+        ("shop/db", "/var/lib/meshd/shared"),
+        ("shop/web", "/var/lib/meshd/shared"),
+    ]);
+    let err = config.check().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "workloadIdentities.\"shop/web\".istioCa: certDir /var/lib/meshd/shared is also \"shop/db\"'s"
+    );
+}

@@ -127,6 +127,24 @@ fn an_invalid_trust_domain_in_trust_domains_names_file_line_and_field() {
 }
 
 #[test]
+fn a_workload_from_the_istio_ca_without_its_token_names_file_line_and_field() {
+    // The first certificate can only be asked for with the service account's own token:
+    // meshd's would get meshd's identity.
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "meshd.yaml",
+            "configDir: /x\nworkloadIdentities:\n  shop/web:\n    istioCa: {certDir: /var/lib/meshd/web}\n",
+        )?;
+        let text = file_error();
+        assert!(
+            text.starts_with("meshd.yaml:4:") && text.contains("missing field `tokenFile`"),
+            "{text}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
 fn zero_worker_threads_is_an_error_naming_file_line_and_field() {
     Jail::expect_with(|jail| {
         jail.create_file("meshd.yaml", "configDir: /x\nworkerThreads: 0\n")?;

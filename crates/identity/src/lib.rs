@@ -84,7 +84,7 @@ pub use bundle::{Purpose, TrustBundle};
 pub use credentials::{CredentialSet, Credentials};
 pub use dev_ca::{DevCa, IssuedSvid};
 pub use error::Error;
-pub use set::{IdentitySet, WorkloadDevCa, WorkloadManagers, WorkloadSource};
+pub use set::{IdentitySet, WorkloadDevCa, WorkloadIstioCa, WorkloadManagers, WorkloadSource};
 pub use source::{
     DEFAULT_DEV_TTL, DEFAULT_TRUST_DOMAIN, DevCaSource, FilesSource, ISTIO_CERT_CHAIN_FILE,
     ISTIO_KEY_FILE, ISTIO_ROOT_CERT_FILE, IdentitySource, IstioCaSource, SpiffeHelperSource,

@@ -4,11 +4,12 @@
 //! account, so a source handing out any other SVID is refused rather than presented.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::{DevCaSource, FilesSource, IdentitySource, SpiffeHelperSource};
+use crate::source::{DevCaSource, FilesSource, IdentitySource, IstioCaSource, SpiffeHelperSource};
 use crate::spire::SpireDelegatedSource;
 use crate::{Error, IdentityHandle, IdentityManager, ManagerOptions, SpiffeId, TrustDomain};
 
@@ -27,6 +28,29 @@ pub enum WorkloadSource {
     /// A SPIRE agent's Delegated Identity API, the workload named by its selectors, as
     /// `identity.spireDelegated`.
     SpireDelegated(SpireDelegatedSource),
+    /// The Istio CA of `controlPlane:`: meshd asks it for this service account's certificate
+    /// with the service account's own token (one CSR per service account), renews it over
+    /// mutual TLS with that certificate, and keeps it in `certDir`.
+    IstioCa(WorkloadIstioCa),
+}
+
+/// `istioCa:` under a workload: the CA and its root are `controlPlane:`'s; the token and the
+/// directory are the service account's own.
+///
+/// istiod issues a certificate for the identity of whoever authenticates the request, so the
+/// first one needs a token of this service account (on a VM, the one `istioctl x workload
+/// entry configure` writes for it). Impersonation, ztunnel's way of asking for another
+/// identity with its own, is not used: istiod allows it only for pods on the caller's node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadIstioCa {
+    /// A token of this service account (audience `istio-ca`), read at each request that needs
+    /// it: the first certificate, and a new one after the last expired.
+    pub token_file: PathBuf,
+    /// Where its certificate, key and root are kept (Istio's file names), so a restart
+    /// renews with the certificate instead of a token. Not `controlPlane.certDir`, nor
+    /// another workload's.
+    pub cert_dir: PathBuf,
 }
 
 /// `devCa: {}` under a workload: everything comes from meshd's own `identity.devCa`.
@@ -80,6 +104,10 @@ impl WorkloadSource {
                     ..spire.clone()
                 })
             }
+            WorkloadSource::IstioCa(ca) => IdentitySource::IstioCa(IstioCaSource {
+                cert_dir: ca.cert_dir.clone(),
+                spiffe_id: Some(expected.clone()),
+            }),
             WorkloadSource::DevCa(WorkloadDevCa {}) => {
                 let IdentitySource::DevCa(dev) = own else {
                     return Err(Error::Config {

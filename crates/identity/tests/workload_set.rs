@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use meshd_identity::{
-    DevCa, DevCaSource, Error, IdentityHandle, IdentitySet, IdentitySource, ManagerOptions,
-    SpiffeHelperSource, SpiffeId, TrustDomain, WorkloadDevCa, WorkloadManagers, WorkloadSource,
+    DevCa, DevCaSource, Error, IdentityHandle, IdentitySet, IdentitySource, IstioCaSource,
+    ManagerOptions, SpiffeHelperSource, SpiffeId, TrustDomain, WorkloadDevCa, WorkloadIstioCa,
+    WorkloadManagers, WorkloadSource,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -90,6 +91,28 @@ fn every_source_is_pinned_to_the_service_account() {
         IdentitySource::SpiffeHelper(s) => assert_eq!(s.spiffe_id, Some(id)),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn an_istio_ca_entry_loads_its_own_directory_pinned_to_the_service_account() {
+    // What meshd's CA client for the service account writes is loaded from its directory,
+    // and only under the service account's ID.
+    let dir = tempfile::tempdir().unwrap();
+    let entry = WorkloadSource::IstioCa(WorkloadIstioCa {
+        token_file: dir.path().join("web-token"),
+        cert_dir: dir.path().join("web"),
+    });
+    let (id, source) = entry
+        .resolve("shop/web", &td("cluster.local"), &own_dev_ca(dir.path()))
+        .unwrap();
+    assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
+    assert_eq!(
+        source,
+        IdentitySource::IstioCa(IstioCaSource {
+            cert_dir: dir.path().join("web"),
+            spiffe_id: Some(id),
+        })
+    );
 }
 
 #[test]

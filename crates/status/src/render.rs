@@ -396,13 +396,19 @@ fn control_plane(c: &ControlPlane, o: Options) -> String {
             at.clone().into(),
         ]);
     }
-    if let Some(cert) = &c.certificate {
+    let own = c
+        .certificate
+        .iter()
+        .map(|cert| ("certificate".to_string(), cert));
+    let workloads =
+        (c.workload_certificates.iter()).map(|(id, cert)| (format!("certificate {id}"), cert));
+    for (what, cert) in own.chain(workloads) {
         let text = format!(
             "from the Istio CA ({}), until {}",
             cert.source,
             show(&cert.not_after)
         );
-        rows.push(vec!["certificate".into(), text.into()]);
+        rows.push(vec![what.into(), text.into()]);
         if let Some(e) = &cert.last_error {
             rows.push(vec![
                 "renewal error".into(),

@@ -388,6 +388,10 @@ pub struct ControlPlane {
     pub started_on_persisted_state: Option<String>,
     /// The Istio CA certificate, when meshd's identity comes from it.
     pub certificate: Option<IstioCertificate>,
+    /// The Istio CA certificates of local workloads with an identity of their own from it
+    /// (`workloadIdentities: {…: {istioCa: …}}`), by SPIFFE ID.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workload_certificates: BTreeMap<String, IstioCertificate>,
 }
 
 /// One xDS resource type's exchange.

@@ -230,7 +230,7 @@ impl CaClient {
                 };
                 match result.and_then(|(i, how)| self.persist(&i).map(|()| (i, how))) {
                     Ok((issued, how)) => {
-                        tracing::info!(not_after = %issued.credentials.not_after(), how, "Istio CA certificate renewed");
+                        tracing::info!(id = %self.expected, not_after = %issued.credentials.not_after(), how, "Istio CA certificate renewed");
                         current = issued.credentials;
                         retry.reset();
                         status.send_replace(CaStatus {
@@ -242,7 +242,7 @@ impl CaClient {
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!(expired, "Istio CA renewal failed: {e}");
+                        tracing::warn!(id = %self.expected, expired, "Istio CA renewal failed: {e}");
                         status.send_modify(|s| s.last_error = Some(e.to_string()));
                         tokio::time::sleep(retry.next_delay()).await;
                     }

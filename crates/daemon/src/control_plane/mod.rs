@@ -8,6 +8,7 @@
 //! first answer of both types. It never starts on an empty state it was not told is empty: a
 //! workload whose policies live in istiod would be open to all until they arrived.
 
+mod ca;
 mod metrics;
 mod persisted;
 mod store;
@@ -19,16 +20,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use meshd_admin::Readiness;
-use meshd_identity::{IdentityHandle, IdentitySource};
+use meshd_identity::{IdentityHandle, SpiffeId};
 use meshd_workloadapi::MeshState;
 use meshd_xds::ControlPlaneSettings;
 use meshd_xds::ads::{AdsClient, XdsStatus};
-use meshd_xds::ca::{CaClient, CaStatus};
+use meshd_xds::ca::CaStatus;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::StartupError;
 use crate::startup::{Failure, Pauses, Waiting, until_ready};
+
+pub(crate) use ca::{CaClients, start_own as start_ca, start_workloads as start_workload_cas};
 
 pub(crate) use metrics::ControlPlaneMetrics;
 pub use persisted::{STATE_FILE, read_state};
@@ -57,6 +60,8 @@ pub(crate) struct ControlPlane {
     pub(crate) xds: watch::Receiver<XdsStatus>,
     /// The CA client's status, when meshd's identity is the Istio CA's.
     pub(crate) ca: Option<watch::Receiver<CaStatus>>,
+    /// The CA clients' of the workloads whose identity is the Istio CA's.
+    pub(crate) workload_cas: Vec<(SpiffeId, watch::Receiver<CaStatus>)>,
     /// When the persisted state meshd started on was written, if it started on one.
     pub(crate) persisted: Option<SystemTime>,
     tasks: Vec<JoinHandle<()>>,
@@ -68,45 +73,6 @@ impl Drop for ControlPlane {
             task.abort();
         }
     }
-}
-
-/// The certificate from the Istio CA, when the identity source is the CA client's directory:
-/// the persisted one if still good, else one asked for with the token (waiting, with the
-/// reason on readiness, while istiod cannot give one). Then renews it at half-life for the
-/// life of the process. `None` when the identity comes from elsewhere.
-pub(crate) async fn start_ca(
-    settings: &ControlPlaneSettings,
-    identity: &IdentitySource,
-    waiting: &Waiting,
-) -> Result<Option<(watch::Receiver<CaStatus>, JoinHandle<()>)>, StartupError> {
-    if !matches!(identity, IdentitySource::IstioCa(_)) {
-        return Ok(None);
-    }
-    let client =
-        CaClient::new(settings.clone()).map_err(|e| StartupError::ControlPlane(e.to_string()))?;
-    let client = &client;
-    let (credentials, how) = until_ready(waiting, Pauses::every(CA_RETRY), || async move {
-        client
-            .bootstrap()
-            .await
-            .map_err(|e| Failure::Wait(StartupError::ControlPlane(format!("Istio CA: {e}"))))
-    })
-    .await?;
-    tracing::info!(
-        id = %credentials.id(),
-        not_after = %credentials.not_after(),
-        how,
-        "certificate from the Istio CA"
-    );
-    let (status, updates) = watch::channel(CaStatus {
-        not_after: Some(credentials.not_after()),
-        since: Some(time::OffsetDateTime::now_utc()),
-        source: how.to_string(),
-        last_error: None,
-    });
-    let renewer = client.clone();
-    let task = tokio::spawn(async move { renewer.renew_forever(credentials, status).await });
-    Ok(Some((updates, task)))
 }
 
 /// The address istiod is told the VM has: `controlPlane.instanceIp`, else the local address
@@ -137,7 +103,7 @@ async fn instance_ip(settings: &ControlPlaneSettings) -> Result<IpAddr, StartupE
 pub(crate) async fn start_xds(
     settings: &ControlPlaneSettings,
     identity: IdentityHandle,
-    ca: Option<(watch::Receiver<CaStatus>, JoinHandle<()>)>,
+    cas: CaClients,
     readiness: &Readiness,
     waiting: &Waiting,
     metrics: ControlPlaneMetrics,
@@ -161,11 +127,16 @@ pub(crate) async fn start_xds(
         .map_err(|e| StartupError::ControlPlane(e.to_string()))?;
     let mut xds = client.status();
     let mut tasks = vec![tokio::spawn(client.run(store))];
-    let (ca, ca_task) = match ca {
-        Some((status, task)) => (Some(status), Some(task)),
-        None => (None, None),
-    };
-    tasks.extend(ca_task);
+    let ca = cas.own.map(|own| {
+        tasks.push(own.task);
+        own.status
+    });
+    let workload_cas = (cas.workloads.into_iter())
+        .map(|(id, renewing)| {
+            tasks.push(renewing.task);
+            (id, renewing.status)
+        })
+        .collect();
     if persisted.is_none() {
         // Nothing to enforce yet: wait for istiod's first answer of both types, as start-up
         // waits for what time cures (the reason on readiness, systemd's start timeout
@@ -197,6 +168,7 @@ pub(crate) async fn start_xds(
         mesh,
         xds,
         ca,
+        workload_cas,
         persisted,
         tasks,
     })
@@ -213,6 +185,7 @@ impl ControlPlane {
         ControlPlaneView {
             xds: self.xds.clone(),
             ca: self.ca.clone(),
+            workload_cas: self.workload_cas.clone(),
             mesh: self.mesh.clone(),
             persisted: self.persisted,
         }

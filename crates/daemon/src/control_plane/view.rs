@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use meshd_identity::SpiffeId;
 use meshd_proxy::{Origin, ProxyState};
 use meshd_status::view::{ControlPlane, IstioCertificate, SourceCounts, XdsReply, XdsType};
 use meshd_workloadapi::{MeshState, ResourceKind};
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 pub(crate) struct ControlPlaneView {
     pub(crate) xds: watch::Receiver<XdsStatus>,
     pub(crate) ca: Option<watch::Receiver<CaStatus>>,
+    pub(crate) workload_cas: Vec<(SpiffeId, watch::Receiver<CaStatus>)>,
     pub(crate) mesh: watch::Receiver<Arc<MeshState>>,
     pub(crate) persisted: Option<SystemTime>,
 }
@@ -78,14 +80,10 @@ impl ControlPlaneView {
                 last_nack: reply(&t.last_nack),
             })
             .collect();
-        let certificate = self.ca.as_ref().map(|ca| {
-            let ca = ca.borrow().clone();
-            IstioCertificate {
-                source: ca.source,
-                not_after: ca.not_after.map(meshd_status::view::rfc3339),
-                last_error: ca.last_error,
-            }
-        });
+        let own = self.ca.as_ref().map(certificate);
+        let workload_certificates = (self.workload_cas.iter())
+            .map(|(id, ca)| (id.to_string(), certificate(ca)))
+            .collect();
         ControlPlane {
             configured: true,
             address: Some(xds.address),
@@ -110,7 +108,17 @@ impl ControlPlaneView {
                 .map(ToString::to_string)
                 .collect(),
             started_on_persisted_state: self.persisted.map(meshd_status::view::rfc3339),
-            certificate,
+            certificate: own,
+            workload_certificates,
         }
+    }
+}
+
+fn certificate(ca: &watch::Receiver<CaStatus>) -> IstioCertificate {
+    let ca = ca.borrow().clone();
+    IstioCertificate {
+        source: ca.source,
+        not_after: ca.not_after.map(meshd_status::view::rfc3339),
+        last_error: ca.last_error,
     }
 }
