@@ -493,6 +493,25 @@ fn a_second_workload_on_a_machine_gets_its_own_certificate_from_istiod() {
         "batch's certificate not renewed over mTLS:\n{log}"
     );
     assert!(through_listener(&link, 9002), "batch after its renewal");
+    // Counted as batch's rotation (the identity manager loaded the renewed files).
+    let rotated = format!(
+        "meshd_workload_certificate_rotations_total{{identity=\"{batch_id}\",result=\"success\"}} "
+    );
+    let started = Instant::now();
+    let counted = loop {
+        let (_, text) = link
+            .web
+            .run(|| http("127.0.0.1:15020".parse().ok()?, "GET", "/metrics"))
+            .expect("web's metrics endpoint answers");
+        let count = (text.lines())
+            .find_map(|l| l.strip_prefix(&rotated))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        if count.is_some_and(|n| n >= 1) || started.elapsed() > Duration::from_secs(10) {
+            break count;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(counted.is_some_and(|n| n >= 1), "{rotated}: {counted:?}");
 
     // The operator's view lists batch's certificate beside meshd's own.
     let (code, view) = link

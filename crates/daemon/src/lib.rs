@@ -47,7 +47,7 @@ pub use crate::schema::MeshdConfig;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
-use crate::operator::{Operated, ready_line, start_operator_endpoints, watch_certificate};
+use crate::operator::{Operated, ready_line, start_operator_endpoints, watch_certificates};
 use crate::reload::{Reloader, Trigger};
 use crate::stable::{MAX_WAIT, QUIET, Stability};
 use crate::startup::{Failure, Pauses, Waiting, port_in_use, until_ready};
@@ -424,8 +424,7 @@ async fn start(
     };
     let _ = operated.identities.set(identity.set());
     readiness.set_ready("certificates");
-    watch_certificate(&identity.own, &readiness, &metrics);
-    operator::watch_workload_certificates(&identity.workloads, &readiness, &metrics);
+    watch_certificates(&identity.own, &identity.workloads, &readiness, &metrics);
     let control = match (&config.control_plane, cp_metrics) {
         (Some(cp), Some(cp_metrics)) => Some(
             control_plane::start_xds(

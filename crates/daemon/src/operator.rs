@@ -183,18 +183,37 @@ pub(crate) async fn start_operator_endpoints(
     Ok(operator)
 }
 
-/// Keeps readiness and the certificate metrics in step with the identity: an expired
-/// certificate that was not rotated makes meshd unready.
-pub(crate) fn watch_certificate(
+/// Watches every certificate meshd holds, its own and each local workload's: an expired one
+/// makes meshd unready (nothing under it could serve or reach anyone), and each has its series
+/// of the expiry gauge and its rotation counts (meshd's own in
+/// `meshd_certificate_rotations_total`, a workload's labelled by its identity).
+pub(crate) fn watch_certificates(
+    own: &IdentityManager,
+    workloads: &WorkloadManagers,
+    readiness: &Readiness,
+    metrics: &Metrics,
+) {
+    watch_certificate(own, None, readiness, metrics);
+    for (id, manager) in workloads.managers() {
+        watch_certificate(manager, Some(id.to_string()), readiness, metrics);
+    }
+}
+
+/// One certificate's watch; `workload` names a workload's own identity (`None`: meshd's).
+fn watch_certificate(
     identity: &IdentityManager,
+    workload: Option<String>,
     readiness: &Readiness,
     metrics: &Metrics,
 ) {
     let handle = identity.handle();
+    let whose = workload
+        .as_ref()
+        .map_or_else(String::new, |id| format!(" of {id}"));
     readiness.add_check(move || {
         let not_after = handle.not_after();
         (not_after <= time::OffsetDateTime::now_utc())
-            .then(|| format!("certificate expired at {not_after} and was not rotated"))
+            .then(|| format!("certificate{whose} expired at {not_after} and was not rotated"))
     });
     let mut updates = identity.handle().subscribe();
     let stats = identity.stats();
@@ -203,12 +222,12 @@ pub(crate) fn watch_certificate(
         loop {
             {
                 let set = updates.borrow_and_update().clone();
-                metrics.certificate(
-                    &set.id().to_string(),
-                    set.not_after().unix_timestamp(),
-                    stats.rotations(),
-                    stats.failed_rotations(),
-                );
+                let (id, not_after) = (set.id().to_string(), set.not_after().unix_timestamp());
+                let (ok, failed) = (stats.rotations(), stats.failed_rotations());
+                match workload {
+                    None => metrics.certificate(&id, not_after, ok, failed),
+                    Some(_) => metrics.workload_certificate(&id, not_after, ok, failed),
+                }
             }
             // A failed rotation changes no certificate: look at the counters now and then too.
             tokio::select! {
@@ -217,41 +236,6 @@ pub(crate) fn watch_certificate(
             }
         }
     });
-}
-
-/// As [`watch_certificate`], for each local workload's own identity: an expired certificate
-/// of any makes meshd unready (its workload could neither serve nor reach anyone), and each
-/// has its series of the expiry gauge, labelled by its identity.
-pub(crate) fn watch_workload_certificates(
-    workloads: &WorkloadManagers,
-    readiness: &Readiness,
-    metrics: &Metrics,
-) {
-    for (id, manager) in workloads.managers() {
-        let handle = manager.handle();
-        let id = id.to_string();
-        readiness.add_check(move || {
-            let not_after = handle.not_after();
-            (not_after <= time::OffsetDateTime::now_utc())
-                .then(|| format!("certificate of {id} expired at {not_after} and was not rotated"))
-        });
-        let mut updates = manager.handle().subscribe();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            loop {
-                {
-                    let set = updates.borrow_and_update().clone();
-                    metrics.workload_certificate(
-                        &set.id().to_string(),
-                        set.not_after().unix_timestamp(),
-                    );
-                }
-                if updates.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
 }
 
 /// How often the certificate metrics are refreshed when no new certificate arrives.

@@ -173,9 +173,18 @@ impl Metrics {
     }
 
     /// A local workload's own certificate (one identity per local workload): its series of
-    /// the expiry gauge, beside meshd's own. Its identity is pinned, so the series stays.
-    pub fn workload_certificate(&self, identity: &str, not_after_unix: i64) {
-        self.0.own.workload_certificate(identity, not_after_unix);
+    /// the expiry gauge, beside meshd's own, and `meshd_workload_certificate_rotations_total`
+    /// brought up to its manager's counts. Its identity is pinned, so the series stay.
+    pub fn workload_certificate(
+        &self,
+        identity: &str,
+        not_after_unix: i64,
+        rotations: u64,
+        failed_rotations: u64,
+    ) {
+        self.0
+            .own
+            .workload_certificate(identity, not_after_unix, rotations, failed_rotations);
     }
 
     /// Where the HBONE pool's figures come from; `source` is called at each scrape.

@@ -52,6 +52,12 @@ struct IdentityLabels {
     identity: Value,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IdentityResultLabels {
+    identity: Value,
+    result: Value,
+}
+
 /// A success and a failure counter, resolved once.
 #[derive(Debug)]
 struct Results {
@@ -95,6 +101,8 @@ pub(crate) struct Own {
     /// The identity the expiry gauge shows, so a new identity replaces the old series.
     identity: Mutex<Option<Value>>,
     rotations: Results,
+    /// The workloads' own identities' rotations, by identity and result.
+    workload_rotations: Family<IdentityResultLabels, Counter>,
     pool: Arc<PoolCollector>,
 }
 
@@ -141,6 +149,12 @@ impl Own {
             "certificate_rotations",
             "Certificate rotations since start, by result (a failed one keeps the old certificate)",
         );
+        let workload_rotations = Family::default();
+        registry.register(
+            "workload_certificate_rotations",
+            "Rotations of local workloads' own certificates (workloadIdentities) since start, by identity and result",
+            workload_rotations.clone(),
+        );
         let pool = Arc::new(PoolCollector::default());
         registry.register_collector(Box::new(pool.clone()));
         Own {
@@ -156,6 +170,7 @@ impl Own {
             expiry,
             identity: Mutex::new(None),
             rotations,
+            workload_rotations,
             pool,
         }
     }
@@ -221,11 +236,27 @@ impl Own {
             .fetch_max(failed_rotations, Ordering::Relaxed);
     }
 
-    pub(crate) fn workload_certificate(&self, identity: &str, not_after_unix: i64) {
+    pub(crate) fn workload_certificate(
+        &self,
+        identity: &str,
+        not_after_unix: i64,
+        rotations: u64,
+        failed_rotations: u64,
+    ) {
+        let identity = Value::from(identity.to_owned());
         let labels = IdentityLabels {
-            identity: Value::from(identity.to_owned()),
+            identity: identity.clone(),
         };
         self.expiry.get_or_create(&labels).set(not_after_unix);
+        for (result, count) in [("success", rotations), ("failure", failed_rotations)] {
+            let labels = IdentityResultLabels {
+                identity: identity.clone(),
+                result: Value::fixed(result),
+            };
+            // As for meshd's own: the manager's totals, never lowered.
+            (self.workload_rotations.get_or_create(&labels).inner())
+                .fetch_max(count, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn hbone_pool(&self, source: PoolSource) {

@@ -152,3 +152,34 @@ async fn tokio_runtime_metrics() {
         assert!(workers[0].starts_with(&format!("{name}{{worker=\"0\"}} ")));
     }
 }
+
+// A workload's own certificate: its expiry series beside meshd's own, and its rotations under
+// its identity, apart from meshd's (whose counters stay where they were).
+#[tokio::test]
+async fn workload_certificate() {
+    let metrics = Metrics::new(tokio::runtime::Handle::current());
+    metrics.certificate("spiffe://td/ns/vm/sa/meshd", 1_800_000_000, 1, 0);
+    metrics.workload_certificate("spiffe://td/ns/shop/sa/web", 1_800_000_500, 3, 1);
+    metrics.workload_certificate("spiffe://td/ns/shop/sa/web", 1_800_000_900, 2, 1);
+    let text = encode(&metrics);
+    assert_eq!(
+        samples(&text, "meshd_certificate_expiry_timestamp_seconds"),
+        [
+            "meshd_certificate_expiry_timestamp_seconds{identity=\"spiffe://td/ns/vm/sa/meshd\"} 1800000000",
+            "meshd_certificate_expiry_timestamp_seconds{identity=\"spiffe://td/ns/shop/sa/web\"} 1800000900",
+        ]
+    );
+    // Stale totals (2 after 3) do not lower the counter.
+    assert_line(
+        &text,
+        "meshd_workload_certificate_rotations_total{identity=\"spiffe://td/ns/shop/sa/web\",result=\"success\"} 3",
+    );
+    assert_line(
+        &text,
+        "meshd_workload_certificate_rotations_total{identity=\"spiffe://td/ns/shop/sa/web\",result=\"failure\"} 1",
+    );
+    assert_line(
+        &text,
+        "meshd_certificate_rotations_total{result=\"success\"} 1",
+    );
+}
