@@ -30,6 +30,11 @@ const HTTPBIN: Ipv4Addr = Ipv4Addr::new(10, 215, 0, 2);
 /// The application port on every workload.
 const APP: u16 = 8080;
 
+/// The identity the mesh expects of service account `sa`.
+fn id(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/{sa}")
+}
+
 fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), port)
 }
@@ -37,9 +42,27 @@ fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
 /// Every machine's configuration directory: the three workloads, B's policy (only `web` may
 /// reach `httpbin`) and A's (`httpbin` may not reach `db`).
 fn mesh_yaml() -> String {
+    mesh_yaml_over(Tunnel::Http2)
+}
+
+/// How peers reach every workload: HBONE over HTTP/2 (TCP), or over HTTP/3 (QUIC), which a
+/// workload asks for with the `meshd.io/tunnel: quic` annotation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tunnel {
+    Http2,
+    #[cfg_attr(not(feature = "quic"), allow(dead_code))]
+    Http3,
+}
+
+/// [`mesh_yaml`] with every workload reached over `tunnel`.
+fn mesh_yaml_over(tunnel: Tunnel) -> String {
+    let annotations = match tunnel {
+        Tunnel::Http2 => "",
+        Tunnel::Http3 => ", annotations: {meshd.io/tunnel: quic}",
+    };
     let workload = |name: &str, ip: Ipv4Addr| {
         format!(
-            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{address: {ip}, serviceAccount: {name}, labels: {{app: {name}}}}}\n"
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: {NAMESPACE}{annotations}}}\nspec: {{address: {ip}, serviceAccount: {name}, labels: {{app: {name}}}}}\n"
         )
     };
     [
@@ -58,13 +81,18 @@ fn mesh_yaml() -> String {
 
 /// meshd.yaml for a machine: its own identity from `tls`, `extra` appended (workload
 /// identities, listeners), capture on every address, operator endpoints on loopback.
-fn meshd_yaml(dir: &Path, workloads: &[&str], extra: &str) -> String {
+/// HBONE over HTTP/3 (UDP 15008) is accepted too when `tunnel` says so.
+fn meshd_yaml_over(tunnel: Tunnel, dir: &Path, workloads: &[&str], extra: &str) -> String {
+    let quic = match tunnel {
+        Tunnel::Http2 => "",
+        Tunnel::Http3 => "  hboneQuic: 0.0.0.0:15008\n",
+    };
     let local: Vec<String> = workloads
         .iter()
         .map(|w| format!("{NAMESPACE}/{w}"))
         .collect();
     format!(
-        "configDir: {mesh}\nidentity:\n  spiffeHelper: {{dir: {tls}}}\nlocal: {{workloads: [{local}]}}\nlisten:\n  hbone: 0.0.0.0:15008\n  outbound: 0.0.0.0:15001\n  inboundPlaintext: 0.0.0.0:15006\n  socks5: 127.0.0.1:15080\n  admin: 127.0.0.1:15000\n  metrics: 127.0.0.1:15020\n  readiness: 127.0.0.1:15021\nredirect: {{inboundPort: 15006}}\n{extra}",
+        "configDir: {mesh}\nidentity:\n  spiffeHelper: {{dir: {tls}}}\nlocal: {{workloads: [{local}]}}\nlisten:\n  hbone: 0.0.0.0:15008\n{quic}  outbound: 0.0.0.0:15001\n  inboundPlaintext: 0.0.0.0:15006\n  socks5: 127.0.0.1:15080\n  admin: 127.0.0.1:15000\n  metrics: 127.0.0.1:15020\n  readiness: 127.0.0.1:15021\nredirect: {{inboundPort: 15006}}\n{extra}",
         mesh = dir.join("mesh").display(),
         tls = dir.join("tls").display(),
         local = local.join(", "),
@@ -74,7 +102,9 @@ fn meshd_yaml(dir: &Path, workloads: &[&str], extra: &str) -> String {
 /// The two machines on a bridge, each with its meshd running and capture installed.
 struct Machines {
     // Field order is drop order: processes, then namespaces, then files.
-    _meshd: Vec<Meshd>,
+    /// A's and B's meshd (read by the HTTP/3 test, which needs the `quic` feature).
+    #[cfg_attr(not(feature = "quic"), allow(dead_code))]
+    meshd: Vec<Meshd>,
     a: Netns,
     b: Netns,
     _bridge: Netns,
@@ -103,6 +133,10 @@ fn wire(bridge: &Netns, ns: &Netns, port: &str, ips: &[Ipv4Addr]) {
 }
 
 fn start() -> Machines {
+    start_over(Tunnel::Http2)
+}
+
+fn start_over(tunnel: Tunnel) -> Machines {
     let ws = Workspace::new();
     let bridge = Netns::new("pw-br");
     bridge
@@ -120,7 +154,7 @@ fn start() -> Machines {
     issue(&ws, "web", &dir_a.join("web"));
     issue(&ws, "db", &dir_a.join("db"));
     issue(&ws, "httpbin", &dir_b.join("tls"));
-    let mesh = mesh_yaml();
+    let mesh = mesh_yaml_over(tunnel);
     ws.write("a/mesh/mesh.yaml", &mesh);
     ws.write("b/mesh/mesh.yaml", &mesh);
     let target = addr(HTTPBIN, APP);
@@ -131,9 +165,12 @@ fn start() -> Machines {
     );
     let config_a = ws.write(
         "a/meshd.yaml",
-        &meshd_yaml(&dir_a, &["web", "db"], &extra_a),
+        &meshd_yaml_over(tunnel, &dir_a, &["web", "db"], &extra_a),
     );
-    let config_b = ws.write("b/meshd.yaml", &meshd_yaml(&dir_b, &["httpbin"], ""));
+    let config_b = ws.write(
+        "b/meshd.yaml",
+        &meshd_yaml_over(tunnel, &dir_b, &["httpbin"], ""),
+    );
 
     // Applications: an echo server on every workload's address.
     echo_on(netns::listen_in(&b, addr(HTTPBIN, APP)));
@@ -147,7 +184,7 @@ fn start() -> Machines {
     netns::install_capture(&a, &config_a);
     netns::install_capture(&b, &config_b);
     Machines {
-        _meshd: meshd,
+        meshd,
         a,
         b,
         _bridge: bridge,
@@ -215,7 +252,6 @@ fn san_uri_at(ns: &Netns, to: SocketAddr, client: &Path) -> String {
 fn each_local_workload_has_its_own_identity_both_ways() {
     let m = start();
     let httpbin = addr(HTTPBIN, APP);
-    let id = |sa: &str| format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/{sa}");
 
     // The certificate of each address, read by a TLS client that is not meshd.
     let client_svid = m.ws.path().join("b/tls");
@@ -368,8 +404,49 @@ fn the_dev_ca_issues_each_workload_s_identity_and_others_get_meshd_s() {
     let _meshd = Meshd::spawn(netns::run_in(&ns, &config));
     let client = ws.path().join("client");
     issue(&ws, "httpbin", &client);
-    let id = |sa: &str| format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/{sa}");
     assert_eq!(san_uri_at(&ns, addr(WEB, 15008), &client), id("web"));
     assert_eq!(san_uri_at(&ns, addr(DB, 15008), &client), id("node-a"));
     assert_eq!(san_uri_at(&ns, addr(HTTPBIN, 15008), &client), id("node-a"));
+}
+
+/// The same over HBONE on HTTP/3 (every workload annotated `meshd.io/tunnel: quic`): the
+/// QUIC handshake presents the certificate of the workload whose address it arrived on, and
+/// the client's is the source workload's, as over HTTP/2.
+#[cfg(feature = "quic")]
+#[test]
+fn each_local_workload_has_its_own_identity_over_http3() {
+    let m = start_over(Tunnel::Http3);
+    let httpbin = addr(HTTPBIN, APP);
+    // Outbound: as web allowed, as db denied (captured from each address, and by listener).
+    assert!(echoes(
+        connect_from(&m.a, WEB, httpbin),
+        "captured from web"
+    ));
+    assert!(!echoes(connect_from(&m.a, DB, httpbin), "captured from db"));
+    let listener = |port: u16| netns::connect_in(&m.a, addr(Ipv4Addr::LOCALHOST, port));
+    assert!(echoes(listener(9001), "listener as web"));
+    assert!(!echoes(listener(9002), "listener as db"));
+    // Inbound: B reaches web under web's identity; A's policy keeps httpbin from db.
+    assert!(echoes(
+        netns::connect_in(&m.b, addr(WEB, APP)),
+        "httpbin to web"
+    ));
+    assert!(!echoes(
+        netns::connect_in(&m.b, addr(DB, APP)),
+        "httpbin to db"
+    ));
+    // All of it over HTTP/3: B's records of web's tunnels say h3 and name web's identity.
+    let b_log = m.meshd[1].wait_for_log("transport=\"h3\"");
+    assert!(
+        b_log.lines().any(|l| l.contains("transport=\"h3\"")
+            && l.contains(&format!("src.identity=\"{}\"", id("web")))
+            && l.contains("connection complete")),
+        "{b_log}"
+    );
+    assert!(
+        b_log.lines().any(|l| l.contains("transport=\"h3\"")
+            && l.contains(&format!("src.identity=\"{}\"", id("db")))
+            && l.contains("connection denied")),
+        "{b_log}"
+    );
 }
