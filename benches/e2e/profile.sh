@@ -158,21 +158,27 @@ arena_tops() { # pid
         open(my $pm, "<:raw", "/proc/$pid/pagemap") or die;
         sub word { my ($fh, $at) = @_; sysseek($fh, $at, 0); sysread($fh, my $b, 8) == 8 or return;
                    return unpack("Q<", $b) }
+        # Every heap of a thread arena (an arena grows by more 64 MiB heaps) points at it.
+        my (@heaps, %arenas);
         while (<$maps>) {
             my ($s, $e, $perms, $name) = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/ or next;
             ($s, $e) = (hex $s, hex $e);
             next if $name ne "" || $perms ne "rw-p" || $s % (64 << 20);
+            push @heaps, [$s, $e];
             my $arena = word($mem, $s) // next;
-            next unless $arena > $s && $arena < $e;
+            $arenas{$arena}++ if $arena > $s && $arena < $e; # its first heap holds it
+        }
+        for my $arena (sort keys %arenas) {
             my $top = word($mem, $arena + 96) // next;
-            next unless $top >= $s && $top < $e;
+            next unless grep { $top >= $_->[0] && $top < $_->[1] } @heaps;
             my $size = (word($mem, $top + 8) // 0) & ~7;
             my $resident = 0;
             for (my $p = ($top + 4095) & ~4095; $p < $top + $size; $p += 4096) {
                 my $entry = word($pm, $p / 4096 * 8) // next;
                 $resident += 4 if $entry & (1 << 63);
             }
-            printf "arena %x: top chunk %d KiB, %d KiB of it resident\n", $s, $size / 1024, $resident;
+            printf "arena %x (%d heaps): top chunk %d KiB, %d KiB of it resident\n", $arena,
+                scalar(grep { word($mem, $_->[0]) == $arena } @heaps), $size / 1024, $resident;
         }' "$1"
 }
 
