@@ -284,6 +284,9 @@ stop_meshd() { # the profiler writes its output once meshd exits
     kill -s $signal "$MESHD_C" "$MESHD_S" 2>/dev/null || true
     stop "$WRAP_C"
     stop "$WRAP_S"
+    # heaptrack's script names its pipe after its own pid and, stopped, leaves it behind.
+    [[ $PROFILE == heaptrack ]] && rm -f "/tmp/heaptrack_fifo$WRAP_C" "/tmp/heaptrack_fifo$WRAP_S"
+    return 0
 }
 start_relay() {
     start HAPROXY_S haproxy-server "$NS_S" haproxy -db -f "$WORK/haproxy-server.cfg"
