@@ -19,7 +19,10 @@
 # measurements to take), PROFILE=heaptrack|perf|strace to run both meshd processes under that
 # profiler (heap profiles, perf call graphs or timestamped system calls land in PROFILE_DIR,
 # default /tmp/meshd-profile; the figures of a profiled run are not comparable with an
-# unprofiled one), WORKER_THREADS=N to set both meshd's `workerThreads` (default: meshd's own
+# unprofiled one), PROFILE=counts for system calls, sleeps, packets, HTTP/2 frames and TLS
+# records per 1 KiB round trip of both proxies in the rr phase (profile.sh; FRAME_TRIPS),
+# PROFILE=smaps for where each meshd's anonymous memory is after the hold phase (profile.sh),
+# WORKER_THREADS=N to set both meshd's `workerThreads` (default: meshd's own
 # default; HAProxy runs one thread a side).
 # It installs iperf3 and haproxy with apt-get when they are missing. Addresses: 10.214.0.0/24
 # inside its own namespaces only; everything it creates is removed on exit, also on failure.
@@ -36,6 +39,8 @@ PROFILE=${PROFILE:-}
 PROFILE_DIR=${PROFILE_DIR:-/tmp/meshd-profile}
 WORKER_THREADS=${WORKER_THREADS:-}
 phase() { [[ $PHASES == *" $1 "* ]]; }
+# shellcheck source=benches/e2e/profile.sh
+. "$(dirname "$0")/profile.sh"
 
 CLIENT_IP=10.214.0.1
 SERVER_IP=10.214.0.2
@@ -244,12 +249,13 @@ profiler() { # side run
         heaptrack) echo heaptrack -o "$PROFILE_DIR/heaptrack.$1.$2" ;;
         perf) echo perf record -F 999 -g --call-graph dwarf,16384 -o "$PROFILE_DIR/perf.$1.$2.data" -- ;;
         strace) echo strace -f -ttt -T -o "$PROFILE_DIR/strace.$1.$2" -- ;;
-        *) echo "PROFILE=$PROFILE: expected heaptrack, perf or strace" >&2; exit 1 ;;
+        counts | smaps) ;; # they attach to the running processes (profile.sh)
+        *) echo "PROFILE=$PROFILE: expected heaptrack, perf, strace, counts or smaps" >&2; exit 1 ;;
     esac
 }
 # Under a profiler the started process is the profiler; the measured one is its meshd child.
 meshd_pid() { # wrapper-pid config
-    [[ -z $PROFILE ]] && { echo "$1"; return; }
+    [[ -z $PROFILE || $PROFILE == counts || $PROFILE == smaps ]] && { echo "$1"; return; }
     for _ in $(seq 100); do
         local pid
         pid=$(pgrep -n -f "^$MESHD run --config $2\$" || true)
@@ -271,9 +277,16 @@ start_meshd() { # run
     MESHD_C=$(meshd_pid "$WRAP_C" "$WORK/client.yaml")
 }
 stop_meshd() { # the profiler writes its output once meshd exits
-    kill "$MESHD_C" "$MESHD_S" 2>/dev/null || true
+    # Under heaptrack, SIGKILL: meshd frees nothing on the way out, so the profile's "leaked"
+    # allocations are the ones live at the end of the last phase (after `hold`'s SETTLE).
+    local signal=TERM
+    [[ $PROFILE == heaptrack ]] && signal=KILL
+    kill -s $signal "$MESHD_C" "$MESHD_S" 2>/dev/null || true
     stop "$WRAP_C"
     stop "$WRAP_S"
+    # heaptrack's script names its pipe after its own pid and, stopped, leaves it behind.
+    [[ $PROFILE == heaptrack ]] && rm -f "/tmp/heaptrack_fifo$WRAP_C" "/tmp/heaptrack_fifo$WRAP_S"
+    return 0
 }
 start_relay() {
     start HAPROXY_S haproxy-server "$NS_S" haproxy -db -f "$WORK/haproxy-server.cfg"
@@ -343,14 +356,23 @@ for run in $(seq "$RUNS"); do
             mode $m
             held=$HELD
             [[ $m == relay ]] && held=$RELAY_HELD
+            [[ $PROFILE == smaps && $m == meshd ]] && smaps_save "$run.before"
             in_c "$TOOL" hold --to $ECHO_ADDR --count "$held" --processes "$HOLD_PROCESSES" \
                 --pids "$(pids_of $m)" --settle "$SETTLE" | record "$run" $m hold.
+            [[ $PROFILE == smaps && $m == meshd ]] && smaps_save "$run.after"
         done
     fi
     if phase rr; then
         for m in direct relay meshd; do
             mode $m
-            in_c "$TOOL" rr --to $ECHO_ADDR --count "$ROUND_TRIPS" --size 1024 | record "$run" $m rr.
+            counting=
+            [[ $PROFILE == counts && $m != direct ]] && counting=1
+            [[ -n $counting ]] && counts_start $m
+            pids=$(pids_of $m)
+            in_c "$TOOL" rr --to $ECHO_ADDR --count "$ROUND_TRIPS" --size 1024 \
+                ${pids:+--pids "$pids"} | record "$run" $m rr.
+            [[ -n $counting ]] && counts_stop "$run" $m "$ROUND_TRIPS"
+            [[ -n $counting && $m == meshd ]] && counts_frames "$run"
         done
     fi
     if phase bulk; then

@@ -79,8 +79,15 @@ pub fn connect(to: SocketAddr, count: usize) -> anyhow::Result<String> {
     Ok(latency_lines("connect", samples))
 }
 
-/// `count` round trips of `size` bytes each way on one connection.
-pub fn request_response(to: SocketAddr, count: usize, size: usize) -> anyhow::Result<String> {
+/// `count` round trips of `size` bytes each way on one connection; with the CPU time `pids`
+/// spent per round trip (utime + stime, in µs: ticks of 10 ms over the whole run).
+pub fn request_response(
+    to: SocketAddr,
+    count: usize,
+    size: usize,
+    pids: &[(String, u32)],
+) -> anyhow::Result<String> {
+    let cpu_before = cpu_all(pids)?;
     let mut stream = open(to)?;
     let request: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let mut back = vec![0u8; size];
@@ -92,10 +99,14 @@ pub fn request_response(to: SocketAddr, count: usize, size: usize) -> anyhow::Re
         samples.push(start.elapsed());
     }
     let rate = count as f64 / all.elapsed().as_secs_f64();
-    Ok(format!(
-        "{}\nrr_rate {rate:.0}",
-        latency_lines("rr", samples)
-    ))
+    drop(stream);
+    let cpu_after = cpu_all(pids)?;
+    let mut out = format!("{}\nrr_rate {rate:.0}", latency_lines("rr", samples));
+    for (i, (name, _)) in pids.iter().enumerate() {
+        let us = (cpu_after[i] - cpu_before[i]) * 1e6 / count as f64;
+        let _ = write!(out, "\ncpu_us_per_trip.{name} {us:.2}");
+    }
+    Ok(out)
 }
 
 /// Resident set size of `pid` in KiB (`VmRSS` of `/proc/PID/status`).
@@ -134,6 +145,11 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
 }
 
+/// utime + stime of each of `pids`, in seconds.
+fn cpu_all(pids: &[(String, u32)]) -> anyhow::Result<Vec<f64>> {
+    pids.iter().map(|(_, p)| cpu_seconds(*p)).collect()
+}
+
 /// One iperf3 run; Gbit/s received and, per process, CPU seconds per GB of payload.
 pub fn bulk(
     to: SocketAddr,
@@ -141,9 +157,7 @@ pub fn bulk(
     parallel: u32,
     pids: &[(String, u32)],
 ) -> anyhow::Result<String> {
-    let cpu_all =
-        || -> anyhow::Result<Vec<f64>> { pids.iter().map(|(_, p)| cpu_seconds(*p)).collect() };
-    let before = cpu_all()?;
+    let before = cpu_all(pids)?;
     let output = Command::new("iperf3")
         .args(["-c", &to.ip().to_string(), "-p", &to.port().to_string()])
         .args([
@@ -155,7 +169,7 @@ pub fn bulk(
         ])
         .output()
         .context("run iperf3 (Debian package iperf3)")?;
-    let after = cpu_all()?;
+    let after = cpu_all(pids)?;
     let json: serde_json::Value = serde_json::from_slice(&output.stdout)
         .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&output.stderr)))?;
     if let Some(error) = json.get("error") {

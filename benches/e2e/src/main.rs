@@ -56,6 +56,9 @@ enum Command {
         /// Bytes per request (and response).
         #[arg(long, default_value_t = 1024)]
         size: usize,
+        /// Processes whose CPU time per round trip is reported, as NAME=PID, comma-separated.
+        #[arg(long, value_delimiter = ',', value_parser = client::parse_pid)]
+        pids: Vec<(String, u32)>,
     },
     /// Opens COUNT connections (each proven end to end by a 1-byte echo) from PROCESSES
     /// processes, holds them, closes them, and reports the RSS of PIDS before, while held, and
@@ -126,7 +129,12 @@ fn main() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Connect { to, count } => client::connect(to, count)?,
-        Command::Rr { to, count, size } => client::request_response(to, count, size)?,
+        Command::Rr {
+            to,
+            count,
+            size,
+            pids,
+        } => client::request_response(to, count, size, &pids)?,
         Command::Hold {
             to,
             count,

@@ -49,6 +49,14 @@ const LABELS: &[(&str, &str)] = &[
     ("rr.rr_p99_us", "1 KiB request/response, p99, µs"),
     ("rr.rr_rate", "1 KiB request/response, round trips/s"),
     (
+        "rr.cpu_us_per_trip.client",
+        "1 KiB request/response, CPU µs per round trip, client side",
+    ),
+    (
+        "rr.cpu_us_per_trip.server",
+        "1 KiB request/response, CPU µs per round trip, server side",
+    ),
+    (
         "idle.rss_kib.client",
         "RSS idle after start, client side, KiB",
     ),
@@ -225,6 +233,14 @@ pub fn print(path: &Path) -> anyhow::Result<String> {
     let ratio = |x: f64, y: f64| x / y;
     for (key, label) in keys {
         let by_mode = &results[key];
+        // Counters that never moved (a system call neither proxy makes) say nothing.
+        if by_mode
+            .values()
+            .flat_map(|runs| runs.values())
+            .all(|v| *v == 0.0)
+        {
+            continue;
+        }
         let _ = write!(out, "| {label} |");
         for mode in MODES {
             let _ = write!(out, " {} |", cell(mode_values(by_mode, mode)));
@@ -241,6 +257,15 @@ pub fn print(path: &Path) -> anyhow::Result<String> {
                 let _ = write!(out, " {} |", cell(added));
             }
             out.push_str(" — | — | — |\n");
+            // Issue 26 states its latency target against the relay of the same run.
+            let over_relay = paired(by_mode, "meshd", "relay", |x, y| x - y);
+            if !over_relay.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "| {label}, meshd minus relay | — | — | {} | — | — | — |",
+                    cell(over_relay)
+                );
+            }
         }
     }
     Ok(out.trim_end().to_owned())

@@ -93,6 +93,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let path = args.config.clone();
     let reread: meshd_daemon::RereadFn =
         Arc::new(move || load_settings(path.as_deref(), &flags).map(|s| s.config));
+    // Before the workers start: one worker allocates from the main arena, which the trim
+    // thread can shrink after a burst (crates/memory).
+    meshd_memory::arenas_for_workers(config.worker_threads.get());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads.get())
         .enable_all()

@@ -10,7 +10,7 @@
 //! Once meshd is ready, [`release_start_up_pages`] drops the resident pages of its binary and
 //! libraries that start-up touched (they stay in the page cache; see [`pages`]).
 //!
-//! This crate is the only one in the workspace allowed `unsafe` (three glibc calls, in
+//! This crate is the only one in the workspace allowed `unsafe` (four glibc calls, in
 //! `trim.rs`, and one `madvise`, in `pages.rs`); every other crate forbids it.
 //!
 //! Does not: count connections or buffers (the proxy does), serve metrics (meshd-metrics reads
@@ -48,6 +48,19 @@ pub fn start() -> std::io::Result<()> {
     {
         Ok(())
     }
+}
+
+/// With one worker thread (meshd's default on one or two CPUs), puts every thread's
+/// allocations in glibc's main arena, the only one whose free top `malloc_trim` gives back
+/// ([`trim::one_arena`]); with more, each keeps its own arena (one lock shared by several busy
+/// workers would make them wait for each other). Call before the runtime starts its threads.
+pub fn arenas_for_workers(worker_threads: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if worker_threads == 1 && !trim::one_arena() {
+        tracing::debug!("glibc refused M_ARENA_MAX; each thread keeps its own arena");
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = worker_threads;
 }
 
 /// The trimming thread's figures; `None` when it is not running (not started, or no glibc).
