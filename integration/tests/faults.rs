@@ -86,9 +86,12 @@ fn destination_application_down_is_503_to_the_peer_and_a_reset_to_the_client() {
     thread::scope(|s| {
         let good = background(s, sleep, httpbin, 4 << 20, 1);
         let started = Instant::now();
-        // Nothing written: unread data would make the kernel reset on its own.
-        let mut down = sleep.connect(httpbin.addr(8001)).unwrap();
-        assert_eq!(end_of(&mut down, Duration::from_secs(5)), End::Reset);
+        // Nothing written: unread data would make the kernel reset on its own. The reset may
+        // arrive before connect() has returned (a loaded machine): that is the reset too.
+        match sleep.connect(httpbin.addr(8001)) {
+            Ok(mut down) => assert_eq!(end_of(&mut down, Duration::from_secs(5)), End::Reset),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
         // Well under meshd's own 10 s timeouts: nothing waited for one. Loose enough for a
         // loaded CI machine.
         assert!(started.elapsed() < Duration::from_secs(5), "no hang");
