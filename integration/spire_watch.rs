@@ -119,3 +119,18 @@ pub fn within<T>(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Starts `names` of `mesh` in that order (`meshd run --config <name>.yaml`), then waits for
+/// each to be ready within [`spire_sync_wait`]: an SVID from SPIRE may take an agent sync.
+///
+/// # Panics
+/// When one is not ready in time (its stderr in the message).
+pub fn start_ready(mesh: &crate::mesh::Mesh, names: &[&str]) -> Vec<crate::Meshd> {
+    let mut nodes: Vec<crate::Meshd> = (names.iter())
+        .map(|name| crate::Meshd::spawn_starting(mesh.command(name)))
+        .collect();
+    for meshd in &mut nodes {
+        assert!(meshd.wait_ready(spire_sync_wait()), "{}", meshd.stderr());
+    }
+    nodes
+}

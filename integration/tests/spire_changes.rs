@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use meshd_integration::mesh::{Identity, Mesh};
 use meshd_integration::resources::{Policy, Rule, principal};
 use meshd_integration::spire::{EntryOptions, Spire, SpireOptions};
-use meshd_integration::spire_watch::{my_uid, presented, spire_sync_wait};
+use meshd_integration::spire_watch::{my_uid, presented, spire_sync_wait, start_ready};
 use meshd_integration::traffic::echo_transfer;
 use meshd_integration::{Meshd, Workspace, eventually, http};
 
@@ -210,17 +210,7 @@ fn hashed_traffic_never_fails_while_both_ends_rotate_their_spire_svids() {
     mesh.node_mut("a").listener(16001, SocketAddr::new(b, pg));
     mesh.node_mut("b").identity = delegated(&spire, DB_UID);
     mesh.write();
-    let mut nodes: Vec<Meshd> = ["b", "a"]
-        .iter()
-        .map(|name| {
-            let mut command = Command::new(meshd_integration::meshd_bin());
-            command.args(["run", "--config"]).arg(mesh.config(name));
-            Meshd::spawn_starting(command)
-        })
-        .collect();
-    for meshd in &mut nodes {
-        assert!(meshd.wait_ready(spire_sync_wait()), "{}", meshd.stderr());
-    }
+    let nodes = start_ready(&mesh, &["b", "a"]);
 
     let (stop, stopped) = mpsc::channel::<()>();
     let traffic = thread::spawn(move || {

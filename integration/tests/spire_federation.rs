@@ -12,14 +12,13 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meshd_integration::mesh::{Identity, Mesh, Node};
 use meshd_integration::resources::{NAMESPACE, Policy, Rule, Workload};
 use meshd_integration::spire::{ENTRY_PROPAGATION, EntryOptions, Spire, SpireOptions};
-use meshd_integration::spire_watch::{my_uid, spire_sync_wait};
-use meshd_integration::{Meshd, Workspace, echo_roundtrip};
+use meshd_integration::spire_watch::{my_uid, start_ready};
+use meshd_integration::{Workspace, echo_roundtrip};
 
 const HOME: &str = "cluster.local";
 const OTHER: &str = "other.test";
@@ -126,17 +125,7 @@ fn a_trust_domain_spire_stops_federating_closes_live_connections_and_comes_back(
         selectors: vec![DB_UID.into()],
     };
     mesh.write();
-    let mut nodes: Vec<Meshd> = ["b", "a"]
-        .iter()
-        .map(|name| {
-            let mut command = Command::new(meshd_integration::meshd_bin());
-            command.args(["run", "--config"]).arg(mesh.config(name));
-            Meshd::spawn_starting(command)
-        })
-        .collect();
-    for meshd in &mut nodes {
-        assert!(meshd.wait_ready(spire_sync_wait()), "{}", meshd.stderr());
-    }
+    let nodes = start_ready(&mesh, &["b", "a"]);
     let logs = || format!("db:\n{}\nweb:\n{}", nodes[0].stderr(), nodes[1].stderr());
 
     // Federated both ways: web (other.test) reaches db (cluster.local), a connection is held.

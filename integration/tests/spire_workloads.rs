@@ -7,14 +7,13 @@
 //! `meshd status certs` lists both beside meshd's own.
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 
 use meshd_integration::mesh::{Identity, Mesh};
 use meshd_integration::resources::{NAMESPACE, Policy, Rule, Workload, principal};
 use meshd_integration::spire::{Spire, SpireOptions};
-use meshd_integration::spire_watch::{my_uid, spire_sync_wait};
-use meshd_integration::{Meshd, echo_roundtrip, http};
+use meshd_integration::spire_watch::{my_uid, start_ready};
+use meshd_integration::{echo_roundtrip, http};
 
 const MESHD: &str = "spiffe://cluster.local/ns/mesh/sa/meshd";
 const DB: &str = "spiffe://cluster.local/ns/shop/sa/db";
@@ -92,22 +91,7 @@ fn each_local_workload_presents_its_own_delegated_svid() {
         spiffe_id: DB.into(),
     };
     mesh.write();
-    let mut nodes: Vec<Meshd> = ["b", "a"]
-        .iter()
-        .map(|name| {
-            let mut command = Command::new(meshd_integration::meshd_bin());
-            command.args(["run", "--config"]).arg(mesh.config(name));
-            Meshd::spawn_starting(command)
-        })
-        .collect();
-    for meshd in &mut nodes {
-        assert!(
-            meshd.wait_ready(spire_sync_wait()),
-            "{}\nagent log:\n{}",
-            meshd.stderr(),
-            spire.agent_log()
-        );
-    }
+    let nodes = start_ready(&mesh, &["b", "a"]);
     let logs = || {
         format!(
             "db:\n{}\nweb's machine:\n{}",
