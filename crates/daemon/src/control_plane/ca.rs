@@ -41,7 +41,8 @@ pub(crate) async fn start_own(
     if !matches!(identity, IdentitySource::IstioCa(_)) {
         return Ok(None);
     }
-    start(settings.clone(), waiting).await.map(Some)
+    let (_, renewing) = start(settings.clone(), waiting).await?;
+    Ok(Some(renewing))
 }
 
 /// One client per `workloadIdentities` entry whose source is `istioCa`, started in turn (each
@@ -69,20 +70,17 @@ pub(crate) async fn start_workloads(
             cert_dir: ca.cert_dir.clone(),
             ..settings.clone()
         };
-        let renewing = start(workload.clone(), waiting).await?;
-        let id = workload
-            .spiffe_id()
-            .map_err(|e| StartupError::ControlPlane(e.to_string()))?;
-        started.push((id, renewing));
+        started.push(start(workload, waiting).await?);
     }
     Ok(started)
 }
 
-/// A usable certificate for `settings`' identity in its directory, then its renewal task.
+/// A usable certificate for `settings`' identity in its directory, then its renewal task;
+/// the identity with it.
 async fn start(
     settings: ControlPlaneSettings,
     waiting: &Waiting,
-) -> Result<Renewing, StartupError> {
+) -> Result<(SpiffeId, Renewing), StartupError> {
     let client = CaClient::new(settings).map_err(|e| StartupError::ControlPlane(e.to_string()))?;
     let client = &client;
     let expected = client.expected().clone();
@@ -109,8 +107,11 @@ async fn start(
     });
     let renewer = client.clone();
     let task = tokio::spawn(async move { renewer.renew_forever(credentials, status).await });
-    Ok(Renewing {
-        status: updates,
-        task,
-    })
+    Ok((
+        expected.clone(),
+        Renewing {
+            status: updates,
+            task,
+        },
+    ))
 }
